@@ -1,0 +1,1 @@
+from mhc_core import __version__

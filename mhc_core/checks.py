@@ -1,0 +1,80 @@
+"""Input validation shared by every public entry point.
+
+Each check raises ValueError / TypeError with a message that names the argument, what was
+expected and what arrived, so a user sees the mistake rather than a shape error deep
+inside a matmul.
+"""
+from __future__ import annotations
+
+from .xp import Ops
+
+VARIANTS = ("mhc", "hc", "residual")
+
+
+def shape_of(a) -> tuple[int, ...]:
+    return tuple(int(s) for s in a.shape)
+
+
+def float_array(ops: Ops, a, name: str) -> None:
+    if not ops.is_floating(a):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+
+
+def stream_input(ops: Ops, x, name: str = "x") -> tuple[int, int]:
+    """x must be [..., n, C] and floating; returns (n, C)."""
+    float_array(ops, x, name)
+    shape = shape_of(x)
+    if len(shape) < 2:
+        raise ValueError(f"{name} must have shape [..., n, C] (rank >= 2), got shape {shape}")
+    n, c = shape[-2], shape[-1]
+    if n < 1 or c < 1:
+        raise ValueError(f"{name} must have n >= 1 streams and C >= 1 channels, got shape {shape}")
+    return n, c
+
+
+def expect_shape(a, expected: tuple[int, ...], name: str, what: str) -> None:
+    got = shape_of(a)
+    if got != tuple(expected):
+        raise ValueError(f"{name} must have shape {list(expected)} ({what}), got {list(got)}")
+
+
+def expect_trailing(a, expected: tuple[int, ...], lead: tuple[int, ...], name: str, what: str) -> None:
+    got = shape_of(a)
+    if got[len(got) - len(expected):] != tuple(expected) or len(got) != len(lead) + len(expected):
+        raise ValueError(
+            f"{name} must have shape {list(lead) + list(expected)} ({what}), got {list(got)}"
+        )
+
+
+def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3) -> None:
+    """phi [n*C, n*n + 2n], bias [n*n + 2n], alpha [3], all floating."""
+    width = n * n + 2 * n
+    for a, name in ((phi, "phi"), (bias, "bias"), (alpha, "alpha")):
+        float_array(ops, a, name)
+    expect_shape(phi, (n * c, width), "phi", f"n*C x (n*n + 2n) for n={n}, C={c}")
+    expect_shape(bias, (width,), "bias", f"n*n + 2n for n={n}")
+    expect_shape(alpha, (n_alpha,), "alpha", "one scale each for pre, post, res")
+
+
+def iters(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"iters must be an integer >= 1, got {value!r}")
+    return value
+
+
+def non_negative(value, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def streams(value, name: str = "n") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} (number of streams) must be an integer >= 1, got {value!r}")
+    return value
+
+
+def variant(value: str) -> str:
+    if value not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {value!r}")
+    return value

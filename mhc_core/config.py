@@ -1,0 +1,30 @@
+"""Defaults shared by every backend: DeepSeek-V4's, so its weights run unchanged."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from . import checks
+
+
+@dataclass(frozen=True)
+class MHCConfig:
+    """Hyper-parameters of one mHC / HC step (DESIGN §1).
+
+    iters: Sinkhorn rounds. rms_eps: eps of the unweighted RMSNorm of the flattened
+    state. pre_eps: added to `pre` after the sigmoid. sinkhorn_eps: Sinkhorn's eps.
+    post_scale: `post = post_scale * sigmoid(...)`.
+    """
+
+    iters: int = 20
+    rms_eps: float = 1e-6
+    pre_eps: float = 1e-6
+    sinkhorn_eps: float = 1e-6
+    post_scale: float = 2.0
+
+    def __post_init__(self):
+        checks.iters(self.iters)
+        for name in ("rms_eps", "pre_eps", "sinkhorn_eps", "post_scale"):
+            checks.non_negative(getattr(self, name), name)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

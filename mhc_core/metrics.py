@@ -1,0 +1,88 @@
+"""Stability metrics of the residual mixing (paper §4, Fig. 3 and 7).
+
+For a mixing matrix in the paper's orientation H = res^T (H[o, i] = res[i, o]):
+- forward Amax gain  = max over rows of H of the absolute row sum
+                     = max_o sum_i |res[i, o]|  (how much a signal can grow going forward)
+- backward Amax gain = max over columns of H of the absolute column sum
+                     = max_i sum_o |res[i, o]|  (how much a gradient can grow going back)
+
+The composite mapping after layers 1..l is H_l ... H_1, i.e. res_1 @ res_2 @ ... @ res_l
+in our layout. Each transformer block counts as two layers (attention, MLP). Gains are per
+token, `aggregate` reduces them to max / mean / min over tokens.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from . import checks
+from .xp import namespace
+
+
+def _square(ops, res, name="res"):
+    checks.float_array(ops, res, name)
+    shape = checks.shape_of(res)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise ValueError(f"{name} must have shape [..., n, n], got {shape}")
+    return shape[-1]
+
+
+def amax_gain(res):
+    """(forward, backward) Amax gains of `res [..., n, n]`, each [...] (one per token)."""
+    ops = namespace(res)
+    _square(ops, res)
+    a = ops.abs(res)
+    forward = ops.max(ops.sum(a, axis=-2), axis=-1)  # column sums of res = row sums of H
+    backward = ops.max(ops.sum(a, axis=-1), axis=-1)  # row sums of res = column sums of H
+    return forward, backward
+
+
+def composite(res_layers: Iterable):
+    """Running products res_1, res_1 @ res_2, ... (the composite mapping after each layer).
+
+    Products keep the inputs' dtype: float32 holds gains up to ~3e38; pass float64 (CPU)
+    to follow an HC product that explodes past that.
+    """
+    out, acc = [], None
+    for res in res_layers:
+        ops = namespace(res)
+        _square(ops, res)
+        acc = res if acc is None else ops.matmul(acc, res)
+        out.append(acc)
+    return out
+
+
+def identity_distance(res):
+    """Frobenius distance ||res - I|| per token -> [...]."""
+    ops = namespace(res)
+    n = _square(ops, res)
+    d = res - ops.eye_like(res, n)
+    return ops.sqrt(ops.sum(ops.reshape(d * d, checks.shape_of(d)[:-2] + (n * n,)), axis=-1))
+
+
+def aggregate(values) -> dict[str, float]:
+    """{'max', 'mean', 'min'} over every element (token) of `values`, as Python floats."""
+    ops = namespace(values)
+    flat = ops.reshape(values, (-1,))
+    return {
+        "max": float(ops.max(flat)),
+        "mean": float(ops.mean(flat)),
+        "min": float(ops.min(flat)),
+    }
+
+
+def gain_report(res_layers: list) -> list[dict]:
+    """Per layer: single-layer and composite forward/backward Amax gains aggregated over
+    tokens, and the distance of res from identity. `res_layers[l]` is [..., n, n]."""
+    report = []
+    for l, (res, comp) in enumerate(zip(res_layers, composite(res_layers))):
+        fwd, bwd = amax_gain(res)
+        cfwd, cbwd = amax_gain(comp)
+        report.append({
+            "layer": l,
+            "forward_gain": aggregate(fwd),
+            "backward_gain": aggregate(bwd),
+            "composite_forward_gain": aggregate(cfwd),
+            "composite_backward_gain": aggregate(cbwd),
+            "identity_distance": aggregate(identity_distance(res)),
+        })
+    return report

@@ -1,0 +1,115 @@
+"""Moving between the residual streams and a layer: aggregate, mix back, expand, reduce.
+
+One mHC step around a layer f: [..., C] -> [..., C] (DESIGN §1):
+
+    pre, post, res = coefficients(x)                        x   [..., n, C]
+    h   = sum_i pre[i] * x[i]                               h   [..., C]
+    y   = f(h)                                              y   [..., C]
+    out[o] = sum_i res[i, o] * x[i] + post[o] * y           out [..., n, C]
+
+Mixing runs in float32 (float64 stays float64) and the result is cast back to x's dtype,
+so bf16 activations get float32 accumulation, as the fused kernels do.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from . import checks
+from .coefficients import coefficients, head_weights
+from .config import MHCConfig
+from .xp import namespace
+
+_DEFAULT = MHCConfig()
+
+
+def pre_aggregate(x, pre):
+    """h = sum_i pre[..., i] * x[..., i, :] -> [..., C] in x's dtype (paper H_pre x)."""
+    ops = namespace(x, pre)
+    n, c = checks.stream_input(ops, x)
+    checks.float_array(ops, pre, "pre")
+    lead = checks.shape_of(x)[:-2]
+    checks.expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
+    cdt = ops.compute_dtype(x)
+    h = ops.sum(ops.expand_dims(ops.astype(pre, cdt), axis=-1) * ops.astype(x, cdt), axis=-2)
+    return ops.astype(h, x.dtype)
+
+
+def post_residual(x, y, post, res):
+    """out[..., o, :] = sum_i res[..., i, o] * x[..., i, :] + post[..., o] * y -> [..., n, C]."""
+    ops = namespace(x, y, post, res)
+    n, c = checks.stream_input(ops, x)
+    lead = checks.shape_of(x)[:-2]
+    for a, name in ((y, "y"), (post, "post"), (res, "res")):
+        checks.float_array(ops, a, name)
+    checks.expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
+    checks.expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
+    checks.expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    cdt = ops.compute_dtype(x)
+    mixed = ops.matmul(ops.matrix_transpose(ops.astype(res, cdt)), ops.astype(x, cdt))
+    out = mixed + ops.expand_dims(ops.astype(post, cdt), axis=-1) * ops.expand_dims(ops.astype(y, cdt), axis=-2)
+    return ops.astype(out, x.dtype)
+
+
+def expand_streams(x, n: int):
+    """Copy `x [..., C]` into n identical streams -> [..., n, C]."""
+    ops = namespace(x)
+    checks.float_array(ops, x, "x")
+    n = checks.streams(n)
+    shape = checks.shape_of(x)
+    if len(shape) < 1:
+        raise ValueError(f"x must have shape [..., C] (rank >= 1), got shape {shape}")
+    return ops.broadcast_to(ops.expand_dims(x, axis=-2), shape[:-1] + (n, shape[-1]))
+
+
+def reduce_streams(x, weights=None):
+    """Collapse `x [..., n, C]` to [..., C]: the mean over streams, or `sum_i w[i] x[i]`
+    for learned weights `[..., n]` (see `head_weights`)."""
+    ops = namespace(x) if weights is None else namespace(x, weights)
+    checks.stream_input(ops, x)
+    if weights is None:
+        return ops.mean(x, axis=-2)
+    return pre_aggregate(x, weights)
+
+
+def residual_step(x, f: Callable):
+    """The baseline: `x + f(x)` for a single stream, x [..., 1, C]."""
+    ops = namespace(x)
+    n, _ = checks.stream_input(ops, x)
+    if n != 1:
+        raise ValueError(f"the residual variant has one stream: x must be [..., 1, C], got n={n}")
+    y = f(x[..., 0, :])
+    return x + ops.expand_dims(ops.astype(y, x.dtype), axis=-2)
+
+
+def step(
+    x,
+    f: Callable,
+    phi=None,
+    bias=None,
+    alpha=None,
+    *,
+    variant: str = "mhc",
+    iters: int = _DEFAULT.iters,
+    rms_eps: float = _DEFAULT.rms_eps,
+    pre_eps: float = _DEFAULT.pre_eps,
+    sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
+    post_scale: float = _DEFAULT.post_scale,
+):
+    """One residual step of `variant` ('mhc', 'hc', 'residual') around layer f.
+
+    x [..., n, C] -> [..., n, C]; f maps [..., C] -> [..., C]. 'residual' ignores the
+    parameters (and needs n = 1).
+    """
+    if checks.variant(variant) == "residual":
+        return residual_step(x, f)
+    pre, post, res = coefficients(
+        x, phi, bias, alpha, variant=variant, iters=iters, rms_eps=rms_eps,
+        pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale,
+    )
+    y = f(pre_aggregate(x, pre))
+    return post_residual(x, y, post, res)
+
+
+def head(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps: float = _DEFAULT.pre_eps):
+    """Learned reduction (DeepSeek-V4 `hc_head`): x [..., n, C] -> [..., C]."""
+    return reduce_streams(x, head_weights(x, phi, bias, alpha, rms_eps=rms_eps, eps=eps))

@@ -1,0 +1,160 @@
+"""The array-namespace shim: the one place in mhc_core that knows which library is in use.
+
+`namespace(*arrays)` returns an `Ops` bound to the library of its inputs (numpy, torch,
+mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
+`SUBSET` and `EXTRAS` below; the conformance suite checks each of them on every backend.
+
+- `SUBSET` is standard array-API (2023.12) functions, called through
+  `array_api_compat.array_namespace`.
+- `EXTRAS` are functions the standard lacks (sigmoid, rsqrt, logsumexp, softmax) plus
+  dtype helpers; each library may bind a native version (torch, mlx) or use the generic,
+  overflow-safe composition written here.
+
+MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
+and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps.
+"""
+from __future__ import annotations
+
+import array_api_compat
+
+SUBSET = (
+    "abs", "astype", "broadcast_to", "exp", "expand_dims", "eye", "isfinite", "log",
+    "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape",
+    "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
+)
+EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax")
+
+
+class Ops:
+    """The array functions mhc_core uses, bound to one array library (generic version)."""
+
+    def __init__(self, xp, library: str):
+        self.xp = xp
+        self.library = library
+        for fn in SUBSET:
+            if not hasattr(self, fn):
+                setattr(self, fn, getattr(xp, fn))
+
+    # --- dtypes -----------------------------------------------------------------------
+    @property
+    def float32(self):
+        return self.xp.float32
+
+    @property
+    def float64(self):
+        return self.xp.float64
+
+    def is_floating(self, x) -> bool:
+        return self.xp.isdtype(x.dtype, "real floating")
+
+    def compute_dtype(self, x):
+        """float64 stays float64; every other float (bf16, fp16, fp32) computes in float32."""
+        return self.float64 if x.dtype == self.float64 else self.float32
+
+    def eye_like(self, x, n: int):
+        """An n x n identity with x's dtype, on x's device."""
+        return self.xp.eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+
+    # --- extras (generic, overflow-safe compositions) ------------------------------------
+    def sigmoid(self, x):
+        # exp(-log(1 + exp(-x))): never overflows, accurate in both tails.
+        return self.xp.exp(-self.xp.logaddexp(self.xp.zeros_like(x), -x))
+
+    def rsqrt(self, x):
+        return 1.0 / self.xp.sqrt(x)
+
+    def logsumexp(self, x, axis: int, keepdims: bool = False):
+        m = self.xp.max(x, axis=axis, keepdims=True)
+        m = self.xp.where(self.xp.isfinite(m), m, self.xp.zeros_like(m))
+        out = self.xp.log(self.xp.sum(self.xp.exp(x - m), axis=axis, keepdims=True)) + m
+        return out if keepdims else self.xp.squeeze(out, axis=axis)
+
+    def softmax(self, x, axis: int):
+        e = self.xp.exp(x - self.xp.max(x, axis=axis, keepdims=True))
+        return e / self.xp.sum(e, axis=axis, keepdims=True)
+
+
+class _TorchOps(Ops):
+    """torch: native fused extras (same math, one kernel each)."""
+
+    def __init__(self, xp):
+        super().__init__(xp, "torch")
+        import torch
+
+        self._torch = torch
+
+    def sigmoid(self, x):
+        return self._torch.sigmoid(x)
+
+    def rsqrt(self, x):
+        return self._torch.rsqrt(x)
+
+    def logsumexp(self, x, axis: int, keepdims: bool = False):
+        return self._torch.logsumexp(x, dim=axis, keepdim=keepdims)
+
+    def softmax(self, x, axis: int):
+        return self._torch.softmax(x, dim=axis)
+
+
+class _MLXOps(Ops):
+    """mlx.core: fills the gaps of the bare namespace that array_namespace returns."""
+
+    def __init__(self, xp):
+        self.matrix_transpose = lambda x: xp.swapaxes(x, -1, -2)
+        self.astype = lambda x, dtype: x.astype(dtype)
+        self.isfinite = xp.isfinite
+        super().__init__(xp, "mlx")
+
+    def is_floating(self, x) -> bool:
+        return self.xp.issubdtype(x.dtype, self.xp.floating)
+
+    def eye_like(self, x, n: int):
+        return self.xp.eye(n, dtype=x.dtype)
+
+    def sigmoid(self, x):
+        return self.xp.sigmoid(x)
+
+    def rsqrt(self, x):
+        return self.xp.rsqrt(x)
+
+    def logsumexp(self, x, axis: int, keepdims: bool = False):
+        return self.xp.logsumexp(x, axis=axis, keepdims=keepdims)
+
+    def softmax(self, x, axis: int):
+        return self.xp.softmax(x, axis=axis, precise=True)
+
+
+_CACHE: dict[int, Ops] = {}
+
+
+def _library_of(xp) -> str:
+    name = getattr(xp, "__name__", str(xp))
+    if name == "mlx.core":
+        return "mlx"
+    return name.rsplit(".", 1)[-1]
+
+
+def namespace(*arrays) -> Ops:
+    """The `Ops` for the library all `arrays` come from.
+
+    Raises TypeError naming the libraries when arrays come from more than one, or when
+    an input is not an array at all.
+    """
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError as err:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        raise TypeError(
+            f"expected arrays from one library (numpy, torch or mlx), got {kinds}: {err}"
+        ) from None
+    ops = _CACHE.get(id(xp))
+    if ops is None:
+        library = _library_of(xp)
+        if library == "mlx":
+            ops = _MLXOps(xp)
+        elif library == "torch":
+            ops = _TorchOps(xp)
+        else:
+            ops = Ops(xp, library)
+        _CACHE[id(xp)] = ops
+    return ops

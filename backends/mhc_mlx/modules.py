@@ -1,0 +1,184 @@
+"""mlx.nn modules around the mhc_core math: `MHC` (one residual step) and `StreamHead`.
+
+The math is `mhc_core`'s, run on mlx arrays through the shim (`mhc_core.xp._MLXOps`);
+gradients come from MLX's autodiff (`mx.grad`, `nn.value_and_grad`) through it.
+
+    x   [..., n, C]  --MHC(layer)-->  [..., n, C]        (DESIGN §1)
+    x   [..., n, C]  --StreamHead-->  [..., C]           (DeepSeek-V4 hc_head)
+
+Parameters are float32 `mx.array`s named `phi`, `bias`, `alpha`; the wrapped layer is
+`self.layer`, so its parameters flatten to `layer.weight`, ... as on the torch backend.
+
+Compilation. `MHC(..., compiled=True)` runs the mixing math (coefficients + pre-aggregate,
+then post + residual: the 20-round Sinkhorn loop is dozens of tiny ops) through
+`mx.compile`d pure functions of arrays, while the layer itself runs as written (it may
+hold a KV cache or other state that must not be traced). The compiled graphs are cached
+per configuration, so every layer of a model with the same config shares them. To
+compile a whole model instead, use MLX's usual pattern, which tracks the parameters as
+implicit inputs so later `load_state` / optimizer updates are seen:
+
+    forward = mx.compile(model, inputs=model.state)
+
+float64 runs on the CPU only (Metal has no float64): wrap float64 work in
+`with mx.stream(mx.cpu):` or `mx.set_default_device(mx.cpu)` on a Mac.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+import mhc_core
+from mhc_core import checks
+from mhc_core.config import MHCConfig
+
+IMPLS = ("auto", "reference")
+
+
+def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> mx.array:
+    """A float32 parameter from a numpy / mlx array, with a clear error on a wrong shape."""
+    if isinstance(value, mx.array):
+        arr = value.astype(mx.float32)
+    else:
+        arr = mx.array(np.asarray(value, dtype=np.float32))
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(arr.shape)}")
+    return arr
+
+
+def _check_input(x, n: int, c: int, owner: str) -> None:
+    """x must be a floating mlx array [..., n, C] with this module's n and C."""
+    if not isinstance(x, mx.array):
+        raise TypeError(f"{owner} expects an mlx.core.array x [..., n, C], got {type(x).__module__}.{type(x).__name__}")
+    ops = mhc_core.namespace(x)
+    checks.stream_input(ops, x)
+    shape = checks.shape_of(x)
+    checks.expect_trailing(x, (n, c), shape[:-2], "x", f"[..., n, C] with n={n}, C={c} for this {owner}")
+
+
+def _channels(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim (channels per stream, C) must be an integer >= 1, got {dim!r}")
+    return dim
+
+
+# --- compiled mixing math (pure functions of arrays; config bound per cache entry) ---------
+
+
+@lru_cache(maxsize=None)
+def _compiled_mixing(variant: str, cfg: tuple) -> tuple[Callable, Callable]:
+    """(mix_in, mix_out) compiled for one variant and config (a sorted items tuple).
+
+    mix_in(x, phi, bias, alpha) -> (h [..., C], post [..., n], res [..., n, n])
+    mix_out(x, y, post, res)    -> out [..., n, C]
+    """
+    kw = dict(cfg)
+
+    def mix_in(x, phi, bias, alpha):
+        pre, post, res = mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **kw)
+        return mhc_core.pre_aggregate(x, pre), post, res
+
+    return mx.compile(mix_in), mx.compile(mhc_core.post_residual)
+
+
+class MHC(nn.Module):
+    """One mHC / HC / residual step around `layer: [..., C] -> [..., C]`.
+
+    Args:
+        layer: the wrapped sub-layer (an attention or MLP block), stored as `self.layer`.
+        n: number of residual streams; dim: their width C.
+        variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
+            'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
+        iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
+        init: optional {'phi', 'bias', 'alpha'} (numpy or mlx arrays) instead of the
+            default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
+        impl: 'auto' or 'reference'; both run the mhc_core ops (MLX has one path; the
+            argument exists for symmetry with the torch backend).
+        compiled: run the mixing math through `mx.compile` (same numbers as eager).
+
+    Forward: x [..., n, C] -> [..., n, C].
+    """
+
+    def __init__(
+        self,
+        layer: Callable,
+        n: int,
+        dim: int,
+        *,
+        variant: str = "mhc",
+        iters: int = 20,
+        rms_eps: float = 1e-6,
+        pre_eps: float = 1e-6,
+        sinkhorn_eps: float = 1e-6,
+        post_scale: float = 2.0,
+        init: dict | None = None,
+        seed: int | None = None,
+        impl: str = "auto",
+        compiled: bool = False,
+    ):
+        super().__init__()
+        self.n, self.dim = checks.streams(n), _channels(dim)
+        self.variant = checks.variant(variant)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS} on the mlx backend, got {impl!r}")
+        if self.variant == "residual" and n != 1:
+            raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
+        self.impl, self.compiled = impl, bool(compiled)
+        # A dataclass (not a dict) so nn.Module does not treat it as a parameter tree.
+        self.config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
+                                sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)
+        self.layer = layer
+
+        shapes = mhc_core.param_shapes(n, dim, self.variant)
+        if init is None:
+            init = mhc_core.init_params(n, dim, variant=self.variant, pre_eps=pre_eps, seed=seed) if shapes else {}
+        missing, unexpected = set(shapes) - set(init), set(init) - set(shapes)
+        if missing or unexpected:
+            raise ValueError(
+                f"MHC init for variant {self.variant!r} must hold exactly {sorted(shapes)}; "
+                f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        for name, shape in shapes.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
+            setattr(self, name, _as_param(init[name], shape, name, "MHC"))
+
+    def _extra_repr(self) -> str:
+        return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, compiled={self.compiled}"
+
+    def __call__(self, x: mx.array) -> mx.array:
+        _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
+        if self.variant == "residual":
+            return mhc_core.residual_step(x, self.layer)
+        cfg = self.config.as_dict()
+        if not self.compiled:
+            return mhc_core.step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
+        mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())))
+        h, post, res = mix_in(x, self.phi, self.bias, self.alpha)  # [..., C], [..., n], [..., n, n]
+        return mix_out(x, self.layer(h), post, res)  # [..., n, C]
+
+
+class StreamHead(nn.Module):
+    """Learned stream reduction (DeepSeek-V4 `hc_head`): x [..., n, C] -> [..., C].
+
+    `w = sigmoid(alpha * (rmsnorm(flatten(x)) @ phi) + bias) + eps`, out = sum_i w[i] x[i].
+    Parameters phi [n*C, n], bias [n], alpha [1] (float32), initialised by
+    `mhc_core.init_head_params` so the head starts as the mean over streams.
+    """
+
+    def __init__(self, n: int, dim: int, *, rms_eps: float = 1e-6, eps: float = 1e-6):
+        super().__init__()
+        self.n, self.dim = checks.streams(n), _channels(dim)
+        self.rms_eps = checks.non_negative(rms_eps, "rms_eps")
+        self.eps = checks.non_negative(eps, "eps")
+        shapes = mhc_core.head_param_shapes(n, dim)
+        for name, value in mhc_core.init_head_params(n, dim, eps=eps).items():
+            setattr(self, name, _as_param(value, shapes[name], name, "StreamHead"))
+
+    def _extra_repr(self) -> str:
+        return f"n={self.n}, dim={self.dim}"
+
+    def __call__(self, x: mx.array) -> mx.array:
+        _check_input(x, self.n, self.dim, "StreamHead")  # [..., n, C]
+        return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)

@@ -1,0 +1,93 @@
+"""Weight interchange: flat dotted names -> arrays, as numpy dicts or safetensors files.
+
+Names are those of `mlx.utils.tree_flatten(module.parameters())`: `phi`, `bias`, `alpha`,
+`layer.weight`, `layer.fc1.bias`, ... (list children as `layer.layers.0.weight`), the
+same names the torch backend's `state_dict` uses, so a file written by one backend
+loads into the other.
+
+- `module_state(m)` -> {name: np.ndarray}; bfloat16 comes out as float32 (numpy has no
+  bfloat16).
+- `save_state(m, path)` writes a safetensors file with the arrays' own dtypes
+  (bfloat16 stays bfloat16), via `mx.save_safetensors`.
+- `load_state(m, state_or_path)` is strict: missing names, unexpected names and shape
+  mismatches raise one ValueError listing all of them. Values are cast to the dtype the
+  module's parameter has (so a float32 file loads into a float64 module).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+
+def _params(module: nn.Module) -> dict[str, mx.array]:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an mlx.nn.Module, got {type(module).__module__}.{type(module).__name__}")
+    return dict(tree_flatten(module.parameters()))
+
+
+def _to_numpy(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)
+
+
+def module_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter of `module` (trainable or frozen) as numpy, keyed by dotted name."""
+    return {name: _to_numpy(value) for name, value in _params(module).items()}
+
+
+def save_state(module: nn.Module, path: str | os.PathLike) -> None:
+    """Write every parameter of `module` to a safetensors file at `path`."""
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        # mx.save_safetensors appends the suffix itself; require it so the path we were
+        # given is the file that exists afterwards.
+        raise ValueError(f"save_state writes safetensors: path must end in '.safetensors', got {path!r}")
+    mx.save_safetensors(path, _params(module))
+
+
+def _read(state) -> dict[str, mx.array]:
+    """A state given as a safetensors path or a mapping of numpy / mlx arrays -> mlx arrays."""
+    if isinstance(state, (str, os.PathLike)):
+        path = os.fspath(state)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
+        return dict(mx.load(path, format="safetensors"))
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
+    return {k: v if isinstance(v, mx.array) else mx.array(np.asarray(v)) for k, v in state.items()}
+
+
+def load_state(module: nn.Module, state) -> nn.Module:
+    """Load `state` (dict of numpy / mlx arrays, or a safetensors path) into `module`.
+
+    Strict: the names must be exactly the module's and every shape must match; values
+    are cast to the module parameter's dtype. Returns the module.
+    """
+    current = _params(module)
+    incoming = _read(state)
+    missing = sorted(set(current) - set(incoming))
+    unexpected = sorted(set(incoming) - set(current))
+    mismatched = [
+        f"{k}: state {list(incoming[k].shape)} vs module {list(current[k].shape)}"
+        for k in sorted(set(current) & set(incoming))
+        if tuple(incoming[k].shape) != tuple(current[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatch {mismatched}")
+    if problems:
+        raise ValueError(f"load_state into {type(module).__name__} failed: " + "; ".join(problems))
+    for k, v in incoming.items():
+        if not mx.issubdtype(v.dtype, mx.floating):
+            raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
+    module.update(tree_unflatten([(k, v.astype(current[k].dtype)) for k, v in incoming.items()]))
+    mx.eval(module.parameters())
+    return module

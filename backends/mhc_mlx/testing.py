@@ -1,0 +1,117 @@
+"""The mlx backend's conformance adapter (`mhc_core.registry.BackendAdapter`).
+
+Builds the two conformance layers of `mhc_core.testing` as mlx.nn modules, with the
+same parameter names ('layer.weight', 'layer.fc1.weight', ...):
+- 'linear': nn.Linear(C, C)                       y = h W^T + b
+- 'mlp':    fc1 = nn.Linear(C, 2C), silu, fc2 = nn.Linear(2C, C)
+
+dtypes:
+- float64: CPU only (Metal has no float64). Every float64 call here runs under
+  `mx.stream(mx.cpu)`, so the adapter also works where the default device is a GPU.
+- float32: everything float32.
+- bfloat16: activations and the layer in bfloat16; the mixing parameters (phi, bias,
+  alpha) stay float32, as DeepSeek-V4 keeps its hc_* weights, and mhc_core computes the
+  mixing in float32 anyway. Gradients of those parameters come back float32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mhc_core import coefficients, post_residual, pre_aggregate, sinkhorn
+from mhc_core.testing import LAYERS
+
+from .modules import MHC
+from .state import load_state
+
+DTYPES = {"float64": mx.float64, "float32": mx.float32, "bfloat16": mx.bfloat16}
+_MIXING = ("phi", "bias", "alpha")
+
+
+class MLP(nn.Module):
+    """The conformance 'mlp' layer: fc2(silu(fc1(h))), hidden width 2C. [..., C] -> [..., C]."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc1 = nn.Linear(c, 2 * c)
+        self.fc2 = nn.Linear(2 * c, c)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return self.fc2(nn.silu(self.fc1(h)))
+
+
+def make_layer(kind: str, c: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(c, c)
+    if kind == "mlp":
+        return MLP(c)
+    raise ValueError(f"layer must be one of {LAYERS}, got {kind!r}")
+
+
+def device_for(dtype) -> contextlib.AbstractContextManager:
+    """`mx.stream(mx.cpu)` for float64 (the only device that has it), else a no-op."""
+    return mx.stream(mx.cpu) if dtype == mx.float64 else contextlib.nullcontext()
+
+
+class Adapter:
+    name = "mlx"
+    dtypes = ("float64", "float32", "bfloat16")
+    differentiable = True
+
+    def asarray(self, a, dtype: str) -> mx.array:
+        return mx.array(np.asarray(a, dtype=np.float32 if dtype == "bfloat16" else np.float64)).astype(DTYPES[dtype])
+
+    def to_numpy(self, a: mx.array) -> np.ndarray:
+        return np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a).astype(np.float64)
+
+    def core_fn(self, name: str):
+        fns = {"sinkhorn": sinkhorn, "coefficients": coefficients,
+               "pre_aggregate": pre_aggregate, "post_residual": post_residual}
+        fn = fns[name]
+
+        def run(*args, **kwargs):  # float64 inputs must run on the CPU stream
+            with device_for(args[0].dtype):
+                out = fn(*args, **kwargs)
+                mx.eval(out)
+            return out
+
+        return run
+
+    def make_mhc(self, n, c, variant, layer, state, dtype, **cfg) -> MHC:
+        module = MHC(make_layer(layer, c), n, c, variant=variant, **cfg)
+        dt = DTYPES[dtype]
+        if dt == mx.bfloat16:
+            module.layer.set_dtype(dt)  # mixing parameters stay float32 (see module doc)
+        else:
+            module.set_dtype(dt)
+        return load_state(module, state)  # cast to each parameter's dtype
+
+    def run(self, module: MHC, x: mx.array) -> mx.array:
+        with device_for(x.dtype):
+            out = module(x)
+            mx.eval(out)
+        return out
+
+    def step_and_grads(self, module: MHC, x: mx.array, cotangent: mx.array):
+        """(out, grads) of sum(out * cotangent): grads keyed 'x' and every dotted parameter name."""
+        params = module.trainable_parameters()
+
+        def loss(p, x):
+            module.update(p)
+            out = module(x)
+            acc = mx.float64 if out.dtype == mx.float64 else mx.float32  # bf16 sums in float32
+            return (out.astype(acc) * cotangent.astype(acc)).sum(), out
+
+        with device_for(x.dtype):
+            try:
+                (_, out), (g_params, g_x) = mx.value_and_grad(loss, argnums=(0, 1))(params, x)
+                mx.eval(out, g_params, g_x)
+            finally:
+                module.update(params)  # put the original arrays back
+        grads = dict(tree_flatten(g_params))
+        grads["x"] = g_x
+        return out, grads

@@ -11,9 +11,14 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   overflow-safe composition written here.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
-and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps.
+and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
+MLX's float64 `exp` (and sigmoid / softmax / logsumexp / logaddexp built on it) is only
+float32-accurate (~1e-7 relative, 2e-6 at |x| ~ 30; mlx 0.32), so `_MLXOps` computes
+float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that.
 """
 from __future__ import annotations
+
+import math
 
 import array_api_compat
 
@@ -111,16 +116,47 @@ class _MLXOps(Ops):
     def eye_like(self, x, n: int):
         return self.xp.eye(n, dtype=x.dtype)
 
+    # float64: native exp-based ops are float32-accurate on MLX's CPU (module doc), so
+    # float64 uses power(e, x) and overflow-safe compositions of it; other dtypes stay native.
+    def _f64(self, x) -> bool:
+        return getattr(x, "dtype", None) == self.xp.float64
+
+    def exp(self, x):
+        if self._f64(x):
+            return self.xp.power(self.xp.array(math.e, dtype=self.xp.float64), x)
+        return self.xp.exp(x)
+
+    def logaddexp(self, a, b):
+        if self._f64(a) or self._f64(b):
+            # hi + log1p(exp(lo - hi)): never overflows; where (not abs / maximum) so the
+            # gradient at a == b is the true 1/2 each, not a zero subgradient.
+            first = a >= b
+            hi, lo = self.xp.where(first, a, b), self.xp.where(first, b, a)
+            return hi + self.xp.log1p(self.exp(lo - hi))
+        return self.xp.logaddexp(a, b)
+
     def sigmoid(self, x):
+        if self._f64(x):
+            pos = x >= 0  # e = exp(-|x|) in (0, 1]: both branches and their grads finite
+            e = self.exp(self.xp.where(pos, -x, x))
+            return self.xp.where(pos, 1.0 / (1.0 + e), e / (1.0 + e))
         return self.xp.sigmoid(x)
 
     def rsqrt(self, x):
         return self.xp.rsqrt(x)
 
     def logsumexp(self, x, axis: int, keepdims: bool = False):
+        if self._f64(x):
+            m = self.xp.max(x, axis=axis, keepdims=True)
+            m = self.xp.where(self.xp.isfinite(m), m, self.xp.zeros_like(m))
+            out = self.xp.log(self.xp.sum(self.exp(x - m), axis=axis, keepdims=True)) + m
+            return out if keepdims else self.xp.squeeze(out, axis=axis)
         return self.xp.logsumexp(x, axis=axis, keepdims=keepdims)
 
     def softmax(self, x, axis: int):
+        if self._f64(x):
+            e = self.exp(x - self.xp.max(x, axis=axis, keepdims=True))
+            return e / self.xp.sum(e, axis=axis, keepdims=True)
         return self.xp.softmax(x, axis=axis, precise=True)
 
 

@@ -22,6 +22,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+import mhc_core
 from mhc_core import coefficients, post_residual, pre_aggregate, sinkhorn
 from mhc_core.testing import LAYERS
 
@@ -41,7 +42,10 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(2 * c, c)
 
     def __call__(self, h: mx.array) -> mx.array:
-        return self.fc2(nn.silu(self.fc1(h)))
+        u = self.fc1(h)
+        # silu through the shim's sigmoid: nn.silu's mx.sigmoid is float32-accurate even in
+        # float64 on MLX's CPU (see mhc_core/xp.py), which would cap float64 checks at ~1e-8.
+        return self.fc2(u * mhc_core.namespace(u).sigmoid(u))
 
 
 def make_layer(kind: str, c: int) -> nn.Module:

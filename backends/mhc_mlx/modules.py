@@ -41,7 +41,9 @@ IMPLS = ("auto", "reference")
 def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> mx.array:
     """A float32 parameter from a numpy / mlx array, with a clear error on a wrong shape."""
     if isinstance(value, mx.array):
-        arr = value.astype(mx.float32)
+        with mx.stream(mx.cpu):  # the value may be float64, which only the CPU has
+            arr = value.astype(mx.float32)
+            mx.eval(arr)
     else:
         arr = mx.array(np.asarray(value, dtype=np.float32))
     if tuple(arr.shape) != tuple(shape):

@@ -58,7 +58,12 @@ def _read(state) -> dict[str, mx.array]:
         return dict(mx.load(path, format="safetensors"))
     if not isinstance(state, Mapping):
         raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
-    return {k: v if isinstance(v, mx.array) else mx.array(np.asarray(v)) for k, v in state.items()}
+    return {k: v if isinstance(v, mx.array) else _from_numpy(np.asarray(v)) for k, v in state.items()}
+
+
+def _from_numpy(a: np.ndarray) -> mx.array:
+    # mx.array(float64 ndarray) silently rounds to float32 unless the dtype is given.
+    return mx.array(a, dtype=mx.float64) if a.dtype == np.float64 else mx.array(a)
 
 
 def load_state(module: nn.Module, state) -> nn.Module:
@@ -88,6 +93,8 @@ def load_state(module: nn.Module, state) -> nn.Module:
     for k, v in incoming.items():
         if not mx.issubdtype(v.dtype, mx.floating):
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
-    module.update(tree_unflatten([(k, v.astype(current[k].dtype)) for k, v in incoming.items()]))
-    mx.eval(module.parameters())
+    with mx.stream(mx.cpu):  # float64 casts need the CPU (Metal has no float64)
+        cast = [(k, v.astype(current[k].dtype)) for k, v in incoming.items()]
+        mx.eval([v for _, v in cast])
+    module.update(tree_unflatten(cast))
     return module

@@ -67,7 +67,10 @@ class Adapter:
     differentiable = True
 
     def asarray(self, a, dtype: str) -> mx.array:
-        return mx.array(np.asarray(a, dtype=np.float32 if dtype == "bfloat16" else np.float64)).astype(DTYPES[dtype])
+        # Cast in numpy: mx.array(float64 ndarray) silently makes float32 unless told otherwise.
+        if dtype == "bfloat16":
+            return mx.array(np.asarray(a, dtype=np.float32)).astype(mx.bfloat16)
+        return mx.array(np.asarray(a, dtype=np.float64 if dtype == "float64" else np.float32), dtype=DTYPES[dtype])
 
     def to_numpy(self, a: mx.array) -> np.ndarray:
         return np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a).astype(np.float64)

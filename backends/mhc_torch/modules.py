@@ -1,0 +1,162 @@
+"""torch.nn modules around the mhc_core math: `MHC` (one residual step) and `StreamHead`.
+
+    x [..., n, C]  --MHC(layer)-->  [..., n, C]        (DESIGN §1, paper Eq. 3-8)
+    x [..., n, C]  --StreamHead-->  [..., C]           (DeepSeek-V4 hc_head)
+
+The math is `mhc_core`'s, run on torch tensors through the array-API shim; autograd
+differentiates through it (the reference path). `impl` picks the path (dispatch.py):
+'auto' (Triton on CUDA once the kernels exist, else reference), 'reference' or 'triton'.
+
+Parameters are float32 `nn.Parameter`s named `phi`, `bias`, `alpha` (none for the
+'residual' variant); the wrapped layer is `self.layer`, so its parameters are named
+`layer.weight`, ... exactly as on the mlx backend: one state loads into both.
+Mixed precision: keep phi / bias / alpha float32 and cast only `module.layer` to bf16
+(as DeepSeek-V4 keeps its hc_* weights); the coefficients are computed in float32 anyway.
+The reference path works under `torch.compile(module, fullgraph=True)`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import mhc_core
+from mhc_core import checks
+from mhc_core.config import MHCConfig
+
+from . import dispatch
+
+
+def _channels(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim (channels per stream, C) must be an integer >= 1, got {dim!r}")
+    return dim
+
+
+def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> nn.Parameter:
+    """A float32 parameter from a numpy array / tensor, with a clear error on a wrong shape."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to(dtype=torch.float32, device="cpu").clone()
+    else:
+        t = torch.from_numpy(np.array(value, dtype=np.float32))
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(t.shape)}")
+    return nn.Parameter(t)
+
+
+def _check_input(x, n: int, c: int, owner: str) -> None:
+    """x must be a floating torch.Tensor [..., n, C] with this module's n and C."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner} expects a torch.Tensor x [..., n, C], got "
+                        f"{type(x).__module__}.{type(x).__name__}")
+    checks.stream_input(mhc_core.namespace(x), x)  # floating, rank >= 2
+    shape = checks.shape_of(x)
+    checks.expect_trailing(x, (n, c), shape[:-2], "x", f"[..., n, C] with n={n}, C={c} for this {owner}")
+
+
+class MHC(nn.Module):
+    """One mHC / HC / residual step around `layer: [..., C] -> [..., C]`.
+
+    Args:
+        layer: the wrapped sub-layer (an attention or MLP block), registered as `self.layer`.
+        n: number of residual streams; dim: their width C.
+        variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
+            'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
+        iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
+        init: optional {'phi', 'bias', 'alpha'} (numpy arrays or tensors) instead of the
+            default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
+        impl: 'auto' | 'reference' | 'triton' (see dispatch.py).
+
+    Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments of `forward` are
+    passed to `layer` (attention masks, position embeddings, ...).
+    """
+
+    def __init__(
+        self,
+        layer: Callable,
+        n: int,
+        dim: int,
+        *,
+        variant: str = "mhc",
+        iters: int = 20,
+        rms_eps: float = 1e-6,
+        pre_eps: float = 1e-6,
+        sinkhorn_eps: float = 1e-6,
+        post_scale: float = 2.0,
+        init: dict | None = None,
+        seed: int | None = None,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        self.n, self.dim = checks.streams(n), _channels(dim)
+        self.variant = checks.variant(variant)
+        self.impl = dispatch.check_impl(impl)
+        if self.variant == "residual" and n != 1:
+            raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
+        if self.variant == "residual" and impl == "triton":
+            raise ValueError("impl='triton' has no kernel for variant 'residual' (a plain x + f(x))")
+        self.config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
+                                sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)
+        self._cfg = self.config.as_dict()
+        self.layer = layer
+
+        shapes = mhc_core.param_shapes(n, dim, self.variant)
+        if init is None:
+            init = mhc_core.init_params(n, dim, variant=self.variant, pre_eps=pre_eps, seed=seed) if shapes else {}
+        missing, unexpected = set(shapes) - set(init), set(init) - set(shapes)
+        if missing or unexpected:
+            raise ValueError(
+                f"MHC init for variant {self.variant!r} must hold exactly {sorted(shapes)}; "
+                f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        for name, shape in shapes.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
+            self.register_parameter(name, _as_param(init[name], shape, name, "MHC"))
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, impl={self.impl!r}"
+
+    def _mixing(self):
+        if self.variant == "residual":
+            return None, None, None
+        return self.phi, self.bias, self.alpha
+
+    def forward(self, x: torch.Tensor, **layer_kwargs) -> torch.Tensor:
+        _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
+        phi, bias, alpha = self._mixing()
+        return dispatch.mhc_step(x, self.layer, phi, bias, alpha, variant=self.variant, cfg=self._cfg,
+                                 impl=self.impl, layer_kwargs=layer_kwargs)
+
+    def coefficients(self, x: torch.Tensor):
+        """(pre [..., n], post [..., n], res [..., n, n]) for x [..., n, C] (reference math),
+        e.g. to feed `mhc_core.gain_report` with each layer's `res`."""
+        _check_input(x, self.n, self.dim, "MHC")
+        if self.variant == "residual":
+            raise ValueError("variant 'residual' has no coefficients")
+        return mhc_core.coefficients(x, self.phi, self.bias, self.alpha, variant=self.variant, **self._cfg)
+
+
+class StreamHead(nn.Module):
+    """Learned stream reduction (DeepSeek-V4 `hc_head`): x [..., n, C] -> [..., C].
+
+    `w = sigmoid(alpha * (rmsnorm(flatten(x)) @ phi) + bias) + eps`, out = sum_i w[i] x[i].
+    Parameters phi [n*C, n], bias [n], alpha [1] (float32), initialised by
+    `mhc_core.init_head_params` so the head starts as the mean over streams.
+    """
+
+    def __init__(self, n: int, dim: int, *, rms_eps: float = 1e-6, eps: float = 1e-6):
+        super().__init__()
+        self.n, self.dim = checks.streams(n), _channels(dim)
+        self.rms_eps = checks.non_negative(rms_eps, "rms_eps")
+        self.eps = checks.non_negative(eps, "eps")
+        shapes = mhc_core.head_param_shapes(n, dim)
+        for name, value in mhc_core.init_head_params(n, dim, eps=eps).items():
+            self.register_parameter(name, _as_param(value, shapes[name], name, "StreamHead"))
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, dim={self.dim}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.n, self.dim, "StreamHead")  # [..., n, C]
+        return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)

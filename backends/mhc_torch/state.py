@@ -1,0 +1,92 @@
+"""Weight interchange: flat dotted names -> arrays, as numpy dicts or safetensors files.
+
+Names are those of `module.state_dict()`: `phi`, `bias`, `alpha`, `layer.weight`,
+`layer.fc1.bias`, ..., the same names the mlx backend uses, so a file written by one
+backend loads into the other.
+
+- `module_state(m)` -> {name: np.ndarray}; bfloat16 comes out as float32 (numpy has no
+  bfloat16; the upcast is exact).
+- `save_state(m, path)` writes a safetensors file with the tensors' own dtypes
+  (bfloat16 stays bfloat16).
+- `load_state(m, state_or_path)` is strict: missing names, unexpected names and shape
+  mismatches raise one ValueError listing all of them. Values are cast to the dtype (and
+  device) the module's tensor already has, so a float32 file loads into a float64 module.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import mhc_core
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__module__}.{type(module).__name__}")
+    return dict(module.state_dict())
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
+
+
+def module_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter and persistent buffer of `module` as numpy, keyed by dotted name."""
+    return {name: _to_numpy(t) for name, t in _tensors(module).items()}
+
+
+def save_state(module: nn.Module, path: str | os.PathLike) -> None:
+    """Write every parameter and persistent buffer of `module` to a safetensors file."""
+    tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
+    save_file(tensors, os.fspath(path), metadata={"library": "mhc", "version": mhc_core.__version__})
+
+
+def _read(state) -> dict[str, torch.Tensor]:
+    """A state given as a safetensors path or a mapping of numpy arrays / tensors -> tensors."""
+    if isinstance(state, (str, os.PathLike)):
+        path = os.fspath(state)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
+        return load_file(path)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
+    return {k: v.detach() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()}
+
+
+def load_state(module: nn.Module, state) -> nn.Module:
+    """Load `state` (dict of numpy arrays / tensors, or a safetensors path) into `module`.
+
+    Strict: the names must be exactly the module's and every shape must match; values
+    are cast to the module tensor's dtype and device. Returns the module.
+    """
+    current = _tensors(module)
+    incoming = _read(state)
+    missing = sorted(set(current) - set(incoming))
+    unexpected = sorted(set(incoming) - set(current))
+    mismatched = [
+        f"{k}: state {list(incoming[k].shape)} vs module {list(current[k].shape)}"
+        for k in sorted(set(current) & set(incoming))
+        if tuple(incoming[k].shape) != tuple(current[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatch {mismatched}")
+    if problems:
+        raise ValueError(f"load_state into {type(module).__name__} failed: " + "; ".join(problems))
+    for k, v in incoming.items():
+        if current[k].is_floating_point() and not v.is_floating_point():
+            raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
+    with torch.no_grad():
+        for k, v in incoming.items():
+            current[k].copy_(v)  # state_dict tensors share storage with the module's
+    return module

@@ -9,6 +9,11 @@ loads into the other.
   bfloat16).
 - `save_state(m, path)` writes a safetensors file with the arrays' own dtypes
   (bfloat16 stays bfloat16), via `mx.save_safetensors`.
+
+float64: MLX's safetensors I/O has no F64 (mlx 0.32: `mx.save_safetensors` raises
+"invalid dtype", `mx.load` "unsupported dtype F64"), so float64 modules and files go
+through the `safetensors` package's numpy functions instead. numpy has no bfloat16, so a
+single file holding both float64 and bfloat16 tensors is refused with a clear error.
 - `load_state(m, state_or_path)` is strict: missing names, unexpected names and shape
   mismatches raise one ValueError listing all of them. Values are cast to the dtype the
   module's parameter has (so a float32 file loads into a float64 module).
@@ -39,6 +44,21 @@ def module_state(module: nn.Module) -> dict[str, np.ndarray]:
     return {name: _to_numpy(value) for name, value in _params(module).items()}
 
 
+def _safetensors_numpy(why: str):
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError(f"the 'safetensors' package is needed to {why} (MLX's own safetensors "
+                          "I/O has no float64): pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _refuse_mixed_f64_bf16(dtypes, where: str) -> None:
+    if mx.bfloat16 in dtypes:
+        raise ValueError(f"{where} mixes float64 and bfloat16 tensors: MLX cannot store float64 "
+                         "and numpy cannot hold bfloat16; cast the module to one of them first")
+
+
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter of `module` to a safetensors file at `path`."""
     path = os.fspath(path)
@@ -46,7 +66,13 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
         # mx.save_safetensors appends the suffix itself; require it so the path we were
         # given is the file that exists afterwards.
         raise ValueError(f"save_state writes safetensors: path must end in '.safetensors', got {path!r}")
-    mx.save_safetensors(path, _params(module))
+    params = _params(module)
+    dtypes = {v.dtype for v in params.values()}
+    if mx.float64 not in dtypes:
+        mx.save_safetensors(path, params)
+        return
+    _refuse_mixed_f64_bf16(dtypes, f"save_state({type(module).__name__})")
+    _safetensors_numpy("save float64 tensors").save_file({k: np.array(v) for k, v in params.items()}, path)
 
 
 def _read(state) -> dict[str, mx.array]:
@@ -55,10 +81,25 @@ def _read(state) -> dict[str, mx.array]:
         path = os.fspath(state)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
-        return dict(mx.load(path, format="safetensors"))
+        return _load_file(path)
     if not isinstance(state, Mapping):
         raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
     return {k: v if isinstance(v, mx.array) else _from_numpy(np.asarray(v)) for k, v in state.items()}
+
+
+def _load_file(path: str) -> dict[str, mx.array]:
+    try:
+        return dict(mx.load(path, format="safetensors"))
+    except RuntimeError as err:
+        if "F64" not in str(err):
+            raise
+    try:  # float64 tensors: mx.load cannot read them, numpy can
+        arrays = _safetensors_numpy("read float64 tensors").load_file(path)
+    except TypeError as err:
+        if "bfloat16" in str(err):  # numpy has no bfloat16
+            _refuse_mixed_f64_bf16({mx.bfloat16}, f"load_state: {path!r}")
+        raise
+    return {k: _from_numpy(v) for k, v in arrays.items()}
 
 
 def _from_numpy(a: np.ndarray) -> mx.array:

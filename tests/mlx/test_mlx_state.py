@@ -128,3 +128,37 @@ def test_load_and_save_reject_bad_paths_and_types(tmp_path):
         mhc_mlx.save_state(module, tmp_path / "weights.npz")
     with pytest.raises(TypeError, match=r"expected an mlx.nn.Module, got builtins.dict"):
         mhc_mlx.module_state({"phi": np.zeros(3)})
+
+
+def test_float64_module_round_trips_and_reads_float64_files(tmp_path):
+    """MLX's safetensors I/O has no F64; save_state / load_state go through safetensors.numpy."""
+    state = make_state("mhc", "mlp", 3, 4, seed=8)
+    src = _mlp_mhc()
+    src.set_dtype(mx.float64)
+    mhc_mlx.load_state(src, state)
+    path = tmp_path / "f64.safetensors"
+    mhc_mlx.save_state(src, path)
+    on_disk = st_numpy.load_file(str(path))
+    assert all(v.dtype == np.float64 for v in on_disk.values())
+    dst = _mlp_mhc()
+    dst.set_dtype(mx.float64)
+    mhc_mlx.load_state(dst, path)
+    for k, v in state.items():
+        assert_close(mhc_mlx.module_state(dst)[k], v, 0.0, "f64-file", k)
+    f32 = mhc_mlx.load_state(_mlp_mhc(), path)  # a float64 file into a float32 module: cast
+    assert f32.phi.dtype == mx.float32
+    assert_close(np.array(f32.phi), state["phi"].astype(np.float32), 0.0, "f64-file-into-f32")
+
+
+def test_float64_with_bfloat16_is_refused_clearly(tmp_path):
+    module = _mlp_mhc()
+    module.set_dtype(mx.float64)
+    module.layer.set_dtype(mx.bfloat16)
+    with pytest.raises(ValueError, match=r"mixes float64 and bfloat16 tensors"):
+        mhc_mlx.save_state(module, tmp_path / "mixed.safetensors")
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "mixed_from_torch.safetensors"
+    st_torch.save_file({"phi": torch.zeros(2, dtype=torch.float64), "bias": torch.zeros(2, dtype=torch.bfloat16)}, str(path))
+    with pytest.raises(ValueError, match=r"load_state: .*mixes float64 and bfloat16 tensors"):
+        mhc_mlx.load_state(module, path)

@@ -56,9 +56,10 @@ def make_layer(kind: str, c: int) -> nn.Module:
     raise ValueError(f"layer must be one of {LAYERS}, got {kind!r}")
 
 
-def device_for(dtype) -> contextlib.AbstractContextManager:
-    """`mx.stream(mx.cpu)` for float64 (the only device that has it), else a no-op."""
-    return mx.stream(mx.cpu) if dtype == mx.float64 else contextlib.nullcontext()
+def device_for(*arrays) -> contextlib.AbstractContextManager:
+    """`mx.stream(mx.cpu)` when any array is float64 (only the CPU has it), else a no-op."""
+    f64 = any(isinstance(a, mx.array) and a.dtype == mx.float64 for a in arrays)
+    return mx.stream(mx.cpu) if f64 else contextlib.nullcontext()
 
 
 class Adapter:
@@ -81,7 +82,7 @@ class Adapter:
         fn = fns[name]
 
         def run(*args, **kwargs):  # float64 inputs must run on the CPU stream
-            with device_for(args[0].dtype):
+            with device_for(*args, *kwargs.values()):
                 out = fn(*args, **kwargs)
                 mx.eval(out)
             return out
@@ -95,10 +96,12 @@ class Adapter:
             module.layer.set_dtype(dt)  # mixing parameters stay float32 (see module doc)
         else:
             module.set_dtype(dt)
+        if variant == "residual":  # no mixing parameters to load, whatever the case carries
+            state = {k: v for k, v in state.items() if k not in _MIXING}
         return load_state(module, state)  # cast to each parameter's dtype
 
     def run(self, module: MHC, x: mx.array) -> mx.array:
-        with device_for(x.dtype):
+        with device_for(x):
             out = module(x)
             mx.eval(out)
         return out
@@ -113,7 +116,7 @@ class Adapter:
             acc = mx.float64 if out.dtype == mx.float64 else mx.float32  # bf16 sums in float32
             return (out.astype(acc) * cotangent.astype(acc)).sum(), out
 
-        with device_for(x.dtype):
+        with device_for(x):
             try:
                 (_, out), (g_params, g_x) = mx.value_and_grad(loss, argnums=(0, 1))(params, x)
                 mx.eval(out, g_params, g_x)

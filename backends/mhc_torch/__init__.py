@@ -8,6 +8,8 @@ from mhc_core import __version__, expand_streams, reduce_streams
 
 from .modules import MHC, StreamHead
 from .state import load_state, module_state, save_state
+from .integrations import MHCSequential, convert, inject, load_converted, patch_deepseek_v4
 
 __all__ = ["MHC", "StreamHead", "expand_streams", "load_state", "module_state",
-           "reduce_streams", "save_state", "__version__"]
+           "reduce_streams", "save_state", "__version__",
+           "MHCSequential", "convert", "inject", "load_converted", "patch_deepseek_v4"]

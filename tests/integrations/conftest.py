@@ -1,0 +1,70 @@
+"""Shared pieces of the integration tests: tiny transformers models built locally (nothing
+is downloaded) and the closeness assertion. Handed out as fixtures so the tests collect
+under any pytest import mode.
+
+Weights use initializer_range 0.2 (HF's default 0.02 gives near-zero logits, where any
+conversion error would hide): logits are O(1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, HIDDEN = 64, 32
+
+
+def _decoder(family: str, seed: int = 0):
+    """A 2-layer causal LM of `family` ('llama', 'qwen2', 'qwen3'), float32, eval mode."""
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                  max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    elif family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    elif family == "qwen3":
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=8, **common))
+    else:
+        raise ValueError(family)
+    with torch.no_grad():  # RMSNorm weights away from 1 so the norms matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn(p.shape) * 0.2)
+    return model.eval()
+
+
+def _assert_close(got, want, tol: float, case: str) -> float:
+    """Fail with the worst element, both values and the case id; return the worst |error|.
+    The bound is tol * max(1, max |want|)."""
+    __tracebackhide__ = True
+    got = got.detach().double().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got, np.float64)
+    want = want.detach().double().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"[{case}] shape {got.shape} != reference {want.shape}"
+    if not np.all(np.isfinite(got)):
+        raise AssertionError(f"[{case}] non-finite output")
+    err = np.abs(got - want)
+    worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    bound = tol * max(1.0, float(np.abs(want).max()))
+    if not err[worst] <= bound:
+        raise AssertionError(f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at {tuple(int(i) for i in worst)}: "
+                             f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
+    return float(err.max())
+
+
+@pytest.fixture
+def decoder():
+    return _decoder
+
+
+@pytest.fixture
+def assert_close():
+    return _assert_close
+
+
+@pytest.fixture
+def token_ids():
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))

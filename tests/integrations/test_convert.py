@@ -1,0 +1,149 @@
+"""mhc_torch.convert on real transformers decoders (Llama, Qwen2, Qwen3; tiny configs):
+exact warm start, generate() with the KV cache, save_pretrained / load_converted
+round trip, training reaches the mHC parameters."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import mhc_torch
+from mhc_torch.integrations import convert, load_converted, mhc_steps
+
+FAMILIES = ["llama", "qwen2", "qwen3"]
+
+
+@torch.no_grad()
+def logits(model, ids, **kw):
+    return model(ids, **kw).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_warm_start_logits_match_original(family, decoder, token_ids, assert_close):
+    original = decoder(family)
+    converted = convert(copy.deepcopy(original), n=4)
+    assert len(mhc_steps(converted)) == 4  # 2 layers x (attn, mlp)
+    want = logits(original, token_ids)
+    assert float(want.abs().max()) > 0.5, "logits too small for a meaningful comparison"
+    assert_close(logits(converted, token_ids), want, 1e-5, f"{family} n=4 warm start")
+
+
+@pytest.mark.parametrize("variant,n,reduce", [("hc", 4, "mean"), ("mhc", 2, "head"), ("residual", 1, "mean")])
+def test_warm_start_other_settings(variant, n, reduce, decoder, token_ids, assert_close):
+    original = decoder("llama")
+    converted = convert(copy.deepcopy(original), n=n, variant=variant, reduce=reduce)
+    assert_close(logits(converted, token_ids), logits(original, token_ids), 1e-5, f"llama {variant} n={n} {reduce}")
+
+
+def test_layer_state_keys_are_kept(decoder):
+    original = decoder("qwen3")
+    converted = convert(copy.deepcopy(original), n=4)
+    before, after = original.state_dict(), converted.state_dict()
+    assert set(before) <= set(after)
+    added = sorted(set(after) - set(before))
+    assert added == sorted(f"model.layers.{i}.{b}_mhc.{p}" for i in range(2) for b in ("attn", "mlp")
+                           for p in ("alpha", "bias", "phi"))
+    assert after["model.layers.0.attn_mhc.phi"].shape == (4 * 32, 4 * 4 + 2 * 4)
+    assert after["model.layers.0.attn_mhc.phi"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_generate_with_cache_matches_original(family, decoder, token_ids):
+    original = decoder(family)
+    converted = convert(copy.deepcopy(original), n=4)
+    prompt = token_ids[:, :5]
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    want = original.generate(prompt, **kw)
+    got = converted.generate(prompt, **kw)
+    no_cache = converted.generate(prompt, use_cache=False, **kw)
+    assert want.shape == (2, 13)
+    assert torch.equal(got, want), f"{family}: {got.tolist()} != {want.tolist()}"
+    assert torch.equal(no_cache, got)
+
+
+def _train(model, ids, steps=3, lr=1e-2):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_training_changes_mhc_parameters(decoder, token_ids):
+    model = convert(decoder("llama"), n=4)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items() if "_mhc." in k}
+    model.train()
+    model(token_ids, labels=token_ids).loss.backward()
+    for name, step in mhc_steps(model):
+        for p in ("phi", "bias"):
+            g = getattr(step, p).grad
+            assert g is not None and float(g.abs().max()) > 0, f"no gradient reaches {name}.{p}"
+        # z = rmsnorm(x) @ phi is 0 at phi = 0, so d(alpha * z)/d alpha = 0 on the first step;
+        # alpha starts learning once phi has moved (checked below).
+        assert float(step.alpha.grad.abs().max()) == 0.0
+    model.zero_grad()
+    _train(model, token_ids)
+    model.train()
+    model(token_ids, labels=token_ids).loss.backward()
+    assert min(float(s.alpha.grad.abs().max()) for _, s in mhc_steps(model)) > 0
+    model.zero_grad()
+    moved = {k: float((v - start[k]).abs().max()) for k, v in model.state_dict().items() if k in start}
+    assert min(moved.values()) > 1e-4, f"mHC parameters that did not move: {moved}"
+
+
+def test_save_load_round_trip_is_exact(decoder, token_ids, tmp_path):
+    model = _train(convert(decoder("qwen2"), n=4), token_ids)  # trained: streams no longer equal
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["Qwen2ForCausalLM"]
+    assert saved["mhc"]["n"] == 4 and saved["mhc"]["segments"][0]["blocks"] == ["model.layers.0", "model.layers.1"]
+    assert (tmp_path / "model.safetensors").exists()
+
+    loaded = load_converted(tmp_path).eval()
+    want, got = model.state_dict(), loaded.state_dict()
+    assert set(got) == set(want)
+    diff = {k: float((got[k].float() - want[k].float()).abs().max()) for k in want}
+    assert max(diff.values()) == 0.0, {k: v for k, v in diff.items() if v}
+    assert torch.equal(logits(loaded, token_ids), logits(model, token_ids))
+
+    loaded.save_pretrained(tmp_path / "again")  # a second round trip keeps the same config
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["architectures"] == saved["architectures"] and again["mhc"] == saved["mhc"]
+
+
+def test_load_in_bfloat16_keeps_mhc_parameters_float32(decoder, tmp_path):
+    convert(decoder("llama"), n=4).save_pretrained(tmp_path)
+    loaded = load_converted(tmp_path, dtype=torch.bfloat16)
+    assert loaded.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert loaded.model.layers[0].attn_mhc.phi.dtype == torch.float32
+
+
+def test_bad_input_errors(decoder, tmp_path):
+    model = convert(decoder("llama"), n=4)
+    with pytest.raises(ValueError, match="already converted"):
+        convert(model, n=4)
+    with pytest.raises(ValueError, match="number of streams"):
+        convert(decoder("llama"), n=0)
+    with pytest.raises(ValueError, match="n must be 1"):
+        convert(decoder("llama"), n=4, variant="residual")
+    with pytest.raises(TypeError, match="unknown mHC settings"):
+        convert(decoder("llama"), n=4, sinkhorn_iters=3)
+    bert = pytest.importorskip("transformers").BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64)
+    with pytest.raises(ValueError, match="no stack of pre-LN decoder layers"):
+        convert(pytest.importorskip("transformers").BertModel(bert), n=4)
+    decoder("llama").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no 'mhc' entry"):
+        load_converted(tmp_path)
+    layer = model.model.layers[1]
+    with pytest.raises(ValueError, match="expects the streams"):
+        layer(torch.zeros(1, 3, 32))
+
+
+def test_exports():
+    assert mhc_torch.convert is convert and mhc_torch.load_converted is load_converted

@@ -48,6 +48,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("numpy", ("numpy",), "mhc_core.testing"),
     Backend("torch", ("torch", "mhc_torch"), "mhc_torch.testing"),
     Backend("mlx", ("mlx", "mhc_mlx"), "mhc_mlx.testing"),
+    Backend("torch-triton", ("torch", "triton", "mhc_torch"), "mhc_torch.kernels.testing", "mhc_torch.kernels:runnable"),
 )
 
 

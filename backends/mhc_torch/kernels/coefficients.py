@@ -1,0 +1,352 @@
+"""Fused coefficients: projection + RMS + gating + Sinkhorn in one pass over x; exact backward.
+
+Reference: `mhc_core.coefficients` (DESIGN §1, paper Eq. 7-8), tested against it:
+
+    v = flatten(x) [T, K=n*C];  z = rmsnorm(v) @ phi [T, W=n*n+2n] = [pre | post | res]
+    mhc: pre = sigmoid(a0 z_pre + b_pre) + pre_eps;  post = post_scale * sigmoid(a1 z_post + b_post)
+         res = sinkhorn(a2 z_res + b_res)  [T, n, n]
+    hc:  pre, post, res = b + a * tanh(z)  (same kernels, HC=True: no Sinkhorn)
+
+Forward (one kernel, grid over token blocks): paper Eq. 14-15 — the RMS scale is applied
+after the matmul, `z = (v @ phi) * r`, `r = rsqrt(sum(v^2)/K + eps)`, so the sum of squares
+and the product accumulate in the same sweep over x; the gating and the Sinkhorn iterations
+then run on-chip (sinkhorn.py), one token's n x n matrix in registers. It also writes z
+[T, W] and r [T] (W + 1 floats per token) for the backward.
+
+Backward (two kernels):
+1. `_gate_bwd_kernel` (token blocks, reads only the [T, W] arrays): through Sinkhorn (on-chip
+   recompute, sinkhorn.py), the sigmoids / tanh, alpha and bias; writes u = r * dL/dz and
+   c = r^2/K * sum_w dL/dz_w z_w, plus per-program partial sums for dbias and dalpha.
+2. `_x_bwd_kernel` (grid over K blocks x token splits, one pass over x): through RMS and
+   the matmul, Eq. 14-15 differentiated:
+       dx  = u @ phi^T - c * v          (z = p r, dr/dv = -r^3 v / K)
+       dphi = v^T @ u                   (accumulated per program, partial sums over splits)
+
+Padding: streams to R = max(4, next_pow2(n)); the [pre | post] columns form a gate tile of
+GP = max(16, 2R) columns (pre in [0, R), post in [R, 2R)), the res columns an R*R tile, so
+every tl.dot operand is >= 16 wide; masked loads gather phi's columns into that layout.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRETED, cast_for_store, coefficient_inputs, gate_pad, num_programs_hint, stream_pad
+from .sinkhorn import sinkhorn_tile, sinkhorn_tile_bwd
+
+
+# ----------------------------------------------------------------------------------------
+# Column layout helpers (phi / z columns gathered into padded gate and res tiles)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _gate_cols(n, R: tl.constexpr, GP: tl.constexpr):
+    """For gate tile column j: is it pre, its stream index, validity, column of phi / z."""
+    j = tl.arange(0, GP)
+    is_pre = j < R
+    idx = j % R
+    valid = (j < 2 * R) & (idx < n)
+    return is_pre, idx, valid, tl.where(is_pre, idx, n + idx)
+
+
+@triton.jit
+def _res_cols(n, R: tl.constexpr):
+    """For res tile column q = i*R + o: (i, o), validity, column of phi / z (2n + i*n + o)."""
+    q = tl.arange(0, R * R)
+    i = q // R
+    o = q % R
+    return i, o, (i < n) & (o < n), 2 * n + i * n + o
+
+
+@triton.jit
+def _tanh(v):
+    return 2.0 * tl.sigmoid(2.0 * v) - 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# Forward: Eq. 14-15 (projection + sum of squares), Eq. 8 gating, Sinkhorn
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _coeff_fwd_kernel(
+    x_ptr, phi_ptr, bias_ptr, alpha_ptr,                  # x [T, K], phi [K, W], bias [W], alpha [3]
+    pre_ptr, post_ptr, res_ptr, z_ptr, r_ptr,             # [T, n], [T, n], [T, n, n], [T, W], [T]
+    T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
+    HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    tmask = t < T
+    is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
+    ri, ro, rvalid, rcol = _res_cols(n, R)
+
+    acc_g = tl.zeros((BT, GP), ACC)
+    acc_r = tl.zeros((BT, R * R), ACC)
+    ss = tl.zeros((BT,), ACC)
+    for k0 in range(0, K, BK):  # one sweep over x: x @ phi and sum(x^2) together
+        k = k0 + tl.arange(0, BK)
+        kmask = k < K
+        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
+        pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
+        pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
+        ss += tl.sum(xt * xt, axis=1)
+        acc_g += tl.dot(xt, pg.to(ACC), input_precision=PREC)
+        acc_r += tl.dot(xt, pr.to(ACC), input_precision=PREC)
+
+    r = 1.0 / tl.sqrt(ss / K + rms_eps)  # Eq. 15: RMS applied after the matmul
+    zg = acc_g * r[:, None]
+    zr = acc_r * r[:, None]
+    a0 = tl.load(alpha_ptr).to(ACC)
+    a1 = tl.load(alpha_ptr + 1).to(ACC)
+    a2 = tl.load(alpha_ptr + 2).to(ACC)
+    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
+    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
+    ag = tl.where(is_pre, a0, a1)
+    if HC:
+        gate = bg[None, :] + ag[None, :] * _tanh(zg)
+        res = br[None, :] + a2 * _tanh(zr)
+    else:
+        s = tl.sigmoid(ag[None, :] * zg + bg[None, :])
+        gate = tl.where(is_pre[None, :], s + pre_eps, post_scale * s)
+        valid3 = tl.reshape(rvalid, (1, R, R))
+        logits = tl.reshape(a2 * zr + br[None, :], (BT, R, R))
+        res = tl.reshape(sinkhorn_tile(logits, valid3, iters, sk_eps, LOG), (BT, R * R))
+
+    tg = tmask[:, None] & gvalid[None, :]
+    tl.store(pre_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & is_pre[None, :])
+    tl.store(post_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & ~is_pre[None, :])
+    tr = tmask[:, None] & rvalid[None, :]
+    tl.store(res_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], res, mask=tr)
+    tl.store(z_ptr + t[:, None] * W + gcol[None, :], zg, mask=tg)
+    tl.store(z_ptr + t[:, None] * W + rcol[None, :], zr, mask=tr)
+    tl.store(r_ptr + t, r, mask=tmask)
+
+
+# ----------------------------------------------------------------------------------------
+# Backward 1: gating and Sinkhorn (on the [T, W] arrays only)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _gate_bwd_kernel(
+    z_ptr, r_ptr, bias_ptr, alpha_ptr, dpre_ptr, dpost_ptr, dres_ptr,
+    u_ptr, c_ptr, dbias_part_ptr, dalpha_part_ptr,        # u [T, W], c [T], [P, W], [P, 3]
+    T, n, K, W, iters, sk_eps, post_scale,
+    HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
+    BT: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    t = pid * BT + tl.arange(0, BT)
+    tmask = t < T
+    is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
+    ri, ro, rvalid, rcol = _res_cols(n, R)
+    tg = tmask[:, None] & gvalid[None, :]
+    tr = tmask[:, None] & rvalid[None, :]
+    # masked tokens load zeros everywhere, so they contribute exactly 0 below
+    zg = tl.load(z_ptr + t[:, None] * W + gcol[None, :], mask=tg, other=0.0)
+    zr = tl.load(z_ptr + t[:, None] * W + rcol[None, :], mask=tr, other=0.0)
+    r = tl.load(r_ptr + t, mask=tmask, other=0.0)
+    dg = tl.load(dpre_ptr + t[:, None] * n + gidx[None, :], mask=tg & is_pre[None, :], other=0.0).to(ACC)
+    dg += tl.load(dpost_ptr + t[:, None] * n + gidx[None, :], mask=tg & ~is_pre[None, :], other=0.0).to(ACC)
+    dr = tl.load(dres_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], mask=tr, other=0.0).to(ACC)
+    a0 = tl.load(alpha_ptr).to(ACC)
+    a1 = tl.load(alpha_ptr + 1).to(ACC)
+    a2 = tl.load(alpha_ptr + 2).to(ACC)
+    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
+    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
+    ag = tl.where(is_pre, a0, a1)
+
+    if HC:  # gate = b + a * tanh(z)
+        thg = _tanh(zg)
+        thr = _tanh(zr)
+        dlog_g = dg  # d/d(b) of the gate; the "logit" here is b + a tanh(z)
+        dzg = dg * ag[None, :] * (1.0 - thg * thg)
+        dlog_r = dr
+        dzr = dr * a2 * (1.0 - thr * thr)
+        da_g = dg * thg
+        da_r = tl.sum(tl.sum(dr * thr, axis=1), axis=0)
+    else:
+        s = tl.sigmoid(ag[None, :] * zg + bg[None, :])
+        dlog_g = dg * tl.where(is_pre, 1.0, post_scale)[None, :] * s * (1.0 - s)
+        dzg = dlog_g * ag[None, :]
+        da_g = dlog_g * zg
+        valid3 = tl.reshape(rvalid, (1, R, R))
+        logits = tl.reshape(a2 * zr + br[None, :], (BT, R, R))
+        dl3 = sinkhorn_tile_bwd(logits, tl.reshape(dr, (BT, R, R)), valid3, iters, sk_eps, LOG)
+        dlog_r = tl.where(tr, tl.reshape(dl3, (BT, R * R)), 0.0)
+        dzr = dlog_r * a2
+        da_r = tl.sum(tl.sum(dlog_r * zr, axis=1), axis=0)
+
+    tl.store(u_ptr + t[:, None] * W + gcol[None, :], dzg * r[:, None], mask=tg)
+    tl.store(u_ptr + t[:, None] * W + rcol[None, :], dzr * r[:, None], mask=tr)
+    c = r * r / K * (tl.sum(dzg * zg, axis=1) + tl.sum(dzr * zr, axis=1))
+    tl.store(c_ptr + t, c, mask=tmask)
+    tl.store(dbias_part_ptr + pid * W + gcol, tl.sum(dlog_g, axis=0), mask=gvalid)
+    tl.store(dbias_part_ptr + pid * W + rcol, tl.sum(dlog_r, axis=0), mask=rvalid)
+    da_pre = tl.sum(tl.sum(tl.where(is_pre[None, :], da_g, 0.0), axis=1), axis=0)
+    da_post = tl.sum(tl.sum(tl.where(is_pre[None, :], 0.0, da_g), axis=1), axis=0)
+    tl.store(dalpha_part_ptr + pid * 3, da_pre)
+    tl.store(dalpha_part_ptr + pid * 3 + 1, da_post)
+    tl.store(dalpha_part_ptr + pid * 3 + 2, da_r)
+
+
+# ----------------------------------------------------------------------------------------
+# Backward 2: RMS + matmul (Eq. 14-15 differentiated), one pass over x
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _x_bwd_kernel(
+    x_ptr, phi_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # dphi_part [S, K, W]
+    T, n, K, W, tokens_per_split,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+):
+    split = tl.program_id(1)
+    k = tl.program_id(0) * BK + tl.arange(0, BK)
+    kmask = k < K
+    is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
+    ri, ro, rvalid, rcol = _res_cols(n, R)
+    # phi^T tiles for this K block stay in registers for the whole token loop
+    pgT = tl.load(phi_ptr + k[None, :] * W + gcol[:, None], mask=gvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
+    prT = tl.load(phi_ptr + k[None, :] * W + rcol[:, None], mask=rvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
+    dphi_g = tl.zeros((BK, GP), ACC)
+    dphi_r = tl.zeros((BK, R * R), ACC)
+    t_start = split * tokens_per_split
+    t_end = tl.minimum(t_start + tokens_per_split, T)
+    for t0 in range(t_start, t_end, BT):
+        t = t0 + tl.arange(0, BT)
+        tmask = t < t_end
+        xmask = tmask[:, None] & kmask[None, :]
+        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(ACC)
+        ug = tl.load(u_ptr + t[:, None] * W + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
+        ur = tl.load(u_ptr + t[:, None] * W + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
+        c = tl.load(c_ptr + t, mask=tmask, other=0.0)
+        dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xt
+        tl.store(dx_ptr + t[:, None] * K + k[None, :], cast_for_store(dx, dx_ptr), mask=xmask)
+        xT = tl.trans(xt)
+        dphi_g += tl.dot(xT, ug, input_precision=PREC)
+        dphi_r += tl.dot(xT, ur, input_precision=PREC)
+    base = dphi_part_ptr + split * K * W + k[:, None] * W
+    tl.store(base + gcol[None, :], dphi_g, mask=kmask[:, None] & gvalid[None, :])
+    tl.store(base + rcol[None, :], dphi_r, mask=kmask[:, None] & rvalid[None, :])
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------
+_BT, _BK = 16, 64  # token block, K block (tl.dot needs >= 16)
+
+
+def _consts(x: torch.Tensor, n: int):
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    # tf32x3: three tensor-core passes, ~float32 accuracy (plain tf32 would cost ~1e-3)
+    prec = "ieee" if (INTERPRETED or x.dtype == torch.float64) else "tf32x3"
+    return dict(ACC=acc, R=stream_pad(n), GP=gate_pad(n)), prec
+
+
+def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
+                     sk_eps: float, post_scale: float):
+    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], r [T]."""
+    T, n, C = x.shape
+    K, W = n * C, n * n + 2 * n
+    f = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
+    res, z, r = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T,), dtype=f)
+    if T:
+        consts, prec = _consts(x, n)
+        _coeff_fwd_kernel[(triton.cdiv(T, _BT),)](
+            x, phi.contiguous(), bias.contiguous(), alpha.contiguous(), pre, post, res, z, r,
+            T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
+            HC=hc, LOG=sk_eps == 0.0, PREC=prec, BT=_BT, BK=_BK, **consts)
+    return pre, post, res, z, r
+
+
+def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, iters: int,
+                     sk_eps: float, post_scale: float):
+    """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype)."""
+    T, n, C = x.shape
+    K, W = n * C, n * n + 2 * n
+    consts, prec = _consts(x, n)
+    f = z.dtype
+    n_tb = triton.cdiv(T, _BT)
+    u, c = torch.empty_like(z), torch.empty_like(r)
+    dbias_part = x.new_empty((n_tb, W), dtype=f)
+    dalpha_part = x.new_empty((n_tb, 3), dtype=f)
+    _gate_bwd_kernel[(n_tb,)](
+        z, r, bias.contiguous(), alpha.contiguous(), dpre.contiguous(), dpost.contiguous(), dres.contiguous(),
+        u, c, dbias_part, dalpha_part, T, n, K, W, iters, sk_eps, post_scale,
+        HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
+
+    # token splits so that (K blocks x splits) about fills the device
+    n_kb = triton.cdiv(K, _BK)
+    splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))
+    tokens_per_split = triton.cdiv(n_tb, splits) * _BT
+    splits = triton.cdiv(T, tokens_per_split)
+    dx = torch.empty_like(x)
+    dphi_part = x.new_empty((splits, K, W), dtype=f)
+    _x_bwd_kernel[(n_kb, splits)](
+        x, phi.contiguous(), u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
+        PREC=prec, BT=_BT, BK=_BK, **consts)
+    return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
+
+
+# ----------------------------------------------------------------------------------------
+# torch.library ops (so torch.compile calls the kernels without a graph break) + Function
+# ----------------------------------------------------------------------------------------
+@torch.library.custom_op("mhc_triton::coefficients_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, hc: bool,
+            iters: int, rms_eps: float, pre_eps: float, sk_eps: float, post_scale: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return coefficients_fwd(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale)
+
+
+@_fwd_op.register_fake
+def _(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
+    T, n, _ = x.shape
+    f = torch.float64 if x.dtype == torch.float64 else torch.float32
+    e = lambda *s: x.new_empty(s, dtype=f)  # noqa: E731
+    return e(T, n), e(T, n), e(T, n, n), e(T, n * n + 2 * n), e(T)
+
+
+@torch.library.custom_op("mhc_triton::coefficients_bwd", mutates_args=())
+def _bwd_op(x: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, z: torch.Tensor,
+            r: torch.Tensor, dpre: torch.Tensor, dpost: torch.Tensor, dres: torch.Tensor, hc: bool,
+            iters: int, sk_eps: float, post_scale: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc, iters, sk_eps, post_scale)
+
+
+@_bwd_op.register_fake
+def _(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc, iters, sk_eps, post_scale):
+    return torch.empty_like(x), phi.new_empty(phi.shape, dtype=z.dtype), \
+        bias.new_empty(bias.shape, dtype=z.dtype), alpha.new_empty(alpha.shape, dtype=z.dtype)
+
+
+class CoefficientsFunction(torch.autograd.Function):
+    """(x [T, n, C], phi, bias, alpha) -> (pre [T, n], post [T, n], res [T, n, n])."""
+
+    @staticmethod
+    def forward(ctx, x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
+        pre, post, res, z, r = _fwd_op(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale)
+        ctx.save_for_backward(x, phi, bias, alpha, z, r)
+        ctx.cfg = (hc, iters, sk_eps, post_scale)
+        return pre, post, res
+
+    @staticmethod
+    def backward(ctx, dpre, dpost, dres):
+        x, phi, bias, alpha, z, r = ctx.saved_tensors
+        T, n, _ = x.shape
+        zeros = lambda *s: z.new_zeros(s)  # noqa: E731  (an output that did not reach the loss)
+        dpre = zeros(T, n) if dpre is None else dpre
+        dpost = zeros(T, n) if dpost is None else dpost
+        dres = zeros(T, n, n) if dres is None else dres
+        dx, dphi, dbias, dalpha = _bwd_op(x, phi, bias, alpha, z, r, dpre, dpost, dres, *ctx.cfg)
+        return dx, dphi.to(phi.dtype), dbias.to(bias.dtype), dalpha.to(alpha.dtype), *([None] * 6)
+
+
+def coefficients(x, phi, bias, alpha, *, variant="mhc", iters=20, rms_eps=1e-6, pre_eps=1e-6,
+                 sinkhorn_eps=1e-6, post_scale=2.0):
+    """Triton `mhc_core.coefficients`: x [..., n, C] -> (pre [..., n], post [..., n], res [..., n, n]),
+    float32 whatever x's dtype (float64 only in the interpreter)."""
+    n, c = coefficient_inputs(x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, sinkhorn_eps, post_scale)
+    lead = tuple(x.shape[:-2])
+    pre, post, res = CoefficientsFunction.apply(
+        x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", iters,
+        float(rms_eps), float(pre_eps), float(sinkhorn_eps), float(post_scale))
+    return pre.reshape(lead + (n,)), post.reshape(lead + (n,)), res.reshape(lead + (n, n))

@@ -1,0 +1,154 @@
+"""Post + residual: out[o] = sum_i res[i, o] x[i] + post[o] y (paper Eq. 3, H_res x + H_post^T y).
+
+Reference: `mhc_core.post_residual` (DESIGN §1 step 4), tested against it. x [T, n, C],
+y [T, C], post [T, n], res [T, n, n] (res[i, o]: stream i -> o) -> out [T, n, C] in x's
+dtype, float32 accumulation.
+
+Forward: grid (tokens, C blocks); reads x and y once, writes out once.
+Backward: grid over tokens; one sweep over C reads x, y and dout once, writes dx and dy
+once, and accumulates the coefficient gradients in registers:
+    dx[i] = sum_o res[i, o] dout[o]      dy = sum_o post[o] dout[o]
+    dres[i, o] = <x[i], dout[o]>         dpost[o] = <y, dout[o]>
+Ideal traffic per token: forward (2n + 1) C elements, backward (3n + 2) C.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cast_for_store, next_pow2, stream_op_inputs, torch_acc_dtype
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
+                     ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    i = tl.arange(0, NP)
+    cmask, imask = c < C, i < n
+    m2 = imask[:, None] & cmask[None, :]
+    offs = t * n * C + i[:, None] * C + c[None, :]
+    x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)                               # [NP(i), BC]
+    y = tl.load(y_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)                       # [BC]
+    w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)                    # [NP(o)]
+    res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :],
+                  mask=imask[:, None] & imask[None, :], other=0.0).to(ACC)              # [NP(i), NP(o)]
+    out = tl.sum(res[:, :, None] * x[:, None, :], axis=0) + w[:, None] * y[None, :]    # [NP(o), BC]
+    tl.store(out_ptr + offs, cast_for_store(out, out_ptr), mask=m2)
+
+
+@triton.jit
+def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
+                     n, C, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0)
+    i = tl.arange(0, NP)
+    imask = i < n
+    mres = imask[:, None] & imask[None, :]
+    w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
+    res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
+    dw = tl.zeros((NP,), ACC)
+    dres = tl.zeros((NP, NP), ACC)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cmask = c < C
+        m2 = imask[:, None] & cmask[None, :]
+        offs = t * n * C + i[:, None] * C + c[None, :]
+        x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)            # [NP(i), BC]
+        g = tl.load(dout_ptr + offs, mask=m2, other=0.0).to(ACC)         # [NP(o), BC]
+        y = tl.load(y_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)    # [BC]
+        dx = tl.sum(res[:, :, None] * g[None, :, :], axis=1)             # [NP(i), BC]
+        dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
+        tl.store(dx_ptr + offs, cast_for_store(dx, dx_ptr), mask=m2)
+        tl.store(dy_ptr + t * C + c, cast_for_store(dy, dy_ptr), mask=cmask)
+        dw += tl.sum(g * y[None, :], axis=1)
+        dres += tl.sum(x[:, None, :] * g[None, :, :], axis=2)
+    tl.store(dpost_ptr + t * n + i, dw, mask=imask)
+    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], dres, mask=mres)
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------
+def _block_c(n: int, C: int) -> int:
+    # the [NP, NP, BC] product is the largest live tile: keep it near 4096 values
+    return max(16, min(next_pow2(C), 4096 // (next_pow2(n) ** 2)))
+
+
+def post_residual_fwd(x, y, post, res):
+    """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype."""
+    T, n, C = x.shape
+    out = torch.empty_like(x)
+    if T:
+        acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+        BC = _block_c(n, C)
+        _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC)
+    return out
+
+
+def post_residual_bwd(x, y, post, res, dout):
+    """(dx in x's dtype, dy in y's dtype, dpost [T, n], dres [T, n, n] in the accumulation dtype)."""
+    T, n, C = x.shape
+    f = torch_acc_dtype(x.dtype)
+    dx, dy = torch.empty_like(x), torch.empty_like(y)
+    dpost, dres = x.new_empty((T, n), dtype=f), x.new_empty((T, n, n), dtype=f)
+    if T:
+        acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+        _post_bwd_kernel[(T,)](x, y, post, res, dout.contiguous(), dx, dy, dpost, dres, n, C,
+                               ACC=acc, NP=next_pow2(n), BC=_block_c(n, C))
+    return dx, dy, dpost, dres
+
+
+# ----------------------------------------------------------------------------------------
+# torch.library ops + autograd.Function
+# ----------------------------------------------------------------------------------------
+@torch.library.custom_op("mhc_triton::post_residual_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+    return post_residual_fwd(x, y, post, res)
+
+
+@_fwd_op.register_fake
+def _(x, y, post, res):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mhc_triton::post_residual_bwd", mutates_args=())
+def _bwd_op(x: torch.Tensor, y: torch.Tensor, post: torch.Tensor, res: torch.Tensor, dout: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return post_residual_bwd(x, y, post, res, dout)
+
+
+@_bwd_op.register_fake
+def _(x, y, post, res, dout):
+    f = torch_acc_dtype(x.dtype)
+    return torch.empty_like(x), torch.empty_like(y), post.new_empty(post.shape, dtype=f), \
+        res.new_empty(res.shape, dtype=f)
+
+
+class PostResidualFunction(torch.autograd.Function):
+    """(x [T, n, C], y [T, C], post [T, n], res [T, n, n]) -> out [T, n, C]."""
+
+    @staticmethod
+    def forward(ctx, x, y, post, res):
+        ctx.save_for_backward(x, y, post, res)
+        return _fwd_op(x, y, post, res)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, y, post, res = ctx.saved_tensors
+        dx, dy, dpost, dres = _bwd_op(x, y, post, res, dout)
+        return dx, dy, dpost.to(post.dtype), dres.to(res.dtype)
+
+
+def post_residual(x, y, post, res):
+    """Triton `mhc_core.post_residual`: -> out [..., n, C] in x's dtype."""
+    n, c, lead = stream_op_inputs("post_residual", x, {
+        "y": (y, lambda n, c: (c,), "the layer output, one C-vector per token"),
+        "post": (post, lambda n, c: (n,), "one weight per stream of x"),
+        "res": (res, lambda n, c: (n, n), "an n x n mixing matrix per token")})
+    flat = lambda a, *s: a.reshape(-1, *s).contiguous()  # noqa: E731
+    out = PostResidualFunction.apply(flat(x, n, c), flat(y, c), flat(post, n), flat(res, n, n))
+    return out.reshape(lead + (n, c))

@@ -30,6 +30,20 @@ def test_warm_start_logits_match_original(family, decoder, token_ids, assert_clo
     assert_close(logits(converted, token_ids), want, 1e-5, f"{family} n=4 warm start")
 
 
+def test_warm_start_holds_in_depth(assert_close, token_ids):
+    """24 layers: the default sinkhorn_eps = 0 keeps res exactly doubly stochastic; with
+    DeepSeek's 1e-6 each column sums to 1 - 1e-6 and the drift grows with depth."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=24,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    original = transformers.LlamaForCausalLM(config).eval()
+    want = logits(original, token_ids)
+    exact = assert_close(logits(convert(copy.deepcopy(original), n=4), token_ids), want, 1e-5, "24 layers eps=0")
+    drift = float((logits(convert(copy.deepcopy(original), n=4, sinkhorn_eps=1e-6), token_ids) - want).abs().max())
+    assert drift > 5 * exact, (drift, exact)
+
+
 @pytest.mark.parametrize("variant,n,reduce", [("hc", 4, "mean"), ("mhc", 2, "head"), ("residual", 1, "mean")])
 def test_warm_start_other_settings(variant, n, reduce, decoder, token_ids, assert_close):
     original = decoder("llama")

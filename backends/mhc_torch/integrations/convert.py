@@ -11,7 +11,8 @@ first layer expands the embedding into n streams and the last reduces them (mean
 the model's final norm. The mHC parameters start at the exact warm start of
 `mhc_core.init_params` (pre = 1/n, post = 1, phi = 0, res doubly stochastic): with equal
 streams every step computes x + f(x) again, so the logits match the original's up to
-float32 rounding and Sinkhorn's eps (columns of res sum to 1 - ~1e-6).
+float32 rounding. Integrations default to sinkhorn_eps = 0 (exactly doubly stochastic
+res; DeepSeek's 1e-6 makes each column sum to 1 - 1e-6, a drift that grows with depth).
 
 Loading: `config.mhc` records n, the variant, the MHCConfig and which blocks were
 converted. `load_converted(path, **kwargs)` builds `MHC`-aware subclass of the class in

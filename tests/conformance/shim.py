@@ -1,0 +1,107 @@
+"""The shim check: every function of mhc_core.xp.SUBSET and EXTRAS (plus the Ops dtype
+helpers mhc_core relies on) called through `mhc_core.namespace(<backend arrays>)` and
+compared with the same call on numpy float64 (the inputs rounded to the dtype first).
+
+CALLS maps each function name to `call(ops, a)` where `a` holds the inputs below already
+converted to the backend's arrays; `test_every_shim_function_is_checked` keeps CALLS in
+step with SUBSET + EXTRAS.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import mhc_core
+from mhc_core.xp import EXTRAS, SUBSET
+
+from cases import TOLERANCES, round_to
+from compare import Result, compare
+
+_rng = np.random.default_rng(1234)
+INPUTS = {
+    "a": _rng.normal(0.0, 1.0, (3, 4)),
+    "b": _rng.normal(0.0, 1.0, (3, 4)),
+    "pos": _rng.uniform(0.1, 3.0, (3, 4)),
+    "t": _rng.normal(0.0, 1.0, (2, 3, 4)),
+    "t2": _rng.normal(0.0, 1.0, (2, 4, 3)),
+    "m": _rng.normal(0.0, 1.0, (4, 2)),
+    "row": _rng.normal(0.0, 1.0, (4,)),
+    "col": _rng.normal(0.0, 1.0, (3, 1)),
+    # large magnitudes: the overflow-safe extras must stay finite and exact-ish
+    "big": np.array([[-1e4, 0.0, 1e4, 3.0], [-50.0, 50.0, 0.5, -0.5], [1.0, 2.0, 3.0, 4.0]]),
+    "inf": np.array([[np.inf, -np.inf, np.nan, 1.0], [0.0, -2.0, 3.0, 1e4], [1.0, 1.0, 1.0, 1.0]]),
+    "neginf": np.array([[-np.inf, -np.inf, -np.inf], [-np.inf, 0.0, 1.0]]),
+}
+
+CALLS = {
+    "abs": lambda o, a: o.abs(a["a"]),
+    "astype": lambda o, a: o.astype(a["a"], o.float32),
+    "broadcast_to": lambda o, a: o.broadcast_to(a["row"], (3, 4)),
+    "exp": lambda o, a: o.exp(a["a"]),
+    "expand_dims": lambda o, a: o.expand_dims(a["a"], axis=-2),
+    "eye": lambda o, a: o.eye(4, dtype=a["a"].dtype),
+    "isfinite": lambda o, a: o.isfinite(a["inf"]),
+    "log": lambda o, a: o.log(a["pos"]),
+    "logaddexp": lambda o, a: o.logaddexp(a["big"], o.matrix_transpose(o.reshape(a["big"], (4, 3)))),
+    "matmul": lambda o, a: o.matmul(a["t"], a["t2"]),
+    "matrix_transpose": lambda o, a: o.matrix_transpose(a["t"]),
+    "max": lambda o, a: o.max(a["a"], axis=-1, keepdims=True),
+    "mean": lambda o, a: o.mean(a["t"], axis=-1, keepdims=True),
+    "min": lambda o, a: o.min(a["a"], axis=0),
+    "reshape": lambda o, a: o.reshape(a["t"], (6, 4)),
+    "sqrt": lambda o, a: o.sqrt(a["pos"]),
+    "squeeze": lambda o, a: o.squeeze(a["col"], axis=-1),
+    "stack": lambda o, a: o.stack([a["a"], a["b"]], axis=-2),
+    "sum": lambda o, a: o.sum(a["t"], axis=-2, keepdims=True),
+    "tanh": lambda o, a: o.tanh(a["big"]),
+    "where": lambda o, a: o.where(a["a"] > 0, a["a"], a["b"]),
+    "zeros_like": lambda o, a: o.zeros_like(a["a"]),
+    # extras
+    "sigmoid": lambda o, a: o.sigmoid(a["big"]),
+    "rsqrt": lambda o, a: o.rsqrt(a["pos"]),
+    "logsumexp": lambda o, a: o.logsumexp(a["big"], axis=-1),
+    "softmax": lambda o, a: o.softmax(a["big"], axis=-1),
+    # more call patterns mhc_core uses
+    "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
+    "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),
+    "matmul(2d)": lambda o, a: o.matmul(a["a"], a["m"]),
+    # dtype helpers
+    "eye_like": lambda o, a: o.eye_like(a["a"], 3),
+    "is_floating": lambda o, a: np.array(float(o.is_floating(a["a"]))),
+    "compute_dtype": lambda o, a: o.zeros_like(o.astype(a["a"], o.compute_dtype(a["a"]))) + 1.0,
+}
+
+
+def _dtype_name(arr) -> str:
+    return str(arr.dtype).rsplit(".", 1)[-1]
+
+
+def shim(adapter, dtype: str) -> list[Result]:
+    """One Result per shim function for `adapter` in `dtype` (+ result-dtype checks)."""
+    rtol, atol = TOLERANCES[dtype]
+    rounded = {k: round_to(v, dtype) for k, v in INPUTS.items()}
+    mine = {k: adapter.asarray(v, dtype) for k, v in rounded.items()}
+    ops = mhc_core.namespace(mine["a"])
+    ref_ops = mhc_core.namespace(rounded["a"])
+    out = []
+    for name, call in CALLS.items():
+        labels = {"backend": adapter.name, "check": "shim", "quantity": name, "dtype": dtype, "case": "shim"}
+        try:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # numpy backend: log(0)
+                got = call(ops, mine)
+            val = got if isinstance(got, np.ndarray) else adapter.to_numpy(got)
+        except Exception as err:  # noqa: BLE001 - a missing binding is a failed check
+            out.append(Result(abs=float("inf"), rel=float("inf"), tol=0.0, rtol=rtol,
+                              note=f"raised {type(err).__name__}: {err}", **labels))
+            continue
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # log(0) = -inf is intended
+            want = call(ref_ops, rounded)
+        # float32 results (astype) are compared at float32 tolerance, whatever the input
+        tol_dtype = "float32" if name == "astype" and dtype == "float64" else dtype
+        r_, a_ = TOLERANCES[tol_dtype]
+        res = compare(val, np.asarray(want, dtype=np.float64), rtol=r_, atol=a_, **labels)
+        expected_dtype = {"astype": "float32", "compute_dtype": "float64" if dtype == "float64" else "float32",
+                          "isfinite": "bool"}.get(name, None if name == "is_floating" else dtype)
+        if expected_dtype and _dtype_name(got) != expected_dtype:
+            res.abs, res.note = float("inf"), f"result dtype {got.dtype}, expected {expected_dtype}"
+        out.append(res)
+    return out

@@ -17,7 +17,7 @@ What holds, and is asserted here (see also the docstring of mhc_core/sinkhorn.py
       1        1.6e-6       1.1e-6
       3        0.048        0.049
       10       0.27         0.81     (n = 8; n = 4: 0.085 / 0.16)
-      30+      0.27         up to n - 1 (near-permutation logits: rows 0 and n)
+      30       0.27         1 (n = 3, 4), 2 (n = 8)
 
   ROW_BOUNDS asserts these with margin; hypothesis rarely reaches the worst cases.
 """

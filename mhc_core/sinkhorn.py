@@ -20,9 +20,13 @@ from .xp import namespace
 def sinkhorn(logits, *, iters: int = 20, eps: float = 1e-6):
     """Project `logits [..., n, n]` to a doubly-stochastic matrix `[..., n, n]`.
 
-    Columns sum to 1/(1 + eps/colsum) ~ 1 - eps exactly after the last step (it ends on
-    columns); rows sum to 1 within the residual of `iters` rounds (about 1e-6 for
-    iters=20 on logits of moderate size; see tests/test_sinkhorn_properties.py).
+    Columns sum to s/(s + eps) exactly after the last step (it ends on columns; s is a
+    column's sum before it): 1 - 1.3e-6 or closer for eps=1e-6, 1 up to rounding for eps=0.
+    Rows are only approximately normalised after finite rounds. Provable: each row sum is
+    in [0, n]. Measured (iters=20, n <= 8, worst found by gradient search): max|row - 1|
+    ~1.6e-6 for |logits| <= 1, 0.05 for <= 3, 0.27 (eps=1e-6) / 0.81 (eps=0) for <= 10;
+    with eps=0 and |logits| >= 30 a row can be off by 1 or more (2 found for n=8). See
+    tests/test_sinkhorn_properties.py.
     """
     ops = namespace(logits)
     checks.float_array(ops, logits, "logits")

@@ -6,9 +6,10 @@
     sinkhorn.py       the on-chip Sinkhorn (also a standalone op)
     ops.py            the four as mhc_core-compatible functions, plus `step`
 
-Importing this package does not import Triton. `runnable()` is the registry probe;
-`supports()` and `mhc_step_triton()` are what `mhc_torch.dispatch` calls for
-MHC(impl='triton' | 'auto').
+`runnable()` is the registry probe; `supports()` and `mhc_step_triton()` are what
+`mhc_torch.dispatch` calls for MHC(impl='triton' | 'auto'). Where the kernels can run
+(Triton installed, and CUDA or TRITON_INTERPRET=1) importing this package loads them
+(and Triton), so torch.compile never traces an import; elsewhere it imports no Triton.
 """
 from __future__ import annotations
 
@@ -48,13 +49,13 @@ def supports(x, variant: str = "mhc") -> str | None:
     if x.dim() >= 2 and x.shape[-2] > 16:
         return f"the Triton kernels support n <= 16 streams, got n={x.shape[-2]}"
     interpreting = _interpreting()
-    if x.is_cuda and interpreting:
+    if x.device.type == "cuda" and interpreting:
         return ("the kernels were imported with TRITON_INTERPRET=1 (CPU interpreter) but x is a "
                 "CUDA tensor; unset TRITON_INTERPRET before importing mhc_torch")
-    if not x.is_cuda and not interpreting:
-        return (f"x is on {x.device}; the kernels need a CUDA tensor, or TRITON_INTERPRET=1 set "
-                "before mhc_torch.kernels is first imported")
-    return None
+    if x.device.type == "cuda" or (x.device.type == "cpu" and interpreting):
+        return None
+    return (f"x is on {x.device}; the kernels need a CUDA tensor, or a CPU tensor with "
+            "TRITON_INTERPRET=1 set before mhc_torch is first imported")
 
 
 def mhc_step_triton(x, layer, phi, bias, alpha, *, variant: str, cfg: dict, layer_kwargs: dict):
@@ -63,3 +64,7 @@ def mhc_step_triton(x, layer, phi, bias, alpha, *, variant: str, cfg: dict, laye
 
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     return ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+
+
+if runnable():  # load the kernels now (see the module docstring)
+    from . import ops  # noqa: E402,F401

@@ -1,0 +1,103 @@
+"""Shared pieces of the Triton kernel tests.
+
+Without CUDA the kernels run in the Triton interpreter, which Triton reads when a kernel is
+decorated: TRITON_INTERPRET=1 must be set before mhc_torch.kernels is imported. tests/
+conftest.py does it for the whole suite; it is repeated here so this directory also runs
+alone. Shapes stay tiny (the interpreter is slow); the realistic-shape and bf16 versions
+are marked `gpu`.
+
+Helpers are fixtures (not imports) so these tests collect under any pytest import mode.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover - torch is required below anyway
+    torch = None
+
+pytest.importorskip("triton")
+pytest.importorskip("mhc_torch")
+
+import mhc_core  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Error bound per dtype, scaled by max(1, max|reference|) (DESIGN §3).
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def _assert_close(got, want, tol: float, case: str) -> float:
+    """Fail with the worst element, both values and the case id; return the worst error."""
+    __tracebackhide__ = True
+    got = got.detach().double().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got, np.float64)
+    want = want.detach().double().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"[{case}] shape {got.shape} != reference {want.shape}"
+    if not np.all(np.isfinite(got)):
+        raise AssertionError(f"[{case}] non-finite values at {np.argwhere(~np.isfinite(got))[:3].tolist()}")
+    err = np.abs(got - want)
+    worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
+    bound = tol * max(1.0, float(np.abs(want).max(initial=0.0)))
+    if err.size and not err[worst] <= bound:  # raise, not assert: keeps pytest from dumping arrays
+        raise AssertionError(
+            f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at index {tuple(int(i) for i in worst)}: "
+            f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
+    return float(err.max(initial=0.0))
+
+
+@pytest.fixture
+def assert_close():
+    return _assert_close
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+def _mixing_params(n: int, c: int, variant: str = "mhc", seed: int = 0) -> dict[str, np.ndarray]:
+    """float64 numpy phi, bias, alpha far from the init so every coefficient matters:
+    phi ~ N(0, 1/sqrt(nC)) (z = O(1)), bias = init + N(0, 0.5), alpha ~ U(0.5, 1.5)."""
+    rng = np.random.default_rng(seed)
+    p = mhc_core.init_params(n, c, variant=variant, phi_std=1.0 / np.sqrt(n * c), seed=seed, dtype=np.float64)
+    return {"phi": p["phi"], "bias": p["bias"] + rng.normal(0.0, 0.5, p["bias"].shape),
+            "alpha": rng.uniform(0.5, 1.5, 3)}
+
+
+@pytest.fixture
+def mixing_params():
+    return _mixing_params
+
+
+def _rounded(a: np.ndarray, dtype: torch.dtype, requires_grad: bool = False) -> torch.Tensor:
+    """numpy float64 -> torch `dtype` on the test device (bf16 rounds once from the exact value)."""
+    t = torch.from_numpy(np.asarray(a, np.float64)).to(device=DEVICE, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+@pytest.fixture
+def rounded():
+    return _rounded
+
+
+def _oracle_grads(fn, inputs: list[torch.Tensor], cotangents: list[torch.Tensor]):
+    """Outputs and gradients of sum_k <fn(*inputs)[k], cotangent_k> through mhc_core in
+    float64 on the CPU (torch autograd through the reference math; mhc_core itself is
+    validated against finite differences in tests/conformance)."""
+    xs = [t.detach().double().cpu().requires_grad_(True) for t in inputs]
+    outs = fn(*xs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum((o * g.double().cpu()).sum() for o, g in zip(outs, cotangents))
+    return [o.detach() for o in outs], torch.autograd.grad(loss, xs)
+
+
+@pytest.fixture
+def oracle_grads():
+    return _oracle_grads

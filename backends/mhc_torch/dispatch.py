@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -43,10 +44,17 @@ def _triton_installed() -> bool:
 
 def _kernels():
     """The Triton kernels package, or None while it is not part of this build."""
-    if importlib.util.find_spec(_KERNELS) is None:
-        return None
-    kernels = importlib.import_module(_KERNELS)  # a broken package raises: no silent fallback
+    kernels = sys.modules.get(_KERNELS)  # once imported, no importlib call: torch.compile cannot trace it
+    if kernels is None:
+        if importlib.util.find_spec(_KERNELS) is None:
+            return None
+        kernels = importlib.import_module(_KERNELS)  # a broken package raises: no silent fallback
     return kernels if hasattr(kernels, "mhc_step_triton") else None
+
+
+# Where the kernels can run, import them now: a compiled model must never trace an import.
+if _triton_installed() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    _kernels()
 
 
 def triton_unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:

@@ -203,3 +203,35 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
         _, _, res = coefficients(x, phi, bias, alpha, variant=cfg.variant, **cfg.mhc_kwargs())
         out.append(res)
     return out
+
+
+def grad_norms(names: list[str], sq, layers: list[str]) -> dict:
+    """Gradient norms from per-parameter squared L2 norms (both backends call this).
+
+    names[k] / sq[k]: a parameter's dotted name and the squared L2 norm of its gradient.
+    layers: layer_names(cfg). Returns grad_norm (total), layer_grad_norm (per mixing
+    layer: the norm over the wrapped sub-layer's weights `<layer>.layer.*`, so the
+    variants are compared on the same weights), mixing_grad_norm (every phi / bias /
+    alpha) and nonfinite_grad_tensors (how many gradients hold a NaN or Inf).
+    """
+    sq = np.asarray(sq, dtype=np.float64)
+    index = {name: l for l, name in enumerate(layers)}
+    per_layer = np.zeros(len(layers))
+    mixing = 0.0
+    for name, s in zip(names, sq):
+        owner, _, rest = name.partition(".layer.")
+        if rest and owner in index:
+            per_layer[index[owner]] += s
+        elif name.rsplit(".", 1)[0] in index:
+            mixing += s
+    return {
+        "grad_norm": float(np.sqrt(sq.sum())),
+        "layer_grad_norm": np.sqrt(per_layer).tolist(),
+        "mixing_grad_norm": float(np.sqrt(mixing)),
+        "nonfinite_grad_tensors": int((~np.isfinite(sq)).sum()),
+    }
+
+
+def lr_at(step: int, lr: float, warmup: int = 0) -> float:
+    """Learning rate at 0-based `step`: linear warmup over `warmup` steps, then constant."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr

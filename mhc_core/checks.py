@@ -16,6 +16,8 @@ def shape_of(a) -> tuple[int, ...]:
 
 
 def float_array(ops: Ops, a, name: str) -> None:
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{name} must be a floating-point array, got {type(a).__name__}")
     if not ops.is_floating(a):
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
 
@@ -40,7 +42,7 @@ def expect_shape(a, expected: tuple[int, ...], name: str, what: str) -> None:
 
 def expect_trailing(a, expected: tuple[int, ...], lead: tuple[int, ...], name: str, what: str) -> None:
     got = shape_of(a)
-    if got[len(got) - len(expected):] != tuple(expected) or len(got) != len(lead) + len(expected):
+    if got != tuple(lead) + tuple(expected):
         raise ValueError(
             f"{name} must have shape {list(lead) + list(expected)} ({what}), got {list(got)}"
         )
@@ -72,6 +74,17 @@ def streams(value, name: str = "n") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} (number of streams) must be an integer >= 1, got {value!r}")
     return value
+
+
+def channels(value, name: str = "C") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} (channels per stream) must be an integer >= 1, got {value!r}")
+    return value
+
+
+def layer(f, name: str = "f") -> None:
+    if not callable(f):
+        raise TypeError(f"{name} must be a callable layer [..., C] -> [..., C], got {type(f).__name__}")
 
 
 def variant(value: str) -> str:

@@ -17,6 +17,8 @@ the paper's H_res is its transpose).
 """
 from __future__ import annotations
 
+import math
+
 from . import checks
 from .config import MHCConfig
 from .sinkhorn import sinkhorn
@@ -26,11 +28,21 @@ _DEFAULT = MHCConfig()
 
 
 def _projection(ops, x, phi, rms_eps):
-    """z = rmsnorm(flatten(x)) @ phi in the compute dtype; returns (z, compute dtype)."""
+    """z = rmsnorm(flatten(x)) @ phi in the compute dtype; returns (z, compute dtype).
+
+    v_hat = v / sqrt(mean(v**2) + eps) is computed as u / sqrt(mean(u**2) + t**2) with
+    u = v / s, t = sqrt(eps) / s, s = max|v| + sqrt(eps): the same value for any s > 0,
+    but v**2 never overflows (float32 mean(v**2) is inf once |v| > 1.8e19, which made
+    v_hat = 0) and eps / s**2 never does (t <= 1). |u| <= 1, so the sum is exact enough.
+    The result does not depend on s, so its gradient through s is zero in exact math.
+    """
     n, c = checks.shape_of(x)[-2:]
     cdt = ops.compute_dtype(x)
     v = ops.reshape(ops.astype(x, cdt), checks.shape_of(x)[:-2] + (n * c,))  # [..., n*C]
-    v_hat = v * ops.rsqrt(ops.mean(v * v, axis=-1, keepdims=True) + rms_eps)
+    root_eps = math.sqrt(rms_eps)
+    s = ops.max(ops.abs(v), axis=-1, keepdims=True) + root_eps  # [..., 1], > 0 unless v = 0, eps = 0
+    u, t = v / s, root_eps / s
+    v_hat = u * ops.rsqrt(ops.mean(u * u, axis=-1, keepdims=True) + t * t)
     return ops.matmul(v_hat, ops.astype(phi, cdt)), cdt  # [..., n*n + 2n]
 
 
@@ -59,7 +71,8 @@ def coefficients(
     if variant == "residual":
         raise ValueError("variant 'residual' has no coefficients; use residual_step")
     checks.iters(iters)
-    for value, name in ((rms_eps, "rms_eps"), (pre_eps, "pre_eps"), (post_scale, "post_scale")):
+    for value, name in ((rms_eps, "rms_eps"), (pre_eps, "pre_eps"), (sinkhorn_eps, "sinkhorn_eps"),
+                        (post_scale, "post_scale")):
         checks.non_negative(value, name)
 
     z, cdt = _projection(ops, x, phi, rms_eps)
@@ -94,5 +107,7 @@ def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps:
     checks.expect_shape(phi, (n * c, n), "phi", f"n*C x n for n={n}, C={c}")
     checks.expect_shape(bias, (n,), "bias", f"n for n={n}")
     checks.expect_shape(alpha, (1,), "alpha", "one scale")
+    checks.non_negative(rms_eps, "rms_eps")
+    checks.non_negative(eps, "eps")
     z, cdt = _projection(ops, x, phi, rms_eps)
     return ops.sigmoid(z * ops.astype(alpha, cdt) + ops.astype(bias, cdt)) + eps

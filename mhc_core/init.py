@@ -29,6 +29,7 @@ def _logit(p: float) -> float:
 def param_shapes(n: int, c: int, variant: str = "mhc") -> dict[str, tuple[int, ...]]:
     """Shapes of one step's parameters: {} for 'residual'."""
     checks.streams(n)
+    checks.channels(c)
     if checks.variant(variant) == "residual":
         return {}
     width = n * n + 2 * n
@@ -75,6 +76,7 @@ def init_params(
 def head_param_shapes(n: int, c: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the learned stream head (DeepSeek-V4 `hc_head`)."""
     checks.streams(n)
+    checks.channels(c)
     return {"phi": (n * c, n), "bias": (n,), "alpha": (1,)}
 
 

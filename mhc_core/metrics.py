@@ -43,9 +43,12 @@ def composite(res_layers: Iterable):
     to follow an HC product that explodes past that.
     """
     out, acc = [], None
-    for res in res_layers:
-        ops = namespace(res)
-        _square(ops, res)
+    for l, res in enumerate(res_layers):
+        ops = namespace(res) if acc is None else namespace(acc, res)  # one library throughout
+        n = _square(ops, res, f"res_layers[{l}]")
+        if acc is not None and n != checks.shape_of(acc)[-1]:
+            raise ValueError(f"res_layers[{l}] must be [..., n, n] with n = {checks.shape_of(acc)[-1]} "
+                             f"like the layers before it, got {checks.shape_of(res)}")
         acc = res if acc is None else ops.matmul(acc, res)
         out.append(acc)
     return out

@@ -75,6 +75,7 @@ def residual_step(x, f: Callable):
     """The baseline: `x + f(x)` for a single stream, x [..., 1, C]."""
     ops = namespace(x)
     n, _ = checks.stream_input(ops, x)
+    checks.layer(f)
     if n != 1:
         raise ValueError(f"the residual variant has one stream: x must be [..., 1, C], got n={n}")
     y = f(x[..., 0, :])
@@ -102,6 +103,7 @@ def step(
     """
     if checks.variant(variant) == "residual":
         return residual_step(x, f)
+    checks.layer(f)
     pre, post, res = coefficients(
         x, phi, bias, alpha, variant=variant, iters=iters, rms_eps=rms_eps,
         pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale,

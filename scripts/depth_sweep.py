@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Depth sweep: train residual / HC / mHC tiny LMs at several depths, log stability metrics.
+
+    python scripts/depth_sweep.py --quick                      # < 5 min on 2 CPU cores
+    python scripts/depth_sweep.py --backend mlx --depths 12 24 48 --steps 1000
+    python scripts/depth_sweep.py --depths 100 --variants hc mhc --out runs/stress
+
+Writes, per (variant, depth), under OUT/<variant>-L<depth>/:
+  config.json     everything needed to rerun (model, training, backend, versions, command)
+  metrics.jsonl   one JSON object per step (see `step_record`); gains every --log-every steps
+  res_final.json  final res matrices (mean over tokens) of a few layers + the composite
+and for the sweep OUT/summary.json, OUT/summary.md and the plots of scripts/plot_runs.py.
+
+Depth = transformer blocks; each block is two mixing layers (attention, MLP), so the
+composite gain of a depth-L model is over 2L matrices. Stability metrics come from
+mhc_core.metrics on each layer's res, recomputed in numpy float64 by
+mhc_core.lm_config.mixing_matrices from the recorded layer inputs (same code for both
+backends). Per-layer gradient norm: L2 norm of the gradients of the wrapped sub-layer's
+weights (blocks.i.attn.layer.* / blocks.i.mlp.layer.*), excluding phi/bias/alpha, so the
+variants are compared on the same weights. The summary's first/last ratio (the stress
+test's number, e.g. --depths 100) is per block: mean over steps of
+sqrt(|g_attn|^2 + |g_mlp|^2) of block 0, divided by that of the last block.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mhc_core  # noqa: E402
+from mhc_core.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
+from mhc_core.metrics import gain_report  # noqa: E402
+from mhc_core.tasks import TASKS, TaskStream  # noqa: E402
+
+VARIANTS = ("residual", "hc", "mhc")
+# Sizes per mode; any flag given on the command line wins. 'quick' was timed to finish
+# the default 3 variants x depths 12/24/48 grid in under 5 minutes on 2 CPU cores (torch).
+PRESETS = {
+    "quick": dict(dim=32, heads=2, seq_len=16, batch=8, vocab=32, steps=150, log_every=10),
+    "full": dict(dim=64, heads=4, seq_len=32, batch=16, vocab=64, steps=1000, log_every=20),
+}
+GAIN_KEYS = ("forward_gain", "backward_gain", "composite_forward_gain", "composite_backward_gain",
+             "identity_distance")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=("torch", "mlx"), default=None,
+                   help="default: torch if installed, else mlx")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--depths", nargs="+", type=int, default=[12, 24, 48], help="transformer blocks")
+    p.add_argument("--quick", action="store_true", help="small sizes and few steps (< 5 min on 2 cores)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--n", type=int, default=4, help="streams for hc / mhc (residual uses 1)")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--vocab", type=int)
+    p.add_argument("--task", choices=TASKS, default="incrementing")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="total-norm clip; 0 = off")
+    p.add_argument("--seed", type=int, default=0, help="weights (same for every variant) and data")
+    p.add_argument("--log-every", type=int, help="steps between gain measurements")
+    p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics")
+    p.add_argument("--max-nonfinite", type=int, default=20,
+                   help="stop a run after this many consecutive NaN/Inf steps (recorded as diverged)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: these tiny models are bound by per-op "
+                        "overhead, and extra threads only add contention on a shared machine; 0 = torch's choice)")
+    p.add_argument("--out", help="sweep directory (default runs/<quick|full>-<backend>-<task>)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = p.parse_args(argv)
+    for key, value in PRESETS["quick" if args.quick else "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if any(d < 1 for d in args.depths) or args.steps < 1 or args.log_every < 1:
+        p.error("--depths, --steps and --log-every must be >= 1")
+    args.backend = args.backend or default_backend()
+    if args.out is None:
+        args.out = os.path.join("runs", f"{'quick' if args.quick else 'full'}-{args.backend}-{args.task}")
+    return args
+
+
+def default_backend() -> str:
+    for name, mod in (("torch", "torch"), ("mlx", "mlx")):
+        if importlib.util.find_spec(mod) is not None:
+            return name
+    raise SystemExit("depth_sweep needs torch or mlx: pip install 'mhc[torch]' or 'mhc[mlx]'")
+
+
+def load_backend(name: str, threads: int | None):
+    """(lm module, {library: version}) for 'torch' or 'mlx'."""
+    versions = {"mhc": mhc_core.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    if name == "torch":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        versions["torch"] = torch.__version__
+        return importlib.import_module("mhc_torch.lm"), versions
+    import mlx.core as mx
+
+    versions["mlx"] = mx.__version__
+    return importlib.import_module("mhc_mlx.lm"), versions
+
+
+def gain_summary(report: list[dict]) -> dict:
+    """Reduce mhc_core.gain_report (per layer, aggregated over tokens) to one record.
+
+    Single-layer gains and identity distance: max / mean / min over layers and tokens.
+    composite_*: the whole network's composite (after the last layer) over tokens, and
+    *_peak: the largest composite gain at any depth and token.
+    """
+    out = {}
+    for key in ("forward_gain", "backward_gain", "identity_distance"):
+        out[key] = {"max": max(r[key]["max"] for r in report),
+                    "mean": float(np.mean([r[key]["mean"] for r in report])),
+                    "min": min(r[key]["min"] for r in report)}
+    for key in ("composite_forward_gain", "composite_backward_gain"):
+        out[key] = report[-1][key]
+        out[key + "_peak"] = max(r[key]["max"] for r in report)
+    out["per_layer"] = {f"{k}_max": [r[k]["max"] for r in report] for k in GAIN_KEYS[:4]}
+    out["per_layer"]["identity_distance_mean"] = [r["identity_distance"]["mean"] for r in report]
+    return out
+
+
+def final_res(cfg: LMConfig, res: list[np.ndarray]) -> dict:
+    """Mean-over-tokens res of a few layers (first, quartiles, last) and of the composite."""
+    total = len(res)
+    picks = sorted({0, total // 4, total // 2, (3 * total) // 4, total - 1})
+    comp = mhc_core.composite(res)[-1]
+    names = layer_names(cfg)
+    return {
+        "orientation": "res[i][o]: weight from input stream i to output stream o; the paper's H_res is its transpose",
+        "layers": picks,
+        "names": [names[l] for l in picks],
+        "res_mean": [res[l].reshape(-1, cfg.n, cfg.n).mean(0).tolist() for l in picks],
+        "composite_mean": comp.reshape(-1, cfg.n, cfg.n).mean(0).tolist(),
+    }
+
+
+def run_config(args, versions, cfg: LMConfig, data: TaskStream, run_dir: str) -> dict:
+    """config.json: the model, training and data settings, backend, versions, and a
+    command line that reruns exactly this run."""
+    train = {k: getattr(args, k) for k in ("steps", "lr", "warmup", "grad_clip", "batch", "task",
+                                           "log_every", "metric_rows", "max_nonfinite", "threads")}
+    rerun = [sys.executable, "scripts/depth_sweep.py", "--backend", args.backend, "--variants", cfg.variant,
+             "--depths", str(cfg.n_layers), "--n", str(args.n), "--dim", str(args.dim), "--heads", str(args.heads),
+             "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--vocab", str(args.vocab),
+             "--task", args.task, "--lr", repr(args.lr), "--warmup", str(args.warmup),
+             "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
+             "--log-every", str(args.log_every), "--metric-rows", str(args.metric_rows),
+             "--threads", str(args.threads), "--out", os.path.dirname(run_dir) or "."]
+    return {"run": os.path.basename(run_dir), "backend": args.backend, "versions": versions,
+              "model": cfg.as_dict(), "optimizer": {"name": "adam", "betas": [0.9, 0.999], "eps": 1e-8},
+              "train": train, "data": data.state(), "platform": platform.platform(),
+              "command": shlex.join(sys.argv), "rerun": shlex.join(rerun)}
+
+
+def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress: bool) -> dict:
+    """Train one (variant, depth) model, writing config.json, metrics.jsonl and
+    res_final.json into run_dir; returns its summary row."""
+    cfg = LMConfig(vocab=args.vocab, dim=args.dim, n_layers=depth, n_heads=args.heads,
+                   seq_len=args.seq_len, variant=variant, n=args.n, seed=args.seed)
+    os.makedirs(run_dir, exist_ok=True)
+    data = TaskStream(args.task, vocab=args.vocab, seq_len=args.seq_len, batch_size=args.batch,
+                      seed=args.seed + 1)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(run_config(args, versions, cfg, data, run_dir), f, indent=2)
+
+    trainer = lm.Trainer(cfg, init_lm_params(cfg), grad_clip=args.grad_clip)
+    losses, events, streak, diverged, ratio_acc = [], 0, 0, False, []
+    gains_max = {"composite_forward_gain_peak": 0.0, "composite_backward_gain_peak": 0.0}
+    bar = _bar(args.steps, f"{args.backend} {variant}-L{depth}", progress)
+    t_start = time.perf_counter()
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as log:
+        for step in range(args.steps):
+            measure = step % args.log_every == 0 or step == args.steps - 1
+            inputs, targets, mask = data.next()
+            t0 = time.perf_counter()
+            out = trainer.step(inputs, targets, mask, lr=lr_at(step, args.lr, args.warmup),
+                               record_rows=args.metric_rows if measure else 0)
+            dt = time.perf_counter() - t0
+            event = int(out["skipped"])
+            events += event
+            streak = streak + 1 if event else 0
+            rec = {"step": step, "loss": out["loss"], "lr": lr_at(step, args.lr, args.warmup),
+                   "grad_norm": out["grad_norm"], "mixing_grad_norm": out["mixing_grad_norm"],
+                   "layer_grad_norm": out["layer_grad_norm"], "nan_inf_event": event,
+                   "nonfinite_loss": int(out["nonfinite_loss"]),
+                   "nonfinite_grad_tensors": out["nonfinite_grad_tensors"], "nan_inf_events_total": events,
+                   "tokens_per_sec": inputs.size / dt, "step_time_s": dt}
+            if not event:
+                losses.append(out["loss"])
+                g = out["layer_grad_norm"]  # block norm = sqrt(attn^2 + mlp^2)
+                ratio_acc.append((np.hypot(g[0], g[1]), np.hypot(g[-2], g[-1])))
+            if measure:
+                res = mixing_matrices(cfg, out["layer_inputs"], out["mixing_state"])
+                rec.update(gain_summary(gain_report(res)))
+                for k in gains_max:  # NaN gains (a NaN forward) are logged but do not set the max
+                    if not np.isnan(rec[k]):
+                        gains_max[k] = max(gains_max[k], rec[k])
+                if step == args.steps - 1:
+                    with open(os.path.join(run_dir, "res_final.json"), "w") as f:
+                        json.dump(final_res(cfg, res), f)
+            log.write(json.dumps(_jsonable(rec)) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4g}", nan=events)
+            if streak >= args.max_nonfinite:
+                diverged = True
+                break
+    bar.close()
+    first, last = (np.mean([a for a, _ in ratio_acc]), np.mean([b for _, b in ratio_acc])) if ratio_acc else (0, 0)
+    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    return {"run": os.path.basename(run_dir), "variant": variant, "depth": depth,
+            "mixing_layers": 2 * depth, "steps_run": step + 1, "final_loss": losses[-1] if losses else None,
+            "final_loss_avg10pct": float(np.mean(tail)),
+            "max_composite_forward_gain": gains_max["composite_forward_gain_peak"],
+            "max_composite_backward_gain": gains_max["composite_backward_gain_peak"],
+            "nan_inf_events": events, "diverged": diverged,
+            "grad_norm_first_last_ratio": float(first / last) if last > 0 else None,
+            "wall_s": time.perf_counter() - t_start}
+
+
+def _bar(total, desc, enabled):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the 'experiments' extra; run without bars if absent
+        enabled = False
+    if not enabled:
+        class _Null:
+            def update(self, *a): pass
+            def set_postfix(self, **k): pass
+            def close(self): pass
+        return _Null()
+    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+
+
+def _jsonable(obj):
+    """JSON has no NaN / Inf: write them as strings 'nan' / 'inf' / '-inf' (plot_runs reads them)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return "nan" if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float) -> None:
+    summary = {"backend": args.backend, "versions": versions, "task": args.task, "quick": args.quick,
+               "command": shlex.join(sys.argv), "wall_s": wall_s, "runs": rows}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(_jsonable(summary), f, indent=2)
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"# Depth sweep: {', '.join(args.variants)} at depths {', '.join(map(str, args.depths))}",
+        "",
+        f"Backend {args.backend} ({', '.join(f'{k} {v}' for k, v in versions.items())}); task "
+        f"`{args.task}`; dim {args.dim}, n {args.n}, seq {args.seq_len}, batch {args.batch}, "
+        f"vocab {args.vocab}, {args.steps} steps, Adam lr {args.lr}, seed {args.seed}; wall {wall_s:.0f} s.",
+        "Depth = transformer blocks (2 mixing layers each). Gains are Amax gains of the composite "
+        "mixing matrix over all layers so far (max over depth, tokens and logged steps); 1 = no "
+        "amplification. Grad ratio = mean over steps of the first block's gradient norm / the last "
+        "block's (block = its attention + MLP weights).",
+        "",
+        "| variant | depth | final loss | loss (last 10%) | max composite fwd gain | max composite bwd gain "
+        "| NaN/Inf steps | grad ratio first/last | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['depth']} | {fmt(r['final_loss'], '.4g')} | {r['final_loss_avg10pct']:.4g} "
+            f"| {r['max_composite_forward_gain']:.3g} | {r['max_composite_backward_gain']:.3g} "
+            f"| {r['nan_inf_events']}{' (diverged)' if r['diverged'] else ''} "
+            f"| {fmt(r['grad_norm_first_last_ratio'], '.3g')} | {r['wall_s']:.0f} |")
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    lm, versions = load_backend(args.backend, args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    t0, rows = time.perf_counter(), []
+    progress = not args.no_progress
+    for variant in args.variants:
+        for depth in args.depths:
+            run_dir = os.path.join(args.out, f"{variant}-L{depth}")
+            rows.append(run_one(args, lm, versions, variant, depth, run_dir, progress))
+    write_summary(args.out, args, versions, rows, time.perf_counter() - t0)
+    if not args.no_plots:
+        import plot_runs
+
+        plot_runs.plot_runs(args.out)
+    print(open(os.path.join(args.out, "summary.md")).read())
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+#!/usr/bin/env python
+"""Plots of a depth sweep directory written by scripts/depth_sweep.py.
+
+    python scripts/plot_runs.py runs/quick-torch-incrementing
+
+Reads RUNS_DIR/<variant>-L<depth>/{config.json, metrics.jsonl, res_final.json} and writes
+into RUNS_DIR:
+  loss.png            training loss vs step, one panel per depth (log y)
+  grad_norm.png       total gradient norm vs step (log y)
+  nan_inf_events.png  cumulative steps with a NaN/Inf loss or gradient
+  gain.png            composite Amax gain (max over depth and tokens) vs step, forward and backward (log y)
+  depth_scaling.png   max composite gain over training vs depth, per variant (log y)
+  gain_vs_layer.png   composite forward gain after each mixing layer at the last logged step
+  grad_heatmap.png    per-layer gradient norm (log10) over training, one panel per run
+  grad_vs_layer.png   per-block gradient norm averaged over training vs block index
+  h_res.png           final H_res (mean over tokens) of a few layers and the composite
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLORS = {"residual": "#7f7f7f", "hc": "#d62728", "mhc": "#1f77b4"}
+LABELS = {"residual": "residual (n=1)", "hc": "HC (unconstrained)", "mhc": "mHC (Sinkhorn)"}
+ORDER = ("residual", "hc", "mhc")
+# residual and mHC often coincide (mHC starts as the residual network): draw the baseline
+# wide and dashed underneath so both stay visible.
+STYLES = {"residual": dict(ls="--", lw=2.4, alpha=0.75, zorder=1), "hc": dict(lw=1.3, zorder=2),
+          "mhc": dict(lw=1.3, zorder=3)}
+
+
+def _style(variant, **extra):
+    return {"color": COLORS.get(variant), "label": LABELS.get(variant, variant), **STYLES.get(variant, {}), **extra}
+
+
+def _num(v):
+    """Floats that depth_sweep wrote as 'nan' / 'inf' strings come back as floats."""
+    return float(v) if isinstance(v, str) else v
+
+
+def load_runs(runs_dir: str) -> list[dict]:
+    runs = []
+    for name in sorted(os.listdir(runs_dir)):
+        d = os.path.join(runs_dir, name)
+        if not os.path.isfile(os.path.join(d, "metrics.jsonl")) or not os.path.isfile(os.path.join(d, "config.json")):
+            continue
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        with open(os.path.join(d, "metrics.jsonl")) as f:
+            recs = [json.loads(line) for line in f if line.strip()]
+        res = None
+        if os.path.isfile(os.path.join(d, "res_final.json")):
+            with open(os.path.join(d, "res_final.json")) as f:
+                res = json.load(f)
+        model = cfg["model"]
+        runs.append({"name": name, "variant": model["variant"], "depth": model["n_layers"], "n": model["n"],
+                     "config": cfg, "metrics": recs, "res": res})
+    runs.sort(key=lambda r: (r["depth"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 9))
+    return runs
+
+
+def _series(recs, key, sub=None):
+    """(steps, values) of the records holding `key` (optionally a sub-key such as 'max')."""
+    xs, ys = [], []
+    for r in recs:
+        if key in r:
+            v = r[key] if sub is None else r[key][sub]
+            xs.append(r["step"])
+            ys.append(_num(v))
+    return np.array(xs), np.array(ys, dtype=float)
+
+
+def _depth_axes(runs, rows=1, height=3.2, sharey=True):
+    depths = sorted({r["depth"] for r in runs})
+    fig, axes = plt.subplots(rows, len(depths), figsize=(4.2 * len(depths) + 0.6, height * rows + 0.7),
+                             squeeze=False, sharey=sharey, sharex="col")
+    return fig, axes, depths
+
+
+def _depth_title(depth):
+    return f"depth {depth} blocks ({2 * depth} mixing layers)"
+
+
+def _subtitle(runs):
+    c = runs[0]["config"]
+    m, t = c["model"], c["train"]
+    return (f"{c['backend']}, task '{t['task']}', dim {m['dim']}, n {runs[-1]['n'] if runs else ''}, "
+            f"seq {m['seq_len']}, batch {t['batch']}, Adam lr {t['lr']}")
+
+
+def _legend(fig, axes):
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper right", fontsize=8, frameon=True)
+
+
+def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
+    fig, axes, depths = _depth_axes(runs)
+    for j, depth in enumerate(depths):
+        ax = axes[0, j]
+        for r in (r for r in runs if r["depth"] == depth):
+            xs, ys = _series(r["metrics"], key, sub)
+            if cumulative:
+                ys = np.cumsum(ys)
+            ax.plot(xs, ys, **_style(r["variant"]))
+        ax.set_title(_depth_title(depth), fontsize=10)
+        ax.set_xlabel("training step")
+        if log:
+            ax.set_yscale("log")
+        elif cumulative:  # counts: start at 0, whole numbers
+            ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
+            ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3, which="both" if not log else "major")
+    axes[0, 0].set_ylabel(ylabel)
+    _legend(fig, axes)
+    fig.suptitle(f"{title}\n{_subtitle(runs)}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_nan_events(runs, out):
+    total = sum(r["metrics"][-1]["nan_inf_events_total"] for r in runs if r["metrics"])
+    note = "no NaN/Inf step in any run" if total == 0 else f"{total} NaN/Inf steps in all runs together"
+    _line_plot(runs, out, "nan_inf_event", None, "cumulative NaN/Inf steps (update skipped)",
+               f"NaN/Inf events ({note})", log=False, cumulative=True)
+
+
+def plot_gain(runs, out):
+    fig, axes, depths = _depth_axes(runs, rows=2, sharey="row")
+    for i, (key, what) in enumerate((("composite_forward_gain_peak", "forward"),
+                                     ("composite_backward_gain_peak", "backward"))):
+        for j, depth in enumerate(depths):
+            ax = axes[i, j]
+            for r in (r for r in runs if r["depth"] == depth):
+                xs, ys = _series(r["metrics"], key)
+                ax.plot(xs, ys, **_style(r["variant"], marker=".", ms=3))
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="k", lw=0.6, ls=":")
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{what}: {_depth_title(depth)}", fontsize=9)
+            if i == 1:
+                ax.set_xlabel("training step")
+        axes[i, 0].set_ylabel(f"composite {what} Amax gain\n(max over layers & tokens)")
+    _legend(fig, axes)
+    fig.suptitle(f"Composite Amax gain of the residual mixing vs training step (1 = no amplification)\n{_subtitle(runs)}",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _max_over_steps(recs, key):
+    vals = [_num(r[key]) for r in recs if key in r]
+    return max(vals) if vals else float("nan")
+
+
+def plot_depth_scaling(runs, out):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+    for i, (key, what) in enumerate((("composite_forward_gain_peak", "forward"),
+                                     ("composite_backward_gain_peak", "backward"))):
+        ax = axes[0, i]
+        for v in ORDER:
+            rs = sorted((r for r in runs if r["variant"] == v), key=lambda r: r["depth"])
+            if rs:
+                ax.plot([r["depth"] for r in rs], [_max_over_steps(r["metrics"], key) for r in rs],
+                        **_style(v, marker="o"))
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+        ax.set_xticks(sorted({r["depth"] for r in runs}))
+        ax.set_xlabel("depth (transformer blocks; 2 mixing layers each)")
+        ax.set_ylabel(f"max composite {what} Amax gain")
+        ax.set_title(f"{what} gain (max over training, layers, tokens)", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Composite gain vs depth\n{_subtitle(runs)}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_gain_vs_layer(runs, out):
+    fig, axes, depths = _depth_axes(runs, sharey=True)
+    for j, depth in enumerate(depths):
+        ax = axes[0, j]
+        for r in (r for r in runs if r["depth"] == depth):
+            last = [m for m in r["metrics"] if "per_layer" in m]
+            if last:
+                ys = [_num(v) for v in last[-1]["per_layer"]["composite_forward_gain_max"]]
+                ax.plot(np.arange(len(ys)), ys, **_style(r["variant"]))
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("mixing layer index l (0 = first)")
+        ax.set_title(f"{_depth_title(depth)}, last step", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("composite forward Amax gain\nof layers 0..l (max over tokens)")
+    _legend(fig, axes)
+    fig.suptitle(f"Composite gain through the network at the end of training\n{_subtitle(runs)}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_grad_heatmap(runs, out):
+    variants = [v for v in ORDER if any(r["variant"] == v for r in runs)]
+    depths = sorted({r["depth"] for r in runs})
+    grids, vals = {}, []
+    for r in runs:
+        ok = [m for m in r["metrics"] if not m["nan_inf_event"]]
+        if ok:
+            g = np.array([[_num(v) for v in m["layer_grad_norm"]] for m in ok], dtype=float).T  # [layers, steps]
+            g = np.log10(np.maximum(g, 1e-30))
+            grids[(r["variant"], r["depth"])] = (g, ok[0]["step"], ok[-1]["step"])
+            vals.append(g[np.isfinite(g)])
+    if not grids:
+        return
+    allv = np.concatenate(vals)
+    vmin, vmax = np.percentile(allv, 1), np.percentile(allv, 99)
+    fig, axes = plt.subplots(len(variants), len(depths), figsize=(3.8 * len(depths) + 1.2, 2.8 * len(variants) + 0.8),
+                             squeeze=False, layout="constrained")
+    im = None
+    for i, v in enumerate(variants):
+        for j, d in enumerate(depths):
+            ax = axes[i, j]
+            if (v, d) not in grids:
+                ax.axis("off")
+                continue
+            g, s0, s1 = grids[(v, d)]
+            im = ax.imshow(g, aspect="auto", origin="lower", cmap="magma", vmin=vmin, vmax=vmax,
+                           extent=(s0 - 0.5, s1 + 0.5, -0.5, g.shape[0] - 0.5), interpolation="nearest")
+            ax.set_title(f"{LABELS[v]}, {d} blocks", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("mixing layer (0 = first)")
+            if i == len(variants) - 1:
+                ax.set_xlabel("training step")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="log10 gradient norm of the layer's weights")
+    fig.get_layout_engine().set(h_pad=0.08, w_pad=0.08)
+    fig.suptitle("Per-layer gradient norm (wrapped sub-layer weights, without phi/bias/alpha)\n" + _subtitle(runs),
+                 fontsize=11)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_grad_vs_layer(runs, out):
+    """Per-block gradient norm (attention and MLP weights together), averaged over the
+    finite steps, vs block index: the stress test's view of how the gradient reaching the
+    first blocks compares with the last (per mixing layer it zig-zags, since attention and
+    MLP weights have different gradient scales)."""
+    fig, axes, depths = _depth_axes(runs, sharey=True)
+    for j, depth in enumerate(depths):
+        ax = axes[0, j]
+        for r in (r for r in runs if r["depth"] == depth):
+            ok = [m for m in r["metrics"] if not m["nan_inf_event"]]
+            if ok:
+                g = np.array([[_num(v) for v in m["layer_grad_norm"]] for m in ok], dtype=float)  # [steps, 2L]
+                block = np.sqrt(g[:, 0::2] ** 2 + g[:, 1::2] ** 2).mean(0)  # attention + MLP of each block
+                ax.plot(np.arange(len(block)), block, **_style(r["variant"]))
+        ax.set_yscale("log")
+        ax.set_xlabel("block index (0 = first)")
+        ax.set_title(_depth_title(depth), fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("gradient norm of the block's\nattention + MLP weights (mean over steps)")
+    _legend(fig, axes)
+    fig.suptitle(f"Gradient norm per block (first / last block ratio: summary.md)\n{_subtitle(runs)}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_h_res(runs, out):
+    rs = [r for r in runs if r["res"] and r["n"] > 1]
+    if not rs:
+        return
+    cols = max(len(r["res"]["layers"]) for r in rs) + 1
+    fig, axes = plt.subplots(len(rs), cols, figsize=(1.9 * cols + 0.8, 2.0 * len(rs) + 0.9), squeeze=False)
+    for i, r in enumerate(rs):
+        mats = [(f"layer {l}\n{nm}", np.array(m).T) for l, nm, m in
+                zip(r["res"]["layers"], r["res"]["names"], r["res"]["res_mean"])]
+        mats.append((f"composite of all\n{2 * r['depth']} layers", np.array(r["res"]["composite_mean"]).T))
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(mats):
+                ax.axis("off")
+                continue
+            title, h = mats[j]
+            lim = max(1.0, float(np.abs(h).max()))
+            ax.imshow(h, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            for (a, b), val in np.ndenumerate(h):
+                ax.text(b, a, f"{val:.2f}" if abs(val) < 100 else f"{val:.0e}", ha="center", va="center",
+                        fontsize=6, color="white" if abs(val) > 0.6 * lim else "black")
+            ax.set_title(title, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{LABELS[r['variant']]}\n{r['depth']} blocks", fontsize=8)
+    fig.suptitle("Final H_res (paper orientation: row = output stream, column = input stream), mean over tokens;\n"
+                 "colour scale symmetric, |max| >= 1. " + _subtitle(rs), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_runs(runs_dir: str) -> list[str]:
+    """Write every plot for the sweep in `runs_dir`; returns the paths written."""
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise SystemExit(f"no runs (subdirectories with config.json and metrics.jsonl) in {runs_dir}")
+    p = lambda name: os.path.join(runs_dir, name)  # noqa: E731
+    _line_plot(runs, p("loss.png"), "loss", None, "cross-entropy (nats)", "Training loss")
+    _line_plot(runs, p("grad_norm.png"), "grad_norm", None, "total gradient L2 norm", "Gradient norm")
+    plot_nan_events(runs, p("nan_inf_events.png"))
+    plot_gain(runs, p("gain.png"))
+    plot_depth_scaling(runs, p("depth_scaling.png"))
+    plot_gain_vs_layer(runs, p("gain_vs_layer.png"))
+    plot_grad_heatmap(runs, p("grad_heatmap.png"))
+    plot_grad_vs_layer(runs, p("grad_vs_layer.png"))
+    plot_h_res(runs, p("h_res.png"))
+    names = ("loss", "grad_norm", "nan_inf_events", "gain", "depth_scaling", "gain_vs_layer", "grad_heatmap",
+             "grad_vs_layer", "h_res")
+    return [p(f"{n}.png") for n in names if os.path.isfile(p(f"{n}.png"))]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Plot a depth sweep directory.")
+    ap.add_argument("runs_dir")
+    args = ap.parse_args(argv)
+    for path in plot_runs(args.runs_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

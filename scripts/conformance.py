@@ -104,6 +104,21 @@ def summarise(results: list[Result]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["backend"], r["check"], order.get(r["dtype"], 9)))
 
 
+def pivot(rows: list[dict]) -> list[str]:
+    """Compact view: one line per backend x check, worst rel error per dtype (FAIL marked)."""
+    dtypes = [d for d in TOLERANCES if any(r["dtype"] == d for r in rows)]
+    cells: dict[tuple, dict] = defaultdict(dict)
+    for r in rows:
+        cells[(r["backend"], r["check"])][r["dtype"]] = r
+    out = ["## Summary: worst rel error (abs / max|oracle|) per dtype", "",
+           "| backend | check | " + " | ".join(dtypes) + " |", "|---|---|" + "---|" * len(dtypes)]
+    for (backend, check), by in cells.items():
+        vals = [("-" if d not in by else f"{by[d]['worst_rel']:.1e}" + ("" if by[d]["passed"] else " FAIL"))
+                for d in dtypes]
+        out.append(f"| {backend} | {check} | " + " | ".join(vals) + " |")
+    return out
+
+
 def markdown(rows: list[dict], failures: list[Result], errors: list[str], meta: dict) -> str:
     lines = [
         "# mhc conformance", "",
@@ -112,7 +127,13 @@ def markdown(rows: list[dict], failures: list[Result], errors: list[str], meta: 
         + ", ".join(f"{k} {v}" for k, v in TOLERANCES.items())
         + f"; float64 gradients by finite differences, rtol {checks.FD_RTOL:g}.", "",
         "worst abs = max |got - want| over all compared tensors; worst rel = max of abs / max|want| "
-        "per tensor; of tol = worst abs / allowed abs (pass when <= 1).", "",
+        "per tensor; of tol = worst abs / allowed abs (pass when <= 1). grad.fd (float64): "
+        "|<g, d> - finite difference| / sum|g d| along random directions d, vs the numpy oracle; "
+        "grad (float32, bf16): elementwise vs the same backend's float64 gradients (grad.vs.X: "
+        "backend X's, when it has no float64); cross.X: elementwise vs backend X, outputs and "
+        "gradients; interchange.from.X: a safetensors file written by X.", "",
+    ] + pivot(rows) + [
+        "", "## Every backend x check x dtype", "",
         "| backend | check | dtype | worst abs | worst rel | rtol | of tol | tensors | result | worst at |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -5,7 +5,8 @@ line) or `MHC_BACKENDS=numpy,torch` (always). Test ids: `torch-mhc-n4-C64-b2x3-m
 
 A test marked `@pytest.mark.conformance("<check>")` taking `backend, case, dtype` gets
 every applicable combination (checks.applies); one taking `pair, case, dtype` gets every
-backend pair sharing the dtype; one taking `backend, dtype` gets each backend's dtypes.
+backend pair sharing the dtype; one taking `backend, dtype` gets each backend's dtypes; `interchange_combo` gets every
+ordered pair of backends with save_state / load_state, per interchange case and dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 import backends as backends_mod
 import checks
+import interchange
 from cases import DTYPES
 
 
@@ -40,11 +42,18 @@ def _broken_param(b, names):
 def pytest_generate_tests(metafunc):
     names = metafunc.fixturenames
     marker = metafunc.definition.get_closest_marker("conformance")
-    if "backend" not in names and "pair" not in names:
+    if not {"backend", "pair", "interchange_combo"} & set(names):
         return
     loaded = _adapters(metafunc.config)
     ok = [a for a in loaded if not isinstance(a, backends_mod.Broken)]
     broken = [a for a in loaded if isinstance(a, backends_mod.Broken)]
+
+    if "interchange_combo" in names:
+        params = [pytest.param((a, b, c, d), id=f"{a.name}-to-{b.name}-{c.id}-{d}")
+                  for a, b, c, d in interchange.combinations(ok)]
+        metafunc.parametrize("interchange_combo", params or [pytest.param(None, marks=pytest.mark.skip(
+            reason="fewer than two backends with save_state/load_state"), id="no-pairs")])
+        return
 
     if "pair" in names:
         params = [pytest.param((a, b), case, dtype, id=f"{a.name}~{b.name}-{case.id}-{dtype}")

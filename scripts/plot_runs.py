@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -26,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 COLORS = {"residual": "#7f7f7f", "hc": "#d62728", "mhc": "#1f77b4"}
@@ -97,12 +99,35 @@ def _subtitle(runs):
 
 
 def _legend(fig, axes):
-    handles, labels = {}, {}
+    """One legend for the figure, centred below the panels (fig.tight_layout leaves room:
+    LEGEND_ROOM)."""
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="upper right", fontsize=8, frameon=True)
+        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=len(handles),
+                   fontsize=9, frameon=False)
+
+
+LEGEND_ROOM = (0, 0.07, 1, 1)  # tight_layout rect leaving the bottom strip to the legend
+
+
+def _log_y(ax):
+    """Log y axis with plain tick labels (0.3, 10, 1e+06) instead of 3 x 10^-1; minor ticks
+    are labelled when the range holds few decades (all of them inside one decade, the 2, 3
+    and 5 multiples across up to two)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    lo, hi = ax.get_ylim()
+    decades = math.log10(hi) - math.log10(lo) if lo > 0 and hi > 0 else 99
+    if math.floor(math.log10(lo)) == math.floor(math.log10(hi)) if decades < 99 else False:
+        minor = lambda v, _: f"{v:g}"  # noqa: E731
+    elif decades < 2:
+        minor = lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""  # noqa: E731
+    else:
+        minor = lambda v, _: ""  # noqa: E731
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
@@ -117,7 +142,7 @@ def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
         ax.set_title(_depth_title(depth), fontsize=10)
         ax.set_xlabel("training step")
         if log:
-            ax.set_yscale("log")
+            _log_y(ax)
         elif cumulative:  # counts: start at 0, whole numbers
             ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
             ax.yaxis.get_major_locator().set_params(integer=True)
@@ -125,7 +150,7 @@ def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
     axes[0, 0].set_ylabel(ylabel)
     _legend(fig, axes)
     fig.suptitle(f"{title}\n{_subtitle(runs)}", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.tight_layout(rect=LEGEND_ROOM)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -146,7 +171,7 @@ def plot_gain(runs, out):
             for r in (r for r in runs if r["depth"] == depth):
                 xs, ys = _series(r["metrics"], key)
                 ax.plot(xs, ys, **_style(r["variant"], marker=".", ms=3))
-            ax.set_yscale("log")
+            _log_y(ax)
             ax.axhline(1.0, color="k", lw=0.6, ls=":")
             ax.grid(alpha=0.3)
             ax.set_title(f"{what}: {_depth_title(depth)}", fontsize=9)
@@ -156,7 +181,7 @@ def plot_gain(runs, out):
     _legend(fig, axes)
     fig.suptitle(f"Composite Amax gain of the residual mixing vs training step (1 = no amplification)\n{_subtitle(runs)}",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.tight_layout(rect=LEGEND_ROOM)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -176,7 +201,7 @@ def plot_depth_scaling(runs, out):
             if rs:
                 ax.plot([r["depth"] for r in rs], [_max_over_steps(r["metrics"], key) for r in rs],
                         **_style(v, marker="o"))
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.axhline(1.0, color="k", lw=0.6, ls=":")
         ax.set_xticks(sorted({r["depth"] for r in runs}))
         ax.set_xlabel("depth (transformer blocks; 2 mixing layers each)")
@@ -199,7 +224,7 @@ def plot_gain_vs_layer(runs, out):
             if last:
                 ys = [_num(v) for v in last[-1]["per_layer"]["composite_forward_gain_max"]]
                 ax.plot(np.arange(len(ys)), ys, **_style(r["variant"]))
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.axhline(1.0, color="k", lw=0.6, ls=":")
         ax.set_xlabel("mixing layer index l (0 = first)")
         ax.set_title(f"{_depth_title(depth)}, last step", fontsize=9)
@@ -207,7 +232,7 @@ def plot_gain_vs_layer(runs, out):
     axes[0, 0].set_ylabel("composite forward Amax gain\nof layers 0..l (max over tokens)")
     _legend(fig, axes)
     fig.suptitle(f"Composite gain through the network at the end of training\n{_subtitle(runs)}", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.tight_layout(rect=LEGEND_ROOM)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -266,14 +291,14 @@ def plot_grad_vs_layer(runs, out):
                 g = np.array([[_num(v) for v in m["layer_grad_norm"]] for m in ok], dtype=float)  # [steps, 2L]
                 block = np.sqrt(g[:, 0::2] ** 2 + g[:, 1::2] ** 2).mean(0)  # attention + MLP of each block
                 ax.plot(np.arange(len(block)), block, **_style(r["variant"]))
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_xlabel("block index (0 = first)")
         ax.set_title(_depth_title(depth), fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel("gradient norm of the block's\nattention + MLP weights (mean over steps)")
     _legend(fig, axes)
     fig.suptitle(f"Gradient norm per block (first / last block ratio: summary.md)\n{_subtitle(runs)}", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.tight_layout(rect=LEGEND_ROOM)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -287,19 +312,21 @@ def plot_h_res(runs, out):
     for i, r in enumerate(rs):
         mats = [(f"layer {l}\n{nm}", np.array(m).T) for l, nm, m in
                 zip(r["res"]["layers"], r["res"]["names"], r["res"]["res_mean"])]
+        mats += [None] * (cols - 1 - len(mats))  # the composite always in the last column
         mats.append((f"composite of all\n{2 * r['depth']} layers", np.array(r["res"]["composite_mean"]).T))
         for j in range(cols):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
-            if j >= len(mats):
+            if mats[j] is None:
                 ax.axis("off")
                 continue
             title, h = mats[j]
             lim = max(1.0, float(np.abs(h).max()))
             ax.imshow(h, cmap="RdBu_r", vmin=-lim, vmax=lim)
             for (a, b), val in np.ndenumerate(h):
-                ax.text(b, a, f"{val:.2f}" if abs(val) < 100 else f"{val:.0e}", ha="center", va="center",
+                label = f"{val:.2f}".replace("-0.00", "0.00") if abs(val) < 100 else f"{val:.0e}"
+                ax.text(b, a, label, ha="center", va="center",
                         fontsize=6, color="white" if abs(val) > 0.6 * lim else "black")
             ax.set_title(title, fontsize=7)
             if j == 0:

@@ -45,7 +45,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 # Directional derivative <g, d> vs Richardson-extrapolated central differences of the
 # float64 oracle; error relative to sum_i |g_i d_i| (the dot product's own scale).
-FD_RTOL = 1e-8
+FD_RTOL = 1e-9
 
 DTYPES = ("float64", "float32", "bfloat16")
 

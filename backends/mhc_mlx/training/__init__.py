@@ -1,0 +1,7 @@
+"""Training at scale with mHC on MLX: data parallel over `mx.distributed`, block recompute
+(`mx.checkpoint`) and resumable checkpoints. Each submodule is independent:
+
+- `distributed`: the group from `mlx.launch`, batch sharding, gradient averaging.
+- `recompute`:   keep each block of layers' input only (mlx.nn.utils.checkpoint).
+- `checkpoint`:  atomic safetensors + JSON checkpoints of model, optimizer, RNG, data.
+"""

@@ -6,6 +6,8 @@ inside a matmul.
 """
 from __future__ import annotations
 
+import numbers
+
 from .xp import Ops
 
 VARIANTS = ("mhc", "hc", "residual")
@@ -58,10 +60,18 @@ def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3) 
     expect_shape(alpha, (n_alpha,), "alpha", "one scale each for pre, post, res")
 
 
+def _positive_int(value) -> int | None:
+    """int(value) for a Python or numpy integer >= 1 (bools excluded), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        return None
+    return int(value)
+
+
 def iters(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    out = _positive_int(value)
+    if out is None:
         raise ValueError(f"iters must be an integer >= 1, got {value!r}")
-    return value
+    return out
 
 
 def non_negative(value, name: str) -> float:
@@ -71,9 +81,10 @@ def non_negative(value, name: str) -> float:
 
 
 def streams(value, name: str = "n") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    out = _positive_int(value)
+    if out is None:
         raise ValueError(f"{name} (number of streams) must be an integer >= 1, got {value!r}")
-    return value
+    return out
 
 
 def channels(value, name: str = "C") -> int:

@@ -1,0 +1,74 @@
+"""Memory: keep only each block-of-layers' input stream, recompute the rest in backward (MLX).
+
+Same scheme and block size as `mhc_torch.training.recompute` (paper §4.3,
+L_r* = sqrt(n L / (n + 2))), built on `mlx.nn.utils.checkpoint`, which wraps
+`mx.checkpoint` so that the gradient also flows to the group's parameters: a group of
+`block` consecutive layers becomes one checkpointed call that keeps its input and
+recomputes its intermediates when the gradient is taken.
+
+MLX is lazy: nothing is computed until `mx.eval`, and the graph it evaluates holds
+whatever the transforms keep; `mx.checkpoint` marks the group so its VJP recomputes the
+forward instead of holding its intermediates.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def paper_block_size(n: int, layers: int) -> int:
+    """L_r* = sqrt(n L / (n + 2)) rounded to the nearest integer in [1, L] (paper §4.3)."""
+    for value, name in ((n, "n"), (layers, "layers")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return min(layers, max(1, round(math.sqrt(n * layers / (n + 2)))))
+
+
+def resolve_block(block, n: int, layers: int) -> int:
+    """0 / None / False: no recompute; 'auto' / True: the paper's size; an int: that size."""
+    if block is None or block is False or block == 0:
+        return 0
+    if block is True or block == "auto":
+        return paper_block_size(n, layers)
+    if isinstance(block, int) and block >= 1:
+        return min(block, layers)
+    raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")
+
+
+class _Group(nn.Module):
+    """Consecutive layers as one module, so nn.utils.checkpoint sees all their parameters."""
+
+    def __init__(self, layers: Sequence[Callable], record_rows: int):
+        super().__init__()
+        self.layers = list(layers)
+        self.record_rows = record_rows
+
+    def __call__(self, x: mx.array):
+        recorded = []
+        for layer in self.layers:
+            if self.record_rows:
+                recorded.append(mx.stop_gradient(x[: self.record_rows]))  # [rows, T, n, C]
+            x = layer(x)
+        return (x, *recorded)
+
+
+def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
+               record_rows: int = 0) -> tuple[mx.array, list[mx.array]]:
+    """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
+
+    block = 0: plain. block = k >= 1: groups of k layers, each under nn.utils.checkpoint.
+    record_rows > 0: also each layer's input for the first rows (stop_gradient), as in torch.
+    """
+    layers = list(layers)
+    if not block:
+        out = _Group(layers, record_rows)(x)
+        return out[0], list(out[1:])
+    recorded: list[mx.array] = []
+    for start in range(0, len(layers), block):
+        group = _Group(layers[start:start + block], record_rows)
+        out = nn.utils.checkpoint(group)(x)
+        x, recorded = out[0], recorded + list(out[1:])
+    return x, recorded

@@ -1,0 +1,110 @@
+"""Memory: store only each block-of-layers' input stream, recompute the rest in backward.
+
+Paper §4.3 ("recomputing"): the n-stream residual state x [..., n, C] is n times wider
+than a plain residual stream, so keeping every layer's intermediate activations for the
+backward pass is the memory problem. Splitting the L mixing layers into blocks of
+L_r consecutive layers and keeping only each block's input stream x_{l0} costs about
+`n*C*ceil(L/L_r)` (the kept inputs) `+ (n+2)*C*L_r` (one block's recomputed
+activations in the mHC kernels) per token, minimised near
+
+    L_r* = sqrt(n * L / (n + 2))                                (`paper_block_size`)
+
+Here each block runs under `torch.utils.checkpoint(..., use_reentrant=False)`: its
+forward keeps only the block input, and backward reruns the block (mixing *and* the
+wrapped attention/MLP layers, so this also frees the layers' own activations) before
+differentiating it. The recomputation runs the same ops on the same inputs, so the
+gradients are bitwise those of the plain run on a deterministic backend (CPU; on CUDA
+with deterministic algorithms). torch.compile, DDP and FSDP2 compose with it.
+
+    x, recorded = run_layers(model.mixing_layers(), x, block=paper_block_size(4, 96))
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def paper_block_size(n: int, layers: int) -> int:
+    """L_r* = sqrt(n L / (n + 2)) rounded to the nearest integer in [1, L] (paper §4.3).
+
+    n: residual streams; layers: mixing layers L (a transformer block counts twice).
+    """
+    for value, name in ((n, "n"), (layers, "layers")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return min(layers, max(1, round(math.sqrt(n * layers / (n + 2)))))
+
+
+def resolve_block(block, n: int, layers: int) -> int:
+    """0 / None / False: no recompute; 'auto' / True: the paper's size; an int: that size."""
+    if block is None or block is False or block == 0:
+        return 0
+    if block is True or block == "auto":
+        return paper_block_size(n, layers)
+    if isinstance(block, int) and block >= 1:
+        return min(block, layers)
+    raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")
+
+
+def _segment(layers: Sequence[Callable], record_rows: int):
+    """A pure function x -> (x_out, *inputs[:rows]) applying `layers` in order.
+
+    Pure (no side effects) so that checkpoint's recomputation in backward does not record twice.
+    """
+
+    def run(x):
+        recorded = []
+        for layer in layers:
+            if record_rows:
+                recorded.append(x[:record_rows].detach())  # [rows, T, n, C]
+            x = layer(x)
+        return (x, *recorded)
+
+    return run
+
+
+def run_layers(layers: Sequence[Callable], x: torch.Tensor, *, block: int = 0,
+               record_rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
+
+    block = 0: plain forward (every activation kept for backward). block = k >= 1: layers
+    run in groups of k under non-reentrant checkpointing; only each group's input is kept.
+    record_rows > 0: also return each layer's input for the first `record_rows` batch rows,
+    detached (the depth sweep's metrics), identical with or without recompute.
+    """
+    layers = list(layers)
+    if not block or not torch.is_grad_enabled():
+        out = _segment(layers, record_rows)(x)
+        return out[0], list(out[1:])
+    recorded: list[torch.Tensor] = []
+    for start in range(0, len(layers), block):
+        out = checkpoint(_segment(layers[start:start + block], record_rows), x, use_reentrant=False)
+        x, recorded = out[0], recorded + list(out[1:])
+    return x, recorded
+
+
+def saved_activation_bytes(fn: Callable[[], torch.Tensor], exclude=()) -> tuple[torch.Tensor, int]:
+    """(fn(), bytes autograd holds for backward when fn returns).
+
+    Counts each distinct storage once among the tensors saved for backward (seen through
+    `torch.autograd.graph.saved_tensors_hooks`), skipping the storages of `exclude`
+    (pass `model.parameters()`: weights are not activations). Under non-reentrant
+    checkpointing a block's own saved tensors go to checkpoint's inner hooks and are
+    dropped; what it keeps (the block input) is seen here. Not counted: temporaries that
+    live only inside forward, and the recomputed block during backward (one block's
+    worth at a time, on top of this).
+    """
+    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(b for ptr, b in seen.items() if ptr not in skip)

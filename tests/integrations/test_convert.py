@@ -85,6 +85,7 @@ def _train(model, ids, steps=3, lr=1e-2):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    model.zero_grad(set_to_none=True)
     return model.eval()
 
 
@@ -161,3 +162,34 @@ def test_bad_input_errors(decoder, tmp_path):
 
 def test_exports():
     assert mhc_torch.convert is convert and mhc_torch.load_converted is load_converted
+
+
+def test_left_padded_batch_generate_matches_original(decoder):
+    """The attention mask reaches the attention inside the mHC step (padding tokens ignored)."""
+    original = decoder("qwen2")
+    converted = convert(copy.deepcopy(original), n=4)
+    ids = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 4, 4, 2]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(converted.generate(ids, **kw), original.generate(ids, **kw))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(decoder, token_ids, assert_close):
+    model = _train(convert(decoder("llama"), n=4), token_ids, steps=2)  # streams differ
+    twin = copy.deepcopy(model)
+    twin.gradient_checkpointing_enable()
+    for m in (model, twin):
+        m.train()
+        m(token_ids, labels=token_ids).loss.backward()
+    grads = dict(model.named_parameters())
+    for name, p in twin.named_parameters():
+        if "_mhc." in name or name.endswith("q_proj.weight"):
+            assert_close(p.grad, grads[name].grad, 1e-5, f"checkpointed grad {name}")
+
+
+def test_head_reduction_round_trip(decoder, token_ids, tmp_path):
+    model = _train(convert(decoder("llama"), n=4, reduce="head"), token_ids, steps=2)
+    assert model.model.layers[1].mhc_head.phi.shape == (4 * 32, 4)
+    model.save_pretrained(tmp_path)
+    loaded = load_converted(tmp_path).eval()
+    assert torch.equal(logits(loaded, token_ids), logits(model, token_ids))

@@ -63,7 +63,7 @@ def build(args) -> nn.Module:
         loss.backward()
         opt.step()
     model.eval()
-    model.final_loss = float(loss)
+    model.final_loss = float(loss.detach())
     return model
 
 

@@ -177,7 +177,7 @@ def test_left_padded_batch_generate_matches_original(decoder):
 def test_gradient_checkpointing_gives_the_same_gradients(decoder, token_ids, assert_close):
     model = _train(convert(decoder("llama"), n=4), token_ids, steps=2)  # streams differ
     twin = copy.deepcopy(model)
-    twin.gradient_checkpointing_enable()
+    twin.activation_checkpointing_enable()
     for m in (model, twin):
         m.train()
         m(token_ids, labels=token_ids).loss.backward()
@@ -193,3 +193,21 @@ def test_head_reduction_round_trip(decoder, token_ids, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = load_converted(tmp_path).eval()
     assert torch.equal(logits(loaded, token_ids), logits(model, token_ids))
+
+
+@pytest.mark.slow  # ~25 s in the Triton interpreter on 2 CPU cores
+def test_triton_path_where_it_can_run(decoder, token_ids, assert_close):
+    """impl='triton' (CUDA, or the Triton interpreter on CPU under TRITON_INTERPRET=1)."""
+    from mhc_torch import dispatch
+
+    reason = dispatch.triton_unavailable_reason(torch.zeros(1, 4, 32))
+    if reason is not None:
+        pytest.skip(reason)
+    original = decoder("llama")
+    converted = convert(copy.deepcopy(original), n=4, impl="triton")
+    assert_close(logits(converted, token_ids), logits(original, token_ids), 1e-5, "llama n=4 triton warm start")
+    trained = _train(convert(decoder("llama"), n=4), token_ids, steps=2)
+    on_triton = copy.deepcopy(trained)
+    for _, step in mhc_steps(on_triton):
+        step.impl = "triton"
+    assert_close(logits(on_triton, token_ids), logits(trained, token_ids), 1e-5, "trained llama triton vs reference")

@@ -237,7 +237,9 @@ def _consts(x: torch.Tensor, n: int):
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     # tf32x3: three tensor-core passes, ~float32 accuracy (plain tf32 would cost ~1e-3)
     prec = "ieee" if (INTERPRETED or x.dtype == torch.float64) else "tf32x3"
-    return dict(ACC=acc, R=stream_pad(n), GP=gate_pad(n)), prec
+    R = stream_pad(n)
+    # n > 4: R*R-wide tiles (up to 256 columns at n = 16) need more threads' registers
+    return dict(ACC=acc, R=R, GP=gate_pad(n), num_warps=4 if R <= 4 else 8), prec
 
 
 def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,

@@ -1,0 +1,177 @@
+"""Benchmark the mHC ops and the whole step: ours (Triton) vs reference, torch.compile,
+liger-kernel and hyper-connections. Writes JSON + markdown to benchmarks/results/.
+
+    python benchmarks/bench_mhc.py            # CUDA: n=4, C in {1024, 2560, 4096},
+                                              # tokens in {4096, 16384, 65536}, bf16
+    python benchmarks/bench_mhc.py --cpu      # this machine: reference (eager, compiled)
+                                              # vs hyper-connections, small shapes, fp32
+    python benchmarks/bench_mhc.py --quick    # CUDA, one small shape (smoke test)
+    python benchmarks/bench_mhc.py --interpret-smoke   # the CUDA code path on the CPU in the
+                                              # Triton interpreter, tiny shape: checks the
+                                              # harness runs; its times mean nothing
+
+For each op (coefficients, pre_aggregate, post_residual, and the whole step around an
+identity layer) and mode (fwd, fwd+bwd): median time, achieved GB/s of the op's ideal
+traffic and % of the measured copy bandwidth (harness.py defines both), and peak extra
+memory on CUDA. Before timing, our Triton path is checked against the reference on a small
+input (CUDA). Needs `pip install --no-deps hyper-connections liger-kernel einops` for the
+other libraries; a missing one is reported as such in the table, not silently dropped.
+
+Targets from issue 3 (GPU): every shape faster than liger-kernel fwd+bwd; pre_aggregate and
+post_residual at >= 80% of copy bandwidth at 16384 tokens x C = 4096.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import traceback
+from pathlib import Path
+
+if "--interpret-smoke" in sys.argv:  # must precede the first Triton kernel decoration
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
+import impls  # noqa: E402
+
+GPU_SHAPES = [(4, c, t) for c in (1024, 2560, 4096) for t in (4096, 16384, 65536)]
+CPU_SHAPES = [(4, 256, 256), (4, 256, 2048), (4, 1024, 1024)]
+MODES = ("fwd", "fwd+bwd")
+
+
+def prepare(op, impl, n, c, t, dtype, device, mode):
+    """(row, fn): fn() runs one forward (no grad) or forward+backward on rotating inputs;
+    fn is None when the implementation does not exist here (row['error'] says why)."""
+    row = {"op": op, "impl": impl, "mode": mode, "n": n, "C": c, "tokens": t, "dtype": str(dtype).split(".")[-1]}
+    try:
+        bench = impls.build(op, impl, n, c, t, dtype, device)
+    except impls.Unavailable as why:
+        return {**row, "error": f"n/a: {why}"}, None
+    first = bench.make_inputs()
+    per_set = sum(a.numel() * a.element_size() for a in first if isinstance(a, torch.Tensor))
+    sets = [first] + [bench.make_inputs() for _ in range(harness.rotation_count(per_set, device) - 1)]
+    cycle = itertools.cycle(sets)
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                return bench.fn(*next(cycle))
+        return row, fn
+    leaves = {id(s): impls.differentiable(bench, s) for s in sets}
+    cots = [torch.randn_like(o) for o in impls.outputs_tuple(bench.fn(*first))]
+
+    def fn():
+        ins = next(cycle)
+        out = impls.outputs_tuple(bench.fn(*ins))
+        return torch.autograd.grad(out, leaves[id(ins)], cots, allow_unused=True)
+    return row, fn
+
+
+def _failed(row, err):
+    traceback.print_exc(limit=2)
+    return {**row, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"}
+
+
+def measure_group(op, mode, n, c, t, impl_names, dtype, device, copy_bw) -> list[dict]:
+    """All implementations of one (op, mode, shape). On CUDA each is timed alone (do_bench);
+    on the CPU they are timed in interleaved rounds, so load from other work on a shared
+    machine hits every implementation alike."""
+    rows, fns = [], {}
+    for impl in impl_names:
+        try:
+            row, fn = prepare(op, impl, n, c, t, dtype, device, mode)
+            if fn is not None:
+                fn()  # warm-up (and compile) before any timing
+                fns[impl] = fn
+        except Exception as err:  # noqa: BLE001 - one failure (OOM, unsupported) must not stop the sweep
+            row = _failed({"op": op, "impl": impl, "mode": mode, "n": n, "C": c, "tokens": t}, err)
+        rows.append(row)
+    times = {}
+    if device.type == "cuda":
+        for impl, fn in list(fns.items()):
+            try:
+                times[impl] = harness.time_ms(fn, device)
+            except Exception as err:  # noqa: BLE001
+                rows = [_failed(r, err) if r["impl"] == impl else r for r in rows]
+                fns.pop(impl)
+            finally:
+                torch.cuda.empty_cache()
+    elif fns:
+        times = harness.time_interleaved_ms(fns)
+    ideal = harness.ideal_bytes(op, mode, n, c, t, torch.empty((), dtype=dtype).element_size())
+    out = []
+    for row in rows:
+        impl = row["impl"]
+        if impl in times:
+            gbps = ideal / (times[impl] * 1e-3) / 1e9
+            row = {**row, "ms": times[impl], "ideal_bytes": ideal, "GBps": gbps,
+                   "pct_copy_bw": 100 * gbps / copy_bw, "peak_mb": harness.peak_extra_mb(fns[impl], device)}
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="CPU mode: reference vs hyper-connections, small shapes")
+    ap.add_argument("--quick", action="store_true", help="one small shape (smoke test)")
+    ap.add_argument("--interpret-smoke", action="store_true",
+                    help="run the GPU code path on the CPU in the Triton interpreter (tiny shape, times meaningless)")
+    ap.add_argument("--ops", default=",".join(impls.OPS))
+    ap.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(impls.IMPLS))
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+
+    if args.cpu or args.interpret_smoke:
+        torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP oversubscription stalls
+    if args.interpret_smoke:
+        device, dtype = torch.device("cpu"), torch.bfloat16
+        shapes, default_impls, stem = [(4, 40, 20)], impls.IMPLS, "interpret_smoke"
+        for op in impls.OPS:
+            err = impls.check_against_reference(op, 4, 40, dtype, device, tokens=20)
+            print(f"check {op}: ours-triton vs reference, worst scaled error {err:.2e}")
+            if not err < 2e-2:
+                return 1
+    elif args.cpu:
+        device, dtype = torch.device("cpu"), torch.float32
+        shapes = CPU_SHAPES[:1] if args.quick else CPU_SHAPES
+        default_impls = ("reference", "reference+compile", "hyper-connections")
+        stem = "cpu"
+    else:
+        if not torch.cuda.is_available():
+            ap.error("no CUDA device: run with --cpu, or on a CUDA machine")
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        shapes = [(4, 1024, 4096)] if args.quick else GPU_SHAPES
+        default_impls = impls.IMPLS
+        stem = "gpu_" + torch.cuda.get_device_name(device).replace(" ", "_").lower()
+        for op in impls.OPS:  # correctness before speed
+            err = impls.check_against_reference(op, 4, 1024, dtype, device)
+            print(f"check {op}: ours-triton vs reference, worst scaled error {err:.2e}")
+            if not err < 2e-2:
+                print(f"ours-triton disagrees with the reference on {op}: not timing a wrong kernel")
+                return 1
+    ops_ = [o for o in args.ops.split(",") if o]
+    impls_ = args.impls.split(",") if args.impls else default_impls
+
+    env = harness.environment(device, HERE.parent)
+    copy_bw = harness.copy_bandwidth_gbps(device, 2**30 if device.type == "cuda" else 2**28)
+    env.update(dtype=str(dtype).split(".")[-1], copy_bw_GBps=copy_bw)
+    print(f"{env['device_name']}: copy bandwidth {copy_bw:.1f} GB/s")
+
+    results = []
+    for (n, c, t), op, mode in itertools.product(shapes, ops_, MODES):
+        for r in measure_group(op, mode, n, c, t, impls_, dtype, device, copy_bw):
+            results.append(r)
+            shown = r.get("error") or f"{r['ms']:.3f} ms  {r['GBps']:.1f} GB/s  {r['pct_copy_bw']:.0f}% copy"
+            print(f"{op:14s} {mode:8s} n={n} C={c:5d} T={t:6d} {r['impl']:18s} {shown}", flush=True)
+    js, md = harness.write_reports(results, env, args.out, stem)
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ VOCAB, HIDDEN = 64, 32
 
 
 def _decoder(family: str, seed: int = 0):
-    """A 2-layer causal LM of `family` ('llama', 'qwen2', 'qwen3'), float32, eval mode."""
+    """A 2-layer causal LM of `family` ('llama', 'qwen2', 'qwen3', 'mistral', 'qwen3_moe'), float32, eval."""
     common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
                   max_position_embeddings=64, tie_word_embeddings=False)
@@ -28,6 +28,11 @@ def _decoder(family: str, seed: int = 0):
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
     elif family == "qwen3":
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=8, **common))
+    elif family == "mistral":
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common))
+    elif family == "qwen3_moe":
+        model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, **common))
     else:
         raise ValueError(family)
     with torch.no_grad():  # RMSNorm weights away from 1 so the norms matter

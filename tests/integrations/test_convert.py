@@ -12,7 +12,7 @@ import torch
 import mhc_torch
 from mhc_torch.integrations import convert, load_converted, mhc_steps
 
-FAMILIES = ["llama", "qwen2", "qwen3"]
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "qwen3_moe"]
 
 
 @torch.no_grad()
@@ -152,6 +152,12 @@ def test_bad_input_errors(decoder, tmp_path):
                                                           num_attention_heads=2, intermediate_size=64)
     with pytest.raises(ValueError, match="no stack of pre-LN decoder layers"):
         convert(pytest.importorskip("transformers").BertModel(bert), n=4)
+    transformers = pytest.importorskip("transformers")
+    gemma = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(  # sandwich norms: a different block
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16))
+    with pytest.raises(ValueError, match="Gemma2DecoderLayer"):
+        convert(gemma, n=4)
     decoder("llama").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no 'mhc' entry"):
         load_converted(tmp_path)

@@ -6,7 +6,7 @@ its f on a single C-vector stream `h [..., C]`, using the block's own modules (n
 attention, MLP, dropout), so the weights stay where they are and keep their names.
 
     recipe            blocks (matched by structure)           branches
-    pre_norm_decoder  Llama, Qwen2, Qwen3, Mistral, ...       attn: self_attn(input_layernorm(h))
+    pre_norm_decoder  Llama, Qwen2, Qwen3, Mistral, Qwen3-MoE attn: self_attn(input_layernorm(h))
                       (children exactly input_layernorm,      mlp:  mlp(post_attention_layernorm(h))
                       self_attn, post_attention_layernorm, mlp)
     vit               transformers ViTLayer                   attn: dropout(attention(layernorm_before(h)))
@@ -93,7 +93,8 @@ PRE_NORM_DECODER = Recipe(
     # Cohere's parallel block have more (or fewer) and a different forward.
     matches=lambda b: _children(b) == _DECODER_CHILDREN,
     dim=lambda b: int(b.input_layernorm.weight.shape[-1]),
-    tested=("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"),
+    tested=("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer",
+            "Qwen3MoeDecoderLayer"),
 )
 
 

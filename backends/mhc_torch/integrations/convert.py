@@ -15,10 +15,11 @@ float32 rounding. Integrations default to sinkhorn_eps = 0 (exactly doubly stoch
 res; DeepSeek's 1e-6 makes each column sum to 1 - 1e-6, a drift that grows with depth).
 
 Loading: `config.mhc` records n, the variant, the MHCConfig and which blocks were
-converted. `load_converted(path, **kwargs)` builds `MHC`-aware subclass of the class in
+converted. `load_converted(path, **kwargs)` makes a subclass of the class named in
 `config.architectures` (same name, so a second save_pretrained writes the same config)
-whose __init__ re-applies the conversion, then calls its `from_pretrained`: dtype,
-device_map and sharded checkpoints work as usual. A plain
+whose __init__ re-applies the conversion, and calls its `from_pretrained`: dtype,
+device_map and sharded checkpoints work as usual (mHC parameters stay float32 under
+dtype=bfloat16, and no converted block is split across devices). A plain
 `AutoModelForCausalLM.from_pretrained(path)` would load the original architecture and
 report the `*_mhc.*` tensors as unexpected: use load_converted.
 """

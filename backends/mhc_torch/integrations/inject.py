@@ -80,9 +80,10 @@ def check_settings(n, variant, reduce, cfg: dict) -> dict:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    unknown = set(cfg) - set(mhc_core.MHCConfig().as_dict())
+    known = sorted(mhc_core.MHCConfig().as_dict())
+    unknown = set(cfg) - set(known)
     if unknown:
-        raise TypeError(f"unknown mHC settings {sorted(unknown)}; expected some of {sorted(mhc_core.MHCConfig().as_dict())}")
+        raise TypeError(f"unknown mHC settings {sorted(unknown)}; expected some of {known}")
     # Integrations default to sinkhorn_eps = 0 (log-domain Sinkhorn, exactly doubly
     # stochastic): with eps = 1e-6 every column of res sums to 1 - ~1e-6, the residual
     # shrinks by that much per step, and a 24-layer Llama's logits drift by 1.5e-4 at the

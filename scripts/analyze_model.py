@@ -105,12 +105,14 @@ def init_identity_distance(stats, info) -> float | None:
     for 'distance from identity' (the warm start is near, not at, the identity)."""
     import mhc_core
 
-    variant = (info.get("mhc") or info.get("model") or {}).get("variant", "mhc")
-    if variant != "mhc":
+    settings = info.get("mhc") or info.get("model") or {}
+    if settings.get("variant", "mhc") != "mhc":
         return None
+    cfg = {**settings, **settings.get("config", {})}  # converted: config.mhc["config"]; sweep: flat LMConfig
     n = len(stats[0].res_mean)
-    b = mhc_core.init_params(n, 1, dtype=np.float64)["bias"][2 * n:].reshape(n, n)
-    return float(mhc_core.identity_distance(mhc_core.sinkhorn(b, iters=20, eps=0.0)))
+    b = mhc_core.init_params(n, 1, res_logit_gap=cfg.get("res_logit_gap", 4.0), dtype=np.float64)["bias"]
+    res = mhc_core.sinkhorn(b[2 * n:].reshape(n, n), iters=cfg.get("iters", 20), eps=cfg.get("sinkhorn_eps", 0.0))
+    return float(mhc_core.identity_distance(res))
 
 
 def table_from_metrics(stats, info) -> str:

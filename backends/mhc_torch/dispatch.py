@@ -93,9 +93,24 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
 
 
 def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, layer_kwargs: dict):
-    """mhc_core.step on torch tensors; autograd differentiates through it."""
+    """mhc_core.step on torch tensors; autograd differentiates through it.
+
+    Under torch.autocast the mixing (coefficients, Sinkhorn, pre/post matmuls) runs with
+    autocast off, in float32 as mhc_core intends (paper Eq. 10-19; autocast would run its
+    matmuls in bf16), while the layer keeps the caller's autocast.
+    """
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
-    return mhc_core.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return mhc_core.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+    dtype = torch.get_autocast_dtype(dev)
+
+    def f_autocast(h):
+        with torch.autocast(dev, dtype=dtype):
+            return f(h)
+
+    with torch.autocast(dev, enabled=False):
+        return mhc_core.step(x, f_autocast, phi, bias, alpha, variant=variant, **cfg)
 
 
 def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, impl: str = "auto",

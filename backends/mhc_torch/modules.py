@@ -159,4 +159,5 @@ class StreamHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.n, self.dim, "StreamHead")  # [..., n, C]
-        return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)
+        with torch.autocast(x.device.type, enabled=False):  # float32 weights even under autocast
+            return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)

@@ -1,0 +1,29 @@
+"""Mixed precision for mHC models on MLX: bf16 activations, float32 mixing.
+
+mhc_core computes the coefficients and the pre/post mixing in float32 whatever the
+stream's dtype (paper Eq. 10-19). `cast_except_mixing(model, mx.bfloat16)` casts every
+weight except the mixing parameters (phi, bias, alpha of MHC and StreamHead), so the
+stream and the layers run in bf16 while the mixing weights stay float32. MLX has no
+autocast: the weights' dtype decides.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+MIXING = ("phi", "bias", "alpha")
+
+
+def cast_except_mixing(model: nn.Module, dtype=mx.bfloat16) -> nn.Module:
+    """Cast every floating parameter to `dtype` except mixing parameters; returns the model."""
+    from ..modules import MHC, StreamHead
+
+    mixing = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, (MHC, StreamHead)):
+            mixing.update(f"{prefix}.{k}" if prefix else k for k in MIXING)
+    cast = [(k, v.astype(dtype)) for k, v in tree_flatten(model.parameters())
+            if k not in mixing and mx.issubdtype(v.dtype, mx.floating)]
+    model.update(tree_unflatten(cast))
+    return model

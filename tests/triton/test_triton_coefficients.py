@@ -3,8 +3,9 @@
 Forward vs the numpy float64 oracle on the same (rounded) inputs; every gradient (x, phi,
 bias, alpha) vs float64 autograd through mhc_core; gradcheck of the autograd.Function in
 float64 (interpreter). Shapes cover: every n in 1..4 and n = 16, C not a multiple of the
-K block, T not a multiple of the token block and T > one block (two token splits in the
-x-stream backward), mhc / hc, log-domain Sinkhorn (eps = 0), non-default config.
+K block, T not a multiple of the token blocks, T > 16 (two token blocks and two dphi splits
+in the backward) and T > 64 (two forward blocks), mhc / hc, log-domain Sinkhorn
+(eps = 0), non-default config.
 """
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from mhc_torch.kernels import ops
 CASES = [
     ("mhc", 5, 1, 7, {}),
     ("mhc", 3, 2, 40, {"iters": 3}),
-    ("mhc", 18, 3, 33, {"iters": 20}),  # T > 16: two token blocks, two dphi splits
+    ("mhc", 18, 3, 33, {"iters": 20}),  # T > 16: two backward token blocks, two dphi splits
+    ("mhc", 70, 2, 9, {"iters": 2}),     # T > 64: two forward token blocks
     ("mhc", 4, 4, 17, {"iters": 5, "sinkhorn_eps": 0.0}),
     ("mhc", 2, 4, 40, {"iters": 3, "pre_eps": 0.0, "post_scale": 1.0, "rms_eps": 1e-3}),
     ("mhc", 2, 16, 3, {"iters": 2}),

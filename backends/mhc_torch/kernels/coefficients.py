@@ -230,7 +230,20 @@ def _x_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
-_BT, _BK = 16, 64  # token block, K block (tl.dot needs >= 16)
+# Block sizes (tl.dot needs >= 16 on every axis). Not autotuned: unmeasured on a GPU so
+# far (benchmarks/NOTES.md). Each forward program reads all of phi (n*C x 32 floats) from
+# L2, so its token block is large (64: phi traffic ~0.75x the x traffic at n = 4); each
+# x-stream backward program re-reads u [T, W] per K block, so its K block is large (128).
+_BT = 16                     # token block of the gate backward and of the x-stream backward
+
+
+def _fwd_blocks(n: int) -> tuple[int, int]:
+    """(token block, K block) of the forward: smaller where the R*R res tile is wide."""
+    return (64, 64) if stream_pad(n) <= 4 else (16, 64)
+
+
+def _x_bwd_block_k(n: int) -> int:
+    return 128 if stream_pad(n) <= 4 else 64
 
 
 def _consts(x: torch.Tensor, n: int):
@@ -252,10 +265,11 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     res, z, r = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T,), dtype=f)
     if T:
         consts, prec = _consts(x, n)
-        _coeff_fwd_kernel[(triton.cdiv(T, _BT),)](
+        bt, bk = _fwd_blocks(n)
+        _coeff_fwd_kernel[(triton.cdiv(T, bt),)](
             x, phi.contiguous(), bias.contiguous(), alpha.contiguous(), pre, post, res, z, r,
             T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
-            HC=hc, LOG=sk_eps == 0.0, PREC=prec, BT=_BT, BK=_BK, **consts)
+            HC=hc, LOG=sk_eps == 0.0, PREC=prec, BT=bt, BK=bk, **consts)
     return pre, post, res, z, r
 
 
@@ -276,7 +290,8 @@ def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, ite
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
     # token splits so that (K blocks x splits) about fills the device
-    n_kb = triton.cdiv(K, _BK)
+    bk = _x_bwd_block_k(n)
+    n_kb = triton.cdiv(K, bk)
     splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))
     tokens_per_split = triton.cdiv(n_tb, splits) * _BT
     splits = triton.cdiv(T, tokens_per_split)
@@ -284,7 +299,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, ite
     dphi_part = x.new_empty((splits, K, W), dtype=f)
     _x_bwd_kernel[(n_kb, splits)](
         x, phi.contiguous(), u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
-        PREC=prec, BT=_BT, BK=_BK, **consts)
+        PREC=prec, BT=_BT, BK=bk, **consts)
     return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
 
 

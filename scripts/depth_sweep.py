@@ -41,6 +41,7 @@ import mhc_core  # noqa: E402
 from mhc_core.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.tasks import TASKS, TaskStream  # noqa: E402
+import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc")
 # Sizes per mode; any flag given on the command line wins. 'quick' runs the default
@@ -63,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--depths", nargs="+", type=int, default=[12, 24, 48], help="transformer blocks")
     p.add_argument("--quick", action="store_true", help="small sizes and few steps (< 5 min on 2 cores)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--n", type=int, default=4, help="streams for hc / mhc (residual uses 1)")
+    p.add_argument("--n", "--streams", dest="n", type=int, default=4,
+                   help="streams for hc / mhc (residual uses 1); under torchrun spell it --streams")
     p.add_argument("--dim", type=int)
     p.add_argument("--heads", type=int)
     p.add_argument("--seq-len", type=int)
@@ -84,6 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="sweep directory (default runs/<quick|full>-<backend>-<task>)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    sweep_scale.add_arguments(p)
     args = p.parse_args(argv)
     for key, value in PRESETS["quick" if args.quick else "full"].items():
         if getattr(args, key) is None:
@@ -169,7 +172,8 @@ def run_config(args, versions, cfg: LMConfig, data: TaskStream, run_dir: str) ->
     return {"run": os.path.basename(run_dir), "backend": args.backend, "versions": versions,
               "model": cfg.as_dict(), "optimizer": {"name": "adam", "betas": [0.9, 0.999], "eps": 1e-8},
               "train": train, "data": data.state(), "platform": platform.platform(),
-              "command": shlex.join(sys.argv), "rerun": shlex.join(rerun)}
+              "command": shlex.join(sys.argv), "rerun": shlex.join(rerun + sweep_scale.scale_config(args)["rerun_flags"]),
+              "scale": sweep_scale.scale_config(args)}
 
 
 def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress: bool) -> dict:
@@ -184,12 +188,18 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
         json.dump(run_config(args, versions, cfg, data, run_dir), f, indent=2)
 
     trainer = lm.Trainer(cfg, init_lm_params(cfg), grad_clip=args.grad_clip)
+    hooks = sweep_scale.RunHooks(args, run_dir, cfg, trainer, data)  # dtype, recompute, DDP, checkpoints
     losses, events, streak, diverged, ratio_acc = [], 0, 0, False, []
     gains_max = {"composite_forward_gain_peak": 0.0, "composite_backward_gain_peak": 0.0}
+    acc = lambda: dict(losses=losses, events=events, streak=streak, ratio_acc=ratio_acc, gains_max=gains_max)  # noqa: E731
+    start, resumed = hooks.resume(acc())
+    losses, events, streak, ratio_acc, gains_max = (resumed[k] for k in sweep_scale.ACC_KEYS)
+    trainer, step = hooks.trainer, start - 1
     bar = _bar(args.steps, f"{args.backend} {variant}-L{depth}", progress)
+    bar.update(start)
     t_start = time.perf_counter()
-    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as log:
-        for step in range(args.steps):
+    with hooks.open_log() as log:
+        for step in range(start, args.steps):
             measure = step % args.log_every == 0 or step == args.steps - 1
             inputs, targets, mask = data.next()
             t0 = time.perf_counter()
@@ -220,6 +230,7 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                         json.dump(final_res(cfg, res), f)
             log.write(json.dumps(_jsonable(rec)) + "\n")
             log.flush()
+            hooks.step_done(step + 1, acc())
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4g}", nan=events)
             if streak >= args.max_nonfinite:
@@ -296,6 +307,7 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sweep_scale.setup(args)  # joins the process group under torchrun
     lm, versions = load_backend(args.backend, args.threads)
     os.makedirs(args.out, exist_ok=True)
     t0, rows = time.perf_counter(), []

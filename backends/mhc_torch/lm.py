@@ -22,6 +22,7 @@ from mhc_core.lm_config import LMConfig, grad_norms, init_lm_params, layer_names
 
 from .modules import MHC
 from .state import load_state, module_state
+from .training.recompute import run_layers
 
 
 class Attention(nn.Module):
@@ -81,6 +82,7 @@ class TinyLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        self.recompute = 0  # mixing layers per recomputed block (paper 4.3); 0 = keep all activations
         load_state(self, init_lm_params(cfg) if params is None else params)
 
     def mixing_layers(self) -> list[MHC]:
@@ -94,11 +96,8 @@ class TinyLM(nn.Module):
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
-        inputs = []
-        for layer in self.mixing_layers():
-            if rows:
-                inputs.append(x[:rows].detach())
-            x = layer(x)
+        # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
+        x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
         logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
         return logits, inputs
 
@@ -142,6 +141,7 @@ class Trainer:
         self.opt = torch.optim.Adam([p for _, p in self.params], lr=lr, betas=tuple(betas), eps=eps)
         self.grad_clip = float(grad_clip)
         self.names = layer_names(cfg)
+        self.forward = self.model.forward_recording  # training.distributed routes this through DDP
 
     def state(self) -> dict[str, np.ndarray]:
         return module_state(self.model)
@@ -159,7 +159,7 @@ class Trainer:
         y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
         self.opt.zero_grad(set_to_none=True)
-        logits, recorded = self.model.forward_recording(x, record_rows)
+        logits, recorded = self.forward(x, record_rows)
         loss = masked_cross_entropy(logits, y, m)
         loss.backward()
         grads = [(k, p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in self.params]
@@ -169,7 +169,7 @@ class Trainer:
         out["nonfinite_loss"] = not math.isfinite(out["loss"])
         out["skipped"] = out["nonfinite_loss"] or out["nonfinite_grad_tensors"] > 0
         if record_rows:
-            out["layer_inputs"] = [a.numpy() for a in recorded]
+            out["layer_inputs"] = [a.float().numpy() for a in recorded]  # bf16 runs: exact upcast
             out["mixing_state"] = mixing_state(self.model)
         if not out["skipped"]:
             if self.grad_clip > 0 and out["grad_norm"] > self.grad_clip:

@@ -190,10 +190,13 @@ class RunCheckpointer:
 
     `capture()` returns (tensors, meta); the checkpointer adds to meta the number of
     metric lines written so far under "metrics_lines".
+
+    readonly=True (the other ranks of a data-parallel run): `resume` loads but never
+    touches the log, `open_log` discards what is written, `step_done` saves nothing.
     """
 
     def __init__(self, run_dir: str, every: int, *, keep: int = 2, log_name: str = "metrics.jsonl",
-                 subdir: str = "checkpoints"):
+                 subdir: str = "checkpoints", readonly: bool = False):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"checkpoint every must be an integer >= 1, got {every!r}")
         self.every = every
@@ -201,11 +204,14 @@ class RunCheckpointer:
         self.log_path = os.path.join(run_dir, log_name)
         self.lines = 0
         self._log = None
+        self.readonly = readonly
 
     def resume(self) -> Loaded:
         """Load the newest valid checkpoint and cut the metrics log back to it (a fresh run,
         step 0, when there is none: the log is emptied). Problems are reported on stderr."""
         loaded = self.store.load_latest(warn=False)
+        if self.readonly:
+            return loaded
         for p in loaded.problems:
             print(f"[resume] {p}; using the previous one", flush=True, file=sys.stderr)
         keep = int(loaded.meta.get("metrics_lines", 0)) if loaded.found else 0
@@ -229,12 +235,12 @@ class RunCheckpointer:
 
     def open_log(self):
         """The metrics log opened for appending (text, line-buffered)."""
-        self._log = _CountingLog(self, open(self.log_path, "a", buffering=1))
+        self._log = _CountingLog(self, open(os.devnull if self.readonly else self.log_path, "a", buffering=1))
         return self._log
 
     def step_done(self, steps_done: int, capture: Callable[[], tuple[dict, dict]], *, final: bool = False) -> bool:
         """Save when `steps_done` is a multiple of `every` (or `final`); returns whether it did."""
-        if steps_done % self.every and not final:
+        if self.readonly or (steps_done % self.every and not final):
             return False
         if self._log is not None and not self._log.closed:
             self._log.sync()  # the checkpoint must never count a line the disk lacks

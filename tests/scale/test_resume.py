@@ -61,7 +61,9 @@ def test_sigkill_at_random_points_then_resume(backend, tmp_path):
     log = os.path.join(out, "metrics.jsonl")
     kills = []
     for _ in range(2):  # two kills at random points, then a clean finish
-        target = rng.randrange(len(kills) and kills[-1] or 1, STEPS - 3)
+        # the first kill anywhere (maybe before any checkpoint: a fresh restart), the second
+        # after line EVERY + 1, when checkpoint EVERY is committed, so the end has one to resume
+        target = rng.randrange(1, STEPS - 3) if not kills else rng.randrange(max(kills[-1], EVERY + 1), STEPS - 3)
         proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:

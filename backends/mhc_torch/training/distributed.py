@@ -152,3 +152,42 @@ def shutdown() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _RecordingForward(nn.Module):
+    """forward(tokens, rows) = model.forward_recording(tokens, rows), so that DDP (which
+    hooks a module's forward) wraps the sweep's recording forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, rows: int = 0):
+        return self.model.forward_recording(tokens, rows)
+
+
+class DataParallelTrainer:
+    """`mhc_torch.lm.Trainer` under DDP, same `step` contract as the plain one.
+
+    The trainer's forward goes through DistributedDataParallel (its reducer averages the
+    gradients in backward); `step` takes the *global* batch, trains on this rank's slice,
+    and reports the loss averaged over ranks. Gradient norms, clipping and the non-finite
+    check see the averaged gradients, so every rank skips or updates together. Recorded
+    metric rows are rank 0's first rows, i.e. the global batch's first rows.
+    """
+
+    def __init__(self, trainer, info: DistInfo, **ddp_kwargs):
+        if not hasattr(trainer, "forward"):
+            raise TypeError("the trainer has no `forward` attribute to route through DDP")
+        self.inner, self.info = trainer, info
+        trainer.forward = wrap_ddp(_RecordingForward(trainer.model), info, **ddp_kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, inputs, targets, mask, **kwargs) -> dict:
+        inputs, targets = shard_batch((inputs, targets), self.info)
+        out = self.inner.step(inputs, targets, mask, **kwargs)
+        out["loss"] = mean_over_ranks(out["loss"], self.info)
+        out["nonfinite_loss"] = out["loss"] != out["loss"] or abs(out["loss"]) == float("inf")
+        return out

@@ -1,0 +1,73 @@
+"""torch.compile (issue 6, point 4): MHC and the tiny LM compile with fullgraph=True on
+the reference path and give the eager numbers, forward and gradients; also with block
+recompute inside the compiled graph.
+
+The aot_eager backend keeps this fast (inductor codegen takes minutes on a 2-core CPU);
+`benchmarks/bench_recompute.py` measures inductor's speed. aot_eager still traces the
+whole graph (fullgraph=True fails on any graph break) and runs AOTAutograd's joint
+forward/backward, so equality here means the traced program is the eager one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mhc_core
+import mhc_torch
+from mhc_core.lm_config import LMConfig, init_lm_params
+from mhc_torch.lm import TinyLM, masked_cross_entropy
+from scale_helpers import assert_close
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo notes about lru_cache in array_api_compat
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc"])
+def test_mhc_module_fullgraph(variant):
+    n, c = 4, 16
+    torch.manual_seed(0)
+    m = mhc_torch.MHC(nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c)), n, c, variant=variant,
+                      init=mhc_core.init_params(n, c, variant=variant, phi_std=0.2, alpha=1.0, seed=1), impl="reference")
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 5, n, c)
+    outs, grads = [], []
+    for fn in (m, compiled):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        g = torch.autograd.grad(out.square().sum(), [xi, *m.parameters()])
+        outs.append(out.detach().numpy())
+        grads.append([t.numpy() for t in g])
+    assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-6, case=f"compiled MHC {variant} forward")
+    for i, (a, b) in enumerate(zip(grads[1], grads[0])):
+        assert_close(a, b, rtol=1e-5, atol=1e-6, case=f"compiled MHC {variant} grad #{i}")
+
+
+@pytest.mark.parametrize("recompute", [0, 2])
+def test_tiny_lm_fullgraph_forward_and_grads(recompute):
+    cfg = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="mhc", n=4, phi_std=0.05, seed=4)
+    eager = TinyLM(cfg)
+    model = TinyLM(cfg, init_lm_params(cfg))
+    model.recompute = recompute
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    rng = np.random.default_rng(0)
+    tokens = torch.as_tensor(rng.integers(0, 16, (3, 8)))
+    targets = torch.as_tensor(rng.integers(0, 16, (3, 8)))
+    mask = torch.ones(8)
+    results = []
+    for net, fn in ((eager, eager), (model, compiled)):
+        logits = fn(tokens)
+        loss = masked_cross_entropy(logits, targets, mask)
+        grads = torch.autograd.grad(loss, list(net.parameters()))
+        results.append((logits.detach().numpy(), [g.numpy() for g in grads]))
+    assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6, case=f"compiled TinyLM logits (recompute {recompute})")
+    names = [k for k, _ in eager.named_parameters()]
+    for name, a, b in zip(names, results[1][1], results[0][1]):
+        assert_close(a, b, rtol=1e-5, atol=1e-7, case=f"compiled TinyLM grad {name} (recompute {recompute})")

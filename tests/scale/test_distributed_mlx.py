@@ -19,7 +19,8 @@ from scale_helpers import PYTHON, REPO, assert_close, free_port, subprocess_env
 
 mx = pytest.importorskip("mlx.core")
 HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCH = shutil.which("mlx.launch") or os.path.join(os.path.dirname(PYTHON), "mlx.launch")
+_BESIDE = os.path.join(os.path.dirname(PYTHON), "mlx.launch")  # the launcher of this environment first
+LAUNCH = _BESIDE if os.path.exists(_BESIDE) else (shutil.which("mlx.launch") or _BESIDE)
 
 
 def _ring_available() -> bool:

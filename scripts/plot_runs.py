@@ -82,7 +82,7 @@ def _series(recs, key, sub=None):
 
 def _depth_axes(runs, rows=1, height=3.2, sharey=True):
     depths = sorted({r["depth"] for r in runs})
-    fig, axes = plt.subplots(rows, len(depths), figsize=(4.2 * len(depths) + 0.6, height * rows + 0.7),
+    fig, axes = plt.subplots(rows, len(depths), figsize=(max(4.2 * len(depths) + 0.6, 9.0), height * rows + 0.7),
                              squeeze=False, sharey=sharey, sharex="col")
     return fig, axes, depths
 
@@ -252,7 +252,7 @@ def plot_grad_heatmap(runs, out):
         return
     allv = np.concatenate(vals)
     vmin, vmax = np.percentile(allv, 1), np.percentile(allv, 99)
-    fig, axes = plt.subplots(len(variants), len(depths), figsize=(3.8 * len(depths) + 1.2, 2.8 * len(variants) + 0.8),
+    fig, axes = plt.subplots(len(variants), len(depths), figsize=(max(3.8 * len(depths) + 1.2, 9.0), 2.8 * len(variants) + 0.8),
                              squeeze=False, layout="constrained")
     im = None
     for i, v in enumerate(variants):

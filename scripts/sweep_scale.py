@@ -119,6 +119,10 @@ class RunHooks:
                                         readonly=not dist.is_main)
         self.log_path = os.path.join(run_dir, "metrics.jsonl")
         self.trainer = trainer  # wrapped for DDP after resume (DDP broadcasts rank 0's weights)
+        # what must match for a checkpoint to continue this run (steps and logging may change)
+        self.fingerprint = {"model": cfg.as_dict(),
+                            **{k: getattr(args, k) for k in ("backend", "dtype", "recompute", "batch", "task", "lr",
+                                                             "warmup", "grad_clip", "seed")}}
 
     def _apply_dtype_and_recompute(self, cfg) -> None:
         model = self.base.model
@@ -155,6 +159,11 @@ class RunHooks:
         if self.ckpt is not None:
             loaded = self.ckpt.resume()
             if loaded.found:
+                saved = loaded.meta.get("fingerprint", {})
+                if saved != self.fingerprint:
+                    diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+                    raise SystemExit(f"{loaded.path} was written by a run with different settings ({', '.join(diff)}); "
+                                     f"use another --out or delete {self.ckpt.store.directory} to start over")
                 self._checkpoint_module().restore(self.base.model, self.base.opt, loaded.tensors, loaded.meta)
                 self.data.position = loaded.meta["data_position"]
                 acc = {k: loaded.meta["run"][k] for k in ACC_KEYS}
@@ -179,7 +188,8 @@ class RunHooks:
             return
 
         def capture():
-            meta = {"data_position": self.data.position, "run": {k: acc[k] for k in ACC_KEYS}}
+            meta = {"data_position": self.data.position, "run": {k: acc[k] for k in ACC_KEYS},
+                    "fingerprint": self.fingerprint}
             return self._checkpoint_module().capture(self.base.model, self.base.opt, meta=meta)
 
         self.ckpt.step_done(steps_done, capture, final=steps_done == self.args.steps)

@@ -153,3 +153,12 @@ def test_bf16_sweep_finite_where_float32_is_and_recompute_is_exact(tmp_path):
         assert _records(tmp_path / "recompute" / name) == f32, f"recompute changed {name}'s metrics"
     cfg = json.load(open(tmp_path / "bf16" / "mhc-L2" / "config.json"))
     assert cfg["scale"]["dtype"] == "bfloat16" and "--dtype bfloat16" in cfg["rerun"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    out = tmp_path / "s"
+    _run_inprocess(out, "--variants", "mhc", "--steps", "4", "--checkpoint-every", "2")
+    with pytest.raises(SystemExit, match=r"different settings \(lr\)"):
+        _run_inprocess(out, "--variants", "mhc", "--steps", "8", "--checkpoint-every", "2", "--lr", "0.01")
+    _run_inprocess(out, "--variants", "mhc", "--steps", "8", "--checkpoint-every", "2")  # more steps: continues
+    assert [json.loads(line)["step"] for line in open(out / "mhc-L2" / "metrics.jsonl")] == list(range(8))

@@ -78,9 +78,6 @@ def test_triton_coefficients_in_range(adapter, dtype, exponent):
 
 
 @pytest.mark.parametrize("adapter,dtype", TRITON)
-@pytest.mark.xfail(strict=True, reason="the Triton kernel sums v**2 unscaled (kernels/coefficients.py, "
-                   "`ss`): inf for |x| > 1.8e19 in float32; the kernels' owner needs the max|v| "
-                   "(or online-rescaled) sum of squares that mhc_core now uses")
 def test_triton_coefficients_huge(adapter, dtype):
     _check_coefficients(adapter, dtype, _state(30, 2, False), "mhc", "triton 1e30")
 

@@ -78,6 +78,38 @@ def test_coefficients_leading_batch_dims(assert_close, rounded, mixing_params):
         assert_close(g, w, 1e-5, f"batch-{name}")
 
 
+@pytest.mark.parametrize("variant", ["mhc", "hc"])
+def test_coefficients_online_rescaling_across_k_tiles(variant, assert_close, rounded, mixing_params, oracle_grads):
+    """The forward's running max|x| scale (kernels/coefficients.py docstring) when the max
+    moves between K tiles: n = 4, C = 40 (K = 160: three 64-wide tiles), float32 tokens whose
+    tiles grow 1e-20 -> 1 -> 1e30, shrink 1e30 -> 1 -> 1e-20, sit at 3e38 (float32's edge),
+    at 1e-30 and all zero. Unscaled, sum(x^2) is inf past 1.8e19 and every output was off.
+    Outputs vs the float64 oracle; dx times each token's max|x| (dx ~ 1/|x|) and dphi,
+    dbias, dalpha (scale-free) vs float64 autograd, all to 1e-5."""
+    n, c = 4, 40
+    rng = np.random.default_rng(11)
+    mags = np.ones((7, n * c))
+    tile = np.arange(n * c) // 64
+    mags[0] = np.array([1e-20, 1.0, 1e30])[tile]
+    mags[1] = np.array([1e30, 1.0, 1e-20])[tile]
+    mags[2], mags[3], mags[4], mags[6] = 1e38, 1e-30, 0.0, 1e20
+    mags[5] = 10.0 ** rng.uniform(-30, 30, n * c)       # every element its own magnitude
+    x64 = np.clip(rng.normal(0.0, 1.0, (7, n * c)) * mags, -3e38, 3e38).reshape(7, n, c)
+    p = mixing_params(n, c, variant, seed=2)
+    ins = [rounded(x64, torch.float32, True)] + [rounded(p[k], torch.float32, True) for k in ("phi", "bias", "alpha")]
+    outs = ops.coefficients(*ins, variant=variant, iters=5)
+    cots = [rounded(rng.normal(0.0, 1.0, o.shape), torch.float32) for o in outs]
+    want, grads_ref = oracle_grads(lambda *a: mhc_core.coefficients(*a, variant=variant, iters=5), ins, cots)
+    for name, o, w in zip(("pre", "post", "res"), outs, want):
+        assert_close(o, w, 1e-5, f"rescale-{variant}-{name}")
+    grads = torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, cots)), ins)
+    scale = torch.from_numpy(np.abs(ins[0].detach().double().cpu().numpy()).max(axis=(1, 2), keepdims=True))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    assert_close(grads[0].double().cpu() * scale, grads_ref[0] * scale, 1e-5, f"rescale-{variant}-grad-x*max|x|")
+    for name, g, gr in zip(("phi", "bias", "alpha"), grads[1:], grads_ref[1:]):
+        assert_close(g, gr, 1e-5, f"rescale-{variant}-grad-{name}")
+
+
 @pytest.mark.parametrize("variant,eps", [("mhc", 1e-6), ("mhc", 0.0), ("hc", 1e-6)], ids=["mhc", "mhc-eps0", "hc"])
 def test_coefficients_gradcheck_float64(variant, eps, mixing_params):
     """gradcheck of CoefficientsFunction in float64 (the interpreter computes in float64)."""

@@ -11,22 +11,35 @@ Forward (one kernel, grid over token blocks): paper Eq. 14-15 — the RMS scale 
 after the matmul, `z = (v @ phi) * r`, `r = rsqrt(sum(v^2)/K + eps)`, so the sum of squares
 and the product accumulate in the same sweep over x; the gating and the Sinkhorn iterations
 then run on-chip (sinkhorn.py), one token's n x n matrix in registers. It also writes z
-[T, W] and r [T] (W + 1 floats per token) for the backward.
+[T, W] and rs [T, 2] (W + 2 floats per token) for the backward.
+
+Online rescaling (same math as mhc_core's max|v|-scaled RMS, no extra pass over x): float32
+sum(v^2) is inf once |v| > 1.8e19, so each token keeps a running power-of-two scale m >
+max|v| / 2 and accumulates v/m instead of v; when a tile raises m to m', the sums so far are
+multiplied by m/m' (squared for sum((v/m)^2)), as online softmax does with its running max.
+Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2)/K + eps/m^2), and z = (v/m) @ phi * rho.
+m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of `s = max|v| + sqrt(eps)` in mhc_core)
+and capped at 2^126 (1/m stays a normal float32). Scaling by powers of two is exact, so at
+ordinary magnitudes the results are bitwise those of the unscaled formula. rs = (rho, 1/m):
+the backward works with v/m and rho (all O(1)) and multiplies by 1/m last, because r itself
+is subnormal for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
 
 Backward (two kernels):
 1. `_gate_bwd_kernel` (token blocks, reads only the [T, W] arrays): through Sinkhorn (on-chip
-   recompute, sinkhorn.py), the sigmoids / tanh, alpha and bias; writes u = r * dL/dz and
-   c = r^2/K * sum_w dL/dz_w z_w, plus per-program partial sums for dbias and dalpha.
+   recompute, sinkhorn.py), the sigmoids / tanh, alpha and bias; writes u = rho * dL/dz and
+   c = rho^2/K * sum_w dL/dz_w z_w, plus per-program partial sums for dbias and dalpha.
 2. `_x_bwd_kernel` (grid over K blocks x token splits, one pass over x): through RMS and
    the matmul, Eq. 14-15 differentiated:
-       dx  = u @ phi^T - c * v          (z = p r, dr/dv = -r^3 v / K)
-       dphi = v^T @ u                   (accumulated per program, partial sums over splits)
+       dx  = (u @ phi^T - c * v/m) / m  (z = p r, dr/dv = -r^3 v / K, r = rho/m)
+       dphi = (v/m)^T @ u               (accumulated per program, partial sums over splits)
 
 Padding: streams to R = max(4, next_pow2(n)); the [pre | post] columns form a gate tile of
 GP = max(16, 2R) columns (pre in [0, R), post in [R, 2R)), the res columns an R*R tile, so
 every tl.dot operand is >= 16 wide; masked loads gather phi's columns into that layout.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -69,8 +82,9 @@ def _tanh(v):
 @triton.jit
 def _coeff_fwd_kernel(
     x_ptr, phi_ptr, bias_ptr, alpha_ptr,                  # x [T, K], phi [K, W], bias [W], alpha [3]
-    pre_ptr, post_ptr, res_ptr, z_ptr, r_ptr,             # [T, n], [T, n], [T, n, n], [T, W], [T]
+    pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,            # [T, n], [T, n], [T, n, n], [T, W], [T, 2]
     T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
+    m_lo, m_hi,                                           # bounds of the power-of-two scale m
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
@@ -81,20 +95,32 @@ def _coeff_fwd_kernel(
 
     acc_g = tl.zeros((BT, GP), ACC)
     acc_r = tl.zeros((BT, R * R), ACC)
-    ss = tl.zeros((BT,), ACC)
-    for k0 in range(0, K, BK):  # one sweep over x: x @ phi and sum(x^2) together
+    ss = tl.zeros((BT,), ACC)                # sum((x/m)^2)
+    m = tl.zeros((BT,), ACC) + m_lo          # running power-of-two scale per token
+    for k0 in range(0, K, BK):  # one sweep over x: (x/m) @ phi and sum((x/m)^2) together
         k = k0 + tl.arange(0, BK)
         kmask = k < K
         xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
         pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
         pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
-        ss += tl.sum(xt * xt, axis=1)
-        acc_g += tl.dot(xt, pg.to(ACC), input_precision=PREC)
-        acc_r += tl.dot(xt, pr.to(ACC), input_precision=PREC)
+        # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing (an inexact
+        # log2 / exp2 would only cost bitwise agreement with the unscaled formula, not accuracy)
+        amax = tl.maximum(tl.max(tl.abs(xt), axis=1), m_lo)
+        m_new = tl.minimum(tl.maximum(m, tl.exp2(tl.floor(tl.log2(amax)))), m_hi)
+        ratio = m / m_new                    # 1 unless this tile raised the max
+        ss = ss * (ratio * ratio)
+        acc_g = acc_g * ratio[:, None]
+        acc_r = acc_r * ratio[:, None]
+        m = m_new
+        xs = xt * (1.0 / m)[:, None]         # |xs| < 2 (< 4 at the m_hi cap)
+        ss += tl.sum(xs * xs, axis=1)
+        acc_g += tl.dot(xs, pg.to(ACC), input_precision=PREC)
+        acc_r += tl.dot(xs, pr.to(ACC), input_precision=PREC)
 
-    r = 1.0 / tl.sqrt(ss / K + rms_eps)  # Eq. 15: RMS applied after the matmul
-    zg = acc_g * r[:, None]
-    zr = acc_r * r[:, None]
+    inv_m = 1.0 / m
+    rho = 1.0 / tl.sqrt(ss / K + (rms_eps * inv_m) * inv_m)  # Eq. 15: RMS applied after the matmul
+    zg = acc_g * rho[:, None]                # = (x @ phi) * r with r = rho / m
+    zr = acc_r * rho[:, None]
     a0 = tl.load(alpha_ptr).to(ACC)
     a1 = tl.load(alpha_ptr + 1).to(ACC)
     a2 = tl.load(alpha_ptr + 2).to(ACC)
@@ -118,7 +144,8 @@ def _coeff_fwd_kernel(
     tl.store(res_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], res, mask=tr)
     tl.store(z_ptr + t[:, None] * W + gcol[None, :], zg, mask=tg)
     tl.store(z_ptr + t[:, None] * W + rcol[None, :], zr, mask=tr)
-    tl.store(r_ptr + t, r, mask=tmask)
+    tl.store(rs_ptr + 2 * t, rho, mask=tmask)
+    tl.store(rs_ptr + 2 * t + 1, inv_m, mask=tmask)
 
 
 # ----------------------------------------------------------------------------------------
@@ -126,7 +153,7 @@ def _coeff_fwd_kernel(
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _gate_bwd_kernel(
-    z_ptr, r_ptr, bias_ptr, alpha_ptr, dpre_ptr, dpost_ptr, dres_ptr,
+    z_ptr, rs_ptr, bias_ptr, alpha_ptr, dpre_ptr, dpost_ptr, dres_ptr,
     u_ptr, c_ptr, dbias_part_ptr, dalpha_part_ptr,        # u [T, W], c [T], [P, W], [P, 3]
     T, n, K, W, iters, sk_eps, post_scale,
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
@@ -142,7 +169,7 @@ def _gate_bwd_kernel(
     # masked tokens load zeros everywhere, so they contribute exactly 0 below
     zg = tl.load(z_ptr + t[:, None] * W + gcol[None, :], mask=tg, other=0.0)
     zr = tl.load(z_ptr + t[:, None] * W + rcol[None, :], mask=tr, other=0.0)
-    r = tl.load(r_ptr + t, mask=tmask, other=0.0)
+    rho = tl.load(rs_ptr + 2 * t, mask=tmask, other=0.0)  # r = rho / m; _x_bwd_kernel applies the 1/m
     dg = tl.load(dpre_ptr + t[:, None] * n + gidx[None, :], mask=tg & is_pre[None, :], other=0.0).to(ACC)
     dg += tl.load(dpost_ptr + t[:, None] * n + gidx[None, :], mask=tg & ~is_pre[None, :], other=0.0).to(ACC)
     dr = tl.load(dres_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], mask=tr, other=0.0).to(ACC)
@@ -174,9 +201,9 @@ def _gate_bwd_kernel(
         dzr = dlog_r * a2
         da_r = tl.sum(tl.sum(dlog_r * zr, axis=1), axis=0)
 
-    tl.store(u_ptr + t[:, None] * W + gcol[None, :], dzg * r[:, None], mask=tg)
-    tl.store(u_ptr + t[:, None] * W + rcol[None, :], dzr * r[:, None], mask=tr)
-    c = r * r / K * (tl.sum(dzg * zg, axis=1) + tl.sum(dzr * zr, axis=1))
+    tl.store(u_ptr + t[:, None] * W + gcol[None, :], dzg * rho[:, None], mask=tg)
+    tl.store(u_ptr + t[:, None] * W + rcol[None, :], dzr * rho[:, None], mask=tr)
+    c = rho * rho / K * (tl.sum(dzg * zg, axis=1) + tl.sum(dzr * zr, axis=1))
     tl.store(c_ptr + t, c, mask=tmask)
     tl.store(dbias_part_ptr + pid * W + gcol, tl.sum(dlog_g, axis=0), mask=gvalid)
     tl.store(dbias_part_ptr + pid * W + rcol, tl.sum(dlog_r, axis=0), mask=rvalid)
@@ -192,7 +219,7 @@ def _gate_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _x_bwd_kernel(
-    x_ptr, phi_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # dphi_part [S, K, W]
+    x_ptr, phi_ptr, rs_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # rs [T, 2], dphi_part [S, K, W]
     T, n, K, W, tokens_per_split,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
@@ -217,9 +244,12 @@ def _x_bwd_kernel(
         ug = tl.load(u_ptr + t[:, None] * W + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
         ur = tl.load(u_ptr + t[:, None] * W + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
         c = tl.load(c_ptr + t, mask=tmask, other=0.0)
-        dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xt
+        inv_m = tl.load(rs_ptr + 2 * t + 1, mask=tmask, other=0.0)
+        xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
+        dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xs
+        dx = dx * inv_m[:, None]
         tl.store(dx_ptr + t[:, None] * K + k[None, :], cast_for_store(dx, dx_ptr), mask=xmask)
-        xT = tl.trans(xt)
+        xT = tl.trans(xs)
         dphi_g += tl.dot(xT, ug, input_precision=PREC)
         dphi_r += tl.dot(xT, ur, input_precision=PREC)
     base = dphi_part_ptr + split * K * W + k[:, None] * W
@@ -255,25 +285,36 @@ def _consts(x: torch.Tensor, n: int):
     return dict(ACC=acc, R=R, GP=gate_pad(n), num_warps=4 if R <= 4 else 8), prec
 
 
+def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:
+    """(m_lo, m_hi) of the forward's power-of-two scale m: m_lo = 2^floor(log2 sqrt(eps)),
+    so eps/m^2 < 4 cannot overflow (the smallest normal when eps = 0, so 1/m is finite);
+    m_hi = 2^(max exponent - 2), so 1/m is a normal float and |x|/m < 4."""
+    fi = torch.finfo(f)
+    m_hi = 2.0 ** (math.frexp(fi.max)[1] - 2)  # 2^126 for float32
+    m_lo = 2.0 ** math.floor(math.log2(math.sqrt(rms_eps))) if rms_eps > 0 else fi.tiny
+    return min(max(m_lo, fi.tiny), m_hi), m_hi
+
+
 def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
                      sk_eps: float, post_scale: float):
-    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], r [T]."""
+    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
+    (rs = (rho, 1/m) with r = rho / m, see the module docstring)."""
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
     f = torch.float64 if x.dtype == torch.float64 else torch.float32
     pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
-    res, z, r = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T,), dtype=f)
+    res, z, rs = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T, 2), dtype=f)
     if T:
         consts, prec = _consts(x, n)
         bt, bk = _fwd_blocks(n)
         _coeff_fwd_kernel[(triton.cdiv(T, bt),)](
-            x, phi.contiguous(), bias.contiguous(), alpha.contiguous(), pre, post, res, z, r,
-            T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
+            x, phi.contiguous(), bias.contiguous(), alpha.contiguous(), pre, post, res, z, rs,
+            T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale, *_scale_bounds(f, rms_eps),
             HC=hc, LOG=sk_eps == 0.0, PREC=prec, BT=bt, BK=bk, **consts)
-    return pre, post, res, z, r
+    return pre, post, res, z, rs
 
 
-def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, iters: int,
+def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, iters: int,
                      sk_eps: float, post_scale: float):
     """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype)."""
     T, n, C = x.shape
@@ -281,11 +322,11 @@ def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, ite
     consts, prec = _consts(x, n)
     f = z.dtype
     n_tb = triton.cdiv(T, _BT)
-    u, c = torch.empty_like(z), torch.empty_like(r)
+    u, c = torch.empty_like(z), z.new_empty((T,))
     dbias_part = x.new_empty((n_tb, W), dtype=f)
     dalpha_part = x.new_empty((n_tb, 3), dtype=f)
     _gate_bwd_kernel[(n_tb,)](
-        z, r, bias.contiguous(), alpha.contiguous(), dpre.contiguous(), dpost.contiguous(), dres.contiguous(),
+        z, rs, bias.contiguous(), alpha.contiguous(), dpre.contiguous(), dpost.contiguous(), dres.contiguous(),
         u, c, dbias_part, dalpha_part, T, n, K, W, iters, sk_eps, post_scale,
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
@@ -298,7 +339,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc: bool, ite
     dx = torch.empty_like(x)
     dphi_part = x.new_empty((splits, K, W), dtype=f)
     _x_bwd_kernel[(n_kb, splits)](
-        x, phi.contiguous(), u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
+        x, phi.contiguous(), rs, u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
         PREC=prec, BT=_BT, BK=bk, **consts)
     return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
 
@@ -318,19 +359,19 @@ def _(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
     T, n, _ = x.shape
     f = torch.float64 if x.dtype == torch.float64 else torch.float32
     e = lambda *s: x.new_empty(s, dtype=f)  # noqa: E731
-    return e(T, n), e(T, n), e(T, n, n), e(T, n * n + 2 * n), e(T)
+    return e(T, n), e(T, n), e(T, n, n), e(T, n * n + 2 * n), e(T, 2)
 
 
 @torch.library.custom_op("mhc_triton::coefficients_bwd", mutates_args=())
 def _bwd_op(x: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, z: torch.Tensor,
-            r: torch.Tensor, dpre: torch.Tensor, dpost: torch.Tensor, dres: torch.Tensor, hc: bool,
+            rs: torch.Tensor, dpre: torch.Tensor, dpost: torch.Tensor, dres: torch.Tensor, hc: bool,
             iters: int, sk_eps: float, post_scale: float
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return coefficients_bwd(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc, iters, sk_eps, post_scale)
+    return coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc, iters, sk_eps, post_scale)
 
 
 @_bwd_op.register_fake
-def _(x, phi, bias, alpha, z, r, dpre, dpost, dres, hc, iters, sk_eps, post_scale):
+def _(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc, iters, sk_eps, post_scale):
     return torch.empty_like(x), phi.new_empty(phi.shape, dtype=z.dtype), \
         bias.new_empty(bias.shape, dtype=z.dtype), alpha.new_empty(alpha.shape, dtype=z.dtype)
 
@@ -340,20 +381,20 @@ class CoefficientsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
-        pre, post, res, z, r = _fwd_op(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale)
-        ctx.save_for_backward(x, phi, bias, alpha, z, r)
+        pre, post, res, z, rs = _fwd_op(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale)
+        ctx.save_for_backward(x, phi, bias, alpha, z, rs)
         ctx.cfg = (hc, iters, sk_eps, post_scale)
         return pre, post, res
 
     @staticmethod
     def backward(ctx, dpre, dpost, dres):
-        x, phi, bias, alpha, z, r = ctx.saved_tensors
+        x, phi, bias, alpha, z, rs = ctx.saved_tensors
         T, n, _ = x.shape
         zeros = lambda *s: z.new_zeros(s)  # noqa: E731  (an output that did not reach the loss)
         dpre = zeros(T, n) if dpre is None else dpre
         dpost = zeros(T, n) if dpost is None else dpost
         dres = zeros(T, n, n) if dres is None else dres
-        dx, dphi, dbias, dalpha = _bwd_op(x, phi, bias, alpha, z, r, dpre, dpost, dres, *ctx.cfg)
+        dx, dphi, dbias, dalpha = _bwd_op(x, phi, bias, alpha, z, rs, dpre, dpost, dres, *ctx.cfg)
         return dx, dphi.to(phi.dtype), dbias.to(bias.dtype), dalpha.to(alpha.dtype), *([None] * 6)
 
 

@@ -102,3 +102,24 @@ def variant(value: str) -> str:
     if value not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {value!r}")
     return value
+
+
+def state_matches(expected: dict, got: dict, owner: str) -> None:
+    """Strict weight loading: `got` must name exactly `expected`'s entries with the same
+    shapes (values are anything with `.shape`). One ValueError lists every problem."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = [
+        f"{k}: state {list(shape_of(got[k]))} vs module {list(shape_of(expected[k]))}"
+        for k in sorted(set(expected) & set(got))
+        if shape_of(got[k]) != shape_of(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatch {mismatched}")
+    if problems:
+        raise ValueError(f"load_state into {owner} failed: " + "; ".join(problems))

@@ -28,6 +28,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mhc_core import checks
+
 
 def _params(module: nn.Module) -> dict[str, mx.array]:
     if not isinstance(module, nn.Module):
@@ -115,22 +117,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
     """
     current = _params(module)
     incoming = _read(state)
-    missing = sorted(set(current) - set(incoming))
-    unexpected = sorted(set(incoming) - set(current))
-    mismatched = [
-        f"{k}: state {list(incoming[k].shape)} vs module {list(current[k].shape)}"
-        for k in sorted(set(current) & set(incoming))
-        if tuple(incoming[k].shape) != tuple(current[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatch {mismatched}")
-    if problems:
-        raise ValueError(f"load_state into {type(module).__name__} failed: " + "; ".join(problems))
+    checks.state_matches(current, incoming, type(module).__name__)
     for k, v in incoming.items():
         if not mx.issubdtype(v.dtype, mx.floating):
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mhc_core
+from mhc_core import checks
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,22 +68,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
     """
     current = _tensors(module)
     incoming = _read(state)
-    missing = sorted(set(current) - set(incoming))
-    unexpected = sorted(set(incoming) - set(current))
-    mismatched = [
-        f"{k}: state {list(incoming[k].shape)} vs module {list(current[k].shape)}"
-        for k in sorted(set(current) & set(incoming))
-        if tuple(incoming[k].shape) != tuple(current[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatch {mismatched}")
-    if problems:
-        raise ValueError(f"load_state into {type(module).__name__} failed: " + "; ".join(problems))
+    checks.state_matches(current, incoming, type(module).__name__)
     for k, v in incoming.items():
         if current[k].is_floating_point() and not v.is_floating_point():
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

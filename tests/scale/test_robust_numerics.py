@@ -73,7 +73,7 @@ def test_coefficients_at_the_float32_edges(adapter, dtype, exponent):
 @pytest.mark.parametrize("adapter,dtype", TRITON)
 @pytest.mark.parametrize("exponent", [-30, 0, 10])
 def test_triton_coefficients_in_range(adapter, dtype, exponent):
-    """The fused kernel (interpreter) where its unscaled sum of squares fits in float32."""
+    """The fused kernel (interpreter) at magnitudes in float32's normal range."""
     _check_coefficients(adapter, dtype, _state(exponent, 2, False), "mhc", f"triton 1e{exponent}")
 
 

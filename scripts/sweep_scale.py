@@ -139,10 +139,8 @@ class RunHooks:
                 cast_except_mixing(model, mx.bfloat16)
         block = self.args.recompute
         if block != "0":
-            if self.args.backend == "torch":
-                from mhc_torch.training.recompute import resolve_block
-            else:
-                from mhc_mlx.training.recompute import resolve_block
+            from mhc_core.recompute import resolve_block
+
             model.recompute = resolve_block("auto" if block == "auto" else int(block), cfg.n, cfg.n_mixing_layers)
 
     def _checkpoint_module(self):

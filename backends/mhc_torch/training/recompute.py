@@ -20,33 +20,12 @@ with deterministic algorithms). torch.compile, DDP and FSDP2 compose with it.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-
-def paper_block_size(n: int, layers: int) -> int:
-    """L_r* = sqrt(n L / (n + 2)) rounded to the nearest integer in [1, L] (paper §4.3).
-
-    n: residual streams; layers: mixing layers L (a transformer block counts twice).
-    """
-    for value, name in ((n, "n"), (layers, "layers")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return min(layers, max(1, round(math.sqrt(n * layers / (n + 2)))))
-
-
-def resolve_block(block, n: int, layers: int) -> int:
-    """0 / None / False: no recompute; 'auto' / True: the paper's size; an int: that size."""
-    if block is None or block is False or block == 0:
-        return 0
-    if block is True or block == "auto":
-        return paper_block_size(n, layers)
-    if isinstance(block, int) and block >= 1:
-        return min(block, layers)
-    raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")
+from mhc_core.recompute import paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
 
 def _segment(layers: Sequence[Callable], record_rows: int):

@@ -1,5 +1,8 @@
 """Suite-wide setup.
 
+`assert_close` (a fixture, so every folder's tests get it under any import mode) is the
+one closeness check of the backend, Triton and integration tests.
+
 Without CUDA, Triton kernels run in the interpreter (TRITON_INTERPRET=1). Triton reads the
 variable when a kernel is decorated, so it is set here, before any test module imports
 the kernels. Tests marked `gpu` are skipped where CUDA is absent.
@@ -7,6 +10,7 @@ the kernels. Tests marked `gpu` are skipped where CUDA is absent.
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 
@@ -30,3 +34,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _as_float64(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor (torch is not imported here unless installed)
+        a = a.detach().double().cpu().numpy()
+    return np.asarray(a, np.float64)
+
+
+def _assert_close(got, want, tol: float, case: str) -> float:
+    """Fail with the worst element, both values and the case id; return the worst |error|.
+    The bound is tol * max(1, max |want|)."""
+    __tracebackhide__ = True
+    got, want = _as_float64(got), _as_float64(want)
+    assert got.shape == want.shape, f"[{case}] shape {got.shape} != reference {want.shape}"
+    if not np.all(np.isfinite(got)):
+        raise AssertionError(f"[{case}] non-finite values at {np.argwhere(~np.isfinite(got))[:3].tolist()}")
+    err = np.abs(got - want)
+    worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
+    bound = tol * max(1.0, float(np.abs(want).max(initial=0.0)))
+    if err.size and not err[worst] <= bound:  # raise, not assert: keeps pytest from dumping arrays
+        raise AssertionError(
+            f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at index {tuple(int(i) for i in worst)}: "
+            f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
+    return float(err.max(initial=0.0))
+
+
+@pytest.fixture
+def assert_close():
+    return _assert_close

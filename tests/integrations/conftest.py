@@ -1,5 +1,5 @@
 """Shared pieces of the integration tests: tiny transformers models built locally (nothing
-is downloaded) and the closeness assertion. Handed out as fixtures so the tests collect
+is downloaded) (assert_close comes from tests/conftest.py). Handed out as fixtures so the tests collect
 under any pytest import mode.
 
 Weights use initializer_range 0.2 (HF's default 0.02 gives near-zero logits, where any
@@ -42,32 +42,9 @@ def _decoder(family: str, seed: int = 0):
     return model.eval()
 
 
-def _assert_close(got, want, tol: float, case: str) -> float:
-    """Fail with the worst element, both values and the case id; return the worst |error|.
-    The bound is tol * max(1, max |want|)."""
-    __tracebackhide__ = True
-    got = got.detach().double().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got, np.float64)
-    want = want.detach().double().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"[{case}] shape {got.shape} != reference {want.shape}"
-    if not np.all(np.isfinite(got)):
-        raise AssertionError(f"[{case}] non-finite output")
-    err = np.abs(got - want)
-    worst = np.unravel_index(int(np.argmax(err)), err.shape)
-    bound = tol * max(1.0, float(np.abs(want).max()))
-    if not err[worst] <= bound:
-        raise AssertionError(f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at {tuple(int(i) for i in worst)}: "
-                             f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
-    return float(err.max())
-
-
 @pytest.fixture
 def decoder():
     return _decoder
-
-
-@pytest.fixture
-def assert_close():
-    return _assert_close
 
 
 @pytest.fixture

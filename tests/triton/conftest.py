@@ -34,29 +34,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
-def _assert_close(got, want, tol: float, case: str) -> float:
-    """Fail with the worst element, both values and the case id; return the worst error."""
-    __tracebackhide__ = True
-    got = got.detach().double().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got, np.float64)
-    want = want.detach().double().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"[{case}] shape {got.shape} != reference {want.shape}"
-    if not np.all(np.isfinite(got)):
-        raise AssertionError(f"[{case}] non-finite values at {np.argwhere(~np.isfinite(got))[:3].tolist()}")
-    err = np.abs(got - want)
-    worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
-    bound = tol * max(1.0, float(np.abs(want).max(initial=0.0)))
-    if err.size and not err[worst] <= bound:  # raise, not assert: keeps pytest from dumping arrays
-        raise AssertionError(
-            f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at index {tuple(int(i) for i in worst)}: "
-            f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
-    return float(err.max(initial=0.0))
-
-
-@pytest.fixture
-def assert_close():
-    return _assert_close
-
-
 @pytest.fixture
 def device():
     return DEVICE

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import mhc_core
-from mhc_core import registry
+from runnable_adapters import runnable_adapters
 
 ITERS = 20
 COL_TOL = 2e-6  # eps = 1e-6: 1 - colsum = eps / (s + eps) with s >= ~0.78 in every search
@@ -42,14 +42,8 @@ ROW_BOUNDS = {(1.0, 1e-6): 3e-6, (1.0, 0.0): 3e-6, (10.0, 1e-6): 0.4, (10.0, 0.0
 
 
 def _adapters():
-    out = []
-    for b in registry.available():
-        try:
-            ad = b.adapter()
-        except Exception:  # noqa: BLE001 - a broken adapter fails in tests/conformance
-            continue
-        out += [pytest.param(ad, d, id=f"{b.name}-{d}") for d in ("float64", "float32") if d in ad.dtypes]
-    return out
+    return [pytest.param(ad, d, id=f"{name}-{d}") for name, ad in runnable_adapters()
+            for d in ("float64", "float32") if d in ad.dtypes]
 
 
 BACKENDS = _adapters()

@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mhc_core
-from mhc_core import registry
+from runnable_adapters import runnable_adapters
 from mhc_core.testing import numpy_layer
 
 
@@ -96,13 +96,9 @@ def test_default_eps_within_derived_bound(n, c, depth, seed):
 
 def _backends():
     out = []
-    for b in registry.available():
-        try:
-            ad = b.adapter()
-        except Exception:  # noqa: BLE001 - a broken adapter fails in tests/conformance
-            continue
+    for name, ad in runnable_adapters():
         dtype = "float64" if "float64" in ad.dtypes else "float32"
-        out.append(pytest.param(ad, dtype, id=f"{b.name}-{dtype}"))
+        out.append(pytest.param(ad, dtype, id=f"{name}-{dtype}"))
     return out
 
 

@@ -82,3 +82,21 @@ class TaskStream:
     def state(self) -> dict:
         return {"task": self.task, "vocab": self.vocab, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "seed": self.seed, "position": self.position}
+
+
+def shard_batch(arrays, info) -> list:
+    """This rank's equal slice (axis 0) of each array (numpy, torch or mlx) of a global batch.
+
+    `info` has `.rank` and `.world` (each backend's `training.distributed.DistInfo`). The
+    global batch must split evenly over the ranks (otherwise the averaged gradient would
+    weight the ranks' rows unequally): ValueError naming both sizes.
+    """
+    out = []
+    for a in arrays:
+        b = a.shape[0]
+        if b % info.world:
+            raise ValueError(f"global batch of {b} rows cannot be split evenly over {info.world} ranks; "
+                             f"use a batch size divisible by the world size")
+        k = b // info.world
+        out.append(a[info.rank * k:(info.rank + 1) * k])
+    return out

@@ -1,9 +1,11 @@
 """LMConfig / init_lm_params / grad_norms and the synthetic tasks, checked by hand."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from mhc_core.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, lm_param_shapes, lr_at, mixing_matrices
-from mhc_core.tasks import TaskStream, loss_mask
+from mhc_core.tasks import TaskStream, loss_mask, shard_batch
 
 
 def test_residual_forces_one_stream_and_bad_sizes_are_named():
@@ -85,3 +87,13 @@ def test_copy_task_repeats_and_masks_the_first_half():
     assert loss_mask("copy", 8).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # length 9: copy of 5 starts at 5
     with pytest.raises(ValueError, match="task must be one of"):
         TaskStream("reverse")
+
+
+def test_shard_batch_slices_tile_the_global_batch_and_refuse_uneven_splits():
+    x, y = np.arange(24).reshape(6, 4), np.arange(6)
+    parts = [shard_batch((x, y), SimpleNamespace(rank=r, world=3)) for r in range(3)]
+    assert [p[0].shape for p in parts] == [(2, 4)] * 3
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+    with pytest.raises(ValueError, match="6 rows cannot be split evenly over 4 ranks"):
+        shard_batch((x,), SimpleNamespace(rank=0, world=4))

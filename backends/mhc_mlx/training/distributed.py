@@ -15,10 +15,11 @@ none installed here), 'jaccl' (RDMA over Thunderbolt 5, macOS) and 'nccl' (CUDA 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import mlx.core as mx
 from mlx.nn.utils import average_gradients
+
+from mhc_core.tasks import shard_batch  # noqa: F401 (re-exported: D.shard_batch)
 
 
 @dataclass(frozen=True)
@@ -43,20 +44,6 @@ def init_from_env(backend: str = "any") -> DistInfo:
     `python script.py` gets a single-process DistInfo (MLX's singleton group)."""
     group = mx.distributed.init(backend=backend)
     return DistInfo(rank=group.rank(), world=group.size(), group=group if group.size() > 1 else None)
-
-
-def shard_batch(arrays: Sequence, info: DistInfo) -> list:
-    """This rank's equal slice (axis 0) of each array of a global batch (ValueError when
-    the batch does not split evenly: the averaged gradient would weight ranks unequally)."""
-    out = []
-    for a in arrays:
-        b = a.shape[0]
-        if b % info.world:
-            raise ValueError(f"global batch of {b} rows cannot be split evenly over {info.world} ranks; "
-                             f"use a batch size divisible by the world size")
-        k = b // info.world
-        out.append(a[info.rank * k:(info.rank + 1) * k])
-    return out
 
 
 def average(grads, info: DistInfo):

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mhc_core.tasks import shard_batch  # noqa: F401 (re-exported: D.shard_batch)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -65,23 +67,6 @@ def init_from_env(backend: str | None = None) -> DistInfo:
         dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local,
                     device=f"cuda:{local}" if cuda else "cpu")
-
-
-def shard_batch(arrays: Sequence, info: DistInfo) -> list:
-    """This rank's equal slice (axis 0) of each array of a global batch.
-
-    The global batch size must be divisible by the world size (otherwise the averaged
-    gradient would weight the ranks' rows unequally): ValueError naming both.
-    """
-    out = []
-    for a in arrays:
-        b = a.shape[0]
-        if b % info.world:
-            raise ValueError(f"global batch of {b} rows cannot be split evenly over {info.world} ranks; "
-                             f"use a batch size divisible by the world size")
-        k = b // info.world
-        out.append(a[info.rank * k:(info.rank + 1) * k])
-    return out
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs) -> nn.Module:

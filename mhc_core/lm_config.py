@@ -142,31 +142,25 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     mhc_core.init_params (phi = 0 by default: the warm-start init).
     """
     rng = np.random.default_rng(cfg.seed)
-    std, c = cfg.init_std, cfg.dim
+    std = cfg.init_std
     out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.scale_out_init else std
-    p = {
-        "embed.weight": rng.normal(0.0, std, (cfg.vocab, c)),
-        "pos_embed.weight": rng.normal(0.0, std, (cfg.seq_len, c)),
-    }
-    for i in range(cfg.n_layers):
-        for kind in SUBLAYERS:
-            for name, shape in sublayer_shapes(cfg, kind).items():
-                full = f"blocks.{i}.{kind}.{name}"
-                if name.endswith("norm.weight"):
-                    p[full] = np.ones(shape)
-                elif name.endswith(("proj.weight", "fc2.weight")):
-                    p[full] = rng.normal(0.0, out_std, shape)
-                else:
-                    p[full] = rng.normal(0.0, std, shape)
-    p["head_norm.weight"] = np.ones(c)
-    p["head.weight"] = rng.normal(0.0, std, (cfg.vocab, c))
+    mixing = {}
     if cfg.variant != "residual":
         for l, name in enumerate(layer_names(cfg)):
-            mix = init_params(cfg.n, c, variant=cfg.variant, alpha=cfg.alpha_init,
+            mix = init_params(cfg.n, cfg.dim, variant=cfg.variant, alpha=cfg.alpha_init,
                               phi_std=cfg.phi_std, res_logit_gap=cfg.res_logit_gap,
                               pre_eps=cfg.pre_eps, seed=cfg.seed * 100_003 + l, dtype=np.float64)
-            for k, v in mix.items():
-                p[f"{name}.{k}"] = v
+            mixing.update({f"{name}.{k}": v for k, v in mix.items()})
+    p = {}
+    for name, shape in lm_param_shapes(cfg).items():  # fixed order: the draws do not depend on the variant
+        if name in mixing:
+            p[name] = mixing[name]
+        elif name.endswith("norm.weight"):
+            p[name] = np.ones(shape)
+        elif name.endswith(("proj.weight", "fc2.weight")):
+            p[name] = rng.normal(0.0, out_std, shape)
+        else:
+            p[name] = rng.normal(0.0, std, shape)
     return {k: np.asarray(v, dtype=dtype) for k, v in p.items()}
 
 

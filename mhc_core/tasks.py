@@ -14,7 +14,7 @@ A batch is `(inputs [B, T] int32, targets [B, T] int32, mask [T] float32)` with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -80,8 +80,8 @@ class TaskStream:
         return out
 
     def state(self) -> dict:
-        return {"task": self.task, "vocab": self.vocab, "seq_len": self.seq_len,
-                "batch_size": self.batch_size, "seed": self.seed, "position": self.position}
+        """Every field (what `TaskStream(**state)` needs to resume here)."""
+        return asdict(self)
 
 
 def shard_batch(arrays, info) -> list:

@@ -134,8 +134,13 @@ def mean_over_ranks(value: float, info: DistInfo) -> float:
 
 
 def shutdown() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined, all ranks together.
+
+    The barrier first: a rank that destroys its group while a peer is still in its last
+    collective (or writing results) can take gloo's connection threads down mid-use, which
+    aborts the peer ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

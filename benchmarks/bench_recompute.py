@@ -79,9 +79,9 @@ def _peak_live_mb(prof) -> float:
 def child_torch(depth: int, block: int, batch: int, reps: int, device: str) -> dict:
     import torch
 
-    from mhc_core.lm_config import LMConfig
-    from mhc_torch.lm import TinyLM, masked_cross_entropy
-    from mhc_torch.training.recompute import saved_activation_bytes
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_torch.lm import TinyLM, masked_cross_entropy
+    from mhc_core_torch.training.recompute import saved_activation_bytes
 
     torch.set_num_threads(1)
     cfg = LMConfig(n_layers=depth, **LM)
@@ -128,8 +128,8 @@ def child_mlx(depth: int, block: int, batch: int, reps: int) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
 
-    from mhc_core.lm_config import LMConfig
-    from mhc_mlx.lm import TinyLM, masked_cross_entropy
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_mlx.lm import TinyLM, masked_cross_entropy
 
     cfg = LMConfig(n_layers=depth, **LM)
     model = TinyLM(cfg)
@@ -159,14 +159,14 @@ def child_compile(what: str, reps: int) -> dict:
     from torch import nn
 
     import mhc_core
-    import mhc_torch
-    from mhc_core.lm_config import LMConfig
-    from mhc_torch.lm import TinyLM, masked_cross_entropy
+    import mhc_core_torch
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_torch.lm import TinyLM, masked_cross_entropy
 
     torch.set_num_threads(1)
     if what == "mhc_step":
         n, c, tokens = 4, 256, 1024
-        module = mhc_torch.MHC(nn.Linear(c, c), n, c, init=mhc_core.init_params(n, c, phi_std=0.02, seed=0),
+        module = mhc_core_torch.MHC(nn.Linear(c, c), n, c, init=mhc_core.init_params(n, c, phi_std=0.02, seed=0),
                                impl="reference")
         x = torch.randn(tokens, n, c, requires_grad=True)
         run = lambda fn: fn(x).square().sum().backward()  # noqa: E731
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from mhc_torch.training.recompute import paper_block_size
+    from mhc_core_torch.training.recompute import paper_block_size
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     depth, reps = (8, 2) if args.quick else (48, 3)

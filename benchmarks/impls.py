@@ -4,7 +4,7 @@
 
     op    coefficients | pre_aggregate | post_residual | step (the whole mHC step around
           an identity layer)
-    impl  ours-triton        mhc_torch.kernels (Triton; CUDA)
+    impl  ours-triton        mhc_core_torch.kernels (Triton; CUDA)
           reference          mhc_core on torch tensors, eager (what impl='reference' runs)
           reference+compile  the same under torch.compile
           liger              liger-kernel's mHC ops (liger_mhc_coeffs / _pre / _post_res,
@@ -76,8 +76,8 @@ def _interpreting() -> bool:
 def _ours(op, n, c, t, dtype, device):
     if device.type != "cuda" and not _interpreting():
         raise Unavailable("Triton kernels are timed on CUDA only (the interpreter is not a speed)")
-    from mhc_torch import MHC
-    from mhc_torch.kernels import ops
+    from mhc_core_torch import MHC
+    from mhc_core_torch.kernels import ops
 
     if op == "step":
         return _mhc_step_bench(MHC(nn.Identity(), n, c, impl="triton"), n, c, t, dtype, device)
@@ -85,7 +85,7 @@ def _ours(op, n, c, t, dtype, device):
 
 
 def _reference(op, n, c, t, dtype, device, compile_=False):
-    from mhc_torch import MHC
+    from mhc_core_torch import MHC
 
     if op == "step":
         module = MHC(nn.Identity(), n, c, impl="reference").to(device)
@@ -161,8 +161,8 @@ def check_against_reference(op, n, c, dtype, device, tokens: int = 64) -> float:
     """Worst |ours - reference| / max(1, |reference|) on one small input."""
     torch.manual_seed(0)
     ins = _op_inputs(op if op != "step" else "coefficients", n, c, tokens, dtype, device)
-    from mhc_torch import MHC
-    from mhc_torch.kernels import ops
+    from mhc_core_torch import MHC
+    from mhc_core_torch.kernels import ops
 
     if op == "step":
         init = {k: v for k, v in zip(("phi", "bias", "alpha"), ins[1:])}

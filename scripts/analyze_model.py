@@ -3,8 +3,8 @@
     python scripts/analyze_model.py MODEL_DIR [--out DIR] [--batch 4] [--seq-len 32]
 
 MODEL_DIR is either
-- a converted model: what `save_pretrained` wrote after `mhc_torch.convert` / `inject`
-  (config.json has an "mhc" entry); it is loaded with `mhc_torch.load_converted` and run
+- a converted model: what `save_pretrained` wrote after `mhc_core_torch.convert` / `inject`
+  (config.json has an "mhc" entry); it is loaded with `mhc_core_torch.load_converted` and run
   on a batch of random tokens (or random pixels for vision models);
 - a depth-sweep run (runs/<sweep>/<variant>-L<depth>/, written by scripts/depth_sweep.py):
   with a weights file (*.safetensors) the TinyLM is rebuilt and run on a batch of its
@@ -40,10 +40,10 @@ def short(name: str) -> str:
 def load_converted_model(path: str, args):
     import torch
 
-    import mhc_torch
-    from mhc_torch.integrations.analysis import analyze
+    import mhc_core_torch
+    from mhc_core_torch.integrations.analysis import analyze
 
-    model = mhc_torch.load_converted(path).eval()
+    model = mhc_core_torch.load_converted(path).eval()
     g = torch.Generator().manual_seed(args.seed)
     if model.main_input_name == "pixel_values":
         c = model.config
@@ -65,10 +65,10 @@ def load_sweep_run(path: str, args):
     if weights:
         from safetensors.numpy import load_file
 
-        from mhc_core.lm_config import LMConfig
-        from mhc_core.tasks import TaskStream
-        from mhc_torch.integrations.analysis import analyze
-        from mhc_torch.lm import TinyLM
+        from mhc_core.experiments.lm_config import LMConfig
+        from mhc_core.experiments.tasks import TaskStream
+        from mhc_core_torch.integrations.analysis import analyze
+        from mhc_core_torch.lm import TinyLM
         import torch
 
         cfg = LMConfig(**config["model"])
@@ -79,7 +79,7 @@ def load_sweep_run(path: str, args):
         tokens = torch.as_tensor(np.asarray(data.next()[0]), dtype=torch.long)
         info.update(weights=os.path.basename(weights[0]), batch=f"{train.get('task')} task batch {list(tokens.shape)}")
         return analyze(model, lambda: model(tokens)), info
-    from mhc_torch.integrations.analysis import stats_from_res
+    from mhc_core_torch.integrations.analysis import stats_from_res
 
     res_path = os.path.join(path, "res_final.json")
     if not os.path.isfile(res_path):

@@ -14,7 +14,7 @@ and for the sweep OUT/summary.json, OUT/summary.md and the plots of scripts/plot
 Depth = transformer blocks; each block is two mixing layers (attention, MLP), so the
 composite gain of a depth-L model is over 2L matrices. Stability metrics come from
 mhc_core.metrics on each layer's res, recomputed in numpy float64 by
-mhc_core.lm_config.mixing_matrices from the recorded layer inputs (same code for both
+mhc_core.experiments.lm_config.mixing_matrices from the recorded layer inputs (same code for both
 backends). Per-layer gradient norm: L2 norm of the gradients of the wrapped sub-layer's
 weights (blocks.i.attn.layer.* / blocks.i.mlp.layer.*), excluding phi/bias/alpha, so the
 variants are compared on the same weights. The summary's first/last ratio (the stress
@@ -38,9 +38,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mhc_core  # noqa: E402
-from mhc_core.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
 from mhc_core.metrics import gain_report  # noqa: E402
-from mhc_core.tasks import TASKS, TaskStream  # noqa: E402
+from mhc_core.experiments.tasks import TASKS, TaskStream  # noqa: E402
 import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc")
@@ -103,7 +103,7 @@ def default_backend() -> str:
     for name, mod in (("torch", "torch"), ("mlx", "mlx")):
         if importlib.util.find_spec(mod) is not None:
             return name
-    raise SystemExit("depth_sweep needs torch or mlx: pip install 'mhc[torch]' or 'mhc[mlx]'")
+    raise SystemExit("depth_sweep needs torch or mlx: pip install 'mhc-core[torch]' or 'mhc-core[mlx]'")
 
 
 def load_backend(name: str, threads: int | None):
@@ -115,11 +115,11 @@ def load_backend(name: str, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
         versions["torch"] = torch.__version__
-        return importlib.import_module("mhc_torch.lm"), versions
+        return importlib.import_module("mhc_core_torch.lm"), versions
     import mlx.core as mx
 
     versions["mlx"] = mx.__version__
-    return importlib.import_module("mhc_mlx.lm"), versions
+    return importlib.import_module("mhc_core_mlx.lm"), versions
 
 
 def gain_summary(report: list[dict]) -> dict:

@@ -3,7 +3,7 @@
     python scripts/int8_quantize.py [--out benchmarks/results/int8_cpu] [--steps 120]
 
 A Llama-shaped decoder (built locally, nothing downloaded) is converted with
-`mhc_torch.convert(n=4)`, trained briefly on a synthetic next-token task (so the mHC
+`mhc_core_torch.convert(n=4)`, trained briefly on a synthetic next-token task (so the mHC
 coefficients have moved off the warm start and the logits are peaked), then quantized:
 
 - `torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)`: still in
@@ -46,13 +46,13 @@ def task_batch(g: torch.Generator, batch: int, seq: int, vocab: int) -> torch.Te
 def build(args) -> nn.Module:
     import transformers
 
-    import mhc_torch
+    import mhc_core_torch
 
     torch.manual_seed(args.seed)
     config = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
                                       num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
                                       tie_word_embeddings=False)
-    model = mhc_torch.convert(transformers.LlamaForCausalLM(config), n=4)
+    model = mhc_core_torch.convert(transformers.LlamaForCausalLM(config), n=4)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(args.seed)
     model.train()
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     except Exception as err:  # not installed, or no CPU kernel for this build
         rows.append({"name": "int8 torchao quantize_", "skipped": f"{type(err).__name__}: {err}"[:200]})
 
-    result = {"model": {"arch": "LlamaForCausalLM + mhc_torch.convert(n=4)", "hidden": args.hidden,
+    result = {"model": {"arch": "LlamaForCausalLM + mhc_core_torch.convert(n=4)", "hidden": args.hidden,
                         "layers": args.layers, "vocab": args.vocab, "params": sum(p.numel() for p in model.parameters()),
                         "mhc_params_float32": mhc_params, "train_steps": args.steps,
                         "final_train_loss": model.final_loss},

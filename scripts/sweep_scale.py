@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from mhc_core.checkpoints import RunCheckpointer
+from mhc_core.experiments.checkpoints import RunCheckpointer
 
 ACC_KEYS = ("losses", "events", "streak", "ratio_acc", "gains_max")
 
@@ -74,10 +74,10 @@ def _setup(args) -> Dist:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Dist()
     if args.backend != "torch":
-        raise SystemExit("torchrun launch needs --backend torch (MLX: see mhc_mlx.training.distributed)")
+        raise SystemExit("torchrun launch needs --backend torch (MLX: see mhc_core_mlx.training.distributed)")
     import atexit
 
-    from mhc_torch.training.distributed import init_from_env, shutdown
+    from mhc_core_torch.training.distributed import init_from_env, shutdown
 
     info = init_from_env()
     atexit.register(shutdown)
@@ -130,12 +130,12 @@ class RunHooks:
             if self.args.backend == "torch":
                 import torch
 
-                from mhc_torch.training.precision import cast_except_mixing
+                from mhc_core_torch.training.precision import cast_except_mixing
                 cast_except_mixing(model, torch.bfloat16)
             else:
                 import mlx.core as mx
 
-                from mhc_mlx.training.precision import cast_except_mixing
+                from mhc_core_mlx.training.precision import cast_except_mixing
                 cast_except_mixing(model, mx.bfloat16)
         block = self.args.recompute
         if block != "0":
@@ -145,9 +145,9 @@ class RunHooks:
 
     def _checkpoint_module(self):
         if self.args.backend == "torch":
-            from mhc_torch.training import checkpoint
+            from mhc_core_torch.training import checkpoint
         else:
-            from mhc_mlx.training import checkpoint
+            from mhc_core_mlx.training import checkpoint
         return checkpoint
 
     def resume(self, acc: dict) -> tuple[int, dict]:
@@ -170,7 +170,7 @@ class RunHooks:
                     print(f"[resume] {os.path.basename(os.path.dirname(self.ckpt.store.directory))}: "
                           f"step {start} of {self.args.steps} ({loaded.path})", flush=True)
         if self.dist.world > 1:
-            from mhc_torch.training.distributed import DataParallelTrainer
+            from mhc_core_torch.training.distributed import DataParallelTrainer
 
             self.trainer = DataParallelTrainer(self.base, self.dist.info)
         return start, acc

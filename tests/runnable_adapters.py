@@ -1,7 +1,7 @@
 """The conformance adapters of the backends the registry can run here, for tests that
 parametrise over backends outside tests/conformance (whose own loader also reports broken
 adapters as failures; here a broken adapter is skipped, since tests/conformance fails on it)."""
-from mhc_core import registry
+import backend_registry as registry
 
 
 def runnable_adapters() -> list:

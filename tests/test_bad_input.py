@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mhc_core as mc
-from mhc_core import registry
+import backend_registry as registry
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "conformance"))
 import backends  # noqa: E402  (tests/conformance/backends.py: registry adapters + packages)
@@ -162,7 +162,7 @@ def _module_backends():
 
 
 def _state():
-    from mhc_core.testing import layer_shapes
+    from backend_registry.numpy_adapter import layer_shapes
 
     rng = np.random.default_rng(0)
     return {**P, **{k: rng.normal(0, 0.1, s) for k, s in layer_shapes("linear", C).items()}}

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import mhc_core
 from runnable_adapters import runnable_adapters
-from mhc_core.testing import numpy_layer
+from backend_registry.numpy_adapter import numpy_layer
 
 
 def _layers(rng, c: int, depth: int):

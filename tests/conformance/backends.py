@@ -1,7 +1,7 @@
-"""The backends under test, taken from `mhc_core.registry.available()` (never a hand-kept
+"""The backends under test, taken from `backend_registry.available()` (never a hand-kept
 list), optionally restricted by name (`--backends a,b` or env MHC_BACKENDS).
 
-A registered, installed backend whose `testing.Adapter` fails to import or construct is
+A registered, installed backend whose adapter fails to import or construct is
 not skipped silently: it is returned as `Broken` and every test of it fails with the
 import error.
 """
@@ -11,7 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from mhc_core import registry
+import backend_registry as registry
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,9 @@ def load(only: list[str] | None = None) -> list:
 
 
 def package(adapter) -> object | None:
-    """The backend's top-level package (mhc_torch, mhc_mlx; mhc_core for numpy), where
+    """The backend's top-level package (mhc_core_torch, mhc_core_mlx; mhc_core for numpy), where
     MHC / StreamHead / save_state / load_state live."""
-    module = registry.get(adapter.name).testing
-    return importlib.import_module(module.split(".")[0])
+    return importlib.import_module(registry.get(adapter.name).package)
 
 
 def require(adapter) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import mhc_core
-from mhc_core.testing import layer_shapes
+from backend_registry.numpy_adapter import layer_shapes
 
 # ---------------------------------------------------------------------------------------
 # Tolerances: (rtol, atol). A tensor passes when max|got - want| <= atol + rtol * max|want|

@@ -1,7 +1,7 @@
 """The conformance checks, as functions returning `Result`s (pytest asserts them,
 scripts/conformance.py tabulates them; neither repeats the logic).
 
-Every check takes adapters (mhc_core.registry.BackendAdapter), a `Case` and a dtype name:
+Every check takes adapters (backend_registry.BackendAdapter), a `Case` and a dtype name:
 
 - forward_components: sinkhorn, coefficients (pre, post, res), pre_aggregate,
   post_residual through `adapter.core_fn`, vs the numpy float64 oracle.
@@ -21,7 +21,7 @@ import functools
 import numpy as np
 
 import mhc_core
-from mhc_core.testing import numpy_layer
+from backend_registry.numpy_adapter import numpy_layer
 
 from cases import CASES, DTYPES, FD_RTOL, TOLERANCES, Case, inputs, round_all, round_to, rng_for, weights
 from compare import Result, compare

@@ -2,7 +2,7 @@
 file, backend B's `load_state` reads it into a module built from different weights, and
 B then computes what A computes (and what the oracle computes).
 
-Backends take part when their package (mhc_torch, mhc_mlx, ...) has `save_state`,
+Backends take part when their package (mhc_core_torch, mhc_core_mlx, ...) has `save_state`,
 `load_state` and `module_state`; numpy (mhc_core) has no modules and does not.
 """
 from __future__ import annotations

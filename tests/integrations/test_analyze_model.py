@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mhc_core
-from mhc_torch.integrations import convert
+from mhc_core_torch.integrations import convert
 
 pytest.importorskip("matplotlib")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""mhc_torch.convert on real transformers decoders (Llama, Qwen2, Qwen3; tiny configs):
+"""mhc_core_torch.convert on real transformers decoders (Llama, Qwen2, Qwen3; tiny configs):
 exact warm start, generate() with the KV cache, save_pretrained / load_converted
 round trip, training reaches the mHC parameters."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-import mhc_torch
-from mhc_torch.integrations import convert, load_converted, mhc_steps
+import mhc_core_torch
+from mhc_core_torch.integrations import convert, load_converted, mhc_steps
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "qwen3_moe"]
 
@@ -167,7 +167,7 @@ def test_bad_input_errors(decoder, tmp_path):
 
 
 def test_exports():
-    assert mhc_torch.convert is convert and mhc_torch.load_converted is load_converted
+    assert mhc_core_torch.convert is convert and mhc_core_torch.load_converted is load_converted
 
 
 def test_left_padded_batch_generate_matches_original(decoder):
@@ -204,7 +204,7 @@ def test_head_reduction_round_trip(decoder, token_ids, tmp_path):
 @pytest.mark.slow  # ~25 s in the Triton interpreter on 2 CPU cores
 def test_triton_path_where_it_can_run(decoder, token_ids, assert_close):
     """impl='triton' (CUDA, or the Triton interpreter on CPU under TRITON_INTERPRET=1)."""
-    from mhc_torch import dispatch
+    from mhc_core_torch import dispatch
 
     reason = dispatch.triton_unavailable_reason(torch.zeros(1, 4, 32))
     if reason is not None:

@@ -1,4 +1,4 @@
-"""mhc_torch.patch_deepseek_v4 on transformers' DeepSeek-V4 (tiny random config, every
+"""mhc_core_torch.patch_deepseek_v4 on transformers' DeepSeek-V4 (tiny random config, every
 attention kind: sliding, compressed-sparse with indexer, heavily-compressed; hash-routed
 and top-k MoE): same logits, gradients and generations as the unpatched model, weights
 and state-dict keys untouched."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_torch import dispatch
-from mhc_torch.integrations import patch_deepseek_v4
+from mhc_core_torch import dispatch
+from mhc_core_torch.integrations import patch_deepseek_v4
 
 ds = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
 from transformers import DeepseekV4Config, DeepseekV4ForCausalLM  # noqa: E402

@@ -1,4 +1,4 @@
-"""mhc_torch.inject on transformers ViT (pre-LN) and BERT (post-LN), tiny configs, and
+"""mhc_core_torch.inject on transformers ViT (pre-LN) and BERT (post-LN), tiny configs, and
 MHCSequential against the plain residual stack: exact warm start, gradients, save/load."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc_torch.integrations import MHCSequential, inject, load_converted, mhc_steps
+from mhc_core_torch.integrations import MHCSequential, inject, load_converted, mhc_steps
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.bert.modeling_bert import BertLayer  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from mhc_torch.integrations import convert, mhc_steps
+from mhc_core_torch.integrations import convert, mhc_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,4 +1,4 @@
-"""mhc_mlx.integrations.convert on mlx-lm's Llama (tiny config): exact warm start, greedy
+"""mhc_core_mlx.integrations.convert on mlx-lm's Llama (tiny config): exact warm start, greedy
 generation with the KV cache, and a torch-converted, trained Hugging Face Llama loaded
 into mlx-lm with the same logits (same parameter names on both backends)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm.models import llama  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
-from mhc_mlx.integrations import convert, load_converted, mhc_steps  # noqa: E402
+from mhc_core_mlx.integrations import convert, load_converted, mhc_steps  # noqa: E402
 
 ARGS = dict(model_type="llama", hidden_size=32, num_hidden_layers=3, intermediate_size=64, num_attention_heads=4,
             num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=64, tie_word_embeddings=False)
@@ -71,7 +71,7 @@ def test_generation_with_kv_cache_matches():
 
 def test_torch_converted_checkpoint_runs_on_mlx(decoder, token_ids, tmp_path, assert_close):
     """Convert + train in torch, save_pretrained, load into mlx-lm: same logits."""
-    from mhc_torch.integrations import convert as torch_convert
+    from mhc_core_torch.integrations import convert as torch_convert
 
     model = torch_convert(decoder("llama"), n=4)
     model.train()

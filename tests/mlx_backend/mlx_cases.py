@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 import mhc_core
-from mhc_core.testing import layer_shapes, numpy_layer
+from backend_registry.numpy_adapter import layer_shapes, numpy_layer
 
 # (abs + rel) tolerance per dtype: |got - want| <= tol * (1 + |want|)  (DESIGN §3)
 TOL = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2}

@@ -7,7 +7,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 
 import mhc_core  # noqa: E402
-from mhc_core import registry  # noqa: E402
+import backend_registry as registry  # noqa: E402
 from mlx_cases import TOL, assert_close, make_state  # noqa: E402
 
 

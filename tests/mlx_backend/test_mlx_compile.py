@@ -9,9 +9,9 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-import mhc_mlx  # noqa: E402
-from mhc_mlx.modules import _compiled_mixing  # noqa: E402
-from mhc_mlx.testing import Adapter  # noqa: E402
+import mhc_core_mlx  # noqa: E402
+from mhc_core_mlx.modules import _compiled_mixing  # noqa: E402
+from backend_registry.mlx_adapter import Adapter  # noqa: E402
 from mlx_cases import TOL, assert_close, make_state  # noqa: E402
 
 ADAPTER = Adapter()
@@ -43,13 +43,13 @@ def test_compiled_graphs_are_cached_per_config_and_honour_it():
     outs = {}
     for iters in (1, 20):
         for compiled in (False, True):
-            m = mhc_mlx.MHC(nn.Linear(4, 4), 3, 4, iters=iters, compiled=compiled)
-            outs[iters, compiled] = np.array(mhc_mlx.load_state(m, state)(x))
+            m = mhc_core_mlx.MHC(nn.Linear(4, 4), 3, 4, iters=iters, compiled=compiled)
+            outs[iters, compiled] = np.array(mhc_core_mlx.load_state(m, state)(x))
         assert_close(outs[iters, True], outs[iters, False], TOL["float32"], f"iters={iters}")
     gap = float(np.max(np.abs(outs[1, True] - outs[20, True])))
     assert gap > 1e-3, f"iters=1 and iters=20 gave the same output (max diff {gap:.1e}): stale compiled graph?"
     hits = _compiled_mixing.cache_info().hits
-    mhc_mlx.MHC(nn.Linear(4, 4), 3, 4, iters=20, compiled=True)(x)
+    mhc_core_mlx.MHC(nn.Linear(4, 4), 3, 4, iters=20, compiled=True)(x)
     assert _compiled_mixing.cache_info().hits == hits + 1, "a second layer with the same config should reuse the graph"
 
 
@@ -60,7 +60,7 @@ def test_whole_module_compile_tracks_loaded_weights_and_shapes():
     x = mx.array(np.random.default_rng(2).normal(size=(2, 3, 4)).astype(np.float32))
     before = np.array(forward(x))
     assert_close(before, np.array(module(x)), TOL["float32"], "whole-compile")
-    mhc_mlx.load_state(module, make_state("mhc", "mlp", 3, 4, seed=9))
+    mhc_core_mlx.load_state(module, make_state("mhc", "mlp", 3, 4, seed=9))
     after = np.array(forward(x))
     assert float(np.max(np.abs(after - before))) > 1e-3, "compiled forward did not see the new weights"
     assert_close(after, np.array(module(x)), TOL["float32"], "whole-compile-reloaded")

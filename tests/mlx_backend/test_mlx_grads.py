@@ -13,7 +13,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from mhc_mlx.testing import Adapter  # noqa: E402
+from backend_registry.mlx_adapter import Adapter  # noqa: E402
 from mlx_cases import TOL, assert_close, make_state, oracle_step  # noqa: E402
 
 ADAPTER = Adapter()

@@ -1,4 +1,4 @@
-"""mhc_mlx.MHC / StreamHead forward vs the numpy float64 oracle, parameter layout, bad input."""
+"""mhc_core_mlx.MHC / StreamHead forward vs the numpy float64 oracle, parameter layout, bad input."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +8,9 @@ mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
 import mhc_core  # noqa: E402
-import mhc_mlx  # noqa: E402
-from mhc_core.testing import layer_shapes  # noqa: E402
-from mhc_mlx.testing import Adapter  # noqa: E402
+import mhc_core_mlx  # noqa: E402
+from backend_registry.numpy_adapter import layer_shapes  # noqa: E402
+from backend_registry.mlx_adapter import Adapter  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 from mlx_cases import TOL, assert_close, make_state, oracle_step  # noqa: E402
 
@@ -44,7 +44,7 @@ def test_mhc_forward_matches_numpy_oracle(case, dtype):
     out = ADAPTER.run(module, x)
     assert out.dtype == x.dtype, f"output dtype {out.dtype} != input dtype {x.dtype}"
     # Oracle on exactly the numbers the module holds (bf16/fp32-rounded weights and input).
-    want = oracle_step(variant, layer, mhc_mlx.module_state(module), ADAPTER.to_numpy(x), iters=20)
+    want = oracle_step(variant, layer, mhc_core_mlx.module_state(module), ADAPTER.to_numpy(x), iters=20)
     assert_close(ADAPTER.to_numpy(out), want, TOL[dtype], f"{_id(case)}-{dtype}")
 
 
@@ -52,41 +52,41 @@ def test_mhc_forward_matches_numpy_oracle(case, dtype):
 def test_stream_head_matches_numpy_oracle(dtype):
     n, c = 3, 6
     rng = np.random.default_rng(7)
-    head = mhc_mlx.StreamHead(n, c)
+    head = mhc_core_mlx.StreamHead(n, c)
     if dtype == "float64":
         head.set_dtype(mx.float64)
     state = {"phi": rng.normal(0, 0.5, (n * c, n)), "bias": rng.normal(0, 1, n), "alpha": np.array([0.7])}
-    mhc_mlx.load_state(head, state)
+    mhc_core_mlx.load_state(head, state)
     x = ADAPTER.asarray(rng.normal(size=(2, n, c)), dtype)
     with mx.stream(mx.cpu):
         out = head(x)
         mx.eval(out)
     assert out.shape == (2, c) and out.dtype == x.dtype
-    p = mhc_mlx.module_state(head)
+    p = mhc_core_mlx.module_state(head)
     want = mhc_core.head(ADAPTER.to_numpy(x), *(p[k].astype(np.float64) for k in ("phi", "bias", "alpha")))
     assert_close(ADAPTER.to_numpy(out), want, TOL[dtype], f"head-{dtype}")
 
 
 def test_stream_head_init_is_the_mean_over_streams():
     x = mx.array(np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32))
-    out = mhc_mlx.StreamHead(3, 5)(x)
+    out = mhc_core_mlx.StreamHead(3, 5)(x)
     assert_close(np.array(out), np.array(x).mean(-2), 1e-6, "head-init")
 
 
 def test_expand_and_reduce_streams_are_mhc_core():
     x = np.random.default_rng(0).normal(size=(2, 5)).astype(np.float32)
-    e = mhc_mlx.expand_streams(mx.array(x), 3)
+    e = mhc_core_mlx.expand_streams(mx.array(x), 3)
     assert e.shape == (2, 3, 5)
     assert_close(np.array(e), np.repeat(x[:, None], 3, axis=1), 0.0, "expand")
     w = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], np.float32)
-    assert_close(np.array(mhc_mlx.reduce_streams(e)), x, 1e-7, "reduce-mean")
-    assert_close(np.array(mhc_mlx.reduce_streams(e, mx.array(w))), x * w.sum(-1, keepdims=True), 1e-6, "reduce-w")
+    assert_close(np.array(mhc_core_mlx.reduce_streams(e)), x, 1e-7, "reduce-mean")
+    assert_close(np.array(mhc_core_mlx.reduce_streams(e, mx.array(w))), x * w.sum(-1, keepdims=True), 1e-6, "reduce-w")
 
 
 @pytest.mark.parametrize("variant", ["mhc", "hc", "residual"])
 def test_parameter_names_and_shapes_match_the_shared_api(variant):
     n, c = (1 if variant == "residual" else 3), 4
-    module = mhc_mlx.MHC(nn.Linear(c, c), n, c, variant=variant)
+    module = mhc_core_mlx.MHC(nn.Linear(c, c), n, c, variant=variant)
     got = {k: tuple(v.shape) for k, v in tree_flatten(module.parameters())}
     want = {**mhc_core.param_shapes(n, c, variant), **layer_shapes("linear", c)}
     assert got == want
@@ -94,7 +94,7 @@ def test_parameter_names_and_shapes_match_the_shared_api(variant):
 
 
 def test_default_init_is_mhc_core_init_params():
-    module = mhc_mlx.MHC(nn.Linear(4, 4), 2, 4, variant="hc")
+    module = mhc_core_mlx.MHC(nn.Linear(4, 4), 2, 4, variant="hc")
     want = mhc_core.init_params(2, 4, variant="hc")
     for k in ("phi", "bias", "alpha"):
         assert_close(np.array(getattr(module, k)), want[k], 0.0, "init", k)
@@ -102,7 +102,7 @@ def test_default_init_is_mhc_core_init_params():
 
 def test_init_argument_sets_the_mixing_parameters():
     state = make_state("mhc", "linear", 2, 3)
-    module = mhc_mlx.MHC(nn.Linear(3, 3), 2, 3, init={k: state[k] for k in ("phi", "bias", "alpha")})
+    module = mhc_core_mlx.MHC(nn.Linear(3, 3), 2, 3, init={k: state[k] for k in ("phi", "bias", "alpha")})
     assert_close(np.array(module.bias), state["bias"], 1e-7, "init-arg", "bias")
 
 
@@ -111,15 +111,15 @@ def test_impl_reference_and_auto_compute_the_same():
     x = mx.array(np.random.default_rng(2).normal(size=(3, 2, 4)).astype(np.float32))
     outs = []
     for impl in ("auto", "reference"):
-        m = mhc_mlx.MHC(nn.Linear(4, 4), 2, 4, impl=impl)
-        outs.append(np.array(mhc_mlx.load_state(m, state)(x)))
+        m = mhc_core_mlx.MHC(nn.Linear(4, 4), 2, 4, impl=impl)
+        outs.append(np.array(mhc_core_mlx.load_state(m, state)(x)))
     assert_close(outs[1], outs[0], 0.0, "impl")
 
 
 # --- bad input: one case each, the message says what was expected ----------------------
 
 def _module(n=3, c=4, **kw):
-    return mhc_mlx.MHC(nn.Identity(), n, c, **kw)
+    return mhc_core_mlx.MHC(nn.Identity(), n, c, **kw)
 
 
 @pytest.mark.parametrize("make_x, error, message", [
@@ -136,7 +136,7 @@ def test_mhc_rejects_bad_input(make_x, error, message):
 
 def test_stream_head_rejects_wrong_channels():
     with pytest.raises(ValueError, match=r"n=2, C=3 for this StreamHead\), got \[2, 4\]"):
-        mhc_mlx.StreamHead(2, 3)(mx.zeros((2, 4)))
+        mhc_core_mlx.StreamHead(2, 3)(mx.zeros((2, 4)))
 
 
 @pytest.mark.parametrize("kwargs, message", [

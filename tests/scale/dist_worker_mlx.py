@@ -2,7 +2,7 @@
 
 Same model, data and schedule as dist_worker_torch.py, on the MLX TinyLM: each rank takes
 its half of every global batch, gradients are averaged with `mlx.nn.average_gradients`
-(mhc_mlx.training.distributed.average), then SGD or Adam steps. Rank 0 writes the
+(mhc_core_mlx.training.distributed.average), then SGD or Adam steps. Rank 0 writes the
 first step's averaged gradients, the final parameters and the global-mean losses to OUT.
 With mode 'single' (plain python) it is the one-process reference.
 """
@@ -16,10 +16,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mhc_core.lm_config import LMConfig
-from mhc_core.tasks import TaskStream
-from mhc_mlx.lm import TinyLM, masked_cross_entropy
-from mhc_mlx.training import distributed as D
+from mhc_core.experiments.lm_config import LMConfig
+from mhc_core.experiments.tasks import TaskStream
+from mhc_core_mlx.lm import TinyLM, masked_cross_entropy
+from mhc_core_mlx.training import distributed as D
 
 CFG = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="mhc", n=4, phi_std=0.02, seed=3)
 STEPS, BATCH, LR, SGD_LR = 3, 4, 1e-2, 0.5

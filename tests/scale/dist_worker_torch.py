@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import torch
 
-from mhc_core.lm_config import LMConfig
-from mhc_core.tasks import TaskStream
-from mhc_torch.lm import TinyLM, masked_cross_entropy
-from mhc_torch.training import distributed as D
+from mhc_core.experiments.lm_config import LMConfig
+from mhc_core.experiments.tasks import TaskStream
+from mhc_core_torch.lm import TinyLM, masked_cross_entropy
+from mhc_core_torch.training import distributed as D
 
 CFG = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="mhc", n=4, phi_std=0.02, seed=3)
 STEPS, BATCH, LR, SGD_LR = 3, 4, 1e-2, 0.5

@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-from mhc_core.checkpoints import RunCheckpointer
-from mhc_core.lm_config import LMConfig, init_lm_params
-from mhc_core.tasks import TaskStream
+from mhc_core.experiments.checkpoints import RunCheckpointer
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params
+from mhc_core.experiments.tasks import TaskStream
 
 CFG = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="mhc", n=4, phi_std=0.02, seed=5)
 BATCH, LR = 4, 3e-3
@@ -29,14 +29,14 @@ def backend(name: str):
         import torch
 
         torch.set_num_threads(1)
-        from mhc_torch import lm
-        from mhc_torch.training import checkpoint
+        from mhc_core_torch import lm
+        from mhc_core_torch.training import checkpoint
 
         return lm, checkpoint, lambda m: {k: v.detach().numpy().copy() for k, v in m.named_parameters()}
     from mlx.utils import tree_flatten
 
-    from mhc_mlx import lm
-    from mhc_mlx.training import checkpoint
+    from mhc_core_mlx import lm
+    from mhc_core_mlx.training import checkpoint
 
     return lm, checkpoint, lambda m: {k: np.array(v) for k, v in tree_flatten(m.parameters())}
 

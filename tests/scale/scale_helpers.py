@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mhc_core import registry
+import backend_registry as registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = sys.executable
@@ -59,7 +59,7 @@ def free_port() -> int:
 def subprocess_env(**extra) -> dict:
     """Environment for child python processes: repo on the path, one thread each (2 cores)."""
     env = dict(os.environ)
-    env.update({"PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "backends"), env.get("PYTHONPATH", "")]),
+    env.update({"PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "backends"), os.path.join(REPO, "tests"), env.get("PYTHONPATH", "")]),
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import mhc_core
-import mhc_torch
-from mhc_core.lm_config import LMConfig, init_lm_params
-from mhc_torch.lm import TinyLM, masked_cross_entropy
+import mhc_core_torch
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params
+from mhc_core_torch.lm import TinyLM, masked_cross_entropy
 from scale_helpers import assert_close
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo notes about lru_cache in array_api_compat
@@ -34,7 +34,7 @@ def _fresh_dynamo():
 def test_mhc_module_fullgraph(variant):
     n, c = 4, 16
     torch.manual_seed(0)
-    m = mhc_torch.MHC(nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c)), n, c, variant=variant,
+    m = mhc_core_torch.MHC(nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c)), n, c, variant=variant,
                       init=mhc_core.init_params(n, c, variant=variant, phi_std=0.2, alpha=1.0, seed=1), impl="reference")
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 5, n, c)

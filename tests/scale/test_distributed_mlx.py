@@ -48,7 +48,7 @@ def _launch(tmp_path) -> dict[str, np.ndarray]:
 
 def test_two_ring_ranks_equal_one_process(tmp_path):
     import dist_worker_mlx as W
-    from mhc_mlx.training.distributed import DistInfo
+    from mhc_core_mlx.training.distributed import DistInfo
 
     got = _launch(tmp_path)
     single = W.run(DistInfo())

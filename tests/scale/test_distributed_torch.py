@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 def _single() -> dict[str, np.ndarray]:
     import dist_worker_torch as W
-    from mhc_torch.training.distributed import DistInfo
+    from mhc_core_torch.training.distributed import DistInfo
 
     torch.manual_seed(0)
     out = {}
@@ -69,7 +69,7 @@ def test_two_ranks_equal_one_process(mode, single, tmp_path):
     for k in (k for k in names if k.startswith("adam/")):
         assert_close(got[k], single[k], rtol=0.0, atol=1e-4, case=f"{mode} after 3 Adam steps {k}")
     from dist_worker_torch import CFG
-    from mhc_torch.lm import TinyLM
+    from mhc_core_torch.lm import TinyLM
 
     init = {k: p.detach().numpy() for k, p in TinyLM(CFG).named_parameters()}
     for opt in ("sgd", "adam"):

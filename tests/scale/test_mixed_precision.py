@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import mhc_core
-import mhc_torch
-from mhc_core.lm_config import LMConfig, init_lm_params
-from mhc_core.tasks import TaskStream
+import mhc_core_torch
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params
+from mhc_core.experiments.tasks import TaskStream
 from scale_helpers import assert_close
 
 N, C = 4, 16
@@ -41,7 +41,7 @@ def _oracle(x64: np.ndarray, w64: np.ndarray):
 def test_torch_bf16_step_vs_float64_oracle():
     layer = nn.Linear(C, C, bias=False)
     layer.weight.data = torch.tensor(W, dtype=torch.bfloat16)
-    m = mhc_torch.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
+    m = mhc_core_torch.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
     assert all(getattr(m, k).dtype == torch.float32 for k in ("phi", "bias", "alpha"))
     x = torch.tensor(X, dtype=torch.bfloat16)
     want_out, want_coef = _oracle(_bf16_round(X), _bf16_round(W))
@@ -66,7 +66,7 @@ def test_torch_autocast_keeps_mixing_float32():
         return y
 
     lin = nn.Linear(C, C, bias=False)
-    m = mhc_torch.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
+    m = mhc_core_torch.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
     x = torch.tensor(X, dtype=torch.float32)
     plain = m(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -85,11 +85,11 @@ def test_torch_autocast_keeps_mixing_float32():
 def test_mlx_bf16_step_vs_float64_oracle():
     mx = pytest.importorskip("mlx.core")
     mnn = pytest.importorskip("mlx.nn")
-    import mhc_mlx
+    import mhc_core_mlx
 
     layer = mnn.Linear(C, C, bias=False)
     layer.weight = mx.array(W.astype(np.float32)).astype(mx.bfloat16)
-    m = mhc_mlx.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
+    m = mhc_core_mlx.MHC(layer, N, C, init={k: v.astype(np.float32) for k, v in P.items()})
     x = mx.array(X.astype(np.float32)).astype(mx.bfloat16)
     want_out, want_coef = _oracle(_bf16_round(X), _bf16_round(W))
     got = m(x)
@@ -109,8 +109,8 @@ def _train(backend: str, variant: str, bf16: bool) -> list[float]:
     cfg = LMConfig(vocab=16, dim=32, n_layers=2, n_heads=2, seq_len=8, variant=variant, n=4, seed=2)
     data = TaskStream("incrementing", vocab=16, seq_len=8, batch_size=8, seed=3)
     if backend == "torch":
-        from mhc_torch.lm import Trainer
-        from mhc_torch.training.precision import cast_except_mixing
+        from mhc_core_torch.lm import Trainer
+        from mhc_core_torch.training.precision import cast_except_mixing
 
         torch.manual_seed(0)
         trainer = Trainer(cfg, init_lm_params(cfg), lr=3e-3)
@@ -118,8 +118,8 @@ def _train(backend: str, variant: str, bf16: bool) -> list[float]:
             cast_except_mixing(trainer.model, torch.bfloat16)
     else:
         mx = pytest.importorskip("mlx.core")
-        from mhc_mlx.lm import Trainer
-        from mhc_mlx.training.precision import cast_except_mixing
+        from mhc_core_mlx.lm import Trainer
+        from mhc_core_mlx.training.precision import cast_except_mixing
 
         trainer = Trainer(cfg, init_lm_params(cfg), lr=3e-3)
         if bf16:

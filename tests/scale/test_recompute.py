@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import mhc_core
-import mhc_torch
-from mhc_torch.training.recompute import paper_block_size, resolve_block, run_layers, saved_activation_bytes
+import mhc_core_torch
+from mhc_core_torch.training.recompute import paper_block_size, resolve_block, run_layers, saved_activation_bytes
 
 N, C, L = 4, 16, 12
 BLOCKS = [1, 2, 5, paper_block_size(N, L), L]  # 5: a ragged last block
@@ -33,7 +33,7 @@ def test_paper_block_size():
 def _torch_stack(dtype=torch.float32) -> nn.ModuleList:
     torch.manual_seed(0)
     layers = nn.ModuleList(
-        mhc_torch.MHC(nn.Sequential(nn.Linear(C, 4 * C), nn.SiLU(), nn.Linear(4 * C, C)), N, C,
+        mhc_core_torch.MHC(nn.Sequential(nn.Linear(C, 4 * C), nn.SiLU(), nn.Linear(4 * C, C)), N, C,
                       init=mhc_core.init_params(N, C, phi_std=0.1, seed=i))
         for i in range(L))
     return layers.to(dtype)
@@ -77,9 +77,9 @@ def test_torch_recorded_inputs_same_with_recompute():
 def test_mlx_recompute_gradients_identical_and_less_memory():
     mx = pytest.importorskip("mlx.core")
     mnn = pytest.importorskip("mlx.nn")
-    import mhc_mlx
+    import mhc_core_mlx
     from mlx.utils import tree_flatten
-    from mhc_mlx.training.recompute import run_layers as mlx_run_layers
+    from mhc_core_mlx.training.recompute import run_layers as mlx_run_layers
 
     class MLP(mnn.Module):
         def __init__(self):
@@ -92,7 +92,7 @@ def test_mlx_recompute_gradients_identical_and_less_memory():
     class Stack(mnn.Module):
         def __init__(self):
             super().__init__()
-            self.layers = [mhc_mlx.MHC(MLP(), N, C, init=mhc_core.init_params(N, C, phi_std=0.1, seed=i))
+            self.layers = [mhc_core_mlx.MHC(MLP(), N, C, init=mhc_core.init_params(N, C, phi_std=0.1, seed=i))
                            for i in range(L)]
 
     mx.random.seed(0)

@@ -4,7 +4,7 @@ step in metrics.jsonl exactly once, every logged loss and the final parameters b
 equal. Corrupt / truncated checkpoints are detected, reported, and the previous one used.
 
 The loop is tests/scale/resume_worker.py: the depth sweep's Trainer and TaskStream with
-mhc_core.checkpoints.RunCheckpointer and the backend's capture / restore.
+mhc_core.experiments.checkpoints.RunCheckpointer and the backend's capture / restore.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import resume_worker as W
-from mhc_core.checkpoints import CheckpointStore, RunCheckpointer
+from mhc_core.experiments.checkpoints import CheckpointStore, RunCheckpointer
 from scale_helpers import PYTHON, REPO, subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -158,7 +158,7 @@ def test_log_cut_back_to_the_checkpoint(tmp_path):
 def test_torch_capture_restore_bf16_and_rng(tmp_path):
     import torch
 
-    from mhc_torch.training import checkpoint as C
+    from mhc_core_torch.training import checkpoint as C
 
     model = torch.nn.Linear(4, 3).to(torch.bfloat16)
     opt = torch.optim.Adam(model.parameters(), lr=0.1)

@@ -165,7 +165,7 @@ def test_sinkhorn_backward_finite_where_forward_is(bound, eps, n, seed):
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_nan_input_is_confined_to_its_token(backend):
     """A NaN in one token's stream makes that token's output NaN and no other; no raise."""
-    from mhc_core import registry
+    import backend_registry as registry
 
     if not registry.get(backend).runnable():
         pytest.skip(f"{backend} is not installed")

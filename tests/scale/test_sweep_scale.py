@@ -108,7 +108,7 @@ def test_nan_in_the_stream_is_an_event_not_a_crash(tmp_path, monkeypatch):
     measured step: the sweep logs a NaN event with NaN gains, skips that update, goes on."""
     import torch
 
-    from mhc_torch import lm
+    from mhc_core_torch import lm
 
     bad_step, calls = 6, {"n": 0}
     original = lm.Trainer.step

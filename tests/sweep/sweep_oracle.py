@@ -1,9 +1,9 @@
 """The depth sweep's LM written directly in numpy (float64) on mhc_core: the oracle the
-torch and MLX TinyLMs are checked against (layout in mhc_core/lm_config.py)."""
+torch and MLX TinyLMs are checked against (layout in mhc_core/experiments/lm_config.py)."""
 import numpy as np
 
 import mhc_core
-from mhc_core.lm_config import LMConfig, layer_names
+from mhc_core.experiments.lm_config import LMConfig, layer_names
 
 
 def _rmsnorm(h, w, eps):

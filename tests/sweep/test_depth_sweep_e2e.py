@@ -94,7 +94,7 @@ def test_nan_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import depth_sweep
-    from mhc_core.lm_config import init_lm_params
+    from mhc_core.experiments.lm_config import init_lm_params
 
     def poisoned(cfg):
         p = init_lm_params(cfg)

@@ -1,5 +1,5 @@
 """The torch and MLX TinyLMs against the numpy float64 oracle (tests/sweep/sweep_oracle.py) and
-against each other, on one set of weights from mhc_core.lm_config.init_lm_params.
+against each other, on one set of weights from mhc_core.experiments.lm_config.init_lm_params.
 
 Tolerances (float32 models vs float64 oracle): logits agree to ~1e-5 relative to their
 scale. Training curves: the backends' Adam runs differ only by float32 rounding, but Adam
@@ -11,15 +11,15 @@ slowly with steps, so the check stops after 5 steps.
 import numpy as np
 import pytest
 
-from mhc_core.lm_config import LMConfig, init_lm_params, lm_param_shapes
-from mhc_core.tasks import TaskStream
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params, lm_param_shapes
+from mhc_core.experiments.tasks import TaskStream
 
 import sweep_oracle  # tests/sweep is on pytest's sys.path (rootdir import mode)
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
-tlm = pytest.importorskip("mhc_torch.lm")
-mlm = pytest.importorskip("mhc_mlx.lm")
+tlm = pytest.importorskip("mhc_core_torch.lm")
+mlm = pytest.importorskip("mhc_core_mlx.lm")
 
 VARIANTS = ("residual", "hc", "mhc")
 

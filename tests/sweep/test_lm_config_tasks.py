@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mhc_core.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, lm_param_shapes, lr_at, mixing_matrices
-from mhc_core.tasks import TaskStream, loss_mask, shard_batch
+from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, lm_param_shapes, lr_at, mixing_matrices
+from mhc_core.experiments.tasks import TaskStream, loss_mask, shard_batch
 
 
 def test_residual_forces_one_stream_and_bad_sizes_are_named():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_core.testing import layer_shapes
+from backend_registry.numpy_adapter import layer_shapes
 
 # Absolute tolerance per dtype, scaled by max(1, |reference|) (DESIGN §3).
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import mhc_core
-from mhc_torch import MHC, StreamHead, load_state
+from mhc_core_torch import MHC, StreamHead, load_state
 
 ds = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
 from transformers import DeepseekV4Config  # noqa: E402

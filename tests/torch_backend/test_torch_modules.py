@@ -1,4 +1,4 @@
-"""mhc_torch.MHC / StreamHead against the numpy float64 oracle (mhc_core on numpy), the
+"""mhc_core_torch.MHC / StreamHead against the numpy float64 oracle (mhc_core on numpy), the
 impl dispatch, input checks, and torch.compile(fullgraph=True) of the reference path."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_core.testing import numpy_layer
-from mhc_torch import MHC, StreamHead
-from mhc_torch import dispatch
-from mhc_torch.state import load_state
-from mhc_torch.testing import make_layer
+from backend_registry.numpy_adapter import numpy_layer
+from mhc_core_torch import MHC, StreamHead
+from mhc_core_torch import dispatch
+from mhc_core_torch.state import load_state
+from backend_registry.torch_adapter import make_layer
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

@@ -1,4 +1,4 @@
-"""Weight interchange of mhc_torch: module_state / save_state / load_state through real
+"""Weight interchange of mhc_core_torch: module_state / save_state / load_state through real
 safetensors files, and the strict errors of load_state."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from safetensors import safe_open
 
 import mhc_core
-from mhc_core.testing import layer_shapes
-from mhc_torch import MHC, StreamHead, load_state, module_state, save_state
-from mhc_torch.testing import make_layer
+from backend_registry.numpy_adapter import layer_shapes
+from mhc_core_torch import MHC, StreamHead, load_state, module_state, save_state
+from backend_registry.torch_adapter import make_layer
 
 N, C = 3, 5
 

@@ -1,7 +1,7 @@
 """Shared pieces of the Triton kernel tests.
 
 Without CUDA the kernels run in the Triton interpreter, which Triton reads when a kernel is
-decorated: TRITON_INTERPRET=1 must be set before mhc_torch.kernels is imported. tests/
+decorated: TRITON_INTERPRET=1 must be set before mhc_core_torch.kernels is imported. tests/
 conftest.py does it for the whole suite; it is repeated here so this directory also runs
 alone. Shapes stay tiny (the interpreter is slow); the realistic-shape and bf16 versions
 are marked `gpu`.
@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - torch is required below anyway
     torch = None
 
 pytest.importorskip("triton")
-pytest.importorskip("mhc_torch")
+pytest.importorskip("mhc_core_torch")
 
 import mhc_core  # noqa: E402
 

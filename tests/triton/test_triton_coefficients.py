@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_torch.kernels import ops
+from mhc_core_torch.kernels import ops
 
 # (variant, T, n, C, config)
 CASES = [

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from mhc_core import registry
-from mhc_torch import MHC, dispatch
-from mhc_torch import kernels as kernels_pkg
-from mhc_torch.kernels import ops
+import backend_registry as registry
+from mhc_core_torch import MHC, dispatch
+from mhc_core_torch import kernels as kernels_pkg
+from mhc_core_torch.kernels import ops
 
 
 def _pair(variant, n, c, dtype, mixing_params, seed=0):

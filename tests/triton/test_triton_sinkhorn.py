@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_torch.kernels import ops
+from mhc_core_torch.kernels import ops
 
 CASES = [  # (n, iters, eps): eps = 0 is the log-domain path
     (1, 3, 1e-6), (2, 1, 1e-6), (3, 3, 1e-6), (4, 20, 1e-6), (5, 4, 0.0), (4, 3, 0.0), (16, 2, 1e-6),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_torch.kernels import ops
+from mhc_core_torch.kernels import ops
 
 SHAPES = [(3, 1, 1), (2, 2, 17), (3, 3, 40), (2, 4, 33), (1, 16, 5), (2, 1, 600)]  # (T, n, C)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

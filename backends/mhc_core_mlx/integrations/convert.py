@@ -1,0 +1,137 @@
+"""Convert an mlx-lm decoder (Llama, Qwen2, Qwen3, ...: blocks with input_layernorm ->
+self_attn -> + residual -> post_attention_layernorm -> mlp -> + residual) to mHC, in place.
+
+The same design as `mhc_core_torch.convert` (see backends/mhc_core_torch/integrations/blocks.py):
+each block's class is swapped for `MHC<Block>`, whose call runs its attention and MLP
+residuals as `mhc_core_mlx.MHC` steps; the first block expands the embedding into n streams,
+the last reduces them (mean) before the model's final norm; the warm start is exact.
+
+Parameter names match the torch side (`model.layers.0.attn_mhc.phi`, ...; mlx-lm keeps
+Hugging Face's names for the rest), so the weights of a Llama converted and trained with
+`mhc_core_torch.convert` load into an mlx-lm Llama converted here
+(`model.load_weights(path_to_model_safetensors)`) and give the same logits.
+
+The MHC's `layer` is a plain Python object (not an nn.Module), so the block's modules
+are not listed twice in `parameters()`; the block hands it the attention mask and KV
+cache of the current call.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+import mhc_core
+from mhc_core import checks
+
+from ..modules import MHC
+
+_CHILDREN = {"input_layernorm", "self_attn", "post_attention_layernorm", "mlp"}
+
+
+class _Branch:
+    """f of one residual branch: h [..., C] -> [..., C], calling the block's own modules."""
+
+    def __init__(self, block, kind: str):
+        self.block, self.kind, self.mask, self.cache = block, kind, None, None
+
+    def __call__(self, h: mx.array) -> mx.array:
+        b = self.block
+        if self.kind == "attn":
+            return b.self_attn(b.input_layernorm(h), self.mask, self.cache)
+        return b.mlp(b.post_attention_layernorm(h))
+
+
+class MHCBlockMixin:
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        n, c = self.mhc_n, self.mhc_dim
+        if self.mhc_expand:
+            x = mhc_core.expand_streams(x, n)  # [B, T, n, C]
+        elif x.ndim < 2 or tuple(x.shape[-2:]) != (n, c):
+            raise ValueError(f"converted block {self.mhc_index} expects streams [..., n={n}, C={c}], got {x.shape}")
+        branch = self.attn_mhc.layer
+        branch.mask, branch.cache = mask, cache
+        try:
+            x = self.attn_mhc(x)  # [B, T, n, C]
+        finally:
+            branch.mask = branch.cache = None
+        x = self.mlp_mhc(x)
+        return mhc_core.reduce_streams(x) if self.mhc_reduce else x
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _layers(model) -> list:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, list) or not layers:
+        raise ValueError(f"convert: {type(model).__name__} has no list of decoder layers at .model.layers")
+    return layers
+
+
+def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None, **cfg):
+    """Convert an mlx-lm decoder model in place; returns it. Settings as mhc_core_torch.convert
+    (reduce is the mean; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
+    checks.streams(n)
+    if checks.variant(variant) == "residual" and n != 1:
+        raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
+    full = mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
+    layers = _layers(model)
+    for i, block in enumerate(layers):
+        if isinstance(block, MHCBlockMixin):
+            raise ValueError("convert: this model is already converted to mHC")
+        kids = set(block.children())
+        if kids != _CHILDREN:
+            raise ValueError(f"convert: layer {i} ({type(block).__name__}) has children {sorted(kids)}; "
+                             f"expected exactly {sorted(_CHILDREN)} (a pre-LN decoder block)")
+    for i, block in enumerate(layers):
+        c = int(block.input_layernorm.weight.shape[-1])
+        block.attn_mhc = MHC(_Branch(block, "attn"), n, c, variant=variant, init=init, **full)
+        block.mlp_mhc = MHC(_Branch(block, "mlp"), n, c, variant=variant, init=init, **full)
+        block.mhc_n, block.mhc_dim, block.mhc_index = n, c, i
+        block.mhc_expand, block.mhc_reduce = i == 0, i == len(layers) - 1
+        cls = type(block)
+        if cls not in _CLASSES:
+            _CLASSES[cls] = type(f"MHC{cls.__name__}", (MHCBlockMixin, cls), {"__module__": __name__})
+        block.__class__ = _CLASSES[cls]
+    model.mhc = {"format": 1, "n": n, "variant": variant, "reduce": "mean", "config": full}
+    return model
+
+
+def mhc_steps(model) -> list[tuple[str, MHC]]:
+    """(name, MHC) of every converted step, e.g. ('model.layers.0.attn_mhc', ...)."""
+    prefix = "model.layers" if hasattr(model, "model") else "layers"
+    return [(f"{prefix}.{i}.{b}_mhc", getattr(block, f"{b}_mhc"))
+            for i, block in enumerate(_layers(model)) for b in ("attn", "mlp")]
+
+
+def load_converted(path):
+    """An mlx-lm model from a directory written by `save_pretrained` after
+    `mhc_core_torch.convert` (config.json with an "mhc" entry, model*.safetensors): the
+    architecture is built by mlx-lm, converted with the recorded settings, and every
+    weight (mHC ones included) is loaded strictly."""
+    import glob
+    import json
+    import os
+    from pathlib import Path
+
+    from mlx_lm.utils import load_model
+
+    with open(os.path.join(os.fspath(path), "config.json")) as fh:
+        settings = json.load(fh).get("mhc")
+    if not settings:
+        raise ValueError(f"load_converted: {path}/config.json has no 'mhc' entry")
+    if settings.get("format") != 1 or settings.get("reduce") != "mean":
+        raise ValueError(f"load_converted: mlx supports format 1 with reduce='mean', got {settings}")
+    blocks = [b for seg in settings.get("segments", []) for b in seg["blocks"]]
+    if any(not b.startswith("model.layers.") for b in blocks):
+        raise ValueError(f"load_converted: mlx converts decoder layers only, the file converted {blocks}")
+    model, _ = load_model(Path(os.fspath(path)), strict=False)
+    convert(model, settings["n"], variant=settings["variant"], **settings["config"])
+    weights = {}
+    for f in sorted(glob.glob(os.path.join(os.fspath(path), "model*.safetensors"))):
+        weights.update(mx.load(f))
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
+    model.load_weights(list(weights.items()), strict=True)
+    return model

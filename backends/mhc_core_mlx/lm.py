@@ -1,0 +1,190 @@
+"""The depth sweep's tiny transformer LM on MLX, and its training step.
+
+Model and parameter names: `mhc_core.experiments.lm_config` (shared with `mhc_core_torch.lm`, so one
+`init_lm_params(cfg)` dict loads into both and gives the same logits). Every attention
+and MLP sub-layer is wrapped by `mhc_core_mlx.MHC` of the config's variant.
+
+`Trainer.step` is the contract `scripts/depth_sweep.py` drives on both backends:
+forward + backward on one batch, the gradient norms, a non-finite check (a NaN / Inf loss
+or gradient skips the update and is reported, never raised), then one Adam step.
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+
+import mhc_core
+from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+
+from .modules import MHC
+from .state import load_state, module_state
+from .training.recompute import run_layers
+
+
+class Attention(nn.Module):
+    """f(h) = proj(causal multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        b, t, c = h.shape
+        d = c // self.n_heads
+        q, k, v = mx.split(self.qkv(self.norm(h)), 3, axis=-1)  # 3 x [B, T, C]
+        q, k, v = (a.reshape(b, t, self.n_heads, d).transpose(0, 2, 1, 3) for a in (q, k, v))
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(d), mask="causal")
+        return self.proj(o.transpose(0, 2, 1, 3).reshape(b, t, c))  # [B, T, C]
+
+
+class MLP(nn.Module):
+    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(cfg.dim, cfg.hidden, bias=False)
+        self.fc2 = nn.Linear(cfg.hidden, cfg.dim, bias=False)
+
+    def __call__(self, h: mx.array) -> mx.array:
+        return self.fc2(nn.silu(self.fc1(self.norm(h))))
+
+
+class Block(nn.Module):
+    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]."""
+
+    def __init__(self, cfg: LMConfig, compiled: bool = False):
+        super().__init__()
+        kw = dict(variant=cfg.variant, compiled=compiled, **cfg.mhc_kwargs())
+        self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
+        self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
+
+
+class TinyLM(nn.Module):
+    """tokens [B, T] int -> logits [B, T, V]; see mhc_core.experiments.lm_config for the layout.
+
+    `params`: a dict from `init_lm_params` / `module_state` to load (default: a fresh
+    `init_lm_params(cfg)`). `compiled`: mx.compile the mixing math of every MHC.
+    """
+
+    def __init__(self, cfg: LMConfig, params: dict | None = None, *, compiled: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        self.pos_embed = nn.Embedding(cfg.seq_len, cfg.dim)
+        self.blocks = [Block(cfg, compiled) for _ in range(cfg.n_layers)]
+        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        self.recompute = 0  # mixing layers per recomputed block (paper 4.3); 0 = keep all activations
+        load_state(self, init_lm_params(cfg) if params is None else params)
+
+    def mixing_layers(self) -> list[MHC]:
+        return [m for b in self.blocks for m in (b.attn, b.mlp)]
+
+    def forward_recording(self, tokens: mx.array, rows: int = 0) -> tuple[mx.array, list[mx.array]]:
+        """(logits [B, T, V], inputs): inputs[l] is the stream state entering mixing layer
+        l for the first `rows` batch rows, [rows, T, n, C] (empty list when rows = 0)."""
+        t = tokens.shape[1]
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
+        x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
+        # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
+        x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
+        logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
+        return logits, inputs
+
+    def __call__(self, tokens: mx.array) -> mx.array:
+        return self.forward_recording(tokens)[0]
+
+    def res_matrices(self, tokens, rows: int | None = None) -> list[np.ndarray]:
+        """Each mixing layer's res [rows, T, n, n] (numpy float64) for `tokens`, computed
+        by mhc_core.coefficients from the recorded layer inputs (one implementation for
+        both backends; 'residual' gives the 1x1 identity)."""
+        tokens = mx.array(np.asarray(tokens, dtype=np.int32))
+        _, inputs = self.forward_recording(tokens, rows or tokens.shape[0])
+        return mixing_matrices(self.cfg, [np.array(x) for x in inputs], mixing_state(self))
+
+
+def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
+    """The mixing parameters (phi, bias, alpha of every layer) as numpy."""
+    return {k: np.array(v) for k, v in tree_flatten(model.parameters())
+            if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha") and ".layer." not in k}
+
+
+def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T]."""
+    ce = nn.losses.cross_entropy(logits, targets, reduction="none")  # [B, T]
+    return (ce * mask).sum() / (ce.shape[0] * mask.sum())
+
+
+class Trainer:
+    """Adam (bias-corrected, as torch.optim.Adam) on a TinyLM built from `params`.
+
+    grad_clip > 0 clips the total gradient norm to it (0: off, the default, so the
+    sweep sees the raw dynamics).
+    """
+
+    def __init__(self, cfg: LMConfig, params: dict | None = None, *, lr: float = 1e-3,
+                 betas=(0.9, 0.999), eps: float = 1e-8, grad_clip: float = 0.0, compiled: bool = False):
+        self.cfg = cfg
+        self.model = TinyLM(cfg, params, compiled=compiled)
+        self.opt = optim.Adam(learning_rate=lr, betas=list(betas), eps=eps, bias_correction=True)
+        self.grad_clip = float(grad_clip)
+        self.names = layer_names(cfg)
+
+        def loss_fn(inputs, targets, mask, rows):
+            logits, recorded = self.model.forward_recording(inputs, rows)
+            return masked_cross_entropy(logits, targets, mask), recorded
+
+        self._value_and_grad = nn.value_and_grad(self.model, loss_fn)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return module_state(self.model)
+
+    def step(self, inputs, targets, mask, *, lr: float, record_rows: int = 0) -> dict:
+        """One training step on numpy `inputs`/`targets [B, T]`, `mask [T]`.
+
+        Returns loss, grad_norm (total L2), layer_grad_norm (per mixing layer: L2 norm of
+        the wrapped sub-layer's weight gradients, `blocks.i.{attn,mlp}.layer.*`),
+        mixing_grad_norm (phi/bias/alpha), nonfinite_loss, nonfinite_grad_tensors,
+        skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
+        as they were for this forward (before the update).
+        """
+        x, y = mx.array(inputs.astype(np.int32)), mx.array(targets.astype(np.int32))
+        m = mx.array(mask.astype(np.float32))
+        (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
+        flat = tree_flatten(grads)
+        sq = mx.stack([(g.astype(mx.float32) ** 2).sum() for _, g in flat])
+        mx.eval(loss, sq, recorded)
+        sq = np.array(sq).astype(np.float64)
+        out = grad_norms([k for k, _ in flat], sq, self.names)
+        out["loss"] = float(loss.item())
+        out["nonfinite_loss"] = not math.isfinite(out["loss"])
+        out["skipped"] = out["nonfinite_loss"] or out["nonfinite_grad_tensors"] > 0
+        if record_rows:
+            out["layer_inputs"] = [np.array(a.astype(mx.float32)) for a in recorded]  # bf16: exact upcast
+            out["mixing_state"] = mixing_state(self.model)
+        if not out["skipped"]:
+            if self.grad_clip > 0 and out["grad_norm"] > self.grad_clip:
+                grads = _scale(grads, self.grad_clip / out["grad_norm"])
+            self.opt.learning_rate = lr
+            self.opt.update(self.model, grads)
+            mx.eval(self.model.parameters(), self.opt.state)
+        return out
+
+
+def _scale(tree, s: float):
+    if isinstance(tree, dict):
+        return {k: _scale(v, s) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_scale(v, s) for v in tree]
+    return tree * s

@@ -1,0 +1,74 @@
+"""What an MLX training checkpoint holds: model, optimizer, RNG (and the caller's meta).
+
+Same file format and contract as `mhc_core_torch.training.checkpoint` (see `mhc_core.experiments.checkpoints`):
+
+    tensors  model/<name>            every parameter (tree_flatten names; bfloat16 stored as
+                                     float32, exact; dtype in meta["dtypes"])
+             optim/<name>            the optimizer's state tree (Adam: step, learning_rate,
+                                     <param>.m, <param>.v)
+             rng/mlx                 the global PRNG key [2] uint32
+    meta     dtypes
+
+MLX's global key cannot be assigned, but `mx.random.seed(s)` sets it to
+[s >> 32, s & 0xffffffff], so restoring seeds with the saved key's two words.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mhc_core.experiments.checkpoints import CheckpointStore, Loaded, RunCheckpointer  # noqa: F401 (re-export)
+
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16, "float64": mx.float64,
+           "int32": mx.int32, "int64": mx.int64, "uint32": mx.uint32, "uint64": mx.uint64, "bool": mx.bool_}
+
+
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")
+
+
+def _to_numpy(a: mx.array, name: str, dtypes: dict) -> np.ndarray:
+    dtypes[name] = _name(a.dtype)
+    if a.dtype == mx.bfloat16:
+        a = a.astype(mx.float32)  # numpy has no bfloat16; exact, undone on restore
+    with mx.stream(mx.cpu):
+        return np.array(a)
+
+
+def _to_mlx(a: np.ndarray, name: str, dtypes: dict) -> mx.array:
+    out = mx.array(a)
+    want = _DTYPES.get(dtypes.get(name, ""))
+    return out.astype(want) if want is not None and out.dtype != want else out
+
+
+def capture(model: nn.Module, optimizer=None, meta: dict | None = None):
+    """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
+    dtypes: dict[str, str] = {}
+    mx.eval(model.parameters(), optimizer.state if optimizer is not None else [])
+    tensors = {f"model/{k}": _to_numpy(v, f"model/{k}", dtypes) for k, v in tree_flatten(model.parameters())}
+    if optimizer is not None:
+        tensors.update({f"optim/{k}": _to_numpy(v, f"optim/{k}", dtypes) for k, v in tree_flatten(optimizer.state)})
+    tensors["rng/mlx"] = np.array(mx.random.state[0]).astype(np.uint32)
+    return tensors, {**(meta or {}), "dtypes": dtypes, "has_optimizer": optimizer is not None}
+
+
+def restore(model: nn.Module, optimizer, tensors: dict, meta: dict) -> None:
+    """Put back what `capture` took (strict: the model's parameter names must match)."""
+    dtypes = meta.get("dtypes", {})
+    params = [(k[len("model/"):], _to_mlx(v, k, dtypes)) for k, v in tensors.items() if k.startswith("model/")]
+    have = {k for k, _ in tree_flatten(model.parameters())}
+    got = {k for k, _ in params}
+    if have != got:
+        raise ValueError(f"checkpoint does not match the model: missing {sorted(have - got)}, "
+                         f"unexpected {sorted(got - have)}")
+    model.update(tree_unflatten(params))
+    if optimizer is not None:
+        if not meta.get("has_optimizer"):
+            raise ValueError("this checkpoint holds no optimizer state (captured without an optimizer)")
+        state = [(k[len("optim/"):], _to_mlx(v, k, dtypes)) for k, v in tensors.items() if k.startswith("optim/")]
+        optimizer.state = tree_unflatten(state)
+    hi, lo = (int(v) for v in np.asarray(tensors["rng/mlx"], dtype=np.uint64))
+    mx.random.seed((hi << 32) | lo)
+    mx.eval(model.parameters(), optimizer.state if optimizer is not None else [])

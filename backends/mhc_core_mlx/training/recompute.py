@@ -1,0 +1,56 @@
+"""Memory: keep only each block-of-layers' input stream, recompute the rest in backward (MLX).
+
+Same scheme and block size as `mhc_core_torch.training.recompute` (paper §4.3,
+L_r* = sqrt(n L / (n + 2))), built on `mlx.nn.utils.checkpoint`, which wraps
+`mx.checkpoint` so that the gradient also flows to the group's parameters: a group of
+`block` consecutive layers becomes one checkpointed call that keeps its input and
+recomputes its intermediates when the gradient is taken.
+
+MLX is lazy: nothing is computed until `mx.eval`, and the graph it evaluates holds
+whatever the transforms keep; `mx.checkpoint` marks the group so its VJP recomputes the
+forward instead of holding its intermediates.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mhc_core.recompute import paper_block_size, resolve_block  # noqa: F401 (re-exported)
+
+
+class _Group(nn.Module):
+    """Consecutive layers as one module, so nn.utils.checkpoint sees all their parameters."""
+
+    def __init__(self, layers: Sequence[Callable], record_rows: int):
+        super().__init__()
+        self.layers = list(layers)
+        self.record_rows = record_rows
+
+    def __call__(self, x: mx.array):
+        recorded = []
+        for layer in self.layers:
+            if self.record_rows:
+                recorded.append(mx.stop_gradient(x[: self.record_rows]))  # [rows, T, n, C]
+            x = layer(x)
+        return (x, *recorded)
+
+
+def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
+               record_rows: int = 0) -> tuple[mx.array, list[mx.array]]:
+    """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
+
+    block = 0: plain. block = k >= 1: groups of k layers, each under nn.utils.checkpoint.
+    record_rows > 0: also each layer's input for the first rows (stop_gradient), as in torch.
+    """
+    layers = list(layers)
+    if not block:
+        out = _Group(layers, record_rows)(x)
+        return out[0], list(out[1:])
+    recorded: list[mx.array] = []
+    for start in range(0, len(layers), block):
+        group = _Group(layers[start:start + block], record_rows)
+        out = nn.utils.checkpoint(group)(x)
+        x, recorded = out[0], recorded + list(out[1:])
+    return x, recorded

@@ -1,0 +1,131 @@
+"""Convert a trained transformers decoder (Llama, Qwen2, Qwen3, ...) to mHC, save and load it.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    mhc_core_torch.convert(model, n=4)              # in place; logits unchanged (warm start)
+    ... train ...
+    model.save_pretrained(path)                # config.json gets "mhc": {...}
+    model = mhc_core_torch.load_converted(path)     # the same model back, bit for bit
+
+Every decoder layer's attention and MLP residual becomes an mHC step (blocks.py), the
+first layer expands the embedding into n streams and the last reduces them (mean) before
+the model's final norm. The mHC parameters start at the exact warm start of
+`mhc_core.init_params` (pre = 1/n, post = 1, phi = 0, res doubly stochastic): with equal
+streams every step computes x + f(x) again, so the logits match the original's up to
+float32 rounding. Integrations default to sinkhorn_eps = 0 (exactly doubly stochastic
+res; DeepSeek's 1e-6 makes each column sum to 1 - 1e-6, a drift that grows with depth).
+
+Loading: `config.mhc` records n, the variant, the MHCConfig and which blocks were
+converted. `load_converted(path, **kwargs)` makes a subclass of the class named in
+`config.architectures` (same name, so a second save_pretrained writes the same config)
+whose __init__ re-applies the conversion, and calls its `from_pretrained`: dtype,
+device_map and sharded checkpoints work as usual (mHC parameters stay float32 under
+dtype=bfloat16, and no converted block is split across devices). A plain
+`AutoModelForCausalLM.from_pretrained(path)` would load the original architecture and
+report the `*_mhc.*` tensors as unexpected: use load_converted.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from torch import nn
+
+from .blocks import is_converted
+from .inject import check_settings, convert_segments, record
+from .recipes import PRE_NORM_DECODER, RECIPES
+
+
+def _decoder_stack(model: nn.Module) -> list[str]:
+    """Names of the decoder layers the model's forward runs: the ModuleList of pre-LN
+    decoder blocks (its first config.num_hidden_layers entries)."""
+    stacks = [
+        name for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and all(PRE_NORM_DECODER.matches(b) for b in m)
+    ]
+    if len(stacks) != 1:
+        lists = [(name, type(m[0]).__name__) for name, m in model.named_modules()
+                 if isinstance(m, nn.ModuleList) and len(m) > 0]
+        if stacks:
+            raise ValueError(f"convert: found several decoder stacks {stacks}; use mhc_core_torch.inject(model, target=...)")
+        if any(is_converted(m) for m in model.modules()):
+            raise ValueError("convert: this model is already converted to mHC")
+        raise ValueError(
+            "convert: no stack of pre-LN decoder layers (children exactly input_layernorm, self_attn, "
+            f"post_attention_layernorm, mlp) in {type(model).__name__}; its ModuleLists hold {lists}. "
+            "For other block shapes see mhc_core_torch.inject and its recipes."
+        )
+    name = stacks[0]
+    layers = model.get_submodule(name)
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None) or len(layers)
+    return [f"{name}.{i}" if name else str(i) for i in range(min(count, len(layers)))]
+
+
+def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", impl: str = "auto",
+            init: dict | None = None, **cfg) -> nn.Module:
+    """Convert a pre-LN decoder model to mHC in place and return it.
+
+    n: streams (paper's expansion rate); variant 'mhc' | 'hc'; reduce 'mean' (default) or
+    'head' (a learned StreamHead, starting as the mean); impl 'auto' | 'reference' |
+    'triton'; init: {'phi','bias','alpha'} for every step (default: exact warm start);
+    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
+    """
+    full_cfg = check_settings(n, variant, reduce, cfg)
+    names = _decoder_stack(model)
+    segments = convert_segments(model, [names], PRE_NORM_DECODER, n=n, variant=variant, reduce=reduce,
+                                impl=impl, init=init, cfg=full_cfg)
+    record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
+    return model
+
+
+def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.Module:
+    """Re-apply a recorded conversion (config.mhc) to a freshly built model."""
+    if settings.get("format") != 1:
+        raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads format 1")
+    cfg = settings["config"]
+    for segment in settings["segments"]:
+        convert_segments(model, [segment["blocks"]], RECIPES[segment["recipe"]], n=settings["n"],
+                         variant=settings["variant"], reduce=settings["reduce"], impl=impl, init=None, cfg=cfg)
+    record(model, n=settings["n"], variant=settings["variant"], reduce=settings["reduce"], cfg=cfg, segments=[])
+    model.config.mhc = settings
+    return model
+
+
+_LOADERS: dict[type, type] = {}
+
+
+def converted_class(base: type) -> type:
+    """A subclass of the transformers class `base` (same name) whose __init__ re-applies
+    `config.mhc`, so its from_pretrained / from_config build the converted model."""
+    if base not in _LOADERS:
+        def __init__(self, config, *args, **kwargs):
+            base.__init__(self, config, *args, **kwargs)
+            settings = getattr(config, "mhc", None)
+            if settings:
+                apply_settings(self, settings, impl=getattr(type(self), "_mhc_impl", "auto"))
+
+        _LOADERS[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
+    return _LOADERS[base]
+
+
+def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
+    """Load a model saved after `convert` / `inject` (a save_pretrained directory).
+
+    kwargs go to `from_pretrained` (dtype, device_map, ...). The class is the one named
+    in config.json's `architectures`, looked up in transformers.
+    """
+    import transformers
+
+    config_path = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"load_converted: no config.json in {os.fspath(path)!r}")
+    with open(config_path) as fh:
+        raw = json.load(fh)
+    if not raw.get("mhc"):
+        raise ValueError(f"load_converted: {config_path} has no 'mhc' entry; was the model converted before saving?")
+    arch = (raw.get("architectures") or [None])[0]
+    base = getattr(transformers, arch, None) if arch else None
+    if base is None:
+        raise ValueError(f"load_converted: config.json names architecture {arch!r}, which transformers does not have")
+    cls = converted_class(base)
+    cls._mhc_impl = impl
+    return cls.from_pretrained(path, **kwargs)

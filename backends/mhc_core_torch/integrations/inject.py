@@ -1,0 +1,137 @@
+"""`inject(model, target, n)`: turn every matching residual block of any model into mHC blocks.
+
+Matching blocks that sit next to each other in one `nn.ModuleList` / `nn.Sequential`
+(an encoder or decoder stack) form one segment: its first block expands the hidden
+state into n streams, its last reduces them (mean, or a learned StreamHead), and the
+streams flow through every block in between. A matching block on its own is a segment
+of one. The rest of the model sees [B, T, C] as before.
+
+The settings are written to `model.config.mhc` (when the model has a config) so that a
+saved model can be rebuilt by `mhc_core_torch.load_converted` (see convert.py).
+"""
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+import mhc_core
+from mhc_core import checks
+
+from .blocks import REDUCTIONS, convert_block, is_converted
+from .recipes import RECIPES, Recipe, recipe_for
+
+FORMAT_VERSION = 1
+
+
+def _matcher(target):
+    if isinstance(target, str):
+        return lambda m: type(m).__name__ == target
+    if isinstance(target, type) or (isinstance(target, tuple) and all(isinstance(t, type) for t in target)):
+        return lambda m: isinstance(m, target)
+    raise TypeError(f"target must be a class name (str) or a module class, got {target!r}")
+
+
+def _segments(model: nn.Module, names: list[str]) -> list[list[str]]:
+    """Group matched module names into runs of consecutive entries of one ModuleList / Sequential."""
+    modules = dict(model.named_modules())
+    segments: list[list[str]] = []
+    prev_parent, prev_index = None, None
+    for name in names:
+        parent, _, last = name.rpartition(".")
+        in_list = isinstance(modules.get(parent), (nn.ModuleList, nn.Sequential)) and last.isdigit()
+        index = int(last) if in_list else None
+        if in_list and segments and parent == prev_parent and index == prev_index + 1:
+            segments[-1].append(name)
+        else:
+            segments.append([name])
+        prev_parent, prev_index = (parent, index) if in_list else (None, None)
+    return segments
+
+
+def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe | None, *, n: int,
+                     variant: str, reduce: str, impl: str, init: dict | None, cfg: dict) -> list[dict]:
+    """Convert each segment's blocks; returns the segments as recorded in config.mhc."""
+    modules = dict(model.named_modules())
+    recorded = []
+    for segment in segments:
+        blocks = [modules[name] for name in segment]
+        used = recipe or recipe_for(blocks[0])
+        for name, block in zip(segment, blocks):
+            if not used.matches(block):
+                raise ValueError(f"{name} ({type(block).__name__}) does not have the structure of recipe {used.name!r}")
+        for i, (name, block) in enumerate(zip(segment, blocks)):
+            convert_block(block, used, n=n, variant=variant, init=init, impl=impl, position=name,
+                          expand=(i == 0), reduce=reduce if i == len(blocks) - 1 else None, **cfg)
+        untested = sorted({type(b).__name__.removeprefix("MHC") for b in blocks} - set(used.tested))
+        if untested:
+            warnings.warn(f"mHC: {untested} converted with recipe {used.name!r} by structure only (tested on "
+                          f"{list(used.tested)}); check the warm start, e.g. compare logits with the original",
+                          stacklevel=3)
+        recorded.append({"recipe": used.name, "blocks": segment})
+    return recorded
+
+
+def check_settings(n, variant, reduce, cfg: dict) -> dict:
+    """Validate the shared arguments; returns the full MHCConfig as a dict."""
+    checks.streams(n)
+    checks.variant(variant)
+    if variant == "residual" and n != 1:
+        raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    known = sorted(mhc_core.MHCConfig().as_dict())
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise TypeError(f"unknown mHC settings {sorted(unknown)}; expected some of {known}")
+    # Integrations default to sinkhorn_eps = 0 (log-domain Sinkhorn, exactly doubly
+    # stochastic): with eps = 1e-6 every column of res sums to 1 - ~1e-6, the residual
+    # shrinks by that much per step, and a 24-layer Llama's logits drift by 1.5e-4 at the
+    # warm start (1.2e-5 with eps = 0). Pass sinkhorn_eps=1e-6 for DeepSeek-V4's value.
+    return mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
+
+
+def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
+    """Append the conversion to model.config.mhc (used by load_converted to rebuild the model)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    previous = getattr(config, "mhc", None) or {}
+    settings = {"format": FORMAT_VERSION, "n": n, "variant": variant, "reduce": reduce, "config": cfg,
+                "segments": list(previous.get("segments", [])) + segments}
+    if previous and any(previous.get(k) != settings[k] for k in ("n", "variant", "reduce", "config")):
+        raise ValueError(f"model was already converted with different settings {previous}")
+    config.mhc = settings
+    # from_pretrained(dtype=bf16) keeps these float32; device_map must not split a block.
+    for attr, add in (("_keep_in_fp32_modules_strict", {"attn_mhc", "mlp_mhc", "mhc_head"}),
+                      ("_no_split_modules", {type(m).__name__ for m in model.modules() if is_converted(m)})):
+        current = getattr(model, attr, None)
+        if isinstance(current, set):
+            current.update(add)
+
+
+def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce: str = "mean",
+           impl: str = "auto", init: dict | None = None, recipe: str | None = None, **cfg) -> nn.Module:
+    """Make every module matching `target` (class name or class) an mHC block, in place.
+
+    n: streams; variant: 'mhc' | 'hc' | 'residual' (n=1); reduce: 'mean' | 'head' at the
+    end of each segment; impl: 'auto' | 'reference' | 'triton'; init: one
+    {'phi','bias','alpha'} dict for every step (default: the exact warm start of
+    mhc_core.init_params); recipe: force a recipe name (default: found by structure);
+    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
+    Returns `model`.
+    """
+    full_cfg = check_settings(n, variant, reduce, cfg)
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+    match = _matcher(target)
+    names = [name for name, m in model.named_modules() if match(m) and not is_converted(m)]
+    if not names:
+        raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
+    nested = [b for b in names if any(b.startswith(a + ".") for a in names if a != b)]
+    if nested:
+        raise ValueError(f"inject: target {target!r} matches modules nested in other matches: {nested[:3]}")
+    segments = convert_segments(model, _segments(model, names), RECIPES.get(recipe), n=n, variant=variant,
+                                reduce=reduce, impl=impl, init=init, cfg=full_cfg)
+    record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
+    return model

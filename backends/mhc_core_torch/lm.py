@@ -1,0 +1,181 @@
+"""The depth sweep's tiny transformer LM on PyTorch, and its training step.
+
+Model and parameter names: `mhc_core.experiments.lm_config` (shared with `mhc_core_mlx.lm`, so one
+`init_lm_params(cfg)` dict loads into both and gives the same logits). Every attention
+and MLP sub-layer is wrapped by `mhc_core_torch.MHC` of the config's variant.
+
+`Trainer.step` is the contract `scripts/depth_sweep.py` drives on both backends:
+forward + backward on one batch, the gradient norms, a non-finite check (a NaN / Inf loss
+or gradient skips the update and is reported, never raised), then one Adam step.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mhc_core
+from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+
+from .modules import MHC
+from .state import load_state, module_state
+from .training.recompute import run_layers
+
+
+class Attention(nn.Module):
+    """f(h) = proj(causal multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, c = h.shape
+        d = c // self.n_heads
+        q, k, v = self.qkv(self.norm(h)).split(c, dim=-1)  # 3 x [B, T, C]
+        q, k, v = (a.reshape(b, t, self.n_heads, d).transpose(1, 2) for a in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(d))
+        return self.proj(o.transpose(1, 2).reshape(b, t, c))  # [B, T, C]
+
+
+class MLP(nn.Module):
+    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(cfg.dim, cfg.hidden, bias=False)
+        self.fc2 = nn.Linear(cfg.hidden, cfg.dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(self.norm(h))))
+
+
+class Block(nn.Module):
+    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        kw = dict(variant=cfg.variant, **cfg.mhc_kwargs())
+        self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
+        self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
+
+
+class TinyLM(nn.Module):
+    """tokens [B, T] int -> logits [B, T, V]; see mhc_core.experiments.lm_config for the layout.
+
+    `params`: a dict from `init_lm_params` / `module_state` to load (default: a fresh
+    `init_lm_params(cfg)`).
+    """
+
+    def __init__(self, cfg: LMConfig, params: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        self.pos_embed = nn.Embedding(cfg.seq_len, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        self.recompute = 0  # mixing layers per recomputed block (paper 4.3); 0 = keep all activations
+        load_state(self, init_lm_params(cfg) if params is None else params)
+
+    def mixing_layers(self) -> list[MHC]:
+        return [m for b in self.blocks for m in (b.attn, b.mlp)]
+
+    def forward_recording(self, tokens: torch.Tensor, rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits [B, T, V], inputs): inputs[l] is the stream state entering mixing layer
+        l for the first `rows` batch rows, [rows, T, n, C] (empty list when rows = 0)."""
+        t = tokens.shape[1]
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
+        x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
+        # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
+        x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
+        logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
+        return logits, inputs
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_recording(tokens)[0]
+
+    @torch.no_grad()
+    def res_matrices(self, tokens, rows: int | None = None) -> list[np.ndarray]:
+        """Each mixing layer's res [rows, T, n, n] (numpy float64) for `tokens`, computed
+        by mhc_core.coefficients from the recorded layer inputs (one implementation for
+        both backends; 'residual' gives the 1x1 identity)."""
+        tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+        _, inputs = self.forward_recording(tokens, rows or tokens.shape[0])
+        return mixing_matrices(self.cfg, [x.numpy() for x in inputs], mixing_state(self))
+
+
+def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
+    """The mixing parameters (phi, bias, alpha of every layer) as numpy copies."""
+    return {k: v.detach().numpy().copy() for k, v in model.named_parameters()
+            if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha") and ".layer." not in k}
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T]."""
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
+    return (ce * mask).sum() / (ce.shape[0] * mask.sum())
+
+
+class Trainer:
+    """torch.optim.Adam on a TinyLM built from `params` (same update as mhc_core_mlx.lm.Trainer).
+
+    grad_clip > 0 clips the total gradient norm to it (0: off, the default, so the
+    sweep sees the raw dynamics).
+    """
+
+    def __init__(self, cfg: LMConfig, params: dict | None = None, *, lr: float = 1e-3,
+                 betas=(0.9, 0.999), eps: float = 1e-8, grad_clip: float = 0.0):
+        self.cfg = cfg
+        self.model = TinyLM(cfg, params)
+        self.params = list(self.model.named_parameters())
+        self.opt = torch.optim.Adam([p for _, p in self.params], lr=lr, betas=tuple(betas), eps=eps)
+        self.grad_clip = float(grad_clip)
+        self.names = layer_names(cfg)
+        self.forward = self.model.forward_recording  # training.distributed routes this through DDP
+
+    def state(self) -> dict[str, np.ndarray]:
+        return module_state(self.model)
+
+    def step(self, inputs, targets, mask, *, lr: float, record_rows: int = 0) -> dict:
+        """One training step on numpy `inputs`/`targets [B, T]`, `mask [T]`.
+
+        Returns loss, grad_norm (total L2), layer_grad_norm (per mixing layer: L2 norm of
+        the wrapped sub-layer's weight gradients, `blocks.i.{attn,mlp}.layer.*`),
+        mixing_grad_norm (phi/bias/alpha), nonfinite_loss, nonfinite_grad_tensors,
+        skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
+        as they were for this forward (before the update).
+        """
+        x = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
+        y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        self.opt.zero_grad(set_to_none=True)
+        logits, recorded = self.forward(x, record_rows)
+        loss = masked_cross_entropy(logits, y, m)
+        loss.backward()
+        grads = [(k, p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in self.params]
+        sq = torch.stack([g.float().pow(2).sum() for _, g in grads]).numpy().astype(np.float64)
+        out = grad_norms([k for k, _ in grads], sq, self.names)
+        out["loss"] = float(loss.item())
+        out["nonfinite_loss"] = not math.isfinite(out["loss"])
+        out["skipped"] = out["nonfinite_loss"] or out["nonfinite_grad_tensors"] > 0
+        if record_rows:
+            out["layer_inputs"] = [a.float().numpy() for a in recorded]  # bf16 runs: exact upcast
+            out["mixing_state"] = mixing_state(self.model)
+        if not out["skipped"]:
+            if self.grad_clip > 0 and out["grad_norm"] > self.grad_clip:
+                for _, p in self.params:
+                    p.grad.mul_(self.grad_clip / out["grad_norm"])
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.step()
+        return out

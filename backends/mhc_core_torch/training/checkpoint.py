@@ -1,0 +1,102 @@
+"""What a torch training checkpoint holds: model, optimizer, RNG (and the caller's meta).
+
+`capture(model, optimizer)` -> (tensors, meta) for `mhc_core.experiments.checkpoints` (safetensors +
+JSON, atomic, checksummed); `restore(model, optimizer, tensors, meta)` puts it all back,
+so that training continues bit for bit as if never stopped (on a deterministic backend).
+
+    tensors  model/<name>            every state_dict entry (bfloat16 stored as float32,
+                                     exact; its dtype is in meta["dtypes"])
+             optim/<index>/<key>     optimizer state tensors (Adam: step, exp_avg, exp_avg_sq)
+             rng/torch, rng/cuda/<i>, rng/numpy
+    meta     optim_param_groups, optim_scalars, rng_python, rng_numpy, dtypes
+
+Data position, step counters and anything else of the caller's go in the meta it passes.
+Single-process (or DDP, saved by rank 0) models; FSDP2-sharded parameters are DTensors:
+save those with torch.distributed.checkpoint.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from mhc_core.experiments.checkpoints import CheckpointStore, Loaded, RunCheckpointer  # noqa: F401 (re-export)
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float64, torch.float32, torch.bfloat16,
+                                                     torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)}
+
+
+def _to_numpy(t: torch.Tensor, name: str, dtypes: dict) -> np.ndarray:
+    t = t.detach().cpu()
+    if hasattr(t, "full_tensor"):
+        raise TypeError(f"{name} is a sharded DTensor (FSDP2): use torch.distributed.checkpoint for sharded runs")
+    dtypes[name] = str(t.dtype).removeprefix("torch.")
+    if t.dtype == torch.bfloat16:
+        t = t.float()  # numpy has no bfloat16; the upcast is exact and undone on restore
+    return t.numpy().copy()
+
+
+def _to_torch(a: np.ndarray, name: str, dtypes: dict) -> torch.Tensor:
+    t = torch.from_numpy(np.array(a))
+    want = dtypes.get(name)
+    return t.to(_DTYPES[want]) if want in _DTYPES else t
+
+
+def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None):
+    """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
+    dtypes: dict[str, str] = {}
+    tensors = {f"model/{k}": _to_numpy(v, f"model/{k}", dtypes) for k, v in model.state_dict().items()}
+    out_meta = dict(meta or {})
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars = {}
+        for pid, state in sd["state"].items():
+            for key, value in state.items():
+                name = f"optim/{pid}/{key}"
+                if isinstance(value, torch.Tensor):
+                    tensors[name] = _to_numpy(value, name, dtypes)
+                else:
+                    scalars[name] = value
+        out_meta["optim_param_groups"] = sd["param_groups"]
+        out_meta["optim_scalars"] = scalars
+    tensors["rng/torch"] = torch.get_rng_state().numpy().copy()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s.numpy().copy()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng/numpy"] = np.asarray(keys)
+    out_meta["rng_numpy"] = [kind, int(pos), int(has_gauss), float(cached)]
+    version, internal, gauss = random.getstate()
+    out_meta["rng_python"] = [version, list(internal), gauss]
+    out_meta["dtypes"] = dtypes
+    return tensors, out_meta
+
+
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: dict, meta: dict) -> None:
+    """Put back what `capture` took (strict: the model's names must match exactly)."""
+    dtypes = meta.get("dtypes", {})
+    state = {k[len("model/"):]: _to_torch(v, k, dtypes) for k, v in tensors.items() if k.startswith("model/")}
+    model.load_state_dict(state, strict=True)
+    if optimizer is not None:
+        if "optim_param_groups" not in meta:
+            raise ValueError("this checkpoint holds no optimizer state (captured without an optimizer)")
+        opt_state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, pid, key = k.split("/", 2)
+                opt_state.setdefault(int(pid), {})[key] = _to_torch(v, k, dtypes)
+        for k, v in meta.get("optim_scalars", {}).items():
+            _, pid, key = k.split("/", 2)
+            opt_state.setdefault(int(pid), {})[key] = v
+        optimizer.load_state_dict({"state": dict(sorted(opt_state.items())),
+                                   "param_groups": meta["optim_param_groups"]})
+    torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"], dtype=np.uint8)))
+    cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(tensors[k], dtype=np.uint8)) for k in cuda])
+    kind, pos, has_gauss, cached = meta["rng_numpy"]
+    np.random.set_state((kind, np.asarray(tensors["rng/numpy"], dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["rng_python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,183 @@
+"""Data-parallel training of mHC models on torch's own engines: DDP and FSDP2.
+
+No communication code of ours: gradients are averaged by `DistributedDataParallel`'s
+reducer, or reduce-scattered by FSDP2 (`torch.distributed.fsdp.fully_shard`). The mHC
+modules are ordinary nn.Modules whose parameters (phi, bias, alpha, layer.*) shard and
+all-reduce like any others; this file only sets the process group up and wraps.
+
+    # torchrun --nproc_per_node 2 train.py
+    info = init_from_env()                     # rank / world from torchrun's variables
+    model = TinyLM(cfg)
+    model = wrap_ddp(model, info)              # or: apply_fsdp(model) (shards in place)
+    x, y = shard_batch((x, y), info)           # this rank's slice of the global batch
+
+With equal slices and a loss that is a mean over rows, the averaged gradient equals the
+single-process gradient of the global batch, up to float32 rounding of the sum order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mhc_core.experiments.tasks import shard_batch  # noqa: F401 (re-exported: D.shard_batch)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank in [0, world), local_rank on its node, its device."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another launcher) set WORLD_SIZE > 1 for this process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(backend: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT); a plain `python script.py` gets a single-process DistInfo.
+
+    backend: default 'nccl' when CUDA is available, else 'gloo'. On CUDA each process
+    uses GPU `LOCAL_RANK`.
+    """
+    if not launched_by_torchrun():
+        return DistInfo(device="cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"))
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local,
+                    device=f"cuda:{local}" if cuda else "cpu")
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, **ddp_kwargs) -> nn.Module:
+    """`DistributedDataParallel(model)` on this rank's device (the model itself when world = 1)."""
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    model.to(info.device)
+    ids = [info.local_rank] if info.device.startswith("cuda") else None
+    return DistributedDataParallel(model, device_ids=ids, **ddp_kwargs)
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards as units: every mixing layer (`model.mixing_layers()`, or
+    every `mhc_core_torch.MHC` inside the model). Each unit must be *called* in forward: FSDP2
+    gathers a unit's parameters in its forward pre-hook."""
+    if hasattr(model, "mixing_layers"):
+        return list(model.mixing_layers())
+    from ..modules import MHC
+
+    return [m for m in model.modules() if isinstance(m, MHC)]
+
+
+def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequence[nn.Module] | None = None,
+               **fsdp_kwargs) -> nn.Module:
+    """Shard `model` in place with FSDP2: `fully_shard` each unit, then the root.
+
+    units: default `shard_units(model)` (one per mixing layer: an MHC and the attention /
+    MLP it wraps share one all-gather). fsdp_kwargs go to `fully_shard` (mesh,
+    reshard_after_forward, mp_policy, ...). Mixed precision: an `mp_policy` with
+    param_dtype=bfloat16 would also cast phi / bias / alpha; mhc_core computes the
+    coefficients in float32 either way, but keep those weights float32 by passing
+    per-unit policies if their precision matters to you.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    if info is not None and info.device.startswith("cuda"):
+        model.to(info.device)
+    for unit in shard_units(model) if units is None else units:
+        fully_shard(unit, **fsdp_kwargs)
+    fully_shard(model, **fsdp_kwargs)
+    return model
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter as a full (unsharded) CPU tensor, on every rank (FSDP2 DTensors are
+    gathered with `full_tensor()`; plain and DDP parameters are copied). Names are those
+    of the unwrapped model (DDP's 'module.' prefix removed)."""
+    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    out = {}
+    for name, p in inner.named_parameters():
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name] = t.detach().cpu().clone()
+    return out
+
+
+def mean_over_ranks(value: float, info: DistInfo) -> float:
+    """A scalar averaged over ranks with `dist.all_reduce` (for logging a global loss)."""
+    if not info.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world
+
+
+def shutdown() -> None:
+    """Leave the process group if one was joined, all ranks together.
+
+    The barrier first: a rank that destroys its group while a peer is still in its last
+    collective (or writing results) can take gloo's connection threads down mid-use, which
+    aborts the peer ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class _RecordingForward(nn.Module):
+    """forward(tokens, rows) = model.forward_recording(tokens, rows), so that DDP (which
+    hooks a module's forward) wraps the sweep's recording forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, rows: int = 0):
+        return self.model.forward_recording(tokens, rows)
+
+
+class DataParallelTrainer:
+    """`mhc_core_torch.lm.Trainer` under DDP, same `step` contract as the plain one.
+
+    The trainer's forward goes through DistributedDataParallel (its reducer averages the
+    gradients in backward); `step` takes the *global* batch, trains on this rank's slice,
+    and reports the loss averaged over ranks. Gradient norms, clipping and the non-finite
+    check see the averaged gradients, so every rank skips or updates together. Recorded
+    metric rows are rank 0's first rows, i.e. the global batch's first rows.
+    """
+
+    def __init__(self, trainer, info: DistInfo, **ddp_kwargs):
+        if not hasattr(trainer, "forward"):
+            raise TypeError("the trainer has no `forward` attribute to route through DDP")
+        self.inner, self.info = trainer, info
+        trainer.forward = wrap_ddp(_RecordingForward(trainer.model), info, **ddp_kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, inputs, targets, mask, **kwargs) -> dict:
+        inputs, targets = shard_batch((inputs, targets), self.info)
+        out = self.inner.step(inputs, targets, mask, **kwargs)
+        out["loss"] = mean_over_ranks(out["loss"], self.info)
+        out["nonfinite_loss"] = out["loss"] != out["loss"] or abs(out["loss"]) == float("inf")
+        return out

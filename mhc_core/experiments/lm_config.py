@@ -1,0 +1,231 @@
+"""The tiny transformer LM of the depth sweep, described once for every backend.
+
+`LMConfig` is the model (framework-free); `init_lm_params(cfg)` draws ONE set of numpy
+weights that `mhc_core_torch.lm.TinyLM` and `mhc_core_mlx.lm.TinyLM` both load, under the same
+names and shapes, and `mixing_matrices` turns the layer inputs a backend recorded into
+each layer's `res` via `mhc_core.coefficients` (numpy float64), so the stability metrics
+come from one implementation whatever trained the model.
+
+Model (pre-norm inside each wrapped sub-layer f, DESIGN §1 step around each):
+
+    tokens [B, T] -> embed + pos_embed                          [B, T, C]
+    expand_streams(., n)                                        [B, T, n, C]
+    for each of n_layers blocks:
+        x = MHC(attn)(x)   attn(h) = proj(causal_mha(rmsnorm(h)))      "blocks.i.attn"
+        x = MHC(mlp)(x)    mlp(h)  = fc2(silu(fc1(rmsnorm(h))))        "blocks.i.mlp"
+    reduce_streams (mean over streams) -> rmsnorm (head_norm) -> head   [B, T, V]
+
+Every block is two mixing layers (attention, MLP): layer index 2*i and 2*i + 1.
+Parameter names (flat, dotted, the same in both backends):
+
+    embed.weight [V, C]        pos_embed.weight [T, C]
+    blocks.{i}.attn.layer.norm.weight [C]   .qkv.weight [3C, C]   .proj.weight [C, C]
+    blocks.{i}.mlp.layer.norm.weight  [C]   .fc1.weight [H, C]    .fc2.weight  [C, H]
+    blocks.{i}.{attn,mlp}.{phi, bias, alpha}   (variant 'hc' / 'mhc'; mhc_core.init_params)
+    head_norm.weight [C]       head.weight [V, C]
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .. import checks
+from ..coefficients import coefficients
+from ..config import MHCConfig
+from ..init import init_params, param_shapes
+
+SUBLAYERS = ("attn", "mlp")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Everything that defines the model (not the optimiser or the data).
+
+    variant: 'residual' (x + f(x), one stream), 'hc' (unconstrained hyper-connections)
+    or 'mhc'. n: streams; 'residual' forces 1. n_layers: transformer blocks (each is two
+    mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
+    weights feeding the residual; the output projections (proj, fc2) use
+    init_std / sqrt(2 * n_layers) when scale_out_init (GPT-2). alpha_init, phi_std,
+    res_logit_gap: mhc_core.init_params arguments. iters ... post_scale: MHCConfig.
+    norm_eps: eps of the model's RMSNorms (not the mixing's rms_eps).
+    """
+
+    vocab: int = 64
+    dim: int = 64
+    n_layers: int = 12
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    seq_len: int = 32
+    variant: str = "mhc"
+    n: int = 4
+    init_std: float = 0.02
+    scale_out_init: bool = True
+    norm_eps: float = 1e-6
+    alpha_init: float = 0.01
+    phi_std: float = 0.0
+    res_logit_gap: float = 4.0
+    iters: int = 20
+    rms_eps: float = 1e-6
+    pre_eps: float = 1e-6
+    sinkhorn_eps: float = 1e-6
+    post_scale: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self):
+        checks.variant(self.variant)
+        if self.variant == "residual" and self.n != 1:
+            object.__setattr__(self, "n", 1)  # the baseline has exactly one stream
+        checks.streams(self.n)
+        for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LMConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"LMConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        self.mhc_config()  # validates iters and the eps values
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_ratio * self.dim
+
+    @property
+    def n_mixing_layers(self) -> int:
+        return 2 * self.n_layers
+
+    def mhc_config(self) -> MHCConfig:
+        return MHCConfig(iters=self.iters, rms_eps=self.rms_eps, pre_eps=self.pre_eps,
+                         sinkhorn_eps=self.sinkhorn_eps, post_scale=self.post_scale)
+
+    def mhc_kwargs(self) -> dict:
+        """Keyword arguments of mhc_core.step / the backends' MHC for this model."""
+        return self.mhc_config().as_dict()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LMConfig fields {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True)
+
+
+def layer_names(cfg: LMConfig) -> list[str]:
+    """Module path of every mixing layer in order: blocks.0.attn, blocks.0.mlp, ..."""
+    return [f"blocks.{i}.{s}" for i in range(cfg.n_layers) for s in SUBLAYERS]
+
+
+def sublayer_shapes(cfg: LMConfig, kind: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of the wrapped layer f's weights (names relative to the MHC module)."""
+    c, h = cfg.dim, cfg.hidden
+    if kind == "attn":
+        return {"layer.norm.weight": (c,), "layer.qkv.weight": (3 * c, c), "layer.proj.weight": (c, c)}
+    if kind == "mlp":
+        return {"layer.norm.weight": (c,), "layer.fc1.weight": (h, c), "layer.fc2.weight": (c, h)}
+    raise ValueError(f"sub-layer kind must be one of {SUBLAYERS}, got {kind!r}")
+
+
+def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Fresh weights for `cfg` as {dotted name: numpy array}.
+
+    The layer weights are drawn from one generator seeded by cfg.seed in a fixed order
+    that does not depend on the variant or n, so residual / hc / mhc models with the same
+    seed start from the same f weights; the mixing parameters come from
+    mhc_core.init_params (phi = 0 by default: the warm-start init).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    std = cfg.init_std
+    out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.scale_out_init else std
+    mixing = {}
+    if cfg.variant != "residual":
+        for l, name in enumerate(layer_names(cfg)):
+            mix = init_params(cfg.n, cfg.dim, variant=cfg.variant, alpha=cfg.alpha_init,
+                              phi_std=cfg.phi_std, res_logit_gap=cfg.res_logit_gap,
+                              pre_eps=cfg.pre_eps, seed=cfg.seed * 100_003 + l, dtype=np.float64)
+            mixing.update({f"{name}.{k}": v for k, v in mix.items()})
+    p = {}
+    for name, shape in lm_param_shapes(cfg).items():  # fixed order: the draws do not depend on the variant
+        if name in mixing:
+            p[name] = mixing[name]
+        elif name.endswith("norm.weight"):
+            p[name] = np.ones(shape)
+        elif name.endswith(("proj.weight", "fc2.weight")):
+            p[name] = rng.normal(0.0, out_std, shape)
+        else:
+            p[name] = rng.normal(0.0, std, shape)
+    return {k: np.asarray(v, dtype=dtype) for k, v in p.items()}
+
+
+def lm_param_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every parameter, in init_lm_params order (no weights drawn)."""
+    c = cfg.dim
+    shapes = {"embed.weight": (cfg.vocab, c), "pos_embed.weight": (cfg.seq_len, c)}
+    for i in range(cfg.n_layers):
+        for kind in SUBLAYERS:
+            shapes.update({f"blocks.{i}.{kind}.{k}": v for k, v in sublayer_shapes(cfg, kind).items()})
+    shapes.update({"head_norm.weight": (c,), "head.weight": (cfg.vocab, c)})
+    for name in layer_names(cfg):
+        shapes.update({f"{name}.{k}": v for k, v in param_shapes(cfg.n, c, cfg.variant).items()})
+    return shapes
+
+
+def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each mixing layer's `res [..., n, n]` (numpy float64) from its recorded input.
+
+    layer_inputs[l]: the stream state entering layer l (layer_names order), [..., n, C],
+    any array convertible by np.asarray. state: the model's parameters by name. The
+    residual variant's res is the 1x1 identity (gain 1) for every token.
+    """
+    names = layer_names(cfg)
+    if len(layer_inputs) != len(names):
+        raise ValueError(f"expected {len(names)} layer inputs (2 per block), got {len(layer_inputs)}")
+    out = []
+    for name, x in zip(names, layer_inputs):
+        x = np.asarray(x, dtype=np.float64)
+        if cfg.variant == "residual":
+            out.append(np.ones(x.shape[:-2] + (1, 1)))
+            continue
+        phi, bias, alpha = (np.asarray(state[f"{name}.{k}"], dtype=np.float64) for k in ("phi", "bias", "alpha"))
+        _, _, res = coefficients(x, phi, bias, alpha, variant=cfg.variant, **cfg.mhc_kwargs())
+        out.append(res)
+    return out
+
+
+def grad_norms(names: list[str], sq, layers: list[str]) -> dict:
+    """Gradient norms from per-parameter squared L2 norms (both backends call this).
+
+    names[k] / sq[k]: a parameter's dotted name and the squared L2 norm of its gradient.
+    layers: layer_names(cfg). Returns grad_norm (total), layer_grad_norm (per mixing
+    layer: the norm over the wrapped sub-layer's weights `<layer>.layer.*`, so the
+    variants are compared on the same weights), mixing_grad_norm (every phi / bias /
+    alpha) and nonfinite_grad_tensors (how many gradients hold a NaN or Inf).
+    """
+    sq = np.asarray(sq, dtype=np.float64)
+    index = {name: l for l, name in enumerate(layers)}
+    per_layer = np.zeros(len(layers))
+    mixing = 0.0
+    for name, s in zip(names, sq):
+        owner, _, rest = name.partition(".layer.")
+        if rest and owner in index:
+            per_layer[index[owner]] += s
+        elif name.rsplit(".", 1)[0] in index:
+            mixing += s
+    return {
+        "grad_norm": float(np.sqrt(sq.sum())),
+        "layer_grad_norm": np.sqrt(per_layer).tolist(),
+        "mixing_grad_norm": float(np.sqrt(mixing)),
+        "nonfinite_grad_tensors": int((~np.isfinite(sq)).sum()),
+    }
+
+
+def lr_at(step: int, lr: float, warmup: int = 0) -> float:
+    """Learning rate at 0-based `step`: linear warmup over `warmup` steps, then constant."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr

@@ -57,6 +57,8 @@ def _assert_close(got, want, tol: float, case: str) -> float:
         raise AssertionError(
             f"[{case}] worst |err| {err[worst]:.3e} > {bound:.1e} at index {tuple(int(i) for i in worst)}: "
             f"got {float(got[worst])!r}, reference {float(want[worst])!r}")
+    if os.environ.get("MHC_REPORT_ERRORS"):  # `MHC_REPORT_ERRORS=1 pytest -s ...` prints what was measured
+        print(f"\n[{case}] max |err| {float(err.max(initial=0.0)):.3e} (bound {bound:.1e})")
     return float(err.max(initial=0.0))
 
 

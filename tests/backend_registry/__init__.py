@@ -39,13 +39,17 @@ class Backend:
     """name: id used in test ids and tables; requires: modules that must import;
     package: the installed package holding the backend's modules; adapter_module: module
     (in this package) holding `Adapter`; probe: optional 'module:function' returning
-    whether the backend can run on this machine."""
+    whether the backend can run on this machine; fused: the backend runs its own fused
+    kernels instead of the mhc_core math; trains: it has a TinyLM and training utilities
+    (`lm`, `training.checkpoint`), so the depth sweep and the resume tests run on it."""
 
     name: str
     requires: tuple[str, ...]
     package: str
     adapter_module: str
     probe: str | None = None
+    fused: bool = False
+    trains: bool = False
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else why not."""
@@ -71,10 +75,12 @@ class Backend:
 
 BACKENDS: tuple[Backend, ...] = (
     Backend("numpy", ("numpy",), "mhc_core", "backend_registry.numpy_adapter"),
-    Backend("torch", ("torch", "mhc_core_torch"), "mhc_core_torch", "backend_registry.torch_adapter"),
-    Backend("mlx", ("mlx.core", "mhc_core_mlx"), "mhc_core_mlx", "backend_registry.mlx_adapter"),
+    Backend("torch", ("torch", "mhc_core_torch"), "mhc_core_torch", "backend_registry.torch_adapter",
+            trains=True),
+    Backend("mlx", ("mlx.core", "mhc_core_mlx"), "mhc_core_mlx", "backend_registry.mlx_adapter",
+            trains=True),
     Backend("torch-triton", ("torch", "triton", "mhc_core_torch"), "mhc_core_torch",
-            "backend_registry.triton_adapter", "mhc_core_torch.kernels:runnable"),
+            "backend_registry.triton_adapter", "mhc_core_torch.kernels:runnable", fused=True),
 )
 REQUIRE_ENV = "MHC_REQUIRE_BACKENDS"
 
@@ -82,6 +88,11 @@ REQUIRE_ENV = "MHC_REQUIRE_BACKENDS"
 def available() -> list[Backend]:
     """The registered backends that can run here, in registry order."""
     return [b for b in BACKENDS if b.runnable()]
+
+
+def training_names() -> list[str]:
+    """Names of the registered backends with a TinyLM and training utilities (`trains`)."""
+    return [b.name for b in BACKENDS if b.trains]
 
 
 def get(name: str) -> Backend:

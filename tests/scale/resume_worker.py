@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+import backend_registry as registry
 from mhc_core.experiments.checkpoints import RunCheckpointer
 from mhc_core.experiments.lm_config import LMConfig, init_lm_params
 from mhc_core.experiments.tasks import TaskStream
@@ -43,7 +44,7 @@ def backend(name: str):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--backend", choices=("torch", "mlx"), default="torch")
+    p.add_argument("--backend", choices=registry.training_names(), default="torch")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--every", type=int, default=4)

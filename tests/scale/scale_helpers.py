@@ -39,11 +39,12 @@ def assert_close(got, want, *, rtol: float, atol: float, case: str) -> float:
     return err
 
 
-def adapters(dtypes=("float32",), names=None) -> list:
-    """pytest params (adapter, dtype) for every runnable registry backend and dtype it has."""
+def adapters(dtypes=("float32",), fused=None) -> list:
+    """pytest params (adapter, dtype) for every runnable registry backend and dtype it has;
+    fused=False / True keeps only the backends running the mhc_core math / their own kernels."""
     out = []
     for b in registry.available():
-        if names is not None and b.name not in names:
+        if fused is not None and b.fused != fused:
             continue
         ad = b.adapter()
         out += [pytest.param(ad, d, id=f"{b.name}-{d}") for d in dtypes if d in ad.dtypes]

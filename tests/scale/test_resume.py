@@ -20,12 +20,12 @@ import pytest
 
 import resume_worker as W
 from mhc_core.experiments.checkpoints import CheckpointStore, RunCheckpointer
+import backend_registry as registry
 from scale_helpers import PYTHON, REPO, subprocess_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS, EVERY = 24, 4
-BACKENDS = ["torch", pytest.param("mlx", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("mlx") is None, reason="mlx not installed"))]
+BACKENDS = [b for b in registry.training_names() if registry.get(b).runnable()]
 
 
 def _lines(path: str) -> list[dict]:

@@ -46,3 +46,23 @@ def test_unknown_required_name_is_an_error(monkeypatch):
 def test_required_and_available_is_not_missing(monkeypatch):
     monkeypatch.setenv("MHC_REQUIRE_BACKENDS", "numpy")
     assert registry.missing_required() == {}
+
+
+class _Report:
+    skipped = True
+
+    def __init__(self, message):
+        self.longrepr = ("file.py", 1, message)
+
+
+def test_import_skip_of_a_required_backend_becomes_a_failure(monkeypatch):
+    """tests/conftest.py turns `pytest.importorskip` of a required backend's module into a
+    failure (per test, or per module at collection); other skips stay skips."""
+    from conftest import _skip_hides_required
+
+    monkeypatch.setenv("MHC_REQUIRE_BACKENDS", "mlx")
+    assert _skip_hides_required(_Report("could not import 'mlx.core': No module named 'mlx'"))
+    assert _skip_hides_required(_Report("could not import 'transformers': no")) is None
+    assert _skip_hides_required(_Report("needs a CUDA GPU")) is None
+    monkeypatch.setenv("MHC_REQUIRE_BACKENDS", "")
+    assert _skip_hides_required(_Report("could not import 'mlx.core': No module named 'mlx'")) is None

@@ -74,7 +74,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("torch", ("torch", "mhc_core_torch"), "mhc_core_torch", "backend_registry.torch_adapter"),
     Backend("mlx", ("mlx.core", "mhc_core_mlx"), "mhc_core_mlx", "backend_registry.mlx_adapter"),
     Backend("torch-triton", ("torch", "triton", "mhc_core_torch"), "mhc_core_torch",
-            "backend_registry.triton_adapter", "mhc_core_torch.kernels:runnable"),
+            "backend_registry.triton_adapter", "mhc_core_torch.triton_gate:runnable"),
 )
 REQUIRE_ENV = "MHC_REQUIRE_BACKENDS"
 

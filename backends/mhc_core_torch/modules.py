@@ -5,7 +5,8 @@
 
 The math is `mhc_core`'s, run on torch tensors through the array-API shim; autograd
 differentiates through it (the reference path). `impl` picks the path (dispatch.py):
-'auto' (Triton on CUDA once the kernels exist, else reference), 'reference' or 'triton'.
+'auto' (the Triton kernels for CUDA tensors they take, else reference), 'reference' or
+'triton'.
 
 Parameters are float32 `nn.Parameter`s named `phi`, `bias`, `alpha` (none for the
 'residual' variant); the wrapped layer is `self.layer`, so its parameters are named
@@ -27,6 +28,10 @@ from mhc_core import checks
 from mhc_core.module_args import head_args, mhc_args
 
 from . import dispatch
+
+# torch's array types enter mhc_core's namespace cache now, so that even the first trace of
+# a compiled model finds them by a plain dict lookup (mhc_core.xp.namespace).
+mhc_core.namespace(torch.empty(0), nn.Parameter(torch.empty(0)))
 
 
 def _as_param(value) -> nn.Parameter:
@@ -59,6 +64,11 @@ class MHC(nn.Module):
 
     Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments of `forward` are
     passed to `layer` (attention masks, position embeddings, ...).
+
+    Gradients: the reference path supports any order (autograd through mhc_core). The
+    Triton path computes first derivatives only: a gradient of a gradient (backward of
+    a `create_graph=True` gradient, e.g. a gradient penalty) raises a RuntimeError saying
+    so; use impl='reference' for it.
     """
 
     def __init__(

@@ -168,3 +168,7 @@ def test_sequential_errors():
     stack = MHCSequential([nn.GELU()], n=4, dim=8)
     with pytest.raises(ValueError, match=r"expects x \[..., C=8\]"):
         stack(torch.zeros(2, 7))
+    with pytest.raises(TypeError, match=r"MHCSequential layers\[0\] must be an nn.Module .*, got builtins.int"):
+        MHCSequential([3], n=4)
+    with pytest.raises(TypeError, match=r"layers\[1\] must be an nn.Module .*, got builtins.str"):
+        MHCSequential([nn.Linear(8, 8), "fc"], n=4, dim=8)

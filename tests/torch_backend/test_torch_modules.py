@@ -2,6 +2,7 @@
 impl dispatch, input checks, and torch.compile(fullgraph=True) of the reference path."""
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -192,21 +193,22 @@ def test_bad_constructor_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("variant", ["mhc", "hc"])
-def test_compile_fullgraph_matches_eager(variant, random_state, assert_close):
+def test_compile_fullgraph_matches_eager(variant, random_state, assert_close, caplog):
     """fullgraph=True: the whole reference step (checks, shim, 20 Sinkhorn rounds) traces
-    into one graph. aot_eager runs dynamo + AOTAutograd (forward and backward graphs)
-    without inductor's C++ compile, which takes ~25 s per graph on the CI's 2 cores."""
+    into one graph, silently (no warning, no log record at WARNING). aot_eager runs dynamo +
+    AOTAutograd (forward and backward graphs) without inductor's C++ compile, which takes
+    ~25 s per graph on the CI's 2 cores."""
     n, c = 4, 6
     module = build(n, c, variant, "mlp", random_state(n, c, variant, "mlp", seed=11))
     x = torch.randn(2, 3, n, c)
     torch._dynamo.reset()
-    with warnings.catch_warnings():
-        # array_api_compat.array_namespace is lru_cache'd; dynamo traces through the cache
-        # (correctly: it maps a type to a namespace) and warns about it.
-        warnings.filterwarnings("ignore", message=".*lru_cache.*")
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
         compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
         xs = [x.clone().requires_grad_(True) for _ in range(2)]
         outs = [compiled(xs[0]), module(xs[1])]
+    assert not caught, [str(w.message)[:200] for w in caught]
+    assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
     assert_close(outs[0], outs[1], 1e-6, f"compiled forward {variant}")
     grads = [torch.autograd.grad(o.square().sum(), [xi, *module.parameters()]) for o, xi in zip(outs, xs)]
     for name, g_c, g_e in zip(["x"] + [k for k, _ in module.named_parameters()], *grads):

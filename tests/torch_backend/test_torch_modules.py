@@ -151,6 +151,37 @@ def test_explicit_triton_without_triton_installed_is_a_clear_error(monkeypatch):
         dispatch.resolve_impl("triton", torch.randn(4, 3))
 
 
+def test_triton_gate_states_the_limits_once():
+    """The stream limit and dtypes come from triton_gate and reach every message."""
+    x = torch.zeros(2, triton_gate.MAX_STREAMS + 1, 4)
+    assert f"n <= {triton_gate.MAX_STREAMS} streams, got n={triton_gate.MAX_STREAMS + 1}" in \
+        triton_gate.unavailable_reason(x)
+    assert "float64 runs on impl='reference'" in triton_gate.unavailable_reason(x[:, :2].double())
+    assert "no Triton kernel" in triton_gate.unavailable_reason(x[:, :1], "residual")
+    with pytest.raises(ValueError, match=f"pre_aggregate: the Triton kernels support n <= {triton_gate.MAX_STREAMS}"):
+        triton_gate.check_kernel_inputs("pre_aggregate", triton_gate.MAX_STREAMS + 1, x)
+    with pytest.raises(ValueError, match="all inputs must be on one device"):
+        triton_gate.check_kernel_inputs("sinkhorn", 2, torch.zeros(1), torch.zeros(1, device="meta"))
+    with pytest.raises(RuntimeError, match=r"sinkhorn: x is on meta; the Triton kernels need a CUDA tensor"):
+        triton_gate.check_kernel_inputs("sinkhorn", 2, torch.zeros(1, device="meta"))
+
+
+def test_triton_gate_reads_triton_interpret_once(monkeypatch):
+    """Kernels are decorated once, at import: the gate answers from INTERPRETED (read then),
+    not from the environment variable's current value."""
+    x = torch.zeros(2, 3, 4)
+    for interpreted in (True, False):
+        monkeypatch.setattr(triton_gate, "INTERPRETED", interpreted)
+        monkeypatch.setenv("TRITON_INTERPRET", "0" if interpreted else "1")
+        reason = triton_gate.unavailable_reason(x)
+        if not triton_gate.triton_imports():
+            assert reason.startswith("triton does not import")
+        elif interpreted:
+            assert reason is None
+        else:
+            assert "x is on cpu; the Triton kernels need a CUDA tensor" in reason
+
+
 def test_unknown_impl_is_a_value_error():
     with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'reference', 'triton'\), got 'cuda'"):
         MHC(torch.nn.Linear(3, 3), 4, 3, impl="cuda")

@@ -54,7 +54,7 @@ class MHCSequential(nn.Module):
             if not isinstance(f, nn.Module):
                 raise TypeError(f"MHCSequential layers[{i}] must be an nn.Module [..., C] -> [..., C], "
                                 f"got {type(f).__module__}.{type(f).__name__}")
-        full_cfg = check_settings(n, variant, reduce, cfg)
+        n, full_cfg = check_settings(n, variant, reduce, cfg)
         self.n, self.dim = n, dim if dim is not None else infer_dim(layers[0])
         self.layers = nn.ModuleList(
             MHC(f, n, self.dim, variant=variant, init=init, impl=impl, **full_cfg) for f in layers

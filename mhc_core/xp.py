@@ -15,6 +15,9 @@ and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the
 MLX's float64 `exp` (and sigmoid / softmax / logsumexp / logaddexp built on it) is only
 float32-accurate (~1e-7 relative, 2e-6 at |x| ~ 30; mlx 0.32), so `_MLXOps` computes
 float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that.
+
+`namespace` asks array_api_compat once per array type and then answers from a dict, so
+that code traced by torch.compile meets no `functools.lru_cache` (dynamo warns on each).
 """
 from __future__ import annotations
 
@@ -200,7 +203,8 @@ def _lookup(arrays) -> Ops:
         ) from None
     ops = _ops_for(xp)
     for a in arrays:
-        _OPS_BY_TYPE[type(a)] = ops
+        if hasattr(a, "shape"):  # arrays only: array_namespace passes over Python scalars
+            _OPS_BY_TYPE[type(a)] = ops
     return ops
 
 

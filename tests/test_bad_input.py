@@ -100,6 +100,8 @@ CORE_CASES = [
      ["post_scale", "finite", "inf"]),
     ("MHCConfig-bool-iters", lambda: mc.MHCConfig(iters=True), ValueError, ["iters", "integer", "True"]),
     ("namespace-not-array", lambda: mc.namespace("x"), TypeError, ["one library", "str"]),
+    ("namespace-python-scalar", lambda: (mc.namespace(X, 1.0), mc.namespace(1.0)), TypeError,
+     ["one library", "builtins.float"]),
 ]
 
 

@@ -58,6 +58,8 @@ class MHC(nn.Module):
         variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
             'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
+            Numbers may be Python, numpy or 0-d array scalars; eps and scales must be
+            finite and >= 0. All arguments are checked by `mhc_core.module_args`.
         init: optional {'phi', 'bias', 'alpha'} (numpy arrays or tensors) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
         impl: 'auto' | 'reference' | 'triton' (see dispatch.py).

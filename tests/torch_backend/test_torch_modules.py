@@ -3,6 +3,9 @@ impl dispatch, input checks, and torch.compile(fullgraph=True) of the reference 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -180,6 +183,35 @@ def test_triton_gate_reads_triton_interpret_once(monkeypatch):
             assert reason is None
         else:
             assert "x is on cpu; the Triton kernels need a CUDA tensor" in reason
+
+
+_WITHOUT_TRITON = """
+import sys
+sys.modules["triton"] = None  # `import triton` raises ImportError, as where it is not installed
+import torch
+from mhc_core_torch import MHC, dispatch, triton_gate
+assert not triton_gate.runnable() and dispatch.triton_ops is None
+m = MHC(torch.nn.Linear(4, 4), 2, 4)
+x = torch.randn(3, 2, 4)
+ref = MHC(torch.nn.Linear(4, 4), 2, 4, impl="reference")
+ref.load_state_dict(m.state_dict())
+assert torch.equal(m(x), ref(x))
+try:
+    MHC(torch.nn.Linear(4, 4), 2, 4, impl="triton")(x)
+except RuntimeError as err:
+    print("ERROR", err)
+"""
+
+
+def test_without_triton_auto_runs_reference_and_triton_says_why():
+    """In a process where `import triton` fails: the kernels are not imported, impl='auto'
+    gives the reference numbers, impl='triton' names the import failure."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_TRITON], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ERROR impl='triton' was requested but cannot run: triton does not import (ModuleNotFoundError" \
+        in run.stdout, run.stdout
 
 
 def test_unknown_impl_is_a_value_error():

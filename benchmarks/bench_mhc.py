@@ -17,7 +17,7 @@ memory on CUDA. Before timing, our Triton path is checked against the reference 
 input (CUDA). Needs `pip install --no-deps hyper-connections liger-kernel einops` for the
 other libraries; a missing one is reported as such in the table, not silently dropped.
 
-Targets from issue 3 (GPU): every shape faster than liger-kernel fwd+bwd; pre_aggregate and
+Targets (GPU): every shape faster than liger-kernel fwd+bwd; pre_aggregate and
 post_residual at >= 80% of copy bandwidth at 16384 tokens x C = 4096.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Block recompute and torch.compile: memory and time of a training step (issue 6).
+"""Block recompute and torch.compile: memory and time of a training step.
 
     python benchmarks/bench_recompute.py            # CPU (and CUDA where present)
     python benchmarks/bench_recompute.py --quick    # smaller, for a smoke run

@@ -6,6 +6,7 @@ inside a matmul.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from .xp import Ops
@@ -36,6 +37,12 @@ def stream_input(ops: Ops, x, name: str = "x") -> tuple[int, int]:
     return n, c
 
 
+def module_input(ops: Ops, x, n: int, c: int, owner: str) -> None:
+    """x must be a floating [..., n, C] array with the n and C of the module `owner`."""
+    stream_input(ops, x)
+    expect_trailing(x, (n, c), shape_of(x)[:-2], "x", f"[..., n, C] with n={n}, C={c} for this {owner}")
+
+
 def expect_shape(a, expected: tuple[int, ...], name: str, what: str) -> None:
     got = shape_of(a)
     if got != tuple(expected):
@@ -60,37 +67,56 @@ def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3) 
     expect_shape(alpha, (n_alpha,), "alpha", "one scale each for pre, post, res")
 
 
-def _positive_int(value) -> int | None:
-    """int(value) for a Python or numpy integer >= 1 (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        return None
-    return int(value)
+def _scalar(value):
+    """A Python / numpy scalar, or the value of a 0-d array (numpy, torch, mlx) as a Python
+    number; None for anything else (bools, strings, arrays with elements on an axis)."""
+    if hasattr(value, "shape") and hasattr(value, "item"):
+        if tuple(value.shape) != ():
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None  # numbers.Real covers numpy's integer and floating scalars, not np.bool_
+    return value
 
 
-def iters(value) -> int:
-    out = _positive_int(value)
-    if out is None:
-        raise ValueError(f"iters must be an integer >= 1, got {value!r}")
-    return out
+def integer(value, name: str, minimum: int = 1, meaning: str = "") -> int:
+    """int(value) for an integer (Python, numpy, or a 0-d integer array) >= minimum.
+    Floats (even 4.0) and bools are refused: a count is never a float. `meaning` is said
+    after the name in the error, e.g. "n (number of streams) must be ..."."""
+    v = _scalar(value)
+    if not isinstance(v, numbers.Integral) or v < minimum:
+        label = f"{name} ({meaning})" if meaning else name
+        raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    return int(v)
+
+
+def real(value, name: str) -> float:
+    """float(value) for a finite real number (Python, numpy, or a 0-d array); bools refused."""
+    v = _scalar(value)
+    if v is None or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(v)
 
 
 def non_negative(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
+    """float(value) for a finite number >= 0 (Python, numpy, or a 0-d array); bools refused.
+    inf and nan are refused: as an eps or a scale they make the coefficients inf / nan."""
+    v = _scalar(value)
+    if v is None or not math.isfinite(v) or not v >= 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(v)
+
+
+def iters(value) -> int:
+    return integer(value, "iters")
 
 
 def streams(value, name: str = "n") -> int:
-    out = _positive_int(value)
-    if out is None:
-        raise ValueError(f"{name} (number of streams) must be an integer >= 1, got {value!r}")
-    return out
+    return integer(value, name, meaning="number of streams")
 
 
 def channels(value, name: str = "C") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} (channels per stream) must be an integer >= 1, got {value!r}")
-    return value
+    return integer(value, name, meaning="channels per stream" if name == "C" else "channels per stream, C")
 
 
 def layer(f, name: str = "f") -> None:
@@ -102,6 +128,59 @@ def variant(value: str) -> str:
     if value not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {value!r}")
     return value
+
+
+CONFIG_FIELDS = ("iters", "rms_eps", "pre_eps", "sinkhorn_eps", "post_scale")
+
+
+def config_fields(fields: dict) -> dict:
+    """The MHCConfig fields of `fields`, validated and normalized to Python int / float:
+    iters an integer >= 1, the rest finite numbers >= 0."""
+    out = {"iters": iters(fields["iters"])}
+    for name in CONFIG_FIELDS[1:]:
+        out[name] = non_negative(fields[name], name)
+    return out
+
+
+def coefficient_inputs(ops: Ops, x, phi, bias, alpha, variant_name: str, fields: dict) -> tuple[int, int, str, dict]:
+    """The arguments of `coefficients`: x [..., n, C], phi [n*C, n*n + 2n], bias [n*n + 2n],
+    alpha [3], variant 'mhc' | 'hc', the MHCConfig fields. Returns (n, C, variant, fields
+    normalized)."""
+    n, c = stream_input(ops, x)
+    mixing_params(ops, phi, bias, alpha, n, c)
+    if variant(variant_name) == "residual":
+        raise ValueError("variant 'residual' has no coefficients; use residual_step")
+    return n, c, variant_name, config_fields(fields)
+
+
+def pre_aggregate_inputs(ops: Ops, x, pre) -> tuple[int, int, tuple[int, ...]]:
+    """x [..., n, C], pre [..., n]; returns (n, C, leading shape)."""
+    n, c = stream_input(ops, x)
+    float_array(ops, pre, "pre")
+    lead = shape_of(x)[:-2]
+    expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
+    return n, c, lead
+
+
+def post_residual_inputs(ops: Ops, x, y, post, res) -> tuple[int, int, tuple[int, ...]]:
+    """x [..., n, C], y [..., C], post [..., n], res [..., n, n]; returns (n, C, leading shape)."""
+    n, c = stream_input(ops, x)
+    lead = shape_of(x)[:-2]
+    for a, name in ((y, "y"), (post, "post"), (res, "res")):
+        float_array(ops, a, name)
+    expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
+    expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
+    expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    return n, c, lead
+
+
+def sinkhorn_inputs(ops: Ops, logits, iters_value, eps) -> tuple[tuple[int, ...], int, float]:
+    """logits [..., n, n] floating, iters >= 1, eps finite >= 0; returns (shape, iters, eps)."""
+    float_array(ops, logits, "logits")
+    shape = shape_of(logits)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise ValueError(f"logits must have shape [..., n, n] (square last two axes), got {shape}")
+    return shape, iters(iters_value), non_negative(eps, "eps")
 
 
 def state_matches(expected: dict, got: dict, owner: str) -> None:

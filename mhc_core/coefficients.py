@@ -65,15 +65,9 @@ def coefficients(
     is float64) whatever x's dtype, as in DeepSeek-V4.
     """
     ops = namespace(x, phi, bias, alpha)
-    n, c = checks.stream_input(ops, x)
-    checks.mixing_params(ops, phi, bias, alpha, n, c)
-    variant = checks.variant(variant)
-    if variant == "residual":
-        raise ValueError("variant 'residual' has no coefficients; use residual_step")
-    checks.iters(iters)
-    for value, name in ((rms_eps, "rms_eps"), (pre_eps, "pre_eps"), (sinkhorn_eps, "sinkhorn_eps"),
-                        (post_scale, "post_scale")):
-        checks.non_negative(value, name)
+    n, c, variant, cfg = checks.coefficient_inputs(ops, x, phi, bias, alpha, variant, dict(
+        iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
+    iters, rms_eps, pre_eps, sinkhorn_eps, post_scale = (cfg[k] for k in checks.CONFIG_FIELDS)
 
     z, cdt = _projection(ops, x, phi, rms_eps)
     a = ops.astype(alpha, cdt)
@@ -107,7 +101,6 @@ def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps:
     checks.expect_shape(phi, (n * c, n), "phi", f"n*C x n for n={n}, C={c}")
     checks.expect_shape(bias, (n,), "bias", f"n for n={n}")
     checks.expect_shape(alpha, (1,), "alpha", "one scale")
-    checks.non_negative(rms_eps, "rms_eps")
-    checks.non_negative(eps, "eps")
+    rms_eps, eps = checks.non_negative(rms_eps, "rms_eps"), checks.non_negative(eps, "eps")
     z, cdt = _projection(ops, x, phi, rms_eps)
     return ops.sigmoid(z * ops.astype(alpha, cdt) + ops.astype(bias, cdt)) + eps

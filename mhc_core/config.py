@@ -22,9 +22,11 @@ class MHCConfig:
     post_scale: float = 2.0
 
     def __post_init__(self):
-        checks.iters(self.iters)
-        for name in ("rms_eps", "pre_eps", "sinkhorn_eps", "post_scale"):
-            checks.non_negative(getattr(self, name), name)
+        """Validate every field and store it as a Python int / float (numpy scalars and
+        0-d arrays are accepted; inf, nan, negatives and bools are not)."""
+        fields = checks.config_fields({name: getattr(self, name) for name in checks.CONFIG_FIELDS})
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -26,10 +26,17 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def _below_one_over_n(value, n: int, name: str) -> float:
+    """A finite number in [0, 1/n) (pre = sigmoid(.) + eps must be able to equal 1/n)."""
+    value = checks.non_negative(value, name)
+    if not value < 1.0 / n:
+        raise ValueError(f"{name} must be in [0, 1/n) = [0, {1.0 / n}), got {value}")
+    return value
+
+
 def param_shapes(n: int, c: int, variant: str = "mhc") -> dict[str, tuple[int, ...]]:
     """Shapes of one step's parameters: {} for 'residual'."""
-    checks.streams(n)
-    checks.channels(c)
+    n, c = checks.streams(n), checks.channels(c)
     if checks.variant(variant) == "residual":
         return {}
     width = n * n + 2 * n
@@ -52,9 +59,11 @@ def init_params(
     shapes = param_shapes(n, c, variant)
     if not shapes:
         return {}
-    if not 0.0 <= pre_eps < 1.0 / n:
-        raise ValueError(f"pre_eps must be in [0, 1/n) = [0, {1.0 / n}), got {pre_eps}")
-    rng = np.random.default_rng(seed)
+    n = checks.streams(n)
+    alpha, phi_std = checks.real(alpha, "alpha"), checks.non_negative(phi_std, "phi_std")
+    res_logit_gap = checks.real(res_logit_gap, "res_logit_gap")
+    pre_eps = _below_one_over_n(pre_eps, n, "pre_eps")
+    rng = np.random.default_rng(None if seed is None else checks.integer(seed, "seed", minimum=0))
     phi = rng.normal(0.0, phi_std, shapes["phi"]) if phi_std > 0 else np.zeros(shapes["phi"])
     eye = np.eye(n).reshape(-1)
     if variant == "mhc":
@@ -75,17 +84,15 @@ def init_params(
 
 def head_param_shapes(n: int, c: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the learned stream head (DeepSeek-V4 `hc_head`)."""
-    checks.streams(n)
-    checks.channels(c)
+    n, c = checks.streams(n), checks.channels(c)
     return {"phi": (n * c, n), "bias": (n,), "alpha": (1,)}
 
 
 def init_head_params(n: int, c: int, *, eps: float = 1e-6, dtype=np.float32) -> dict[str, np.ndarray]:
     """A head that starts as the mean over streams: phi = 0, weights 1/n exactly."""
-    if not 0.0 <= eps < 1.0 / n:
-        raise ValueError(f"eps must be in [0, 1/n) = [0, {1.0 / n}), got {eps}")
-    b = _logit(1.0 / n - eps)
     shapes = head_param_shapes(n, c)
+    n = checks.streams(n)
+    b = _logit(1.0 / n - _below_one_over_n(eps, n, "eps"))
     return {
         "phi": np.zeros(shapes["phi"], dtype=dtype),
         "bias": np.full(shapes["bias"], b, dtype=dtype),

@@ -16,10 +16,7 @@ def paper_block_size(n: int, layers: int) -> int:
 
     n: residual streams; layers: mixing layers L (a transformer block counts twice).
     """
-    for value, name in ((n, "n"), (layers, "layers")):
-        if checks._positive_int(value) is None:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    n, layers = int(n), int(layers)
+    n, layers = checks.streams(n), checks.integer(layers, "layers")
     return min(layers, max(1, round(math.sqrt(n * layers / (n + 2)))))
 
 

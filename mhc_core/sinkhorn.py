@@ -29,12 +29,7 @@ def sinkhorn(logits, *, iters: int = 20, eps: float = 1e-6):
     tests/test_sinkhorn_properties.py.
     """
     ops = namespace(logits)
-    checks.float_array(ops, logits, "logits")
-    shape = checks.shape_of(logits)
-    if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(f"logits must have shape [..., n, n] (square last two axes), got {shape}")
-    iters = checks.iters(iters)
-    eps = checks.non_negative(eps, "eps")
+    _, iters, eps = checks.sinkhorn_inputs(ops, logits, iters, eps)
     if eps == 0.0:
         return _sinkhorn_log(ops, logits, iters)
 

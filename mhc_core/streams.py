@@ -25,10 +25,7 @@ _DEFAULT = MHCConfig()
 def pre_aggregate(x, pre):
     """h = sum_i pre[..., i] * x[..., i, :] -> [..., C] in x's dtype (paper H_pre x)."""
     ops = namespace(x, pre)
-    n, c = checks.stream_input(ops, x)
-    checks.float_array(ops, pre, "pre")
-    lead = checks.shape_of(x)[:-2]
-    checks.expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
+    checks.pre_aggregate_inputs(ops, x, pre)
     cdt = ops.compute_dtype(x)
     h = ops.sum(ops.expand_dims(ops.astype(pre, cdt), axis=-1) * ops.astype(x, cdt), axis=-2)
     return ops.astype(h, x.dtype)
@@ -37,13 +34,7 @@ def pre_aggregate(x, pre):
 def post_residual(x, y, post, res):
     """out[..., o, :] = sum_i res[..., i, o] * x[..., i, :] + post[..., o] * y -> [..., n, C]."""
     ops = namespace(x, y, post, res)
-    n, c = checks.stream_input(ops, x)
-    lead = checks.shape_of(x)[:-2]
-    for a, name in ((y, "y"), (post, "post"), (res, "res")):
-        checks.float_array(ops, a, name)
-    checks.expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
-    checks.expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
-    checks.expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    checks.post_residual_inputs(ops, x, y, post, res)
     cdt = ops.compute_dtype(x)
     mixed = ops.matmul(ops.matrix_transpose(ops.astype(res, cdt)), ops.astype(x, cdt))
     out = mixed + ops.expand_dims(ops.astype(post, cdt), axis=-1) * ops.expand_dims(ops.astype(y, cdt), axis=-2)

@@ -15,6 +15,9 @@ and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the
 MLX's float64 `exp` (and sigmoid / softmax / logsumexp / logaddexp built on it) is only
 float32-accurate (~1e-7 relative, 2e-6 at |x| ~ 30; mlx 0.32), so `_MLXOps` computes
 float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that.
+
+`namespace` asks array_api_compat once per array type and then answers from a dict, so
+that code traced by torch.compile meets no `functools.lru_cache` (dynamo warns on each).
 """
 from __future__ import annotations
 
@@ -160,7 +163,11 @@ class _MLXOps(Ops):
         return self.xp.softmax(x, axis=axis, precise=True)
 
 
-_CACHE: dict[int, Ops] = {}
+# Ops per array type. `namespace` runs on every call of every mhc_core function, also
+# while torch.compile traces a model: after the first call for a type it is one plain dict
+# lookup, which dynamo traces (array_api_compat's lru_cache-wrapped lookup makes it warn).
+_OPS_BY_TYPE: dict[type, Ops] = {}
+_OPS_BY_LIBRARY: dict[int, Ops] = {}
 
 
 def _library_of(xp) -> str:
@@ -170,20 +177,9 @@ def _library_of(xp) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def namespace(*arrays) -> Ops:
-    """The `Ops` for the library all `arrays` come from.
-
-    Raises TypeError naming the libraries when arrays come from more than one, or when
-    an input is not an array at all.
-    """
-    try:
-        xp = array_api_compat.array_namespace(*arrays)
-    except TypeError as err:
-        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
-        raise TypeError(
-            f"expected arrays from one library (numpy, torch or mlx), got {kinds}: {err}"
-        ) from None
-    ops = _CACHE.get(id(xp))
+def _ops_for(xp) -> Ops:
+    """The one `Ops` bound to the array-API namespace `xp`."""
+    ops = _OPS_BY_LIBRARY.get(id(xp))
     if ops is None:
         library = _library_of(xp)
         if library == "mlx":
@@ -192,5 +188,36 @@ def namespace(*arrays) -> Ops:
             ops = _TorchOps(xp)
         else:
             ops = Ops(xp, library)
-        _CACHE[id(xp)] = ops
+        _OPS_BY_LIBRARY[id(xp)] = ops
     return ops
+
+
+def _lookup(arrays) -> Ops:
+    """array_api_compat's answer for `arrays` (the first call per array type)."""
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError as err:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        raise TypeError(
+            f"expected arrays from one library (numpy, torch or mlx), got {kinds}: {err}"
+        ) from None
+    ops = _ops_for(xp)
+    for a in arrays:
+        if hasattr(a, "shape"):  # arrays only: array_namespace passes over Python scalars
+            _OPS_BY_TYPE[type(a)] = ops
+    return ops
+
+
+def namespace(*arrays) -> Ops:
+    """The `Ops` for the library all `arrays` come from.
+
+    Raises TypeError naming the libraries when arrays come from more than one, or when
+    an input is not an array at all.
+    """
+    ops = None
+    for a in arrays:
+        found = _OPS_BY_TYPE.get(type(a))
+        if found is None or (ops is not None and found is not ops):
+            return _lookup(arrays)  # a new type, or two libraries (array_api_compat says which)
+        ops = found
+    return ops if ops is not None else _lookup(arrays)

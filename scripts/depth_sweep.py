@@ -41,7 +41,7 @@ import mhc_core  # noqa: E402
 from mhc_core.experiments.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.experiments.tasks import TASKS, TaskStream  # noqa: E402
-import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --dtype, torchrun)
+import sweep_scale  # noqa: E402  (--checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc")
 # Sizes per mode; any flag given on the command line wins. 'quick' runs the default

@@ -1,4 +1,4 @@
-"""Scale options of the depth sweep (issue 6), kept out of depth_sweep.py's main logic.
+"""Scale options of the depth sweep (resume, recompute, precision, data parallel), kept out of depth_sweep.py's main logic.
 
 depth_sweep.py calls `add_arguments` (flags), `setup` (process group under torchrun),
 `scale_config` (what config.json records of them) and, per run, `RunHooks`:
@@ -29,7 +29,7 @@ ACC_KEYS = ("losses", "events", "streak", "ratio_acc", "gains_max")
 
 
 def add_arguments(p) -> None:
-    g = p.add_argument_group("scale: resume, memory, precision, data parallel (issue 6)")
+    g = p.add_argument_group("scale: resume, memory, precision, data parallel")
     g.add_argument("--checkpoint-every", type=int, default=0,
                    help="checkpoint every K steps to <run>/checkpoints; rerun the same command to resume (0 = off)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept per run")

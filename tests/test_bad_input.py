@@ -96,7 +96,12 @@ CORE_CASES = [
     ("aggregate-not-array", lambda: mc.aggregate([1.0, 2.0]), TypeError, ["one library", "list"]),
     ("MHCConfig-iters0", lambda: mc.MHCConfig(iters=0), ValueError, ["iters", ">= 1"]),
     ("MHCConfig-negative-eps", lambda: mc.MHCConfig(rms_eps=-1.0), ValueError, ["rms_eps", ">= 0"]),
+    ("MHCConfig-inf-post_scale", lambda: mc.MHCConfig(post_scale=float("inf")), ValueError,
+     ["post_scale", "finite", "inf"]),
+    ("MHCConfig-bool-iters", lambda: mc.MHCConfig(iters=True), ValueError, ["iters", "integer", "True"]),
     ("namespace-not-array", lambda: mc.namespace("x"), TypeError, ["one library", "str"]),
+    ("namespace-python-scalar", lambda: (mc.namespace(X, 1.0), mc.namespace(1.0)), TypeError,
+     ["one library", "builtins.float"]),
 ]
 
 
@@ -178,6 +183,12 @@ MODULE_CASES = [
      ["numpy.ndarray"]),
     ("MHC-variant", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, variant="foo"), ValueError, ["variant", "'foo'"]),
     ("MHC-n0", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, 0, C), ValueError, ["n", ">= 1"]),
+    ("MHC-dim-float", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, 8.0), ValueError, ["dim", "integer", "8.0"]),
+    ("MHC-layer-not-callable", lambda ad, pkg, m, a, o: pkg.MHC(3, N, C), TypeError, ["layer", "callable", "int"]),
+    ("MHC-init-not-dict", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, init=[P["phi"]]), TypeError,
+     ["init", "dict", "list"]),
+    ("MHC-rms_eps-inf", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, rms_eps=float("inf")), ValueError,
+     ["rms_eps", "finite", "inf"]),
     ("MHC-iters0", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, iters=0), ValueError, ["iters", ">= 1"]),
     ("MHC-init-phi-shape", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, init={**P, "phi": np.ones((3, 3))}),
      ValueError, ["phi", "[32, 24]", "[3, 3]"]),
@@ -198,6 +209,8 @@ MODULE_CASES = [
     ("StreamHead-numpy-input", lambda ad, pkg, m, a, o: pkg.StreamHead(N, C)(np.ones((2, N, C), np.float32)),
      TypeError, ["numpy.ndarray"]),
     ("StreamHead-n0", lambda ad, pkg, m, a, o: pkg.StreamHead(0, C), ValueError, ["n", ">= 1"]),
+    ("StreamHead-eps-nan", lambda ad, pkg, m, a, o: pkg.StreamHead(N, C, eps=float("nan")), ValueError,
+     ["eps", "finite", "nan"]),
 ]
 
 

@@ -33,38 +33,26 @@ import numpy as np
 
 import mhc_core
 from mhc_core import checks
-from mhc_core.config import MHCConfig
+from mhc_core.module_args import head_args, mhc_args
 
 IMPLS = ("auto", "reference")
 
 
-def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> mx.array:
-    """A float32 parameter from a numpy / mlx array, with a clear error on a wrong shape."""
+def _as_param(value) -> mx.array:
+    """A float32 parameter from a numpy / mlx array (its shape checked by mhc_core)."""
     if isinstance(value, mx.array):
         with mx.stream(mx.cpu):  # the value may be float64, which only the CPU has
             arr = value.astype(mx.float32)
             mx.eval(arr)
-    else:
-        arr = mx.array(np.asarray(value, dtype=np.float32))
-    if tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(arr.shape)}")
-    return arr
+        return arr
+    return mx.array(np.asarray(value, dtype=np.float32))
 
 
 def _check_input(x, n: int, c: int, owner: str) -> None:
     """x must be a floating mlx array [..., n, C] with this module's n and C."""
     if not isinstance(x, mx.array):
         raise TypeError(f"{owner} expects an mlx.core.array x [..., n, C], got {type(x).__module__}.{type(x).__name__}")
-    ops = mhc_core.namespace(x)
-    checks.stream_input(ops, x)
-    shape = checks.shape_of(x)
-    checks.expect_trailing(x, (n, c), shape[:-2], "x", f"[..., n, C] with n={n}, C={c} for this {owner}")
-
-
-def _channels(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim (channels per stream, C) must be an integer >= 1, got {dim!r}")
-    return dim
+    checks.module_input(mhc_core.namespace(x), x, n, c, owner)
 
 
 # --- compiled mixing math (pure functions of arrays; config bound per cache entry) ---------
@@ -95,6 +83,8 @@ class MHC(nn.Module):
         variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
             'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
+            Numbers may be Python, numpy or 0-d array scalars; eps and scales must be
+            finite and >= 0. All arguments are checked by `mhc_core.module_args`.
         init: optional {'phi', 'bias', 'alpha'} (numpy or mlx arrays) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
         impl: 'auto' or 'reference'; both run the mhc_core ops (MLX has one path; the
@@ -122,29 +112,15 @@ class MHC(nn.Module):
         compiled: bool = False,
     ):
         super().__init__()
-        self.n, self.dim = checks.streams(n), _channels(dim)
-        self.variant = checks.variant(variant)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS} on the mlx backend, got {impl!r}")
-        if self.variant == "residual" and n != 1:
-            raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
-        self.impl, self.compiled = impl, bool(compiled)
-        # A dataclass (not a dict) so nn.Module does not treat it as a parameter tree.
-        self.config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
-                                sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)
+        args = mhc_args(layer, n, dim, variant=variant, iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
+                        sinkhorn_eps=sinkhorn_eps, post_scale=post_scale, init=init, seed=seed, impl=impl,
+                        impls=IMPLS)
+        self.n, self.dim, self.variant, self.impl = args.n, args.dim, args.variant, args.impl
+        self.compiled = bool(compiled)
+        self.config = args.config  # a dataclass (not a dict): nn.Module does not take it for parameters
         self.layer = layer
-
-        shapes = mhc_core.param_shapes(n, dim, self.variant)
-        if init is None:
-            init = mhc_core.init_params(n, dim, variant=self.variant, pre_eps=pre_eps, seed=seed) if shapes else {}
-        missing, unexpected = set(shapes) - set(init), set(init) - set(shapes)
-        if missing or unexpected:
-            raise ValueError(
-                f"MHC init for variant {self.variant!r} must hold exactly {sorted(shapes)}; "
-                f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-            )
-        for name, shape in shapes.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
-            setattr(self, name, _as_param(init[name], shape, name, "MHC"))
+        for name, value in args.params.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
+            setattr(self, name, _as_param(value))
 
     def _extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, compiled={self.compiled}"
@@ -171,12 +147,10 @@ class StreamHead(nn.Module):
 
     def __init__(self, n: int, dim: int, *, rms_eps: float = 1e-6, eps: float = 1e-6):
         super().__init__()
-        self.n, self.dim = checks.streams(n), _channels(dim)
-        self.rms_eps = checks.non_negative(rms_eps, "rms_eps")
-        self.eps = checks.non_negative(eps, "eps")
-        shapes = mhc_core.head_param_shapes(n, dim)
-        for name, value in mhc_core.init_head_params(n, dim, eps=eps).items():
-            setattr(self, name, _as_param(value, shapes[name], name, "StreamHead"))
+        args = head_args(n, dim, rms_eps=rms_eps, eps=eps)
+        self.n, self.dim, self.rms_eps, self.eps = args.n, args.dim, args.rms_eps, args.eps
+        for name, value in args.params.items():  # phi [n*C, n], bias [n], alpha [1]
+            setattr(self, name, _as_param(value))
 
     def _extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}"

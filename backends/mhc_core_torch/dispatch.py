@@ -1,34 +1,34 @@
-"""Which implementation runs one mHC step: the mhc_core reference ops or Triton kernels.
+"""Which implementation runs one mHC step: the mhc_core reference ops or the Triton kernels.
 
 DESIGN §2: on CUDA the Triton path is the default, elsewhere the reference path; an
 explicit request for a path that cannot run here is a clear error, never a silent
 fallback; only `impl="auto"` falls back.
 
-    impl        CUDA tensor + kernels present     anything else
+    impl        CUDA tensor the kernels take      anything else
     "auto"      triton                            reference
     "reference" reference                         reference
     "triton"    triton                            RuntimeError (says why)
 
-The Triton kernels live in `mhc_core_torch.kernels` (issue 3). Adding them takes no change
-here beyond what that package provides: a function
-`mhc_step_triton(x, layer, phi, bias, alpha, *, variant, cfg, layer_kwargs)` with the
-same contract as `_reference_step`, and optionally `supports(x, variant) -> str | None`
-(None when the kernels handle this input, else the reason they do not).
+Whether the kernels can run, and on what, is `triton_gate`'s answer. The kernels
+(`mhc_core_torch.kernels`, which imports Triton) are imported here where they can run, so a
+compiled model never traces an import.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
 from typing import Callable
 
 import torch
 
 import mhc_core
 
+from . import triton_gate
+
+if triton_gate.runnable():
+    from .kernels import ops as triton_ops
+else:
+    triton_ops = None
+
 IMPLS = ("auto", "reference", "triton")
-_KERNELS = "mhc_core_torch.kernels"
 
 
 def check_impl(impl) -> str:
@@ -38,54 +38,14 @@ def check_impl(impl) -> str:
     return impl
 
 
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _kernels():
-    """The Triton kernels package, or None while it is not part of this build."""
-    kernels = sys.modules.get(_KERNELS)  # once imported, no importlib call: torch.compile cannot trace it
-    if kernels is None:
-        if importlib.util.find_spec(_KERNELS) is None:
-            return None
-        kernels = importlib.import_module(_KERNELS)  # a broken package raises: no silent fallback
-    return kernels if hasattr(kernels, "mhc_step_triton") else None
-
-
-# Where the kernels can run, import them now: a compiled model must never trace an import.
-if _triton_installed() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    _kernels()
-
-
-def triton_unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:
-    """None when the Triton path can run `x` here, else a sentence saying why not."""
-    if variant == "residual":
-        return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
-    if not _triton_installed():
-        return "triton is not installed (pip install 'mhc-core[torch]' on Linux)"
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        return (f"x is on {x.device}; the Triton kernels need a CUDA tensor "
-                "(or TRITON_INTERPRET=1 to run them in the Triton interpreter)")
-    kernels = _kernels()
-    if kernels is None:
-        return f"the Triton kernels ({_KERNELS}.mhc_step_triton) are not part of this build"
-    supports = getattr(kernels, "supports", None)
-    return supports(x, variant) if supports is not None else None
-
-
-def _triton_available(x: torch.Tensor, variant: str) -> bool:
-    """What `impl="auto"` asks: Triton only for CUDA tensors, and only where it can run."""
-    return x.is_cuda and triton_unavailable_reason(x, variant) is None
-
-
 def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
     """'reference' or 'triton' for this input (see the table in the module docstring)."""
     check_impl(impl)
     if impl == "reference":
         return "reference"
     if impl == "auto":
-        return "triton" if _triton_available(x, variant) else "reference"
-    reason = triton_unavailable_reason(x, variant)
+        return "triton" if x.is_cuda and triton_gate.unavailable_reason(x, variant) is None else "reference"
+    reason = triton_gate.unavailable_reason(x, variant)
     if reason is not None:
         raise RuntimeError(f"impl='triton' was requested but cannot run: {reason}. "
                            "Use impl='auto' to fall back to the reference path.")
@@ -122,6 +82,6 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     """
     layer_kwargs = layer_kwargs or {}
     if resolve_impl(impl, x, variant=variant) == "triton":
-        return _kernels().mhc_step_triton(x, layer, phi, bias, alpha, variant=variant, cfg=cfg,
-                                          layer_kwargs=layer_kwargs)
+        f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
+        return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
     return _reference_step(x, layer, phi, bias, alpha, variant=variant, cfg=cfg, layer_kwargs=layer_kwargs)

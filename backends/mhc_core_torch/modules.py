@@ -5,7 +5,8 @@
 
 The math is `mhc_core`'s, run on torch tensors through the array-API shim; autograd
 differentiates through it (the reference path). `impl` picks the path (dispatch.py):
-'auto' (Triton on CUDA once the kernels exist, else reference), 'reference' or 'triton'.
+'auto' (the Triton kernels for CUDA tensors they take, else reference), 'reference' or
+'triton'.
 
 Parameters are float32 `nn.Parameter`s named `phi`, `bias`, `alpha` (none for the
 'residual' variant); the wrapped layer is `self.layer`, so its parameters are named
@@ -24,26 +25,20 @@ from torch import nn
 
 import mhc_core
 from mhc_core import checks
-from mhc_core.config import MHCConfig
+from mhc_core.module_args import head_args, mhc_args
 
 from . import dispatch
 
-
-def _channels(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim (channels per stream, C) must be an integer >= 1, got {dim!r}")
-    return dim
+# torch's array types enter mhc_core's namespace cache now, so that even the first trace of
+# a compiled model finds them by a plain dict lookup (mhc_core.xp.namespace).
+mhc_core.namespace(torch.empty(0), nn.Parameter(torch.empty(0)))
 
 
-def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> nn.Parameter:
-    """A float32 parameter from a numpy array / tensor, with a clear error on a wrong shape."""
+def _as_param(value) -> nn.Parameter:
+    """A float32 CPU parameter from a numpy array or tensor (its shape checked by mhc_core)."""
     if isinstance(value, torch.Tensor):
-        t = value.detach().to(dtype=torch.float32, device="cpu").clone()
-    else:
-        t = torch.from_numpy(np.array(value, dtype=np.float32))
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(t.shape)}")
-    return nn.Parameter(t)
+        return nn.Parameter(value.detach().to(dtype=torch.float32, device="cpu").clone())
+    return nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32)))
 
 
 def _check_input(x, n: int, c: int, owner: str) -> None:
@@ -51,9 +46,7 @@ def _check_input(x, n: int, c: int, owner: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{owner} expects a torch.Tensor x [..., n, C], got "
                         f"{type(x).__module__}.{type(x).__name__}")
-    checks.stream_input(mhc_core.namespace(x), x)  # floating, rank >= 2
-    shape = checks.shape_of(x)
-    checks.expect_trailing(x, (n, c), shape[:-2], "x", f"[..., n, C] with n={n}, C={c} for this {owner}")
+    checks.module_input(mhc_core.namespace(x), x, n, c, owner)
 
 
 class MHC(nn.Module):
@@ -65,12 +58,19 @@ class MHC(nn.Module):
         variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
             'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
+            Numbers may be Python, numpy or 0-d array scalars; eps and scales must be
+            finite and >= 0. All arguments are checked by `mhc_core.module_args`.
         init: optional {'phi', 'bias', 'alpha'} (numpy arrays or tensors) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
         impl: 'auto' | 'reference' | 'triton' (see dispatch.py).
 
     Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments of `forward` are
     passed to `layer` (attention masks, position embeddings, ...).
+
+    Gradients: the reference path supports any order (autograd through mhc_core). The
+    Triton path computes first derivatives only: a gradient of a gradient (backward of
+    a `create_graph=True` gradient, e.g. a gradient penalty) raises a RuntimeError saying
+    so; use impl='reference' for it.
     """
 
     def __init__(
@@ -90,29 +90,14 @@ class MHC(nn.Module):
         impl: str = "auto",
     ):
         super().__init__()
-        self.n, self.dim = checks.streams(n), _channels(dim)
-        self.variant = checks.variant(variant)
-        self.impl = dispatch.check_impl(impl)
-        if self.variant == "residual" and n != 1:
-            raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
-        if self.variant == "residual" and impl == "triton":
-            raise ValueError("impl='triton' has no kernel for variant 'residual' (a plain x + f(x))")
-        self.config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
-                                sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)
+        args = mhc_args(layer, n, dim, variant=variant, iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
+                        sinkhorn_eps=sinkhorn_eps, post_scale=post_scale, init=init, seed=seed, impl=impl,
+                        impls=dispatch.IMPLS)
+        self.n, self.dim, self.variant, self.impl, self.config = args.n, args.dim, args.variant, args.impl, args.config
         self._cfg = self.config.as_dict()
         self.layer = layer
-
-        shapes = mhc_core.param_shapes(n, dim, self.variant)
-        if init is None:
-            init = mhc_core.init_params(n, dim, variant=self.variant, pre_eps=pre_eps, seed=seed) if shapes else {}
-        missing, unexpected = set(shapes) - set(init), set(init) - set(shapes)
-        if missing or unexpected:
-            raise ValueError(
-                f"MHC init for variant {self.variant!r} must hold exactly {sorted(shapes)}; "
-                f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-            )
-        for name, shape in shapes.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
-            self.register_parameter(name, _as_param(init[name], shape, name, "MHC"))
+        for name, value in args.params.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
+            self.register_parameter(name, _as_param(value))
 
     def extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, impl={self.impl!r}"
@@ -147,12 +132,10 @@ class StreamHead(nn.Module):
 
     def __init__(self, n: int, dim: int, *, rms_eps: float = 1e-6, eps: float = 1e-6):
         super().__init__()
-        self.n, self.dim = checks.streams(n), _channels(dim)
-        self.rms_eps = checks.non_negative(rms_eps, "rms_eps")
-        self.eps = checks.non_negative(eps, "eps")
-        shapes = mhc_core.head_param_shapes(n, dim)
-        for name, value in mhc_core.init_head_params(n, dim, eps=eps).items():
-            self.register_parameter(name, _as_param(value, shapes[name], name, "StreamHead"))
+        args = head_args(n, dim, rms_eps=rms_eps, eps=eps)
+        self.n, self.dim, self.rms_eps, self.eps = args.n, args.dim, args.rms_eps, args.eps
+        for name, value in args.params.items():  # phi [n*C, n], bias [n], alpha [1]
+            self.register_parameter(name, _as_param(value))
 
     def extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}"

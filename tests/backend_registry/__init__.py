@@ -80,7 +80,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("mlx", ("mlx.core", "mhc_core_mlx"), "mhc_core_mlx", "backend_registry.mlx_adapter",
             trains=True),
     Backend("torch-triton", ("torch", "triton", "mhc_core_torch"), "mhc_core_torch",
-            "backend_registry.triton_adapter", "mhc_core_torch.kernels:runnable", fused=True),
+            "backend_registry.triton_adapter", "mhc_core_torch.triton_gate:runnable", fused=True),
 )
 REQUIRE_ENV = "MHC_REQUIRE_BACKENDS"
 

@@ -204,9 +204,9 @@ def test_head_reduction_round_trip(decoder, token_ids, tmp_path):
 @pytest.mark.slow  # ~25 s in the Triton interpreter on 2 CPU cores
 def test_triton_path_where_it_can_run(decoder, token_ids, assert_close):
     """impl='triton' (CUDA, or the Triton interpreter on CPU under TRITON_INTERPRET=1)."""
-    from mhc_core_torch import dispatch
+    from mhc_core_torch import triton_gate
 
-    reason = dispatch.triton_unavailable_reason(torch.zeros(1, 4, 32))
+    reason = triton_gate.unavailable_reason(torch.zeros(1, 4, 32))
     if reason is not None:
         pytest.skip(reason)
     original = decoder("llama")

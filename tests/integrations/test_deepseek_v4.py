@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_core_torch import dispatch
+from mhc_core_torch import triton_gate
 from mhc_core_torch.integrations import patch_deepseek_v4
 
 ds = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
@@ -142,7 +142,7 @@ def test_bfloat16_step_is_at_least_as_accurate(models):
 def test_triton_path_where_it_can_run(models, ids, assert_close):
     original, _ = models
     x = torch.zeros(1, 1, N, HIDDEN)
-    reason = dispatch.triton_unavailable_reason(x)
+    reason = triton_gate.unavailable_reason(x)
     if reason is not None:
         pytest.skip(reason)
     patched = patch_deepseek_v4(copy.deepcopy(original), impl="triton")

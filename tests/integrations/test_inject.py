@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -150,6 +152,17 @@ def test_sequential_matches_plain_residual_stack(variant, n, reduce, assert_clos
     assert_close(stack(x), want, 1e-5, f"MHCSequential {variant} n={n} {reduce}")
 
 
+def test_sequential_takes_numpy_numbers(assert_close):
+    """numpy scalars for n and the settings: Python numbers inside, the same warm start."""
+    torch.manual_seed(0)
+    layers = [MLP(16) for _ in range(2)]
+    x = torch.randn(3, 16)
+    stack = MHCSequential(layers, n=np.int64(3), iters=np.int64(5), rms_eps=np.float32(1e-5), reduce="head")
+    assert type(stack.n) is int and type(stack.layers[0].config.iters) is int
+    assert type(stack.layers[0].config.rms_eps) is float and type(stack.head.rms_eps) is float
+    assert_close(stack(x), plain_residual(layers, x), 1e-5, "MHCSequential numpy numbers")
+
+
 def test_sequential_gradients_and_names():
     torch.manual_seed(0)
     stack = MHCSequential([MLP(8) for _ in range(2)], n=4, reduce="head")
@@ -168,3 +181,7 @@ def test_sequential_errors():
     stack = MHCSequential([nn.GELU()], n=4, dim=8)
     with pytest.raises(ValueError, match=r"expects x \[..., C=8\]"):
         stack(torch.zeros(2, 7))
+    with pytest.raises(TypeError, match=r"MHCSequential layers\[0\] must be an nn.Module .*, got builtins.int"):
+        MHCSequential([3], n=4)
+    with pytest.raises(TypeError, match=r"layers\[1\] must be an nn.Module .*, got builtins.str"):
+        MHCSequential([nn.Linear(8, 8), "fc"], n=4, dim=8)

@@ -1,6 +1,7 @@
-"""torch.compile (issue 6, point 4): MHC and the tiny LM compile with fullgraph=True on
-the reference path and give the eager numbers, forward and gradients; also with block
-recompute inside the compiled graph.
+"""torch.compile: MHC and the tiny LM compile with fullgraph=True on the reference path and
+give the eager numbers, forward and gradients; also with block recompute inside the
+compiled graph. Compiling is silent: no warning and no log record, even on the first
+trace of a fresh process.
 
 The aot_eager backend keeps this fast (inductor codegen takes minutes on a 2-core CPU);
 `benchmarks/bench_recompute.py` measures inductor's speed. aot_eager still traces the
@@ -8,6 +9,9 @@ whole graph (fullgraph=True fails on any graph break) and runs AOTAutograd's joi
 forward/backward, so equality here means the traced program is the eager one.
 """
 from __future__ import annotations
+
+import subprocess
+import textwrap
 
 import numpy as np
 import pytest
@@ -18,9 +22,8 @@ import mhc_core
 import mhc_core_torch
 from mhc_core.experiments.lm_config import LMConfig, init_lm_params
 from mhc_core_torch.lm import TinyLM, masked_cross_entropy
-from scale_helpers import assert_close
+from scale_helpers import PYTHON, REPO, assert_close, subprocess_env
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo notes about lru_cache in array_api_compat
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +74,44 @@ def test_tiny_lm_fullgraph_forward_and_grads(recompute):
     names = [k for k, _ in eager.named_parameters()]
     for name, a, b in zip(names, results[1][1], results[0][1]):
         assert_close(a, b, rtol=1e-5, atol=1e-7, case=f"compiled TinyLM grad {name} (recompute {recompute})")
+
+
+# Run in a fresh process: the first trace of the first compiled model is the one that met
+# array_api_compat's lru_cache-wrapped namespace lookup (and dynamo's warnings about it).
+_FIRST_COMPILE = textwrap.dedent("""
+    import logging, warnings
+    warnings.simplefilter("always")
+    records = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage()[:300])
+    logging.getLogger().addHandler(Keep(level=logging.WARNING))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import torch
+        import mhc_core, mhc_core_torch
+        torch.manual_seed(0)
+        n, c = 4, 8
+        m = mhc_core_torch.MHC(torch.nn.Linear(c, c), n, c, impl="reference",
+                               init=mhc_core.init_params(n, c, phi_std=0.2, alpha=1.0, seed=1))
+        x = torch.randn(2, 3, n, c)
+        compiled = torch.compile(m, backend="eager", fullgraph=True)
+        out = compiled(x)
+    err = float((out - m(x)).abs().max())
+    print("WARNINGS", [str(w.message)[:300] for w in caught])
+    print("LOGS", records)
+    print("MAXDIFF", err)
+""")
+
+
+def test_first_compile_in_a_fresh_process_is_silent():
+    """torch.compile(MHC) in a new process: no warning, no WARNING log record, and the
+    compiled forward equals eager (fullgraph: no graph break either)."""
+    run = subprocess.run([PYTHON, "-c", _FIRST_COMPILE], cwd=REPO, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ", 1)[0] in
+                 ("WARNINGS", "LOGS", "MAXDIFF"))
+    assert lines["WARNINGS"] == "[]", lines["WARNINGS"]
+    assert lines["LOGS"] == "[]", lines["LOGS"]
+    assert float(lines["MAXDIFF"]) <= 1e-6, lines["MAXDIFF"]

@@ -1,7 +1,7 @@
 """MLX data parallel: 2 real processes under `mlx.launch --backend ring` (TCP over
 localhost; the backend that runs on this Linux CPU machine: `mx.distributed.is_available`
 reports 'ring' and 'any', no MPI library is installed) vs one process on the same global
-batches (issue 6, point 1). Gradients are averaged by `mlx.nn.average_gradients`.
+batches. Gradients are averaged by `mlx.nn.average_gradients`.
 
 Same tolerances and reasons as test_distributed_torch.py (measured here: first-step
 gradients and SGD parameters equal to ~1e-7, Adam parameters within 1.2e-5).

@@ -1,5 +1,5 @@
 """DDP and FSDP2 (gloo, CPU, 2 real processes under torchrun) vs one process on the same
-global batches (issue 6, point 1).
+global batches.
 
 Asserted: the first step's averaged gradient equals the single-process gradient to float32
 rounding; after 3 SGD steps the parameters do too. Adam is held to 1e-4 absolute (lr 1e-2):

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 6, point 3): bf16 activations, float32 coefficients and Sinkhorn.
+"""Mixed precision: bf16 activations, float32 coefficients and Sinkhorn.
 
 - An MHC step on bf16 input matches the float64 oracle to bf16 tolerance, on torch and MLX.
 - Its coefficients are float32 and agree with float64 math on the same (bf16-rounded)

@@ -1,4 +1,4 @@
-"""Block recompute (issue 6, point 2; paper §4.3): gradients identical to the plain run,
+"""Block recompute (paper §4.3): gradients identical to the plain run,
 and only each block's input kept for backward.
 
 Identical means bitwise here: the recomputation runs the same CPU kernels on the same

@@ -1,4 +1,4 @@
-"""Resumable runs (issue 6, point 5): SIGKILL a real training subprocess at random points,
+"""Resumable runs: SIGKILL a real training subprocess at random points,
 restart it with the same command, and demand the run an uninterrupted one gives: every
 step in metrics.jsonl exactly once, every logged loss and the final parameters bitwise
 equal. Corrupt / truncated checkpoints are detected, reported, and the previous one used.

@@ -1,4 +1,4 @@
-"""Robust numerics (issue 6, point 6): the coefficient path at huge and tiny magnitudes,
+"""Robust numerics: the coefficient path at huge and tiny magnitudes,
 Sinkhorn's backward wherever its forward is finite, NaN input confined to its token.
 
 Why these: float32 `mean(v**2)` is inf once |v| > 1.8e19, which used to make

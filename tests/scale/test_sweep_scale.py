@@ -1,4 +1,4 @@
-"""The depth sweep's scale options end to end (issue 6): SIGKILL + restart of the real
+"""The depth sweep's scale options end to end: SIGKILL + restart of the real
 script, torchrun with 2 ranks, a NaN event that is logged rather than raised, bf16 and
 block recompute. Sizes are toy; what is asserted is exact where the math is
 deterministic (resume, recompute: bitwise) and float32-rounding where it is not

@@ -1,7 +1,8 @@
 """Shared pieces of the Triton kernel tests.
 
 Without CUDA the kernels run in the Triton interpreter, which Triton reads when a kernel is
-decorated: TRITON_INTERPRET=1 must be set before mhc_core_torch.kernels is imported. tests/
+decorated: TRITON_INTERPRET=1 must be set before mhc_core_torch is first imported
+(mhc_core_torch.triton_gate reads it once, and the kernels are decorated then). tests/
 conftest.py does it for the whole suite; it is repeated here so this directory also runs
 alone. Shapes stay tiny (the interpreter is slow); the realistic-shape and bf16 versions
 are marked `gpu`.

@@ -157,5 +157,5 @@ def test_coefficients_bad_input(rounded):
     big = mhc_core.init_params(17, 2)
     with pytest.raises(ValueError, match="n <= 16"):
         ops.coefficients(torch.zeros(1, 17, 2), *(torch.from_numpy(big[k]) for k in ("phi", "bias", "alpha")))
-    with pytest.raises(RuntimeError, match="CUDA tensors"):
+    with pytest.raises(RuntimeError, match="need a CUDA tensor"):
         ops.coefficients(x.to("meta"), phi.to("meta"), bias.to("meta"), alpha.to("meta"))

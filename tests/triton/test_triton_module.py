@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 import backend_registry as registry
-from mhc_core_torch import MHC, dispatch
-from mhc_core_torch import kernels as kernels_pkg
+from mhc_core_torch import MHC, dispatch, triton_gate
 from mhc_core_torch.kernels import ops
 
 
@@ -67,7 +66,40 @@ def test_dispatch_rules():
         dispatch.resolve_impl("triton", torch.zeros(2, 1, 4), variant="residual")
     with pytest.raises(ValueError, match="impl must be one of"):
         dispatch.resolve_impl("cuda", x)
-    assert "CUDA tensor" in kernels_pkg.supports(torch.zeros(2, 3, 4, device="meta"))
+    assert "CUDA tensor" in triton_gate.unavailable_reason(torch.zeros(2, 3, 4, device="meta"))
+
+
+def test_double_backward_is_a_clear_error(mixing_params, assert_close):
+    """A gradient of a gradient: the kernels have first derivatives only, so backward through
+    a create_graph=True gradient raises an error naming impl='reference' (where it works)."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params)
+    x = torch.randn(1, 2, 2, 4)
+    firsts = []
+    for m in (tri, ref):
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(m(xi).square().sum(), xi, create_graph=True)
+        firsts.append(g)
+    assert_close(firsts[0], firsts[1], 1e-5, "first-order grad with create_graph=True")
+    with pytest.raises(RuntimeError, match=r"double backward through the Triton kernels .*impl='reference'"):
+        firsts[0].square().sum().backward()
+    firsts[1].square().sum().backward()  # the reference path differentiates twice
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in (ref.phi, ref.bias, ref.alpha))
+
+
+@pytest.mark.parametrize("op", ["coefficients", "sinkhorn", "pre_aggregate", "post_residual"])
+def test_each_kernel_op_refuses_double_backward(op, mixing_params):
+    n, c = 2, 4
+    p = {k: torch.from_numpy(v).float().requires_grad_(True) for k, v in mixing_params(n, c).items()}
+    x = torch.randn(3, n, c, requires_grad=True)
+    run = {
+        "coefficients": lambda: ops.coefficients(x, p["phi"], p["bias"], p["alpha"], iters=2)[2],
+        "sinkhorn": lambda: ops.sinkhorn(x[:, :, :n], iters=2),
+        "pre_aggregate": lambda: ops.pre_aggregate(x, x[:, :, 0]),
+        "post_residual": lambda: ops.post_residual(x, x[:, 0], x[:, :, 1], x[:, :, :n]),
+    }[op]
+    (g,) = torch.autograd.grad(run().square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=rf"double backward through the Triton kernels \({op}\)"):
+        g.sum().backward()
 
 
 def test_triton_module_float64_is_a_clear_error():

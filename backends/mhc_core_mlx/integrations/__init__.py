@@ -1,4 +1,4 @@
-"""mHC in existing MLX models (issue 5): `convert(model, n)` for mlx-lm Llama-family decoders."""
+"""mHC in existing MLX models: `convert(model, n)` for mlx-lm Llama-family decoders."""
 from .convert import convert, load_converted, mhc_steps
 
 __all__ = ["convert", "load_converted", "mhc_steps"]

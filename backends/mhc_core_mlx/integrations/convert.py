@@ -72,7 +72,7 @@ def _layers(model) -> list:
 def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None, **cfg):
     """Convert an mlx-lm decoder model in place; returns it. Settings as mhc_core_torch.convert
     (reduce is the mean; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
-    checks.streams(n)
+    n = checks.streams(n)
     if checks.variant(variant) == "residual" and n != 1:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
     full = mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()

@@ -1,4 +1,4 @@
-"""mHC in existing models (issue 5).
+"""mHC in existing models: convert, inject or wrap their residual blocks.
 
 - `convert(model, n)`: a transformers pre-LN decoder (Llama, Qwen2, Qwen3, ...) -> mHC, exact warm start.
 - `load_converted(path)`: load what `save_pretrained` wrote after convert / inject.

@@ -69,7 +69,7 @@ def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str =
     'triton'; init: {'phi','bias','alpha'} for every step (default: exact warm start);
     cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
     """
-    full_cfg = check_settings(n, variant, reduce, cfg)
+    n, full_cfg = check_settings(n, variant, reduce, cfg)
     names = _decoder_stack(model)
     segments = convert_segments(model, [names], PRE_NORM_DECODER, n=n, variant=variant, reduce=reduce,
                                 impl=impl, init=init, cfg=full_cfg)

@@ -72,9 +72,9 @@ def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe
     return recorded
 
 
-def check_settings(n, variant, reduce, cfg: dict) -> dict:
-    """Validate the shared arguments; returns the full MHCConfig as a dict."""
-    checks.streams(n)
+def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:
+    """Validate the shared arguments; returns (n as an int, the full MHCConfig as a dict)."""
+    n = checks.streams(n)
     checks.variant(variant)
     if variant == "residual" and n != 1:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
@@ -88,7 +88,7 @@ def check_settings(n, variant, reduce, cfg: dict) -> dict:
     # stochastic): with eps = 1e-6 every column of res sums to 1 - ~1e-6, the residual
     # shrinks by that much per step, and a 24-layer Llama's logits drift by 1.5e-4 at the
     # warm start (1.2e-5 with eps = 0). Pass sinkhorn_eps=1e-6 for DeepSeek-V4's value.
-    return mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
+    return n, mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
 
 
 def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
@@ -121,7 +121,7 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
     Returns `model`.
     """
-    full_cfg = check_settings(n, variant, reduce, cfg)
+    n, full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
     match = _matcher(target)

@@ -50,7 +50,11 @@ class MHCSequential(nn.Module):
         layers = list(layers)
         if not layers:
             raise ValueError("MHCSequential needs at least one layer")
-        full_cfg = check_settings(n, variant, reduce, cfg)
+        for i, f in enumerate(layers):
+            if not isinstance(f, nn.Module):
+                raise TypeError(f"MHCSequential layers[{i}] must be an nn.Module [..., C] -> [..., C], "
+                                f"got {type(f).__module__}.{type(f).__name__}")
+        n, full_cfg = check_settings(n, variant, reduce, cfg)
         self.n, self.dim = n, dim if dim is not None else infer_dim(layers[0])
         self.layers = nn.ModuleList(
             MHC(f, n, self.dim, variant=variant, init=init, impl=impl, **full_cfg) for f in layers

@@ -45,7 +45,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, cast_for_store, coefficient_inputs, gate_pad, num_programs_hint, stream_pad
+from mhc_core import checks, namespace
+
+from ..triton_gate import INTERPRETED, check_kernel_inputs
+from ._common import cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad
 from .sinkhorn import sinkhorn_tile, sinkhorn_tile_bwd
 
 
@@ -376,6 +379,9 @@ def _(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc, iters, sk_eps, post_sca
         bias.new_empty(bias.shape, dtype=z.dtype), alpha.new_empty(alpha.shape, dtype=z.dtype)
 
 
+_bwd_op.register_autograd(first_order_only("coefficients"))
+
+
 class CoefficientsFunction(torch.autograd.Function):
     """(x [T, n, C], phi, bias, alpha) -> (pre [T, n], post [T, n], res [T, n, n])."""
 
@@ -402,9 +408,10 @@ def coefficients(x, phi, bias, alpha, *, variant="mhc", iters=20, rms_eps=1e-6, 
                  sinkhorn_eps=1e-6, post_scale=2.0):
     """Triton `mhc_core.coefficients`: x [..., n, C] -> (pre [..., n], post [..., n], res [..., n, n]),
     float32 whatever x's dtype (float64 only in the interpreter)."""
-    n, c = coefficient_inputs(x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, sinkhorn_eps, post_scale)
+    n, c, variant, cfg = checks.coefficient_inputs(namespace(x, phi, bias, alpha), x, phi, bias, alpha, variant, dict(
+        iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
+    check_kernel_inputs("coefficients", n, x, phi, bias, alpha)
     lead = tuple(x.shape[:-2])
     pre, post, res = CoefficientsFunction.apply(
-        x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", iters,
-        float(rms_eps), float(pre_eps), float(sinkhorn_eps), float(post_scale))
+        x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
     return pre.reshape(lead + (n,)), post.reshape(lead + (n,)), res.reshape(lead + (n, n))

@@ -17,7 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_for_store, next_pow2, stream_op_inputs, torch_acc_dtype
+from mhc_core import checks, namespace
+
+from ..triton_gate import check_kernel_inputs
+from ._common import cast_for_store, first_order_only, next_pow2, torch_acc_dtype
 
 
 # ----------------------------------------------------------------------------------------
@@ -128,6 +131,9 @@ def _(x, y, post, res, dout):
         res.new_empty(res.shape, dtype=f)
 
 
+_bwd_op.register_autograd(first_order_only("post_residual"))
+
+
 class PostResidualFunction(torch.autograd.Function):
     """(x [T, n, C], y [T, C], post [T, n], res [T, n, n]) -> out [T, n, C]."""
 
@@ -145,10 +151,8 @@ class PostResidualFunction(torch.autograd.Function):
 
 def post_residual(x, y, post, res):
     """Triton `mhc_core.post_residual`: -> out [..., n, C] in x's dtype."""
-    n, c, lead = stream_op_inputs("post_residual", x, {
-        "y": (y, lambda n, c: (c,), "the layer output, one C-vector per token"),
-        "post": (post, lambda n, c: (n,), "one weight per stream of x"),
-        "res": (res, lambda n, c: (n, n), "an n x n mixing matrix per token")})
+    n, c, lead = checks.post_residual_inputs(namespace(x, y, post, res), x, y, post, res)
+    check_kernel_inputs("post_residual", n, x, y, post, res)
     flat = lambda a, *s: a.reshape(-1, *s).contiguous()  # noqa: E731
     out = PostResidualFunction.apply(flat(x, n, c), flat(y, c), flat(post, n), flat(res, n, n))
     return out.reshape(lead + (n, c))

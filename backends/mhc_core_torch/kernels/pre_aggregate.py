@@ -15,7 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_for_store, next_pow2, stream_op_inputs, torch_acc_dtype
+from mhc_core import checks, namespace
+
+from ..triton_gate import check_kernel_inputs
+from ._common import cast_for_store, first_order_only, next_pow2, torch_acc_dtype
 
 
 # ----------------------------------------------------------------------------------------
@@ -107,6 +110,9 @@ def _(x, pre, dh):
     return torch.empty_like(x), x.new_empty(pre.shape, dtype=torch_acc_dtype(x.dtype))
 
 
+_bwd_op.register_autograd(first_order_only("pre_aggregate"))
+
+
 class PreAggregateFunction(torch.autograd.Function):
     """(x [T, n, C], pre [T, n]) -> h [T, C]."""
 
@@ -124,7 +130,7 @@ class PreAggregateFunction(torch.autograd.Function):
 
 def pre_aggregate(x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """Triton `mhc_core.pre_aggregate`: x [..., n, C], pre [..., n] -> h [..., C] (x's dtype)."""
-    n, c, lead = stream_op_inputs("pre_aggregate", x, {
-        "pre": (pre, lambda n, c: (n,), "one weight per stream of x")})
+    n, c, lead = checks.pre_aggregate_inputs(namespace(x, pre), x, pre)
+    check_kernel_inputs("pre_aggregate", n, x, pre)
     h = PreAggregateFunction.apply(x.reshape(-1, n, c).contiguous(), pre.reshape(-1, n).contiguous())
     return h.reshape(lead + (c,))

@@ -30,7 +30,8 @@ import triton.language as tl
 
 from mhc_core import checks, namespace
 
-from ._common import cast_for_store, check_runnable, stream_pad
+from ..triton_gate import check_kernel_inputs
+from ._common import cast_for_store, first_order_only, stream_pad
 
 NEG = tl.constexpr(-1.0e30)  # "log 0" for padded entries: finite, so masked arithmetic never makes NaN
 
@@ -223,6 +224,9 @@ def _(logits, grad, iters, eps):
     return torch.empty_like(logits)
 
 
+_sinkhorn_bwd_op.register_autograd(first_order_only("sinkhorn"))
+
+
 class SinkhornFunction(torch.autograd.Function):
     """logits [T, n, n] -> doubly-stochastic [T, n, n]; gradient by on-chip recompute."""
 
@@ -239,15 +243,8 @@ class SinkhornFunction(torch.autograd.Function):
 
 
 def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
-    """Triton `mhc_core.sinkhorn`: logits [..., n, n] -> [..., n, n] (n <= 16)."""
-    ops = namespace(logits)
-    checks.float_array(ops, logits, "logits")
-    shape = checks.shape_of(logits)
-    if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(f"logits must have shape [..., n, n] (square last two axes), got {shape}")
-    iters, eps = checks.iters(iters), checks.non_negative(eps, "eps")
-    if shape[-1] > 16:
-        raise ValueError(f"the Triton kernels support n <= 16, got n={shape[-1]}; use impl='reference'")
-    check_runnable("sinkhorn", logits)
+    """Triton `mhc_core.sinkhorn`: logits [..., n, n] -> [..., n, n] (n <= MAX_STREAMS)."""
+    shape, iters, eps = checks.sinkhorn_inputs(namespace(logits), logits, iters, eps)
+    check_kernel_inputs("sinkhorn", shape[-1], logits)
     flat = logits.reshape(-1, shape[-1], shape[-1]).contiguous()
     return SinkhornFunction.apply(flat, iters, eps).reshape(shape)

@@ -1,0 +1,104 @@
+"""Can the Triton kernels run here, and on this input? The one place that decides.
+
+Where they run:
+- CUDA tensors, with kernels compiled for the GPU (the normal case);
+- CPU tensors when the kernels were decorated under `TRITON_INTERPRET=1`. Triton reads the
+  variable when `@triton.jit` runs, i.e. when `mhc_core_torch` is first imported, so it is
+  read once, here (`INTERPRETED`), and later changes to it have no effect. That is how CI
+  checks the kernels without a GPU.
+
+What they take: x [..., n, C] with n <= MAX_STREAMS (the kernels keep one token's padded
+n x n matrix on chip) in a KERNEL_DTYPES dtype, computed in float32. float64 belongs to the
+reference path (a GPU's float64 is slow and partly supported in Triton); the interpreter
+runs numpy, where float64 is exact, so there the kernels also accept float64 and compute
+in it, which lets `torch.autograd.gradcheck` run on the kernels themselves.
+
+    runnable()                    Triton imports and CUDA or the interpreter is there
+                                  (the 'torch-triton' registry probe)
+    unavailable_reason(x, variant) None, or why MHC(impl='triton') cannot run x (dispatch.py)
+    check_kernel_inputs(op, n, *t) the raising check of every kernel launcher
+
+This module imports no Triton itself; `triton_imports()` tries it once, when first asked.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+MAX_STREAMS = 16
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_TRITON_IMPORT_ERROR: list[str | None] = []  # filled by the first triton_imports() call
+
+
+def triton_imports() -> bool:
+    """Whether `import triton` works here (tried once; a stale folder does not count)."""
+    if not _TRITON_IMPORT_ERROR:
+        try:
+            import triton  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - any import failure means "no Triton here"
+            _TRITON_IMPORT_ERROR.append(f"{type(err).__name__}: {err}")
+        else:
+            _TRITON_IMPORT_ERROR.append(None)
+    return _TRITON_IMPORT_ERROR[0] is None
+
+
+def runnable() -> bool:
+    """True when Triton imports and there is a CUDA device or TRITON_INTERPRET=1 was set."""
+    return triton_imports() and (INTERPRETED or torch.cuda.is_available())
+
+
+def _device_reason(device: torch.device) -> str | None:
+    """None when the kernels run on tensors of `device` here, else why not."""
+    if device.type == "cuda":
+        if INTERPRETED:
+            return ("the kernels were imported with TRITON_INTERPRET=1 (CPU interpreter) but x is a "
+                    "CUDA tensor; unset TRITON_INTERPRET before importing mhc_core_torch")
+        return None
+    if device.type == "cpu" and INTERPRETED:
+        return None
+    return (f"x is on {device}; the Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 set "
+            "before mhc_core_torch is first imported, to run them in the Triton interpreter)")
+
+
+def _dtype_reason(dtype: torch.dtype, device: torch.device) -> str | None:
+    if dtype in KERNEL_DTYPES or (dtype == torch.float64 and INTERPRETED and device.type == "cpu"):
+        return None
+    return (f"the Triton kernels take float32, bfloat16 or float16, got {dtype}"
+            + ("; float64 runs on impl='reference'" if dtype == torch.float64 else ""))
+
+
+def unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:
+    """None when the Triton path can run one step of `variant` on x [..., n, C] here, else a
+    sentence saying why not. float64 is refused even in the interpreter: MHC's float64 is the
+    reference path's."""
+    if variant == "residual":
+        return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
+    if not triton_imports():
+        return f"triton does not import ({_TRITON_IMPORT_ERROR[0]}; pip install 'mhc-core[torch]' on Linux)"
+    if x.dtype not in KERNEL_DTYPES:
+        return _dtype_reason(x.dtype, torch.device("cuda"))
+    if x.dim() >= 2 and x.shape[-2] > MAX_STREAMS:
+        return f"the Triton kernels support n <= {MAX_STREAMS} streams, got n={x.shape[-2]}"
+    return _device_reason(x.device)
+
+
+def check_kernel_inputs(op: str, n: int, *tensors: torch.Tensor) -> None:
+    """Raise a clear error unless kernel `op` can run on these tensors (n streams) here:
+    one device the kernels run on, a kernel dtype, n <= MAX_STREAMS."""
+    if n > MAX_STREAMS:
+        raise ValueError(f"{op}: the Triton kernels support n <= {MAX_STREAMS} streams, got n={n}; "
+                         "use impl='reference'")
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"{op}: all inputs must be on one device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    for t in tensors:
+        reason = _dtype_reason(t.dtype, device)
+        if reason is not None:
+            raise TypeError(f"{op}: {reason}")
+    reason = _device_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: {reason}; or use impl='reference'")

@@ -13,6 +13,8 @@ import os
 import numpy as np
 import pytest
 
+import backend_registry as registry
+
 
 def _cuda_available() -> bool:
     if importlib.util.find_spec("torch") is None:
@@ -27,30 +29,12 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _required_modules() -> set[str]:
-    """Top-level modules the backends named in MHC_REQUIRE_BACKENDS need (torch, mlx, ...)."""
-    import backend_registry as registry
-
-    return {m.split(".")[0] for name in registry.required_names() for m in registry.get(name).requires}
-
-
-def _skip_hides_required(report) -> str | None:
-    """The skip message when `report` is an import skip of a required backend's module."""
-    if not report.skipped or not isinstance(report.longrepr, tuple):
-        return None
-    message = str(report.longrepr[2])
-    for module in _required_modules():
-        if f"could not import '{module}" in message:
-            return message
-    return None
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test skipped because a required backend does not import fails instead."""
     outcome = yield
     report = outcome.get_result()
-    message = _skip_hides_required(report)
+    message = registry.import_skip_of_required(report)
     if message is not None:
         report.outcome, report.longrepr = "failed", f"required backend missing (MHC_REQUIRE_BACKENDS): {message}"
 
@@ -60,7 +44,7 @@ def pytest_make_collect_report(collector):
     """A test module skipped at import because a required backend is missing fails instead."""
     outcome = yield
     report = outcome.get_result()
-    message = _skip_hides_required(report)
+    message = registry.import_skip_of_required(report)
     if message is not None:
         report.outcome, report.longrepr = "failed", f"required backend missing (MHC_REQUIRE_BACKENDS): {message}"
 

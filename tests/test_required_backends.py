@@ -58,8 +58,7 @@ class _Report:
 def test_import_skip_of_a_required_backend_becomes_a_failure(monkeypatch):
     """tests/conftest.py turns `pytest.importorskip` of a required backend's module into a
     failure (per test, or per module at collection); other skips stay skips."""
-    from conftest import _skip_hides_required
-
+    _skip_hides_required = registry.import_skip_of_required
     monkeypatch.setenv("MHC_REQUIRE_BACKENDS", "mlx")
     assert _skip_hides_required(_Report("could not import 'mlx.core': No module named 'mlx'"))
     assert _skip_hides_required(_Report("could not import 'transformers': no")) is None

@@ -122,6 +122,16 @@ def missing_required() -> dict[str, str]:
     return out
 
 
+def import_skip_of_required(report) -> str | None:
+    """The skip message when a pytest `report` is `importorskip` of a module that a required
+    backend needs (tests/conftest.py turns such skips into failures), else None."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    message = str(report.longrepr[2])
+    modules = {m.split(".")[0] for name in required_names() for m in get(name).requires}
+    return message if any(f"could not import '{m}" in message for m in modules) else None
+
+
 class BackendAdapter(Protocol):
     """What the conformance suite needs from a backend. Weights travel as numpy arrays.
 

@@ -40,15 +40,19 @@ def permutation_list(n: int) -> tuple[tuple[int, ...], ...]:
     return tuple(itertools.permutations(range(check_streams(n))))
 
 
-@lru_cache(maxsize=None)
 def permutation_matrices(n: int) -> np.ndarray:
-    """float64 [n!, n, n]: P[p, i, o] = 1 where o == permutation_list(n)[p][i]."""
+    """float64 [n!, n, n]: P[p, i, o] = 1 where o == permutation_list(n)[p][i] (a fresh copy)."""
+    return _flat_permutations(n).reshape(-1, n, n).copy()
+
+
+@lru_cache(maxsize=None)
+def _flat_permutations(n: int) -> np.ndarray:
+    """permutation_matrices(n) as [n!, n*n], cached (private: never modified in place)."""
     perms = permutation_list(n)
     out = np.zeros((len(perms), n, n))
     for p, perm in enumerate(perms):
         out[p, np.arange(n), perm] = 1.0
-    out.setflags(write=False)
-    return out
+    return out.reshape(len(perms), n * n)
 
 
 def birkhoff_res(logits, n: int):
@@ -66,5 +70,5 @@ def birkhoff_res(logits, n: int):
         raise ValueError(f"logits must have shape [..., n!] = [..., {count}] for n={n}, got {list(shape)}")
     cdt = ops.compute_dtype(logits)
     w = ops.softmax(ops.astype(logits, cdt), axis=-1)  # [..., n!]
-    perms = ops.constant_like(w, permutation_matrices(n).reshape(count, n * n))  # [n!, n*n]
+    perms = ops.constant_like(w, _flat_permutations(n))  # [n!, n*n]
     return ops.reshape(ops.matmul(w, perms), shape[:-1] + (n, n))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from . import checks
 from .config import MHCConfig
 from .sinkhorn import sinkhorn
@@ -30,6 +32,9 @@ from .xp import namespace
 
 CONSTRAINTS = ("softmax", "simplex", "identity")
 MIXINGS = ("vector", "matrix")
+INITS = ("identity", "uniform")
+GATE_INIT = 2.0  # sigmoid(2) = 0.88: a gated skip starts mostly open
+IDENTITY_LOGIT = -10.0  # the "identity" init's logit of every state but the newest
 _DEFAULT = MHCConfig()
 
 
@@ -65,6 +70,30 @@ def check_epsilon(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {value!r}")
     return float(value)
+
+
+def init_skip_logits(history: int, *, init: str = "identity", mixing: str = "vector",
+                     dtype=np.float32) -> np.ndarray:
+    """A layer's fresh mixing logits (numpy), [K] (vector) or [K, K] (matrix).
+
+    "identity": vector -10 everywhere but 0 on the newest state (weight 1 - 1.4e-4 for
+    K = 4 under softmax: the stack starts as a residual network); matrix 0 on the
+    diagonal and -10 off it (its last row, after Sinkhorn, is ~one-hot on the newest).
+    "uniform": zeros (equal weights).
+    """
+    history = check_history(history)
+    mixing = check_mixing(mixing)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    shape = (history,) if mixing == "vector" else (history, history)
+    if init == "uniform":
+        return np.zeros(shape, dtype=dtype)
+    if mixing == "vector":
+        out = np.full(shape, IDENTITY_LOGIT)
+        out[-1] = 0.0
+    else:
+        out = IDENTITY_LOGIT * (1.0 - np.eye(history))
+    return out.astype(dtype)
 
 
 # --- the simplex -------------------------------------------------------------------------

@@ -108,6 +108,7 @@ CORE_CASES = [
     ("skip_weights-k", lambda: mc.skip_weights(np.zeros(2), 3), ValueError, ["k", "[1, K=2]"]),
     ("history_composite-K0", lambda: mc.history_composite([], 0), ValueError, ["history", ">= 1"]),
     ("birkhoff_res-n7", lambda: mc.birkhoff_res(np.zeros(5040), 7), ValueError, ["n <= 6", "n=7"]),
+    ("init_skip_logits-init", lambda: mc.init_skip_logits(4, init="zeros"), ValueError, ["init", "identity", "'zeros'"]),
     ("permutation_list-n7", lambda: mc.permutation_list(7), ValueError, ["n <= 6", "n=7"]),
 ]
 

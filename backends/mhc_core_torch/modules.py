@@ -62,8 +62,10 @@ class MHC(nn.Module):
     Args:
         layer: the wrapped sub-layer (an attention or MLP block), registered as `self.layer`.
         n: number of residual streams; dim: their width C.
-        variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
-            'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
+        variant: 'mhc' (Sinkhorn-constrained), 'mhc-lite' (res a convex combination of the
+            n! permutation matrices, n <= 6, reference path only), 'hc' (unconstrained
+            Hyper-Connections) or 'residual' (plain x + f(x); n must be 1 and there are no
+            mixing parameters).
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
         init: optional {'phi', 'bias', 'alpha'} (numpy arrays or tensors) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
@@ -97,6 +99,9 @@ class MHC(nn.Module):
             raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
         if self.variant == "residual" and impl == "triton":
             raise ValueError("impl='triton' has no kernel for variant 'residual' (a plain x + f(x))")
+        if self.variant == "mhc-lite" and impl == "triton":
+            raise ValueError("impl='triton' has no kernel for variant 'mhc-lite' (a convex combination of "
+                             "permutation matrices); use impl='reference' or 'auto'")
         self.config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
                                 sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)
         self._cfg = self.config.as_dict()

@@ -85,8 +85,10 @@ def coefficient_inputs(x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, si
     """Validate like mhc_core.coefficients (same messages); returns (n, C)."""
     ops = namespace(x, phi, bias, alpha)
     n, c = checks.stream_input(ops, x)
+    if checks.variant(variant) == "mhc-lite":
+        raise ValueError("variant 'mhc-lite' has no Triton kernel; use impl='reference' (mhc_core.coefficients)")
     checks.mixing_params(ops, phi, bias, alpha, n, c)
-    if checks.variant(variant) == "residual":
+    if variant == "residual":
         raise ValueError("variant 'residual' has no coefficients; use residual_step")
     checks.iters(iters)
     for value, name in ((rms_eps, "rms_eps"), (pre_eps, "pre_eps"), (sinkhorn_eps, "sinkhorn_eps"),

@@ -282,21 +282,21 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("lib", ["torch", "mlx"])
 @pytest.mark.parametrize("kwargs,err,msg", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_settings(backend, kwargs, err, msg):
-    if backend == "mlx" and mx is None:
+def test_bad_settings(lib, kwargs, err, msg):
+    if lib == "mlx" and mx is None:
         pytest.skip("mlx is not installed")
-    mod, layer = (mt, _TanhLinear) if backend == "torch" else (mm, _MLXTanhLinear)
+    mod, layer = (mt, _TanhLinear) if lib == "torch" else (mm, _MLXTanhLinear)
     with pytest.raises(err, match=msg):
         mod.HistorySequential([layer()], **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["torch", "mlx"])
-def test_non_module_layers_and_shape_changes(backend):
-    if backend == "mlx" and mx is None:
+@pytest.mark.parametrize("lib", ["torch", "mlx"])
+def test_non_module_layers_and_shape_changes(lib):
+    if lib == "mlx" and mx is None:
         pytest.skip("mlx is not installed")
-    mod, layer, lin, arr = ((mt, _TanhLinear, lambda a, b: nn.Linear(a, b), torch.zeros) if backend == "torch" else
+    mod, layer, lin, arr = ((mt, _TanhLinear, lambda a, b: nn.Linear(a, b), torch.zeros) if lib == "torch" else
                             (mm, _MLXTanhLinear, lambda a, b: mnn.Linear(a, b), mx.zeros))
     with pytest.raises(TypeError, match=r"layers\[1\] must be a"):
         mod.HistorySequential([layer(), lambda x: x])

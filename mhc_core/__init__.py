@@ -9,6 +9,7 @@ from .coefficients import coefficients, head_weights
 from .config import MHCConfig
 from .history import (
     history_composite,
+    history_gain_report,
     history_mix,
     history_skip,
     history_weights,
@@ -33,7 +34,7 @@ from .xp import namespace
 __all__ = [
     "MHCConfig", "aggregate", "amax_gain", "birkhoff_res", "coefficients", "composite",
     "expand_streams", "gain_report", "head", "head_param_shapes", "head_weights",
-    "history_composite", "history_mix", "history_skip", "history_weights", "identity_distance",
+    "history_composite", "history_gain_report", "history_mix", "history_skip", "history_weights", "identity_distance",
     "init_head_params", "init_skip_logits", "init_params", "namespace", "param_shapes", "permutation_list",
     "post_residual", "pre_aggregate", "reduce_streams", "residual_step", "simplex_projection",
     "sinkhorn", "skip_weights", "step",

@@ -253,6 +253,28 @@ def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: fl
 # --- stability metric --------------------------------------------------------------------
 
 
+def history_gain_report(weights_per_layer: Sequence, history: int) -> list[dict]:
+    """`metrics.gain_report`'s records for history mixing, one per layer (f = 0).
+
+    Layer l maps its window of k states to x_{l+1} = sum_j w_j x_j: forward Amax gain
+    sum_j |w_j| (the row sum), backward max_j |w_j| (the largest column sum); composite
+    gains |c_l| (`history_composite`: x_l = c_l x_0); identity_distance ||w - e_newest||,
+    the distance from a plain residual skip. The weights do not depend on the token, so
+    max = mean = min.
+    """
+    comps = history_composite(weights_per_layer, history)
+    report = []
+    for l, (w, c) in enumerate(zip(weights_per_layer, comps)):
+        ops = namespace(w)
+        a = ops.abs(w)
+        k = checks.shape_of(w)[0]
+        d = w - ops.eye_like(w, k)[k - 1]
+        values = {"forward_gain": ops.sum(a), "backward_gain": ops.max(a), "composite_forward_gain": c,
+                  "composite_backward_gain": c, "identity_distance": ops.sqrt(ops.sum(d * d))}
+        report.append({"layer": l, **{key: {s: float(v) for s in ("max", "mean", "min")} for key, v in values.items()}})
+    return report
+
+
 def history_composite(weights_per_layer: Sequence, history: int) -> list:
     """Composite gains |c_l| of the skip path, one per layer (f = 0).
 

@@ -316,3 +316,27 @@ def test_bad_input(call, err, parts):
         call()
     for part in parts:
         assert part in str(info.value), f"{part!r} not in {info.value}"
+
+
+def test_stochastic_identity_keeps_the_newest_floor():
+    """Gumbel noise perturbs the logits; the identity constraint's eps floor still holds."""
+    rng = np.random.default_rng(8)
+    logits = np.array([3.0, 2.0, 1.0, -20.0])
+    for _ in range(20):
+        w = mc.history_weights(logits, constraint="identity", epsilon=0.1, noise=rng.gumbel(size=4))
+        assert w[-1] >= 0.1 and abs(w.sum() - 1.0) < 1e-12
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 9), elements=st.floats(-1e3, 1e3)))
+def test_simplex_projection_property(v):
+    """On the simplex, optimal (matches bisection), and idempotent, for any finite input."""
+    w = mc.simplex_projection(v)
+    assert (w >= 0).all() and abs(w.sum() - 1.0) <= 1e-9 * max(1.0, np.abs(v).max())
+    np.testing.assert_allclose(w, simplex_bisection(v), atol=1e-9 * max(1.0, np.abs(v).max()))
+    np.testing.assert_allclose(mc.simplex_projection(w), w, atol=1e-12)

@@ -123,14 +123,17 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
     history: K for history skip mixing instead of streams (history_inject.py): every
     matching module m becomes m(x) + a mix of its last K outputs; cfg then holds the
-    HistorySequential options (constraint, temperature, epsilon, init, gate,
-    prune_threshold, stochastic, detach_history, mixing, iters, sinkhorn_eps, generator).
+    HistorySequential options (constraint, temperature, epsilon, gate, prune_threshold,
+    stochastic, detach_history, mixing, iters, sinkhorn_eps, generator), init names the
+    skip logits' init ('identity' | 'uniform'), and n / variant / reduce / recipe are unused.
     Returns `model`.
     """
     if history is not None:
         from mhc_core import history as hist
 
         hist.check_history(history)
+        if init is not None:  # the skip logits' init name ('identity' | 'uniform')
+            cfg["init"] = init
         return inject_history(model, _matcher(target), history, target, **cfg)
     full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:

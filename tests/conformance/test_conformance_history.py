@@ -1,11 +1,15 @@
 """HistorySequential on torch and mlx against the float64 numpy oracle (mhc_core on numpy),
 forward and gradients, and torch = mlx on the same weights; MHC(variant='mhc-lite') on
-both backends; bad input to the modules.
+both backends; bad input to the modules; the mhc_core functions themselves
+(simplex_projection, history_weights, skip_weights, birkhoff_res) on torch and mlx in
+float32 and bfloat16, forward and gradients.
 
 Gradients: torch float64 is checked against central differences of the numpy oracle
 (directional derivatives); every other backend / dtype is compared with torch float64.
 """
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pytest
@@ -307,3 +311,70 @@ def test_non_module_layers_and_shape_changes(lib):
     model = mod.HistorySequential([layer(), lin(C, C + 1)])
     with pytest.raises(ValueError, match=r"layer output y \[2, 6\] must have the shape of the states in the window \[2, 5\]"):
         model(arr((2, C)))
+
+
+# --- the mhc_core functions themselves on each backend and dtype ---------------------------
+
+FUNCS = {
+    "simplex_projection": (lambda v: mc.simplex_projection(v), (4, 6)),
+    "history_weights-softmax": (lambda v: mc.history_weights(v, temperature=0.7), (4, 6)),
+    "history_weights-simplex": (lambda v: mc.history_weights(v, constraint="simplex"), (4, 6)),
+    "history_weights-identity": (lambda v: mc.history_weights(v, constraint="identity", epsilon=0.2), (4, 6)),
+    "skip_weights-matrix": (lambda v: mc.skip_weights(v, 3, mixing="matrix"), (4, 4)),
+    "birkhoff_res": (lambda v: mc.birkhoff_res(v, 4), (3, 24)),
+}
+LIB_DTYPES = [("torch", "float32"), ("torch", "bfloat16"), ("mlx", "float32"), ("mlx", "bfloat16")]
+
+
+def _round(a, dtype):
+    a32 = np.asarray(a, np.float32)
+    if dtype == "float32":
+        return a32.astype(np.float64)
+    return torch.tensor(a32).to(torch.bfloat16).double().numpy()
+
+
+def _grad_torch(fn, v64, probe):
+    t = torch.tensor(v64, requires_grad=True)
+    (fn(t) * torch.tensor(probe)).sum().backward()
+    return t.grad.numpy()
+
+
+@pytest.mark.parametrize("lib,dtype", LIB_DTYPES, ids=[f"{a}-{b}" for a, b in LIB_DTYPES])
+@pytest.mark.parametrize("name", list(FUNCS))
+def test_core_function_on_backend(name, lib, dtype):
+    """Forward vs the numpy float64 oracle on the same (rounded) input; float32 gradients
+    vs torch float64 (checked against finite differences below)."""
+    if lib == "mlx" and mx is None:
+        pytest.skip("mlx is not installed")
+    fn, shape = FUNCS[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    v = _round(rng.normal(0.0, 1.5, shape), dtype)
+    want = fn(v)  # numpy float64 oracle
+    out_tol = 1e-5  # bf16 inputs are computed in float32 too (compute_dtype)
+    probe = rng.normal(size=np.shape(want))
+    if lib == "torch":
+        t = torch.tensor(v, dtype=getattr(torch, dtype), requires_grad=True)
+        out = fn(t)
+        (out.double() * torch.tensor(probe)).sum().backward()
+        got, grad = out.detach().double().numpy(), t.grad.double().numpy()
+    else:
+        a = mx.array(v.astype(np.float32)).astype(getattr(mx, dtype))
+        got = np.array(fn(a).astype(mx.float32), dtype=np.float64)
+        grad = np.array(mx.grad(lambda z: (fn(z).astype(mx.float32) * mx.array(probe.astype(np.float32))).sum())(a)
+                        .astype(mx.float32), dtype=np.float64)
+    assert got.dtype == np.float64 and got.shape == want.shape
+    _close(got, want, out_tol, f"{lib}-{dtype} {name} out")
+    want_grad = _grad_torch(fn, v, probe)
+    _close(grad, want_grad, 2e-5 if dtype == "float32" else 1e-2, f"{lib}-{dtype} {name} grad")
+
+
+@pytest.mark.parametrize("name", list(FUNCS))
+def test_core_function_float64_gradients_vs_finite_differences(name):
+    fn, shape = FUNCS[name]
+    rng = np.random.default_rng(zlib.crc32((name + "fd").encode()))
+    v = rng.normal(0.0, 1.5, shape)
+    probe = rng.normal(size=np.shape(fn(v)))
+    g = _grad_torch(fn, v, probe)
+    d, h = rng.normal(size=shape), 1e-6
+    fd = ((fn(v + h * d) * probe).sum() - (fn(v - h * d) * probe).sum()) / (2 * h)
+    assert abs((g * d).sum() - fd) <= 1e-7 * max(1.0, abs(fd)), f"{name}: {(g * d).sum()} vs {fd}"

@@ -378,3 +378,26 @@ def test_core_function_float64_gradients_vs_finite_differences(name):
     d, h = rng.normal(size=shape), 1e-6
     fd = ((fn(v + h * d) * probe).sum() - (fn(v - h * d) * probe).sum()) / (2 * h)
     assert abs((g * d).sum() - fd) <= 1e-7 * max(1.0, abs(fd)), f"{name}: {(g * d).sum()} vs {fd}"
+
+
+@pytest.mark.parametrize("lib", ["torch", "mlx"])
+def test_skip_weights_composite_is_the_stack_with_layers_off(lib):
+    """With every layer's output 0, the stack maps x_0 to c_L x_0: the composite that
+    mhc_core.history_composite computes from the module's skip_weights()."""
+    if lib == "mlx" and mx is None:
+        pytest.skip("mlx is not installed")
+    cfg = CONFIGS["identity-K4-gate-prune"]
+    state = {k: (np.zeros_like(v) if k.startswith("layers.") else v) for k, v in _state(cfg, seed=2).items()}
+    x = _x()
+    if lib == "torch":
+        model = _torch_model(cfg, state, torch.float64)
+        out = model(torch.tensor(x)).detach().numpy()
+        weights = [w.numpy() for w in model.skip_weights()]
+    else:
+        model = mm.HistorySequential([_MLXTanhLinear() for _ in range(DEPTH)], **cfg)
+        mm.load_state(model, {k: v.astype(np.float32) for k, v in state.items()})
+        out = np.array(model(mx.array(x.astype(np.float32))), dtype=np.float64)
+        weights = [np.array(w, dtype=np.float64) for w in model.skip_weights()]
+    c = float(np.asarray(mc.history_composite(weights, cfg["history"])[-1]))
+    assert c < 0.9  # the gates shrink the skip path
+    _close(out, c * x, 1e-12 if lib == "torch" else 2e-6, f"{lib} composite")

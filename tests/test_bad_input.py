@@ -106,6 +106,8 @@ CORE_CASES = [
      ["one shape", "states[1]"]),
     ("history_skip-y", lambda: mc.history_skip(np.zeros(3), [np.zeros(2)], np.ones(1)), ValueError, ["y", "[3]"]),
     ("skip_weights-k", lambda: mc.skip_weights(np.zeros(2), 3), ValueError, ["k", "[1, K=2]"]),
+    ("history_gain_report-shape", lambda: mc.history_gain_report([np.ones(2)], 3), ValueError,
+     ["weights_per_layer[0]", "[1]"]),
     ("history_composite-K0", lambda: mc.history_composite([], 0), ValueError, ["history", ">= 1"]),
     ("birkhoff_res-n7", lambda: mc.birkhoff_res(np.zeros(5040), 7), ValueError, ["n <= 6", "n=7"]),
     ("init_skip_logits-init", lambda: mc.init_skip_logits(4, init="zeros"), ValueError, ["init", "identity", "'zeros'"]),

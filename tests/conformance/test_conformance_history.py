@@ -258,6 +258,20 @@ def test_torch_lite_module_matches_oracle_and_refuses_triton():
     assert "mhc-lite" in dispatch.triton_unavailable_reason(torch.zeros(1, n, c), "mhc-lite")
     with pytest.raises(ValueError, match="n <= 6"):
         mt.MHC(nn.Linear(c, c), 7, c, variant="mhc-lite")
+    assert isinstance(mt.MHC(nn.Linear(c, c), n, c, variant="mhc-lite", impl="auto")(torch.zeros(1, n, c)),
+                      torch.Tensor)  # auto falls back to the reference path
+
+
+def test_triton_ops_refuse_mhc_lite():
+    pytest.importorskip("triton")
+    from mhc_core_torch.kernels import ops, supports
+
+    n, c = 3, 4
+    p = mc.init_params(n, c, variant="mhc-lite")
+    x = torch.zeros(2, n, c)
+    assert "mhc-lite" in supports(x, "mhc-lite")
+    with pytest.raises(ValueError, match="'mhc-lite' has no Triton kernel"):
+        ops.coefficients(x, *(torch.from_numpy(p[k]) for k in ("phi", "bias", "alpha")), variant="mhc-lite")
 
 
 @needs_mlx

@@ -312,8 +312,8 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
         "Depth = transformer blocks (2 mixing layers each). Gains are Amax gains of the composite "
         "mixing matrix over all layers so far (max over depth, tokens and logged steps); 1 = no "
         "amplification. For `history` the composite is the map x_0 -> x_l that the skip weights form "
-        "with every f set to 0 (mhc_core.history_gain_report). Grad ratio = mean over steps of the first block's gradient norm / the last "
-        "block's (block = its attention + MLP weights).",
+        "with every f set to 0 (mhc_core.history_gain_report). Grad ratio = mean over steps of the "
+        "first block's gradient norm / the last block's (block = its attention + MLP weights).",
         "",
         "| variant | depth | final loss | loss (last 10%) | max composite fwd gain | max composite bwd gain "
         "| NaN/Inf steps | grad ratio first/last | wall s |",

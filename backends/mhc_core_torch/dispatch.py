@@ -62,7 +62,8 @@ def triton_unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | No
     if variant == "residual":
         return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
     if variant == "mhc-lite":
-        return "variant 'mhc-lite' (a convex combination of permutation matrices) has no Triton kernel; it runs on impl='reference'"
+        return ("variant 'mhc-lite' (a convex combination of permutation matrices) has no Triton kernel; "
+                "it runs on impl='reference'")
     if not _triton_installed():
         return "triton is not installed (pip install 'mhc-core[torch]' on Linux)"
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

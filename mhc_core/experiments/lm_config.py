@@ -54,8 +54,8 @@ class LMConfig:
     variant: 'residual' (x + f(x), one stream), 'hc' (unconstrained hyper-connections),
     'mhc', 'mhc-lite' (n <= 6) or 'history' (multi-history skip mixing, one stream).
     n: streams; 'residual' and 'history' force 1. history (K), history_constraint,
-    history_gate, detach_history: the 'history' variant's HistorySequential settings. n_layers: transformer blocks (each is two
-    mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
+    history_gate, detach_history: the 'history' variant's HistorySequential settings.
+    n_layers: transformer blocks (each is two mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
     weights feeding the residual; the output projections (proj, fc2) use
     init_std / sqrt(2 * n_layers) when scale_out_init (GPT-2). alpha_init, phi_std,
     res_logit_gap: mhc_core.init_params arguments. iters ... post_scale: MHCConfig.

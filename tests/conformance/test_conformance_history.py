@@ -123,7 +123,8 @@ def test_torch_forward_and_fd_gradients_float64(name):
     _close(out, oracle(x, state, cfg), 1e-12, f"{name} out")
     probe, rng, h = _probe(), np.random.default_rng(1), 1e-5
     loss = lambda s, xx: float((oracle(xx, s, cfg) * probe).sum())  # noqa: E731
-    for key in ["x", "skips.1.logits", "skips.3.logits", "layers.0.weight"] + (["skips.2.gate"] if cfg.get("gate") else []):
+    keys = ["x", "skips.1.logits", "skips.3.logits", "layers.0.weight"] + (["skips.2.gate"] if cfg.get("gate") else [])
+    for key in keys:
         base = x if key == "x" else state[key]
         d = rng.normal(size=np.shape(base))
 
@@ -323,7 +324,8 @@ def test_non_module_layers_and_shape_changes(lib):
     with pytest.raises(ValueError, match="at least one"):
         mod.HistorySequential([])
     model = mod.HistorySequential([layer(), lin(C, C + 1)])
-    with pytest.raises(ValueError, match=r"layer output y \[2, 6\] must have the shape of the states in the window \[2, 5\]"):
+    with pytest.raises(ValueError, match=r"layer output y \[2, 6\] must have the shape of the states in the "
+                                         r"window \[2, 5\]"):
         model(arr((2, C)))
 
 

@@ -130,8 +130,10 @@ def test_stochastic_matches_with_the_same_seed():
 
 def test_own_generator_is_reproducible():
     layers = _layers()
-    make = lambda seed: HistorySequential(copy.deepcopy(layers), history=3, init="uniform", stochastic=True,  # noqa: E731
-                                          generator=torch.Generator().manual_seed(seed))
+    def make(seed):
+        return HistorySequential(copy.deepcopy(layers), history=3, init="uniform", stochastic=True,
+                                 generator=torch.Generator().manual_seed(seed))
+
     x = torch.randn(2, C)
     a, b, c = make(5)(x), make(5)(x), make(6)(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)

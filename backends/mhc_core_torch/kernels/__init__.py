@@ -44,7 +44,8 @@ def supports(x, variant: str = "mhc") -> str | None:
     if variant == "residual":
         return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
     if variant == "mhc-lite":
-        return "variant 'mhc-lite' (a convex combination of permutation matrices) has no Triton kernel; it runs on impl='reference'"
+        return ("variant 'mhc-lite' (a convex combination of permutation matrices) has no Triton kernel; "
+                "it runs on impl='reference'")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return (f"the Triton kernels take float32, bfloat16 or float16 x, got {x.dtype}"
                 + ("; float64 runs on impl='reference'" if x.dtype == torch.float64 else ""))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 
 from . import checks
-from .config import MHCConfig
 from .birkhoff import birkhoff_res
+from .config import MHCConfig
 from .sinkhorn import sinkhorn
 from .xp import namespace
 
@@ -64,8 +64,8 @@ def coefficients(
 ):
     """(pre [..., n], post [..., n], res [..., n, n]) for `x [..., n, C]`.
 
-    phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are float32 (float64 when x
-    is float64) whatever x's dtype, as in DeepSeek-V4.
+    phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are
+    float32 (float64 when x is float64) whatever x's dtype, as in DeepSeek-V4.
     """
     ops = namespace(x, phi, bias, alpha)
     n, c = checks.stream_input(ops, x)

@@ -11,7 +11,8 @@ detach_history=True stores the window detached (the `mhc` package's default): co
 memory, but no gradient flows through the skip path, only through the layers. Ours
 defaults to False, so the skip carries gradient like a residual connection.
 stochastic=True samples Gumbel-softmax weights in training mode, with noise drawn from
-`generator` (a torch.Generator; None uses torch's global RNG, seeded by torch.manual_seed).
+`generator` (a torch.Generator on the parameters' device; None uses torch's global RNG,
+seeded by torch.manual_seed).
 """
 from __future__ import annotations
 

@@ -417,3 +417,26 @@ def test_skip_weights_composite_is_the_stack_with_layers_off(lib):
     c = float(np.asarray(mc.history_composite(weights, cfg["history"])[-1]))
     assert c < 0.9  # the gates shrink the skip path
     _close(out, c * x, 1e-12 if lib == "torch" else 2e-6, f"{lib} composite")
+
+
+@pytest.mark.gpu
+def test_cuda_lite_module_and_stochastic_history():
+    """CUDA: mHC-lite (its permutation constant lands on x's device) equals the CPU run;
+    the Gumbel noise comes from a CUDA generator and is reproducible."""
+    dev = torch.device("cuda")
+    n, c = 4, 8
+    state = _lite_state(n, c, seed=6)
+    x = torch.randn(3, n, c, dtype=torch.float64)
+    cpu = mt.MHC(nn.Linear(c, c), n, c, variant="mhc-lite").double()
+    mt.load_state(cpu, state)
+    gpu = mt.MHC(nn.Linear(c, c), n, c, variant="mhc-lite").double().to(dev)
+    mt.load_state(gpu, state)
+    _close(gpu(x.to(dev)).detach().cpu().numpy(), cpu(x).detach().numpy(), 1e-12, "cuda mhc-lite")
+    layers = [_TanhLinear() for _ in range(DEPTH)]
+    outs = []
+    for _ in range(2):
+        model = mt.HistorySequential(layers, history=3, init="uniform", stochastic=True,
+                                     generator=torch.Generator(device=dev).manual_seed(0)).to(dev)
+        mt.load_state(model, _state(dict(history=3)))
+        outs.append(model(torch.randn(2, C, device=dev, generator=torch.Generator(device=dev).manual_seed(1))))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)

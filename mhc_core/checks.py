@@ -11,7 +11,7 @@ import numbers
 
 from .xp import Ops
 
-VARIANTS = ("mhc", "hc", "residual")
+VARIANTS = ("mhc", "hc", "residual", "mhc-lite")
 
 
 def shape_of(a) -> tuple[int, ...]:
@@ -57,13 +57,23 @@ def expect_trailing(a, expected: tuple[int, ...], lead: tuple[int, ...], name: s
         )
 
 
-def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3) -> None:
-    """phi [n*C, n*n + 2n], bias [n*n + 2n], alpha [3], all floating."""
-    width = n * n + 2 * n
+def res_width(n: int, variant: str = "mhc") -> int:
+    """Columns of phi that feed `res`: n*n, or n! for mhc-lite (n <= 6)."""
+    if variant == "mhc-lite":
+        if n > 6:
+            raise ValueError(f"mhc-lite mixes the n! permutation matrices and supports n <= 6 streams, got n={n}")
+        return math.factorial(n)
+    return n * n
+
+
+def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3, variant: str = "mhc") -> None:
+    """phi [n*C, R + 2n], bias [R + 2n], alpha [3], all floating; R = n*n (n! for mhc-lite)."""
+    width = res_width(n, variant) + 2 * n
+    r = "n!" if variant == "mhc-lite" else "n*n"
     for a, name in ((phi, "phi"), (bias, "bias"), (alpha, "alpha")):
         float_array(ops, a, name)
-    expect_shape(phi, (n * c, width), "phi", f"n*C x (n*n + 2n) for n={n}, C={c}")
-    expect_shape(bias, (width,), "bias", f"n*n + 2n for n={n}")
+    expect_shape(phi, (n * c, width), "phi", f"n*C x ({r} + 2n) for n={n}, C={c}")
+    expect_shape(bias, (width,), "bias", f"{r} + 2n for n={n}")
     expect_shape(alpha, (n_alpha,), "alpha", "one scale each for pre, post, res")
 
 
@@ -143,13 +153,13 @@ def config_fields(fields: dict) -> dict:
 
 
 def coefficient_inputs(ops: Ops, x, phi, bias, alpha, variant_name: str, fields: dict) -> tuple[int, int, str, dict]:
-    """The arguments of `coefficients`: x [..., n, C], phi [n*C, n*n + 2n], bias [n*n + 2n],
-    alpha [3], variant 'mhc' | 'hc', the MHCConfig fields. Returns (n, C, variant, fields
-    normalized)."""
+    """The arguments of `coefficients`: x [..., n, C], phi [n*C, R + 2n], bias [R + 2n],
+    alpha [3] (R = n*n, or n! for 'mhc-lite'), variant 'mhc' | 'hc' | 'mhc-lite', the
+    MHCConfig fields. Returns (n, C, variant, fields normalized)."""
     n, c = stream_input(ops, x)
-    mixing_params(ops, phi, bias, alpha, n, c)
     if variant(variant_name) == "residual":
         raise ValueError("variant 'residual' has no coefficients; use residual_step")
+    mixing_params(ops, phi, bias, alpha, n, c, variant=variant_name)
     return n, c, variant_name, config_fields(fields)
 
 

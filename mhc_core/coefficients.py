@@ -8,6 +8,8 @@ Paper Eq. 7-8 / DeepSeek-V4 `DeepseekV4HyperConnection` (DESIGN §1):
     mhc:  pre  = sigmoid(alpha0 * z_pre  + b_pre) + pre_eps
           post = post_scale * sigmoid(alpha1 * z_post + b_post)
           res  = sinkhorn(alpha2 * z_res + b_res)       row-major [..., n, n], res[i, o]
+    mhc-lite: pre, post as mhc; z_res has n! columns and
+          res  = sum_p softmax(alpha2 * z_res + b_res)_p P_p     (birkhoff.py)
     hc:   pre  = b_pre  + alpha0 * tanh(z_pre)          (Hyper-Connections, unconstrained;
           post = b_post + alpha1 * tanh(z_post)          the biases are HC's static part)
           res  = b_res  + alpha2 * tanh(z_res)
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 
 from . import checks
+from .birkhoff import birkhoff_res
 from .config import MHCConfig
 from .sinkhorn import sinkhorn
 from .xp import namespace
@@ -61,8 +64,8 @@ def coefficients(
 ):
     """(pre [..., n], post [..., n], res [..., n, n]) for `x [..., n, C]`.
 
-    phi [n*C, n*n + 2n], bias [n*n + 2n], alpha [3]. Outputs are float32 (float64 when x
-    is float64) whatever x's dtype, as in DeepSeek-V4.
+    phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are
+    float32 (float64 when x is float64) whatever x's dtype, as in DeepSeek-V4.
     """
     ops = namespace(x, phi, bias, alpha)
     n, c, variant, cfg = checks.coefficient_inputs(ops, x, phi, bias, alpha, variant, dict(
@@ -84,6 +87,8 @@ def coefficients(
 
     pre = ops.sigmoid(a[0] * z_pre + b_pre) + pre_eps
     post = post_scale * ops.sigmoid(a[1] * z_post + b_post)
+    if variant == "mhc-lite":  # res from the n! permutation matrices, no Sinkhorn
+        return pre, post, birkhoff_res(a[2] * z_res + b_res, n)
     res = sinkhorn(ops.reshape(a[2] * z_res + b_res, lead + (n, n)), iters=iters, eps=sinkhorn_eps)
     return pre, post, res
 

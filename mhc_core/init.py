@@ -9,6 +9,9 @@ the plain residual network computes (the warm start; DESIGN §1):
   -res_logit_gap off it, so res = sinkhorn(b_res) has diagonal
   1 / (1 + (n-1) exp(-gap)) (0.948 for n = 4, gap 4): near identity, yet not so
   saturated that the softmax passes no gradient.
+- mhc-lite: as mhc, but b_res has n! entries (birkhoff.py): 0 for the identity
+  permutation and -(gap + log((n! - 1) / (n - 1))) for the others, so the identity's
+  weight is mhc's init diagonal.
 - hc: the biases are HC's static part: b_pre = 1/n, b_post = 1, b_res = identity.
 """
 from __future__ import annotations
@@ -34,12 +37,22 @@ def _below_one_over_n(value, n: int, name: str) -> float:
     return value
 
 
+def _lite_res_bias(n: int, gap: float) -> np.ndarray:
+    """mhc-lite res logits [n!]: 0 for the identity (p = 0), -g for the others, with g
+    chosen so the identity's weight equals mhc's init diagonal 1 / (1 + (n-1) e^-gap)."""
+    count = math.factorial(n)
+    b = np.zeros(count)
+    if count > 1:
+        b[1:] = -(gap + math.log((count - 1) / (n - 1)))
+    return b
+
+
 def param_shapes(n: int, c: int, variant: str = "mhc") -> dict[str, tuple[int, ...]]:
     """Shapes of one step's parameters: {} for 'residual'."""
     n, c = checks.streams(n), checks.channels(c)
     if checks.variant(variant) == "residual":
         return {}
-    width = n * n + 2 * n
+    width = checks.res_width(n, variant) + 2 * n
     return {"phi": (n * c, width), "bias": (width,), "alpha": (3,)}
 
 
@@ -70,6 +83,10 @@ def init_params(
         b_pre = np.full(n, _logit(1.0 / n - pre_eps))
         b_post = np.zeros(n)
         b_res = (eye - 1.0) * res_logit_gap
+    elif variant == "mhc-lite":
+        b_pre = np.full(n, _logit(1.0 / n - pre_eps))
+        b_post = np.zeros(n)
+        b_res = _lite_res_bias(n, res_logit_gap)
     else:
         b_pre = np.full(n, 1.0 / n)
         b_post = np.ones(n)

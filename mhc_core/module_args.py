@@ -83,6 +83,9 @@ def mhc_args(layer: Callable, n, dim, *, variant: str, iters, rms_eps, pre_eps, 
         raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
     if variant == "residual" and impl not in ("auto", "reference"):
         raise ValueError(f"impl={impl!r} has no kernel for variant 'residual' (a plain x + f(x))")
+    if variant == "mhc-lite" and impl not in ("auto", "reference"):
+        raise ValueError(f"impl={impl!r} has no kernel for variant 'mhc-lite' (a convex combination of "
+                         "permutation matrices); use impl='reference' or 'auto'")
     config = MHCConfig(iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps,
                        post_scale=post_scale)
     shapes = param_shapes(n, dim, variant)

@@ -87,7 +87,7 @@ def step(
     sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
     post_scale: float = _DEFAULT.post_scale,
 ):
-    """One residual step of `variant` ('mhc', 'hc', 'residual') around layer f.
+    """One residual step of `variant` ('mhc', 'hc', 'residual', 'mhc-lite') around layer f.
 
     x [..., n, C] -> [..., n, C]; f maps [..., C] -> [..., C]. 'residual' ignores the
     parameters (and needs n = 1).

@@ -26,8 +26,8 @@ import math
 import array_api_compat
 
 SUBSET = (
-    "abs", "astype", "broadcast_to", "exp", "expand_dims", "eye", "isfinite", "log",
-    "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape",
+    "abs", "astype", "broadcast_to", "cumulative_sum", "exp", "expand_dims", "eye", "isfinite",
+    "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax")
@@ -62,6 +62,10 @@ class Ops:
     def eye_like(self, x, n: int):
         """An n x n identity with x's dtype, on x's device."""
         return self.xp.eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+
+    def constant_like(self, x, value):
+        """A numpy constant `value` as an array of x's library, dtype and device."""
+        return self.xp.asarray(value, dtype=x.dtype, device=array_api_compat.device(x))
 
     # --- extras (generic, overflow-safe compositions) ------------------------------------
     def sigmoid(self, x):
@@ -111,6 +115,7 @@ class _MLXOps(Ops):
         self.matrix_transpose = lambda x: xp.swapaxes(x, -1, -2)
         self.astype = lambda x, dtype: x.astype(dtype)
         self.isfinite = xp.isfinite
+        self.cumulative_sum = lambda x, axis: xp.cumsum(x, axis=axis)
         super().__init__(xp, "mlx")
 
     def is_floating(self, x) -> bool:
@@ -118,6 +123,11 @@ class _MLXOps(Ops):
 
     def eye_like(self, x, n: int):
         return self.xp.eye(n, dtype=x.dtype)
+
+    def constant_like(self, x, value):
+        import numpy as np  # mlx builds arrays from numpy; the value is a small constant
+
+        return self.xp.array(np.asarray(value), dtype=x.dtype)
 
     # float64: native exp-based ops are float32-accurate on MLX's CPU (module doc), so
     # float64 uses power(e, x) and overflow-safe compositions of it; other dtypes stay native.

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Depth sweep: train residual / HC / mHC tiny LMs at several depths, log stability metrics.
+"""Depth sweep: train residual / HC / mHC (/ mHC-lite / history) tiny LMs at several depths, log stability metrics.
 
     python scripts/depth_sweep.py --quick                      # < 5 min on 2 CPU cores
     python scripts/depth_sweep.py --backend mlx --depths 12 24 48 --steps 1000
     python scripts/depth_sweep.py --depths 100 --variants hc mhc --out runs/stress
+    python scripts/depth_sweep.py --quick --variants residual hc mhc mhc-lite history --history 4
 
 Writes, per (variant, depth), under OUT/<variant>-L<depth>/:
   config.json     everything needed to rerun (model, training, backend, versions, command)
@@ -12,7 +13,8 @@ Writes, per (variant, depth), under OUT/<variant>-L<depth>/:
 and for the sweep OUT/summary.json, OUT/summary.md and the plots of scripts/plot_runs.py.
 
 Depth = transformer blocks; each block is two mixing layers (attention, MLP), so the
-composite gain of a depth-L model is over 2L matrices. Stability metrics come from
+composite gain of a depth-L model is over 2L matrices (for `history`, the map x_0 -> x_l
+that the skip weights form with f = 0: mhc_core.history_gain_report). Stability metrics come from
 mhc_core.metrics on each layer's res, recomputed in numpy float64 by
 mhc_core.experiments.lm_config.mixing_matrices from the recorded layer inputs (same code for both
 backends). Per-layer gradient norm: L2 norm of the gradients of the wrapped sub-layer's
@@ -38,12 +40,15 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mhc_core  # noqa: E402
-from mhc_core.experiments.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
+from mhc_core.experiments.lm_config import (  # noqa: E402
+    LMConfig, history_report, history_weights_of, init_lm_params, layer_names, lr_at, mixing_matrices,
+)
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.experiments.tasks import TASKS, TaskStream  # noqa: E402
 import sweep_scale  # noqa: E402  (--checkpoint-every, --recompute, --dtype, torchrun)
 
-VARIANTS = ("residual", "hc", "mhc")
+VARIANTS = ("residual", "hc", "mhc", "mhc-lite", "history")
+DEFAULT_VARIANTS = ("residual", "hc", "mhc")
 # Sizes per mode; any flag given on the command line wins. 'quick' runs the default
 # 3 variants x depths 12/24/48 grid on torch in 2.5 CPU-minutes (single thread); measured
 # 4m42s wall on a 2-core machine shared at load ~5, so well under 5 minutes when not shared.
@@ -60,7 +65,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("torch", "mlx"), default=None,
                    help="default: torch if installed, else mlx")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
+                   help="mhc-lite: res from the n! permutation matrices (n <= 6); history: one stream, "
+                        "each layer adds a softmax mix of the last --history states")
+    p.add_argument("--history", type=int, default=4, help="K, states mixed by the history variant")
+    p.add_argument("--detach-history", action="store_true",
+                   help="history variant: store the window detached (the mhc package's default)")
     p.add_argument("--depths", nargs="+", type=int, default=[12, 24, 48], help="transformer blocks")
     p.add_argument("--quick", action="store_true", help="small sizes and few steps (< 5 min on 2 cores)")
     p.add_argument("--steps", type=int)
@@ -157,6 +167,12 @@ def final_res(cfg: LMConfig, res: list[np.ndarray]) -> dict:
     }
 
 
+def final_history(cfg: LMConfig, state: dict) -> dict:
+    """The history variant's final skip weights of every layer (oldest state first, gate included)."""
+    return {"orientation": "weights[l][j]: weight of the j-th of the last k states (oldest first) in layer l",
+            "names": layer_names(cfg), "weights": [w.tolist() for w in history_weights_of(cfg, state)]}
+
+
 def run_config(args, versions, cfg: LMConfig, data: TaskStream, run_dir: str) -> dict:
     """config.json: the model, training and data settings, backend, versions, and a
     command line that reruns exactly this run."""
@@ -168,7 +184,8 @@ def run_config(args, versions, cfg: LMConfig, data: TaskStream, run_dir: str) ->
              "--task", args.task, "--lr", repr(args.lr), "--warmup", str(args.warmup),
              "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
              "--log-every", str(args.log_every), "--metric-rows", str(args.metric_rows),
-             "--threads", str(args.threads), "--out", os.path.dirname(run_dir) or "."]
+             "--threads", str(args.threads), "--history", str(args.history),
+             "--out", os.path.dirname(run_dir) or "."] + (["--detach-history"] if args.detach_history else [])
     return {"run": os.path.basename(run_dir), "backend": args.backend, "versions": versions,
               "model": cfg.as_dict(), "optimizer": {"name": "adam", "betas": [0.9, 0.999], "eps": 1e-8},
               "train": train, "data": data.state(), "platform": platform.platform(),
@@ -180,7 +197,8 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     """Train one (variant, depth) model, writing config.json, metrics.jsonl and
     res_final.json into run_dir; returns its summary row."""
     cfg = LMConfig(vocab=args.vocab, dim=args.dim, n_layers=depth, n_heads=args.heads,
-                   seq_len=args.seq_len, variant=variant, n=args.n, seed=args.seed)
+                   seq_len=args.seq_len, variant=variant, n=args.n, seed=args.seed,
+                   history=args.history, detach_history=args.detach_history)
     os.makedirs(run_dir, exist_ok=True)
     data = TaskStream(args.task, vocab=args.vocab, seq_len=args.seq_len, batch_size=args.batch,
                       seed=args.seed + 1)
@@ -220,14 +238,19 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                 g = out["layer_grad_norm"]  # block norm = sqrt(attn^2 + mlp^2)
                 ratio_acc.append((np.hypot(g[0], g[1]), np.hypot(g[-2], g[-1])))
             if measure:
-                res = mixing_matrices(cfg, out["layer_inputs"], out["mixing_state"])
-                rec.update(gain_summary(gain_report(res)))
+                if variant == "history":  # gains of the map the skip weights form (f = 0)
+                    res, report = None, history_report(cfg, out["mixing_state"])
+                else:
+                    res = mixing_matrices(cfg, out["layer_inputs"], out["mixing_state"])
+                    report = gain_report(res)
+                rec.update(gain_summary(report))
                 for k in gains_max:  # NaN gains (a NaN forward) are logged but do not set the max
                     if not np.isnan(rec[k]):
                         gains_max[k] = max(gains_max[k], rec[k])
                 if step == args.steps - 1:
                     with open(os.path.join(run_dir, "res_final.json"), "w") as f:
-                        json.dump(final_res(cfg, res), f)
+                        json.dump(final_res(cfg, res) if res is not None else
+                                  final_history(cfg, out["mixing_state"]), f)
             log.write(json.dumps(_jsonable(rec)) + "\n")
             log.flush()
             hooks.step_done(step + 1, acc())
@@ -288,8 +311,9 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
         f"vocab {args.vocab}, {args.steps} steps, Adam lr {args.lr}, seed {args.seed}; wall {wall_s:.0f} s.",
         "Depth = transformer blocks (2 mixing layers each). Gains are Amax gains of the composite "
         "mixing matrix over all layers so far (max over depth, tokens and logged steps); 1 = no "
-        "amplification. Grad ratio = mean over steps of the first block's gradient norm / the last "
-        "block's (block = its attention + MLP weights).",
+        "amplification. For `history` the composite is the map x_0 -> x_l that the skip weights form "
+        "with every f set to 0 (mhc_core.history_gain_report). Grad ratio = mean over steps of the "
+        "first block's gradient norm / the last block's (block = its attention + MLP weights).",
         "",
         "| variant | depth | final loss | loss (last 10%) | max composite fwd gain | max composite bwd gain "
         "| NaN/Inf steps | grad ratio first/last | wall s |",

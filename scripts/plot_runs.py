@@ -30,9 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"residual": "#7f7f7f", "hc": "#d62728", "mhc": "#1f77b4"}
-LABELS = {"residual": "residual (n=1)", "hc": "HC (unconstrained)", "mhc": "mHC (Sinkhorn)"}
-ORDER = ("residual", "hc", "mhc")
+COLORS = {"residual": "#7f7f7f", "hc": "#d62728", "mhc": "#1f77b4", "mhc-lite": "#2ca02c", "history": "#9467bd"}
+LABELS = {"residual": "residual (n=1)", "hc": "HC (unconstrained)", "mhc": "mHC (Sinkhorn)",
+          "mhc-lite": "mHC-lite (permutations)", "history": "history mixing (n=1)"}
+ORDER = ("residual", "hc", "mhc", "mhc-lite", "history")
 # residual and mHC often coincide (mHC starts as the residual network): draw the baseline
 # wide and dashed underneath so both stay visible.
 STYLES = {"residual": dict(ls="--", lw=2.4, alpha=0.75, zorder=1), "hc": dict(lw=1.3, zorder=2),

@@ -102,6 +102,21 @@ CORE_CASES = [
     ("namespace-not-array", lambda: mc.namespace("x"), TypeError, ["one library", "str"]),
     ("namespace-python-scalar", lambda: (mc.namespace(X, 1.0), mc.namespace(1.0)), TypeError,
      ["one library", "builtins.float"]),
+    # history mixing and mHC-lite (more cases in test_history_core.py)
+    ("simplex_projection-int", lambda: mc.simplex_projection(np.ones(3, dtype=int)), TypeError, ["v", "floating"]),
+    ("simplex_projection-0d", lambda: mc.simplex_projection(np.float64(1.0)), ValueError, ["one axis", "0-d"]),
+    ("history_weights-temperature", lambda: mc.history_weights(np.zeros(3), temperature=0), ValueError,
+     ["temperature", "> 0"]),
+    ("history_mix-shapes", lambda: mc.history_mix([np.zeros(2), np.zeros(3)], np.ones(2)), ValueError,
+     ["one shape", "states[1]"]),
+    ("history_skip-y", lambda: mc.history_skip(np.zeros(3), [np.zeros(2)], np.ones(1)), ValueError, ["y", "[3]"]),
+    ("skip_weights-k", lambda: mc.skip_weights(np.zeros(2), 3), ValueError, ["k", "[1, K=2]"]),
+    ("history_gain_report-shape", lambda: mc.history_gain_report([np.ones(2)], 3), ValueError,
+     ["weights_per_layer[0]", "[1]"]),
+    ("history_composite-K0", lambda: mc.history_composite([], 0), ValueError, ["history", ">= 1"]),
+    ("birkhoff_res-n7", lambda: mc.birkhoff_res(np.zeros(5040), 7), ValueError, ["n <= 6", "n=7"]),
+    ("init_skip_logits-init", lambda: mc.init_skip_logits(4, init="zeros"), ValueError, ["init", "identity", "'zeros'"]),
+    ("permutation_list-n7", lambda: mc.permutation_list(7), ValueError, ["n <= 6", "n=7"]),
 ]
 
 

@@ -21,6 +21,7 @@ from mlx.utils import tree_flatten
 import mhc_core
 from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
 
+from .history import HistorySkip
 from .modules import MHC
 from .state import load_state, module_state
 from .training.recompute import run_layers
@@ -58,11 +59,28 @@ class MLP(nn.Module):
         return self.fc2(nn.silu(self.fc1(self.norm(h))))
 
 
+class HistoryStep(HistorySkip):
+    """A mixing layer of the 'history' variant: f (`self.layer`) and its skip logits.
+
+    __call__(x [B, T, 1, C], window) = f(x) + the mix of `window` (states [B, T, 1, C])."""
+
+    def __init__(self, layer: nn.Module, cfg: LMConfig):
+        super().__init__(cfg.history, constraint=cfg.history_constraint, gate=cfg.history_gate)
+        self.layer = layer
+
+    def __call__(self, x: mx.array, window: list) -> mx.array:
+        return super().__call__(self.layer(x[..., 0, :])[..., None, :], window)
+
+
 class Block(nn.Module):
-    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]."""
+    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]
+    (HistoryStep for the 'history' variant)."""
 
     def __init__(self, cfg: LMConfig, compiled: bool = False):
         super().__init__()
+        if cfg.variant == "history":
+            self.attn, self.mlp = HistoryStep(Attention(cfg), cfg), HistoryStep(MLP(cfg), cfg)
+            return
         kw = dict(variant=cfg.variant, compiled=compiled, **cfg.mhc_kwargs())
         self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
         self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
@@ -97,10 +115,25 @@ class TinyLM(nn.Module):
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
-        # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
-        x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
+        if self.cfg.variant == "history":
+            x, inputs = self._run_history(x, rows)
+        else:  # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
+            x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
         logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
         return logits, inputs
+
+    def _run_history(self, x: mx.array, rows: int) -> tuple[mx.array, list[mx.array]]:
+        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states."""
+        if self.recompute:
+            raise ValueError("block recompute is not implemented for the 'history' variant")
+        keep = mx.stop_gradient if self.cfg.detach_history else (lambda s: s)
+        window, inputs = [keep(x)], []
+        for layer in self.mixing_layers():
+            if rows:
+                inputs.append(mx.stop_gradient(x[:rows]))
+            x = layer(x, window)
+            window = (window + [keep(x)])[-self.cfg.history:]
+        return x, inputs
 
     def __call__(self, tokens: mx.array) -> mx.array:
         return self.forward_recording(tokens)[0]
@@ -117,7 +150,7 @@ class TinyLM(nn.Module):
 def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
     """The mixing parameters (phi, bias, alpha of every layer) as numpy."""
     return {k: np.array(v) for k, v in tree_flatten(model.parameters())
-            if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha") and ".layer." not in k}
+            if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha", "logits", "gate") and ".layer." not in k}
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:

@@ -80,7 +80,8 @@ class MHC(nn.Module):
     Args:
         layer: the wrapped sub-layer (an attention or MLP block), stored as `self.layer`.
         n: number of residual streams; dim: their width C.
-        variant: 'mhc' (Sinkhorn-constrained), 'hc' (unconstrained Hyper-Connections) or
+        variant: 'mhc' (Sinkhorn-constrained), 'mhc-lite' (res a convex combination of the
+            n! permutation matrices, n <= 6), 'hc' (unconstrained Hyper-Connections) or
             'residual' (plain x + f(x); n must be 1 and there are no mixing parameters).
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
             Numbers may be Python, numpy or 0-d array scalars; eps and scales must be

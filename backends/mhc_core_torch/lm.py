@@ -20,6 +20,7 @@ from torch import nn
 import mhc_core
 from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
 
+from .history import HistorySkip
 from .modules import MHC
 from .state import load_state, module_state
 from .training.recompute import run_layers
@@ -57,11 +58,28 @@ class MLP(nn.Module):
         return self.fc2(F.silu(self.fc1(self.norm(h))))
 
 
+class HistoryStep(HistorySkip):
+    """A mixing layer of the 'history' variant: f (`self.layer`) and its skip logits.
+
+    forward(x [B, T, 1, C], window) = f(x) + the mix of `window` (states [B, T, 1, C])."""
+
+    def __init__(self, layer: nn.Module, cfg: LMConfig):
+        super().__init__(cfg.history, constraint=cfg.history_constraint, gate=cfg.history_gate)
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, window: list[torch.Tensor]) -> torch.Tensor:
+        return super().forward(self.layer(x[..., 0, :])[..., None, :], window)
+
+
 class Block(nn.Module):
-    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]."""
+    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]
+    (HistoryStep for the 'history' variant)."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        if cfg.variant == "history":
+            self.attn, self.mlp = HistoryStep(Attention(cfg), cfg), HistoryStep(MLP(cfg), cfg)
+            return
         kw = dict(variant=cfg.variant, **cfg.mhc_kwargs())
         self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
         self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
@@ -96,10 +114,25 @@ class TinyLM(nn.Module):
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
-        # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
-        x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
+        if self.cfg.variant == "history":
+            x, inputs = self._run_history(x, rows)
+        else:  # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
+            x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
         logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
         return logits, inputs
+
+    def _run_history(self, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states."""
+        if self.recompute:
+            raise ValueError("block recompute is not implemented for the 'history' variant")
+        keep = (lambda s: s.detach()) if self.cfg.detach_history else (lambda s: s)
+        window, inputs = [keep(x)], []
+        for layer in self.mixing_layers():
+            if rows:
+                inputs.append(x[:rows].detach())
+            x = layer(x, window)
+            window = (window + [keep(x)])[-self.cfg.history:]
+        return x, inputs
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.forward_recording(tokens)[0]
@@ -114,10 +147,13 @@ class TinyLM(nn.Module):
         return mixing_matrices(self.cfg, [x.numpy() for x in inputs], mixing_state(self))
 
 
+MIXING_NAMES = ("phi", "bias", "alpha", "logits", "gate")
+
+
 def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
-    """The mixing parameters (phi, bias, alpha of every layer) as numpy copies."""
+    """The mixing parameters (phi, bias, alpha, or history logits / gate, of every layer) as numpy copies."""
     return {k: v.detach().numpy().copy() for k, v in model.named_parameters()
-            if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha") and ".layer." not in k}
+            if k.rsplit(".", 1)[-1] in MIXING_NAMES and ".layer." not in k}
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,9 @@ def unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:
     reference path's."""
     if variant == "residual":
         return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
+    if variant == "mhc-lite":
+        return ("variant 'mhc-lite' (a convex combination of permutation matrices) has no Triton kernel; "
+                "it runs on impl='reference'")
     if not triton_imports():
         return f"triton does not import ({_TRITON_IMPORT_ERROR[0]}; pip install 'mhc-core[torch]' on Linux)"
     if x.dtype not in KERNEL_DTYPES:

@@ -21,8 +21,13 @@ Parameter names (flat, dotted, the same in both backends):
     embed.weight [V, C]        pos_embed.weight [T, C]
     blocks.{i}.attn.layer.norm.weight [C]   .qkv.weight [3C, C]   .proj.weight [C, C]
     blocks.{i}.mlp.layer.norm.weight  [C]   .fc1.weight [H, C]    .fc2.weight  [C, H]
-    blocks.{i}.{attn,mlp}.{phi, bias, alpha}   (variant 'hc' / 'mhc'; mhc_core.init_params)
+    blocks.{i}.{attn,mlp}.{phi, bias, alpha}   (variant 'hc' / 'mhc' / 'mhc-lite'; mhc_core.init_params)
+    blocks.{i}.{attn,mlp}.logits [K] (.gate [])  (variant 'history'; mhc_core.init_skip_logits)
     head_norm.weight [C]       head.weight [V, C]
+
+Variant 'history' (one stream, the `mhc` package's design): mixing layer l computes
+x_{l+1} = f_l(x_l) + sum_k a_{l,k} x_k over the last K states (x_0 = the embedding), with
+a = mhc_core.skip_weights(logits); its metrics come from `history_report`.
 """
 from __future__ import annotations
 
@@ -33,20 +38,24 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .. import checks
+from .. import history as hist
 from ..coefficients import coefficients
 from ..config import MHCConfig
 from ..init import init_params, param_shapes
 
 SUBLAYERS = ("attn", "mlp")
+LM_VARIANTS = checks.VARIANTS + ("history",)
 
 
 @dataclass(frozen=True)
 class LMConfig:
     """Everything that defines the model (not the optimiser or the data).
 
-    variant: 'residual' (x + f(x), one stream), 'hc' (unconstrained hyper-connections)
-    or 'mhc'. n: streams; 'residual' forces 1. n_layers: transformer blocks (each is two
-    mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
+    variant: 'residual' (x + f(x), one stream), 'hc' (unconstrained hyper-connections),
+    'mhc', 'mhc-lite' (n <= 6) or 'history' (multi-history skip mixing, one stream).
+    n: streams; 'residual' and 'history' force 1. history (K), history_constraint,
+    history_gate, detach_history: the 'history' variant's HistorySequential settings.
+    n_layers: transformer blocks (each is two mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
     weights feeding the residual; the output projections (proj, fc2) use
     init_std / sqrt(2 * n_layers) when scale_out_init (GPT-2). alpha_init, phi_std,
     res_logit_gap: mhc_core.init_params arguments. iters ... post_scale: MHCConfig.
@@ -73,12 +82,21 @@ class LMConfig:
     sinkhorn_eps: float = 1e-6
     post_scale: float = 2.0
     seed: int = 0
+    history: int = 4
+    history_constraint: str = "softmax"
+    history_gate: bool = False
+    detach_history: bool = False
 
     def __post_init__(self):
-        checks.variant(self.variant)
-        if self.variant == "residual" and self.n != 1:
-            object.__setattr__(self, "n", 1)  # the baseline has exactly one stream
+        if self.variant not in LM_VARIANTS:
+            raise ValueError(f"variant must be one of {LM_VARIANTS}, got {self.variant!r}")
+        if self.variant in ("residual", "history") and self.n != 1:
+            object.__setattr__(self, "n", 1)  # one stream: the baseline, and the history design
         checks.streams(self.n)
+        if self.variant == "mhc-lite":
+            checks.res_width(self.n, self.variant)  # n <= 6
+        hist.check_history(self.history)
+        hist.check_constraint(self.history_constraint)
         for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -145,7 +163,12 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     std = cfg.init_std
     out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.scale_out_init else std
     mixing = {}
-    if cfg.variant != "residual":
+    if cfg.variant == "history":
+        for name in layer_names(cfg):
+            mixing[f"{name}.logits"] = hist.init_skip_logits(cfg.history, dtype=np.float64)
+            if cfg.history_gate:
+                mixing[f"{name}.gate"] = np.array(hist.GATE_INIT)
+    elif cfg.variant != "residual":
         for l, name in enumerate(layer_names(cfg)):
             mix = init_params(cfg.n, cfg.dim, variant=cfg.variant, alpha=cfg.alpha_init,
                               phi_std=cfg.phi_std, res_logit_gap=cfg.res_logit_gap,
@@ -173,8 +196,31 @@ def lm_param_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
             shapes.update({f"blocks.{i}.{kind}.{k}": v for k, v in sublayer_shapes(cfg, kind).items()})
     shapes.update({"head_norm.weight": (c,), "head.weight": (cfg.vocab, c)})
     for name in layer_names(cfg):
-        shapes.update({f"{name}.{k}": v for k, v in param_shapes(cfg.n, c, cfg.variant).items()})
+        if cfg.variant == "history":
+            shapes[f"{name}.logits"] = (cfg.history,)
+            if cfg.history_gate:
+                shapes[f"{name}.gate"] = ()
+        else:
+            shapes.update({f"{name}.{k}": v for k, v in param_shapes(cfg.n, c, cfg.variant).items()})
     return shapes
+
+
+def history_weights_of(cfg: LMConfig, state: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each mixing layer's noise-free skip weights (numpy float64, gate included), [k_l] for
+    the k_l = min(K, l + 1) states layer l sees (variant 'history')."""
+    out = []
+    for l, name in enumerate(layer_names(cfg)):
+        logits = np.asarray(state[f"{name}.logits"], dtype=np.float64)
+        w = hist.skip_weights(logits, min(cfg.history, l + 1), constraint=cfg.history_constraint)
+        if cfg.history_gate:
+            w = w / (1.0 + np.exp(-float(np.asarray(state[f"{name}.gate"]))))
+        out.append(w)
+    return out
+
+
+def history_report(cfg: LMConfig, state: dict[str, np.ndarray]) -> list[dict]:
+    """`mhc_core.gain_report`'s records for the 'history' variant (mhc_core.history_gain_report)."""
+    return hist.history_gain_report(history_weights_of(cfg, state), cfg.history)
 
 
 def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -184,6 +230,8 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
     any array convertible by np.asarray. state: the model's parameters by name. The
     residual variant's res is the 1x1 identity (gain 1) for every token.
     """
+    if cfg.variant == "history":
+        raise ValueError("variant 'history' has no res matrices; its metrics come from history_report(cfg, state)")
     names = layer_names(cfg)
     if len(layer_inputs) != len(names):
         raise ValueError(f"expected {len(names)} layer inputs (2 per block), got {len(layer_inputs)}")

@@ -10,7 +10,7 @@ twice, with each n paired with several C, every variant with every layer and bat
 shape, and the odd C (1, 7, 33, 257) paired with n > 1:
 
     axis        values
-    variant     mhc (8 cases), hc (5), residual (2; n = 1, the step only)
+    variant     mhc (8 cases), hc (5), mhc-lite (2; n = 4, 3), residual (2; n = 1, the step only)
     n           1, 2, 3, 4, 8
     C           1, 7, 33, 64, 257
     batch       () 'bnone', (5,) 'b5', (2, 3) 'b2x3'
@@ -88,6 +88,8 @@ CASES: tuple[Case, ...] = (
     Case("hc", 3, 257, (), "linear"),
     Case("hc", 1, 33, (5,), "mlp"),
     Case("hc", 8, 1, (5,), "mlp"),
+    Case("mhc-lite", 4, 7, (2, 3), "linear"),
+    Case("mhc-lite", 3, 33, (5,), "mlp"),
     Case("residual", 1, 64, (2, 3), "mlp"),
     Case("residual", 1, 7, (5,), "linear"),
 )

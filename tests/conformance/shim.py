@@ -36,6 +36,7 @@ CALLS = {
     "abs": lambda o, a: o.abs(a["a"]),
     "astype": lambda o, a: o.astype(a["a"], o.float32),
     "broadcast_to": lambda o, a: o.broadcast_to(a["row"], (3, 4)),
+    "cumulative_sum": lambda o, a: o.cumulative_sum(a["a"], axis=-1),
     "exp": lambda o, a: o.exp(a["a"]),
     "expand_dims": lambda o, a: o.expand_dims(a["a"], axis=-2),
     "eye": lambda o, a: o.eye(4, dtype=a["a"].dtype),
@@ -48,6 +49,7 @@ CALLS = {
     "mean": lambda o, a: o.mean(a["t"], axis=-1, keepdims=True),
     "min": lambda o, a: o.min(a["a"], axis=0),
     "reshape": lambda o, a: o.reshape(a["t"], (6, 4)),
+    "sort": lambda o, a: o.sort(a["t"], axis=-1),
     "sqrt": lambda o, a: o.sqrt(a["pos"]),
     "squeeze": lambda o, a: o.squeeze(a["col"], axis=-1),
     "stack": lambda o, a: o.stack([a["a"], a["b"]], axis=-2),
@@ -66,6 +68,7 @@ CALLS = {
     "matmul(2d)": lambda o, a: o.matmul(a["a"], a["m"]),
     # dtype helpers
     "eye_like": lambda o, a: o.eye_like(a["a"], 3),
+    "constant_like": lambda o, a: o.constant_like(a["a"], np.arange(6.0).reshape(2, 3)),
     "is_floating": lambda o, a: np.array(float(o.is_floating(a["a"]))),
     "compute_dtype": lambda o, a: o.zeros_like(o.astype(a["a"], o.compute_dtype(a["a"]))) + 1.0,
 }

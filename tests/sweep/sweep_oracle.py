@@ -32,7 +32,15 @@ def logits(cfg: LMConfig, params: dict, tokens: np.ndarray) -> np.ndarray:
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     t = tokens.shape[1]
     x = mhc_core.expand_streams(p["embed.weight"][tokens] + p["pos_embed.weight"][:t], cfg.n)
-    for name in layer_names(cfg):
+    window = [x]  # the history variant's last K states
+    for l, name in enumerate(layer_names(cfg)):
+        if cfg.variant == "history":
+            f = _attention if name.endswith("attn") else _mlp
+            w = mhc_core.skip_weights(p[f"{name}.logits"], len(window), constraint=cfg.history_constraint)
+            x = mhc_core.history_skip(f(p, name, cfg, x[..., 0, :])[..., None, :], window, w,
+                                      gate=p.get(f"{name}.gate"))
+            window = (window + [x])[-cfg.history:]
+            continue
         f = _attention if name.endswith("attn") else _mlp
         mix = [p.get(f"{name}.{k}") for k in ("phi", "bias", "alpha")]
         x = mhc_core.step(x, lambda h, f=f, name=name: f(p, name, cfg, h), *mix, variant=cfg.variant,

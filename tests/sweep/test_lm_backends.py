@@ -21,7 +21,7 @@ mx = pytest.importorskip("mlx.core")
 tlm = pytest.importorskip("mhc_core_torch.lm")
 mlm = pytest.importorskip("mhc_core_mlx.lm")
 
-VARIANTS = ("residual", "hc", "mhc")
+VARIANTS = ("residual", "hc", "mhc", "mhc-lite", "history")
 
 
 def _cfg(variant, **kw):
@@ -66,6 +66,8 @@ def test_logits_match_numpy_oracle_on_both_backends(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_res_matrices_agree_across_backends(variant):
+    if variant == "history":
+        pytest.skip("the history variant has no res matrices (test_history_lm_* below)")
     cfg = _cfg(variant)
     params = init_lm_params(cfg)
     x = _tokens(cfg)
@@ -93,3 +95,62 @@ def test_training_loss_curves_match_across_backends(variant):
     _close(curves[0], curves[1], 1e-5, f"loss-{variant}")
     _close(grads[0], grads[1], 1e-5, f"step0-grad-norms-{variant}")
     assert curves[0][-1] < curves[0][0]  # it trains
+
+
+def _history_params(cfg, seed=0):
+    """init_lm_params with the skip logits (and gates) moved off the identity init."""
+    rng = np.random.default_rng(seed)
+    params = init_lm_params(cfg)
+    for k in params:
+        if k.endswith((".logits", ".gate")):
+            params[k] = (params[k] + rng.normal(0.0, 2.0, params[k].shape)).astype(np.float32)
+    return params
+
+
+@pytest.mark.parametrize("gate", [False, True], ids=["nogate", "gate"])
+@pytest.mark.parametrize("history", [1, 3])
+def test_history_lm_matches_oracle_with_mixed_skips(history, gate):
+    cfg = _cfg("history", n_layers=3, history=history, history_gate=gate)
+    params = _history_params(cfg)
+    x = _tokens(cfg)
+    want = sweep_oracle.logits(cfg, params, x)
+    got_t = tlm.TinyLM(cfg, params)(torch.as_tensor(x, dtype=torch.long)).detach().numpy()
+    got_m = np.array(mlm.TinyLM(cfg, params)(mx.array(x)))
+    _close(got_t.astype(np.float64), want, 1e-5, f"torch-history-K{history}")
+    _close(got_m.astype(np.float64), want, 1e-5, f"mlx-history-K{history}")
+
+
+def test_history_detach_cuts_the_skip_gradient_on_both_backends():
+    """detach_history: the first block's gradient no longer gets the skip path; both
+    backends give the same first-step gradient norms."""
+    norms = {}
+    for detach in (False, True):
+        cfg = _cfg("history", n_layers=4, history=2, detach_history=detach)
+        params = init_lm_params(cfg)
+        per_backend = []
+        for lm in (tlm, mlm):
+            data = TaskStream("incrementing", vocab=cfg.vocab, seq_len=cfg.seq_len, batch_size=4, seed=1)
+            out = lm.Trainer(cfg, params).step(*data.next(), lr=1e-3)
+            per_backend.append(np.array(out["layer_grad_norm"]))
+        _close(per_backend[0], per_backend[1], 1e-4, f"grad-norms-detach{detach}")
+        norms[detach] = per_backend[0]
+    ratio = lambda g: g[0] / g[-1]  # noqa: E731
+    assert ratio(norms[True]) < 0.5 * ratio(norms[False])
+    np.testing.assert_allclose(norms[True][-1], norms[False][-1], rtol=1e-4)  # the last layer is unaffected
+
+
+def test_history_report_is_the_composite_of_the_skip_weights():
+    from mhc_core.experiments.lm_config import history_report, history_weights_of
+    import mhc_core
+
+    cfg = _cfg("history", n_layers=3, history=2, history_gate=True)
+    params = _history_params(cfg, seed=4)
+    weights = history_weights_of(cfg, params)
+    report = history_report(cfg, params)
+    c = [1.0]
+    for w in weights:  # x_{l+1} = sum_j w_j x_j over the last k states, f = 0
+        c.append(sum(wj * cj for wj, cj in zip(w, c[-len(w):])))
+    got = [r["composite_forward_gain"]["max"] for r in report]
+    np.testing.assert_allclose(got, np.abs(c[1:]), rtol=1e-12)
+    assert all(r["forward_gain"]["max"] == pytest.approx(float(np.abs(w).sum())) for r, w in zip(report, weights))
+    assert mhc_core.history_composite(weights, cfg.history)[-1] == pytest.approx(got[-1])

@@ -240,7 +240,7 @@ def test_bad_input_is_rejected_with_a_clear_message(x, error, message):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(n=0), r"n \(number of streams\) must be an integer >= 1, got 0"),
     (dict(dim=0), r"dim \(channels per stream, C\) must be an integer >= 1, got 0"),
-    (dict(variant="mhc2"), r"variant must be one of \('mhc', 'hc', 'residual'\), got 'mhc2'"),
+    (dict(variant="mhc2"), r"variant must be one of \('mhc', 'hc', 'residual', 'mhc-lite'\), got 'mhc2'"),
     (dict(variant="residual"), r"the residual variant has one stream: n must be 1, got n=4"),
     (dict(iters=0), r"iters must be an integer >= 1, got 0"),
     (dict(rms_eps=-1.0), r"rms_eps must be a finite number >= 0, got -1.0"),

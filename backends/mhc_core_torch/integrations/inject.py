@@ -18,6 +18,7 @@ from torch import nn
 import mhc_core
 from mhc_core import checks
 
+from .history_inject import inject_history
 from .blocks import REDUCTIONS, convert_block, is_converted
 from .recipes import RECIPES, Recipe, recipe_for
 
@@ -111,7 +112,8 @@ def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
 
 
 def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce: str = "mean",
-           impl: str = "auto", init: dict | None = None, recipe: str | None = None, **cfg) -> nn.Module:
+           impl: str = "auto", init: dict | None = None, recipe: str | None = None,
+           history: int | None = None, **cfg) -> nn.Module:
     """Make every module matching `target` (class name or class) an mHC block, in place.
 
     n: streams; variant: 'mhc' | 'hc' | 'residual' (n=1); reduce: 'mean' | 'head' at the
@@ -119,8 +121,20 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     {'phi','bias','alpha'} dict for every step (default: the exact warm start of
     mhc_core.init_params); recipe: force a recipe name (default: found by structure);
     cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
+    history: K for history skip mixing instead of streams (history_inject.py): every
+    matching module m becomes m(x) + a mix of its last K outputs; cfg then holds the
+    HistorySequential options (constraint, temperature, epsilon, gate, prune_threshold,
+    stochastic, detach_history, mixing, iters, sinkhorn_eps, generator), init names the
+    skip logits' init ('identity' | 'uniform'), and n / variant / reduce / recipe are unused.
     Returns `model`.
     """
+    if history is not None:
+        from mhc_core import history as hist
+
+        hist.check_history(history)
+        if init is not None:  # the skip logits' init name ('identity' | 'uniform')
+            cfg["init"] = init
+        return inject_history(model, _matcher(target), history, target, **cfg)
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")

@@ -410,6 +410,9 @@ def coefficients(x, phi, bias, alpha, *, variant="mhc", iters=20, rms_eps=1e-6, 
     float32 whatever x's dtype (float64 only in the interpreter)."""
     n, c, variant, cfg = checks.coefficient_inputs(namespace(x, phi, bias, alpha), x, phi, bias, alpha, variant, dict(
         iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
+    if variant == "mhc-lite":
+        raise ValueError("coefficients: variant 'mhc-lite' has no Triton kernel; use impl='reference' "
+                         "(mhc_core.coefficients)")
     check_kernel_inputs("coefficients", n, x, phi, bias, alpha)
     lead = tuple(x.shape[:-2])
     pre, post, res = CoefficientsFunction.apply(

@@ -1,0 +1,157 @@
+"""Multi-history skip mixing as mlx.nn modules (the math is mhc_core/history.py).
+
+    x_{l+1} = layers[l](x_l) + g_l * sum_{k in window} a_{l,k} x_k     window: last K states
+
+The torch backend's `HistorySequential` / `HistorySkip` with the same arguments and the
+same parameter names (`layers.{i}.*`, `skips.{i}.logits` float32 [K] or [K, K],
+`skips.{i}.gate` float32 [] when gated), so one state loads into both.
+detach_history=True stores the window through `mx.stop_gradient`. stochastic=True draws
+Gumbel noise in training mode from `seed` (a key split at every draw: reproducible), or
+from MLX's global RNG (`mx.random.seed`) when seed is None.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+import mhc_core
+from mhc_core import checks, history as hist
+from mhc_core.config import MHCConfig
+
+_DEFAULT = MHCConfig()
+
+
+class _KeyChain:
+    """A PRNG key split at every draw (a plain object, so nn.Module does not treat it as a parameter)."""
+
+    def __init__(self, seed: int | None):
+        self.key = None if seed is None else mx.random.key(seed)
+
+    def next(self):
+        if self.key is None:
+            return None
+        self.key, sub = mx.random.split(self.key)
+        return sub
+
+
+class HistorySkip(nn.Module):
+    """One layer's skip: `y + g * sum_k w_k states[k]` (see mhc_core_torch.HistorySkip)."""
+
+    def __init__(self, history: int = 4, *, constraint: str = "softmax", temperature: float = 1.0,
+                 epsilon: float = 0.1, init: str = "identity", gate: bool = False,
+                 prune_threshold: float = 0.0, stochastic: bool = False, mixing: str = "vector",
+                 iters: int = _DEFAULT.iters, sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
+                 seed: int | None = None):
+        super().__init__()
+        self.history = hist.check_history(history)
+        self.constraint = hist.check_constraint(constraint)
+        self.temperature = hist.check_temperature(temperature)
+        self.epsilon = hist.check_epsilon(epsilon)
+        self.mixing = hist.check_mixing(mixing)
+        if self.mixing == "matrix" and self.constraint == "simplex":
+            raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
+                             "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
+        self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
+        self.stochastic = bool(stochastic)
+        self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        self._keys = _KeyChain(seed)
+        self.gated = bool(gate)
+        self.logits = mx.array(hist.init_skip_logits(self.history, init=init, mixing=self.mixing))
+        if self.gated:
+            self.gate = mx.array(hist.GATE_INIT, dtype=mx.float32)
+
+    def _extra_repr(self) -> str:
+        return (f"history={self.history}, mixing={self.mixing!r}, constraint={self.constraint!r}, "
+                f"temperature={self.temperature}, gate={self.gated}")
+
+    def weights(self, k: int) -> mx.array:
+        """Weights [k] of the k newest states (oldest first); Gumbel-perturbed in training
+        when stochastic."""
+        noise = None
+        if self.stochastic and self.training:
+            shape = (k,) if self.mixing == "vector" else (k, k)
+            noise = mx.random.gumbel(shape, key=self._keys.next())
+        return mhc_core.skip_weights(self.logits, k, mixing=self.mixing, constraint=self.constraint,
+                                     temperature=self.temperature, epsilon=self.epsilon, noise=noise,
+                                     iters=self.iters, sinkhorn_eps=self.sinkhorn_eps)
+
+    def __call__(self, y: mx.array, states: list) -> mx.array:
+        window = list(states)[-self.history:]
+        return mhc_core.history_skip(y, window, self.weights(len(window)),
+                                     gate=self.gate if self.gated else None,
+                                     prune_threshold=self.prune_threshold)
+
+
+def check_layers(layers) -> list:
+    """A non-empty list of mlx.nn.Modules (TypeError naming the first that is not one)."""
+    if isinstance(layers, nn.Module):
+        raise TypeError("layers must be an iterable of mlx.nn.Module (e.g. a list), got a single "
+                        f"{type(layers).__name__}; wrap it in a list")
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be an iterable of mlx.nn.Module, got {type(layers).__name__}") from None
+    if not layers:
+        raise ValueError("layers must hold at least one mlx.nn.Module, got none")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layers[{i}] must be an mlx.nn.Module, got {type(layer).__module__}."
+                            f"{type(layer).__name__}")
+    return layers
+
+
+class HistorySequential(nn.Module):
+    """Layers with multi-history skip mixing (see mhc_core_torch.HistorySequential).
+
+    __call__(x [...]) -> [...]: window = [x_0]; x_{l+1} = skips[l](layers[l](x_l), window);
+    window += [x_{l+1}] (stop_gradient when detach_history), the last `history` kept.
+    `seed` seeds each skip's Gumbel key (seed + l for layer l).
+    """
+
+    def __init__(self, layers: Iterable, history: int = 4, *, constraint: str = "softmax",
+                 temperature: float = 1.0, epsilon: float = 0.1, init: str = "identity", gate: bool = False,
+                 prune_threshold: float = 0.0, stochastic: bool = False, detach_history: bool = False,
+                 mixing: str = "vector", iters: int = _DEFAULT.iters,
+                 sinkhorn_eps: float = _DEFAULT.sinkhorn_eps, seed: int | None = None):
+        super().__init__()
+        self.layers = check_layers(layers)
+        self.history = hist.check_history(history)
+        self.detach_history = bool(detach_history)
+        self.skips = [
+            HistorySkip(history, constraint=constraint, temperature=temperature, epsilon=epsilon, init=init,
+                        gate=gate, prune_threshold=prune_threshold, stochastic=stochastic, mixing=mixing,
+                        iters=iters, sinkhorn_eps=sinkhorn_eps, seed=None if seed is None else seed + l)
+            for l in range(len(self.layers))]
+
+    def _extra_repr(self) -> str:
+        return f"history={self.history}, detach_history={self.detach_history}"
+
+    def _keep(self, x: mx.array) -> mx.array:
+        return mx.stop_gradient(x) if self.detach_history else x
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not isinstance(x, mx.array):
+            raise TypeError(f"HistorySequential expects an mlx.core.array, got {type(x).__module__}.{type(x).__name__}")
+        window = [self._keep(x)]  # x_0
+        for layer, skip in zip(self.layers, self.skips):
+            x = skip(layer(x), window)
+            window = (window + [self._keep(x)])[-self.history:]
+        return x
+
+    def skip_weights(self) -> list:
+        """Each layer's noise-free weights (gate and pruning included), [min(K, l + 1)]:
+        the input of `mhc_core.history_composite`."""
+        out = []
+        for l, skip in enumerate(self.skips):
+            was = skip.training
+            skip.train(False)
+            w = mx.stop_gradient(skip.weights(min(self.history, l + 1)))
+            skip.train(was)
+            if skip.prune_threshold > 0:
+                w = mx.where(w < skip.prune_threshold, mx.zeros_like(w), w)
+            if skip.gated:
+                w = w * mx.sigmoid(skip.gate)
+            out.append(w)
+        return out

@@ -1,0 +1,162 @@
+"""Multi-history skip mixing as torch.nn modules (the math is mhc_core/history.py).
+
+    x_{l+1} = layers[l](x_l) + g_l * sum_{k in window} a_{l,k} x_k     window: last K states
+
+`HistorySequential(layers, history=K, ...)` runs the layers and keeps the window (x_0
+first); `HistorySkip` holds one layer's parameters: `logits` (float32 [K], or [K, K] for
+matrix mixing) and, when gated, `gate` (float32 [], init 2.0). State names
+`layers.{i}.*`, `skips.{i}.logits`, `skips.{i}.gate` are the mlx backend's too.
+
+detach_history=True stores the window detached (the `mhc` package's default): constant
+memory, but no gradient flows through the skip path, only through the layers. Ours
+defaults to False, so the skip carries gradient like a residual connection.
+stochastic=True samples Gumbel-softmax weights in training mode, with noise drawn from
+`generator` (a torch.Generator on the parameters' device; None uses torch's global RNG,
+seeded by torch.manual_seed).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+import mhc_core
+from mhc_core import checks, history as hist
+from mhc_core.config import MHCConfig
+
+_DEFAULT = MHCConfig()
+
+
+def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise shaped like `logits`: -log(E), E ~ Exponential(1)."""
+    e = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format)
+    return -e.exponential_(generator=generator).log()
+
+
+class HistorySkip(nn.Module):
+    """One layer's skip: `y + g * sum_k w_k states[k]`, w from `logits` (mhc_core.skip_weights).
+
+    Args: history K; constraint 'softmax' | 'simplex' | 'identity'; temperature > 0;
+    epsilon in [0, 1) (identity); init 'identity' | 'uniform'; gate (learn g = sigmoid(gate));
+    prune_threshold (weights below it are dropped); stochastic (Gumbel-softmax in training);
+    mixing 'vector' ([K] logits) | 'matrix' ([K, K], Sinkhorn, last row mixes).
+    """
+
+    def __init__(self, history: int = 4, *, constraint: str = "softmax", temperature: float = 1.0,
+                 epsilon: float = 0.1, init: str = "identity", gate: bool = False,
+                 prune_threshold: float = 0.0, stochastic: bool = False, mixing: str = "vector",
+                 iters: int = _DEFAULT.iters, sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.history = hist.check_history(history)
+        self.constraint = hist.check_constraint(constraint)
+        self.temperature = hist.check_temperature(temperature)
+        self.epsilon = hist.check_epsilon(epsilon)
+        self.mixing = hist.check_mixing(mixing)
+        if self.mixing == "matrix" and self.constraint == "simplex":
+            raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
+                             "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
+        self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
+        self.stochastic = bool(stochastic)
+        self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        self.generator = generator
+        self.logits = nn.Parameter(torch.from_numpy(
+            hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))
+        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if gate else None
+
+    def extra_repr(self) -> str:
+        return (f"history={self.history}, mixing={self.mixing!r}, constraint={self.constraint!r}, "
+                f"temperature={self.temperature}, gate={self.gate is not None}")
+
+    def weights(self, k: int) -> torch.Tensor:
+        """Weights [k] of the k newest states (oldest first); Gumbel-perturbed in training
+        when stochastic."""
+        noise = None
+        if self.stochastic and self.training:
+            shape = self.logits[-k:] if self.mixing == "vector" else self.logits[-k:, -k:]
+            noise = gumbel_like(shape.detach(), self.generator)
+        return mhc_core.skip_weights(self.logits, k, mixing=self.mixing, constraint=self.constraint,
+                                     temperature=self.temperature, epsilon=self.epsilon, noise=noise,
+                                     iters=self.iters, sinkhorn_eps=self.sinkhorn_eps)
+
+    def forward(self, y: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
+        """y [...] (the layer's output) + the mix of `states` (1..K arrays shaped like y)."""
+        window = list(states)[-self.history:]
+        return mhc_core.history_skip(y, window, self.weights(len(window)), gate=self.gate,
+                                     prune_threshold=self.prune_threshold)
+
+
+def check_layers(layers) -> list[nn.Module]:
+    """A non-empty list of nn.Modules (TypeError naming the first that is not one)."""
+    if isinstance(layers, nn.Module) and not isinstance(layers, (nn.ModuleList, nn.Sequential)):
+        raise TypeError("layers must be an iterable of torch.nn.Module (e.g. a list), got a single "
+                        f"{type(layers).__name__}; wrap it in a list")
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be an iterable of torch.nn.Module, got {type(layers).__name__}") from None
+    if not layers:
+        raise ValueError("layers must hold at least one torch.nn.Module, got none")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layers[{i}] must be a torch.nn.Module, got {type(layer).__module__}."
+                            f"{type(layer).__name__}")
+    return layers
+
+
+class HistorySequential(nn.Module):
+    """Layers `f_l: x -> x` (same shape in and out) with multi-history skip mixing.
+
+    forward(x [...]) -> [...]: window = [x_0]; for each layer l:
+    x_{l+1} = skips[l](layers[l](x_l), window); window += [x_{l+1}] (detached when
+    detach_history), keeping the last `history` states. Each call starts a new window.
+    Arguments as `HistorySkip`, plus detach_history and generator.
+    """
+
+    def __init__(self, layers: Iterable[nn.Module], history: int = 4, *, constraint: str = "softmax",
+                 temperature: float = 1.0, epsilon: float = 0.1, init: str = "identity", gate: bool = False,
+                 prune_threshold: float = 0.0, stochastic: bool = False, detach_history: bool = False,
+                 mixing: str = "vector", iters: int = _DEFAULT.iters,
+                 sinkhorn_eps: float = _DEFAULT.sinkhorn_eps, generator: torch.Generator | None = None):
+        super().__init__()
+        self.layers = nn.ModuleList(check_layers(layers))
+        self.history = hist.check_history(history)
+        self.detach_history = bool(detach_history)
+        self.skips = nn.ModuleList(
+            HistorySkip(history, constraint=constraint, temperature=temperature, epsilon=epsilon, init=init,
+                        gate=gate, prune_threshold=prune_threshold, stochastic=stochastic, mixing=mixing,
+                        iters=iters, sinkhorn_eps=sinkhorn_eps, generator=generator)
+            for _ in self.layers)
+
+    def extra_repr(self) -> str:
+        return f"history={self.history}, detach_history={self.detach_history}"
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach() if self.detach_history else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"HistorySequential expects a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
+        window = [self._keep(x)]  # x_0
+        for layer, skip in zip(self.layers, self.skips):
+            x = skip(layer(x), window)
+            window = (window + [self._keep(x)])[-self.history:]
+        return x
+
+    def skip_weights(self) -> list[torch.Tensor]:
+        """Each layer's mixing weights (gate and pruning included) in eval mode, [k_l] for
+        the k_l = min(K, l + 1) states it sees: the input of `mhc_core.history_composite`."""
+        out = []
+        for l, skip in enumerate(self.skips):
+            with torch.no_grad():
+                noise_free = skip.training
+                skip.train(False)
+                w = skip.weights(min(self.history, l + 1))
+                skip.train(noise_free)
+                if skip.prune_threshold > 0:
+                    w = torch.where(w < skip.prune_threshold, torch.zeros_like(w), w)
+                if skip.gate is not None:
+                    w = w * torch.sigmoid(skip.gate)
+            out.append(w)
+        return out

@@ -30,7 +30,7 @@ def load_original(model_dir: str):
 
     try:
         model, _ = load_model(Path(model_dir))
-    except (ValueError, KeyError, ImportError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, ImportError, AttributeError) as err:
         raise unsupported_family(model_dir, err) from None
     return model
 

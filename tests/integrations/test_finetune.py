@@ -1,0 +1,211 @@
+"""scripts/finetune.py and scripts/compare_generation.py on torch and MLX, on a tiny Qwen3
+built and saved here (nothing downloaded; text: the standard library's sources).
+
+- a few fine-tune steps move the mixing parameters away from the warm start (amounts below);
+- a run stopped at a checkpoint and resumed gives the same loss curve, bit for bit;
+- an unmodified converted model continues every prompt with the original's text;
+- bad input: not a converted checkpoint, empty text, lr <= 0, a family convert cannot handle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tqdm")
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+import compare_generation  # noqa: E402
+import finetune  # noqa: E402
+from finetune_data import batch_at, load_text  # noqa: E402
+
+import mhc_core  # noqa: E402
+from mhc_core.experiments.drift import step_drift, stream_similarity  # noqa: E402
+
+BACKENDS = ["torch", pytest.param("mlx", marks=pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("mlx_lm"), reason="mlx-lm not installed"))]
+STEPS = ["--steps", "4", "--batch", "2", "--seq-len", "24", "--checkpoint-every", "2", "--log-every", "2",
+         "--text", "stdlib", "--max-chars", "20000", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """{'hf': a tiny Qwen3 (vocab 300 so bytes are tokens), 'converted': it converted
+    (n=4) and saved, 'gpt2': a tiny GPT-2 (a family convert does not handle)}."""
+    d = tmp_path_factory.mktemp("ft-models")
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                   max_position_embeddings=64, tie_word_embeddings=False, initializer_range=0.2)
+    model = transformers.Qwen3ForCausalLM(cfg).eval()
+    model.save_pretrained(d / "hf")
+    import mhc_core_torch
+
+    mhc_core_torch.convert(model, n=4).save_pretrained(d / "converted")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4,
+                                                                n_positions=64))
+    gpt2.save_pretrained(d / "gpt2")
+    return {k: str(d / k) for k in ("hf", "converted", "gpt2")}
+
+
+def records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def straight(models, tmp_path_factory):
+    """backend -> the out dir of one uninterrupted 4-step run (checkpoints at 2 and 4)."""
+    runs = {}
+
+    def get(backend):
+        if backend not in runs:
+            out = str(tmp_path_factory.mktemp(f"ft-{backend}"))
+            finetune.main(["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS])
+            runs[backend] = out
+        return runs[backend]
+
+    return get
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finetune_moves_the_mixing(backend, models, straight):
+    """4 AdamW steps at the seed's mixing lr (8.6e-4; Adam moves a parameter by up to ~lr
+    a step). Measured (torch / MLX): max |d phi| per step >= 3.2e-3, max |d bias| of the
+    pre/post part >= 1.0e-3, alpha's pre or post entry >= 8.6e-4 (alpha's gradient is 0
+    while phi = 0, so it moves from step 2 on); asserted: 2e-3, 5e-4, 5e-4. pre stops
+    being uniform (spread > 0) in every step but the first. res barely learns yet (bias
+    res <= 6.2e-5, asserted <= 1e-3): with equal streams every doubly-stochastic res gives
+    the same output, so its gradient starts at ~0 and grows only as the streams diverge."""
+    out = straight(backend)
+    b = finetune.backend(backend)
+    start = b.Engine(b.load_mhc(models["converted"]), lr=1e-5, mixing_lr=1e-3).mixing_state()
+    end = b.Engine(b.load_mhc(os.path.join(out, "model")), lr=1e-5, mixing_lr=1e-3).mixing_state()
+    assert sorted(start) == sorted(end) and len(start) == 4 * 3
+    n = 4
+    for k in start:
+        moved = np.abs(end[k] - start[k])
+        if k.endswith(".phi"):
+            assert moved.max() >= 2e-3, (k, moved.max())
+        elif k.endswith(".bias"):
+            assert moved[: 2 * n].max() >= 5e-4 and moved[2 * n:].max() <= 1e-3, (k, moved)
+        else:
+            assert moved[:2].max() >= 5e-4, (k, moved)
+    recs = records(out)
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    first, last = recs[0]["drift"], recs[-1]["drift"]
+    assert len(first) == len(last) == 4
+    for d0, d1 in zip(first, last):
+        assert d0["pre_spread"] == 0.0 and abs(d0["stream_similarity"] - 1) < 1e-9
+        np.testing.assert_allclose(d0["alpha"], 0.01, rtol=1e-6)
+        assert np.abs(np.subtract(d1["alpha"][:2], 0.01)).max() >= 5e-4
+    # the first step sees equal streams (the expanded embedding), so its pre gets equal
+    # gradients and stays uniform; the later ones see streams that began to differ
+    assert last[0]["pre_spread"] == 0.0 and min(d["pre_spread"] for d in last[1:]) > 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["steps"] == 4 and np.isfinite(summary["last_loss"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_continues_the_same_loss_curve(backend, models, straight, tmp_path):
+    """Stop after 2 steps (the checkpoint), rerun with --steps 4: the log equals the
+    uninterrupted run's, losses and drift bit for bit, every step once."""
+    out = str(tmp_path / "resumed")
+    args = ["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS]
+    finetune.main([*args, "--steps", "2"])
+    assert [r["step"] for r in records(out)] == [0, 1, 2]
+    finetune.main(args)
+    assert records(out) == records(straight(backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compare_unmodified_converted_model_gives_the_same_text(backend, models, capsys):
+    rows = compare_generation.main(["--original", models["hf"], "--mhc", models["converted"], "--backend", backend,
+                                    "--max-new-tokens", "6"])
+    assert len(rows) == 3 and all(r["same_tokens"] and r["original"] == r["mhc"] for r in rows)
+    assert max(r["logit_distance"] for r in rows) <= 1e-5  # float32 rounding (warm start is exact)
+    assert "3 of 3 continuations identical" in capsys.readouterr().out
+
+
+def test_compare_fine_tuned_model_reports_a_distance(models, straight):
+    rows = compare_generation.main(["--original", models["hf"], "--mhc", os.path.join(straight("torch"), "model"),
+                                    "--max-new-tokens", "4"])
+    assert min(r["logit_distance"] for r in rows) > 1e-4  # the fine-tuned weights moved
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_analyze_model_reads_the_fine_tuned_checkpoint(backend, straight, tmp_path):
+    """analyze_model.py (torch) on the fine-tuned model, whichever backend saved it."""
+    import analyze_model
+
+    analyze_model.main([os.path.join(straight(backend), "model"), "--out", str(tmp_path)])
+    report = json.load(open(tmp_path / "analysis.json"))
+    alphas = np.array([s["alpha"] for s in report["steps"]])
+    assert np.abs(alphas[:, :2] - 0.01).max(axis=1).min() >= 5e-4
+    assert (tmp_path / "overview.png").is_file() and (tmp_path / "analysis.txt").is_file()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input(backend, models, tmp_path):
+    out = str(tmp_path / "out")
+    base = ["--backend", backend, "--out", out, "--quiet", "--steps", "1"]
+    with pytest.raises(ValueError, match="not a converted mHC checkpoint"):
+        finetune.main(["--model", models["hf"], *base])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        finetune.main(["--convert", models["hf"], "--text", str(empty), *base])
+    with pytest.raises(ValueError, match="no such file"):
+        finetune.main(["--convert", models["hf"], "--text", str(tmp_path / "missing.txt"), *base])
+    with pytest.raises(ValueError, match="--lr must be > 0, got 0.0"):
+        finetune.main(["--convert", models["hf"], "--lr", "0", *base])
+    with pytest.raises(ValueError, match="--mixing-lr must be > 0, got -0.001"):
+        finetune.main(["--convert", models["hf"], "--mixing-lr=-1e-3", *base])
+    with pytest.raises(ValueError, match="model family 'gpt2'.*not supported by convert"):
+        finetune.main(["--convert", models["gpt2"], "--text", "stdlib", "--max-chars", "2000", *base])
+    with pytest.raises(ValueError, match="not a converted mHC checkpoint"):
+        compare_generation.main(["--original", models["hf"], "--mhc", models["hf"], "--backend", backend])
+
+
+def test_resume_with_other_settings_is_refused(models, straight, tmp_path):
+    import shutil
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(straight("torch"), out)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        finetune.main(["--convert", models["hf"], "--out", out, *STEPS, "--mixing-lr", "1e-3", "--steps", "6"])
+
+
+def test_step_drift_against_naive_reference():
+    """Warm start with equal streams: identity distance is that of sinkhorn(bias_res)
+    (the oracle), pre is uniform, streams identical. Random streams: the similarity equals
+    a loop over token and stream pairs."""
+    n, c = 4, 8
+    p = mhc_core.init_params(n, c, dtype=np.float64)
+    x = np.repeat(np.random.default_rng(0).normal(size=(3, 5, 1, c)), n, axis=2)
+    d = step_drift(x, x, p["phi"], p["bias"], p["alpha"], sinkhorn_eps=0.0)
+    res = mhc_core.sinkhorn(p["bias"][2 * n:].reshape(n, n), iters=20, eps=0.0)
+    assert d["identity_distance"] == pytest.approx(np.linalg.norm(res - np.eye(n)), rel=1e-12)
+    assert d["pre_spread"] == 0.0 and d["stream_similarity"] == pytest.approx(1.0, abs=1e-12)
+    assert d["alpha"] == pytest.approx([0.01] * 3)
+    y = np.random.default_rng(1).normal(size=(2, 3, n, c))
+    want = np.mean([y[b, t, i] @ y[b, t, j] / np.linalg.norm(y[b, t, i]) / np.linalg.norm(y[b, t, j])
+                    for b in range(2) for t in range(3) for i in range(n) for j in range(n) if i != j])
+    assert stream_similarity(y) == pytest.approx(want, rel=1e-12)
+
+
+def test_text_and_batches_are_deterministic():
+    text = load_text("stdlib", 5000)
+    assert len(text) == 5000 and text == load_text("stdlib", 5000)
+    tokens = np.arange(1000)
+    a, b = batch_at(tokens, 3, 2, 16, 0), batch_at(tokens, 3, 2, 16, 0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 17) and np.all(np.diff(a, axis=1) == 1)
+    assert not np.array_equal(batch_at(tokens, 4, 2, 16, 0), a)
+    with pytest.raises(ValueError, match="fewer than seq_len"):
+        batch_at(np.arange(10), 0, 1, 16, 0)

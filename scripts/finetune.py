@@ -9,6 +9,12 @@ Trains next-token prediction with AdamW, one learning rate for the mixing parame
 rest (--lr). Text: a file, or 'stdlib' (this Python's standard-library sources, offline).
 Options: --bf16 (weights bf16, mixing float32), --grad-checkpointing, a progress bar.
 
+The exact warm start is symmetric in the streams: they start as copies, and with the
+mean reduction every stream gets the same gradient, so they stay copies (res cannot
+learn; pre / post move together). --phi-std S adds N(0, S) noise to phi before the
+first step, which makes pre / post differ slightly per stream and lets the streams
+diverge (the logits then differ from the original's by about alpha * S at the start).
+
 Writes into --out: metrics.jsonl (one line per step: loss; at step 0, every --log-every
 steps and at the end also "drift": per mHC step alpha, identity_distance, pre_spread,
 stream_similarity, on a fixed batch), checkpoints/ (every --checkpoint-every steps;
@@ -49,6 +55,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in backward")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10, help="steps between drift measurements")
+    p.add_argument("--phi-std", type=float, default=0.0,
+                   help="add N(0, std) to every phi before the first step (breaks the streams' symmetry; "
+                        "0 keeps the exact warm start, whose streams stay identical copies)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -57,6 +66,8 @@ def parse(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch", "seq_len", "checkpoint_every", "log_every", "n", "max_chars"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.phi_std < 0:
+        raise ValueError(f"--phi-std must be >= 0, got {args.phi_std}")
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     return args
@@ -73,7 +84,7 @@ def backend(name: str):
 def run_settings(args) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint."""
     keep = ("model", "convert", "n", "backend", "text", "max_chars", "batch", "seq_len", "lr", "mixing_lr",
-            "weight_decay", "bf16", "seed")
+            "weight_decay", "bf16", "phi_std", "seed")
     return {k: getattr(args, k) for k in keep}
 
 
@@ -109,6 +120,11 @@ def main(argv=None) -> dict:
                              f"this command has {settings}: use another --out")
         engine.restore(loaded.tensors, loaded.meta)
         print(f"[finetune] resumed at step {loaded.step}", file=sys.stderr)
+    elif args.phi_std > 0:
+        rng = np.random.default_rng([args.seed, 2])
+        shapes = engine.mixing_state()
+        engine.add_to_mixing({k: rng.normal(0.0, args.phi_std, shapes[k].shape)
+                              for k in sorted(shapes) if k.endswith(".phi")})
     from tqdm.auto import tqdm
 
     with ckpt.open_log() as log, tqdm(total=args.steps, initial=min(loaded.step, args.steps), unit="step",

@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 import mhc_core_mlx
 from mhc_core.experiments.drift import step_drift
@@ -144,6 +144,13 @@ class Engine:
     def mixing_state(self) -> dict[str, np.ndarray]:
         params = dict(tree_flatten(self.model.parameters()))
         return {k: np.array(params[k].astype(mx.float32)) for k in self.mixing}
+
+    def add_to_mixing(self, deltas: dict[str, np.ndarray]) -> None:
+        """Add numpy `deltas` (name -> array) to mixing parameters."""
+        params = dict(tree_flatten(self.model.parameters()))
+        self.model.update(tree_unflatten([(k, params[k] + mx.array(d).astype(params[k].dtype))
+                                          for k, d in deltas.items()]))
+        mx.eval(self.model.parameters())
 
     def capture(self, meta: dict):
         return checkpoint.capture(self.model, self.opt, meta)

@@ -110,6 +110,13 @@ class Engine:
         params = dict(self.model.named_parameters())
         return {k: params[k].detach().float().numpy().copy() for k in self.mixing}
 
+    @torch.no_grad()
+    def add_to_mixing(self, deltas: dict[str, np.ndarray]) -> None:
+        """Add numpy `deltas` (name -> array) to mixing parameters."""
+        params = dict(self.model.named_parameters())
+        for k, d in deltas.items():
+            params[k].add_(torch.as_tensor(d, dtype=params[k].dtype))
+
     def capture(self, meta: dict):
         return checkpoint.capture(self.model, self.opt, meta)
 

@@ -223,3 +223,46 @@ def test_text_and_batches_are_deterministic():
     assert not np.array_equal(batch_at(tokens, 4, 2, 16, 0), a)
     with pytest.raises(ValueError, match="fewer than seq_len"):
         batch_at(np.arange(10), 0, 1, 16, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_checkpointing_and_bf16(backend, models, straight, tmp_path):
+    """--grad-checkpointing recomputes the same numbers (loss curve equal to the plain run's
+    to 1e-5 relative); --bf16 trains (finite losses within 2e-2 relative of float32 at the
+    first step) and keeps the mixing parameters float32."""
+    plain = [r["loss"] for r in records(straight(backend)) if "loss" in r]
+    out = str(tmp_path / "ckpt")
+    finetune.main(["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS, "--grad-checkpointing"])
+    np.testing.assert_allclose([r["loss"] for r in records(out) if "loss" in r], plain, rtol=1e-5)
+    out = str(tmp_path / "bf16")
+    finetune.main(["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS, "--steps", "2", "--bf16"])
+    losses = [r["loss"] for r in records(out) if "loss" in r]
+    assert np.all(np.isfinite(losses)) and losses[0] == pytest.approx(plain[0], rel=2e-2)
+    b = finetune.backend(backend)
+    engine = b.Engine(b.load_mhc(models["converted"]), lr=1e-5, mixing_lr=1e-3, bf16=True)
+    assert all(v.dtype == np.float32 for v in engine.mixing_state().values())
+
+
+def test_grad_checkpointing_recomputes_the_blocks(models):
+    """torch: with --grad-checkpointing each converted block runs twice per step (forward,
+    then again in backward), once without."""
+    import finetune_torch
+
+    for enabled, want in ((False, 1), (True, 2)):
+        engine = finetune_torch.Engine(finetune_torch.load_mhc(models["converted"]), lr=1e-5, mixing_lr=1e-3,
+                                       grad_checkpointing=enabled)
+        calls = []
+        engine.model.model.layers[0].attn_mhc.register_forward_hook(lambda *a: calls.append(1))
+        engine.step(np.random.default_rng(0).integers(0, 300, (2, 17)))
+        assert len(calls) == want, (enabled, len(calls))
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_model_saved_by_one_backend_fine_tunes_on_the_other(backend, models, straight, tmp_path):
+    """--model on the checkpoint the other backend wrote: it loads and trains."""
+    other = "mlx" if backend == "torch" else "torch"
+    if "mlx" in (backend, other):
+        pytest.importorskip("mlx_lm")
+    summary = finetune.main(["--model", os.path.join(straight(other), "model"), "--backend", backend,
+                             "--out", str(tmp_path / "x"), *STEPS, "--steps", "1"])
+    assert np.isfinite(summary["last_loss"])

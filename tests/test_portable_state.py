@@ -227,3 +227,25 @@ def test_same_backend_files_with_conv_still_round_trip(tmp_path):
     m2 = mhc_core_mlx.load_state(conv_blocks()[1], tmp_path / "m.safetensors")
     xm = mx.random.normal((2, 5, C))
     assert np.array_equal(np.array(m2.layers[0](xm)), np.array(m.layers[0](xm)))
+
+
+@pytest.mark.skipif(not (hasattr(mhc_core_torch, "HistorySequential") and hasattr(mhc_core_mlx, "HistorySequential")),
+                    reason="HistorySequential is not in this tree yet")
+@pytest.mark.parametrize("direction", ["torch->mlx", "mlx->torch"])
+def test_history_sequential_moves_between_backends(direction, tmp_path):
+    """HistorySequential over Sequential MLPs (torch ModuleList of Sequentials, MLX list of
+    Sequentials) with gated skips: same canonical names, outputs equal after a file move."""
+    t = mhc_core_torch.HistorySequential([torch_mlp(tnn.GELU) for _ in range(3)], history=2, gate=True)
+    m = mhc_core_mlx.HistorySequential([mlx_mlp(mnn.GELU) for _ in range(3)], history=2, gate=True)
+    assert sorted(mhc_core_torch.module_state(t)) == sorted(mhc_core_mlx.module_state(m))
+    path = tmp_path / "history.safetensors"
+    if direction == "torch->mlx":
+        mhc_core_torch.load_state(t, randomize(mhc_core_torch.module_state(t), 7))
+        mhc_core_torch.save_state(t, path)
+        mhc_core_mlx.load_state(m, path)
+    else:
+        mhc_core_mlx.load_state(m, randomize(mhc_core_mlx.module_state(m), 7))
+        mhc_core_mlx.save_state(m, path)
+        mhc_core_torch.load_state(t, path)
+    x = np.random.default_rng(4).normal(size=(2, 5, C)).astype(np.float32)
+    assert_close(run_mlx(m.eval() if hasattr(m, "eval") else m, x), run_torch(t.eval(), x))

@@ -266,3 +266,18 @@ def test_model_saved_by_one_backend_fine_tunes_on_the_other(backend, models, str
     summary = finetune.main(["--model", os.path.join(straight(other), "model"), "--backend", backend,
                              "--out", str(tmp_path / "x"), *STEPS, "--steps", "1"])
     assert np.isfinite(summary["last_loss"])
+
+
+def test_other_bad_input(models, tmp_path):
+    from finetune_data import ByteTokenizer, converted_config
+
+    with pytest.raises(ValueError, match="has no config.json"):
+        converted_config(str(tmp_path))
+    with pytest.raises(ValueError, match="vocab_size 64 < 256"):
+        ByteTokenizer(64)
+    with pytest.raises(ValueError, match="--max-new-tokens must be >= 1, got 0"):
+        compare_generation.main(["--original", models["hf"], "--mhc", models["converted"], "--max-new-tokens", "0"])
+    with pytest.raises(ValueError, match="gives no tokens"):
+        compare_generation.main(["--original", models["hf"], "--mhc", models["converted"], "--prompt", ""])
+    with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
+        finetune.main(["--convert", models["hf"], "--out", str(tmp_path), "--steps", "0"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -36,7 +37,8 @@ STEPS = ["--steps", "4", "--batch", "2", "--seq-len", "24", "--checkpoint-every"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{'hf': a tiny Qwen3 (vocab 300 so bytes are tokens), 'converted': it converted
-    (n=4) and saved, 'gpt2': a tiny GPT-2 (a family convert does not handle)}."""
+    (n=4) and saved, 'gpt2': a tiny GPT-2 (a family convert does not handle), and
+    'hf-tok' / 'converted-tok': the first two with a tokenizer saved beside them}."""
     d = tmp_path_factory.mktemp("ft-models")
     torch.manual_seed(0)
     cfg = transformers.Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -50,7 +52,23 @@ def models(tmp_path_factory):
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4,
                                                                 n_positions=64))
     gpt2.save_pretrained(d / "gpt2")
-    return {k: str(d / k) for k in ("hf", "converted", "gpt2")}
+    for sub in ("hf-tok", "converted-tok"):  # the same models with a byte-level BPE tokenizer saved beside
+        shutil.copytree(d / sub.removesuffix("-tok"), d / sub)
+        bpe_tokenizer().save_pretrained(d / sub)
+    return {k: str(d / k) for k in ("hf", "converted", "gpt2", "hf-tok", "converted-tok")}
+
+
+def bpe_tokenizer():
+    """A 300-token byte-level BPE tokenizer trained here on 20k characters of the stdlib."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([load_text("stdlib", 20000)],
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                show_progress=False))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
 def records(out):
@@ -187,8 +205,6 @@ def test_bad_input(backend, models, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(models, straight, tmp_path):
-    import shutil
-
     out = str(tmp_path / "copy")
     shutil.copytree(straight("torch"), out)
     with pytest.raises(ValueError, match="holds a run with other settings"):
@@ -281,3 +297,17 @@ def test_other_bad_input(models, tmp_path):
         compare_generation.main(["--original", models["hf"], "--mhc", models["converted"], "--prompt", ""])
     with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
         finetune.main(["--convert", models["hf"], "--out", str(tmp_path), "--steps", "0"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_tokenizer_is_used_and_copied(backend, models, tmp_path):
+    """With a tokenizer in the model directory: fine-tuning encodes with it and copies it
+    into the fine-tuned checkpoint; compare_generation decodes with it (identical text for
+    the unmodified converted model)."""
+    out = str(tmp_path / "tok")
+    finetune.main(["--convert", models["hf-tok"], "--backend", backend, "--out", out, *STEPS, "--steps", "1"])
+    assert os.path.isfile(os.path.join(out, "model", "tokenizer.json"))
+    rows = compare_generation.main(["--original", models["hf-tok"], "--mhc", models["converted-tok"],
+                                    "--backend", backend, "--max-new-tokens", "4", "--prompt", "def main():"])
+    tok = transformers.AutoTokenizer.from_pretrained(models["hf-tok"])
+    assert rows[0]["same_tokens"] and rows[0]["mhc"] == tok.decode(rows[0]["mhc_ids"])

@@ -154,6 +154,23 @@ def test_mlx_native_names_still_load():
     np.testing.assert_array_equal(np.array(m2.layer.layers[1].weight), native["layer.layers.1.weight"])
 
 
+def test_torch_reads_mlx_native_names():
+    """A state keyed by MLX's own names (an MLX file written before the canonical naming)
+    loads into the torch module too."""
+    from mlx.utils import tree_flatten
+
+    m = mhc_core_mlx.MHC(mlx_mlp(mnn.GELU), n=N, dim=C)
+    mhc_core_mlx.load_state(m, randomize(mhc_core_mlx.module_state(m), 9))
+    native = {k: np.array(v) for k, v in tree_flatten(m.parameters())}
+    t = mhc_core_torch.load_state(mhc_core_torch.MHC(torch_mlp(tnn.GELU), n=N, dim=C), native)
+    x = inputs("streams")
+    assert_close(run_torch(t, x), run_mlx(m, x))
+    with pytest.raises(ValueError, match=r"missing \['layer.3.bias'\]"):
+        mhc_core_torch.load_state(t, {k: v for k, v in native.items() if k != "layer.layers.3.bias"})
+    with pytest.raises(ValueError, match=r"\['layer.layers.3.bias'\] name the same tensors"):
+        mhc_core_torch.load_state(t, {**mhc_core_torch.module_state(t), "layer.layers.3.bias": native["layer.layers.3.bias"]})
+
+
 def test_tiny_lm_moves_both_ways(tmp_path):
     """The depth sweep's TinyLM (mHC at every sub-layer): logits agree after a file move
     in either direction."""

@@ -62,14 +62,35 @@ def _read(state) -> dict[str, torch.Tensor]:
     return {k: v.detach() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
+def from_mlx_name(module: nn.Module, name: str) -> str:
+    """`name` with the `layers` step MLX's nn.Sequential puts before its children removed
+    where `module` has an nn.Sequential ('layer.layers.0.weight' -> 'layer.0.weight');
+    canonical names come back unchanged."""
+    obj, out = module, []
+    for part in name.split("."):
+        if isinstance(obj, nn.Sequential) and part == "layers" and "layers" not in obj._modules:
+            continue
+        out.append(part)
+        obj = getattr(obj, "_modules", {}).get(part) if obj is not None else None
+    return ".".join(out)
+
+
 def load_state(module: nn.Module, state) -> nn.Module:
     """Load `state` (dict of numpy arrays / tensors, or a safetensors path) into `module`.
 
-    Strict: the names must be exactly the module's and every shape must match; values
-    are cast to the module tensor's dtype and device. Returns the module.
+    Strict: the names (canonical, or MLX's own `layer.layers.0.weight` form of files
+    written before the canonical naming) must be exactly the module's and every shape must
+    match; values are cast to the module tensor's dtype and device. Returns the module.
     """
     current = _tensors(module)
     incoming = _read(state)
+    if set(incoming) != set(current):  # MLX's own names: drop its Sequential `layers` step
+        translated = {from_mlx_name(module, k): v for k, v in incoming.items()}
+        if len(translated) < len(incoming):
+            twice = sorted(k for k in incoming if k not in translated)
+            raise ValueError(f"load_state: {twice} name the same tensors as their canonical forms "
+                             "(MLX's 'layers.N' and 'N' both given); pass one naming")
+        incoming = translated
     owner = type(module).__name__
     unportable = portable.unportable(module.named_modules())
     if unportable and isinstance(state, (str, os.PathLike)) and portable.file_metadata(state).get("backend") == "mlx":

@@ -15,7 +15,6 @@ import mhc_core_mlx  # noqa: E402
 import mhc_core_torch  # noqa: E402
 from torch import nn as tnn  # noqa: E402
 
-from mhc_core import init_params  # noqa: E402
 
 N, C = 4, 16
 F32_RTOL = 1e-5  # relative to max|output|: float32 rounding of two different kernels

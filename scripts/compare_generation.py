@@ -81,7 +81,8 @@ def main(argv=None) -> list[dict]:
         with open(args.prompts_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     prompts = prompts or PROMPTS
-    converted_config(args.mhc)
+    converted_config(args.mhc, "--mhc takes what scripts/finetune.py wrote (OUT/model) or a model saved after "
+                               "mhc_core_torch.convert")
     if args.backend == "torch":
         import finetune_torch as b
     else:

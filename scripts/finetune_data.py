@@ -105,12 +105,11 @@ def read_config(model_dir: str) -> dict:
         return json.load(f)
 
 
-def converted_config(model_dir: str) -> dict:
-    """config.json of a converted checkpoint; a clear error when it is not one."""
+def converted_config(model_dir: str, hint: str = "pass --convert to convert a Hugging Face model first") -> dict:
+    """config.json of a converted checkpoint; a clear error (ending in `hint`) when it is not one."""
     config = read_config(model_dir)
     if not config.get("mhc"):
-        raise ValueError(f"{model_dir!r} is not a converted mHC checkpoint (config.json has no 'mhc' entry): "
-                         "pass --convert to convert a Hugging Face model first")
+        raise ValueError(f"{model_dir!r} is not a converted mHC checkpoint (config.json has no 'mhc' entry): {hint}")
     return config
 
 

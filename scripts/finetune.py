@@ -14,6 +14,8 @@ mean reduction every stream gets the same gradient, so they stay copies (res can
 learn; pre / post move together). --phi-std S adds N(0, S) noise to phi before the
 first step, which makes pre / post differ slightly per stream and lets the streams
 diverge (the logits then differ from the original's by about alpha * S at the start).
+--pre-init 0.4,0.3,0.2,0.1 instead sets unequal pre weights summing to 1: the warm start
+stays exact (h = sum_i pre_i x = x) and the streams get different gradients.
 
 Writes into --out: metrics.jsonl (one line per step: loss; at step 0, every --log-every
 steps and at the end also "drift": per mHC step alpha, identity_distance, pre_spread,
@@ -58,6 +60,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--phi-std", type=float, default=0.0,
                    help="add N(0, std) to every phi before the first step (breaks the streams' symmetry; "
                         "0 keeps the exact warm start, whose streams stay identical copies)")
+    p.add_argument("--pre-init", metavar="W1,W2,...",
+                   help="n pre weights summing to 1 for every mHC step before the first step, e.g. "
+                        "0.4,0.3,0.2,0.1: the warm start stays exact and the streams can diverge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -68,6 +73,11 @@ def parse(argv=None) -> argparse.Namespace:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.phi_std < 0:
         raise ValueError(f"--phi-std must be >= 0, got {args.phi_std}")
+    if args.pre_init is not None:
+        try:
+            args.pre_init = [float(w) for w in args.pre_init.split(",")]
+        except ValueError:
+            raise ValueError(f"--pre-init takes comma-separated numbers, got {args.pre_init!r}") from None
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     return args
@@ -84,8 +94,27 @@ def backend(name: str):
 def run_settings(args) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint."""
     keep = ("model", "convert", "n", "backend", "text", "max_chars", "batch", "seq_len", "lr", "mixing_lr",
-            "weight_decay", "bf16", "phi_std", "seed")
+            "weight_decay", "bf16", "phi_std", "pre_init", "seed")
     return {k: getattr(args, k) for k in keep}
+
+
+def symmetry_breaking(engine, args) -> dict:
+    """Additions to the mixing parameters before the first step: N(0, --phi-std) on every
+    phi, and the bias that gives pre = --pre-init (mhc_core.init.pre_bias)."""
+    from mhc_core.init import pre_bias
+
+    state, deltas = engine.mixing_state(), {}
+    if args.phi_std > 0:
+        rng = np.random.default_rng([args.seed, 2])
+        deltas.update({k: rng.normal(0.0, args.phi_std, state[k].shape) for k in sorted(state) if k.endswith(".phi")})
+    if args.pre_init is not None:
+        for name, n, cfg in engine.steps():
+            if len(args.pre_init) != n:
+                raise ValueError(f"--pre-init has {len(args.pre_init)} weights; the model's mHC steps have n = {n} streams")
+            bias = state[f"{name}.bias"]
+            target = pre_bias(args.pre_init, pre_eps=cfg["pre_eps"])
+            deltas[f"{name}.bias"] = np.concatenate([target - bias[:n], np.zeros(bias.size - n)])
+    return deltas
 
 
 def layer_means(drift: list[dict]) -> dict:
@@ -120,11 +149,10 @@ def main(argv=None) -> dict:
                              f"this command has {settings}: use another --out")
         engine.restore(loaded.tensors, loaded.meta)
         print(f"[finetune] resumed at step {loaded.step}", file=sys.stderr)
-    elif args.phi_std > 0:
-        rng = np.random.default_rng([args.seed, 2])
-        shapes = engine.mixing_state()
-        engine.add_to_mixing({k: rng.normal(0.0, args.phi_std, shapes[k].shape)
-                              for k in sorted(shapes) if k.endswith(".phi")})
+    else:
+        deltas = symmetry_breaking(engine, args)
+        if deltas:
+            engine.add_to_mixing(deltas)
     from tqdm.auto import tqdm
 
     with ckpt.open_log() as log, tqdm(total=args.steps, initial=min(loaded.step, args.steps), unit="step",

@@ -141,6 +141,10 @@ class Engine:
                                                     variant=m.variant, **m.config.as_dict())})
         return out
 
+    def steps(self) -> list[tuple[str, int, dict]]:
+        """(name, n, MHCConfig dict) of every mHC step."""
+        return [(name, m.n, m.config.as_dict()) for name, m in mhc_core_mlx.integrations.mhc_steps(self.model)]
+
     def mixing_state(self) -> dict[str, np.ndarray]:
         params = dict(tree_flatten(self.model.parameters()))
         return {k: np.array(params[k].astype(mx.float32)) for k in self.mixing}

@@ -109,6 +109,10 @@ class Engine:
                                              variant=mod.variant, **mod._cfg)}
                 for name, mod, x, out in records]
 
+    def steps(self) -> list[tuple[str, int, dict]]:
+        """(name, n, MHCConfig dict) of every mHC step."""
+        return [(name, m.n, dict(m._cfg)) for name, m in steps_of(self.model)]
+
     def mixing_state(self) -> dict[str, np.ndarray]:
         params = dict(self.model.named_parameters())
         return {k: params[k].detach().float().numpy().copy() for k in self.mixing}

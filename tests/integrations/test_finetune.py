@@ -142,6 +142,31 @@ def test_phi_std_breaks_the_symmetry(models, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_pre_init_keeps_the_warm_start_and_breaks_the_symmetry(backend, models, tmp_path):
+    """--pre-init 0.4,0.3,0.2,0.1: at step 0 every step's pre equals those weights (spread
+    0.3) and the logits still equal the original's (warm start exact: float32 rounding);
+    after 4 steps alpha's res entry has learned (>= 1e-5; 0 without) and streams differ
+    (lowest similarity < 1 - 1e-8; all 1 to 1e-9 without)."""
+    out = str(tmp_path / "pre")
+    finetune.main(["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS, "--steps", "1",
+                   "--pre-init", "0.4,0.3,0.2,0.1"])
+    first = records(out)[0]["drift"]
+    assert all(d["pre_spread"] == pytest.approx(0.3, abs=1e-6) for d in first)
+    b = finetune.backend(backend)
+    engine = b.Engine(b.load_mhc(models["converted"]), lr=1e-5, mixing_lr=1e-3)
+    args = finetune.parse(["--convert", models["hf"], "--out", out, "--pre-init", "0.4,0.3,0.2,0.1"])
+    engine.add_to_mixing(finetune.symmetry_breaking(engine, args))
+    ids = np.random.default_rng(0).integers(0, 300, (2, 12))
+    want = b.logits(b.load_original(models["hf"]), ids)
+    assert np.abs(b.logits(engine.model, ids) - want).max() <= 1e-5 * np.abs(want).max()
+    finetune.main(["--convert", models["hf"], "--backend", backend, "--out", out, *STEPS,
+                   "--pre-init", "0.4,0.3,0.2,0.1"])
+    last = records(out)[-1]["drift"]
+    assert max(abs(d["alpha"][2] - 0.01) for d in last) >= 1e-5
+    assert min(d["stream_similarity"] for d in last) < 1 - 1e-8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_continues_the_same_loss_curve(backend, models, straight, tmp_path):
     """Stop after 2 steps (the checkpoint), rerun with --steps 4: the log equals the
     uninterrupted run's, losses and drift bit for bit, every step once."""
@@ -194,6 +219,12 @@ def test_bad_input(backend, models, tmp_path):
         finetune.main(["--convert", models["hf"], "--text", str(tmp_path / "missing.txt"), *base])
     with pytest.raises(ValueError, match="--lr must be > 0, got 0.0"):
         finetune.main(["--convert", models["hf"], "--lr", "0", *base])
+    with pytest.raises(ValueError, match="--pre-init has 3 weights; the model's mHC steps have n = 4"):
+        finetune.main(["--convert", models["hf"], "--pre-init", "0.5,0.3,0.2", *base])
+    with pytest.raises(ValueError, match="pre weights must sum to 1"):
+        finetune.main(["--convert", models["hf"], "--pre-init", "0.5,0.3,0.2,0.2", *base])
+    with pytest.raises(ValueError, match="--pre-init takes comma-separated numbers"):
+        finetune.main(["--convert", models["hf"], "--pre-init", "a,b", *base])
     with pytest.raises(ValueError, match="--phi-std must be >= 0"):
         finetune.main(["--convert", models["hf"], "--phi-std=-1", *base])
     with pytest.raises(ValueError, match="--mixing-lr must be > 0, got -0.001"):

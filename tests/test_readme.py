@@ -2,6 +2,7 @@
 working fails CI.
 
 Rules, read from the README itself:
+- A block that names mlx / torch / transformers is skipped where that is not installed.
 - Each block runs in a fresh namespace, in a temporary working directory, with `path`
   already set to a tiny Qwen3 checkpoint saved there (what `from_pretrained(path)` in the
   conversion example loads; nothing is downloaded).
@@ -33,6 +34,9 @@ CPU_SWAPS = [
     ("n, C = 4, 4096", "n, C = 4, 64"),
     ("torch.randn(8, 1024, C", "torch.randn(2, 16, C"),
 ]
+
+
+NEEDS = [("mlx", "mlx.core"), ("torch", "torch"), ("transformers", "transformers")]
 
 
 @dataclass
@@ -119,6 +123,9 @@ _namespaces: list[dict] = []
 def test_readme_block_runs(block, workdir, monkeypatch):
     if block.skip:
         pytest.skip(f"README.md:{block.line} marked: {block.skip}")
+    for needle, module in NEEDS:  # a framework that is not installed skips (MHC_REQUIRE_BACKENDS catches CI's)
+        if needle in block.code:
+            pytest.importorskip(module, reason=f"README.md:{block.line} needs {module}")
     d, tiny = workdir
     monkeypatch.chdir(d)
     if block.cont:

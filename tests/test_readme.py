@@ -9,7 +9,8 @@ Rules, read from the README itself:
 - `<!-- readme-test: skip (reason) -->` on the line(s) just before a block skips it; the
   reason must say why (a GPU, several processes, a model we cannot build here).
 - `<!-- readme-test: continue -->` runs the block in the namespace of the last block that
-  ran (for a fragment that goes on from the previous example).
+  ran (for a fragment that goes on from the previous example; blocks marked skip are not
+  counted, a block skipped for a missing framework skips its continuation too).
 - A block that uses CUDA runs on the CPU with `impl="reference"` and small shapes: the
   substitutions in CPU_SWAPS, each of which must find its text (a README edit that breaks
   one fails here instead of silently running something else).
@@ -125,11 +126,17 @@ def test_readme_block_runs(block, workdir, monkeypatch):
         pytest.skip(f"README.md:{block.line} marked: {block.skip}")
     for needle, module in NEEDS:  # a framework that is not installed skips (MHC_REQUIRE_BACKENDS catches CI's)
         if needle in block.code:
-            pytest.importorskip(module, reason=f"README.md:{block.line} needs {module}")
+            try:
+                __import__(module)
+            except ImportError:
+                _namespaces.append(None)  # a block continuing this one cannot run either
+                pytest.skip(f"README.md:{block.line} needs {module}, which is not installed")
     d, tiny = workdir
     monkeypatch.chdir(d)
     if block.cont:
         assert _namespaces, f"README.md:{block.line} continues a block, but none ran before it"
+        if _namespaces[-1] is None:
+            pytest.skip(f"README.md:{block.line} continues a block that could not run here")
         ns = _namespaces[-1]
     else:
         ns = {"__name__": "readme", "path": tiny}

@@ -115,3 +115,22 @@ def init_head_params(n: int, c: int, *, eps: float = 1e-6, dtype=np.float32) -> 
         "bias": np.full(shapes["bias"], b, dtype=dtype),
         "alpha": np.ones(shapes["alpha"], dtype=dtype),
     }
+
+
+def pre_bias(weights, *, pre_eps: float = 1e-6) -> np.ndarray:
+    """b_pre [n] (float64) with pre = sigmoid(b_pre) + pre_eps = `weights` while phi = 0.
+
+    Unequal weights summing to 1 keep the warm start exact (equal streams still give
+    h = sum_i pre_i x = x) but make the step asymmetric in its streams: the gradient
+    reaching stream i carries pre_i, so the streams can learn to differ, which the
+    uniform 1/n (every stream the same gradient) never lets them do. weights: n floats
+    in (pre_eps, 1 + pre_eps) summing to 1 (to 1e-6).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or w.size < 1:
+        raise ValueError(f"pre weights must be a 1-d list of n floats, got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w <= pre_eps) or np.any(w - pre_eps >= 1.0):
+        raise ValueError(f"pre weights must each lie in (pre_eps={pre_eps}, 1 + pre_eps), got {w.tolist()}")
+    if abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"pre weights must sum to 1 (the warm start needs h = x), got sum {w.sum():.8g}")
+    return np.array([_logit(p - pre_eps) for p in w])

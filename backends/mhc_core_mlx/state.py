@@ -1,9 +1,13 @@
 """Weight interchange: flat dotted names -> arrays, as numpy dicts or safetensors files.
 
-Names are those of `mlx.utils.tree_flatten(module.parameters())`: `phi`, `bias`, `alpha`,
-`layer.weight`, `layer.fc1.bias`, ... (list children as `layer.layers.0.weight`), the
-same names the torch backend's `state_dict` uses, so a file written by one backend
-loads into the other.
+Names are the canonical ones of `mhc_core.portable` (torch's `state_dict` naming): those
+of `mlx.utils.tree_flatten(module.parameters())` (`phi`, `bias`, `alpha`, `layer.weight`,
+`layer.fc1.bias`, list items as `blocks.0.weight`) except that an `nn.Sequential`'s
+children are `layer.0.weight`, not MLX's own `layer.layers.0.weight`. `module_state` and
+`save_state` write canonical names, `load_state` reads canonical names (or this module's
+own MLX names), so a file written by one backend loads into the other for the layers both
+frameworks share; a file written by torch into a module holding a layer whose layout
+differs (e.g. Conv1d) is refused with the layer's name.
 
 - `module_state(m)` -> {name: np.ndarray}; bfloat16 comes out as float32 (numpy has no
   bfloat16).
@@ -28,13 +32,34 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mhc_core import checks
+import mhc_core
+from mhc_core import checks, portable
 
 
-def _params(module: nn.Module) -> dict[str, mx.array]:
+def _native(module: nn.Module) -> dict[str, mx.array]:
+    """Every parameter under its MLX name (tree_flatten of `parameters()`)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an mlx.nn.Module, got {type(module).__module__}.{type(module).__name__}")
     return dict(tree_flatten(module.parameters()))
+
+
+def canonical_name(module: nn.Module, name: str) -> str:
+    """The canonical (torch state_dict) name of MLX parameter `name` of `module`: the
+    `layers` step inside every nn.Sequential is dropped ('layer.layers.0.weight' ->
+    'layer.0.weight')."""
+    obj, out = module, []
+    for part in name.split("."):
+        if isinstance(obj, nn.Sequential) and part == "layers":
+            obj = obj.layers
+            continue
+        out.append(part)
+        obj = obj[int(part)] if isinstance(obj, (list, tuple)) else obj[part]
+    return ".".join(out)
+
+
+def _params(module: nn.Module) -> dict[str, mx.array]:
+    """Every parameter under its canonical name."""
+    return {canonical_name(module, k): v for k, v in _native(module).items()}
 
 
 def _to_numpy(a: mx.array) -> np.ndarray:
@@ -61,6 +86,9 @@ def _refuse_mixed_f64_bf16(dtypes, where: str) -> None:
                          "and numpy cannot hold bfloat16; cast the module to one of them first")
 
 
+_METADATA = portable.metadata("mlx", mhc_core.__version__)
+
+
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter of `module` to a safetensors file at `path`."""
     path = os.fspath(path)
@@ -71,10 +99,11 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     params = _params(module)
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
-        mx.save_safetensors(path, params)
+        mx.save_safetensors(path, params, metadata=_METADATA)
         return
     _refuse_mixed_f64_bf16(dtypes, f"save_state({type(module).__name__})")
-    _safetensors_numpy("save float64 tensors").save_file({k: np.array(v) for k, v in params.items()}, path)
+    _safetensors_numpy("save float64 tensors").save_file({k: np.array(v) for k, v in params.items()}, path,
+                                                          metadata=_METADATA)
 
 
 def _read(state) -> dict[str, mx.array]:
@@ -112,17 +141,31 @@ def _from_numpy(a: np.ndarray) -> mx.array:
 def load_state(module: nn.Module, state) -> nn.Module:
     """Load `state` (dict of numpy / mlx arrays, or a safetensors path) into `module`.
 
-    Strict: the names must be exactly the module's and every shape must match; values
-    are cast to the module parameter's dtype. Returns the module.
+    Strict: the names (canonical, or all of them this module's MLX names) must be exactly
+    the module's and every shape must match; values are cast to the module parameter's
+    dtype. Returns the module.
     """
-    current = _params(module)
+    native = _native(module)
+    to_native = {canonical_name(module, k): k for k in native}
     incoming = _read(state)
-    checks.state_matches(current, incoming, type(module).__name__)
+    if set(incoming) == set(native):  # MLX's own names (files written before the canonical naming)
+        incoming = {canonical_name(module, k): v for k, v in incoming.items()}
+    current = {c: native[k] for c, k in to_native.items()}
+    owner = type(module).__name__
+    unportable = portable.unportable(module.named_modules())
+    if unportable and isinstance(state, (str, os.PathLike)) and portable.file_metadata(state).get("backend") == "torch":
+        raise ValueError(f"load_state: {os.fspath(state)!r} was written by torch, but " + portable.refusal(owner, unportable))
+    try:
+        checks.state_matches(current, incoming, owner)
+    except ValueError as err:
+        if unportable:
+            raise ValueError(f"{err}. {portable.refusal(owner, unportable)}") from None
+        raise
     for k, v in incoming.items():
         if not mx.issubdtype(v.dtype, mx.floating):
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
     with mx.stream(mx.cpu):  # float64 casts need the CPU (Metal has no float64)
-        cast = [(k, v.astype(current[k].dtype)) for k, v in incoming.items()]
+        cast = [(to_native[k], v.astype(current[k].dtype)) for k, v in incoming.items()]
         mx.eval([v for _, v in cast])
     module.update(tree_unflatten(cast))
     return module

@@ -1,8 +1,10 @@
 """Weight interchange: flat dotted names -> arrays, as numpy dicts or safetensors files.
 
-Names are those of `module.state_dict()`: `phi`, `bias`, `alpha`, `layer.weight`,
-`layer.fc1.bias`, ..., the same names the mlx backend uses, so a file written by one
-backend loads into the other.
+Names are those of `module.state_dict()` (`phi`, `bias`, `alpha`, `layer.weight`,
+`layer.0.weight` for a Sequential child, ...): the canonical naming of `mhc_core.portable`,
+which the MLX backend translates to and from, so a file written by one backend loads into
+the other for the layers both frameworks share. A file written by MLX into a module
+holding a layer whose layout differs (e.g. Conv1d) is refused with the layer's name.
 
 - `module_state(m)` -> {name: np.ndarray}; bfloat16 comes out as float32 (numpy has no
   bfloat16; the upcast is exact).
@@ -23,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mhc_core
-from mhc_core import checks
+from mhc_core import checks, portable
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,7 +47,7 @@ def module_state(module: nn.Module) -> dict[str, np.ndarray]:
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter and persistent buffer of `module` to a safetensors file."""
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
-    save_file(tensors, os.fspath(path), metadata={"library": "mhc", "version": mhc_core.__version__})
+    save_file(tensors, os.fspath(path), metadata=portable.metadata("torch", mhc_core.__version__))
 
 
 def _read(state) -> dict[str, torch.Tensor]:
@@ -60,15 +62,45 @@ def _read(state) -> dict[str, torch.Tensor]:
     return {k: v.detach() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
+def from_mlx_name(module: nn.Module, name: str) -> str:
+    """`name` with the `layers` step MLX's nn.Sequential puts before its children removed
+    where `module` has an nn.Sequential ('layer.layers.0.weight' -> 'layer.0.weight');
+    canonical names come back unchanged."""
+    obj, out = module, []
+    for part in name.split("."):
+        if isinstance(obj, nn.Sequential) and part == "layers" and "layers" not in obj._modules:
+            continue
+        out.append(part)
+        obj = getattr(obj, "_modules", {}).get(part) if obj is not None else None
+    return ".".join(out)
+
+
 def load_state(module: nn.Module, state) -> nn.Module:
     """Load `state` (dict of numpy arrays / tensors, or a safetensors path) into `module`.
 
-    Strict: the names must be exactly the module's and every shape must match; values
-    are cast to the module tensor's dtype and device. Returns the module.
+    Strict: the names (canonical, or MLX's own `layer.layers.0.weight` form of files
+    written before the canonical naming) must be exactly the module's and every shape must
+    match; values are cast to the module tensor's dtype and device. Returns the module.
     """
     current = _tensors(module)
     incoming = _read(state)
-    checks.state_matches(current, incoming, type(module).__name__)
+    if set(incoming) != set(current):  # MLX's own names: drop its Sequential `layers` step
+        translated = {from_mlx_name(module, k): v for k, v in incoming.items()}
+        if len(translated) < len(incoming):
+            twice = sorted(k for k in incoming if k not in translated)
+            raise ValueError(f"load_state: {twice} name the same tensors as their canonical forms "
+                             "(MLX's 'layers.N' and 'N' both given); pass one naming")
+        incoming = translated
+    owner = type(module).__name__
+    unportable = portable.unportable(module.named_modules())
+    if unportable and isinstance(state, (str, os.PathLike)) and portable.file_metadata(state).get("backend") == "mlx":
+        raise ValueError(f"load_state: {os.fspath(state)!r} was written by MLX, but " + portable.refusal(owner, unportable))
+    try:
+        checks.state_matches(current, incoming, owner)
+    except ValueError as err:
+        if unportable:
+            raise ValueError(f"{err}. {portable.refusal(owner, unportable)}") from None
+        raise
     for k, v in incoming.items():
         if current[k].is_floating_point() and not v.is_floating_point():
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

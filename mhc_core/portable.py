@@ -1,0 +1,84 @@
+"""Portable weight files: one naming on disk for both backends, and the errors when a layer
+cannot move.
+
+Canonical naming (what `save_state` writes and `module_state` returns on both backends) is
+PyTorch's `state_dict` naming: dotted attribute paths, and the children of a sequential
+container or a list as `<container>.<index>`. torch's `nn.Sequential` / `nn.ModuleList`
+already name them so; MLX's `nn.Sequential` keeps its children in a list called `layers`
+(`layer.layers.0.weight`), which the MLX backend drops on the way out and puts back on the
+way in (`layer.0.weight`). Plain Python lists of MLX modules name their items
+`<list>.<index>` already.
+
+The layers whose parameters have the same names and layouts on both frameworks move as
+they are: Linear (weight [out, in], bias [out]), RMSNorm (weight [C]), LayerNorm (weight,
+bias [C]), Embedding (weight [V, C]), and this library's MHC / StreamHead; parameter-free
+layers (activations, dropout, ...) hold nothing. Modules of your own move by attribute
+name. Layers known to differ (convolutions, batch norm, multi-head attention, recurrent
+and quantized layers) are refused by name: see `unportable`.
+
+The files' metadata record the writer: {"library": "mhc", "backend": "torch" | "mlx",
+"naming": NAMING}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+NAMING = "torch-state-dict"
+
+PORTABLE = ("Linear, RMSNorm, LayerNorm, Embedding, MHC and StreamHead, held in Sequential / "
+            "ModuleList / Python lists / module attributes (parameter-free layers such as "
+            "activations move trivially)")
+
+# Layer class name -> why its parameters do not line up between torch and MLX.
+DIFFERS = {
+    "Conv1d": "weight is [out, in, k] on torch and [out, k, in] on MLX",
+    "Conv2d": "weight is [out, in, kh, kw] on torch and [out, kh, kw, in] on MLX",
+    "Conv3d": "weight is [out, in, kd, kh, kw] on torch and [out, kd, kh, kw, in] on MLX",
+    "ConvTranspose1d": "weight is [in, out, k] on torch and [out, k, in] on MLX",
+    "ConvTranspose2d": "weight is [in, out, kh, kw] on torch and [out, kh, kw, in] on MLX",
+    "ConvTranspose3d": "weight is [in, out, kd, kh, kw] on torch and [out, kd, kh, kw, in] on MLX",
+    "BatchNorm": "torch keeps num_batches_tracked, MLX does not",
+    "BatchNorm1d": "torch keeps num_batches_tracked, MLX does not",
+    "BatchNorm2d": "torch keeps num_batches_tracked, MLX does not",
+    "BatchNorm3d": "torch keeps num_batches_tracked, MLX does not",
+    "MultiheadAttention": "torch packs q/k/v into in_proj_weight [3C, C]; MLX has query_proj / key_proj / value_proj",
+    "MultiHeadAttention": "torch packs q/k/v into in_proj_weight [3C, C]; MLX has query_proj / key_proj / value_proj",
+    "RNN": "torch names weight_ih_l0 / weight_hh_l0 / bias_*; MLX Wx / Wh / b",
+    "GRU": "torch names weight_ih_l0 / weight_hh_l0 / bias_*; MLX Wx / Wh / b / bhn",
+    "LSTM": "torch names weight_ih_l0 / weight_hh_l0 / bias_*; MLX Wx / Wh / bias",
+    "QuantizedLinear": "MLX packs the weight into uint32 with scales / biases; torch has no such layer",
+    "QuantizedEmbedding": "MLX packs the weight into uint32 with scales / biases; torch has no such layer",
+}
+
+
+def unportable(named_modules) -> list[str]:
+    """'path (Class: why)' for every module of a known non-portable class, given
+    (path, module) pairs."""
+    out = []
+    for path, module in named_modules:
+        cls = type(module).__name__
+        if cls in DIFFERS:
+            out.append(f"{path or '<root>'!r} ({type(module).__module__}.{cls}: {DIFFERS[cls]})")
+    return out
+
+
+def refusal(owner: str, layers: list[str]) -> str:
+    """The message for a module holding layers that cannot move between backends."""
+    return (f"{owner} holds layers with no portable mapping between torch and MLX: {'; '.join(layers)}. "
+            f"Portable: {PORTABLE}. Convert those weights by hand (e.g. transpose a convolution's "
+            "kernel) or replace the layers with portable ones.")
+
+
+def file_metadata(path: str | os.PathLike) -> dict:
+    """The `__metadata__` of a safetensors file ({} when it has none); reads only the header."""
+    with open(os.fspath(path), "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return dict(header.get("__metadata__") or {})
+
+
+def metadata(backend: str, version: str) -> dict[str, str]:
+    """What `save_state` writes into a file's metadata."""
+    return {"library": "mhc", "backend": backend, "naming": NAMING, "version": version}

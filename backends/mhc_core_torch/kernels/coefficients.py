@@ -88,7 +88,7 @@ def _coeff_fwd_kernel(
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)  # int64: t * K passes 2^31
     tmask = t < T
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
     ri, ro, rvalid, rcol = _res_cols(n, R)
@@ -159,7 +159,7 @@ def _gate_bwd_kernel(
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
     BT: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: t * W, pid * W past 2^31 at long T
     t = pid * BT + tl.arange(0, BT)
     tmask = t < T
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
@@ -234,7 +234,7 @@ def _x_bwd_kernel(
     prT = tl.load(phi_ptr + k[None, :] * W + rcol[:, None], mask=rvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
     dphi_g = tl.zeros((BK, GP), ACC)
     dphi_r = tl.zeros((BK, R * R), ACC)
-    t_start = split * tokens_per_split
+    t_start = split.to(tl.int64) * tokens_per_split  # int64 token index: t * K passes 2^31
     t_end = tl.minimum(t_start + tokens_per_split, T)
     for t0 in range(t_start, t_end, BT):
         t = t0 + tl.arange(0, BT)
@@ -252,7 +252,7 @@ def _x_bwd_kernel(
         xT = tl.trans(xs)
         dphi_g += tl.dot(xT, ug, input_precision=PREC)
         dphi_r += tl.dot(xT, ur, input_precision=PREC)
-    base = dphi_part_ptr + split * K * W + k[:, None] * W
+    base = dphi_part_ptr + split.to(tl.int64) * K * W + k[:, None] * W
     tl.store(base + gcol[None, :], dphi_g, mask=kmask[:, None] & gvalid[None, :])
     tl.store(base + rcol[None, :], dphi_r, mask=kmask[:, None] & rvalid[None, :])
 
@@ -319,8 +319,11 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
     """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype)."""
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
-    consts, prec = _consts(x, n)
     f = z.dtype
+    if T == 0:  # empty batch: nothing to launch (and no token split to size)
+        return torch.zeros_like(x), phi.new_zeros(phi.shape, dtype=f), bias.new_zeros(bias.shape, dtype=f), \
+            alpha.new_zeros(alpha.shape, dtype=f)
+    consts, prec = _consts(x, n)
     n_tb = triton.cdiv(T, _BT)
     u, c = torch.empty_like(z), z.new_empty((T,))
     dbias_part = x.new_empty((n_tb, W), dtype=f)

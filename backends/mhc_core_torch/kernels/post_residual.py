@@ -26,7 +26,7 @@ from ._common import cast_for_store, next_pow2, stream_op_inputs, torch_acc_dtyp
 @triton.jit
 def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
                      ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     i = tl.arange(0, NP)
     cmask, imask = c < C, i < n
@@ -44,7 +44,7 @@ def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
 @triton.jit
 def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
                      n, C, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     i = tl.arange(0, NP)
     imask = i < n
     mres = imask[:, None] & imask[None, :]

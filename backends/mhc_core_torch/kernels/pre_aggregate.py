@@ -23,7 +23,7 @@ from ._common import cast_for_store, next_pow2, stream_op_inputs, torch_acc_dtyp
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _pre_fwd_kernel(x_ptr, pre_ptr, h_ptr, n, C, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     i = tl.arange(0, NP)
     cmask, imask = c < C, i < n
@@ -36,7 +36,7 @@ def _pre_fwd_kernel(x_ptr, pre_ptr, h_ptr, n, C, ACC: tl.constexpr, NP: tl.const
 @triton.jit
 def _pre_bwd_kernel(x_ptr, pre_ptr, dh_ptr, dx_ptr, dpre_ptr, n, C,
                     ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     i = tl.arange(0, NP)
     imask = i < n
     w = tl.load(pre_ptr + t * n + i, mask=imask, other=0.0).to(ACC)

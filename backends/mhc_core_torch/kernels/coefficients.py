@@ -220,8 +220,9 @@ def _gate_bwd_kernel(
 @triton.jit
 def _x_bwd_kernel(
     x_ptr, phi_ptr, rs_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # rs [T, 2], dphi_part [S, K, W]
-    T, n, K, W, tokens_per_split,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    dx_in_ptr, pre_ptr, dh_ptr,       # the step's other dx terms: dx_in [T, K], pre [T, n], dh [T, C]
+    T, n, C, K, W, tokens_per_split,
+    ADD_DX_IN: tl.constexpr, ADD_PRE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
     split = tl.program_id(1)
@@ -229,6 +230,8 @@ def _x_bwd_kernel(
     kmask = k < K
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
     ri, ro, rvalid, rcol = _res_cols(n, R)
+    stream = k // C                          # x column k = stream * C + channel
+    channel = k - stream * C
     # phi^T tiles for this K block stay in registers for the whole token loop
     pgT = tl.load(phi_ptr + k[None, :] * W + gcol[:, None], mask=gvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
     prT = tl.load(phi_ptr + k[None, :] * W + rcol[:, None], mask=rvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
@@ -248,6 +251,12 @@ def _x_bwd_kernel(
         xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
         dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xs
         dx = dx * inv_m[:, None]
+        if ADD_DX_IN:  # the post_residual term, accumulated here instead of by a torch add
+            dx += tl.load(dx_in_ptr + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(ACC)
+        if ADD_PRE:    # the pre_aggregate term pre[stream] * dh[channel]
+            w = tl.load(pre_ptr + t[:, None] * n + stream[None, :], mask=xmask, other=0.0).to(ACC)
+            g = tl.load(dh_ptr + t[:, None] * C + channel[None, :], mask=xmask, other=0.0).to(ACC)
+            dx += w * g
         tl.store(dx_ptr + t[:, None] * K + k[None, :], cast_for_store(dx, dx_ptr), mask=xmask)
         xT = tl.trans(xs)
         dphi_g += tl.dot(xT, ug, input_precision=PREC)
@@ -315,13 +324,17 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
 
 
 def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, iters: int,
-                     sk_eps: float, post_scale: float):
-    """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype)."""
+                     sk_eps: float, post_scale: float, dx_in=None, pre=None, dh=None):
+    """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype).
+
+    Given dx_in [T, n, C] and/or (pre [T, n], dh [T, C]), dx also holds dx_in + pre[i] dh
+    (the post_residual and pre_aggregate terms of the whole step's dx), added in the same
+    kernel pass that writes dx: one dx buffer, no elementwise torch op over [T, n, C]."""
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
     f = z.dtype
     if T == 0:  # empty batch: nothing to launch (and no token split to size)
-        return torch.zeros_like(x), phi.new_zeros(phi.shape, dtype=f), bias.new_zeros(bias.shape, dtype=f), \
+        return torch.empty_like(x), phi.new_zeros(phi.shape, dtype=f), bias.new_zeros(bias.shape, dtype=f), \
             alpha.new_zeros(alpha.shape, dtype=f)
     consts, prec = _consts(x, n)
     n_tb = triton.cdiv(T, _BT)
@@ -341,8 +354,11 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
     splits = triton.cdiv(T, tokens_per_split)
     dx = torch.empty_like(x)
     dphi_part = x.new_empty((splits, K, W), dtype=f)
+    add_pre = pre is not None and dh is not None
     _x_bwd_kernel[(n_kb, splits)](
-        x, phi.contiguous(), rs, u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
+        x, phi.contiguous(), rs, u, c, dx, dphi_part,
+        x if dx_in is None else dx_in.contiguous(), pre if add_pre else x, dh.contiguous() if add_pre else x,
+        T, n, C, K, W, tokens_per_split, ADD_DX_IN=dx_in is not None, ADD_PRE=add_pre,
         PREC=prec, BT=_BT, BK=bk, **consts)
     return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
 

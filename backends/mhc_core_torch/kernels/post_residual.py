@@ -50,8 +50,8 @@ def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, 
     mres = imask[:, None] & imask[None, :]
     w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
     res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
-    dw = tl.zeros((NP,), ACC)
-    dres = tl.zeros((NP, NP), ACC)
+    dw = tl.zeros((NP, BC), ACC)        # elementwise partial products, reduced once after the loop
+    dres = tl.zeros((NP, NP, BC), ACC)
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cmask = c < C
@@ -64,10 +64,10 @@ def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, 
         dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
         tl.store(dx_ptr + offs, cast_for_store(dx, dx_ptr), mask=m2)
         tl.store(dy_ptr + t * C + c, cast_for_store(dy, dy_ptr), mask=cmask)
-        dw += tl.sum(g * y[None, :], axis=1)
-        dres += tl.sum(x[:, None, :] * g[None, :, :], axis=2)
-    tl.store(dpost_ptr + t * n + i, dw, mask=imask)
-    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], dres, mask=mres)
+        dw += g * y[None, :]
+        dres += x[:, None, :] * g[None, :, :]
+    tl.store(dpost_ptr + t * n + i, tl.sum(dw, axis=1), mask=imask)
+    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], tl.sum(dres, axis=2), mask=mres)
 
 
 # ----------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class Spec:
     div16: tuple = ()   # int arguments passed as multiples of 16 at C = C_REPORT (Triton specialises)
 
 
-def specs(n: int, dtype: torch.dtype) -> list[Spec]:
+def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     from mhc_core_torch.kernels import coefficients as co, post_residual as po, pre_aggregate as pa, \
         sinkhorn as sk
     from mhc_core_torch.kernels._common import next_pow2, stream_pad
@@ -112,8 +112,8 @@ def specs(n: int, dtype: torch.dtype) -> list[Spec]:
         Spec("coefficients_x_bwd", co._x_bwd_kernel,
              dict(x_ptr=px, phi_ptr=pf, rs_ptr=pf, u_ptr=pf, c_ptr=pf, dx_ptr=px, dphi_part_ptr=pf, dx_in_ptr=px,
                   pre_ptr=pf, dh_ptr=px, T="i32", n="i32", C="i32", K="i32", W="i32", tokens_per_split="i32"),
-             dict(ADD_DX_IN=True, ADD_PRE=True, PREC=prec, BT=co._BT, BK=co._x_bwd_block_k(n), **consts),
-             warps, (1,), div16=("C", "K", "tokens_per_split")),
+             dict(ADD_DX_IN=True, ADD_PRE=True, PREC=prec, BT=co._BT, BK=co._x_bwd_config(n, cc)[0], **consts),
+             co._x_bwd_config(n, cc)[1], (1,), div16=("C", "K", "tokens_per_split")),
         Spec("pre_aggregate_fwd", pa._pre_fwd_kernel,
              dict(x_ptr=px, pre_ptr=pf, h_ptr=px, n="i32", C="i32"),
              dict(ACC=f32, NP=np_, BC=pa._block_c(n, C_REPORT)), 4, (0,), div16=("C",)),
@@ -276,10 +276,10 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
     rows = []
     for n in ns:
         for dname in dtypes:
-            for spec in specs(n, DTYPES[dname][1]):
-                if kernels and spec.name not in kernels:
-                    continue
-                for cc in archs:
+            for cc in archs:
+                for spec in specs(n, DTYPES[dname][1], cc):
+                    if kernels and spec.name not in kernels:
+                        continue
                     row = compile_one(spec, n, dname, cc, tmp)
                     rows.append(row)
                     log(f"{row.kernel:24s} n={n:<2d} {dname:8s} {row.arch:6s} regs={row.registers:3d} "

@@ -64,8 +64,8 @@ def test_streams_leading_batch_dims(assert_close, rounded):
                  mhc_core.post_residual(r64(x), r64(y), r64(post), r64(res)), 1e-5, "batch-post")
 
 
-def test_streams_gradcheck_float64():
-    if torch.cuda.is_available():
+def test_streams_gradcheck_float64(device):
+    if device != "cpu":
         pytest.skip("float64 kernels run only in the interpreter (float64 is the reference path on GPU)")
     g = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
     assert torch.autograd.gradcheck(ops.pre_aggregate, (g(2, 2, 3), g(2, 2)), eps=1e-6, atol=1e-8)
@@ -84,11 +84,12 @@ def test_streams_gpu_realistic_bf16(n, c, assert_close, rounded, oracle_grads):
            torch.float32], torch.bfloat16, f"gpu-post-n{n}-C{c}", assert_close, rounded, oracle_grads)
 
 
-def test_streams_bad_input():
-    x = torch.zeros(2, 3, 4)
+def test_streams_bad_input(device):
+    z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+    x = z(2, 3, 4)
     with pytest.raises(ValueError, match="pre must have shape"):
-        ops.pre_aggregate(x, torch.zeros(2, 4))
+        ops.pre_aggregate(x, z(2, 4))
     with pytest.raises(ValueError, match="res must have shape"):
-        ops.post_residual(x, torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3, 2))
+        ops.post_residual(x, z(2, 4), z(2, 3), z(2, 3, 2))
     with pytest.raises(TypeError, match="floating"):
-        ops.pre_aggregate(x.int(), torch.zeros(2, 3))
+        ops.pre_aggregate(x.int(), z(2, 3))

@@ -88,8 +88,11 @@ def _coeff_fwd_kernel(
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)  # int64: t * K passes 2^31
+    t_first = tl.program_id(0).to(tl.int64) * BT  # int64: t * K passes 2^31
+    tt = tl.arange(0, BT)
+    t = t_first + tt
     tmask = t < T
+    x_blk = x_ptr + t_first * K              # int64 scalar base; int32 offsets within the block
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
     ri, ro, rvalid, rcol = _res_cols(n, R)
 
@@ -100,7 +103,7 @@ def _coeff_fwd_kernel(
     for k0 in range(0, K, BK):  # one sweep over x: (x/m) @ phi and sum((x/m)^2) together
         k = k0 + tl.arange(0, BK)
         kmask = k < K
-        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
+        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
         pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
         pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
         # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing (an inexact
@@ -239,25 +242,29 @@ def _x_bwd_kernel(
     dphi_r = tl.zeros((BK, R * R), ACC)
     t_start = split.to(tl.int64) * tokens_per_split  # int64 token index: t * K passes 2^31
     t_end = tl.minimum(t_start + tokens_per_split, T)
+    # addresses = (int64 scalar base of the token block) + (int32 offsets within it, < BT * K),
+    # so the per-element offset tiles stay 32-bit and loop-invariant
+    tt = tl.arange(0, BT)
+    x_off = tt[:, None] * K + k[None, :]
     for t0 in range(t_start, t_end, BT):
-        t = t0 + tl.arange(0, BT)
-        tmask = t < t_end
+        tmask = tt < t_end - t0
         xmask = tmask[:, None] & kmask[None, :]
-        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(ACC)
-        ug = tl.load(u_ptr + t[:, None] * W + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
-        ur = tl.load(u_ptr + t[:, None] * W + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
-        c = tl.load(c_ptr + t, mask=tmask, other=0.0)
-        inv_m = tl.load(rs_ptr + 2 * t + 1, mask=tmask, other=0.0)
+        xt = tl.load(x_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
+        u_blk = u_ptr + t0 * W + tt[:, None] * W
+        ug = tl.load(u_blk + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
+        ur = tl.load(u_blk + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
+        c = tl.load(c_ptr + t0 + tt, mask=tmask, other=0.0)
+        inv_m = tl.load(rs_ptr + 2 * t0 + 2 * tt + 1, mask=tmask, other=0.0)
         xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
         dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xs
         dx = dx * inv_m[:, None]
         if ADD_DX_IN:  # the post_residual term, accumulated here instead of by a torch add
-            dx += tl.load(dx_in_ptr + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(ACC)
+            dx += tl.load(dx_in_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
         if ADD_PRE:    # the pre_aggregate term pre[stream] * dh[channel]
-            w = tl.load(pre_ptr + t[:, None] * n + stream[None, :], mask=xmask, other=0.0).to(ACC)
-            g = tl.load(dh_ptr + t[:, None] * C + channel[None, :], mask=xmask, other=0.0).to(ACC)
+            w = tl.load(pre_ptr + t0 * n + (tt[:, None] * n + stream[None, :]), mask=xmask, other=0.0).to(ACC)
+            g = tl.load(dh_ptr + t0 * C + (tt[:, None] * C + channel[None, :]), mask=xmask, other=0.0).to(ACC)
             dx += w * g
-        tl.store(dx_ptr + t[:, None] * K + k[None, :], cast_for_store(dx, dx_ptr), mask=xmask)
+        tl.store(dx_ptr + t0 * K + x_off, cast_for_store(dx, dx_ptr), mask=xmask)
         xT = tl.trans(xs)
         dphi_g += tl.dot(xT, ug, input_precision=PREC)
         dphi_r += tl.dot(xT, ur, input_precision=PREC)
@@ -277,12 +284,29 @@ _BT = 16                     # token block of the gate backward and of the x-str
 
 
 def _fwd_blocks(n: int) -> tuple[int, int]:
-    """(token block, K block) of the forward: smaller where the R*R res tile is wide."""
-    return (64, 64) if stream_pad(n) <= 4 else (16, 64)
+    """(token block, K block) of the forward: smaller where the R*R res tile is wide. At
+    n <= 4 a K block of 32 compiles without spills on sm_80 for float32 x (64 spilled) and
+    with ~170 instead of 255 registers (3 CTAs per SM instead of 2; compile_report.md)."""
+    return (64, 32) if stream_pad(n) <= 4 else (16, 64)
 
 
-def _x_bwd_block_k(n: int) -> int:
-    return 128 if stream_pad(n) <= 4 else 64
+def _x_bwd_config(n: int, cc: int) -> tuple[int, int]:
+    """(K block, warps) of the x-stream backward on compute capability cc (80 = A100, 90 =
+    H100), the largest K block ptxas compiles without spilling at n <= 8 and, at n = 16,
+    within sm_80's shared memory (benchmarks/results/compile_report.md): the phi^T tiles and
+    dphi accumulators [(GP + R*R), BK] live in registers for the whole token loop."""
+    R = stream_pad(n)
+    if R <= 4:
+        return (64 if cc >= 90 else 32), 4
+    return (32, 8) if R == 8 else (16, 8)
+
+
+def _capability(device: torch.device) -> int:
+    """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _consts(x: torch.Tensor, n: int):
@@ -347,7 +371,8 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
     # token splits so that (K blocks x splits) about fills the device
-    bk = _x_bwd_block_k(n)
+    bk, warps = _x_bwd_config(n, _capability(x.device))
+    consts["num_warps"] = warps
     n_kb = triton.cdiv(K, bk)
     splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))
     tokens_per_split = triton.cdiv(n_tb, splits) * _BT

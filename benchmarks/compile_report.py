@@ -125,7 +125,7 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
              dict(WRITE_DX=False, ACC=f32, NP=np_, BC=pa._block_c(n, C_REPORT)), 4, (0,), div16=("C",)),
         Spec("post_residual_fwd", po._post_fwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, out_ptr=px, n="i32", C="i32"),
-             dict(ACC=f32, NP=np_, BC=po._block_c(n, C_REPORT)), 4, (0,), div16=("C",)),
+             dict(ACC=f32, NP=np_, BC=po._block_c_fwd(n, C_REPORT)), 4, (0,), div16=("C",)),
         Spec("post_residual_bwd", po._post_bwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, dout_ptr=px, dx_ptr=px, dy_ptr=px, dpost_ptr=pf,
                   dres_ptr=pf, n="i32", C="i32"),
@@ -288,9 +288,11 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
     versions = [subprocess.run([str(ptxas_path(cc)), "--version"], capture_output=True, text=True).stdout.strip()
                 for cc in archs]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "backends/mhc_core_torch/kernels"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        commit=commit.stdout.strip(), triton=triton.__version__, torch=torch.__version__,
+        commit=commit.stdout.strip() + ("+uncommitted kernel changes" if dirty else ""), triton=triton.__version__, torch=torch.__version__,
         ptxas={ARCHS[cc]: v.splitlines()[-1] if v else "" for cc, v in zip(archs, versions)},
         c_for_block_sizes=C_REPORT,
         rows=[asdict(r) for r in rows])

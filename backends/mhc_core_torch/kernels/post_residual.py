@@ -4,7 +4,8 @@ Reference: `mhc_core.post_residual` (DESIGN §1 step 4), tested against it. x [T
 y [T, C], post [T, n], res [T, n, n] (res[i, o]: stream i -> o) -> out [T, n, C] in x's
 dtype, float32 accumulation.
 
-Forward: grid (tokens, C blocks); reads x and y once, writes out once.
+Forward: grid (tokens, C blocks); reads x and y once, writes out once, one input stream
+at a time (C block ~4096 / n wide at any n).
 Backward: grid over tokens; one sweep over C reads x, y and dout once, writes dx and dy
 once, and accumulates the coefficient gradients in registers:
     dx[i] = sum_o res[i, o] dout[o]      dy = sum_o post[o] dout[o]
@@ -28,17 +29,21 @@ def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
                      ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     c = tl.program_id(1) * BC + tl.arange(0, BC)
-    i = tl.arange(0, NP)
-    cmask, imask = c < C, i < n
-    m2 = imask[:, None] & cmask[None, :]
-    offs = t * n * C + i[:, None] * C + c[None, :]
-    x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)                               # [NP(i), BC]
+    o = tl.arange(0, NP)
+    cmask, omask = c < C, o < n
+    m2 = omask[:, None] & cmask[None, :]
+    x_tok = x_ptr + t * n * C                # int64 token base; int32 offsets below
     y = tl.load(y_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)                       # [BC]
-    w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)                    # [NP(o)]
-    res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :],
-                  mask=imask[:, None] & imask[None, :], other=0.0).to(ACC)              # [NP(i), NP(o)]
-    out = tl.sum(res[:, :, None] * x[:, None, :], axis=0) + w[:, None] * y[None, :]    # [NP(o), BC]
-    tl.store(out_ptr + offs, cast_for_store(out, out_ptr), mask=m2)
+    w = tl.load(post_ptr + t * n + o, mask=omask, other=0.0).to(ACC)                    # [NP(o)]
+    out = w[:, None] * y[None, :]                                                       # [NP(o), BC]
+    # one input stream at a time: the live tile is [NP, BC], not [NP, NP, BC], so the C
+    # block stays ~4096 / NP wide at n = 16 (256 columns, was 16)
+    for i in tl.static_range(NP):
+        if i < n:
+            xi = tl.load(x_tok + i * C + c, mask=cmask, other=0.0).to(ACC)              # [BC]
+            ri = tl.load(res_ptr + t * n * n + i * n + o, mask=omask, other=0.0).to(ACC)  # res[i, :] [NP(o)]
+            out += ri[:, None] * xi[None, :]
+    tl.store(out_ptr + t * n * C + o[:, None] * C + c[None, :], cast_for_store(out, out_ptr), mask=m2)
 
 
 @triton.jit
@@ -78,13 +83,18 @@ def _block_c(n: int, C: int) -> int:
     return max(16, min(next_pow2(C), 4096 // (next_pow2(n) ** 2)))
 
 
+def _block_c_fwd(n: int, C: int) -> int:
+    # the forward's live tile is [NP, BC] (one input stream at a time): ~4096 values
+    return max(16, min(next_pow2(C), 4096 // next_pow2(n)))
+
+
 def post_residual_fwd(x, y, post, res):
     """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype."""
     T, n, C = x.shape
     out = torch.empty_like(x)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        BC = _block_c(n, C)
+        BC = _block_c_fwd(n, C)
         _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC)
     return out
 

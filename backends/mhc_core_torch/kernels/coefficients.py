@@ -226,7 +226,7 @@ def _x_bwd_kernel(
     dx_in_ptr, pre_ptr, dh_ptr,       # the step's other dx terms: dx_in [T, K], pre [T, n], dh [T, C]
     T, n, C, K, W, tokens_per_split,
     ADD_DX_IN: tl.constexpr, ADD_PRE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr, STAGES: tl.constexpr,
 ):
     split = tl.program_id(1)
     k = tl.program_id(0) * BK + tl.arange(0, BK)
@@ -246,7 +246,10 @@ def _x_bwd_kernel(
     # so the per-element offset tiles stay 32-bit and loop-invariant
     tt = tl.arange(0, BT)
     x_off = tt[:, None] * K + k[None, :]
-    for t0 in range(t_start, t_end, BT):
+    # STAGES = 2: every load of the next token block is issued asynchronously (cp.async) while
+    # this one computes; the default pipeliner made only the u loads asynchronous here
+    # (PTX: 32 cp.async instead of 8 on sm_80, 77 instead of 26 on sm_90, fewer registers)
+    for t0 in tl.range(t_start, t_end, BT, num_stages=STAGES):
         tmask = tt < t_end - t0
         xmask = tmask[:, None] & kmask[None, :]
         xt = tl.load(x_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
@@ -281,6 +284,7 @@ def _x_bwd_kernel(
 # L2, so its token block is large (64: phi traffic ~0.75x the x traffic at n = 4); each
 # x-stream backward program re-reads u [T, W] per K block, so its K block is large (128).
 _BT = 16                     # token block of the gate backward and of the x-stream backward
+_X_BWD_STAGES = 2            # software-pipelined token loop of the x-stream backward
 
 
 def _fwd_blocks(n: int) -> tuple[int, int]:
@@ -384,7 +388,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         x, phi.contiguous(), rs, u, c, dx, dphi_part,
         x if dx_in is None else dx_in.contiguous(), pre if add_pre else x, dh.contiguous() if add_pre else x,
         T, n, C, K, W, tokens_per_split, ADD_DX_IN=dx_in is not None, ADD_PRE=add_pre,
-        PREC=prec, BT=_BT, BK=bk, **consts)
+        PREC=prec, BT=_BT, BK=bk, STAGES=_X_BWD_STAGES, **consts)
     return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
 
 

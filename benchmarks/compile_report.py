@@ -130,7 +130,8 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
         Spec("post_residual_bwd", po._post_bwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, dout_ptr=px, dx_ptr=px, dy_ptr=px, dpost_ptr=pf,
                   dres_ptr=pf, n="i32", C="i32"),
-             dict(ACC=f32, NP=np_, BC=po._block_c(n, C_REPORT)), 4, (0,), div16=("C",)),
+             dict(DOT=po._bwd_layout(n, C_REPORT)[0], ACC=f32, NP=po._bwd_layout(n, C_REPORT)[1],
+                  BC=po._bwd_layout(n, C_REPORT)[2]), 4, (0,), div16=("C",)),
     ]
     R = stream_pad(n)
     sk_bt = max(1, min(16, 256 // (R * R)))

@@ -7,7 +7,8 @@ dtype, float32 accumulation.
 Forward: grid (tokens, C blocks); reads x and y once, writes out once, one input stream
 at a time (C block ~4096 / n wide at any n).
 Backward: grid over tokens; one sweep over C reads x, y and dout once, writes dx and dy
-once, and accumulates the coefficient gradients in registers:
+once, and accumulates the coefficient gradients in registers (n >= 5: as dots, so the C
+block stays wide at n = 16):
     dx[i] = sum_o res[i, o] dout[o]      dy = sum_o post[o] dout[o]
     dres[i, o] = <x[i], dout[o]>         dpost[o] = <y, dout[o]>
 Ideal traffic per token: forward (2n + 1) C elements, backward (3n + 2) C.
@@ -48,7 +49,10 @@ def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
 
 @triton.jit
 def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
-                     n, C, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
+                     n, C, DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
+    """DOT = False (n <= 4): the stream sums as [NP, NP, BC] products, reduced once after the
+    loop. DOT = True (n >= 5, NP >= 16): as [NP, NP] x [NP, BC] dots (exact float32 FMAs,
+    input_precision ieee), so the live tiles are [NP, BC] and BC stays 4096 / NP wide."""
     t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     i = tl.arange(0, NP)
     imask = i < n
@@ -56,31 +60,50 @@ def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, 
     w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
     res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
     dw = tl.zeros((NP, BC), ACC)        # elementwise partial products, reduced once after the loop
-    dres = tl.zeros((NP, NP, BC), ACC)
+    if DOT:
+        dres = tl.zeros((NP, NP), ACC)
+    else:
+        dres = tl.zeros((NP, NP, BC), ACC)
+    x_tok, g_tok, dx_tok = x_ptr + t * n * C, dout_ptr + t * n * C, dx_ptr + t * n * C  # int64 bases
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cmask = c < C
         m2 = imask[:, None] & cmask[None, :]
-        offs = t * n * C + i[:, None] * C + c[None, :]
-        x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)            # [NP(i), BC]
-        g = tl.load(dout_ptr + offs, mask=m2, other=0.0).to(ACC)         # [NP(o), BC]
+        offs = i[:, None] * C + c[None, :]
+        x = tl.load(x_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(i), BC]
+        g = tl.load(g_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(o), BC]
         y = tl.load(y_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)    # [BC]
-        dx = tl.sum(res[:, :, None] * g[None, :, :], axis=1)             # [NP(i), BC]
+        if DOT:
+            dx = tl.dot(res, g, input_precision="ieee")                  # [NP(i), BC]
+            dres += tl.dot(x, tl.trans(g), input_precision="ieee")       # [NP(i), NP(o)]
+        else:
+            dx = tl.sum(res[:, :, None] * g[None, :, :], axis=1)         # [NP(i), BC]
+            dres += x[:, None, :] * g[None, :, :]
         dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
-        tl.store(dx_ptr + offs, cast_for_store(dx, dx_ptr), mask=m2)
+        tl.store(dx_tok + offs, cast_for_store(dx, dx_ptr), mask=m2)
         tl.store(dy_ptr + t * C + c, cast_for_store(dy, dy_ptr), mask=cmask)
         dw += g * y[None, :]
-        dres += x[:, None, :] * g[None, :, :]
     tl.store(dpost_ptr + t * n + i, tl.sum(dw, axis=1), mask=imask)
-    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], tl.sum(dres, axis=2), mask=mres)
+    if DOT:
+        dres_out = dres
+    else:
+        dres_out = tl.sum(dres, axis=2)
+    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], dres_out, mask=mres)
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
-def _block_c(n: int, C: int) -> int:
-    # the [NP, NP, BC] product is the largest live tile: keep it near 4096 values
-    return max(16, min(next_pow2(C), 4096 // (next_pow2(n) ** 2)))
+def _bwd_layout(n: int, C: int) -> tuple[bool, int, int]:
+    """(DOT, NP, BC) of the backward. n <= 4: [NP, NP, BC] products, BC = 4096 / NP^2
+    (256 at n = 4). n >= 5: dots over a stream tile padded to NP >= 16 (tl.dot's minimum),
+    BC = 1024 / NP (64 at n = 16, where the product form had BC = 16; ~145 registers,
+    3 CTAs/SM, no spill on sm_80 / sm_90: benchmarks/results/compile_report.md)."""
+    np_ = next_pow2(n)
+    if np_ <= 4:
+        return False, np_, max(16, min(next_pow2(C), 4096 // (np_ * np_)))
+    np_ = max(16, np_)
+    return True, np_, max(16, min(next_pow2(C), 1024 // np_))
 
 
 def _block_c_fwd(n: int, C: int) -> int:
@@ -107,8 +130,9 @@ def post_residual_bwd(x, y, post, res, dout):
     dpost, dres = x.new_empty((T, n), dtype=f), x.new_empty((T, n, n), dtype=f)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+        dot, np_, bc = _bwd_layout(n, C)
         _post_bwd_kernel[(T,)](x, y, post, res, dout.contiguous(), dx, dy, dpost, dres, n, C,
-                               ACC=acc, NP=next_pow2(n), BC=_block_c(n, C))
+                               DOT=dot, ACC=acc, NP=np_, BC=bc)
     return dx, dy, dpost, dres
 
 

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep test test-gpu conformance clean
+.PHONY: install sweep test test-gpu gpu-check wheels conformance clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,21 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
+
+# A CUDA machine without network, with its own torch + triton: GPU tests + benchmarks, one
+# results folder (benchmarks/gpu_check.py). `make gpu-check SMOKE=1`: the same on the CPU.
+GPU_PY ?= python3
+gpu-check:
+	SMOKE=$(SMOKE) $(GPU_PY) benchmarks/gpu_check.py
+
+# Fill .whl/ (git-ignored) with what gpu-check installs offline; run where there is network,
+# for the GPU machine's Python (WHEEL_PY) and platform, then copy .whl/ there.
+WHEEL_PY ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64
+WHEEL_ARGS = --dest .whl --only-binary=:all: --python-version $(WHEEL_PY) --platform $(WHEEL_PLATFORM) -c constraints.txt
+wheels:
+	$(PY) -m pip download $(WHEEL_ARGS) array-api-compat numpy pytest
+	$(PY) -m pip download $(WHEEL_ARGS) --no-deps liger-kernel
 
 conformance: $(STAMP)
 	$(BIN)/python scripts/conformance.py

@@ -1,7 +1,7 @@
 """Benchmark the mHC ops and the whole step: ours (Triton) vs reference, torch.compile,
 liger-kernel and hyper-connections. Writes JSON + markdown to benchmarks/results/.
 
-    python benchmarks/bench_mhc.py            # CUDA: n=4, C in {1024, 2560, 4096},
+    python benchmarks/bench_mhc.py            # CUDA: n=4, C in {1024, 4096, 7168},
                                               # tokens in {4096, 16384, 65536}, bf16
     python benchmarks/bench_mhc.py --cpu      # this machine: reference (eager, compiled)
                                               # vs hyper-connections, small shapes, fp32
@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 import impls  # noqa: E402
 
-GPU_SHAPES = [(4, c, t) for c in (1024, 2560, 4096) for t in (4096, 16384, 65536)]
+GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
 CPU_SHAPES = [(4, 256, 256), (4, 256, 2048), (4, 1024, 1024)]
 MODES = ("fwd", "fwd+bwd")
 
@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default=",".join(impls.OPS))
     ap.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(impls.IMPLS))
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--channels", type=int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
+    ap.add_argument("--tokens", type=int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
+    ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
     args = ap.parse_args(argv)
 
     if args.cpu or args.interpret_smoke:
@@ -146,6 +149,9 @@ def main(argv=None) -> int:
             ap.error("no CUDA device: run with --cpu, or on a CUDA machine")
         device, dtype = torch.device("cuda"), torch.bfloat16
         shapes = [(4, 1024, 4096)] if args.quick else GPU_SHAPES
+        if args.channels or args.tokens:
+            shapes = [(4, c, t) for c in (args.channels or sorted({s[1] for s in GPU_SHAPES}))
+                      for t in (args.tokens or sorted({s[2] for s in GPU_SHAPES}))]
         default_impls = impls.IMPLS
         stem = "gpu_" + torch.cuda.get_device_name(device).replace(" ", "_").lower()
         for op in impls.OPS:  # correctness before speed
@@ -168,7 +174,7 @@ def main(argv=None) -> int:
             results.append(r)
             shown = r.get("error") or f"{r['ms']:.3f} ms  {r['GBps']:.1f} GB/s  {r['pct_copy_bw']:.0f}% copy"
             print(f"{op:14s} {mode:8s} n={n} C={c:5d} T={t:6d} {r['impl']:18s} {shown}", flush=True)
-    js, md = harness.write_reports(results, env, args.out, stem)
+    js, md = harness.write_reports(results, env, args.out, args.stem or stem)
     print(f"wrote {js} and {md}")
     return 0
 

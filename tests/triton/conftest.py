@@ -37,6 +37,9 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.fl
 
 @pytest.fixture
 def device():
+    """The one device every test in tests/triton runs on: "cuda" where a GPU is present
+    (compiled kernels), else "cpu" (the Triton interpreter). Tests build their tensors on it
+    and never assume the interpreter; float64-only checks (gradcheck) skip on "cuda"."""
     return DEVICE
 
 

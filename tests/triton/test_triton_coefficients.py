@@ -81,7 +81,8 @@ def test_coefficients_leading_batch_dims(assert_close, rounded, mixing_params):
 @pytest.mark.parametrize("variant", ["mhc", "hc"])
 def test_coefficients_online_rescaling_across_k_tiles(variant, assert_close, rounded, mixing_params, oracle_grads):
     """The forward's running max|x| scale (kernels/coefficients.py docstring) when the max
-    moves between K tiles: n = 4, C = 40 (K = 160: three 64-wide tiles), float32 tokens whose
+    moves between K tiles: n = 4, C = 40 (K = 160; magnitudes change every 64 columns, on K-tile
+    boundaries: the K tile is 32 wide at n <= 4), float32 tokens whose
     tiles grow 1e-20 -> 1 -> 1e30, shrink 1e30 -> 1 -> 1e-20, sit at 3e38 (float32's edge),
     at 1e-30 and all zero. Unscaled, sum(x^2) is inf past 1.8e19 and every output was off.
     Outputs vs the float64 oracle; dx times each token's max|x| (dx ~ 1/|x|) and dphi,
@@ -103,7 +104,7 @@ def test_coefficients_online_rescaling_across_k_tiles(variant, assert_close, rou
     for name, o, w in zip(("pre", "post", "res"), outs, want):
         assert_close(o, w, 1e-5, f"rescale-{variant}-{name}")
     grads = torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, cots)), ins)
-    scale = torch.from_numpy(np.abs(ins[0].detach().double().cpu().numpy()).max(axis=(1, 2), keepdims=True))
+    scale = torch.from_numpy(np.abs(ins[0].detach().double().cpu().numpy()).max(axis=(1, 2), keepdims=True))  # CPU
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     assert_close(grads[0].double().cpu() * scale, grads_ref[0] * scale, 1e-5, f"rescale-{variant}-grad-x*max|x|")
     for name, g, gr in zip(("phi", "bias", "alpha"), grads[1:], grads_ref[1:]):
@@ -111,9 +112,9 @@ def test_coefficients_online_rescaling_across_k_tiles(variant, assert_close, rou
 
 
 @pytest.mark.parametrize("variant,eps", [("mhc", 1e-6), ("mhc", 0.0), ("hc", 1e-6)], ids=["mhc", "mhc-eps0", "hc"])
-def test_coefficients_gradcheck_float64(variant, eps, mixing_params):
+def test_coefficients_gradcheck_float64(variant, eps, device, mixing_params):
     """gradcheck of CoefficientsFunction in float64 (the interpreter computes in float64)."""
-    if torch.cuda.is_available():
+    if device != "cpu":
         pytest.skip("float64 kernels run only in the interpreter (float64 is the reference path on GPU)")
     n, c = 2, 3
     p = mixing_params(n, c, variant, seed=3)
@@ -142,10 +143,10 @@ def test_coefficients_gpu_realistic_bf16(n, c, assert_close, rounded, mixing_par
         assert_close(g, gr, 2e-2, f"gpu-n{n}-C{c}-grad-{name}")
 
 
-def test_coefficients_bad_input(rounded):
-    x = torch.zeros(2, 3, 4)
+def test_coefficients_bad_input(device):
+    x = torch.zeros(2, 3, 4, device=device)
     p = mhc_core.init_params(3, 4)
-    phi, bias, alpha = (torch.from_numpy(p[k]) for k in ("phi", "bias", "alpha"))
+    phi, bias, alpha = (torch.from_numpy(p[k]).to(device) for k in ("phi", "bias", "alpha"))
     with pytest.raises(ValueError, match="phi must have shape"):
         ops.coefficients(x, phi[:-1], bias, alpha)
     with pytest.raises(TypeError, match="floating"):
@@ -156,6 +157,7 @@ def test_coefficients_bad_input(rounded):
         ops.coefficients(x, phi, bias, alpha, variant="residual")
     big = mhc_core.init_params(17, 2)
     with pytest.raises(ValueError, match="n <= 16"):
-        ops.coefficients(torch.zeros(1, 17, 2), *(torch.from_numpy(big[k]) for k in ("phi", "bias", "alpha")))
+        ops.coefficients(torch.zeros(1, 17, 2, device=device),
+                         *(torch.from_numpy(big[k]).to(device) for k in ("phi", "bias", "alpha")))
     with pytest.raises(RuntimeError, match="need a CUDA tensor"):
         ops.coefficients(x.to("meta"), phi.to("meta"), bias.to("meta"), alpha.to("meta"))

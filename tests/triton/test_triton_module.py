@@ -12,7 +12,7 @@ from mhc_core_torch import MHC, dispatch, triton_gate
 from mhc_core_torch.kernels import ops
 
 
-def _pair(variant, n, c, dtype, mixing_params, seed=0):
+def _pair(variant, n, c, dtype, mixing_params, device, seed=0):
     """Two MHC modules (triton, reference) with identical random weights, an MLP layer."""
     torch.manual_seed(seed)
     layer = nn.Sequential(OrderedDict(fc1=nn.Linear(c, 2 * c), act=nn.SiLU(), fc2=nn.Linear(2 * c, c)))
@@ -20,6 +20,7 @@ def _pair(variant, n, c, dtype, mixing_params, seed=0):
     mods = []
     for impl in ("triton", "reference"):
         m = MHC(layer, n, c, variant=variant, init=init, impl=impl, iters=6)
+        m.to(device)
         m.layer.to(dtype)  # mixing parameters stay float32 (as DeepSeek-V4 keeps hc_* weights)
         mods.append(m)
     return mods
@@ -36,12 +37,12 @@ def _grads(m, x, cot):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", ["mhc", "hc"])
-def test_triton_module_matches_reference(variant, dtype, assert_close, mixing_params):
+def test_triton_module_matches_reference(variant, dtype, device, assert_close, mixing_params):
     n, c = 3, 12
-    tri, ref = _pair(variant, n, c, dtype, mixing_params)
+    tri, ref = _pair(variant, n, c, dtype, mixing_params, device)
     rng = np.random.default_rng(1)
-    x = torch.from_numpy(rng.normal(size=(2, 3, n, c))).to(dtype)
-    cot = torch.from_numpy(rng.normal(size=(2, 3, n, c))).to(dtype)
+    x = torch.from_numpy(rng.normal(size=(2, 3, n, c))).to(device, dtype)
+    cot = torch.from_numpy(rng.normal(size=(2, 3, n, c))).to(device, dtype)
     out_t, g_t = _grads(tri, x, cot)
     out_r, g_r = _grads(ref, x, cot)
     cid = f"module-{variant}-{dtype}"
@@ -53,27 +54,28 @@ def test_triton_module_matches_reference(variant, dtype, assert_close, mixing_pa
         assert_close(g_t[name], g_r[name], tol, f"{cid}-grad-{name}")
 
 
-def test_dispatch_rules():
-    x = torch.zeros(2, 3, 4)
-    assert dispatch.resolve_impl("auto", x) == "reference"  # CPU tensors: reference, even when interpreting
+def test_dispatch_rules(device):
+    x = torch.zeros(2, 3, 4, device=device)
+    # CUDA tensors: the kernels; CPU tensors: reference, even when interpreting
+    assert dispatch.resolve_impl("auto", x) == ("triton" if device == "cuda" else "reference")
     assert dispatch.resolve_impl("reference", x) == "reference"
-    assert dispatch.resolve_impl("triton", x) == "triton"  # the interpreter runs it on the CPU
+    assert dispatch.resolve_impl("triton", x) == "triton"  # on the CPU, the interpreter runs it
     with pytest.raises(RuntimeError, match="float64 runs on impl='reference'"):
         dispatch.resolve_impl("triton", x.double())
     with pytest.raises(RuntimeError, match="n <= 16"):
-        dispatch.resolve_impl("triton", torch.zeros(2, 17, 4))
+        dispatch.resolve_impl("triton", torch.zeros(2, 17, 4, device=device))
     with pytest.raises(RuntimeError, match="no Triton kernel"):
-        dispatch.resolve_impl("triton", torch.zeros(2, 1, 4), variant="residual")
+        dispatch.resolve_impl("triton", torch.zeros(2, 1, 4, device=device), variant="residual")
     with pytest.raises(ValueError, match="impl must be one of"):
         dispatch.resolve_impl("cuda", x)
     assert "CUDA tensor" in triton_gate.unavailable_reason(torch.zeros(2, 3, 4, device="meta"))
 
 
-def test_double_backward_is_a_clear_error(mixing_params, assert_close):
+def test_double_backward_is_a_clear_error(mixing_params, assert_close, device):
     """A gradient of a gradient: the kernels have first derivatives only, so backward through
     a create_graph=True gradient raises an error naming impl='reference' (where it works)."""
-    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params)
-    x = torch.randn(1, 2, 2, 4)
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(1, 2, 2, 4, device=device)
     firsts = []
     for m in (tri, ref):
         xi = x.clone().requires_grad_(True)
@@ -86,35 +88,36 @@ def test_double_backward_is_a_clear_error(mixing_params, assert_close):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in (ref.phi, ref.bias, ref.alpha))
 
 
-@pytest.mark.parametrize("op", ["coefficients", "sinkhorn", "pre_aggregate", "post_residual"])
-def test_each_kernel_op_refuses_double_backward(op, mixing_params):
+@pytest.mark.parametrize("op", ["coefficients", "sinkhorn", "pre_aggregate", "post_residual", "step"])
+def test_each_kernel_op_refuses_double_backward(op, mixing_params, device):
     n, c = 2, 4
-    p = {k: torch.from_numpy(v).float().requires_grad_(True) for k, v in mixing_params(n, c).items()}
-    x = torch.randn(3, n, c, requires_grad=True)
+    p = {k: torch.from_numpy(v).float().to(device).requires_grad_(True) for k, v in mixing_params(n, c).items()}
+    x = torch.randn(3, n, c, device=device, requires_grad=True)
     run = {
         "coefficients": lambda: ops.coefficients(x, p["phi"], p["bias"], p["alpha"], iters=2)[2],
         "sinkhorn": lambda: ops.sinkhorn(x[:, :, :n], iters=2),
         "pre_aggregate": lambda: ops.pre_aggregate(x, x[:, :, 0]),
         "post_residual": lambda: ops.post_residual(x, x[:, 0], x[:, :, 1], x[:, :, :n]),
+        "step": lambda: ops.step(x, torch.tanh, p["phi"], p["bias"], p["alpha"], iters=2),
     }[op]
     (g,) = torch.autograd.grad(run().square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=rf"double backward through the Triton kernels \({op}\)"):
         g.sum().backward()
 
 
-def test_triton_module_float64_is_a_clear_error():
-    m = MHC(nn.Identity(), 2, 4, impl="triton").double()
+def test_triton_module_float64_is_a_clear_error(device):
+    m = MHC(nn.Identity(), 2, 4, impl="triton").to(device).double()
     with pytest.raises(RuntimeError, match="float64"):
-        m(torch.zeros(1, 2, 4, dtype=torch.float64))
+        m(torch.zeros(1, 2, 4, dtype=torch.float64, device=device))
 
 
-def test_triton_module_under_torch_compile(assert_close, mixing_params):
+def test_triton_module_under_torch_compile(device, assert_close, mixing_params):
     """fullgraph=True: the kernels are custom ops inside autograd.Functions, so dynamo
     traces the module without a graph break; same numbers as eager. (aot_eager keeps
     the test fast; inductor was checked to work too, and is what runs on a GPU.)"""
-    tri, _ = _pair("mhc", 2, 8, torch.float32, mixing_params)
-    x = torch.randn(3, 2, 8)
-    cot = torch.randn(3, 2, 8)
+    tri, _ = _pair("mhc", 2, 8, torch.float32, mixing_params, device)
+    x = torch.randn(3, 2, 8, device=device)
+    cot = torch.randn(3, 2, 8, device=device)
     out_e, g_e = _grads(tri, x, cot)
     compiled = torch.compile(tri, backend="aot_eager", fullgraph=True)
     out_c, g_c = _grads(compiled, x, cot)

@@ -1,6 +1,6 @@
 """pre_aggregate and post_residual kernels vs mhc_core: forward vs the numpy float64
 oracle on the same rounded inputs, every gradient vs float64 autograd through mhc_core,
-gradcheck in float64 (interpreter). n in 1..4 and 16; C = 1, odd, and larger than one
+gradcheck in float64 (interpreter). n in 1..4, 6 and 16; C = 1, odd, and larger than one
 block of C (the backward's loop over C runs several times)."""
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ import torch
 import mhc_core
 from mhc_core_torch.kernels import ops
 
-SHAPES = [(3, 1, 1), (2, 2, 17), (3, 3, 40), (2, 4, 33), (1, 16, 5), (2, 1, 600)]  # (T, n, C)
+# (T, n, C); n = 6 and 16 take the post_residual backward's dot form (stream tile padded to 16)
+SHAPES = [(3, 1, 1), (2, 2, 17), (3, 3, 40), (2, 4, 33), (2, 6, 150), (1, 16, 5), (2, 1, 600)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -64,12 +65,14 @@ def test_streams_leading_batch_dims(assert_close, rounded):
                  mhc_core.post_residual(r64(x), r64(y), r64(post), r64(res)), 1e-5, "batch-post")
 
 
-def test_streams_gradcheck_float64():
-    if torch.cuda.is_available():
+def test_streams_gradcheck_float64(device):
+    if device != "cpu":
         pytest.skip("float64 kernels run only in the interpreter (float64 is the reference path on GPU)")
     g = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
     assert torch.autograd.gradcheck(ops.pre_aggregate, (g(2, 2, 3), g(2, 2)), eps=1e-6, atol=1e-8)
     assert torch.autograd.gradcheck(ops.post_residual, (g(1, 3, 4), g(1, 4), g(1, 3), g(1, 3, 3)), eps=1e-6, atol=1e-8)
+    # n = 6: the backward's dot form
+    assert torch.autograd.gradcheck(ops.post_residual, (g(1, 6, 3), g(1, 3), g(1, 6), g(1, 6, 6)), eps=1e-6, atol=1e-8)
 
 
 @pytest.mark.gpu
@@ -84,11 +87,12 @@ def test_streams_gpu_realistic_bf16(n, c, assert_close, rounded, oracle_grads):
            torch.float32], torch.bfloat16, f"gpu-post-n{n}-C{c}", assert_close, rounded, oracle_grads)
 
 
-def test_streams_bad_input():
-    x = torch.zeros(2, 3, 4)
+def test_streams_bad_input(device):
+    z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+    x = z(2, 3, 4)
     with pytest.raises(ValueError, match="pre must have shape"):
-        ops.pre_aggregate(x, torch.zeros(2, 4))
+        ops.pre_aggregate(x, z(2, 4))
     with pytest.raises(ValueError, match="res must have shape"):
-        ops.post_residual(x, torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3, 2))
+        ops.post_residual(x, z(2, 4), z(2, 3), z(2, 3, 2))
     with pytest.raises(TypeError, match="floating"):
-        ops.pre_aggregate(x.int(), torch.zeros(2, 3))
+        ops.pre_aggregate(x.int(), z(2, 3))

@@ -1,6 +1,7 @@
 """Our kernels vs liger-kernel's mHC ops (a real, independent implementation), where both
 define the same function: skipped when liger-kernel is not installed (it is not a project
-dependency; `pip install --no-deps liger-kernel`). Runs in the interpreter on the CPU.
+dependency; `pip install --no-deps liger-kernel`). On the test device: CUDA when present,
+else the CPU in the Triton interpreter (both libraries' kernels run there).
 
 Same math, one convention difference: liger's post_res mixes with h_res[o, i] (the paper's
 H_res), ours with res[i, o] (DeepSeek-V4's comb), and both compute the same Sinkhorn matrix,
@@ -18,14 +19,14 @@ liger = pytest.importorskip("liger_kernel.transformers.functional")
 
 
 @pytest.mark.parametrize("n,c", [(2, 33), (4, 40)])
-def test_coefficients_match_liger(n, c, assert_close):
+def test_coefficients_match_liger(n, c, device, assert_close):
     torch.manual_seed(n)
     t = 5
     p = mhc_core.init_params(n, c, phi_std=1.0 / np.sqrt(n * c), seed=n)
-    x = torch.randn(t, n, c).bfloat16()
-    phi = torch.from_numpy(p["phi"])
-    bias = torch.from_numpy(p["bias"]) + 0.5 * torch.randn(n * n + 2 * n)
-    alpha = torch.tensor([0.7, 1.3, 0.9])
+    x = torch.randn(t, n, c).bfloat16().to(device)
+    phi = torch.from_numpy(p["phi"]).to(device)
+    bias = (torch.from_numpy(p["bias"]) + 0.5 * torch.randn(n * n + 2 * n)).to(device)
+    alpha = torch.tensor([0.7, 1.3, 0.9], device=device)
     ours_in = [a.clone().requires_grad_() for a in (x, phi, bias, alpha)]
     lig_in = [a.clone().requires_grad_() for a in (x, phi, bias, alpha[0], alpha[1], alpha[2])]
     ours = ops.coefficients(*ours_in, iters=5)
@@ -41,12 +42,12 @@ def test_coefficients_match_liger(n, c, assert_close):
     assert_close(g_ours[3], torch.stack(g_lig[3:]), 1e-4, f"liger-n{n}-C{c}-grad-alpha")
 
 
-def test_streams_match_liger(assert_close):
+def test_streams_match_liger(device, assert_close):
     torch.manual_seed(0)
     t, n, c = 3, 4, 40
-    x, y = torch.randn(t, n, c).bfloat16(), torch.randn(t, c).bfloat16()
-    pre, post = torch.rand(t, n), 2 * torch.rand(t, n)
-    res = torch.softmax(torch.randn(t, n, n), -1)
+    x, y = torch.randn(t, n, c).bfloat16().to(device), torch.randn(t, c).bfloat16().to(device)
+    pre, post = torch.rand(t, n, device=device), 2 * torch.rand(t, n, device=device)
+    res = torch.softmax(torch.randn(t, n, n, device=device), -1)
     assert_close(ops.pre_aggregate(x, pre), liger.liger_mhc_pre(x, pre), 1e-2, "liger-pre")  # bf16 outputs
     assert_close(ops.post_residual(x, y, post, res),
                  liger.liger_mhc_post_res(x, y, post, res.transpose(-1, -2).contiguous()), 1e-2, "liger-post")

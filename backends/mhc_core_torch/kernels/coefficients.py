@@ -91,8 +91,11 @@ def _coeff_fwd_kernel(
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    t_first = tl.program_id(0).to(tl.int64) * BT  # int64: t * K passes 2^31
+    tt = tl.arange(0, BT)
+    t = t_first + tt
     tmask = t < T
+    x_blk = x_ptr + t_first * K              # int64 scalar base; int32 offsets within the block
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
     ri, ro, rvalid, rcol = _res_cols(n, R)
 
@@ -103,7 +106,7 @@ def _coeff_fwd_kernel(
     for k0 in range(0, K, BK):  # one sweep over x: (x/m) @ phi and sum((x/m)^2) together
         k = k0 + tl.arange(0, BK)
         kmask = k < K
-        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
+        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
         pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
         pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
         # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing (an inexact
@@ -162,7 +165,7 @@ def _gate_bwd_kernel(
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
     BT: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: t * W, pid * W past 2^31 at long T
     t = pid * BT + tl.arange(0, BT)
     tmask = t < T
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
@@ -223,39 +226,55 @@ def _gate_bwd_kernel(
 @triton.jit
 def _x_bwd_kernel(
     x_ptr, phi_ptr, rs_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # rs [T, 2], dphi_part [S, K, W]
-    T, n, K, W, tokens_per_split,
-    ACC: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+    dx_in_ptr, pre_ptr, dh_ptr,       # the step's other dx terms: dx_in [T, K], pre [T, n], dh [T, C]
+    T, n, C, K, W, tokens_per_split,
+    ADD_DX_IN: tl.constexpr, ADD_PRE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr, STAGES: tl.constexpr,
 ):
     split = tl.program_id(1)
     k = tl.program_id(0) * BK + tl.arange(0, BK)
     kmask = k < K
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
     ri, ro, rvalid, rcol = _res_cols(n, R)
+    stream = k // C                          # x column k = stream * C + channel
+    channel = k - stream * C
     # phi^T tiles for this K block stay in registers for the whole token loop
     pgT = tl.load(phi_ptr + k[None, :] * W + gcol[:, None], mask=gvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
     prT = tl.load(phi_ptr + k[None, :] * W + rcol[:, None], mask=rvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
     dphi_g = tl.zeros((BK, GP), ACC)
     dphi_r = tl.zeros((BK, R * R), ACC)
-    t_start = split * tokens_per_split
+    t_start = split.to(tl.int64) * tokens_per_split  # int64 token index: t * K passes 2^31
     t_end = tl.minimum(t_start + tokens_per_split, T)
-    for t0 in range(t_start, t_end, BT):
-        t = t0 + tl.arange(0, BT)
-        tmask = t < t_end
+    # addresses = (int64 scalar base of the token block) + (int32 offsets within it, < BT * K),
+    # so the per-element offset tiles stay 32-bit and loop-invariant
+    tt = tl.arange(0, BT)
+    x_off = tt[:, None] * K + k[None, :]
+    # STAGES = 2: every load of the next token block is issued asynchronously (cp.async) while
+    # this one computes; the default pipeliner made only the u loads asynchronous here
+    # (PTX: 32 cp.async instead of 8 on sm_80, 77 instead of 26 on sm_90, fewer registers)
+    for t0 in tl.range(t_start, t_end, BT, num_stages=STAGES):
+        tmask = tt < t_end - t0
         xmask = tmask[:, None] & kmask[None, :]
-        xt = tl.load(x_ptr + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(ACC)
-        ug = tl.load(u_ptr + t[:, None] * W + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
-        ur = tl.load(u_ptr + t[:, None] * W + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
-        c = tl.load(c_ptr + t, mask=tmask, other=0.0)
-        inv_m = tl.load(rs_ptr + 2 * t + 1, mask=tmask, other=0.0)
+        xt = tl.load(x_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
+        u_blk = u_ptr + t0 * W + tt[:, None] * W
+        ug = tl.load(u_blk + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
+        ur = tl.load(u_blk + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
+        c = tl.load(c_ptr + t0 + tt, mask=tmask, other=0.0)
+        inv_m = tl.load(rs_ptr + 2 * t0 + 2 * tt + 1, mask=tmask, other=0.0)
         xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
         dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xs
         dx = dx * inv_m[:, None]
-        tl.store(dx_ptr + t[:, None] * K + k[None, :], cast_for_store(dx, dx_ptr), mask=xmask)
+        if ADD_DX_IN:  # the post_residual term, accumulated here instead of by a torch add
+            dx += tl.load(dx_in_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
+        if ADD_PRE:    # the pre_aggregate term pre[stream] * dh[channel]
+            w = tl.load(pre_ptr + t0 * n + (tt[:, None] * n + stream[None, :]), mask=xmask, other=0.0).to(ACC)
+            g = tl.load(dh_ptr + t0 * C + (tt[:, None] * C + channel[None, :]), mask=xmask, other=0.0).to(ACC)
+            dx += w * g
+        tl.store(dx_ptr + t0 * K + x_off, cast_for_store(dx, dx_ptr), mask=xmask)
         xT = tl.trans(xs)
         dphi_g += tl.dot(xT, ug, input_precision=PREC)
         dphi_r += tl.dot(xT, ur, input_precision=PREC)
-    base = dphi_part_ptr + split * K * W + k[:, None] * W
+    base = dphi_part_ptr + split.to(tl.int64) * K * W + k[:, None] * W
     tl.store(base + gcol[None, :], dphi_g, mask=kmask[:, None] & gvalid[None, :])
     tl.store(base + rcol[None, :], dphi_r, mask=kmask[:, None] & rvalid[None, :])
 
@@ -268,15 +287,33 @@ def _x_bwd_kernel(
 # L2, so its token block is large (64: phi traffic ~0.75x the x traffic at n = 4); each
 # x-stream backward program re-reads u [T, W] per K block, so its K block is large (128).
 _BT = 16                     # token block of the gate backward and of the x-stream backward
+_X_BWD_STAGES = 2            # software-pipelined token loop of the x-stream backward
 
 
 def _fwd_blocks(n: int) -> tuple[int, int]:
-    """(token block, K block) of the forward: smaller where the R*R res tile is wide."""
-    return (64, 64) if stream_pad(n) <= 4 else (16, 64)
+    """(token block, K block) of the forward: smaller where the R*R res tile is wide. At
+    n <= 4 a K block of 32 compiles without spills on sm_80 for float32 x (64 spilled) and
+    with ~170 instead of 255 registers (3 CTAs per SM instead of 2; compile_report.md)."""
+    return (64, 32) if stream_pad(n) <= 4 else (16, 64)
 
 
-def _x_bwd_block_k(n: int) -> int:
-    return 128 if stream_pad(n) <= 4 else 64
+def _x_bwd_config(n: int, cc: int) -> tuple[int, int]:
+    """(K block, warps) of the x-stream backward on compute capability cc (80 = A100, 90 =
+    H100), the largest K block ptxas compiles without spilling at n <= 8 and, at n = 16,
+    within sm_80's shared memory (benchmarks/results/compile_report.md): the phi^T tiles and
+    dphi accumulators [(GP + R*R), BK] live in registers for the whole token loop."""
+    R = stream_pad(n)
+    if R <= 4:
+        return (64 if cc >= 90 else 32), 4
+    return (32, 8) if R == 8 else (16, 8)
+
+
+def _capability(device: torch.device) -> int:
+    """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _consts(x: torch.Tensor, n: int):
@@ -318,12 +355,19 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
 
 
 def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, iters: int,
-                     sk_eps: float, post_scale: float):
-    """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype)."""
+                     sk_eps: float, post_scale: float, dx_in=None, pre=None, dh=None):
+    """Gradients (dx [T, n, C] in x.dtype, dphi, dbias, dalpha in the accumulation dtype).
+
+    Given dx_in [T, n, C] and/or (pre [T, n], dh [T, C]), dx also holds dx_in + pre[i] dh
+    (the post_residual and pre_aggregate terms of the whole step's dx), added in the same
+    kernel pass that writes dx: one dx buffer, no elementwise torch op over [T, n, C]."""
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
-    consts, prec = _consts(x, n)
     f = z.dtype
+    if T == 0:  # empty batch: nothing to launch (and no token split to size)
+        return torch.empty_like(x), phi.new_zeros(phi.shape, dtype=f), bias.new_zeros(bias.shape, dtype=f), \
+            alpha.new_zeros(alpha.shape, dtype=f)
+    consts, prec = _consts(x, n)
     n_tb = triton.cdiv(T, _BT)
     u, c = torch.empty_like(z), z.new_empty((T,))
     dbias_part = x.new_empty((n_tb, W), dtype=f)
@@ -334,16 +378,20 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
     # token splits so that (K blocks x splits) about fills the device
-    bk = _x_bwd_block_k(n)
+    bk, warps = _x_bwd_config(n, _capability(x.device))
+    consts["num_warps"] = warps
     n_kb = triton.cdiv(K, bk)
     splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))
     tokens_per_split = triton.cdiv(n_tb, splits) * _BT
     splits = triton.cdiv(T, tokens_per_split)
     dx = torch.empty_like(x)
     dphi_part = x.new_empty((splits, K, W), dtype=f)
+    add_pre = pre is not None and dh is not None
     _x_bwd_kernel[(n_kb, splits)](
-        x, phi.contiguous(), rs, u, c, dx, dphi_part, T, n, K, W, tokens_per_split,
-        PREC=prec, BT=_BT, BK=bk, **consts)
+        x, phi.contiguous(), rs, u, c, dx, dphi_part,
+        x if dx_in is None else dx_in.contiguous(), pre if add_pre else x, dh.contiguous() if add_pre else x,
+        T, n, C, K, W, tokens_per_split, ADD_DX_IN=dx_in is not None, ADD_PRE=add_pre,
+        PREC=prec, BT=_BT, BK=bk, STAGES=_X_BWD_STAGES, **consts)
     return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
 
 

@@ -26,7 +26,7 @@ from ._common import cast_for_store, first_order_only, next_pow2, torch_acc_dtyp
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _pre_fwd_kernel(x_ptr, pre_ptr, h_ptr, n, C, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     i = tl.arange(0, NP)
     cmask, imask = c < C, i < n
@@ -38,12 +38,13 @@ def _pre_fwd_kernel(x_ptr, pre_ptr, h_ptr, n, C, ACC: tl.constexpr, NP: tl.const
 
 @triton.jit
 def _pre_bwd_kernel(x_ptr, pre_ptr, dh_ptr, dx_ptr, dpre_ptr, n, C,
-                    ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    t = tl.program_id(0)
+                    WRITE_DX: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
     i = tl.arange(0, NP)
     imask = i < n
-    w = tl.load(pre_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
-    dw = tl.zeros((NP,), ACC)
+    if WRITE_DX:
+        w = tl.load(pre_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
+    dw = tl.zeros((NP, BC), ACC)  # elementwise partial products, reduced once after the loop
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cmask = c < C
@@ -51,9 +52,10 @@ def _pre_bwd_kernel(x_ptr, pre_ptr, dh_ptr, dx_ptr, dpre_ptr, n, C,
         offs = t * n * C + i[:, None] * C + c[None, :]
         x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(ACC)
         dh = tl.load(dh_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)
-        tl.store(dx_ptr + offs, cast_for_store(w[:, None] * dh[None, :], dx_ptr), mask=m2)
-        dw += tl.sum(x * dh[None, :], axis=1)
-    tl.store(dpre_ptr + t * n + i, dw, mask=imask)
+        if WRITE_DX:  # else the caller adds pre[i] dh into its own dx buffer (ops.step)
+            tl.store(dx_ptr + offs, cast_for_store(w[:, None] * dh[None, :], dx_ptr), mask=m2)
+        dw += x * dh[None, :]
+    tl.store(dpre_ptr + t * n + i, tl.sum(dw, axis=1), mask=imask)
 
 
 # ----------------------------------------------------------------------------------------
@@ -82,9 +84,20 @@ def pre_aggregate_bwd(x, pre, dh):
     dpre = x.new_empty((T, n), dtype=torch_acc_dtype(x.dtype))
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        _pre_bwd_kernel[(T,)](x, pre, dh.contiguous(), dx, dpre, n, C, ACC=acc, NP=next_pow2(n),
-                              BC=_block_c(n, C))
+        _pre_bwd_kernel[(T,)](x, pre, dh.contiguous(), dx, dpre, n, C, WRITE_DX=True, ACC=acc,
+                              NP=next_pow2(n), BC=_block_c(n, C))
     return dx, dpre
+
+
+def pre_aggregate_dpre(x, dh):
+    """dpre [T, n] = <x[t, i], dh[t]> alone (accumulation dtype): reads x and dh, writes no dx."""
+    T, n, C = x.shape
+    dpre = x.new_empty((T, n), dtype=torch_acc_dtype(x.dtype))
+    if T:
+        acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+        _pre_bwd_kernel[(T,)](x, x, dh.contiguous(), x, dpre, n, C, WRITE_DX=False, ACC=acc,
+                              NP=next_pow2(n), BC=_block_c(n, C))
+    return dpre
 
 
 # ----------------------------------------------------------------------------------------

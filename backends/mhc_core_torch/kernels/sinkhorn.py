@@ -153,7 +153,7 @@ def sinkhorn_tile_bwd(L, G, valid, iters, eps, LOG: tl.constexpr):
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _tile_offsets(pid, T, n, BT: tl.constexpr, R: tl.constexpr):
-    t = pid * BT + tl.arange(0, BT)[:, None, None]
+    t = pid.to(tl.int64) * BT + tl.arange(0, BT)[:, None, None]  # int64: t * n * n offsets
     i = tl.arange(0, R)[None, :, None]
     o = tl.arange(0, R)[None, None, :]
     valid = (i < n) & (o < n)

@@ -1,0 +1,137 @@
+"""One command for a CUDA machine with no network: `make gpu-check` (this script).
+
+    python benchmarks/gpu_check.py            # CUDA GPU, its own torch + triton preinstalled
+    SMOKE=1 python benchmarks/gpu_check.py    # the same steps on the CPU, Triton interpreter,
+                                              # tiny shapes (what CI runs; figures meaningless)
+
+Steps, each with its own time limit (the whole run stays under 8 minutes), every output in
+one folder benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/):
+1. install what the machine lacks from the git-ignored `.whl/` folder, offline
+   (`pip install --no-index --find-links .whl`); `make wheels` fills it on a machine with
+   network (see WHEELS below). Installed packages are never upgraded or replaced;
+2. `pytest -m gpu tests/triton` (SMOKE: the empty-batch and one-dx-buffer tests on the CPU);
+3. `bench_mhc.py` at n = 4, C in {1024, 4096, 7168}, tokens in {4096, 16384, 65536}, bf16,
+   fwd and fwd+bwd, ours vs liger-kernel and the reference, with the device's copy
+   bandwidth measured in the same process (SMOKE: `--interpret-smoke`, tiny shape);
+4. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
+   figures are. Exit status 1 when a step failed.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WHEEL_DIR = ROOT / ".whl"
+# (import name, distribution, pip flags): what a GPU box with its own torch may lack.
+# --no-deps where the wheel would otherwise pull torch / triton over the preinstalled ones.
+WHEELS = [
+    ("array_api_compat", "array-api-compat", []),
+    ("numpy", "numpy", []),
+    ("pytest", "pytest", []),
+    ("liger_kernel", "liger-kernel", ["--no-deps"]),
+]
+LIMITS_S = {"install": 120, "pytest": 180, "bench": 300}  # sum < 8 minutes with start-up
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "backends"), env.get("PYTHONPATH", "")])
+    if env.get("SMOKE") == "1":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def _run(cmd: list[str], log: Path, limit_s: int, env: dict) -> dict:
+    """Run cmd, output to log; {'ok', 'rc', 'seconds', 'log'} (rc 124 on timeout)."""
+    t0 = time.time()
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=limit_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+            f.write(f"\n[gpu_check] timed out after {limit_s} s\n")
+    return {"ok": rc == 0, "rc": rc, "seconds": round(time.time() - t0, 1), "log": log.name}
+
+
+def install_missing(out: Path, env: dict) -> dict:
+    """pip install, offline from .whl/, each listed package whose import is missing."""
+    missing = [(dist, flags) for mod, dist, flags in WHEELS if importlib.util.find_spec(mod) is None]
+    log = out / "install.txt"
+    if not missing:
+        log.write_text("nothing missing: " + ", ".join(d for _, d, _ in WHEELS) + " importable\n")
+        return {"ok": True, "rc": 0, "seconds": 0.0, "log": log.name, "installed": []}
+    if not WHEEL_DIR.is_dir():
+        log.write_text(f"missing {[d for d, _ in missing]} and no {WHEEL_DIR}: run `make wheels` where there is "
+                       "network and copy .whl/ here\n")
+        return {"ok": False, "rc": 1, "seconds": 0.0, "log": log.name, "installed": []}
+    results = []
+    for dist, flags in missing:
+        r = _run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEEL_DIR), *flags, dist],
+                 out / f"install_{dist}.txt", LIMITS_S["install"], env)
+        results.append((dist, r))
+    log.write_text("".join(f"{d}: rc {r['rc']} (install_{d}.txt)\n" for d, r in results))
+    return {"ok": all(r["ok"] for _, r in results), "rc": max(r["rc"] for _, r in results),
+            "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
+
+
+def main() -> int:
+    smoke = os.environ.get("SMOKE") == "1"
+    env = _env()
+    import torch  # the machine's own torch (CUDA build on a GPU box)
+
+    if not smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run `make gpu-check SMOKE=1` for the CPU smoke run")
+        return 1
+    device = "cpu-interpreter" if smoke else torch.cuda.get_device_name(0).replace(" ", "_").lower()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M")
+    out = Path(os.environ.get("GPU_CHECK_OUT") or HERE / "results" / ("gpu_check_smoke" if smoke
+                                                                       else f"gpu_check_{device}_{stamp}"))
+    out.mkdir(parents=True, exist_ok=True)
+    steps = {"install": install_missing(out, env)}
+
+    py = sys.executable
+    if smoke:
+        tests = ["tests/triton/test_triton_empty_batch.py", "tests/triton/test_triton_step.py::"
+                 "test_step_backward_has_no_torch_elementwise_over_x", "tests/triton/test_triton_gpu_shapes.py"]
+    else:
+        tests = ["-m", "gpu", "tests/triton"]
+    steps["pytest"] = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
+                           out / "pytest.txt", LIMITS_S["pytest"], env)
+    bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench"]
+    # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
+    bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
+        "--channels", "1024", "4096", "7168", "--tokens", "4096", "16384", "65536",
+        "--impls", "ours-triton,reference,liger"]
+    steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "device": device, "smoke": smoke, "torch": torch.__version__, "python": sys.version.split()[0],
+            "triton": getattr(importlib.util.find_spec("triton"), "name", None) and __import__("triton").__version__,
+            "cuda": torch.version.cuda, "steps": steps}
+    (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
+    lines = [f"# gpu_check {'(SMOKE: CPU interpreter, times meaningless)' if smoke else ''}", "",
+             f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
+             "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
+    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"results in {out}")
+    return 0 if all(v["ok"] for v in steps.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

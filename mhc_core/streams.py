@@ -30,7 +30,8 @@ def pre_aggregate(x, pre):
     lead = checks.shape_of(x)[:-2]
     checks.expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
     cdt = ops.compute_dtype(x)
-    h = ops.sum(ops.expand_dims(ops.astype(pre, cdt), axis=-1) * ops.astype(x, cdt), axis=-2)
+    # [..., 1, n] @ [..., n, C]: one pass over x, no [..., n, C] product temporary
+    h = ops.matmul(ops.expand_dims(ops.astype(pre, cdt), axis=-2), ops.astype(x, cdt))[..., 0, :]
     return ops.astype(h, x.dtype)
 
 

@@ -23,7 +23,7 @@ import math
 import array_api_compat
 
 SUBSET = (
-    "abs", "astype", "broadcast_to", "exp", "expand_dims", "eye", "isfinite", "log",
+    "abs", "astype", "broadcast_to", "concat", "exp", "expand_dims", "eye", "isfinite", "log",
     "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
@@ -106,6 +106,7 @@ class _MLXOps(Ops):
 
     def __init__(self, xp):
         self.matrix_transpose = lambda x: xp.swapaxes(x, -1, -2)
+        self.concat = lambda arrays, axis=0: xp.concatenate(list(arrays), axis=axis)
         self.astype = lambda x, dtype: x.astype(dtype)
         self.isfinite = xp.isfinite
         super().__init__(xp, "mlx")

@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-import mhc_core
+
+from .autograd import step as _coefficient_node_step
 
 IMPLS = ("auto", "reference", "triton")
 _KERNELS = "mhc_core_torch.kernels"
@@ -93,7 +94,8 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
 
 
 def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, layer_kwargs: dict):
-    """mhc_core.step on torch tensors; autograd differentiates through it.
+    """mhc_core.step on torch tensors, the coefficients recorded as one autograd node
+    (mhc_core's explicit backward, autograd.py); autograd handles the two matmuls.
 
     Under torch.autocast the mixing (coefficients, Sinkhorn, pre/post matmuls) runs with
     autocast off, in float32 as mhc_core intends (paper Eq. 10-19; autocast would run its
@@ -102,7 +104,7 @@ def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: 
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     dev = x.device.type
     if not torch.is_autocast_enabled(dev):
-        return mhc_core.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+        return _coefficient_node_step(x, f, phi, bias, alpha, variant=variant, **cfg)
     dtype = torch.get_autocast_dtype(dev)
 
     def f_autocast(h):
@@ -110,7 +112,7 @@ def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: 
             return f(h)
 
     with torch.autocast(dev, enabled=False):
-        return mhc_core.step(x, f_autocast, phi, bias, alpha, variant=variant, **cfg)
+        return _coefficient_node_step(x, f_autocast, phi, bias, alpha, variant=variant, **cfg)
 
 
 def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, impl: str = "auto",

@@ -35,7 +35,9 @@ import mhc_core
 from mhc_core import checks
 from mhc_core.config import MHCConfig
 
-IMPLS = ("auto", "reference")
+from . import autograd as mlx_autograd
+
+IMPLS = ("auto", "reference", "custom_vjp")
 
 
 def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> mx.array:
@@ -71,16 +73,19 @@ def _channels(dim) -> int:
 
 
 @lru_cache(maxsize=None)
-def _compiled_mixing(variant: str, cfg: tuple) -> tuple[Callable, Callable]:
+def _compiled_mixing(variant: str, cfg: tuple, custom_vjp: bool = False) -> tuple[Callable, Callable]:
     """(mix_in, mix_out) compiled for one variant and config (a sorted items tuple).
 
     mix_in(x, phi, bias, alpha) -> (h [..., C], post [..., n], res [..., n, n])
     mix_out(x, y, post, res)    -> out [..., n, C]
+    custom_vjp: the coefficients with mhc_core's explicit vjp (autograd.py) instead of
+    MLX differentiating their ops.
     """
     kw = dict(cfg)
+    coefficients = mlx_autograd.coefficients if custom_vjp else mhc_core.coefficients
 
     def mix_in(x, phi, bias, alpha):
-        pre, post, res = mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **kw)
+        pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **kw)
         return mhc_core.pre_aggregate(x, pre), post, res
 
     return mx.compile(mix_in), mx.compile(mhc_core.post_residual)
@@ -97,8 +102,9 @@ class MHC(nn.Module):
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
         init: optional {'phi', 'bias', 'alpha'} (numpy or mlx arrays) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
-        impl: 'auto' or 'reference'; both run the mhc_core ops (MLX has one path; the
-            argument exists for symmetry with the torch backend).
+        impl: 'auto' / 'reference' (MLX differentiates the mhc_core ops; measured the
+            faster on MLX, see benchmarks/results/cpu_ratios.md) or 'custom_vjp' (the
+            coefficients as one `mx.custom_function` with mhc_core's explicit backward).
         compiled: run the mixing math through `mx.compile` (same numbers as eager).
 
     Forward: x [..., n, C] -> [..., n, C].
@@ -154,9 +160,11 @@ class MHC(nn.Module):
         if self.variant == "residual":
             return mhc_core.residual_step(x, self.layer)
         cfg = self.config.as_dict()
+        custom_vjp = self.impl == "custom_vjp"
         if not self.compiled:
-            return mhc_core.step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
-        mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())))
+            step = mlx_autograd.step if custom_vjp else mhc_core.step
+            return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
+        mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())), custom_vjp)
         h, post, res = mix_in(x, self.phi, self.bias, self.alpha)  # [..., C], [..., n], [..., n, n]
         return mix_out(x, self.layer(h), post, res)  # [..., n, C]
 

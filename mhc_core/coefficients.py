@@ -36,37 +36,40 @@ def _projection(ops, x, phi, rms_eps):
     v_hat = 0) and eps / s**2 never does (t <= 1). |u| <= 1, so the sum is exact enough.
     The result does not depend on s, so its gradient through s is zero in exact math
     (`_projection_backward` holds s fixed). The per-token scale r = 1 / sqrt(...) is
-    applied after the matmul (paper Eq. 14-15), so no normalised copy of x is made.
-    saved = (v [..., n*C], phi [n*C, m], s [..., 1], r [..., 1], z [..., m]).
+    applied after the matmul (paper Eq. 14-15) and sum(u**2) is a batched dot, so the
+    only x-sized array made is u. saved = (u [..., n*C], phi [n*C, m], s, r [..., 1], z).
     """
     n, c = checks.shape_of(x)[-2:]
     cdt = ops.compute_dtype(x)
     v = ops.reshape(ops.astype(x, cdt), checks.shape_of(x)[:-2] + (n * c,))  # [..., n*C]
     root_eps = math.sqrt(rms_eps)
-    s = ops.max(ops.abs(v), axis=-1, keepdims=True) + root_eps  # [..., 1], > 0 unless v = 0, eps = 0
+    top, neg = ops.max(v, axis=-1, keepdims=True), -ops.min(v, axis=-1, keepdims=True)
+    s = ops.where(top >= neg, top, neg) + root_eps  # max|v| + sqrt(eps) [..., 1], no |v| temporary
     u, t = v / s, root_eps / s
-    r = ops.rsqrt(ops.mean(u * u, axis=-1, keepdims=True) + t * t)  # [..., 1]
+    sum_sq = ops.matmul(ops.expand_dims(u, axis=-2), ops.expand_dims(u, axis=-1))[..., 0]  # [..., 1]
+    r = ops.rsqrt(sum_sq / (n * c) + t * t)  # [..., 1]
     phi = ops.astype(phi, cdt)
     z = ops.matmul(u, phi) * r  # [..., n*n + 2n]
-    return z, cdt, (v, phi, s, r, z)
+    return z, cdt, (u, phi, s, r, z)
 
 
 def _projection_backward(ops, saved, dz):
     """(dv [..., n*C], dphi [n*C, m]) from dz [..., m], for `_projection`'s saved values.
 
-    With s fixed, v_hat = u * r pulls back g = dz @ phi^T as
-    dv = (r / s) * (g - (k / s) * v),  k = r * sum(dz * z) / (n*C)
-    (sum(g * u) = sum(dz * z) / r, so the norm's term needs no pass over x), and
-    dphi = sum over tokens of v (r / s dz)^T. Every factor stays in range at any |x|.
+    With s fixed, z = (u @ phi) * r and v = s * u. Writing w = r * dz:
+    du = w @ phi^T - k * u,  k = r**2 * sum(dz * z) / (n*C)
+    (sum((w @ phi^T) * u) = sum(dz * z), so the norm's term needs no pass over x),
+    dv = du / s (folded into the per-token factors), dphi = sum over tokens of u w^T.
+    u is in [-1, 1] and 1 / s only scales per-token factors, so nothing overflows or
+    underflows before the result does at any |x|.
     """
-    v, phi, s, r, z = saved
-    width = checks.shape_of(v)[-1]
-    rs = r / s  # [..., 1]
-    k_s = r * ops.sum(dz * z, axis=-1, keepdims=True) / (width * s)  # [..., 1]
-    dv = rs * (ops.matmul(dz, ops.matrix_transpose(phi)) - k_s * v)  # [..., n*C]
+    u, phi, s, r, z = saved
+    width = checks.shape_of(u)[-1]
+    w = r * dz  # [..., m]
+    k_s = r * r * ops.sum(dz * z, axis=-1, keepdims=True) / (width * s)  # k / s [..., 1]
     m = checks.shape_of(dz)[-1]
-    dphi = ops.matmul(ops.matrix_transpose(ops.reshape(v, (-1, width))), ops.reshape(dz * rs, (-1, m)))
-    return dv, dphi
+    dphi = ops.matmul(ops.matrix_transpose(ops.reshape(u, (-1, width))), ops.reshape(w, (-1, m)))
+    return ops.matmul(w / s, ops.matrix_transpose(phi)) - k_s * u, dphi
 
 
 def coefficients(

@@ -52,6 +52,10 @@ class Ops:
     def is_floating(self, x) -> bool:
         return self.xp.isdtype(x.dtype, "real floating")
 
+    def astype(self, x, dtype):
+        """x itself when it already has `dtype` (no copy), else a converted copy."""
+        return x if x.dtype == dtype else self.xp.astype(x, dtype)
+
     def compute_dtype(self, x):
         """float64 stays float64; every other float (bf16, fp16, fp32) computes in float32."""
         return self.float64 if x.dtype == self.float64 else self.float32

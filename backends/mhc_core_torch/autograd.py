@@ -1,17 +1,22 @@
-"""Autograd glue: mhc_core's coefficients as one `torch.autograd.Function` node.
+"""Autograd glue: one mHC step as three `torch.autograd.Function` nodes.
 
     pre [..., n], post [..., n], res [..., n, n] = Coefficients.apply(x [..., n, C], phi, bias, alpha, ...)
+    h [..., C]      = PreAggregate.apply(x, pre)
+    out [..., n, C] = PostResidual.apply(x, y, post, res)
 
-Forward and backward are `mhc_core.coefficients_forward` / `coefficients_backward` (the
-math and its derivative, written once on the array API); this file only registers them,
-so autograd records one node instead of the ~150 small ops of the projection, the gates
-and 20 Sinkhorn rounds.
+Forward and backward are mhc_core's (`coefficients_forward` / `coefficients_backward`,
+`pre_aggregate` / `pre_aggregate_backward`, `post_residual` / `post_residual_backward`:
+the math and its derivative, written once on the array API); this file only registers
+them, so autograd records three nodes instead of the ~150 small ops of the projection, the
+gates and 20 Sinkhorn rounds, and their many saved temporaries.
 
-Where the arrays run. The coefficient math is dozens of ops on tiny [..., n, n] tensors,
-so on the CPU its cost is per-op dispatch, which numpy's is several times smaller than
-eager torch's. Eager CPU calls therefore run the same mhc_core functions on numpy views
-of the tensors (zero-copy; float32 or float64, the compute dtype), unless x is large
-(then torch's multi-threaded kernels win). Under `torch.compile` (and on any other
+Where the arrays run. On the CPU, eager torch pays a per-op dispatch cost that dominates
+the coefficients' dozens of ops on tiny [n, n, T] arrays, and its batched matmul over
+thousands of 4 x 4 (or 1 x 4) matrices runs at a fraction of memory bandwidth; numpy does
+both several times faster (benchmarks/results/cpu_ratios.md). Eager CPU calls therefore
+run the same mhc_core functions on numpy views of the tensors (zero-copy in float32 /
+float64; other dtypes are converted to the compute dtype, float32, first). Set
+`NUMPY_MAX_ELEMENTS = 0` to keep them on torch. Under `torch.compile` (and on any other
 device) they run on torch tensors, so the graph is traced and fused as usual.
 """
 from __future__ import annotations
@@ -25,9 +30,10 @@ from torch.autograd.function import once_differentiable
 import mhc_core
 from mhc_core import checks
 from mhc_core.coefficients import coefficients_backward, coefficients_forward
+from mhc_core.streams import post_residual_backward, pre_aggregate_backward
 
-# Eager CPU inputs with at most this many elements run their coefficient math on numpy.
-NUMPY_MAX_ELEMENTS = 1 << 20
+# Eager CPU calls whose x has at most this many elements run their math on numpy views.
+NUMPY_MAX_ELEMENTS = 1 << 40
 _NUMPY_OPS = mhc_core.namespace(np.zeros(1))
 
 
@@ -37,6 +43,15 @@ def _runs_on_numpy(x: torch.Tensor) -> bool:
 
 def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return t.detach().to(dtype).numpy()
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _tensors(arrays, dtypes) -> tuple:
+    """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches)."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
 
 
 class Coefficients(torch.autograd.Function):
@@ -49,8 +64,8 @@ class Coefficients(torch.autograd.Function):
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
         ctx.on_numpy = _runs_on_numpy(x)
         if ctx.on_numpy:
-            cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-            ctx.cdt = cdt
+            cdt = ctx.cdt = _compute_dtype(x)
+            ctx.save_for_backward(x)  # only so autograd checks x is not modified in place
             outs, saved = coefficients_forward(_NUMPY_OPS, *(_np(t, cdt) for t in (x, phi, bias, alpha)),
                                                variant=variant, **cfg)
             ctx.saved_numpy = saved
@@ -64,12 +79,59 @@ class Coefficients(torch.autograd.Function):
     def backward(ctx, dpre, dpost, dres):
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.eps, "post_scale": ctx.post_scale}
         if ctx.on_numpy:
+            ctx.saved_tensors  # noqa: B018  (raises if x was modified in place)
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
             grads = [torch.from_numpy(np.ascontiguousarray(g))
                      for g in coefficients_backward(_NUMPY_OPS, ctx.saved_numpy, *cots, **kw)]
         else:
             grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors, dpre, dpost, dres, **kw)
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
+
+
+class PreAggregate(torch.autograd.Function):
+    """h = `mhc_core.pre_aggregate(x, pre)`, backward `mhc_core.pre_aggregate_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, pre):
+        ctx.save_for_backward(x, pre)
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
+        return mhc_core.pre_aggregate(x, pre)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        x, pre = ctx.saved_tensors
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
+            return _tensors(grads, (x.dtype, pre.dtype))
+        dx, dpre = pre_aggregate_backward(mhc_core.namespace(x), x, pre, dh)
+        return dx.to(x.dtype), dpre.to(pre.dtype)
+
+
+class PostResidual(torch.autograd.Function):
+    """out = `mhc_core.post_residual(x, y, post, res)`, backward `post_residual_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, y, post, res):
+        ctx.save_for_backward(x, y, post, res)
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
+        return mhc_core.post_residual(x, y, post, res)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        if _runs_on_numpy(saved[0]):
+            cdt = _compute_dtype(saved[0])
+            grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
+            return _tensors(grads, [a.dtype for a in saved])
+        grads = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
+        return tuple(g.to(a.dtype) for g, a in zip(grads, saved))
 
 
 def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
@@ -85,13 +147,34 @@ def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
     return Coefficients.apply(x, phi, bias, alpha, variant, full)
 
 
+def pre_aggregate(x, pre):
+    """`mhc_core.pre_aggregate` (same checks) as one autograd node: x [..., n, C] -> [..., C]."""
+    ops = mhc_core.namespace(x, pre)
+    n, _ = checks.stream_input(ops, x)
+    checks.float_array(ops, pre, "pre")
+    checks.expect_trailing(pre, (n,), checks.shape_of(x)[:-2], "pre", "one weight per stream of x")
+    return PreAggregate.apply(x, pre)
+
+
+def post_residual(x, y, post, res):
+    """`mhc_core.post_residual` (same checks) as one autograd node -> [..., n, C]."""
+    ops = mhc_core.namespace(x, y, post, res)
+    n, c = checks.stream_input(ops, x)
+    lead = checks.shape_of(x)[:-2]
+    for a, name in ((y, "y"), (post, "post"), (res, "res")):
+        checks.float_array(ops, a, name)
+    checks.expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
+    checks.expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
+    checks.expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    return PostResidual.apply(x, y, post, res)
+
+
 def step(x, f: Callable, phi=None, bias=None, alpha=None, *, variant: str = "mhc", **cfg):
-    """`mhc_core.step` with the coefficients as one autograd node (see `Coefficients`);
-    pre-aggregate and post + residual are mhc_core's (two matmuls autograd handles).
-    x [..., n, C] -> [..., n, C]."""
+    """`mhc_core.step` as three autograd nodes (coefficients, pre-aggregate, post +
+    residual) around the layer: x [..., n, C] -> [..., n, C]."""
     if checks.variant(variant) == "residual":
         return mhc_core.residual_step(x, f)
     checks.layer(f)
     pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **cfg)
-    y = f(mhc_core.pre_aggregate(x, pre))
-    return mhc_core.post_residual(x, y, post, res)
+    y = f(pre_aggregate(x, pre))
+    return post_residual(x, y, post, res)

@@ -86,3 +86,40 @@ def test_coefficients_entry_point_rejects_bad_input():
         ag.coefficients(x, phi[:-1], bias, alpha)
     with pytest.raises(TypeError, match="floating"):
         ag.coefficients(x.detach().long(), phi, bias, alpha)
+
+
+def _mixing_inputs(n=3, c=4, lead=(2, 3), seed=5):
+    rng = np.random.default_rng(seed)
+    shapes = (lead + (n, c), lead + (c,), lead + (n,), lead + (n, n), lead + (n,))  # x, y, post, res, pre
+    return tuple(torch.tensor(rng.normal(size=s), dtype=torch.float64, requires_grad=True) for s in shapes)
+
+
+def test_pre_aggregate_and_post_residual_functions_pass_gradcheck(where):
+    x, y, post, res, pre = _mixing_inputs()
+    assert torch.autograd.gradcheck(ag.pre_aggregate, (x, pre))
+    assert torch.autograd.gradcheck(ag.post_residual, (x, y, post, res))
+
+
+def test_step_matches_autograd_through_the_spec(where, assert_close):
+    """The three-node step: same output and gradients as autograd through mhc_core.step."""
+    n, c = 3, 4
+    x, phi, bias, alpha = _leaves("mhc", n, c, seed=7)
+    w = torch.randn(c, c, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(2, 3, n, c, dtype=torch.float64)
+    leaves = (x, phi, bias, alpha, w)
+    runs = []
+    for step in (ag.step, mhc_core.step):
+        out = step(x, lambda h: torch.tanh(h @ w), phi, bias, alpha, iters=5)
+        runs.append([out] + list(torch.autograd.grad((out * cot).sum(), leaves)))
+    for got, want, name in zip(*runs, ("out", "dx", "dphi", "dbias", "dalpha", "dw")):
+        assert_close(got, want, 1e-12, case=f"step {where} {name}")
+
+
+def test_mixing_entry_points_reject_bad_input():
+    x, y, post, res, pre = _mixing_inputs()
+    with pytest.raises(ValueError, match="pre"):
+        ag.pre_aggregate(x, pre[..., :-1])
+    with pytest.raises(ValueError, match="res"):
+        ag.post_residual(x, y, post, res[..., :-1])
+    with pytest.raises(ValueError, match="y"):
+        ag.post_residual(x, y[..., :-1], post, res)

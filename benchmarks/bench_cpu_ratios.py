@@ -28,17 +28,23 @@ Writes benchmarks/results/cpu_ratios.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# Single-threaded like torch below (and the depth sweep): numpy's BLAS must not start a
+# second thread either (set before numpy is imported).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -168,17 +174,17 @@ def bench_bandwidth(rounds: int) -> dict:
     res, y = torch.rand(t, n, n, requires_grad=True), torch.randn(t, c, requires_grad=True)
     gh, go = torch.randn(t, c), torch.randn(t, n, c)
     p = {k: torch.tensor(v, requires_grad=True) for k, v in mhc_core.init_params(n, c, seed=0).items()}
-    from mhc_core_torch.autograd import coefficients as coefficients_node
+    from mhc_core_torch import autograd as ag  # the nodes MHC's eager CPU path runs
 
     def coef_fb():
-        out = coefficients_node(x, p["phi"], p["bias"], p["alpha"])
+        out = ag.coefficients(x, p["phi"], p["bias"], p["alpha"])
         torch.autograd.backward(out, [torch.ones_like(o) for o in out])
 
     fns = {
-        "pre_aggregate fwd": lambda: mhc_core.pre_aggregate(x.detach(), pre.detach()),
-        "pre_aggregate fwd+bwd": lambda: mhc_core.pre_aggregate(x, pre).backward(gh),
-        "post_residual fwd": lambda: mhc_core.post_residual(x.detach(), y.detach(), post.detach(), res.detach()),
-        "post_residual fwd+bwd": lambda: mhc_core.post_residual(x, y, post, res).backward(go),
+        "pre_aggregate fwd": lambda: ag.pre_aggregate(x.detach(), pre.detach()),
+        "pre_aggregate fwd+bwd": lambda: ag.pre_aggregate(x, pre).backward(gh),
+        "post_residual fwd": lambda: ag.post_residual(x.detach(), y.detach(), post.detach(), res.detach()),
+        "post_residual fwd+bwd": lambda: ag.post_residual(x, y, post, res).backward(go),
         "coefficients fwd+bwd": coef_fb,
     }
     r = interleaved(fns, rounds, inner=3)

@@ -38,6 +38,10 @@ from mhc_core.config import MHCConfig
 from . import autograd as mlx_autograd
 
 IMPLS = ("auto", "reference", "custom_vjp")
+# impl='auto' takes the custom vjp from this many elements of x up: measured faster for
+# large x (x [2048, 4, 512]), slower for the depth sweep's small ones
+# (benchmarks/results/cpu_ratios.md, mlx section).
+AUTO_CUSTOM_VJP_MIN_ELEMENTS = 1 << 20
 
 
 def _as_param(value, shape: tuple[int, ...], name: str, owner: str) -> mx.array:
@@ -102,9 +106,10 @@ class MHC(nn.Module):
         iters, rms_eps, pre_eps, sinkhorn_eps, post_scale: see `mhc_core.MHCConfig`.
         init: optional {'phi', 'bias', 'alpha'} (numpy or mlx arrays) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
-        impl: 'auto' / 'reference' (MLX differentiates the mhc_core ops; measured the
-            faster on MLX, see benchmarks/results/cpu_ratios.md) or 'custom_vjp' (the
-            coefficients as one `mx.custom_function` with mhc_core's explicit backward).
+        impl: 'reference' (MLX differentiates the mhc_core ops), 'custom_vjp' (the
+            coefficients as one `mx.custom_function` with mhc_core's explicit backward) or
+            'auto': whichever measured faster for x's size (custom_vjp from
+            AUTO_CUSTOM_VJP_MIN_ELEMENTS up; benchmarks/results/cpu_ratios.md). Same math.
         compiled: run the mixing math through `mx.compile` (same numbers as eager).
 
     Forward: x [..., n, C] -> [..., n, C].
@@ -160,7 +165,7 @@ class MHC(nn.Module):
         if self.variant == "residual":
             return mhc_core.residual_step(x, self.layer)
         cfg = self.config.as_dict()
-        custom_vjp = self.impl == "custom_vjp"
+        custom_vjp = self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
         if not self.compiled:
             step = mlx_autograd.step if custom_vjp else mhc_core.step
             return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)

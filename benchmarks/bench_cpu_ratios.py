@@ -267,16 +267,38 @@ def _git(*args):
         return None
 
 
+def _rows(result: dict, prefix: str = "") -> list[str]:
+    """Table rows `| name | median ms | min ms | extra |` for every timed entry, then the
+    ratios (plain floats and dicts of floats) of `result`, recursing into sub-sections."""
+    rows, ratios = [], []
+    for k, v in result.items():
+        if isinstance(v, dict) and "median_ms" in v:
+            extra = f"{v['gbps']:.1f} GB/s, {v['pct_copy']:.0f}% of copy" if "gbps" in v else ""
+            rows.append(f"| {prefix}{k} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {extra} |")
+        elif isinstance(v, dict) and all(isinstance(x, float) for x in v.values()):
+            ratios += [f"| {prefix}{k}: {kk} | {x:.2f} |" for kk, x in v.items()]
+        elif isinstance(v, dict):
+            sub_rows, sub_ratios = _rows(v, f"{prefix}{k} ")
+            rows += sub_rows
+            ratios += sub_ratios
+        elif isinstance(v, float):
+            ratios.append(f"| {prefix}{k} | {v:.2f} |")
+    return rows, ratios
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = ["# CPU cost ratios: mHC vs HC vs residual (one process, interleaved)", "",
-             f"date {env['date']}, commit {env['commit']}, {env['machine']}, torch {env['torch']}, "
-             f"torch threads {env['torch_threads']}, rounds {env['rounds']}", "",
-             "Medians over interleaved rounds; `uptime` before/after each section is the machine's load "
-             "(a shared 2-core machine: absolute times are noisy, ratios much less so).", ""]
+             f"`{env['command']}` - date {env['date']}, commit {env['commit']}{' (+ uncommitted changes)' if env.get('dirty') else ''}, "
+             f"{env['machine']}, torch {env['torch']}, torch threads {env['torch_threads']}, rounds {env['rounds']}.", "",
+             "Medians (and minima) over interleaved rounds, fwd+bwd unless named otherwise; `uptime` before and "
+             "after each section is the machine's load (a shared 2-core machine: absolute times are noisy, "
+             "ratios of contenders timed in the same rounds much less so). Raw numbers: the .json beside this file.", ""]
     for name, sec in report["sections"].items():
-        lines += [f"## {name}", "", f"load before: `{sec['uptime_before']}`  ", f"load after: `{sec['uptime_after']}`", ""]
-        lines += ["```", json.dumps(sec["result"], indent=1, default=float), "```", ""]
+        rows, ratios = _rows(sec["result"])
+        lines += [f"## {name}", "", f"load before: `{sec['uptime_before']}`  ", f"load after: `{sec['uptime_after']}`", "",
+                  "| contender | median ms | min ms | |", "|---|---|---|---|", *rows, "",
+                  "| ratio | value |", "|---|---|", *ratios, ""]
     return "\n".join(lines)
 
 
@@ -286,7 +308,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in the block section")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_ratios"))
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md of an existing results .json")
     args = ap.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())) + "\n")
+        return 0
 
     import torch
 

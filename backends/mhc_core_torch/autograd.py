@@ -42,7 +42,14 @@ def _runs_on_numpy(x: torch.Tensor) -> bool:
 
 
 def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A numpy view of an activation (zero-copy when it already has `dtype`)."""
     return t.detach().to(dtype).numpy()
+
+
+def _np_param(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A numpy copy of a parameter: `.numpy()` marks a tensor's storage non-resizable for
+    good, and FSDP frees and re-gathers parameter storage by resizing it."""
+    return t.detach().to(dtype).clone().numpy()
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -66,7 +73,7 @@ class Coefficients(torch.autograd.Function):
         if ctx.on_numpy:
             cdt = ctx.cdt = _compute_dtype(x)
             ctx.save_for_backward(x)  # only so autograd checks x is not modified in place
-            outs, saved = coefficients_forward(_NUMPY_OPS, *(_np(t, cdt) for t in (x, phi, bias, alpha)),
+            outs, saved = coefficients_forward(_NUMPY_OPS, _np(x, cdt), *(_np_param(t, cdt) for t in (phi, bias, alpha)),
                                                variant=variant, **cfg)
             ctx.saved_numpy = saved
             return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
@@ -81,8 +88,10 @@ class Coefficients(torch.autograd.Function):
         if ctx.on_numpy:
             ctx.saved_tensors  # noqa: B018  (raises if x was modified in place)
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
-            grads = [torch.from_numpy(np.ascontiguousarray(g))
-                     for g in coefficients_backward(_NUMPY_OPS, ctx.saved_numpy, *cots, **kw)]
+            dx, *param_grads = coefficients_backward(_NUMPY_OPS, ctx.saved_numpy, *cots, **kw)
+            # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
+            # a .grad's storage, which a numpy-backed tensor does not allow
+            grads = [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.tensor(g) for g in param_grads]
         else:
             grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors, dpre, dpost, dres, **kw)
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)

@@ -56,9 +56,12 @@ def post_residual(x, y, post, res):
     checks.expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
     checks.expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
     cdt = ops.compute_dtype(x)
-    mixed = ops.matmul(ops.matrix_transpose(ops.astype(res, cdt)), ops.astype(x, cdt))
-    out = mixed + ops.expand_dims(ops.astype(post, cdt), axis=-1) * ops.expand_dims(ops.astype(y, cdt), axis=-2)
-    return ops.astype(out, x.dtype)
+    # one matmul over n + 1 "streams": [res^T | post] @ [x ; y]  ([..., n, n+1] @ [..., n+1, C]),
+    # cheaper than a matmul plus an x-sized outer product and sum
+    mix = ops.concat([ops.matrix_transpose(ops.astype(res, cdt)), ops.expand_dims(ops.astype(post, cdt), axis=-1)],
+                     axis=-1)
+    src = ops.concat([ops.astype(x, cdt), ops.expand_dims(ops.astype(y, cdt), axis=-2)], axis=-2)
+    return ops.astype(ops.matmul(mix, src), x.dtype)
 
 
 def post_residual_backward(ops, x, y, post, res, dout):

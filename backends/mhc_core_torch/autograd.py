@@ -72,10 +72,11 @@ class Coefficients(torch.autograd.Function):
         ctx.on_numpy = _runs_on_numpy(x)
         if ctx.on_numpy:
             cdt = ctx.cdt = _compute_dtype(x)
-            ctx.save_for_backward(x)  # only so autograd checks x is not modified in place
             outs, saved = coefficients_forward(_NUMPY_OPS, _np(x, cdt), *(_np_param(t, cdt) for t in (phi, bias, alpha)),
                                                variant=variant, **cfg)
-            ctx.saved_numpy = saved
+            # saved as tensors (zero-copy) so saved-tensor hooks see them (checkpointing drops
+            # them, memory accounting counts them); x itself so an in-place change is caught
+            ctx.save_for_backward(x, *(torch.from_numpy(np.asarray(a)) for a in saved))
             return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
         outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
         ctx.save_for_backward(*saved)
@@ -86,9 +87,9 @@ class Coefficients(torch.autograd.Function):
     def backward(ctx, dpre, dpost, dres):
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.eps, "post_scale": ctx.post_scale}
         if ctx.on_numpy:
-            ctx.saved_tensors  # noqa: B018  (raises if x was modified in place)
+            saved = tuple(t.numpy() for t in ctx.saved_tensors[1:])  # [0] is x: raises if modified in place
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
-            dx, *param_grads = coefficients_backward(_NUMPY_OPS, ctx.saved_numpy, *cots, **kw)
+            dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
             # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
             # a .grad's storage, which a numpy-backed tensor does not allow
             grads = [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.tensor(g) for g in param_grads]

@@ -67,22 +67,26 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     """(m [n, n, T], saved): the projection of token-last `logits [n, n, T]` and what
     `sinkhorn_backward` needs.
 
-    eps > 0: saved = (p, m_1, d_1, ..., m_k, d_k) with p = softmax over each row and, for
-    each of the k = 2 * iters - 1 normalisations after it (columns, rows, ..., columns),
-    its output m_j and denominator d_j = sum(m_{j-1}) + eps.
-    eps = 0: saved = (l_1, ..., l_k), the k = 2 * iters log-domain iterates (rows,
-    columns, ..., columns), m = exp(l_k).
+    eps > 0: saved = (p, ms, row_d, col_d): p = softmax over each row; for each of the
+    k = 2 * iters - 1 normalisations after it (columns, rows, ..., columns) its output
+    m_j (stacked: ms [k, n, n, T]) and denominator d_j = sum(m_{j-1}) + eps (stacked
+    by kind: col_d [iters, 1, n, T] for even j, row_d [iters - 1, n, 1, T] for odd j).
+    eps = 0: saved = (ls,), the 2 * iters log-domain iterates (rows, columns, ...,
+    columns) stacked [2 * iters, n, n, T]; m = exp(ls[-1]).
+    A few stacked arrays rather than ~80 small ones: an autograd node saves them cheaply.
     """
     if eps == 0.0:
         return _sinkhorn_log(ops, logits, iters)
     p = ops.softmax(logits, axis=_ROWS)
     m = p + eps
-    saved = [p]
+    ms, ds = [], []
     for j in range(2 * iters - 1):
         d = ops.sum(m, axis=_linear_axis(j), keepdims=True) + eps
         m = m / d
-        saved += [m, d]
-    return m, tuple(saved)
+        ms.append(m)
+        ds.append(d)
+    row_d = ops.stack(ds[1::2]) if iters > 1 else None
+    return m, (p, ops.stack(ms), ops.stack(ds[0::2])) + ((row_d,) if row_d is not None else ())
 
 
 def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
@@ -94,14 +98,17 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     """
     g = dm
     if eps == 0.0:
-        g = g * ops.exp(saved[-1])  # through m = exp(l_k)
-        for j in range(len(saved) - 1, -1, -1):
-            g = g - ops.exp(saved[j]) * ops.sum(g, axis=_log_axis(j), keepdims=True)
+        (ls,) = saved
+        k = checks.shape_of(ls)[0]
+        g = g * ops.exp(ls[k - 1])  # through m = exp(l_k)
+        for j in range(k - 1, -1, -1):
+            g = g - ops.exp(ls[j]) * ops.sum(g, axis=_log_axis(j), keepdims=True)
         return g
-    p = saved[0]
-    for j in range((len(saved) - 1) // 2 - 1, -1, -1):
-        m, d = saved[1 + 2 * j], saved[2 + 2 * j]
-        g = (g - ops.sum(g * m, axis=_linear_axis(j), keepdims=True)) / d
+    p, ms, col_d = saved[:3]
+    row_d = saved[3] if len(saved) > 3 else None
+    for j in range(checks.shape_of(ms)[0] - 1, -1, -1):
+        d = col_d[j // 2] if j % 2 == 0 else row_d[j // 2]
+        g = (g - ops.sum(g * ms[j], axis=_linear_axis(j), keepdims=True)) / d
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
 
 
@@ -118,8 +125,8 @@ def _log_axis(j: int) -> int:
 def _sinkhorn_log(ops, logits, iters: int):
     """eps = 0: alternating normalisation in the log domain (rows, then columns)."""
     log_m = logits
-    saved = []
+    ls = []
     for j in range(2 * iters):
         log_m = log_m - ops.logsumexp(log_m, axis=_log_axis(j), keepdims=True)
-        saved.append(log_m)
-    return ops.exp(log_m), tuple(saved)
+        ls.append(log_m)
+    return ops.exp(log_m), (ops.stack(ls),)

@@ -13,6 +13,7 @@ from mhc_core_torch import autograd as ag
 CONFIGS = [  # (variant, n, iters, sinkhorn_eps)
     ("mhc", 3, 4, 1e-6),
     ("mhc", 2, 3, 0.0),  # log-domain Sinkhorn
+    ("mhc", 2, 1, 1e-6),  # one round: no row normalisation after the softmax
     ("hc", 3, 4, 1e-6),
 ]
 

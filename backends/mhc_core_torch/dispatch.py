@@ -9,6 +9,9 @@ fallback; only `impl="auto"` falls back.
     "reference" reference                         reference
     "triton"    triton                            RuntimeError (says why)
 
+The reference path is mhc_core's math as three autograd nodes (autograd.py); on the CPU
+it is also the fastest exact path (benchmarks/results/cpu_ratios.md), so "auto" takes it.
+
 The Triton kernels live in `mhc_core_torch.kernels` (issue 3). Adding them takes no change
 here beyond what that package provides: a function
 `mhc_step_triton(x, layer, phi, bias, alpha, *, variant, cfg, layer_kwargs)` with the

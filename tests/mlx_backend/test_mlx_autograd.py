@@ -80,3 +80,22 @@ def test_custom_vjp_entry_point_rejects_bad_input():
         mlx_autograd.coefficients(x, p["phi"], p["bias"], p["alpha"], iters=0)
     with pytest.raises(ValueError, match="phi"):
         mlx_autograd.coefficients(x, p["phi"][:-1], p["bias"], p["alpha"])
+
+
+def test_auto_takes_the_custom_vjp_from_the_size_threshold(monkeypatch):
+    """impl='auto' switches to the custom vjp at AUTO_CUSTOM_VJP_MIN_ELEMENTS (same numbers)."""
+    from mhc_core_mlx import modules
+
+    calls = []
+    real = mlx_autograd.step
+    monkeypatch.setattr(mlx_autograd, "step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    case = CASES[0]
+    out_ref, g_ref = _grads(case, "reference", False)
+    monkeypatch.setattr(modules, "AUTO_CUSTOM_VJP_MIN_ELEMENTS", 1 << 40)
+    _grads(case, "auto", False)
+    assert not calls, "auto below the threshold must use MLX autodiff"
+    monkeypatch.setattr(modules, "AUTO_CUSTOM_VJP_MIN_ELEMENTS", 1)
+    out, g = _grads(case, "auto", False)
+    assert calls, "auto at the threshold must use the custom vjp"
+    for name in sorted(g_ref):
+        assert_close(g[name], g_ref[name], TOL["float64"], "auto", f"d/d{name}")

@@ -24,29 +24,55 @@ import math
 from . import checks
 from .birkhoff import birkhoff_res
 from .config import MHCConfig
-from .sinkhorn import sinkhorn
+from .sinkhorn import from_token_last, sinkhorn_backward, sinkhorn_forward, to_token_last
 from .xp import namespace
 
 _DEFAULT = MHCConfig()
 
 
 def _projection(ops, x, phi, rms_eps):
-    """z = rmsnorm(flatten(x)) @ phi in the compute dtype; returns (z, compute dtype).
+    """(z [..., n*n + 2n], compute dtype, saved): z = rmsnorm(flatten(x)) @ phi.
 
     v_hat = v / sqrt(mean(v**2) + eps) is computed as u / sqrt(mean(u**2) + t**2) with
     u = v / s, t = sqrt(eps) / s, s = max|v| + sqrt(eps): the same value for any s > 0,
     but v**2 never overflows (float32 mean(v**2) is inf once |v| > 1.8e19, which made
     v_hat = 0) and eps / s**2 never does (t <= 1). |u| <= 1, so the sum is exact enough.
-    The result does not depend on s, so its gradient through s is zero in exact math.
+    The result does not depend on s, so its gradient through s is zero in exact math
+    (`_projection_backward` holds s fixed). The per-token scale r = 1 / sqrt(...) is
+    applied after the matmul (paper Eq. 14-15) and sum(u**2) is a batched dot, so the
+    only x-sized array made is u. saved = (u [..., n*C], phi [n*C, m], s, r [..., 1], z).
     """
     n, c = checks.shape_of(x)[-2:]
     cdt = ops.compute_dtype(x)
     v = ops.reshape(ops.astype(x, cdt), checks.shape_of(x)[:-2] + (n * c,))  # [..., n*C]
     root_eps = math.sqrt(rms_eps)
-    s = ops.max(ops.abs(v), axis=-1, keepdims=True) + root_eps  # [..., 1], > 0 unless v = 0, eps = 0
+    top, neg = ops.max(v, axis=-1, keepdims=True), -ops.min(v, axis=-1, keepdims=True)
+    s = ops.where(top >= neg, top, neg) + root_eps  # max|v| + sqrt(eps) [..., 1], no |v| temporary
     u, t = v / s, root_eps / s
-    v_hat = u * ops.rsqrt(ops.mean(u * u, axis=-1, keepdims=True) + t * t)
-    return ops.matmul(v_hat, ops.astype(phi, cdt)), cdt  # [..., n*n + 2n]
+    sum_sq = ops.matmul(ops.expand_dims(u, axis=-2), ops.expand_dims(u, axis=-1))[..., 0]  # [..., 1]
+    r = ops.rsqrt(sum_sq / (n * c) + t * t)  # [..., 1]
+    phi = ops.astype(phi, cdt)
+    z = ops.matmul(u, phi) * r  # [..., n*n + 2n]
+    return z, cdt, (u, phi, s, r, z)
+
+
+def _projection_backward(ops, saved, dz):
+    """(dv [..., n*C], dphi [n*C, m]) from dz [..., m], for `_projection`'s saved values.
+
+    With s fixed, z = (u @ phi) * r and v = s * u. Writing w = r * dz:
+    du = w @ phi^T - k * u,  k = r**2 * sum(dz * z) / (n*C)
+    (sum((w @ phi^T) * u) = sum(dz * z), so the norm's term needs no pass over x),
+    dv = du / s (folded into the per-token factors), dphi = sum over tokens of u w^T.
+    u is in [-1, 1] and 1 / s only scales per-token factors, so nothing overflows or
+    underflows before the result does at any |x|.
+    """
+    u, phi, s, r, z = saved
+    width = checks.shape_of(u)[-1]
+    w = r * dz  # [..., m]
+    k_s = r * r * ops.sum(dz * z, axis=-1, keepdims=True) / (width * s)  # k / s [..., 1]
+    m = checks.shape_of(dz)[-1]
+    dphi = ops.matmul(ops.matrix_transpose(ops.reshape(u, (-1, width))), ops.reshape(w, (-1, m)))
+    return ops.matmul(w / s, ops.matrix_transpose(phi)) - k_s * u, dphi
 
 
 def coefficients(
@@ -72,25 +98,80 @@ def coefficients(
         iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
     iters, rms_eps, pre_eps, sinkhorn_eps, post_scale = (cfg[k] for k in checks.CONFIG_FIELDS)
 
-    z, cdt = _projection(ops, x, phi, rms_eps)
+    return coefficients_forward(ops, x, phi, bias, alpha, variant=variant, iters=iters, rms_eps=rms_eps,
+                                pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Forward with saved values, and its explicit backward (no input checks: `coefficients`
+# checks; backends' autograd Functions call these directly, so autograd records one node)
+# ---------------------------------------------------------------------------------------
+def coefficients_forward(ops, x, phi, bias, alpha, *, variant, iters, rms_eps, pre_eps, sinkhorn_eps,
+                         post_scale):
+    """((pre [..., n], post [..., n], res [..., n, n]), saved) in the compute dtype.
+
+    saved: a tuple of arrays for `coefficients_backward` (the projection's, alpha, the
+    gate activations, and Sinkhorn's iterates for 'mhc').
+    """
+    n = checks.shape_of(x)[-2]
+    z, cdt, proj = _projection(ops, x, phi, rms_eps)
     a = ops.astype(alpha, cdt)
     b = ops.astype(bias, cdt)
     lead = checks.shape_of(z)[:-1]
-    z_pre, z_post, z_res = z[..., :n], z[..., n : 2 * n], z[..., 2 * n :]
-    b_pre, b_post, b_res = b[:n], b[n : 2 * n], b[2 * n :]
 
     if variant == "hc":
-        pre = b_pre + a[0] * ops.tanh(z_pre)
-        post = b_post + a[1] * ops.tanh(z_post)
-        res = ops.reshape(b_res + a[2] * ops.tanh(z_res), lead + (n, n))
-        return pre, post, res
+        th = ops.tanh(z)  # [..., m]
+        pre = b[:n] + a[0] * th[..., :n]
+        post = b[n : 2 * n] + a[1] * th[..., n : 2 * n]
+        res = ops.reshape(b[2 * n :] + a[2] * th[..., 2 * n :], lead + (n, n))
+        return (pre, post, res), proj + (a, th)
 
-    pre = ops.sigmoid(a[0] * z_pre + b_pre) + pre_eps
-    post = post_scale * ops.sigmoid(a[1] * z_post + b_post)
-    if variant == "mhc-lite":  # res from the n! permutation matrices, no Sinkhorn
-        return pre, post, birkhoff_res(a[2] * z_res + b_res, n)
-    res = sinkhorn(ops.reshape(a[2] * z_res + b_res, lead + (n, n)), iters=iters, eps=sinkhorn_eps)
-    return pre, post, res
+    y = z * _gate_scale(ops, a, n, checks.shape_of(z)[-1] - 2 * n) + b  # pre-activations [..., m]
+    sig_pre, sig_post = ops.sigmoid(y[..., :n]), ops.sigmoid(y[..., n : 2 * n])
+    if variant == "mhc-lite":  # res from the n! permutation matrices, no Sinkhorn; no explicit
+        # backward (saved is None): callers differentiate it with their framework's autodiff
+        return (sig_pre + pre_eps, post_scale * sig_post, birkhoff_res(y[..., 2 * n :], n)), None
+    res, sk = sinkhorn_forward(ops, to_token_last(ops, y[..., 2 * n :], n), iters, sinkhorn_eps)  # [n, n, T]
+    res = from_token_last(ops, res, lead)
+    return (sig_pre + pre_eps, post_scale * sig_post, res), proj + (a, sig_pre, sig_post) + sk
+
+
+def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_eps, post_scale):
+    """(dx [..., n, C], dphi, dbias, dalpha) in the compute dtype, from the cotangents of
+    `coefficients_forward`'s outputs (dpre, dpost [..., n], dres [..., n, n])."""
+    proj, a = saved[:5], saved[5]
+    n = checks.shape_of(dpre)[-1]
+    lead = checks.shape_of(dpre)[:-1]
+    z = proj[4]
+    dout = ops.concat([dpre, dpost, ops.reshape(dres, lead + (n * n,))], axis=-1)  # [..., m]
+    if variant == "hc":
+        th = saved[6]
+        dy = dout  # out = b + a * tanh(z): d/db = 1, d/da = tanh(z), d/dz = a (1 - tanh^2)
+        dalpha_terms = dout * th
+        dz = dout * _gate_scale(ops, a, n) * (1.0 - th * th)
+    else:
+        sig_pre, sig_post, sk = saved[6], saved[7], saved[8:]
+        dlogits = sinkhorn_backward(ops, sk, to_token_last(ops, dres, n), sinkhorn_eps)  # [n, n, T]
+        dy_res = ops.reshape(from_token_last(ops, dlogits, lead), lead + (n * n,))
+        dy = ops.concat([dpre * sig_pre * (1.0 - sig_pre), (post_scale * dpost) * sig_post * (1.0 - sig_post),
+                         dy_res], axis=-1)  # d pre-activations [..., m]
+        dalpha_terms = dy * z
+        dz = dy * _gate_scale(ops, a, n)
+    m = checks.shape_of(dy)[-1]
+    dbias = ops.sum(ops.reshape(dy, (-1, m)), axis=0)
+    per_gate = ops.sum(ops.reshape(dalpha_terms, (-1, m)), axis=0)  # [m]
+    dalpha = ops.stack([ops.sum(per_gate[:n]), ops.sum(per_gate[n : 2 * n]), ops.sum(per_gate[2 * n :])])
+    dv, dphi = _projection_backward(ops, proj, dz)
+    c = checks.shape_of(dv)[-1] // n
+    return ops.reshape(dv, lead + (n, c)), dphi, dbias, dalpha
+
+
+def _gate_scale(ops, a, n: int, r: int | None = None):
+    """alpha spread over the columns of z: [a0] * n + [a1] * n + [a2] * r -> [m]
+    (r: the res columns, n*n by default; n! for 'mhc-lite')."""
+    r = n * n if r is None else r
+    return ops.concat([ops.broadcast_to(a[0:1], (n,)), ops.broadcast_to(a[1:2], (n,)),
+                       ops.broadcast_to(a[2:3], (r,))], axis=0)
 
 
 def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps: float = _DEFAULT.pre_eps):
@@ -106,6 +187,7 @@ def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps:
     checks.expect_shape(phi, (n * c, n), "phi", f"n*C x n for n={n}, C={c}")
     checks.expect_shape(bias, (n,), "bias", f"n for n={n}")
     checks.expect_shape(alpha, (1,), "alpha", "one scale")
-    rms_eps, eps = checks.non_negative(rms_eps, "rms_eps"), checks.non_negative(eps, "eps")
-    z, cdt = _projection(ops, x, phi, rms_eps)
+    checks.non_negative(rms_eps, "rms_eps")
+    checks.non_negative(eps, "eps")
+    z, cdt, _ = _projection(ops, x, phi, rms_eps)
     return ops.sigmoid(z * ops.astype(alpha, cdt) + ops.astype(bias, cdt)) + eps

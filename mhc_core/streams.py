@@ -27,8 +27,19 @@ def pre_aggregate(x, pre):
     ops = namespace(x, pre)
     checks.pre_aggregate_inputs(ops, x, pre)
     cdt = ops.compute_dtype(x)
-    h = ops.sum(ops.expand_dims(ops.astype(pre, cdt), axis=-1) * ops.astype(x, cdt), axis=-2)
+    # [..., 1, n] @ [..., n, C]: one pass over x, no [..., n, C] product temporary
+    h = ops.matmul(ops.expand_dims(ops.astype(pre, cdt), axis=-2), ops.astype(x, cdt))[..., 0, :]
     return ops.astype(h, x.dtype)
+
+
+def pre_aggregate_backward(ops, x, pre, dh):
+    """(dx [..., n, C], dpre [..., n]) in the compute dtype from dh [..., C] (no checks):
+    dx[i] = pre[i] * dh, dpre[i] = <x[i], dh>."""
+    cdt = ops.compute_dtype(x)
+    pre, x, dh = ops.astype(pre, cdt), ops.astype(x, cdt), ops.astype(dh, cdt)
+    dx = ops.expand_dims(pre, axis=-1) * ops.expand_dims(dh, axis=-2)
+    dpre = ops.matmul(x, ops.expand_dims(dh, axis=-1))[..., 0]  # [..., n, C] @ [..., C, 1]
+    return dx, dpre
 
 
 def post_residual(x, y, post, res):
@@ -36,9 +47,25 @@ def post_residual(x, y, post, res):
     ops = namespace(x, y, post, res)
     checks.post_residual_inputs(ops, x, y, post, res)
     cdt = ops.compute_dtype(x)
-    mixed = ops.matmul(ops.matrix_transpose(ops.astype(res, cdt)), ops.astype(x, cdt))
-    out = mixed + ops.expand_dims(ops.astype(post, cdt), axis=-1) * ops.expand_dims(ops.astype(y, cdt), axis=-2)
-    return ops.astype(out, x.dtype)
+    # one matmul over n + 1 "streams": [res^T | post] @ [x ; y]  ([..., n, n+1] @ [..., n+1, C]),
+    # cheaper than a matmul plus an x-sized outer product and sum
+    mix = ops.concat([ops.matrix_transpose(ops.astype(res, cdt)), ops.expand_dims(ops.astype(post, cdt), axis=-1)],
+                     axis=-1)
+    src = ops.concat([ops.astype(x, cdt), ops.expand_dims(ops.astype(y, cdt), axis=-2)], axis=-2)
+    return ops.astype(ops.matmul(mix, src), x.dtype)
+
+
+def post_residual_backward(ops, x, y, post, res, dout):
+    """(dx, dy, dpost, dres) in the compute dtype from dout [..., n, C] (no checks):
+    dx[i] = sum_o res[i, o] dout[o], dy = sum_o post[o] dout[o], dpost[o] = <y, dout[o]>,
+    dres[i, o] = <x[i], dout[o]>: four matmuls over the stream axis."""
+    cdt = ops.compute_dtype(x)
+    x, y, post, res, dout = (ops.astype(a, cdt) for a in (x, y, post, res, dout))
+    dx = ops.matmul(res, dout)  # [..., n, n] @ [..., n, C]
+    dy = ops.matmul(ops.expand_dims(post, axis=-2), dout)[..., 0, :]  # [..., 1, n] @ [..., n, C]
+    dpost = ops.matmul(dout, ops.expand_dims(y, axis=-1))[..., 0]  # [..., n, C] @ [..., C, 1]
+    dres = ops.matmul(x, ops.matrix_transpose(dout))  # [..., n, C] @ [..., C, n]
+    return dx, dy, dpost, dres
 
 
 def expand_streams(x, n: int):

@@ -26,7 +26,7 @@ import math
 import array_api_compat
 
 SUBSET = (
-    "abs", "astype", "broadcast_to", "cumulative_sum", "exp", "expand_dims", "eye", "isfinite",
+    "abs", "astype", "broadcast_to", "concat", "cumulative_sum", "exp", "expand_dims", "eye", "isfinite",
     "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
@@ -54,6 +54,10 @@ class Ops:
 
     def is_floating(self, x) -> bool:
         return self.xp.isdtype(x.dtype, "real floating")
+
+    def astype(self, x, dtype):
+        """x itself when it already has `dtype` (no copy), else a converted copy."""
+        return x if x.dtype == dtype else self.xp.astype(x, dtype)
 
     def compute_dtype(self, x):
         """float64 stays float64; every other float (bf16, fp16, fp32) computes in float32."""
@@ -86,6 +90,21 @@ class Ops:
         return e / self.xp.sum(e, axis=axis, keepdims=True)
 
 
+class _NumpyOps(Ops):
+    """numpy: `sum` as `np.add.reduce` itself (what np.sum calls, so the same numbers),
+    without np.sum's Python wrapper, which costs more than the sum on the small arrays
+    of Sinkhorn."""
+
+    def __init__(self, xp):
+        super().__init__(xp, "numpy")
+        import numpy
+
+        self._add = numpy.add
+
+    def sum(self, x, axis=None, keepdims: bool = False):
+        return self._add.reduce(x, axis=axis, keepdims=keepdims)
+
+
 class _TorchOps(Ops):
     """torch: native fused extras (same math, one kernel each)."""
 
@@ -113,6 +132,7 @@ class _MLXOps(Ops):
 
     def __init__(self, xp):
         self.matrix_transpose = lambda x: xp.swapaxes(x, -1, -2)
+        self.concat = lambda arrays, axis=0: xp.concatenate(list(arrays), axis=axis)
         self.astype = lambda x, dtype: x.astype(dtype)
         self.isfinite = xp.isfinite
         self.cumulative_sum = lambda x, axis: xp.cumsum(x, axis=axis)
@@ -196,6 +216,8 @@ def _ops_for(xp) -> Ops:
             ops = _MLXOps(xp)
         elif library == "torch":
             ops = _TorchOps(xp)
+        elif library == "numpy":
+            ops = _NumpyOps(xp)
         else:
             ops = Ops(xp, library)
         _OPS_BY_LIBRARY[id(xp)] = ops

@@ -35,7 +35,13 @@ import mhc_core
 from mhc_core import checks
 from mhc_core.module_args import head_args, mhc_args
 
-IMPLS = ("auto", "reference")
+from . import autograd as mlx_autograd
+
+IMPLS = ("auto", "reference", "custom_vjp")
+# impl='auto' takes the custom vjp from this many elements of x up: measured faster for
+# large x (x [2048, 4, 512]), slower for the depth sweep's small ones
+# (benchmarks/results/cpu_ratios.md, mlx section).
+AUTO_CUSTOM_VJP_MIN_ELEMENTS = 1 << 20
 
 
 def _as_param(value) -> mx.array:
@@ -59,16 +65,19 @@ def _check_input(x, n: int, c: int, owner: str) -> None:
 
 
 @lru_cache(maxsize=None)
-def _compiled_mixing(variant: str, cfg: tuple) -> tuple[Callable, Callable]:
+def _compiled_mixing(variant: str, cfg: tuple, custom_vjp: bool = False) -> tuple[Callable, Callable]:
     """(mix_in, mix_out) compiled for one variant and config (a sorted items tuple).
 
     mix_in(x, phi, bias, alpha) -> (h [..., C], post [..., n], res [..., n, n])
     mix_out(x, y, post, res)    -> out [..., n, C]
+    custom_vjp: the coefficients with mhc_core's explicit vjp (autograd.py) instead of
+    MLX differentiating their ops.
     """
     kw = dict(cfg)
+    coefficients = mlx_autograd.coefficients if custom_vjp else mhc_core.coefficients
 
     def mix_in(x, phi, bias, alpha):
-        pre, post, res = mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **kw)
+        pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **kw)
         return mhc_core.pre_aggregate(x, pre), post, res
 
     return mx.compile(mix_in), mx.compile(mhc_core.post_residual)
@@ -88,8 +97,10 @@ class MHC(nn.Module):
             finite and >= 0. All arguments are checked by `mhc_core.module_args`.
         init: optional {'phi', 'bias', 'alpha'} (numpy or mlx arrays) instead of the
             default `mhc_core.init_params(n, dim, variant=variant, seed=seed)`.
-        impl: 'auto' or 'reference'; both run the mhc_core ops (MLX has one path; the
-            argument exists for symmetry with the torch backend).
+        impl: 'reference' (MLX differentiates the mhc_core ops), 'custom_vjp' (the
+            coefficients as one `mx.custom_function` with mhc_core's explicit backward) or
+            'auto': whichever measured faster for x's size (custom_vjp from
+            AUTO_CUSTOM_VJP_MIN_ELEMENTS up; benchmarks/results/cpu_ratios.md). Same math.
         compiled: run the mixing math through `mx.compile` (same numbers as eager).
 
     Forward: x [..., n, C] -> [..., n, C].
@@ -131,9 +142,11 @@ class MHC(nn.Module):
         if self.variant == "residual":
             return mhc_core.residual_step(x, self.layer)
         cfg = self.config.as_dict()
+        custom_vjp = self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
         if not self.compiled:
-            return mhc_core.step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
-        mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())))
+            step = mlx_autograd.step if custom_vjp else mhc_core.step
+            return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
+        mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())), custom_vjp)
         h, post, res = mix_in(x, self.phi, self.bias, self.alpha)  # [..., C], [..., n], [..., n, n]
         return mix_out(x, self.layer(h), post, res)  # [..., n, C]
 

@@ -12,6 +12,9 @@ fallback; only `impl="auto"` falls back.
 Whether the kernels can run, and on what, is `triton_gate`'s answer. The kernels
 (`mhc_core_torch.kernels`, which imports Triton) are imported here where they can run, so a
 compiled model never traces an import.
+
+The reference path is mhc_core's math as three autograd nodes (autograd.py); on the CPU
+it is also the fastest exact path (benchmarks/results/cpu_ratios.md), so "auto" takes it.
 """
 from __future__ import annotations
 
@@ -19,9 +22,8 @@ from typing import Callable
 
 import torch
 
-import mhc_core
-
 from . import triton_gate
+from .autograd import step as _coefficient_node_step
 
 if triton_gate.runnable():
     from .kernels import ops as triton_ops
@@ -53,7 +55,8 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
 
 
 def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, layer_kwargs: dict):
-    """mhc_core.step on torch tensors; autograd differentiates through it.
+    """mhc_core.step on torch tensors, the coefficients recorded as one autograd node
+    (mhc_core's explicit backward, autograd.py); autograd handles the two matmuls.
 
     Under torch.autocast the mixing (coefficients, Sinkhorn, pre/post matmuls) runs with
     autocast off, in float32 as mhc_core intends (paper Eq. 10-19; autocast would run its
@@ -62,7 +65,7 @@ def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: 
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     dev = x.device.type
     if not torch.is_autocast_enabled(dev):
-        return mhc_core.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+        return _coefficient_node_step(x, f, phi, bias, alpha, variant=variant, **cfg)
     dtype = torch.get_autocast_dtype(dev)
 
     def f_autocast(h):
@@ -70,7 +73,7 @@ def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: 
             return f(h)
 
     with torch.autocast(dev, enabled=False):
-        return mhc_core.step(x, f_autocast, phi, bias, alpha, variant=variant, **cfg)
+        return _coefficient_node_step(x, f_autocast, phi, bias, alpha, variant=variant, **cfg)
 
 
 def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, impl: str = "auto",

@@ -37,6 +37,7 @@ CALLS = {
     "astype": lambda o, a: o.astype(a["a"], o.float32),
     "broadcast_to": lambda o, a: o.broadcast_to(a["row"], (3, 4)),
     "cumulative_sum": lambda o, a: o.cumulative_sum(a["a"], axis=-1),
+    "concat": lambda o, a: o.concat([a["a"], a["b"]], axis=-1),
     "exp": lambda o, a: o.exp(a["a"]),
     "expand_dims": lambda o, a: o.expand_dims(a["a"], axis=-2),
     "eye": lambda o, a: o.eye(4, dtype=a["a"].dtype),

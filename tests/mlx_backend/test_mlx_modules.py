@@ -142,7 +142,7 @@ def test_stream_head_rejects_wrong_channels():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(variant="mhcc"), r"variant must be one of \('mhc', 'hc', 'residual', 'mhc-lite'\), got 'mhcc'"),
     (dict(variant="residual"), r"residual variant has one stream: n must be 1, got n=3"),
-    (dict(impl="triton"), r"impl must be one of \('auto', 'reference'\), got 'triton'"),
+    (dict(impl="triton"), r"impl must be one of \('auto', 'reference', 'custom_vjp'\), got 'triton'"),
     (dict(iters=0), r"iters must be an integer >= 1, got 0"),
     (dict(n=0), r"n \(number of streams\) must be an integer >= 1, got 0"),
     (dict(c=0), r"dim \(channels per stream, C\) must be an integer >= 1, got 0"),

@@ -1,0 +1,64 @@
+"""Autodiff glue: mhc_core's coefficients as one `mx.custom_function` with its explicit vjp.
+
+    pre [..., n], post [..., n], res [..., n, n] = coefficients(x [..., n, C], phi, bias, alpha, ...)
+
+Forward and vjp are `mhc_core.coefficients_forward` / `coefficients_backward` (written once
+on the array API); MLX's vjp receives only the primals, cotangents and outputs, so the
+values the backward needs (projection scale, gate activations, Sinkhorn iterates) are
+returned as extra outputs of the custom function and dropped by the wrapper.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+import mlx.core as mx
+
+import mhc_core
+from mhc_core import checks
+from mhc_core.coefficients import coefficients_backward, coefficients_forward
+
+
+@lru_cache(maxsize=None)
+def _custom(variant: str, cfg: tuple) -> Callable:
+    """The custom function for one variant and config (a sorted items tuple)."""
+    kw = dict(cfg)
+
+    @mx.custom_function
+    def coefficients_node(x, phi, bias, alpha):
+        outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **kw)
+        return tuple(outs) + tuple(saved)
+
+    @coefficients_node.vjp
+    def coefficients_vjp(primals, cotangents, outputs):
+        dpre, dpost, dres = cotangents[:3]
+        grads = coefficients_backward(mhc_core.namespace(dpre), tuple(outputs[3:]), dpre, dpost, dres,
+                                      variant=variant, sinkhorn_eps=kw["sinkhorn_eps"],
+                                      post_scale=kw["post_scale"])
+        return tuple(g.astype(p.dtype) for g, p in zip(grads, primals))
+
+    return coefficients_node
+
+
+def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
+    """`mhc_core.coefficients` (same checks, same numbers) with mhc_core's explicit vjp.
+    'mhc-lite' has no explicit vjp: MLX's autodiff differentiates mhc_core's ops."""
+    unknown = sorted(set(cfg) - set(checks.CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"coefficients got unexpected settings {unknown}; expected some of {checks.CONFIG_FIELDS}")
+    full = {**mhc_core.MHCConfig().as_dict(), **cfg}
+    _, _, variant, full = checks.coefficient_inputs(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias,
+                                                    alpha, variant, full)
+    if variant == "mhc-lite":
+        return mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **full)
+    return _custom(variant, tuple(sorted(full.items())))(x, phi, bias, alpha)[:3]
+
+
+def step(x, f: Callable, phi=None, bias=None, alpha=None, *, variant: str = "mhc", **cfg):
+    """`mhc_core.step` with the coefficients' explicit vjp: x [..., n, C] -> [..., n, C]."""
+    if checks.variant(variant) == "residual":
+        return mhc_core.residual_step(x, f)
+    checks.layer(f)
+    pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **cfg)
+    y = f(mhc_core.pre_aggregate(x, pre))
+    return mhc_core.post_residual(x, y, post, res)

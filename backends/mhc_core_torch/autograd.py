@@ -1,0 +1,181 @@
+"""Autograd glue: one mHC step as three `torch.autograd.Function` nodes.
+
+    pre [..., n], post [..., n], res [..., n, n] = Coefficients.apply(x [..., n, C], phi, bias, alpha, ...)
+    h [..., C]      = PreAggregate.apply(x, pre)
+    out [..., n, C] = PostResidual.apply(x, y, post, res)
+
+Forward and backward are mhc_core's (`coefficients_forward` / `coefficients_backward`,
+`pre_aggregate` / `pre_aggregate_backward`, `post_residual` / `post_residual_backward`:
+the math and its derivative, written once on the array API); this file only registers
+them, so autograd records three nodes instead of the ~150 small ops of the projection, the
+gates and 20 Sinkhorn rounds, and their many saved temporaries.
+
+Where the arrays run. On the CPU, eager torch pays a per-op dispatch cost that dominates
+the coefficients' dozens of ops on tiny [n, n, T] arrays, and its batched matmul over
+thousands of 4 x 4 (or 1 x 4) matrices runs at a fraction of memory bandwidth; numpy does
+both several times faster (benchmarks/results/cpu_ratios.md). Eager CPU calls therefore
+run the same mhc_core functions on numpy views of the tensors (zero-copy in float32 /
+float64; other dtypes are converted to the compute dtype, float32, first). Set
+`NUMPY_MAX_ELEMENTS = 0` to keep them on torch. Under `torch.compile` (and on any other
+device) they run on torch tensors, so the graph is traced and fused as usual.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+import mhc_core
+from mhc_core import checks
+from mhc_core.coefficients import coefficients_backward, coefficients_forward
+from mhc_core.streams import post_residual_backward, pre_aggregate_backward
+
+# Eager CPU calls whose x has at most this many elements run their math on numpy views.
+NUMPY_MAX_ELEMENTS = 1 << 40
+_NUMPY_OPS = mhc_core.namespace(np.zeros(1))
+
+
+def _runs_on_numpy(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+
+
+def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A numpy view of an activation (zero-copy when it already has `dtype`)."""
+    return t.detach().to(dtype).numpy()
+
+
+def _np_param(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A numpy copy of a parameter: `.numpy()` marks a tensor's storage non-resizable for
+    good, and FSDP frees and re-gathers parameter storage by resizing it."""
+    return t.detach().to(dtype).clone().numpy()
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _tensors(arrays, dtypes) -> tuple:
+    """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches)."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
+
+
+class Coefficients(torch.autograd.Function):
+    """(pre, post, res) of `mhc_core.coefficients`, with `mhc_core.coefficients_backward`
+    as the backward. `cfg`: iters, rms_eps, pre_eps, sinkhorn_eps, post_scale."""
+
+    @staticmethod
+    def forward(ctx, x, phi, bias, alpha, variant: str, cfg: dict):
+        ctx.variant, ctx.eps, ctx.post_scale = variant, cfg["sinkhorn_eps"], cfg["post_scale"]
+        ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
+        ctx.on_numpy = _runs_on_numpy(x)
+        if ctx.on_numpy:
+            cdt = ctx.cdt = _compute_dtype(x)
+            outs, saved = coefficients_forward(_NUMPY_OPS, _np(x, cdt), *(_np_param(t, cdt) for t in (phi, bias, alpha)),
+                                               variant=variant, **cfg)
+            # saved as tensors (zero-copy) so saved-tensor hooks see them (checkpointing drops
+            # them, memory accounting counts them); x itself so an in-place change is caught
+            ctx.save_for_backward(x, *(torch.from_numpy(np.asarray(a)) for a in saved))
+            return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
+        outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
+        ctx.save_for_backward(*saved)
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dpre, dpost, dres):
+        kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.eps, "post_scale": ctx.post_scale}
+        if ctx.on_numpy:
+            saved = tuple(t.numpy() for t in ctx.saved_tensors[1:])  # [0] is x: raises if modified in place
+            cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
+            dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
+            # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
+            # a .grad's storage, which a numpy-backed tensor does not allow
+            grads = [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.tensor(g) for g in param_grads]
+        else:
+            grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors, dpre, dpost, dres, **kw)
+        return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
+
+
+class PreAggregate(torch.autograd.Function):
+    """h = `mhc_core.pre_aggregate(x, pre)`, backward `mhc_core.pre_aggregate_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, pre):
+        ctx.save_for_backward(x, pre)
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
+        return mhc_core.pre_aggregate(x, pre)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        x, pre = ctx.saved_tensors
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
+            return _tensors(grads, (x.dtype, pre.dtype))
+        dx, dpre = pre_aggregate_backward(mhc_core.namespace(x), x, pre, dh)
+        return dx.to(x.dtype), dpre.to(pre.dtype)
+
+
+class PostResidual(torch.autograd.Function):
+    """out = `mhc_core.post_residual(x, y, post, res)`, backward `post_residual_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, y, post, res):
+        ctx.save_for_backward(x, y, post, res)
+        if _runs_on_numpy(x):
+            cdt = _compute_dtype(x)
+            return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
+        return mhc_core.post_residual(x, y, post, res)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        if _runs_on_numpy(saved[0]):
+            cdt = _compute_dtype(saved[0])
+            grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
+            return _tensors(grads, [a.dtype for a in saved])
+        grads = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
+        return tuple(g.to(a.dtype) for g, a in zip(grads, saved))
+
+
+def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
+    """`mhc_core.coefficients` (same checks, same numbers) recorded as one autograd node.
+    'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops."""
+    unknown = sorted(set(cfg) - set(checks.CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"coefficients got unexpected settings {unknown}; expected some of {checks.CONFIG_FIELDS}")
+    full = {**mhc_core.MHCConfig().as_dict(), **cfg}
+    _, _, variant, full = checks.coefficient_inputs(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias,
+                                                    alpha, variant, full)
+    if variant == "mhc-lite":
+        return mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **full)
+    return Coefficients.apply(x, phi, bias, alpha, variant, full)
+
+
+def pre_aggregate(x, pre):
+    """`mhc_core.pre_aggregate` (same checks) as one autograd node: x [..., n, C] -> [..., C]."""
+    checks.pre_aggregate_inputs(mhc_core.namespace(x, pre), x, pre)
+    return PreAggregate.apply(x, pre)
+
+
+def post_residual(x, y, post, res):
+    """`mhc_core.post_residual` (same checks) as one autograd node -> [..., n, C]."""
+    checks.post_residual_inputs(mhc_core.namespace(x, y, post, res), x, y, post, res)
+    return PostResidual.apply(x, y, post, res)
+
+
+def step(x, f: Callable, phi=None, bias=None, alpha=None, *, variant: str = "mhc", **cfg):
+    """`mhc_core.step` as three autograd nodes (coefficients, pre-aggregate, post +
+    residual) around the layer: x [..., n, C] -> [..., n, C]."""
+    if checks.variant(variant) == "residual":
+        return mhc_core.residual_step(x, f)
+    checks.layer(f)
+    pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **cfg)
+    y = f(pre_aggregate(x, pre))
+    return post_residual(x, y, post, res)

@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""CPU cost of an mHC step against HC and a residual block, as ratios measured in one process.
+
+    python benchmarks/bench_cpu_ratios.py                 # all sections, ~5-10 min on 2 cores
+    python benchmarks/bench_cpu_ratios.py --sections block bandwidth --rounds 5
+
+Every section times its contenders interleaved (one call of each per round, several rounds)
+and reports medians, so a change of machine load hits all contenders alike; `uptime` is
+recorded before and after each section. torch runs single-threaded (as the depth sweep
+does: on a shared 2-core machine a second intra-op thread only waits for the scheduler).
+
+Sections (the targets of the CPU-speed issue are beside each):
+- sweep:     torch `Trainer.step` of the quick depth-sweep model (dim 32, n 4, batch 8 x 16
+             tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc).
+- block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
+             forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
+             torch.compile, lucidrains' hyper-connections mHC (targets: eager <= 1.35x
+             residual, compiled <= 1.10x).
+- bandwidth: eager pre_aggregate and post_residual at n 4, C 1024, 1024 tokens, forward and
+             forward + backward, as GB/s of their ideal traffic (harness.ideal_bytes) and %
+             of the measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time.
+- mlx:       the same on MLX (CPU backend on Linux): Trainer.step of the sweep model, eager
+             and compiled=True, each with MLX autodiff and with the custom vjp; the block
+             with an identity layer (MLX's CPU matmul is slow, so the mixing is compared
+             with x + x).
+
+Writes benchmarks/results/cpu_ratios.{json,md}.
+"""
+from __future__ import annotations
+
+import os
+
+# Single-threaded like torch below (and the depth sweep): numpy's BLAS must not start a
+# second thread either (set before numpy is imported).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SECTIONS = ("sweep", "block", "bandwidth", "mlx")
+QUICK = dict(dim=32, n_heads=2, seq_len=16, vocab=32)  # scripts/depth_sweep.py PRESETS['quick']
+BATCH = 8
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average {os.getloadavg()}"
+
+
+def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
+    """Median ms per call of each fn, one batch of `inner` calls per fn per round."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[k].append((time.perf_counter() - t0) * 1e3 / inner)
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "runs": len(v)} for k, v in times.items()}
+
+
+def _data(vocab: int, seq: int):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, vocab, (BATCH, seq)), rng.integers(0, vocab, (BATCH, seq)), np.ones(seq)
+
+
+# ----------------------------------------------------------------------------------------
+# torch
+# ----------------------------------------------------------------------------------------
+def bench_sweep(rounds: int) -> dict:
+    import torch
+
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_torch.lm import Trainer
+
+    inputs, targets, mask = _data(QUICK["vocab"], QUICK["seq_len"])
+    out = {}
+    for depth in (12, 24, 48):
+        fns = {}
+        for v in ("residual", "hc", "mhc"):
+            tr = Trainer(LMConfig(variant=v, n_layers=depth, n=1 if v == "residual" else 4, **QUICK))
+            fns[v] = lambda tr=tr: tr.step(inputs, targets, mask, lr=1e-3)
+        r = interleaved(fns, rounds, inner=3)
+        r["mhc/hc"] = r["mhc"]["median_ms"] / r["hc"]["median_ms"]
+        r["hc/residual"] = r["hc"]["median_ms"] / r["residual"]["median_ms"]
+        out[f"depth{depth}"] = r
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def _mlp(torch, c: int):
+    from torch import nn
+
+    return nn.Sequential(nn.RMSNorm(c), nn.Linear(c, 4 * c, bias=False), nn.SiLU(), nn.Linear(4 * c, c, bias=False))
+
+
+def bench_block(rounds: int, compile_: bool) -> dict:
+    import torch
+
+    from mhc_core_torch import MHC
+
+    t, n, c = 2048, 4, 512
+    torch.manual_seed(0)
+    mlp = _mlp(torch, c)
+    x1 = torch.randn(t, c, requires_grad=True)
+    xn = torch.randn(t, n, c, requires_grad=True)
+    g1, gn = torch.randn(t, c), torch.randn(t, n, c)
+
+    def residual(x):
+        return x + mlp(x)
+
+    mods = {v: MHC(mlp, n, c, variant=v, seed=0) for v in ("mhc", "hc")}
+
+    def fwd_bwd(fn, x, g):
+        def run():
+            fn(x).backward(g)
+        return run
+
+    fns = {"residual": fwd_bwd(residual, x1, g1), "mhc eager": fwd_bwd(mods["mhc"], xn, gn),
+           "hc eager": fwd_bwd(mods["hc"], xn, gn)}
+    try:
+        from hyper_connections import mHC as LucidMHC
+
+        lucid = LucidMHC(n, dim=c, branch=mlp, sinkhorn_iters=20)
+        xl, gl = torch.randn(n, t, c, requires_grad=True), torch.randn(n, t, c)  # '(b s) t d', b = 1
+        fns["hyper-connections mhc"] = fwd_bwd(lucid, xl, gl)
+    except ImportError as err:
+        print(f"hyper-connections not installed ({err}); skipped", file=sys.stderr)
+    compile_s = None
+    if compile_:
+        t0 = time.perf_counter()
+        cm, cr = torch.compile(mods["mhc"]), torch.compile(residual)
+        fwd_bwd(cm, xn, gn)()
+        fwd_bwd(cr, x1, g1)()
+        compile_s = time.perf_counter() - t0
+        fns["mhc compiled"] = fwd_bwd(cm, xn, gn)
+        fns["residual compiled"] = fwd_bwd(cr, x1, g1)
+    r = interleaved(fns, rounds)
+    base = r["residual"]["median_ms"]
+    r["ratios_vs_residual"] = {k: v["median_ms"] / base for k, v in r.items() if isinstance(v, dict)}
+    if compile_:
+        r["mhc compiled / residual compiled"] = r["mhc compiled"]["median_ms"] / r["residual compiled"]["median_ms"]
+        r["compile_s"] = compile_s
+    r["shape"] = [t, n, c]
+    return r
+
+
+def bench_bandwidth(rounds: int) -> dict:
+    import torch
+
+    import mhc_core
+    from harness import ideal_bytes
+
+    t, n, c = 1024, 4, 1024
+    torch.manual_seed(0)
+    x = torch.randn(t, n, c, requires_grad=True)
+    pre, post = torch.rand(t, n, requires_grad=True), torch.rand(t, n, requires_grad=True)
+    res, y = torch.rand(t, n, n, requires_grad=True), torch.randn(t, c, requires_grad=True)
+    gh, go = torch.randn(t, c), torch.randn(t, n, c)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in mhc_core.init_params(n, c, seed=0).items()}
+    from mhc_core_torch import autograd as ag  # the nodes MHC's eager CPU path runs
+
+    def coef_fb():
+        out = ag.coefficients(x, p["phi"], p["bias"], p["alpha"])
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+
+    fns = {
+        "pre_aggregate fwd": lambda: ag.pre_aggregate(x.detach(), pre.detach()),
+        "pre_aggregate fwd+bwd": lambda: ag.pre_aggregate(x, pre).backward(gh),
+        "post_residual fwd": lambda: ag.post_residual(x.detach(), y.detach(), post.detach(), res.detach()),
+        "post_residual fwd+bwd": lambda: ag.post_residual(x, y, post, res).backward(go),
+        "coefficients fwd+bwd": coef_fb,
+    }
+    src = torch.empty(64 * 2**20 // 4).normal_()  # 64 MB, past the last-level cache
+    dst = torch.empty_like(src)
+    fns["copy 64 MB"] = lambda: dst.copy_(src)  # timed in the same rounds as the ops
+    r = interleaved(fns, rounds, inner=3)
+    copy = 2 * src.numel() * 4 / (r.pop("copy 64 MB")["median_ms"] * 1e-3) / 1e9
+    for key, v in r.items():
+        op, mode = key.split(" ")
+        gb = ideal_bytes(op, mode, n, c, t, 4) / (v["median_ms"] * 1e-3) / 1e9
+        v.update(gbps=gb, pct_copy=100 * gb / copy)
+    r["copy_gbps (read + write, same rounds)"] = copy
+    r["shape"] = [t, n, c]
+    return r
+
+
+# ----------------------------------------------------------------------------------------
+# MLX
+# ----------------------------------------------------------------------------------------
+def bench_mlx(rounds: int) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    import mhc_core_mlx
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_mlx.lm import Trainer
+
+    inputs, targets, mask = _data(QUICK["vocab"], QUICK["seq_len"])
+    out = {}
+    depth = 12
+    fns = {}
+    for v in ("residual", "hc", "mhc"):
+        for compiled in (False, True):
+            for impl in ("reference", "custom_vjp"):
+                if v == "residual" and impl != "reference":
+                    continue
+                tr = Trainer(LMConfig(variant=v, n_layers=depth, n=1 if v == "residual" else 4, **QUICK),
+                             compiled=compiled)
+                for m in tr.model.mixing_layers():
+                    m.impl = impl
+                fns[f"{v} {'compiled' if compiled else 'eager'} {impl}"] = (
+                    lambda tr=tr: tr.step(inputs, targets, mask, lr=1e-3))
+    r = interleaved(fns, rounds, inner=2)
+    for mode in ("eager", "compiled"):
+        for impl in ("reference", "custom_vjp"):
+            r[f"mhc/hc {mode} {impl}"] = r[f"mhc {mode} {impl}"]["median_ms"] / r[f"hc {mode} {impl}"]["median_ms"]
+    out[f"sweep_depth{depth}"] = r
+
+    t, n, c = 2048, 4, 512
+    x1 = mx.random.normal((t, c), key=mx.random.key(0))
+    xn = mx.random.normal((t, n, c), key=mx.random.key(1))
+    mods = {}
+    for compiled in (False, True):
+        for impl in ("reference", "custom_vjp"):
+            mods[f"mhc {'compiled' if compiled else 'eager'} {impl}"] = mhc_core_mlx.MHC(
+                nn.Identity(), n, c, compiled=compiled, impl=impl)
+
+    def grad_of(module, x):
+        def loss(params, x):
+            module.update(params)
+            return (module(x) ** 2).sum()
+        g = mx.grad(loss, argnums=(0, 1))
+        return lambda: mx.eval(g(module.trainable_parameters(), x))
+
+    fns = {"residual (x + x)": lambda: mx.eval(mx.grad(lambda x: ((x + x) ** 2).sum())(x1))}
+    fns.update({k: grad_of(m, xn) for k, m in mods.items()})
+    r = interleaved(fns, rounds)
+    base = r["residual (x + x)"]["median_ms"]
+    r["ratios_vs_residual"] = {k: v["median_ms"] / base for k, v in r.items() if isinstance(v, dict)}
+    r["shape"] = [t, n, c]
+    out["identity_block"] = r
+    out["mlx_version"] = mx.__version__
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _rows(result: dict, prefix: str = "") -> list[str]:
+    """Table rows `| name | median ms | min ms | extra |` for every timed entry, then the
+    ratios (plain floats and dicts of floats) of `result`, recursing into sub-sections."""
+    rows, ratios = [], []
+    for k, v in result.items():
+        if isinstance(v, dict) and "median_ms" in v:
+            extra = f"{v['gbps']:.1f} GB/s, {v['pct_copy']:.0f}% of copy" if "gbps" in v else ""
+            rows.append(f"| {prefix}{k} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {extra} |")
+        elif isinstance(v, dict) and all(isinstance(x, float) for x in v.values()):
+            ratios += [f"| {prefix}{k}: {kk} | {x:.2f} |" for kk, x in v.items()]
+        elif isinstance(v, dict):
+            sub_rows, sub_ratios = _rows(v, f"{prefix}{k} ")
+            rows += sub_rows
+            ratios += sub_ratios
+        elif isinstance(v, float):
+            ratios.append(f"| {prefix}{k} | {v:.2f} |")
+    return rows, ratios
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = ["# CPU cost ratios: mHC vs HC vs residual (one process, interleaved)", "",
+             f"`{env['command']}` - date {env['date']}, commit {env['commit']}{' (+ uncommitted changes)' if env.get('dirty') else ''}, "
+             f"{env['machine']}, torch {env['torch']}, torch threads {env['torch_threads']}, rounds {env['rounds']}.", "",
+             "Medians (and minima) over interleaved rounds, fwd+bwd unless named otherwise; `uptime` before and "
+             "after each section is the machine's load (a shared 2-core machine: absolute times are noisy, "
+             "ratios of contenders timed in the same rounds much less so). Raw numbers: the .json beside this file.", ""]
+    for name, sec in report["sections"].items():
+        rows, ratios = _rows(sec["result"])
+        lines += [f"## {name}", "", f"load before: `{sec['uptime_before']}`  ", f"load after: `{sec['uptime_after']}`", "",
+                  "| contender | median ms | min ms | |", "|---|---|---|---|", *rows, "",
+                  "| ratio | value |", "|---|---|", *ratios, ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in the block section")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_ratios"))
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md of an existing results .json")
+    args = ap.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())) + "\n")
+        return 0
+
+    import torch
+
+    torch.set_num_threads(1)
+    report = {"environment": {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain")), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}, "sections": {}}
+    runners = {"sweep": lambda: bench_sweep(args.rounds), "block": lambda: bench_block(args.rounds, not args.no_compile),
+               "bandwidth": lambda: bench_bandwidth(args.rounds), "mlx": lambda: bench_mlx(args.rounds)}
+    for name in args.sections:
+        before = uptime()
+        t0 = time.perf_counter()
+        result = runners[name]()
+        report["sections"][name] = {"uptime_before": before, "uptime_after": uptime(),
+                                    "wall_s": time.perf_counter() - t0, "result": result}
+        print(f"[{name}] {json.dumps(result, default=float)}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    out.with_suffix(".md").write_text(markdown(report) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,7 +57,7 @@ from mhc_core.experiments.lm_config import LMConfig, init_lm_params, layer_names
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.experiments.checkpoints import CheckpointStore  # noqa: E402
 from mhc_core.experiments.data import ALL_TASKS, DIGITS_SIDE, REAL_TASKS, load_digits_arrays, make_stream  # noqa: E402
-from mhc_core.experiments.lm_config import ARCHS, NORMS  # noqa: E402
+from mhc_core.experiments.lm_config import ARCHS, NORMS, RES_INITS  # noqa: E402
 import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc")
@@ -120,6 +120,9 @@ def parse_args(argv=None):
     p.add_argument("--norm", choices=NORMS, default="pre",
                    help="pre: rmsnorm inside each sub-layer; post: rmsnorm of every stream after each "
                         "mixing layer; none: no normalisation anywhere")
+    p.add_argument("--res-init", choices=RES_INITS, default="identity",
+                   help="residual-mixing init: identity, or seed002 (logits 2I-1: HC's res exp(2I-1) "
+                        "unnormalised, ~3.8x growth per layer; mHC's sinkhorn(2I-1))")
     p.add_argument("--patch", type=positive_int,
                    help=f"digits: patch side (divides {DIGITS_SIDE}); default 2 (16 tokens) for the "
                         "transformer, 8 (one token) for the mlp")
@@ -255,7 +258,7 @@ def run_config(args, versions, cfg: LMConfig, data, run_dir: str) -> dict:
     rerun = [sys.executable, "scripts/depth_sweep.py", "--backend", args.backend, "--variants", cfg.variant,
              "--depths", str(cfg.n_layers), "--n", str(args.n), "--dim", str(args.dim), "--heads", str(args.heads),
              "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--vocab", str(args.vocab),
-             "--task", args.task, "--model", args.model, "--norm", args.norm, "--patch", str(args.patch),
+             "--task", args.task, "--model", args.model, "--norm", args.norm, "--patch", str(args.patch), "--res-init", args.res_init,
              "--lr", repr(args.lr), "--warmup", str(args.warmup),
              "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
              "--log-every", str(args.log_every), "--eval-every", str(args.eval_every),
@@ -274,7 +277,7 @@ def model_config(args, variant: str, depth: int, data) -> LMConfig:
     return LMConfig(vocab=args.vocab, dim=args.dim, n_layers=depth, n_heads=args.heads,
                     seq_len=data.tokens if patches else args.seq_len, variant=variant, n=args.n, seed=args.seed,
                     arch=args.model, norm=args.norm, inputs="patches" if patches else "tokens",
-                    patch_dim=data.patch_dim if patches else 0)
+                    patch_dim=data.patch_dim if patches else 0, res_init=args.res_init)
 
 
 def make_data(args):
@@ -434,7 +437,7 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
 
     groups = sweep_stats.aggregate(rows)
     summary = {"backend": args.backend, "versions": versions, "task": args.task, "quick": args.quick,
-               "model": args.model, "norm": args.norm, "seeds": args.seeds, "lrs": args.lrs,
+               "model": args.model, "norm": args.norm, "res_init": args.res_init, "seeds": args.seeds, "lrs": args.lrs,
                "command": shlex.join(sys.argv), "wall_s": wall_s, "runs": rows, "groups": groups}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(_jsonable(summary), f, indent=2)
@@ -443,7 +446,7 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
         f"# Depth sweep: {', '.join(args.variants)} at depths {', '.join(map(str, args.depths))}",
         "",
         f"Backend {args.backend} ({', '.join(f'{k} {v}' for k, v in versions.items())}); task "
-        f"`{args.task}`; model {args.model}, norm {args.norm}; dim {args.dim}, n {args.n}, seq {args.seq_len}, "
+        f"`{args.task}`; model {args.model}, norm {args.norm}, res init {args.res_init}; dim {args.dim}, n {args.n}, seq {args.seq_len}, "
         f"batch {args.batch}, vocab {args.vocab}, {args.steps} steps, Adam lr {', '.join(map(format, args.lrs, ['g'] * len(args.lrs)))}, "
         f"seeds {', '.join(map(str, args.seeds))}; held-out eval every {args.eval_every} steps; wall {wall_s:.0f} s.",
         "Depth = blocks (transformer: attention + MLP, 2 mixing layers each; mlp: 1). Gains are Amax gains of the composite "

@@ -55,6 +55,7 @@ SUBLAYERS = ("attn", "mlp")
 ARCHS = ("transformer", "mlp")
 NORMS = ("pre", "post", "none")
 INPUTS = ("tokens", "patches")
+RES_INITS = ("identity", "seed002")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class LMConfig:
     res_logit_gap: mhc_core.init_params arguments. iters ... post_scale: MHCConfig.
     norm_eps: eps of the model's RMSNorms (not the mixing's rms_eps). arch, norm,
     inputs: see the module docstring; patch_dim: values per patch (inputs 'patches').
+    res_init: 'identity' (mhc_core.init_params) or 'seed002': the residual-mixing init of the
+    MLX depth-sweep seed, logits 2I - 1 (n x n): HC's static res is exp(2I - 1) unnormalised
+    (row sums e + (n-1)/e, 3.82 at n = 4, so the streams grow ~3.8x per layer), mHC's is
+    sinkhorn(2I - 1) (res_logit_gap 2).
     """
 
     vocab: int = 64
@@ -95,10 +100,11 @@ class LMConfig:
     norm: str = "pre"
     inputs: str = "tokens"
     patch_dim: int = 0
+    res_init: str = "identity"
 
     def __post_init__(self):
         checks.variant(self.variant)
-        for name, allowed in (("arch", ARCHS), ("norm", NORMS), ("inputs", INPUTS)):
+        for name, allowed in (("arch", ARCHS), ("norm", NORMS), ("inputs", INPUTS), ("res_init", RES_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.inputs == "patches" and (isinstance(self.patch_dim, bool) or not isinstance(self.patch_dim, int)
@@ -186,10 +192,13 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     out_std = std / math.sqrt(cfg.n_mixing_layers) if cfg.scale_out_init else std
     mixing = {}
     if cfg.variant != "residual":
+        gap = 2.0 if cfg.res_init == "seed002" else cfg.res_logit_gap
         for l, name in enumerate(layer_names(cfg)):
             mix = init_params(cfg.n, cfg.dim, variant=cfg.variant, alpha=cfg.alpha_init,
-                              phi_std=cfg.phi_std, res_logit_gap=cfg.res_logit_gap,
+                              phi_std=cfg.phi_std, res_logit_gap=gap,
                               pre_eps=cfg.pre_eps, seed=cfg.seed * 100_003 + l, dtype=np.float64)
+            if cfg.variant == "hc" and cfg.res_init == "seed002":  # static res = exp(2I - 1), unnormalised
+                mix["bias"][2 * cfg.n:] = np.exp(2.0 * np.eye(cfg.n) - 1.0).reshape(-1)
             mixing.update({f"{name}.{k}": v for k, v in mix.items()})
     p = {}
     for name, shape in lm_param_shapes(cfg).items():  # fixed order: the draws do not depend on the variant

@@ -66,7 +66,7 @@ def test_torch_sweep_writes_runs_summary_and_plots(torch_sweep):
     assert {"final_loss", "max_composite_forward_gain", "nan_inf_events", "grad_norm_first_last_ratio"} <= set(
         summary["runs"][0])
     md = (out / "summary.md").read_text()
-    assert md.count("\n| ") == 4 + 7 and "| mhc | 2 | 0 | 0.001 |" in md  # spread: header + 3 rows; runs: header + 6
+    assert md.count("\n| ") == 7 + 7 and "| mhc | 2 | 0 | 0.001 |" in md  # spread and runs: header + 6 rows each
     for name in PLOTS:
         assert (out / f"{name}.png").stat().st_size > 5000, name
 

@@ -66,12 +66,13 @@ VARIANTS = ("residual", "hc", "mhc")
 # 4m42s wall on a 2-core machine shared at load ~5, so well under 5 minutes when not shared.
 PRESETS = {
     "quick": dict(dim=32, heads=2, seq_len=16, batch=8, vocab=32, steps=120, log_every=10, eval_every=20,
-                  eval_size=200),
+                  eval_size=200, init_std=0.02),
     "full": dict(dim=64, heads=4, seq_len=32, batch=16, vocab=64, steps=1000, log_every=20, eval_every=50,
-                 eval_size=0),
+                 eval_size=0, init_std=0.02),
 }
 # per task, on top of PRESETS (digits: 10 classes, 32 images a batch; text: 256 byte values)
-TASK_PRESETS = {"digits": dict(batch=32), "text": dict(seq_len=32)}
+# digits: weights drawn at std 0.2 (about 1/sqrt(dim)); at 0.02 a 12-block ViT stays at chance for 100s of steps
+TASK_PRESETS = {"digits": dict(batch=32, init_std=0.2), "text": dict(seq_len=32)}
 
 
 def positive_int(text: str) -> int:
@@ -126,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=positive_int,
                    help=f"digits: patch side (divides {DIGITS_SIDE}); default 2 (16 tokens) for the "
                         "transformer, 8 (one token) for the mlp")
+    p.add_argument("--init-std", type=positive_float,
+                   help="std of the embeddings and sub-layer weights (LMConfig.init_std); default 0.02, digits 0.2")
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--lrs", type=positive_float, nargs="+", help="several learning rates in one sweep (overrides --lr)")
     p.add_argument("--seeds", type=int, nargs="+",
@@ -258,7 +261,7 @@ def run_config(args, versions, cfg: LMConfig, data, run_dir: str) -> dict:
     rerun = [sys.executable, "scripts/depth_sweep.py", "--backend", args.backend, "--variants", cfg.variant,
              "--depths", str(cfg.n_layers), "--n", str(args.n), "--dim", str(args.dim), "--heads", str(args.heads),
              "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--vocab", str(args.vocab),
-             "--task", args.task, "--model", args.model, "--norm", args.norm, "--patch", str(args.patch), "--res-init", args.res_init,
+             "--task", args.task, "--model", args.model, "--norm", args.norm, "--patch", str(args.patch), "--res-init", args.res_init, "--init-std", repr(args.init_std),
              "--lr", repr(args.lr), "--warmup", str(args.warmup),
              "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
              "--log-every", str(args.log_every), "--eval-every", str(args.eval_every),
@@ -277,7 +280,8 @@ def model_config(args, variant: str, depth: int, data) -> LMConfig:
     return LMConfig(vocab=args.vocab, dim=args.dim, n_layers=depth, n_heads=args.heads,
                     seq_len=data.tokens if patches else args.seq_len, variant=variant, n=args.n, seed=args.seed,
                     arch=args.model, norm=args.norm, inputs="patches" if patches else "tokens",
-                    patch_dim=data.patch_dim if patches else 0, res_init=args.res_init)
+                    patch_dim=data.patch_dim if patches else 0, res_init=args.res_init,
+                    init_std=args.init_std)
 
 
 def make_data(args):

@@ -29,6 +29,7 @@ TINY = ["--depths", "1", "--steps", "3", "--log-every", "2", "--eval-every", "2"
     (["--lr", "0"], "argument --lr: expected a finite number > 0, got 0"),
     (["--lrs", "1e-3", "-1"], "argument --lrs: expected a finite number > 0, got -1"),
     (["--vocab", "1"], "--vocab must be >= 2"),
+    (["--init-std", "0"], "argument --init-std: expected a finite number > 0, got 0"),
     (["--n", "0"], "argument --n/--streams: expected an integer >= 1, got 0"),
     (["--seeds", "0", "0"], "--seeds and --lrs must not repeat a value"),
     (["--task", "digits", "--patch", "3"], "--patch must divide the image side 8"),
@@ -60,7 +61,8 @@ def test_digits_without_scikit_learn_names_the_package(monkeypatch, capsys):
 def test_task_fixes_vocab_and_sequence():
     pytest.importorskip("sklearn")
     a = depth_sweep.parse_args(["--task", "digits", "--quick"])
-    assert (a.vocab, a.seq_len, a.patch, a.seeds, a.lrs) == (10, 16, 2, [0], [1e-3])
+    assert (a.vocab, a.seq_len, a.patch, a.seeds, a.lrs, a.init_std) == (10, 16, 2, [0], [1e-3], 0.2)
+    assert depth_sweep.parse_args(["--task", "digits", "--init-std", "0.05"]).init_std == 0.05
     a = depth_sweep.parse_args(["--task", "digits", "--model", "mlp", "--seeds", "4", "5", "--lrs", "0.01", "0.1"])
     assert (a.seq_len, a.patch, a.seeds, a.lrs) == (1, 8, [4, 5], [0.01, 0.1])
     assert depth_sweep.parse_args(["--task", "text"]).vocab == 256

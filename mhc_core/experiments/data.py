@@ -193,12 +193,12 @@ class DataStream:
 
 
 class SyntheticStream(TaskStream):
-    """A synthetic task (tasks.TaskStream) with a held-out set: `eval_size` rows drawn
-    from seed SYNTHETIC_EVAL_SEED, which no training stream uses."""
+    """A synthetic task (tasks.TaskStream) with a held-out set: `eval_size` rows (0: 32)
+    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream uses."""
 
     def __init__(self, *args, eval_size: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_size = eval_size or 64
+        self.eval_size = eval_size or 32
 
     def eval_set(self):
         held = TaskStream(self.task, vocab=self.vocab, seq_len=self.seq_len, batch_size=self.eval_size,

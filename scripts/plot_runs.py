@@ -168,7 +168,8 @@ def _subtitle(runs):
     seeds = sorted({r["seed"] for r in runs})
     return (f"{c['backend']}, task '{t['task']}', {m.get('arch', 'transformer')} {m.get('norm', 'pre')}-norm, "
             f"dim {m['dim']}, n {max(r['n'] for r in runs)}, seq {m['seq_len']}, batch {t['batch']}, Adam lr {lrs}"
-            + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
+            + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "")
+            + (f", res init {m['res_init']}" if m.get("res_init", "identity") != "identity" else ""))
 
 
 def _legend(fig, axes):

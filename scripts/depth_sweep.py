@@ -53,11 +53,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mhc_core  # noqa: E402
-from mhc_core.experiments.lm_config import LMConfig, init_lm_params, layer_names, lr_at, mixing_matrices  # noqa: E402
+from mhc_core.experiments.lm_config import (ARCHS, NORMS, RES_INITS, LMConfig, init_lm_params, layer_names,  # noqa: E402
+                                             lr_at, mixing_matrices)
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.experiments.checkpoints import CheckpointStore  # noqa: E402
-from mhc_core.experiments.data import ALL_TASKS, DIGITS_SIDE, REAL_TASKS, load_digits_arrays, make_stream  # noqa: E402
-from mhc_core.experiments.lm_config import ARCHS, NORMS, RES_INITS  # noqa: E402
+from mhc_core.experiments.data import ALL_TASKS, DIGITS_SIDE, load_digits_arrays, make_stream  # noqa: E402
 import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc")

@@ -396,7 +396,7 @@ def plot_grad_vs_layer(runs, out):
         ax.set_xlabel("block index (0 = first)")
         ax.set_title(_depth_title(depth), fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].set_ylabel("gradient norm of the block's\nattention + MLP weights (mean over steps)")
+    axes[0, 0].set_ylabel("gradient norm of the block's\nsub-layer weights (mean over steps)")
     _legend(fig, axes)
     fig.suptitle(f"Gradient norm per block (first / last block ratio: summary.md)\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)

@@ -63,7 +63,8 @@ import sweep_scale  # noqa: E402  (issue 6: --checkpoint-every, --recompute, --d
 VARIANTS = ("residual", "hc", "mhc")
 # Sizes per mode; any flag given on the command line wins. 'quick' runs the default
 # 3 variants x depths 12/24/48 grid on torch in 2.5 CPU-minutes (single thread); measured
-# 4m42s wall on a 2-core machine shared at load ~5, so well under 5 minutes when not shared.
+# 4m42s wall on a 2-core machine shared at load ~5, so well under 5 minutes when not shared;
+# with the held-out evals (every 40 steps, ~2% of the time) 277 s wall, 196 s CPU at load 2.4-3.4.
 PRESETS = {
     "quick": dict(dim=32, heads=2, seq_len=16, batch=8, vocab=32, steps=120, log_every=10, eval_every=40,
                   eval_size=0, init_std=0.02),

@@ -6,6 +6,7 @@
 Reads RUNS_DIR/<variant>-L<depth>/{config.json, metrics.jsonl, res_final.json} and writes
 into RUNS_DIR:
   loss.png            training loss vs step, one panel per depth (log y)
+  eval.png            held-out loss and accuracy vs step (after the last update at the end)
   grad_norm.png       total gradient norm vs step (log y)
   nan_inf_events.png  cumulative steps with a NaN/Inf loss or gradient
   gain.png            composite Amax gain (max over depth and tokens) vs step, forward and backward (log y)
@@ -14,6 +15,10 @@ into RUNS_DIR:
   grad_heatmap.png    per-layer gradient norm (log10) over training, one panel per run
   grad_vs_layer.png   per-block gradient norm averaged over training vs block index
   h_res.png           final H_res (mean over tokens) of a few layers and the composite
+
+Several seeds (--seeds): loss, grad_norm, eval and depth_scaling draw the mean over seeds
+with a band from the lowest to the highest seed; the per-run views (gain, heatmap, per
+layer, H_res) show the first seed. Several learning rates (--lrs): one line style per lr.
 """
 from __future__ import annotations
 
@@ -65,20 +70,82 @@ def load_runs(runs_dir: str) -> list[dict]:
                 res = json.load(f)
         model = cfg["model"]
         runs.append({"name": name, "variant": model["variant"], "depth": model["n_layers"], "n": model["n"],
+                     "seed": model.get("seed", 0), "lr": cfg["train"]["lr"],
+                     "per_block": 1 if model.get("arch") == "mlp" else 2,
                      "config": cfg, "metrics": recs, "res": res})
-    runs.sort(key=lambda r: (r["depth"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 9))
+    runs.sort(key=lambda r: (r["depth"], ORDER.index(r["variant"]) if r["variant"] in ORDER else 9, r["lr"], r["seed"]))
     return runs
 
 
+def groups(runs) -> list[list[dict]]:
+    """Runs that differ only by seed, grouped (same variant, depth and lr), in run order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in runs:
+        out.setdefault((r["variant"], r["depth"], r["lr"]), []).append(r)
+    return list(out.values())
+
+
+def first_seed(runs) -> list[dict]:
+    """One run per (variant, depth, lr): the lowest seed (the per-run plots)."""
+    return [min(g, key=lambda r: r["seed"]) for g in groups(runs)]
+
+
+LR_STYLES = ("-", "--", ":", "-.")
+
+
+def _group_style(g, runs, **extra):
+    """Variant colour; with several learning rates a line style and label per lr."""
+    lrs = sorted({r["lr"] for r in runs})
+    st = _style(g[0]["variant"], **extra)
+    if len(lrs) > 1:
+        st["ls"] = LR_STYLES[lrs.index(g[0]["lr"]) % len(LR_STYLES)]
+        st["label"] = f"{st['label']}, lr {g[0]['lr']:g}"
+    return st
+
+
+def _mean_band(series):
+    """[(xs, ys) per seed] -> (steps, mean, lo, hi) over the seeds that logged each step
+    (finite values only; a seed that stopped early drops out of the later steps)."""
+    by_step: dict[float, list[float]] = {}
+    for xs, ys in series:
+        for x, y in zip(xs, ys):
+            if np.isfinite(y):
+                by_step.setdefault(float(x), []).append(float(y))
+    steps = np.array(sorted(by_step))
+    vals = [by_step[x] for x in steps]
+    return (steps, np.array([np.mean(v) for v in vals]), np.array([min(v) for v in vals]),
+            np.array([max(v) for v in vals]))
+
+
 def _series(recs, key, sub=None):
-    """(steps, values) of the records holding `key` (optionally a sub-key such as 'max')."""
+    """(steps, values) of the records holding `key` (optionally a sub-key such as 'max').
+    A `<key>_final` value (the held-out eval after the last update) is placed at step + 1."""
     xs, ys = [], []
     for r in recs:
         if key in r:
             v = r[key] if sub is None else r[key][sub]
             xs.append(r["step"])
             ys.append(_num(v))
+        if f"{key}_final" in r:
+            xs.append(r["step"] + 1)
+            ys.append(_num(r[f"{key}_final"]))
     return np.array(xs), np.array(ys, dtype=float)
+
+
+def _plot_group(ax, g, runs, key, sub=None, cumulative=False, **extra):
+    """One line per group: the run itself, or the mean over seeds with a min-max band."""
+    series = []
+    for r in g:
+        xs, ys = _series(r["metrics"], key, sub)
+        series.append((xs, np.cumsum(ys) if cumulative else ys))
+    st = _group_style(g, runs, **extra)
+    if len(series) == 1:
+        ax.plot(*series[0], **st)
+        return
+    steps, mean, lo, hi = _mean_band(series)
+    st["label"] = f"{st['label']} (mean of {len(series)} seeds)"
+    ax.plot(steps, mean, **st)
+    ax.fill_between(steps, lo, hi, color=st.get("color"), alpha=0.18, lw=0)
 
 
 def _depth_axes(runs, rows=1, height=3.2, sharey=True):
@@ -88,15 +155,22 @@ def _depth_axes(runs, rows=1, height=3.2, sharey=True):
     return fig, axes, depths
 
 
+_PER_BLOCK = {"value": 2}  # mixing layers per block of the runs being plotted (set by plot_runs)
+
+
 def _depth_title(depth):
-    return f"depth {depth} blocks ({2 * depth} mixing layers)"
+    return f"depth {depth} blocks ({_PER_BLOCK['value'] * depth} mixing layers)"
 
 
 def _subtitle(runs):
     c = runs[0]["config"]
     m, t = c["model"], c["train"]
-    return (f"{c['backend']}, task '{t['task']}', dim {m['dim']}, n {runs[-1]['n'] if runs else ''}, "
-            f"seq {m['seq_len']}, batch {t['batch']}, Adam lr {t['lr']}")
+    lrs = ", ".join(f"{v:g}" for v in sorted({r["lr"] for r in runs}))
+    seeds = sorted({r["seed"] for r in runs})
+    return (f"{c['backend']}, task '{t['task']}', {m.get('arch', 'transformer')} {m.get('norm', 'pre')}-norm, "
+            f"dim {m['dim']}, n {max(r['n'] for r in runs)}, seq {m['seq_len']}, batch {t['batch']}, Adam lr {lrs}"
+            + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "")
+            + (f", res init {m['res_init']}" if m.get("res_init", "identity") != "identity" else ""))
 
 
 def _legend(fig, axes):
@@ -135,11 +209,8 @@ def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
     fig, axes, depths = _depth_axes(runs)
     for j, depth in enumerate(depths):
         ax = axes[0, j]
-        for r in (r for r in runs if r["depth"] == depth):
-            xs, ys = _series(r["metrics"], key, sub)
-            if cumulative:
-                ys = np.cumsum(ys)
-            ax.plot(xs, ys, **_style(r["variant"]))
+        for g in (g for g in groups(runs) if g[0]["depth"] == depth):
+            _plot_group(ax, g, runs, key, sub, cumulative=cumulative)
         ax.set_title(_depth_title(depth), fontsize=10)
         ax.set_xlabel("training step")
         if log:
@@ -151,6 +222,28 @@ def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
     axes[0, 0].set_ylabel(ylabel)
     _legend(fig, axes)
     fig.suptitle(f"{title}\n{_subtitle(runs)}", fontsize=11)
+    fig.tight_layout(rect=LEGEND_ROOM)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_eval(runs, out):
+    """Held-out loss (top) and accuracy (bottom) vs step, per depth; mean and band over seeds."""
+    if not any("eval_loss" in m for r in runs for m in r["metrics"]):
+        return
+    fig, axes, depths = _depth_axes(runs, rows=2, sharey="row")
+    for i, (key, label) in enumerate((("eval_loss", "held-out loss (nats)"), ("eval_accuracy", "held-out accuracy"))):
+        for j, depth in enumerate(depths):
+            ax = axes[i, j]
+            for g in (g for g in groups(runs) if g[0]["depth"] == depth):
+                _plot_group(ax, g, runs, key, marker=".", ms=3)
+            ax.grid(alpha=0.3)
+            ax.set_title(_depth_title(depth), fontsize=9)
+            if i == 1:
+                ax.set_xlabel("training step (last point: after the final update)")
+        axes[i, 0].set_ylabel(label)
+    _legend(fig, axes)
+    fig.suptitle(f"Held-out loss and accuracy\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -198,14 +291,21 @@ def plot_depth_scaling(runs, out):
                                      ("composite_backward_gain_peak", "backward"))):
         ax = axes[0, i]
         for v in ORDER:
-            rs = sorted((r for r in runs if r["variant"] == v), key=lambda r: r["depth"])
-            if rs:
-                ax.plot([r["depth"] for r in rs], [_max_over_steps(r["metrics"], key) for r in rs],
-                        **_style(v, marker="o"))
+            for lr in sorted({r["lr"] for r in runs}):
+                gs = sorted((g for g in groups(runs) if g[0]["variant"] == v and g[0]["lr"] == lr),
+                            key=lambda g: g[0]["depth"])
+                if not gs:
+                    continue
+                vals = [[_max_over_steps(r["metrics"], key) for r in g] for g in gs]
+                st = _group_style(gs[0], runs, marker="o")
+                ax.plot([g[0]["depth"] for g in gs], [np.nanmean(v) for v in vals], **st)
+                if any(len(v) > 1 for v in vals):
+                    ax.fill_between([g[0]["depth"] for g in gs], [np.nanmin(v) for v in vals],
+                                    [np.nanmax(v) for v in vals], color=st.get("color"), alpha=0.18, lw=0)
         _log_y(ax)
         ax.axhline(1.0, color="k", lw=0.6, ls=":")
         ax.set_xticks(sorted({r["depth"] for r in runs}))
-        ax.set_xlabel("depth (transformer blocks; 2 mixing layers each)")
+        ax.set_xlabel(f"depth (blocks; {_PER_BLOCK['value']} mixing layer(s) each)")
         ax.set_ylabel(f"max composite {what} Amax gain")
         ax.set_title(f"{what} gain (max over training, layers, tokens)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
@@ -289,14 +389,15 @@ def plot_grad_vs_layer(runs, out):
         for r in (r for r in runs if r["depth"] == depth):
             ok = [m for m in r["metrics"] if not m["nan_inf_event"]]
             if ok:
-                g = np.array([[_num(v) for v in m["layer_grad_norm"]] for m in ok], dtype=float)  # [steps, 2L]
-                block = np.sqrt(g[:, 0::2] ** 2 + g[:, 1::2] ** 2).mean(0)  # attention + MLP of each block
+                g = np.array([[_num(v) for v in m["layer_grad_norm"]] for m in ok], dtype=float)  # [steps, kL]
+                k = r["per_block"]
+                block = np.sqrt((g.reshape(len(g), -1, k) ** 2).sum(-1)).mean(0)  # the sub-layers of each block
                 ax.plot(np.arange(len(block)), block, **_style(r["variant"]))
         _log_y(ax)
         ax.set_xlabel("block index (0 = first)")
         ax.set_title(_depth_title(depth), fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].set_ylabel("gradient norm of the block's\nattention + MLP weights (mean over steps)")
+    axes[0, 0].set_ylabel("gradient norm of the block's\nsub-layer weights (mean over steps)")
     _legend(fig, axes)
     fig.suptitle(f"Gradient norm per block (first / last block ratio: summary.md)\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
@@ -314,7 +415,7 @@ def plot_h_res(runs, out):
         mats = [(f"layer {l}\n{nm}", np.array(m).T) for l, nm, m in
                 zip(r["res"]["layers"], r["res"]["names"], r["res"]["res_mean"])]
         mats += [None] * (cols - 1 - len(mats))  # the composite always in the last column
-        mats.append((f"composite of all\n{2 * r['depth']} layers", np.array(r["res"]["composite_mean"]).T))
+        mats.append((f"composite of all\n{r['per_block'] * r['depth']} layers", np.array(r["res"]["composite_mean"]).T))
         for j in range(cols):
             ax = axes[i, j]
             ax.set_xticks([])
@@ -345,16 +446,19 @@ def plot_runs(runs_dir: str) -> list[str]:
     if not runs:
         raise SystemExit(f"no runs (subdirectories with config.json and metrics.jsonl) in {runs_dir}")
     p = lambda name: os.path.join(runs_dir, name)  # noqa: E731
+    _PER_BLOCK["value"] = runs[0]["per_block"]
+    one = first_seed(runs)
     _line_plot(runs, p("loss.png"), "loss", None, "cross-entropy (nats)", "Training loss")
+    plot_eval(runs, p("eval.png"))
     _line_plot(runs, p("grad_norm.png"), "grad_norm", None, "total gradient L2 norm", "Gradient norm")
-    plot_nan_events(runs, p("nan_inf_events.png"))
-    plot_gain(runs, p("gain.png"))
+    plot_nan_events(one, p("nan_inf_events.png"))
+    plot_gain(one, p("gain.png"))
     plot_depth_scaling(runs, p("depth_scaling.png"))
-    plot_gain_vs_layer(runs, p("gain_vs_layer.png"))
-    plot_grad_heatmap(runs, p("grad_heatmap.png"))
-    plot_grad_vs_layer(runs, p("grad_vs_layer.png"))
-    plot_h_res(runs, p("h_res.png"))
-    names = ("loss", "grad_norm", "nan_inf_events", "gain", "depth_scaling", "gain_vs_layer", "grad_heatmap",
+    plot_gain_vs_layer(one, p("gain_vs_layer.png"))
+    plot_grad_heatmap(one, p("grad_heatmap.png"))
+    plot_grad_vs_layer(one, p("grad_vs_layer.png"))
+    plot_h_res(one, p("h_res.png"))
+    names = ("loss", "eval", "grad_norm", "nan_inf_events", "gain", "depth_scaling", "gain_vs_layer", "grad_heatmap",
              "grad_vs_layer", "h_res")
     return [p(f"{n}.png") for n in names if os.path.isfile(p(f"{n}.png"))]
 

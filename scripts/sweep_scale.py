@@ -99,6 +99,25 @@ def scale_config(args) -> dict:
             "recompute": args.recompute, "dtype": args.dtype, "world_size": dist.world, "rerun_flags": flags}
 
 
+FINGERPRINT_ARGS = ("backend", "dtype", "recompute", "batch", "task", "lr", "warmup", "grad_clip", "seed",
+                    "patch", "eval_size")
+
+
+def fingerprint(args, cfg) -> dict:
+    """What must match for a checkpoint to continue a run (steps and logging may change)."""
+    return {"model": cfg.as_dict(), **{k: getattr(args, k, None) for k in FINGERPRINT_ARGS}}
+
+
+def check_fingerprint(loaded, want: dict, directory: str) -> None:
+    """SystemExit naming the settings that differ when checkpoint `loaded` was written by a
+    run of other settings than `want`."""
+    saved = loaded.meta.get("fingerprint", {})
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise SystemExit(f"{loaded.path} was written by a run with different settings ({', '.join(diff)}); "
+                         f"use another --out or delete {directory} to start over")
+
+
 class RunHooks:
     """Per-run glue: wraps the trainer (dtype, recompute, DDP), resumes, checkpoints.
 
@@ -120,9 +139,7 @@ class RunHooks:
         self.log_path = os.path.join(run_dir, "metrics.jsonl")
         self.trainer = trainer  # wrapped for DDP after resume (DDP broadcasts rank 0's weights)
         # what must match for a checkpoint to continue this run (steps and logging may change)
-        self.fingerprint = {"model": cfg.as_dict(),
-                            **{k: getattr(args, k) for k in ("backend", "dtype", "recompute", "batch", "task", "lr",
-                                                             "warmup", "grad_clip", "seed")}}
+        self.fingerprint = fingerprint(args, cfg)
 
     def _apply_dtype_and_recompute(self, cfg) -> None:
         model = self.base.model
@@ -155,13 +172,12 @@ class RunHooks:
         trainer and data position restored; (0, acc) when there is none or checkpoints are off."""
         start = 0
         if self.ckpt is not None:
+            peek = self.ckpt.store.load_latest(warn=False)  # check before resume() cuts the log back
+            if peek.found:
+                check_fingerprint(peek, self.fingerprint, self.ckpt.store.directory)
             loaded = self.ckpt.resume()
             if loaded.found:
-                saved = loaded.meta.get("fingerprint", {})
-                if saved != self.fingerprint:
-                    diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-                    raise SystemExit(f"{loaded.path} was written by a run with different settings ({', '.join(diff)}); "
-                                     f"use another --out or delete {self.ckpt.store.directory} to start over")
+                check_fingerprint(loaded, self.fingerprint, self.ckpt.store.directory)
                 self._checkpoint_module().restore(self.base.model, self.base.opt, loaded.tensors, loaded.meta)
                 self.data.position = loaded.meta["data_position"]
                 acc = {k: loaded.meta["run"][k] for k in ACC_KEYS}

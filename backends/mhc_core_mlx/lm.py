@@ -1,4 +1,4 @@
-"""The depth sweep's tiny transformer LM on MLX, and its training step.
+"""The depth sweep's tiny models on MLX (token LM, ViT, deep MLP), and their training step.
 
 Model and parameter names: `mhc_core.experiments.lm_config` (shared with `mhc_core_torch.lm`, so one
 `init_lm_params(cfg)` dict loads into both and gives the same logits). Every attention
@@ -27,13 +27,20 @@ from .state import load_state, module_state
 from .training.recompute import run_layers
 
 
+def _pre_norm(cfg: LMConfig) -> nn.Module:
+    """The sub-layer's input norm: RMSNorm for norm 'pre', else the identity (no weights)."""
+    return nn.RMSNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm == "pre" else nn.Identity()
+
+
 class Attention(nn.Module):
-    """f(h) = proj(causal multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]."""
+    """f(h) = proj(multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]; causal for
+    tokens, bidirectional for patches; no rmsnorm unless cfg.norm == 'pre'."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.causal = cfg.causal
+        self.norm = _pre_norm(cfg)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
@@ -42,21 +49,24 @@ class Attention(nn.Module):
         d = c // self.n_heads
         q, k, v = mx.split(self.qkv(self.norm(h)), 3, axis=-1)  # 3 x [B, T, C]
         q, k, v = (a.reshape(b, t, self.n_heads, d).transpose(0, 2, 1, 3) for a in (q, k, v))
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(d), mask="causal")
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(d), mask="causal" if self.causal else None)
         return self.proj(o.transpose(0, 2, 1, 3).reshape(b, t, c))  # [B, T, C]
 
 
 class MLP(nn.Module):
-    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C]."""
+    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C] (rmsnorm only for norm 'pre')."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = _pre_norm(cfg)
         self.fc1 = nn.Linear(cfg.dim, cfg.hidden, bias=False)
         self.fc2 = nn.Linear(cfg.hidden, cfg.dim, bias=False)
 
     def __call__(self, h: mx.array) -> mx.array:
         return self.fc2(nn.silu(self.fc1(self.norm(h))))
+
+
+SUBLAYER_MODULES = {"attn": Attention, "mlp": MLP}
 
 
 class HistoryStep(HistorySkip):
@@ -73,21 +83,37 @@ class HistoryStep(HistorySkip):
 
 
 class Block(nn.Module):
-    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]
-    (HistoryStep for the 'history' variant)."""
+    """One mixing layer per sub-layer kind (cfg.sublayers: MHC(attention) then MHC(MLP), or
+    MHC(MLP) alone), each [B, T, n, C] -> [B, T, n, C] (HistoryStep for the 'history'
+    variant); norm 'post' adds `<kind>_norm`, the RMSNorm applied to every stream after that
+    mixing layer."""
 
     def __init__(self, cfg: LMConfig, compiled: bool = False):
         super().__init__()
-        if cfg.variant == "history":
-            self.attn, self.mlp = HistoryStep(Attention(cfg), cfg), HistoryStep(MLP(cfg), cfg)
-            return
         kw = dict(variant=cfg.variant, compiled=compiled, **cfg.mhc_kwargs())
-        self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
-        self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
+        for kind in cfg.sublayers:
+            layer = SUBLAYER_MODULES[kind](cfg)
+            setattr(self, kind, HistoryStep(layer, cfg) if cfg.variant == "history"
+                    else MHC(layer, cfg.n, cfg.dim, **kw))
+            if cfg.norm == "post":
+                setattr(self, f"{kind}_norm", nn.RMSNorm(cfg.dim, eps=cfg.norm_eps))
+
+
+class PostNormed(nn.Module):
+    """x -> norm(mix(x)) for x [..., n, C]: a mixing layer followed by its post-norm
+    (built per forward; holds the block's own modules, adds no parameters of its own)."""
+
+    def __init__(self, mix: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.mix, self.norm = mix, norm
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.norm(self.mix(x))
 
 
 class TinyLM(nn.Module):
-    """tokens [B, T] int -> logits [B, T, V]; see mhc_core.experiments.lm_config for the layout.
+    """tokens [B, T] int -> logits [B, T, V], or (inputs 'patches') patches [B, T, P] float
+    -> class logits [B, V]; see mhc_core.experiments.lm_config for the layout.
 
     `params`: a dict from `init_lm_params` / `module_state` to load (default: a fresh
     `init_lm_params(cfg)`). `compiled`: mx.compile the mixing math of every MHC.
@@ -96,42 +122,61 @@ class TinyLM(nn.Module):
     def __init__(self, cfg: LMConfig, params: dict | None = None, *, compiled: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        if cfg.inputs == "tokens":
+            self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        else:
+            self.patch_embed = nn.Linear(cfg.patch_dim, cfg.dim, bias=False)
         self.pos_embed = nn.Embedding(cfg.seq_len, cfg.dim)
         self.blocks = [Block(cfg, compiled) for _ in range(cfg.n_layers)]
-        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm != "none" else nn.Identity()
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         self.recompute = 0  # mixing layers per recomputed block (paper 4.3); 0 = keep all activations
         load_state(self, init_lm_params(cfg) if params is None else params)
 
     def mixing_layers(self) -> list[MHC]:
-        return [m for b in self.blocks for m in (b.attn, b.mlp)]
+        return [getattr(b, kind) for b in self.blocks for kind in self.cfg.sublayers]
+
+    def stages(self) -> list[nn.Module]:
+        """What runs in order on the streams: the mixing layers, each followed by its
+        post-norm when cfg.norm == 'post'."""
+        if self.cfg.norm != "post":
+            return self.mixing_layers()
+        return [PostNormed(getattr(b, kind), getattr(b, f"{kind}_norm")) for b in self.blocks for kind in self.cfg.sublayers]
 
     def forward_recording(self, tokens: mx.array, rows: int = 0) -> tuple[mx.array, list[mx.array]]:
-        """(logits [B, T, V], inputs): inputs[l] is the stream state entering mixing layer
-        l for the first `rows` batch rows, [rows, T, n, C] (empty list when rows = 0)."""
+        """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
+        the stream state entering mixing layer l for the first `rows` batch rows,
+        [rows, T, n, C] (empty list when rows = 0)."""
         t = tokens.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
-        h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
+        embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
+        h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
         if self.cfg.variant == "history":
             x, inputs = self._run_history(x, rows)
         else:  # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
-            x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
-        logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
-        return logits, inputs
+            x, inputs = run_layers(self.stages(), x, block=self.recompute, record_rows=rows)
+        h = mhc_core.reduce_streams(x)  # [B, T, C]
+        if self.cfg.inputs == "patches":
+            h = h.mean(axis=1)  # [B, C]: mean pooling over the patch tokens
+        return self.head(self.head_norm(h)), inputs
 
     def _run_history(self, x: mx.array, rows: int) -> tuple[mx.array, list[mx.array]]:
-        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states."""
+        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states
+        (each after its post-norm when cfg.norm == 'post')."""
         if self.recompute:
             raise ValueError("block recompute is not implemented for the 'history' variant")
         keep = mx.stop_gradient if self.cfg.detach_history else (lambda s: s)
+        post = self.cfg.norm == "post"
+        norms = [getattr(b, f"{kind}_norm") if post else None for b in self.blocks for kind in self.cfg.sublayers]
         window, inputs = [keep(x)], []
-        for layer in self.mixing_layers():
+        for layer, norm in zip(self.mixing_layers(), norms):
             if rows:
                 inputs.append(mx.stop_gradient(x[:rows]))
             x = layer(x, window)
+            if norm is not None:
+                x = norm(x)
             window = (window + [keep(x)])[-self.cfg.history:]
         return x, inputs
 
@@ -142,21 +187,37 @@ class TinyLM(nn.Module):
         """Each mixing layer's res [rows, T, n, n] (numpy float64) for `tokens`, computed
         by mhc_core.coefficients from the recorded layer inputs (one implementation for
         both backends; 'residual' gives the 1x1 identity)."""
-        tokens = mx.array(np.asarray(tokens, dtype=np.int32))
+        tokens = _inputs(self.cfg, tokens)
         _, inputs = self.forward_recording(tokens, rows or tokens.shape[0])
         return mixing_matrices(self.cfg, [np.array(x) for x in inputs], mixing_state(self))
 
 
 def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
-    """The mixing parameters (phi, bias, alpha of every layer) as numpy."""
+    """The mixing parameters (phi, bias, alpha, or history logits / gate, of every layer) as numpy."""
     return {k: np.array(v) for k, v in tree_flatten(model.parameters())
             if k.rsplit(".", 1)[-1] in ("phi", "bias", "alpha", "logits", "gate") and ".layer." not in k}
 
 
+def _inputs(cfg: LMConfig, x) -> mx.array:
+    """numpy inputs as the model's array: token ids (int32) or patches (float32)."""
+    return mx.array(np.asarray(x, dtype=np.int32 if cfg.inputs == "tokens" else np.float32))
+
+
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
-    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T]."""
-    ce = nn.losses.cross_entropy(logits, targets, reduction="none")  # [B, T]
+    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T];
+    class logits [B, V] with targets [B]: the plain mean (mask unused)."""
+    ce = nn.losses.cross_entropy(logits, targets, reduction="none")  # [B, T] or [B]
+    if logits.ndim == 2:
+        return ce.mean()
     return (ce * mask).sum() / (ce.shape[0] * mask.sum())
+
+
+def correct_and_weight(logits: mx.array, targets: mx.array, mask: mx.array) -> tuple[float, float]:
+    """(mask-weighted count of argmax hits, mask-weighted count of targets)."""
+    hit = (mx.argmax(logits, axis=-1) == targets).astype(mx.float32)
+    if logits.ndim == 2:
+        return float(hit.sum().item()), float(hit.size)
+    return float((hit * mask).sum().item()), float(mask.sum().item() * hit.shape[0])
 
 
 class Trainer:
@@ -192,7 +253,7 @@ class Trainer:
         skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
         as they were for this forward (before the update).
         """
-        x, y = mx.array(inputs.astype(np.int32)), mx.array(targets.astype(np.int32))
+        x, y = _inputs(self.cfg, inputs), mx.array(np.asarray(targets).astype(np.int32))
         m = mx.array(mask.astype(np.float32))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
@@ -213,6 +274,20 @@ class Trainer:
             self.opt.update(self.model, grads)
             mx.eval(self.model.parameters(), self.opt.state)
         return out
+
+    def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
+        """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
+        (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
+        m = mx.array(np.asarray(mask, dtype=np.float32))
+        loss_sum = hits = total = 0.0
+        rows = len(targets)
+        for s in range(0, rows, chunk):
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), mx.array(np.asarray(targets[s:s + chunk]).astype(np.int32))
+            logits = self.model.forward_recording(x, 0)[0].astype(mx.float32)
+            loss_sum += float(masked_cross_entropy(logits, y, m).item()) * int(y.shape[0])
+            h, w = correct_and_weight(logits, y, m)
+            hits, total = hits + h, total + w
+        return {"eval_loss": loss_sum / rows, "eval_accuracy": hits / total}
 
 
 def _scale(tree, s: float):

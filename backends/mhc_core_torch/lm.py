@@ -1,4 +1,4 @@
-"""The depth sweep's tiny transformer LM on PyTorch, and its training step.
+"""The depth sweep's tiny models on PyTorch (token LM, ViT, deep MLP), and their training step.
 
 Model and parameter names: `mhc_core.experiments.lm_config` (shared with `mhc_core_mlx.lm`, so one
 `init_lm_params(cfg)` dict loads into both and gives the same logits). Every attention
@@ -26,13 +26,20 @@ from .state import load_state, module_state
 from .training.recompute import run_layers
 
 
+def _pre_norm(cfg: LMConfig) -> nn.Module:
+    """The sub-layer's input norm: RMSNorm for norm 'pre', else the identity (no weights)."""
+    return nn.RMSNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm == "pre" else nn.Identity()
+
+
 class Attention(nn.Module):
-    """f(h) = proj(causal multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]."""
+    """f(h) = proj(multi-head attention(rmsnorm(h))): [B, T, C] -> [B, T, C]; causal for
+    tokens, bidirectional for patches; no rmsnorm unless cfg.norm == 'pre'."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.causal = cfg.causal
+        self.norm = _pre_norm(cfg)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
@@ -41,21 +48,24 @@ class Attention(nn.Module):
         d = c // self.n_heads
         q, k, v = self.qkv(self.norm(h)).split(c, dim=-1)  # 3 x [B, T, C]
         q, k, v = (a.reshape(b, t, self.n_heads, d).transpose(1, 2) for a in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(d))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / math.sqrt(d))
         return self.proj(o.transpose(1, 2).reshape(b, t, c))  # [B, T, C]
 
 
 class MLP(nn.Module):
-    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C]."""
+    """f(h) = fc2(silu(fc1(rmsnorm(h)))): [B, T, C] -> [B, T, C] (rmsnorm only for norm 'pre')."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = _pre_norm(cfg)
         self.fc1 = nn.Linear(cfg.dim, cfg.hidden, bias=False)
         self.fc2 = nn.Linear(cfg.hidden, cfg.dim, bias=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.silu(self.fc1(self.norm(h))))
+
+
+SUBLAYER_MODULES = {"attn": Attention, "mlp": MLP}
 
 
 class HistoryStep(HistorySkip):
@@ -72,21 +82,37 @@ class HistoryStep(HistorySkip):
 
 
 class Block(nn.Module):
-    """Two mixing layers: MHC(attention) then MHC(MLP), each [B, T, n, C] -> [B, T, n, C]
-    (HistoryStep for the 'history' variant)."""
+    """One mixing layer per sub-layer kind (cfg.sublayers: MHC(attention) then MHC(MLP), or
+    MHC(MLP) alone), each [B, T, n, C] -> [B, T, n, C] (HistoryStep for the 'history'
+    variant); norm 'post' adds `<kind>_norm`, the RMSNorm applied to every stream after that
+    mixing layer."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
-        if cfg.variant == "history":
-            self.attn, self.mlp = HistoryStep(Attention(cfg), cfg), HistoryStep(MLP(cfg), cfg)
-            return
         kw = dict(variant=cfg.variant, **cfg.mhc_kwargs())
-        self.attn = MHC(Attention(cfg), cfg.n, cfg.dim, **kw)
-        self.mlp = MHC(MLP(cfg), cfg.n, cfg.dim, **kw)
+        for kind in cfg.sublayers:
+            layer = SUBLAYER_MODULES[kind](cfg)
+            setattr(self, kind, HistoryStep(layer, cfg) if cfg.variant == "history"
+                    else MHC(layer, cfg.n, cfg.dim, **kw))
+            if cfg.norm == "post":
+                setattr(self, f"{kind}_norm", nn.RMSNorm(cfg.dim, eps=cfg.norm_eps))
+
+
+class PostNormed(nn.Module):
+    """x -> norm(mix(x)) for x [..., n, C]: a mixing layer followed by its post-norm
+    (built per forward; holds the block's own modules, adds no parameters of its own)."""
+
+    def __init__(self, mix: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.mix, self.norm = mix, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mix(x))
 
 
 class TinyLM(nn.Module):
-    """tokens [B, T] int -> logits [B, T, V]; see mhc_core.experiments.lm_config for the layout.
+    """tokens [B, T] int -> logits [B, T, V], or (inputs 'patches') patches [B, T, P] float
+    -> class logits [B, V]; see mhc_core.experiments.lm_config for the layout.
 
     `params`: a dict from `init_lm_params` / `module_state` to load (default: a fresh
     `init_lm_params(cfg)`).
@@ -95,42 +121,61 @@ class TinyLM(nn.Module):
     def __init__(self, cfg: LMConfig, params: dict | None = None):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        if cfg.inputs == "tokens":
+            self.embed = nn.Embedding(cfg.vocab, cfg.dim)
+        else:
+            self.patch_embed = nn.Linear(cfg.patch_dim, cfg.dim, bias=False)
         self.pos_embed = nn.Embedding(cfg.seq_len, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm != "none" else nn.Identity()
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         self.recompute = 0  # mixing layers per recomputed block (paper 4.3); 0 = keep all activations
         load_state(self, init_lm_params(cfg) if params is None else params)
 
     def mixing_layers(self) -> list[MHC]:
-        return [m for b in self.blocks for m in (b.attn, b.mlp)]
+        return [getattr(b, kind) for b in self.blocks for kind in self.cfg.sublayers]
+
+    def stages(self) -> list[nn.Module]:
+        """What runs in order on the streams: the mixing layers, each followed by its
+        post-norm when cfg.norm == 'post'."""
+        if self.cfg.norm != "post":
+            return self.mixing_layers()
+        return [PostNormed(getattr(b, kind), getattr(b, f"{kind}_norm")) for b in self.blocks for kind in self.cfg.sublayers]
 
     def forward_recording(self, tokens: torch.Tensor, rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(logits [B, T, V], inputs): inputs[l] is the stream state entering mixing layer
-        l for the first `rows` batch rows, [rows, T, n, C] (empty list when rows = 0)."""
+        """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
+        the stream state entering mixing layer l for the first `rows` batch rows,
+        [rows, T, n, C] (empty list when rows = 0)."""
         t = tokens.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
-        h = self.embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
+        embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
+        h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
         if self.cfg.variant == "history":
             x, inputs = self._run_history(x, rows)
         else:  # block recompute (training.recompute) when self.recompute > 0; same inputs recorded
-            x, inputs = run_layers(self.mixing_layers(), x, block=self.recompute, record_rows=rows)
-        logits = self.head(self.head_norm(mhc_core.reduce_streams(x)))  # [B, T, V]
-        return logits, inputs
+            x, inputs = run_layers(self.stages(), x, block=self.recompute, record_rows=rows)
+        h = mhc_core.reduce_streams(x)  # [B, T, C]
+        if self.cfg.inputs == "patches":
+            h = h.mean(dim=1)  # [B, C]: mean pooling over the patch tokens
+        return self.head(self.head_norm(h)), inputs
 
     def _run_history(self, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states."""
+        """The 'history' variant's layers over x [B, T, 1, C], keeping the last K states
+        (each after its post-norm when cfg.norm == 'post')."""
         if self.recompute:
             raise ValueError("block recompute is not implemented for the 'history' variant")
         keep = (lambda s: s.detach()) if self.cfg.detach_history else (lambda s: s)
+        post = self.cfg.norm == "post"
+        norms = [getattr(b, f"{kind}_norm") if post else None for b in self.blocks for kind in self.cfg.sublayers]
         window, inputs = [keep(x)], []
-        for layer in self.mixing_layers():
+        for layer, norm in zip(self.mixing_layers(), norms):
             if rows:
                 inputs.append(x[:rows].detach())
             x = layer(x, window)
+            if norm is not None:
+                x = norm(x)
             window = (window + [keep(x)])[-self.cfg.history:]
         return x, inputs
 
@@ -142,7 +187,7 @@ class TinyLM(nn.Module):
         """Each mixing layer's res [rows, T, n, n] (numpy float64) for `tokens`, computed
         by mhc_core.coefficients from the recorded layer inputs (one implementation for
         both backends; 'residual' gives the 1x1 identity)."""
-        tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+        tokens = _inputs(self.cfg, tokens)
         _, inputs = self.forward_recording(tokens, rows or tokens.shape[0])
         return mixing_matrices(self.cfg, [x.numpy() for x in inputs], mixing_state(self))
 
@@ -156,10 +201,26 @@ def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
             if k.rsplit(".", 1)[-1] in MIXING_NAMES and ".layer." not in k}
 
 
+def _inputs(cfg: LMConfig, x) -> torch.Tensor:
+    """numpy inputs as the model's tensor: token ids (long) or patches (float32)."""
+    return torch.as_tensor(np.asarray(x), dtype=torch.long if cfg.inputs == "tokens" else torch.float32)
+
+
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T]."""
+    """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T];
+    class logits [B, V] with targets [B]: the plain mean (mask unused)."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, targets)
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
     return (ce * mask).sum() / (ce.shape[0] * mask.sum())
+
+
+def correct_and_weight(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(mask-weighted count of argmax hits, mask-weighted count of targets)."""
+    hit = (logits.argmax(-1) == targets).float()
+    if logits.dim() == 2:
+        return float(hit.sum()), float(hit.numel())
+    return float((hit * mask).sum()), float(mask.sum() * hit.shape[0])
 
 
 class Trainer:
@@ -191,7 +252,7 @@ class Trainer:
         skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
         as they were for this forward (before the update).
         """
-        x = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
+        x = _inputs(self.cfg, inputs)
         y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
         self.opt.zero_grad(set_to_none=True)
@@ -215,3 +276,18 @@ class Trainer:
                 group["lr"] = lr
             self.opt.step()
         return out
+
+    @torch.no_grad()
+    def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
+        """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
+        (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
+        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        loss_sum = hits = total = 0.0
+        rows = len(targets)
+        for s in range(0, rows, chunk):
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), torch.as_tensor(np.asarray(targets[s:s + chunk]), dtype=torch.long)
+            logits = self.model.forward_recording(x, 0)[0].float()
+            loss_sum += float(masked_cross_entropy(logits, y, m)) * len(y)
+            h, w = correct_and_weight(logits, y, m)
+            hits, total = hits + h, total + w
+        return {"eval_loss": loss_sum / rows, "eval_accuracy": hits / total}

@@ -1,4 +1,4 @@
-"""The tiny transformer LM of the depth sweep, described once for every backend.
+"""The depth sweep's tiny models (token LM, ViT, deep MLP), described once for every backend.
 
 `LMConfig` is the model (framework-free); `init_lm_params(cfg)` draws ONE set of numpy
 weights that `mhc_core_torch.lm.TinyLM` and `mhc_core_mlx.lm.TinyLM` both load, under the same
@@ -16,6 +16,18 @@ Model (pre-norm inside each wrapped sub-layer f, DESIGN §1 step around each):
     reduce_streams (mean over streams) -> rmsnorm (head_norm) -> head   [B, T, V]
 
 Every block is two mixing layers (attention, MLP): layer index 2*i and 2*i + 1.
+
+Conditions (LMConfig fields; the defaults give the model above):
+
+    arch   'transformer' (attn + mlp per block) | 'mlp' (one MLP sub-layer per block:
+           a deep MLP stack, one mixing layer per block)
+    norm   'pre'  (rmsnorm inside f, above) | 'post' (f without norm; after each mixing
+           layer every stream is rmsnormed: x <- rmsnorm(step(x)), "blocks.i.<kind>_norm",
+           Post-LN) | 'none' (no normalisation anywhere, head_norm dropped too)
+    inputs 'tokens'  (embed [V, C], causal attention, logits [B, T, V] per position) |
+           'patches' (patch_embed [C, P] on float patches [B, T, P], bidirectional
+           attention, mean over tokens then head: class logits [B, V]; a tiny ViT)
+
 Parameter names (flat, dotted, the same in both backends):
 
     embed.weight [V, C]        pos_embed.weight [T, C]
@@ -24,6 +36,8 @@ Parameter names (flat, dotted, the same in both backends):
     blocks.{i}.{attn,mlp}.{phi, bias, alpha}   (variant 'hc' / 'mhc' / 'mhc-lite'; mhc_core.init_params)
     blocks.{i}.{attn,mlp}.logits [K] (.gate [])  (variant 'history'; mhc_core.init_skip_logits)
     head_norm.weight [C]       head.weight [V, C]
+    patches: patch_embed.weight [C, P] instead of embed.weight; norm != 'pre': no
+    layer.norm.weight; norm 'post': blocks.{i}.{kind}_norm.weight [C]; norm 'none': no head_norm.
 
 Variant 'history' (one stream, the `mhc` package's design): mixing layer l computes
 x_{l+1} = f_l(x_l) + sum_k a_{l,k} x_k over the last K states (x_0 = the embedding), with
@@ -45,6 +59,10 @@ from ..init import init_params, param_shapes
 
 SUBLAYERS = ("attn", "mlp")
 LM_VARIANTS = checks.VARIANTS + ("history",)
+ARCHS = ("transformer", "mlp")
+NORMS = ("pre", "post", "none")
+INPUTS = ("tokens", "patches")
+RES_INITS = ("identity", "seed002")
 
 
 @dataclass(frozen=True)
@@ -57,9 +75,14 @@ class LMConfig:
     history_gate, detach_history: the 'history' variant's HistorySequential settings.
     n_layers: transformer blocks (each is two mixing layers). mlp_ratio: MLP hidden width / dim. init_std: std of embeddings and
     weights feeding the residual; the output projections (proj, fc2) use
-    init_std / sqrt(2 * n_layers) when scale_out_init (GPT-2). alpha_init, phi_std,
+    init_std / sqrt(mixing layers) when scale_out_init (GPT-2). alpha_init, phi_std,
     res_logit_gap: mhc_core.init_params arguments. iters ... post_scale: MHCConfig.
-    norm_eps: eps of the model's RMSNorms (not the mixing's rms_eps).
+    norm_eps: eps of the model's RMSNorms (not the mixing's rms_eps). arch, norm,
+    inputs: see the module docstring; patch_dim: values per patch (inputs 'patches').
+    res_init: 'identity' (mhc_core.init_params) or 'seed002': the residual-mixing init of the
+    MLX depth-sweep seed, logits 2I - 1 (n x n): HC's static res is exp(2I - 1) unnormalised
+    (row sums e + (n-1)/e, 3.82 at n = 4, so the streams grow ~3.8x per layer), mHC's is
+    sinkhorn(2I - 1) (res_logit_gap 2).
     """
 
     vocab: int = 64
@@ -87,9 +110,21 @@ class LMConfig:
     history_gate: bool = False
     detach_history: bool = False
 
+    arch: str = "transformer"
+    norm: str = "pre"
+    inputs: str = "tokens"
+    patch_dim: int = 0
+    res_init: str = "identity"
+
     def __post_init__(self):
         if self.variant not in LM_VARIANTS:
             raise ValueError(f"variant must be one of {LM_VARIANTS}, got {self.variant!r}")
+        for name, allowed in (("arch", ARCHS), ("norm", NORMS), ("inputs", INPUTS), ("res_init", RES_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.inputs == "patches" and (isinstance(self.patch_dim, bool) or not isinstance(self.patch_dim, int)
+                                         or self.patch_dim < 1):
+            raise ValueError(f"LMConfig.patch_dim must be an integer >= 1 for inputs 'patches', got {self.patch_dim!r}")
         if self.variant in ("residual", "history") and self.n != 1:
             object.__setattr__(self, "n", 1)  # one stream: the baseline, and the history design
         checks.streams(self.n)
@@ -110,8 +145,18 @@ class LMConfig:
         return self.mlp_ratio * self.dim
 
     @property
+    def sublayers(self) -> tuple[str, ...]:
+        """Sub-layer kinds of one block, in order: ('attn', 'mlp') or ('mlp',)."""
+        return SUBLAYERS if self.arch == "transformer" else ("mlp",)
+
+    @property
     def n_mixing_layers(self) -> int:
-        return 2 * self.n_layers
+        return len(self.sublayers) * self.n_layers
+
+    @property
+    def causal(self) -> bool:
+        """Causal attention for token LMs, bidirectional for patches (ViT)."""
+        return self.inputs == "tokens"
 
     def mhc_config(self) -> MHCConfig:
         return MHCConfig(iters=self.iters, rms_eps=self.rms_eps, pre_eps=self.pre_eps,
@@ -137,17 +182,19 @@ class LMConfig:
 
 
 def layer_names(cfg: LMConfig) -> list[str]:
-    """Module path of every mixing layer in order: blocks.0.attn, blocks.0.mlp, ..."""
-    return [f"blocks.{i}.{s}" for i in range(cfg.n_layers) for s in SUBLAYERS]
+    """Module path of every mixing layer in order: blocks.0.attn, blocks.0.mlp, ...
+    (arch 'mlp': blocks.0.mlp, blocks.1.mlp, ...)."""
+    return [f"blocks.{i}.{s}" for i in range(cfg.n_layers) for s in cfg.sublayers]
 
 
 def sublayer_shapes(cfg: LMConfig, kind: str) -> dict[str, tuple[int, ...]]:
     """Shapes of the wrapped layer f's weights (names relative to the MHC module)."""
     c, h = cfg.dim, cfg.hidden
+    norm = {"layer.norm.weight": (c,)} if cfg.norm == "pre" else {}
     if kind == "attn":
-        return {"layer.norm.weight": (c,), "layer.qkv.weight": (3 * c, c), "layer.proj.weight": (c, c)}
+        return {**norm, "layer.qkv.weight": (3 * c, c), "layer.proj.weight": (c, c)}
     if kind == "mlp":
-        return {"layer.norm.weight": (c,), "layer.fc1.weight": (h, c), "layer.fc2.weight": (c, h)}
+        return {**norm, "layer.fc1.weight": (h, c), "layer.fc2.weight": (c, h)}
     raise ValueError(f"sub-layer kind must be one of {SUBLAYERS}, got {kind!r}")
 
 
@@ -161,7 +208,7 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     """
     rng = np.random.default_rng(cfg.seed)
     std = cfg.init_std
-    out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.scale_out_init else std
+    out_std = std / math.sqrt(cfg.n_mixing_layers) if cfg.scale_out_init else std
     mixing = {}
     if cfg.variant == "history":
         for name in layer_names(cfg):
@@ -169,10 +216,13 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
             if cfg.history_gate:
                 mixing[f"{name}.gate"] = np.array(hist.GATE_INIT)
     elif cfg.variant != "residual":
+        gap = 2.0 if cfg.res_init == "seed002" else cfg.res_logit_gap
         for l, name in enumerate(layer_names(cfg)):
             mix = init_params(cfg.n, cfg.dim, variant=cfg.variant, alpha=cfg.alpha_init,
-                              phi_std=cfg.phi_std, res_logit_gap=cfg.res_logit_gap,
+                              phi_std=cfg.phi_std, res_logit_gap=gap,
                               pre_eps=cfg.pre_eps, seed=cfg.seed * 100_003 + l, dtype=np.float64)
+            if cfg.variant == "hc" and cfg.res_init == "seed002":  # static res = exp(2I - 1), unnormalised
+                mix["bias"][2 * cfg.n:] = np.exp(2.0 * np.eye(cfg.n) - 1.0).reshape(-1)
             mixing.update({f"{name}.{k}": v for k, v in mix.items()})
     p = {}
     for name, shape in lm_param_shapes(cfg).items():  # fixed order: the draws do not depend on the variant
@@ -190,11 +240,16 @@ def init_lm_params(cfg: LMConfig, dtype=np.float32) -> dict[str, np.ndarray]:
 def lm_param_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
     """{name: shape} of every parameter, in init_lm_params order (no weights drawn)."""
     c = cfg.dim
-    shapes = {"embed.weight": (cfg.vocab, c), "pos_embed.weight": (cfg.seq_len, c)}
+    embed = {"embed.weight": (cfg.vocab, c)} if cfg.inputs == "tokens" else {"patch_embed.weight": (c, cfg.patch_dim)}
+    shapes = {**embed, "pos_embed.weight": (cfg.seq_len, c)}
     for i in range(cfg.n_layers):
-        for kind in SUBLAYERS:
+        for kind in cfg.sublayers:
             shapes.update({f"blocks.{i}.{kind}.{k}": v for k, v in sublayer_shapes(cfg, kind).items()})
-    shapes.update({"head_norm.weight": (c,), "head.weight": (cfg.vocab, c)})
+            if cfg.norm == "post":
+                shapes[f"blocks.{i}.{kind}_norm.weight"] = (c,)
+    if cfg.norm != "none":
+        shapes["head_norm.weight"] = (c,)
+    shapes["head.weight"] = (cfg.vocab, c)
     for name in layer_names(cfg):
         if cfg.variant == "history":
             shapes[f"{name}.logits"] = (cfg.history,)
@@ -234,7 +289,7 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
         raise ValueError("variant 'history' has no res matrices; its metrics come from history_report(cfg, state)")
     names = layer_names(cfg)
     if len(layer_inputs) != len(names):
-        raise ValueError(f"expected {len(names)} layer inputs (2 per block), got {len(layer_inputs)}")
+        raise ValueError(f"expected {len(names)} layer inputs (one per sub-layer), got {len(layer_inputs)}")
     out = []
     for name, x in zip(names, layer_inputs):
         x = np.asarray(x, dtype=np.float64)

@@ -66,7 +66,7 @@ def test_torch_sweep_writes_runs_summary_and_plots(torch_sweep):
     assert {"final_loss", "max_composite_forward_gain", "nan_inf_events", "grad_norm_first_last_ratio"} <= set(
         summary["runs"][0])
     md = (out / "summary.md").read_text()
-    assert md.count("\n| ") == 7 and "| mhc | 2 |" in md  # header + 6 rows
+    assert md.count("\n| ") == 7 + 7 and "| mhc | 2 | 0 | 0.001 |" in md  # spread and runs: header + 6 rows each
     for name in PLOTS:
         assert (out / f"{name}.png").stat().st_size > 5000, name
 
@@ -116,4 +116,4 @@ def test_nan_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert runs["hc-L1"]["diverged"] and runs["hc-L1"]["nan_inf_events"] == 3 and runs["hc-L1"]["steps_run"] == 3
     assert not runs["mhc-L1"]["diverged"] and runs["mhc-L1"]["nan_inf_events"] == 0
     assert runs["mhc-L1"]["final_loss"] < _records(out / "mhc-L1")[0]["loss"]
-    assert "| hc | 1 | — |" in (out / "summary.md").read_text() and "3 (diverged)" in (out / "summary.md").read_text()
+    assert "| hc | 1 | 0 | 0.001 | — |" in (out / "summary.md").read_text() and "3 (diverged)" in (out / "summary.md").read_text()

@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 import mhc_core
 from mhc_core import checks
@@ -67,35 +66,49 @@ class Coefficients(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, phi, bias, alpha, variant: str, cfg: dict):
-        ctx.variant, ctx.eps, ctx.post_scale = variant, cfg["sinkhorn_eps"], cfg["post_scale"]
+        ctx.variant, ctx.cfg = variant, cfg
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
         ctx.on_numpy = _runs_on_numpy(x)
+        # the inputs first (x also so an in-place change is caught; all four for a gradient
+        # of the gradient, see backward), then what coefficients_backward needs
         if ctx.on_numpy:
             cdt = ctx.cdt = _compute_dtype(x)
             outs, saved = coefficients_forward(_NUMPY_OPS, _np(x, cdt), *(_np_param(t, cdt) for t in (phi, bias, alpha)),
                                                variant=variant, **cfg)
             # saved as tensors (zero-copy) so saved-tensor hooks see them (checkpointing drops
-            # them, memory accounting counts them); x itself so an in-place change is caught
-            ctx.save_for_backward(x, *(torch.from_numpy(np.asarray(a)) for a in saved))
+            # them, memory accounting counts them)
+            ctx.save_for_backward(x, phi, bias, alpha, *(torch.from_numpy(np.asarray(a)) for a in saved))
             return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
         outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(x, phi, bias, alpha, *saved)
         return outs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dpre, dpost, dres):
-        kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.eps, "post_scale": ctx.post_scale}
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+            return (*_differentiable_coefficient_grads(ctx, dpre, dpost, dres), None, None)
+        kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.cfg["sinkhorn_eps"], "post_scale": ctx.cfg["post_scale"]}
         if ctx.on_numpy:
-            saved = tuple(t.numpy() for t in ctx.saved_tensors[1:])  # [0] is x: raises if modified in place
+            saved = tuple(t.numpy() for t in ctx.saved_tensors[4:])  # [0] is x: raises if modified in place
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
             dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
             # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
             # a .grad's storage, which a numpy-backed tensor does not allow
             grads = [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.tensor(g) for g in param_grads]
         else:
-            grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors, dpre, dpost, dres, **kw)
+            grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors[4:], dpre, dpost, dres, **kw)
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
+
+
+def _differentiable_coefficient_grads(ctx, dpre, dpost, dres) -> tuple:
+    """Gradients w.r.t. (x, phi, bias, alpha) as a differentiable function of the inputs:
+    mhc_core.coefficients is recomputed on the saved inputs with autograd on and
+    differentiated with create_graph=True (only when a gradient of the gradient is asked for)."""
+    inputs = ctx.saved_tensors[:4]
+    with torch.enable_grad():
+        outs = mhc_core.coefficients(*inputs, variant=ctx.variant, **ctx.cfg)
+        grads = torch.autograd.grad(outs, inputs, (dpre, dpost, dres), create_graph=True, allow_unused=True)
+    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, inputs))
 
 
 class PreAggregate(torch.autograd.Function):
@@ -110,10 +123,9 @@ class PreAggregate(torch.autograd.Function):
         return mhc_core.pre_aggregate(x, pre)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dh):
         x, pre = ctx.saved_tensors
-        if _runs_on_numpy(x):
+        if _runs_on_numpy(x) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(x)
             grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
             return _tensors(grads, (x.dtype, pre.dtype))
@@ -133,10 +145,9 @@ class PostResidual(torch.autograd.Function):
         return mhc_core.post_residual(x, y, post, res)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        if _runs_on_numpy(saved[0]):
+        if _runs_on_numpy(saved[0]) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
             return _tensors(grads, [a.dtype for a in saved])

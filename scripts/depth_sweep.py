@@ -29,6 +29,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -103,10 +104,36 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if any(d < 1 for d in args.depths) or args.steps < 1 or args.log_every < 1:
         p.error("--depths, --steps and --log-every must be >= 1")
+    check_numbers(p, args)
     args.backend = args.backend or default_backend()
     if args.out is None:
         args.out = os.path.join("runs", f"{'quick' if args.quick else 'full'}-{args.backend}-{args.task}")
     return args
+
+
+def check_numbers(p, args) -> None:
+    """Refuse bad training numbers and model settings before any run starts (usage error),
+    instead of a traceback, a NaN run or a failure after the earlier runs have trained."""
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):
+        p.error(f"--grad-clip must be a finite number >= 0 (0 = off), got {args.grad_clip}")
+    for flag, value, low in (("--warmup", args.warmup, 0), ("--seed", args.seed, 0),
+                             ("--metric-rows", args.metric_rows, 0), ("--max-nonfinite", args.max_nonfinite, 1),
+                             ("--threads", args.threads, 0)):
+        if value < low:
+            p.error(f"{flag} must be an integer >= {low}, got {value}")
+    for variant in args.variants:  # every run's model settings, checked up front
+        try:
+            LMConfig(vocab=args.vocab, dim=args.dim, n_layers=min(args.depths), n_heads=args.heads,
+                     seq_len=args.seq_len, variant=variant, n=args.n, seed=args.seed,
+                     history=args.history, detach_history=args.detach_history)
+        except ValueError as e:
+            p.error(f"variant {variant}: {e}")
+    try:
+        TaskStream(args.task, vocab=args.vocab, seq_len=args.seq_len, batch_size=args.batch, seed=args.seed + 1)
+    except ValueError as e:
+        p.error(f"task {args.task}: {e}")
 
 
 def default_backend() -> str:

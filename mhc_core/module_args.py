@@ -15,6 +15,7 @@ import numpy as np
 from . import checks
 from .config import MHCConfig
 from .init import init_head_params, init_params, param_shapes
+from .xp import namespace
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,18 @@ def _initial_params(init, shapes: dict, n: int, dim: int, variant: str, pre_eps:
         got = _shape(init[name])
         if got != shape:
             raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(got)}")
+        if not _all_finite(init[name]):
+            raise ValueError(f"{owner} init[{name!r}] must hold finite numbers (a NaN or inf parameter "
+                             "makes every output NaN), got a non-finite entry")
     return dict(init)
+
+
+def _all_finite(value) -> bool:
+    """Whether every entry of an array of any library (or a nested list) is finite."""
+    if hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        ops = namespace(value)
+        return bool(ops.xp.all(ops.isfinite(value)))
+    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
 
 
 def mhc_args(layer: Callable, n, dim, *, variant: str, iters, rms_eps, pre_eps, sinkhorn_eps, post_scale,

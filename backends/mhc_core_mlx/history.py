@@ -23,11 +23,16 @@ from mhc_core.config import MHCConfig
 _DEFAULT = MHCConfig()
 
 
+def check_seed(seed) -> int:
+    """The Gumbel seed: an integer >= 0 (Python, numpy or a 0-d array)."""
+    return checks.integer(seed, "seed", minimum=0, meaning="of the Gumbel noise")
+
+
 class _KeyChain:
     """A PRNG key split at every draw (a plain object, so nn.Module does not treat it as a parameter)."""
 
     def __init__(self, seed: int | None):
-        self.key = None if seed is None else mx.random.key(seed)
+        self.key = None if seed is None else mx.random.key(check_seed(seed))
 
     def next(self):
         if self.key is None:
@@ -119,6 +124,7 @@ class HistorySequential(nn.Module):
         self.layers = check_layers(layers)
         self.history = hist.check_history(history)
         self.detach_history = bool(detach_history)
+        seed = None if seed is None else check_seed(seed)
         self.skips = [
             HistorySkip(history, constraint=constraint, temperature=temperature, epsilon=epsilon, init=init,
                         gate=gate, prune_threshold=prune_threshold, stochastic=stochastic, mixing=mixing,

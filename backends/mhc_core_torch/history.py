@@ -60,6 +60,9 @@ class HistorySkip(nn.Module):
         self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
         self.stochastic = bool(stochastic)
         self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (or None for torch's global RNG), got "
+                            f"{type(generator).__module__}.{type(generator).__name__}")
         self.generator = generator
         self.logits = nn.Parameter(torch.from_numpy(
             hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))

@@ -312,6 +312,22 @@ def test_bad_settings(lib, kwargs, err, msg):
         mod.HistorySequential([layer()], **kwargs)
 
 
+@pytest.mark.parametrize("seed,msg", [(-3, r"seed \(of the Gumbel noise\) must be an integer >= 0, got -3"),
+                                      ("1", "seed .* got '1'"), (1.5, "seed .* got 1.5")])
+def test_mlx_bad_seed(seed, msg):
+    if mx is None:
+        pytest.skip("mlx is not installed")
+    with pytest.raises(ValueError, match=msg):
+        mm.HistorySequential([_MLXTanhLinear()], stochastic=True, seed=seed)
+    with pytest.raises(ValueError, match=msg):
+        mm.HistorySkip(2, stochastic=True, seed=seed)
+
+
+def test_torch_bad_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator .* got builtins.int"):
+        mt.HistorySequential([_TanhLinear()], stochastic=True, generator=5)
+
+
 @pytest.mark.parametrize("lib", ["torch", "mlx"])
 def test_non_module_layers_and_shape_changes(lib):
     if lib == "mlx" and mx is None:

@@ -81,13 +81,15 @@ def _all_finite(value) -> bool:
 
 
 def mhc_args(layer: Callable, n, dim, *, variant: str, iters, rms_eps, pre_eps, sinkhorn_eps, post_scale,
-             init: dict | None, seed, impl: str, impls: tuple[str, ...], owner: str = "MHC") -> MHCArgs:
+             init: dict | None, seed, impl: str, impls: tuple[str, ...], owner: str = "MHC",
+             framework: str | None = None) -> MHCArgs:
     """Check the arguments of `MHC(layer, n, dim, ...)` (see the backends' docstrings).
 
     impls: the `impl` names this backend offers. 'residual' needs n = 1 and has no kernel,
-    so with it only 'auto' and 'reference' are accepted.
+    so with it only 'auto' and 'reference' are accepted. framework: the backend's module
+    library ('torch' | 'mlx'); a layer of the other one is refused.
     """
-    checks.layer(layer, "layer")
+    checks.layer(layer, "layer", framework)
     n, dim, variant = checks.streams(n), checks.channels(dim, "dim"), checks.variant(variant)
     if impl not in impls:
         raise ValueError(f"impl must be one of {impls}, got {impl!r}")

@@ -252,3 +252,28 @@ def test_module_rejects(adapter, call, error, words):
 def test_registry_unknown_backend():
     with pytest.raises(KeyError, match="no backend named 'nope'"):
         registry.get("nope")
+
+
+def test_module_refuses_a_layer_of_the_other_framework():
+    """torch's MHC around an mlx.nn layer (or the reverse) fails at construction, naming both
+    libraries, instead of inside the layer's first matmul; plain callables and subclasses of
+    the backend's own Module stay accepted."""
+    torch = pytest.importorskip("torch")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    import mhc_core_torch
+
+    class TorchIdentity(torch.nn.Module):  # a user's module: its class is not in torch.*
+        def forward(self, x):
+            return x
+
+    cases = [(mhc_core_torch, mnn.Linear(C, C), "module of mlx", "torch backend"),
+             (mhc_core_mlx, torch.nn.Linear(C, C), "module of torch", "mlx backend"),
+             (mhc_core_mlx, TorchIdentity(), "TorchIdentity", "mlx backend")]
+    for pkg, layer, *words in cases:
+        with pytest.raises(TypeError) as info:
+            pkg.MHC(layer, N, C)
+        assert all(w in str(info.value) for w in words), str(info.value)
+    mhc_core_torch.MHC(TorchIdentity(), N, C)
+    mhc_core_mlx.MHC(mnn.Linear(C, C), N, C)
+    mhc_core_mlx.MHC(lambda x: x, N, C)

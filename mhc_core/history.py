@@ -22,6 +22,7 @@ Gumbel-softmax sample (tau = T). Backends draw it from their seeded generators.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -178,8 +179,10 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
     if K < 1 or shape != want:
         raise ValueError(f"logits must have shape {'[K]' if mixing == 'vector' else '[K, K]'} "
                          f"for mixing={mixing!r}, got {list(shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K:
+    k_value = checks._scalar(k)  # Python, numpy or 0-d array integers, as every count here
+    if not isinstance(k_value, numbers.Integral) or not 1 <= k_value <= K:
         raise ValueError(f"k (states in the window) must be an integer in [1, K={K}], got {k!r}")
+    k = int(k_value)
     if mixing == "vector":
         return history_weights(logits[K - k:], constraint=constraint, temperature=temperature,
                                epsilon=epsilon, noise=noise)

@@ -142,6 +142,18 @@ def test_skip_weights_vector_takes_the_newest_logits():
     np.testing.assert_allclose(mc.skip_weights(logits, 1), [1.0])
 
 
+@pytest.mark.parametrize("mixing", ["vector", "matrix"])
+def test_skip_weights_takes_k_as_a_numpy_or_0d_integer(mixing):
+    """k is a count like history and n: numpy and 0-d integers work, floats and bools do not."""
+    logits = np.random.default_rng(0).normal(size=(4,) if mixing == "vector" else (4, 4))
+    want = mc.skip_weights(logits, 3, mixing=mixing)
+    for k in (np.int64(3), np.array(3)):
+        np.testing.assert_array_equal(mc.skip_weights(logits, k, mixing=mixing), want)
+    for bad in (3.0, True, np.array([3])):
+        with pytest.raises(ValueError, match=r"k \(states in the window\) must be an integer in \[1, K=4\]"):
+            mc.skip_weights(logits, bad, mixing=mixing)
+
+
 def test_skip_weights_matrix_is_the_last_sinkhorn_row():
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(4, 4))

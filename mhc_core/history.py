@@ -115,8 +115,14 @@ def simplex_projection(v, axis: int = -1):
     """
     ops = namespace(v)
     checks.float_array(ops, v, "v")
-    if len(checks.shape_of(v)) < 1:
+    shape = checks.shape_of(v)
+    if len(shape) < 1:
         raise ValueError("v must have at least one axis to project along, got a 0-d array")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis must be in [{-len(shape)}, {len(shape) - 1}] for v of shape {list(shape)}, got {axis}")
+    if shape[axis] < 1:
+        raise ValueError(f"v must have K >= 1 entries along axis {axis} (the simplex of no entries is empty), "
+                         f"got shape {list(shape)}")
     cdt = ops.compute_dtype(v)
     z = ops.astype(v, cdt)
     u = -ops.sort(-z, axis=axis)  # descending

@@ -113,6 +113,8 @@ MODELS = {
                    torch.randn(2, 3, 3, c))""",
     "history-identity-matrix": """(mhc_core_torch.HistorySequential([torch.nn.Linear(c, c) for _ in range(3)],
                                       history=2, constraint="identity", mixing="matrix"), torch.randn(2, 3, c))""",
+    "history-simplex": """(mhc_core_torch.HistorySequential([torch.nn.Linear(c, c) for _ in range(3)], history=2,
+                                                         constraint="simplex"), torch.randn(2, 3, c))""",
 }
 
 

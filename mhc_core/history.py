@@ -60,6 +60,14 @@ def check_history(value, name: str = "history") -> int:
     return checks.integer(value, name, meaning="the number of earlier states mixed, K")
 
 
+def check_flag(value, name: str) -> bool:
+    """A switch (gate, stochastic, detach_history): True or False (numpy bools too). Strings
+    and numbers are refused: bool('no') would be True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_temperature(value) -> float:
     """A finite number > 0."""
     v = checks._scalar(value)

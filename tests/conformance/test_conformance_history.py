@@ -299,6 +299,10 @@ BAD = [
     ("mixing", dict(mixing="tensor"), ValueError, "mixing must be one of"),
     ("matrix-simplex", dict(mixing="matrix", constraint="simplex"), ValueError, "vector mixing"),
     ("prune", dict(prune_threshold=-1.0), ValueError, "prune_threshold"),
+    # bool("no") is True: switches take True / False only
+    ("detach-string", dict(detach_history="no"), TypeError, "detach_history must be True or False, got 'no'"),
+    ("gate-int", dict(gate=2), TypeError, "gate must be True or False, got 2"),
+    ("stochastic-string", dict(stochastic="false"), TypeError, "stochastic must be True or False, got 'false'"),
 ]
 
 

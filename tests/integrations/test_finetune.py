@@ -235,6 +235,17 @@ def test_bad_input(backend, models, tmp_path):
         compare_generation.main(["--original", models["hf"], "--mhc", models["hf"], "--backend", backend])
 
 
+def test_compare_generation_refuses_an_original_with_another_vocabulary(tmp_path):
+    """A converted model compared with an unrelated original used to fail inside numpy
+    ('operands could not be broadcast together'); the vocabularies are checked first."""
+    for name, vocab, mhc in (("original", 280, None), ("converted", 300, {"n": 4})):
+        (tmp_path / name).mkdir()
+        config = {"model_type": "qwen3", "vocab_size": vocab, **({"mhc": mhc} if mhc else {})}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--original has a vocabulary of 280 tokens and --mhc of 300"):
+        compare_generation.main(["--original", str(tmp_path / "original"), "--mhc", str(tmp_path / "converted")])
+
+
 @pytest.mark.parametrize("flag,value,says", [
     ("--phi-std", "nan", "--phi-std must be >= 0 and finite, got nan"),
     ("--phi-std", "inf", "--phi-std must be >= 0 and finite, got inf"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .xp import Ops
 
 VARIANTS = ("mhc", "hc", "residual", "mhc-lite")
@@ -115,6 +117,14 @@ def non_negative(value, name: str) -> float:
     if v is None or not math.isfinite(v) or not v >= 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(v)
+
+
+def flag(value, name: str) -> bool:
+    """A switch: True or False (numpy bools too). Strings and numbers are refused, since
+    bool('no') would be True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def iters(value) -> int:

@@ -61,11 +61,8 @@ def check_history(value, name: str = "history") -> int:
 
 
 def check_flag(value, name: str) -> bool:
-    """A switch (gate, stochastic, detach_history): True or False (numpy bools too). Strings
-    and numbers are refused: bool('no') would be True."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
+    """A switch (gate, stochastic, detach_history): `checks.flag`."""
+    return checks.flag(value, name)
 
 
 def check_temperature(value) -> float:

@@ -254,6 +254,16 @@ def test_registry_unknown_backend():
         registry.get("nope")
 
 
+def test_mlx_compiled_takes_true_or_false():
+    """compiled='no' went through bool() and turned compilation on."""
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+
+    with pytest.raises(TypeError, match="compiled must be True or False, got 'no'"):
+        mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, compiled="no")
+    assert mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, compiled=np.bool_(True)).compiled is True
+
+
 def test_module_refuses_a_layer_of_the_other_framework():
     """torch's MHC around an mlx.nn layer (or the reverse) fails at construction, naming both
     libraries, instead of inside the layer's first matmul; plain callables and subclasses of

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
 
 import numpy as np
 
@@ -34,10 +33,18 @@ def check_streams(n) -> int:
     return n
 
 
-@lru_cache(maxsize=None)
+# Caches are plain dicts, not functools.lru_cache: birkhoff_res runs while torch.compile
+# traces a model, and dynamo warns on every lru_cache-wrapped call it meets.
+_PERMUTATIONS: dict[int, tuple[tuple[int, ...], ...]] = {}
+_FLAT: dict[int, np.ndarray] = {}
+
+
 def permutation_list(n: int) -> tuple[tuple[int, ...], ...]:
     """The n! permutations of range(n) in the order of the logits (identity first)."""
-    return tuple(itertools.permutations(range(check_streams(n))))
+    n = check_streams(n)
+    if n not in _PERMUTATIONS:
+        _PERMUTATIONS[n] = tuple(itertools.permutations(range(n)))
+    return _PERMUTATIONS[n]
 
 
 def permutation_matrices(n: int) -> np.ndarray:
@@ -45,14 +52,15 @@ def permutation_matrices(n: int) -> np.ndarray:
     return _flat_permutations(n).reshape(-1, n, n).copy()
 
 
-@lru_cache(maxsize=None)
 def _flat_permutations(n: int) -> np.ndarray:
     """permutation_matrices(n) as [n!, n*n], cached (private: never modified in place)."""
-    perms = permutation_list(n)
-    out = np.zeros((len(perms), n, n))
-    for p, perm in enumerate(perms):
-        out[p, np.arange(n), perm] = 1.0
-    return out.reshape(len(perms), n * n)
+    if n not in _FLAT:
+        perms = permutation_list(n)
+        out = np.zeros((len(perms), n, n))
+        for p, perm in enumerate(perms):
+            out[p, np.arange(n), perm] = 1.0
+        _FLAT[n] = out.reshape(len(perms), n * n)
+    return _FLAT[n]
 
 
 def birkhoff_res(logits, n: int):

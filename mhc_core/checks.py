@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .xp import Ops
 
 VARIANTS = ("mhc", "hc", "residual", "mhc-lite")
@@ -117,6 +119,14 @@ def non_negative(value, name: str) -> float:
     return float(v)
 
 
+def flag(value, name: str) -> bool:
+    """A switch: True or False (numpy bools too). Strings and numbers are refused, since
+    bool('no') would be True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def iters(value) -> int:
     return integer(value, "iters")
 
@@ -129,9 +139,21 @@ def channels(value, name: str = "C") -> int:
     return integer(value, name, meaning="channels per stream" if name == "C" else "channels per stream, C")
 
 
-def layer(f, name: str = "f") -> None:
+FRAMEWORKS = ("torch", "mlx")  # module libraries with an mhc_core backend
+
+
+def layer(f, name: str = "f", framework: str | None = None) -> None:
+    """f must be callable; with `framework` ('torch' | 'mlx', the backend's), a module of the
+    other framework is refused here rather than failing inside its first matmul."""
     if not callable(f):
         raise TypeError(f"{name} must be a callable layer [..., C] -> [..., C], got {type(f).__name__}")
+    if framework is not None:
+        roots = {cls.__module__.split(".")[0] for cls in type(f).__mro__}
+        other = sorted((roots & set(FRAMEWORKS)) - {framework})
+        if other and framework not in roots:
+            raise TypeError(f"{name} is a module of {other[0]} ({type(f).__module__}.{type(f).__name__}), but "
+                            f"this is the {framework} backend: wrap a layer of {framework} (arrays and modules "
+                            "of two libraries do not mix)")
 
 
 def variant(value: str) -> str:

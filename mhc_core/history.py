@@ -22,6 +22,7 @@ Gumbel-softmax sample (tau = T). Backends draw it from their seeded generators.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -57,6 +58,11 @@ def check_mixing(value) -> str:
 def check_history(value, name: str = "history") -> int:
     """K, the number of states in the window: an integer >= 1."""
     return checks.integer(value, name, meaning="the number of earlier states mixed, K")
+
+
+def check_flag(value, name: str) -> bool:
+    """A switch (gate, stochastic, detach_history): `checks.flag`."""
+    return checks.flag(value, name)
 
 
 def check_temperature(value) -> float:
@@ -114,8 +120,14 @@ def simplex_projection(v, axis: int = -1):
     """
     ops = namespace(v)
     checks.float_array(ops, v, "v")
-    if len(checks.shape_of(v)) < 1:
+    shape = checks.shape_of(v)
+    if len(shape) < 1:
         raise ValueError("v must have at least one axis to project along, got a 0-d array")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis must be in [{-len(shape)}, {len(shape) - 1}] for v of shape {list(shape)}, got {axis}")
+    if shape[axis] < 1:
+        raise ValueError(f"v must have K >= 1 entries along axis {axis} (the simplex of no entries is empty), "
+                         f"got shape {list(shape)}")
     cdt = ops.compute_dtype(v)
     z = ops.astype(v, cdt)
     u = -ops.sort(-z, axis=axis)  # descending
@@ -178,8 +190,10 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
     if K < 1 or shape != want:
         raise ValueError(f"logits must have shape {'[K]' if mixing == 'vector' else '[K, K]'} "
                          f"for mixing={mixing!r}, got {list(shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K:
+    k_value = checks._scalar(k)  # Python, numpy or 0-d array integers, as every count here
+    if not isinstance(k_value, numbers.Integral) or not 1 <= k_value <= K:
         raise ValueError(f"k (states in the window) must be an integer in [1, K={K}], got {k!r}")
+    k = int(k_value)
     if mixing == "vector":
         return history_weights(logits[K - k:], constraint=constraint, temperature=temperature,
                                epsilon=epsilon, noise=noise)

@@ -15,6 +15,7 @@ import numpy as np
 from . import checks
 from .config import MHCConfig
 from .init import init_head_params, init_params, param_shapes
+from .xp import namespace
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,30 @@ def _initial_params(init, shapes: dict, n: int, dim: int, variant: str, pre_eps:
         got = _shape(init[name])
         if got != shape:
             raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(got)}")
+        if not _all_finite(init[name]):
+            raise ValueError(f"{owner} init[{name!r}] must hold finite numbers (a NaN or inf parameter "
+                             "makes every output NaN), got a non-finite entry")
     return dict(init)
 
 
+def _all_finite(value) -> bool:
+    """Whether every entry of an array of any library (or a nested list) is finite."""
+    if hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        ops = namespace(value)
+        return bool(ops.xp.all(ops.isfinite(value)))
+    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+
+
 def mhc_args(layer: Callable, n, dim, *, variant: str, iters, rms_eps, pre_eps, sinkhorn_eps, post_scale,
-             init: dict | None, seed, impl: str, impls: tuple[str, ...], owner: str = "MHC") -> MHCArgs:
+             init: dict | None, seed, impl: str, impls: tuple[str, ...], owner: str = "MHC",
+             framework: str | None = None) -> MHCArgs:
     """Check the arguments of `MHC(layer, n, dim, ...)` (see the backends' docstrings).
 
     impls: the `impl` names this backend offers. 'residual' needs n = 1 and has no kernel,
-    so with it only 'auto' and 'reference' are accepted.
+    so with it only 'auto' and 'reference' are accepted. framework: the backend's module
+    library ('torch' | 'mlx'); a layer of the other one is refused.
     """
-    checks.layer(layer, "layer")
+    checks.layer(layer, "layer", framework)
     n, dim, variant = checks.streams(n), checks.channels(dim, "dim"), checks.variant(variant)
     if impl not in impls:
         raise ValueError(f"impl must be one of {impls}, got {impl!r}")

@@ -126,6 +126,17 @@ class _TorchOps(Ops):
     def softmax(self, x, axis: int):
         return self._torch.softmax(x, dim=axis)
 
+    # torch-native: array_api_compat's device() / asarray() / cumulative_sum() go through
+    # lru_cache-wrapped helpers, on which dynamo warns while torch.compile traces a model.
+    def eye_like(self, x, n: int):
+        return self._torch.eye(n, dtype=x.dtype, device=x.device)
+
+    def cumulative_sum(self, x, axis: int):
+        return self._torch.cumsum(x, dim=axis)  # array_api_compat's calls array_namespace
+
+    def constant_like(self, x, value):
+        return self._torch.as_tensor(value, dtype=x.dtype, device=x.device)
+
 
 class _MLXOps(Ops):
     """mlx.core: fills the gaps of the bare namespace that array_namespace returns."""

@@ -83,6 +83,9 @@ def main(argv=None) -> list[dict]:
     prompts = prompts or PROMPTS
     converted_config(args.mhc, "--mhc takes what scripts/finetune.py wrote (OUT/model) or a model saved after "
                                "mhc_core_torch.convert")
+    if vocab_size(args.original) != vocab_size(args.mhc):
+        raise ValueError(f"--original has a vocabulary of {vocab_size(args.original)} tokens and --mhc of "
+                         f"{vocab_size(args.mhc)}: --original must be the model --mhc was converted from")
     if args.backend == "torch":
         import finetune_torch as b
     else:

@@ -44,6 +44,7 @@ import copy
 import importlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -175,6 +176,7 @@ def parse_args(argv=None):
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
         p.error(f"--seeds and --lrs must not repeat a value, got seeds {args.seeds} and lrs {args.lrs}")
     _resolve_task_shape(p, args)
+    check_numbers(p, args)
     args.backend = args.backend or default_backend()
     if args.out is None:
         args.out = os.path.join("runs", f"{'quick' if args.quick else 'full'}-{args.backend}-{args.task}")
@@ -201,7 +203,29 @@ def _resolve_task_shape(p, args) -> None:
         p.error(f"--vocab must be >= 2 (a next-token task over fewer than 2 tokens has nothing to learn), got {args.vocab}")
     if args.seq_len < 1 or args.batch < 1 or args.dim < 1 or args.heads < 1:
         p.error("--seq-len, --batch, --dim and --heads must be >= 1")
+    check_numbers(p, args)
 
+
+
+def check_numbers(p, args) -> None:
+    """Refuse bad training numbers and model settings before any run starts (usage error),
+    instead of a traceback, a NaN run or a failure after the earlier runs have trained."""
+    if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):
+        p.error(f"--grad-clip must be a finite number >= 0 (0 = off), got {args.grad_clip}")
+    for flag, value, low in (("--warmup", args.warmup, 0), ("--seed", min(args.seeds), 0),
+                             ("--metric-rows", args.metric_rows, 0), ("--max-nonfinite", args.max_nonfinite, 1),
+                             ("--threads", args.threads, 0)):
+        if value < low:
+            p.error(f"{flag} must be an integer >= {low}, got {value}")
+    try:
+        data = make_data(args)
+    except ValueError as e:
+        p.error(f"task {args.task}: {e}")
+    for variant in args.variants:  # every run's model settings, checked up front
+        try:
+            model_config(args, variant, min(args.depths), data)
+        except ValueError as e:
+            p.error(f"variant {variant}: {e}")
 
 def default_backend() -> str:
     for name, mod in (("torch", "torch"), ("mlx", "mlx")):

@@ -34,7 +34,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune_data import MIXING_LR, batch_at, load_text, load_tokenizer, positive, vocab_size  # noqa: E402
+from finetune_data import (  # noqa: E402
+    MIXING_LR, batch_at, load_text, load_tokenizer, non_negative, positive, vocab_size)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -71,15 +72,13 @@ def parse(argv=None) -> argparse.Namespace:
     for name in ("steps", "batch", "seq_len", "checkpoint_every", "log_every", "n", "max_chars"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.phi_std < 0:
-        raise ValueError(f"--phi-std must be >= 0, got {args.phi_std}")
+    non_negative("--phi-std", args.phi_std)
     if args.pre_init is not None:
         try:
             args.pre_init = [float(w) for w in args.pre_init.split(",")]
         except ValueError:
             raise ValueError(f"--pre-init takes comma-separated numbers, got {args.pre_init!r}") from None
-    if args.weight_decay < 0:
-        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    non_negative("--weight-decay", args.weight_decay)
     return args
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 import sysconfig
@@ -94,6 +95,15 @@ def batch_at(tokens: np.ndarray, step: int, batch: int, seq_len: int, seed: int,
 def positive(name: str, value: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def non_negative(name: str, value: float) -> float:
+    """A finite number >= 0 (nan and inf refused: they turn every weight they touch into nan)."""
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
     return float(value)
 
 

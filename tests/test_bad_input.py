@@ -207,6 +207,10 @@ MODULE_CASES = [
     ("MHC-iters0", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, iters=0), ValueError, ["iters", ">= 1"]),
     ("MHC-init-phi-shape", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, init={**P, "phi": np.ones((3, 3))}),
      ValueError, ["phi", "[32, 24]", "[3, 3]"]),
+    ("MHC-init-alpha-nan", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, init={**P, "alpha": np.array([np.nan, 0, 0])}),
+     ValueError, ["init['alpha']", "finite"]),
+    ("MHC-init-phi-inf-own-array", lambda ad, pkg, m, a, o: pkg.MHC(m.layer, N, C, init={**P, "phi": a(P["phi"].shape) * np.inf}),
+     ValueError, ["init['phi']", "finite"]),
     ("load_state-phi-shape", lambda ad, pkg, m, a, o: pkg.load_state(m, {**_state(), "phi": np.ones((3, 3))}),
      ValueError, ["phi", "[3, 3]", "[32, 24]"]),
     ("load_state-bias-shape", lambda ad, pkg, m, a, o: pkg.load_state(m, {**_state(), "bias": np.ones(5)}),
@@ -248,3 +252,38 @@ def test_module_rejects(adapter, call, error, words):
 def test_registry_unknown_backend():
     with pytest.raises(KeyError, match="no backend named 'nope'"):
         registry.get("nope")
+
+
+def test_mlx_compiled_takes_true_or_false():
+    """compiled='no' went through bool() and turned compilation on."""
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+
+    with pytest.raises(TypeError, match="compiled must be True or False, got 'no'"):
+        mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, compiled="no")
+    assert mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, compiled=np.bool_(True)).compiled is True
+
+
+def test_module_refuses_a_layer_of_the_other_framework():
+    """torch's MHC around an mlx.nn layer (or the reverse) fails at construction, naming both
+    libraries, instead of inside the layer's first matmul; plain callables and subclasses of
+    the backend's own Module stay accepted."""
+    torch = pytest.importorskip("torch")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    import mhc_core_torch
+
+    class TorchIdentity(torch.nn.Module):  # a user's module: its class is not in torch.*
+        def forward(self, x):
+            return x
+
+    cases = [(mhc_core_torch, mnn.Linear(C, C), "module of mlx", "torch backend"),
+             (mhc_core_mlx, torch.nn.Linear(C, C), "module of torch", "mlx backend"),
+             (mhc_core_mlx, TorchIdentity(), "TorchIdentity", "mlx backend")]
+    for pkg, layer, *words in cases:
+        with pytest.raises(TypeError) as info:
+            pkg.MHC(layer, N, C)
+        assert all(w in str(info.value) for w in words), str(info.value)
+    mhc_core_torch.MHC(TorchIdentity(), N, C)
+    mhc_core_mlx.MHC(mnn.Linear(C, C), N, C)
+    mhc_core_mlx.MHC(lambda x: x, N, C)

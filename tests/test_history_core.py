@@ -142,6 +142,18 @@ def test_skip_weights_vector_takes_the_newest_logits():
     np.testing.assert_allclose(mc.skip_weights(logits, 1), [1.0])
 
 
+@pytest.mark.parametrize("mixing", ["vector", "matrix"])
+def test_skip_weights_takes_k_as_a_numpy_or_0d_integer(mixing):
+    """k is a count like history and n: numpy and 0-d integers work, floats and bools do not."""
+    logits = np.random.default_rng(0).normal(size=(4,) if mixing == "vector" else (4, 4))
+    want = mc.skip_weights(logits, 3, mixing=mixing)
+    for k in (np.int64(3), np.array(3)):
+        np.testing.assert_array_equal(mc.skip_weights(logits, k, mixing=mixing), want)
+    for bad in (3.0, True, np.array([3])):
+        with pytest.raises(ValueError, match=r"k \(states in the window\) must be an integer in \[1, K=4\]"):
+            mc.skip_weights(logits, bad, mixing=mixing)
+
+
 def test_skip_weights_matrix_is_the_last_sinkhorn_row():
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(4, 4))
@@ -293,6 +305,9 @@ BAD = [
     ("matrix-shape", lambda: mc.skip_weights(np.zeros(3), 2, mixing="matrix"), ValueError, ["[K, K]", "[3]"]),
     ("matrix-simplex", lambda: mc.skip_weights(np.zeros((3, 3)), 2, mixing="matrix", constraint="simplex"),
      ValueError, ["simplex", "vector"]),
+    ("simplex-empty-axis", lambda: mc.simplex_projection(np.zeros((2, 0))), ValueError, ["K >= 1", "[2, 0]"]),
+    ("simplex-axis-range", lambda: mc.simplex_projection(np.zeros((2, 3)), axis=2), ValueError,
+     ["axis", "[-2, 1]", "got 2"]),
     ("int-logits", lambda: mc.history_weights(np.zeros(3, dtype=np.int64)), TypeError, ["logits", "floating"]),
     ("state-shapes", lambda: mc.history_mix([np.zeros((2, 4)), np.zeros((2, 5))], np.ones(2) / 2), ValueError,
      ["one shape", "[2, 4]", "states[1]", "[2, 5]"]),

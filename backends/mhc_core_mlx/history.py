@@ -23,11 +23,16 @@ from mhc_core.config import MHCConfig
 _DEFAULT = MHCConfig()
 
 
+def check_seed(seed) -> int:
+    """The Gumbel seed: an integer >= 0 (Python, numpy or a 0-d array)."""
+    return checks.integer(seed, "seed", minimum=0, meaning="of the Gumbel noise")
+
+
 class _KeyChain:
     """A PRNG key split at every draw (a plain object, so nn.Module does not treat it as a parameter)."""
 
     def __init__(self, seed: int | None):
-        self.key = None if seed is None else mx.random.key(seed)
+        self.key = None if seed is None else mx.random.key(check_seed(seed))
 
     def next(self):
         if self.key is None:
@@ -54,10 +59,10 @@ class HistorySkip(nn.Module):
             raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
                              "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
         self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
-        self.stochastic = bool(stochastic)
+        self.stochastic = hist.check_flag(stochastic, "stochastic")
         self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
         self._keys = _KeyChain(seed)
-        self.gated = bool(gate)
+        self.gated = hist.check_flag(gate, "gate")
         self.logits = mx.array(hist.init_skip_logits(self.history, init=init, mixing=self.mixing))
         if self.gated:
             self.gate = mx.array(hist.GATE_INIT, dtype=mx.float32)
@@ -118,7 +123,8 @@ class HistorySequential(nn.Module):
         super().__init__()
         self.layers = check_layers(layers)
         self.history = hist.check_history(history)
-        self.detach_history = bool(detach_history)
+        self.detach_history = hist.check_flag(detach_history, "detach_history")
+        seed = None if seed is None else check_seed(seed)
         self.skips = [
             HistorySkip(history, constraint=constraint, temperature=temperature, epsilon=epsilon, init=init,
                         gate=gate, prune_threshold=prune_threshold, stochastic=stochastic, mixing=mixing,

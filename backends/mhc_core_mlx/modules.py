@@ -126,9 +126,9 @@ class MHC(nn.Module):
         super().__init__()
         args = mhc_args(layer, n, dim, variant=variant, iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
                         sinkhorn_eps=sinkhorn_eps, post_scale=post_scale, init=init, seed=seed, impl=impl,
-                        impls=IMPLS)
+                        impls=IMPLS, framework="mlx")
         self.n, self.dim, self.variant, self.impl = args.n, args.dim, args.variant, args.impl
-        self.compiled = bool(compiled)
+        self.compiled = checks.flag(compiled, "compiled")
         self.config = args.config  # a dataclass (not a dict): nn.Module does not take it for parameters
         self.layer = layer
         for name, value in args.params.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]

@@ -58,12 +58,15 @@ class HistorySkip(nn.Module):
             raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
                              "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
         self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
-        self.stochastic = bool(stochastic)
+        self.stochastic = hist.check_flag(stochastic, "stochastic")
         self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (or None for torch's global RNG), got "
+                            f"{type(generator).__module__}.{type(generator).__name__}")
         self.generator = generator
         self.logits = nn.Parameter(torch.from_numpy(
             hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))
-        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if gate else None
+        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if hist.check_flag(gate, "gate") else None
 
     def extra_repr(self) -> str:
         return (f"history={self.history}, mixing={self.mixing!r}, constraint={self.constraint!r}, "
@@ -122,7 +125,7 @@ class HistorySequential(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(check_layers(layers))
         self.history = hist.check_history(history)
-        self.detach_history = bool(detach_history)
+        self.detach_history = hist.check_flag(detach_history, "detach_history")
         self.skips = nn.ModuleList(
             HistorySkip(history, constraint=constraint, temperature=temperature, epsilon=epsilon, init=init,
                         gate=gate, prune_threshold=prune_threshold, stochastic=stochastic, mixing=mixing,

@@ -94,7 +94,7 @@ class MHC(nn.Module):
         super().__init__()
         args = mhc_args(layer, n, dim, variant=variant, iters=iters, rms_eps=rms_eps, pre_eps=pre_eps,
                         sinkhorn_eps=sinkhorn_eps, post_scale=post_scale, init=init, seed=seed, impl=impl,
-                        impls=dispatch.IMPLS)
+                        impls=dispatch.IMPLS, framework="torch")
         self.n, self.dim, self.variant, self.impl, self.config = args.n, args.dim, args.variant, args.impl, args.config
         self._cfg = self.config.as_dict()
         self.layer = layer

@@ -299,6 +299,10 @@ BAD = [
     ("mixing", dict(mixing="tensor"), ValueError, "mixing must be one of"),
     ("matrix-simplex", dict(mixing="matrix", constraint="simplex"), ValueError, "vector mixing"),
     ("prune", dict(prune_threshold=-1.0), ValueError, "prune_threshold"),
+    # bool("no") is True: switches take True / False only
+    ("detach-string", dict(detach_history="no"), TypeError, "detach_history must be True or False, got 'no'"),
+    ("gate-int", dict(gate=2), TypeError, "gate must be True or False, got 2"),
+    ("stochastic-string", dict(stochastic="false"), TypeError, "stochastic must be True or False, got 'false'"),
 ]
 
 
@@ -310,6 +314,22 @@ def test_bad_settings(lib, kwargs, err, msg):
     mod, layer = (mt, _TanhLinear) if lib == "torch" else (mm, _MLXTanhLinear)
     with pytest.raises(err, match=msg):
         mod.HistorySequential([layer()], **kwargs)
+
+
+@pytest.mark.parametrize("seed,msg", [(-3, r"seed \(of the Gumbel noise\) must be an integer >= 0, got -3"),
+                                      ("1", "seed .* got '1'"), (1.5, "seed .* got 1.5")])
+def test_mlx_bad_seed(seed, msg):
+    if mx is None:
+        pytest.skip("mlx is not installed")
+    with pytest.raises(ValueError, match=msg):
+        mm.HistorySequential([_MLXTanhLinear()], stochastic=True, seed=seed)
+    with pytest.raises(ValueError, match=msg):
+        mm.HistorySkip(2, stochastic=True, seed=seed)
+
+
+def test_torch_bad_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator .* got builtins.int"):
+        mt.HistorySequential([_TanhLinear()], stochastic=True, generator=5)
 
 
 @pytest.mark.parametrize("lib", ["torch", "mlx"])

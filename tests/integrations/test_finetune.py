@@ -235,6 +235,31 @@ def test_bad_input(backend, models, tmp_path):
         compare_generation.main(["--original", models["hf"], "--mhc", models["hf"], "--backend", backend])
 
 
+def test_compare_generation_refuses_an_original_with_another_vocabulary(tmp_path):
+    """A converted model compared with an unrelated original used to fail inside numpy
+    ('operands could not be broadcast together'); the vocabularies are checked first."""
+    for name, vocab, mhc in (("original", 280, None), ("converted", 300, {"n": 4})):
+        (tmp_path / name).mkdir()
+        config = {"model_type": "qwen3", "vocab_size": vocab, **({"mhc": mhc} if mhc else {})}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--original has a vocabulary of 280 tokens and --mhc of 300"):
+        compare_generation.main(["--original", str(tmp_path / "original"), "--mhc", str(tmp_path / "converted")])
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--phi-std", "nan", "--phi-std must be >= 0 and finite, got nan"),
+    ("--phi-std", "inf", "--phi-std must be >= 0 and finite, got inf"),
+    ("--weight-decay", "nan", "--weight-decay must be >= 0 and finite, got nan"),
+    ("--lr", "inf", "--lr must be finite, got inf"),
+    ("--mixing-lr", "nan", "--mixing-lr must be > 0, got nan"),
+])
+def test_non_finite_numbers_are_refused(flag, value, says):
+    """nan / inf settings used to train (nan --phi-std was skipped as 'not > 0'; inf made
+    every drift figure nan) and write a model; they are refused before anything loads."""
+    with pytest.raises(ValueError, match=says):
+        finetune.parse(["--convert", "unused", "--out", "unused", flag, value])
+
+
 def test_resume_with_other_settings_is_refused(models, straight, tmp_path):
     out = str(tmp_path / "copy")
     shutil.copytree(straight("torch"), out)

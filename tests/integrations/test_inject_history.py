@@ -48,6 +48,12 @@ def test_shape_changing_module_passes_through():
     (dict(history=2, temperature=-1.0), ValueError, "temperature"),
     (dict(history=2, epsilon=1.5), ValueError, "epsilon"),
     (dict(history=2, colour="red"), TypeError, "unknown history-mixing options"),
+    # stream settings have no meaning with history mixing: refused, not silently ignored
+    (dict(history=2, detach_history="yes"), TypeError, "detach_history must be True or False"),
+    (dict(history=2, n=2), ValueError, r"history=2\).* \['n'\]"),
+    (dict(history=2, variant="hc", reduce="head"), ValueError, r"\['reduce', 'variant'\]"),
+    (dict(history=2, impl="triton"), ValueError, r"\['impl'\]"),
+    (dict(history=2, recipe="llama"), ValueError, r"\['recipe'\]"),
 ])
 def test_bad_settings(kwargs, err, msg):
     with pytest.raises(err, match=msg):

@@ -92,9 +92,7 @@ _FIRST_COMPILE = textwrap.dedent("""
         import mhc_core, mhc_core_torch
         torch.manual_seed(0)
         n, c = 4, 8
-        m = mhc_core_torch.MHC(torch.nn.Linear(c, c), n, c, impl="reference",
-                               init=mhc_core.init_params(n, c, phi_std=0.2, alpha=1.0, seed=1))
-        x = torch.randn(2, 3, n, c)
+        m, x = MODEL
         compiled = torch.compile(m, backend="eager", fullgraph=True)
         out = compiled(x)
     err = float((out - m(x)).abs().max())
@@ -104,10 +102,28 @@ _FIRST_COMPILE = textwrap.dedent("""
 """)
 
 
-def test_first_compile_in_a_fresh_process_is_silent():
-    """torch.compile(MHC) in a new process: no warning, no WARNING log record, and the
-    compiled forward equals eager (fullgraph: no graph break either)."""
-    run = subprocess.run([PYTHON, "-c", _FIRST_COMPILE], cwd=REPO, env=subprocess_env(), capture_output=True,
+MODELS = {
+    "mhc": """(mhc_core_torch.MHC(torch.nn.Linear(c, c), n, c, impl="reference",
+                                   init=mhc_core.init_params(n, c, phi_std=0.2, alpha=1.0, seed=1)),
+              torch.randn(2, 3, n, c))""",
+    # the permutation tables and the torch constants they become must not meet an lru_cache
+    "mhc-lite": """(mhc_core_torch.MHC(torch.nn.Linear(c, c), 3, c, variant="mhc-lite", impl="reference",
+                                        init=mhc_core.init_params(3, c, variant="mhc-lite", phi_std=0.2,
+                                                                  alpha=1.0, seed=1)),
+                   torch.randn(2, 3, 3, c))""",
+    "history-identity-matrix": """(mhc_core_torch.HistorySequential([torch.nn.Linear(c, c) for _ in range(3)],
+                                      history=2, constraint="identity", mixing="matrix"), torch.randn(2, 3, c))""",
+    "history-simplex": """(mhc_core_torch.HistorySequential([torch.nn.Linear(c, c) for _ in range(3)], history=2,
+                                                         constraint="simplex"), torch.randn(2, 3, c))""",
+}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_first_compile_in_a_fresh_process_is_silent(model):
+    """torch.compile of each module kind in a new process: no warning, no WARNING log
+    record, and the compiled forward equals eager (fullgraph: no graph break either)."""
+    script = _FIRST_COMPILE.replace("MODEL", textwrap.dedent(MODELS[model]).strip())
+    run = subprocess.run([PYTHON, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ", 1)[0] in

@@ -117,3 +117,28 @@ def test_nan_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert not runs["mhc-L1"]["diverged"] and runs["mhc-L1"]["nan_inf_events"] == 0
     assert runs["mhc-L1"]["final_loss"] < _records(out / "mhc-L1")[0]["loss"]
     assert "| hc | 1 | 0 | 0.001 | — |" in (out / "summary.md").read_text() and "3 (diverged)" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--lr", "nan"], "argument --lr: expected a finite number > 0"),
+    (["--lr", "-1"], "argument --lr: expected a finite number > 0"),
+    (["--grad-clip", "inf"], "--grad-clip must be a finite number >= 0"),
+    (["--warmup", "-2"], "--warmup must be an integer >= 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--max-nonfinite", "0"], "--max-nonfinite must be an integer >= 1"),
+    (["--n", "0"], "argument --n/--streams: expected an integer >= 1"),
+    (["--history", "0"], "argument --history: expected an integer >= 1"),
+    (["--batch", "0"], "--batch"),
+    # the bad setting of the last variant is refused before the first variant trains
+    (["--variants", "residual", "mhc-lite", "--n", "7"], "variant mhc-lite: mhc-lite mixes the n! permutation"),
+])
+def test_bad_arguments_are_usage_errors_before_any_run(tmp_path, capsys, bad, says):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import depth_sweep
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.main(["--quick", "--out", str(out), "--no-plots", "--no-progress", *bad])
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()

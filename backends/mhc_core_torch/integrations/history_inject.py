@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mhc_core import history as hist
+
 from ..history import HistorySkip
 
 HISTORY_OPTIONS = ("constraint", "temperature", "epsilon", "init", "gate", "prune_threshold",
@@ -31,7 +33,7 @@ class HistoryInjected(nn.Module):
         super().__init__()
         self.module = module
         self.skip = HistorySkip(history, **skip_kwargs)
-        self.detach_history = bool(detach_history)
+        self.detach_history = hist.check_flag(detach_history, "detach_history")
         self.window: list[torch.Tensor] = []
 
     def clear_history(self) -> None:

@@ -125,13 +125,20 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     matching module m becomes m(x) + a mix of its last K outputs; cfg then holds the
     HistorySequential options (constraint, temperature, epsilon, gate, prune_threshold,
     stochastic, detach_history, mixing, iters, sinkhorn_eps, generator), init names the
-    skip logits' init ('identity' | 'uniform'), and n / variant / reduce / recipe are unused.
+    skip logits' init ('identity' | 'uniform'); n / variant / reduce / impl / recipe must keep
+    their defaults (a ValueError names any that do not: they have no meaning there).
     Returns `model`.
     """
     if history is not None:
         from mhc_core import history as hist
 
         hist.check_history(history)
+        stream_only = {"n": n != 4, "variant": variant != "mhc", "reduce": reduce != "mean",
+                       "impl": impl != "auto", "recipe": recipe is not None}
+        given = sorted(name for name, differs in stream_only.items() if differs)
+        if given:
+            raise ValueError(f"inject(history={history}) mixes earlier states of one stream; the stream "
+                             f"settings {given} do not apply to it (drop them, or drop history for mHC)")
         if init is not None:  # the skip logits' init name ('identity' | 'uniform')
             cfg["init"] = init
         return inject_history(model, _matcher(target), history, target, **cfg)

@@ -16,7 +16,7 @@ layers (activations, dropout, ...) hold nothing. Modules of your own move by att
 name. Layers known to differ (convolutions, batch norm, multi-head attention, recurrent
 and quantized layers) are refused by name: see `unportable`.
 
-The files' metadata record the writer: {"library": "mhc", "backend": "torch" | "mlx",
+The files' metadata record the writer: {"library": "mhc-core", "backend": "torch" | "mlx",
 "naming": NAMING}.
 """
 from __future__ import annotations
@@ -81,4 +81,4 @@ def file_metadata(path: str | os.PathLike) -> dict:
 
 def metadata(backend: str, version: str) -> dict[str, str]:
     """What `save_state` writes into a file's metadata."""
-    return {"library": "mhc", "backend": backend, "naming": NAMING, "version": version}
+    return {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}

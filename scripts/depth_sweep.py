@@ -236,7 +236,7 @@ def default_backend() -> str:
 
 def load_backend(name: str, threads: int | None):
     """(lm module, {library: version}) for 'torch' or 'mlx'."""
-    versions = {"mhc": mhc_core.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    versions = {"mhc-core": mhc_core.__version__, "numpy": np.__version__, "python": platform.python_version()}
     if name == "torch":
         import torch
 

@@ -37,7 +37,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, random_state):
     save_state(src, path)
     with safe_open(str(path), framework="np") as f:
         assert sorted(f.keys()) == sorted(module_state(src))
-        assert f.metadata()["library"] == "mhc"
+        assert f.metadata()["library"] == "mhc-core"
     dst = MHC(make_layer("mlp", C), N, C)  # fresh init: differs from src before loading
     x = torch.randn(2, 4, N, C)
     assert not torch.equal(dst(x), src(x))

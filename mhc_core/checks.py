@@ -185,6 +185,20 @@ def coefficient_inputs(ops: Ops, x, phi, bias, alpha, variant_name: str, fields:
     return n, c, variant_name, config_fields(fields)
 
 
+def coefficient_call(ops: Ops, x, phi, bias, alpha, variant_name: str, settings: dict) -> tuple[str, dict]:
+    """For entry points taking `**settings` (some MHCConfig fields): unknown names are a
+    TypeError, missing ones take MHCConfig's defaults; then `coefficient_inputs`.
+    Returns (variant, every MHCConfig field normalized)."""
+    from .config import MHCConfig
+
+    unknown = sorted(set(settings) - set(CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"coefficients got unexpected settings {unknown}; expected some of {CONFIG_FIELDS}")
+    _, _, variant_name, fields = coefficient_inputs(ops, x, phi, bias, alpha, variant_name,
+                                                    {**MHCConfig().as_dict(), **settings})
+    return variant_name, fields
+
+
 def pre_aggregate_inputs(ops: Ops, x, pre) -> tuple[int, int, tuple[int, ...]]:
     """x [..., n, C], pre [..., n]; returns (n, C, leading shape)."""
     n, c = stream_input(ops, x)

@@ -158,12 +158,8 @@ class PostResidual(torch.autograd.Function):
 def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
     """`mhc_core.coefficients` (same checks, same numbers) recorded as one autograd node.
     'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops."""
-    unknown = sorted(set(cfg) - set(checks.CONFIG_FIELDS))
-    if unknown:
-        raise TypeError(f"coefficients got unexpected settings {unknown}; expected some of {checks.CONFIG_FIELDS}")
-    full = {**mhc_core.MHCConfig().as_dict(), **cfg}
-    _, _, variant, full = checks.coefficient_inputs(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias,
-                                                    alpha, variant, full)
+    variant, full = checks.coefficient_call(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias, alpha,
+                                            variant, cfg)
     if variant == "mhc-lite":
         return mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **full)
     return Coefficients.apply(x, phi, bias, alpha, variant, full)

@@ -126,7 +126,7 @@ def coefficients_forward(ops, x, phi, bias, alpha, *, variant, iters, rms_eps, p
         res = ops.reshape(b[2 * n :] + a[2] * th[..., 2 * n :], lead + (n, n))
         return (pre, post, res), proj + (a, th)
 
-    y = z * _gate_scale(ops, a, n, checks.shape_of(z)[-1] - 2 * n) + b  # pre-activations [..., m]
+    y = z * _gate_scale(ops, a, n, checks.shape_of(z)[-1]) + b  # pre-activations [..., m]
     sig_pre, sig_post = ops.sigmoid(y[..., :n]), ops.sigmoid(y[..., n : 2 * n])
     if variant == "mhc-lite":  # res from the n! permutation matrices, no Sinkhorn; no explicit
         # backward (saved is None): callers differentiate it with their framework's autodiff
@@ -148,7 +148,7 @@ def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_ep
         th = saved[6]
         dy = dout  # out = b + a * tanh(z): d/db = 1, d/da = tanh(z), d/dz = a (1 - tanh^2)
         dalpha_terms = dout * th
-        dz = dout * _gate_scale(ops, a, n) * (1.0 - th * th)
+        dz = dout * _gate_scale(ops, a, n, checks.shape_of(z)[-1]) * (1.0 - th * th)
     else:
         sig_pre, sig_post, sk = saved[6], saved[7], saved[8:]
         dlogits = sinkhorn_backward(ops, sk, to_token_last(ops, dres, n), sinkhorn_eps)  # [n, n, T]
@@ -156,7 +156,7 @@ def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_ep
         dy = ops.concat([dpre * sig_pre * (1.0 - sig_pre), (post_scale * dpost) * sig_post * (1.0 - sig_post),
                          dy_res], axis=-1)  # d pre-activations [..., m]
         dalpha_terms = dy * z
-        dz = dy * _gate_scale(ops, a, n)
+        dz = dy * _gate_scale(ops, a, n, checks.shape_of(z)[-1])
     m = checks.shape_of(dy)[-1]
     dbias = ops.sum(ops.reshape(dy, (-1, m)), axis=0)
     per_gate = ops.sum(ops.reshape(dalpha_terms, (-1, m)), axis=0)  # [m]
@@ -166,12 +166,11 @@ def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_ep
     return ops.reshape(dv, lead + (n, c)), dphi, dbias, dalpha
 
 
-def _gate_scale(ops, a, n: int, r: int | None = None):
-    """alpha spread over the columns of z: [a0] * n + [a1] * n + [a2] * r -> [m]
-    (r: the res columns, n*n by default; n! for 'mhc-lite')."""
-    r = n * n if r is None else r
+def _gate_scale(ops, a, n: int, m: int):
+    """alpha spread over the m columns of z: [a0] * n + [a1] * n + [a2] * (m - 2n) -> [m]
+    (the m - 2n res columns: n*n, or n! for 'mhc-lite')."""
     return ops.concat([ops.broadcast_to(a[0:1], (n,)), ops.broadcast_to(a[1:2], (n,)),
-                       ops.broadcast_to(a[2:3], (r,))], axis=0)
+                       ops.broadcast_to(a[2:3], (m - 2 * n,))], axis=0)
 
 
 def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps: float = _DEFAULT.pre_eps):

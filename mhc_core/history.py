@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -79,6 +80,38 @@ def check_epsilon(value) -> float:
     if v is None or not 0.0 <= v < 1.0:
         raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {value!r}")
     return float(v)
+
+
+@dataclass(frozen=True)
+class SkipSettings:
+    """One layer's skip settings, checked (`skip_settings`); what both backends'
+    `HistorySkip` store."""
+
+    history: int
+    constraint: str
+    temperature: float
+    epsilon: float
+    mixing: str
+    prune_threshold: float
+    stochastic: bool
+    gated: bool
+    iters: int
+    sinkhorn_eps: float
+
+
+def skip_settings(history, *, constraint, temperature, epsilon, mixing, prune_threshold, stochastic, gate,
+                  iters, sinkhorn_eps) -> SkipSettings:
+    """The arguments of a backend's `HistorySkip`, checked once for both backends."""
+    mixing, constraint = check_mixing(mixing), check_constraint(constraint)
+    if mixing == "matrix" and constraint == "simplex":
+        raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
+                         "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
+    return SkipSettings(
+        history=check_history(history), constraint=constraint, temperature=check_temperature(temperature),
+        epsilon=check_epsilon(epsilon), mixing=mixing,
+        prune_threshold=checks.non_negative(prune_threshold, "prune_threshold"),
+        stochastic=check_flag(stochastic, "stochastic"), gated=check_flag(gate, "gate"),
+        iters=checks.iters(iters), sinkhorn_eps=checks.non_negative(sinkhorn_eps, "sinkhorn_eps"))
 
 
 def init_skip_logits(history: int, *, init: str = "identity", mixing: str = "vector",
@@ -253,6 +286,19 @@ def history_mix(states: Sequence, weights, *, gate=None, prune_threshold: float 
             raise ValueError(f"gate must be a scalar array (shape [] or [1]), got {list(checks.shape_of(gate))}")
         acc = acc * ops.reshape(ops.sigmoid(ops.astype(gate, cdt)), ())
     return ops.astype(acc, states[-1].dtype)
+
+
+def applied_weights(weights, *, gate=None, prune_threshold: float = 0.0):
+    """The weights [k] as `history_mix` applies them: 0 below `prune_threshold`, times
+    sigmoid(gate) when gated (a gate array [] or [1]). For reports and metrics."""
+    ops = namespace(weights) if gate is None else namespace(weights, gate)
+    checks.float_array(ops, weights, "weights")
+    w = weights
+    if checks.non_negative(prune_threshold, "prune_threshold") > 0.0:
+        w = ops.where(w < prune_threshold, ops.zeros_like(w), w)
+    if gate is not None:
+        w = w * ops.reshape(ops.sigmoid(ops.astype(gate, w.dtype)), ())
+    return w
 
 
 def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: float = 0.0):

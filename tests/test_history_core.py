@@ -355,3 +355,13 @@ def test_simplex_projection_property(v):
     assert (w >= 0).all() and abs(w.sum() - 1.0) <= 1e-9 * max(1.0, np.abs(v).max())
     np.testing.assert_allclose(w, simplex_bisection(v), atol=1e-9 * max(1.0, np.abs(v).max()))
     np.testing.assert_allclose(mc.simplex_projection(w), w, atol=1e-12)
+
+
+@pytest.mark.parametrize("gate, prune", [(None, 0.0), (np.array(0.3), 0.0), (None, 0.2), (np.array(-1.0), 0.25)])
+def test_applied_weights_are_what_history_mix_applies(gate, prune):
+    """Mixing the basis vectors e_0..e_{k-1} returns the weights history_mix applied."""
+    w = np.array([0.1, 0.3, 0.6])
+    basis = list(np.eye(3))
+    want = mc.history_mix(basis, w, gate=gate, prune_threshold=prune)
+    got = mc.history.applied_weights(w, gate=gate, prune_threshold=prune)
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)

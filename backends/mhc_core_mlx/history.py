@@ -50,19 +50,15 @@ class HistorySkip(nn.Module):
                  iters: int = _DEFAULT.iters, sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
                  seed: int | None = None):
         super().__init__()
-        self.history = hist.check_history(history)
-        self.constraint = hist.check_constraint(constraint)
-        self.temperature = hist.check_temperature(temperature)
-        self.epsilon = hist.check_epsilon(epsilon)
-        self.mixing = hist.check_mixing(mixing)
-        if self.mixing == "matrix" and self.constraint == "simplex":
-            raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
-                             "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
-        self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
-        self.stochastic = hist.check_flag(stochastic, "stochastic")
-        self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        settings = hist.skip_settings(history, constraint=constraint, temperature=temperature, epsilon=epsilon,
+                                      mixing=mixing, prune_threshold=prune_threshold, stochastic=stochastic,
+                                      gate=gate, iters=iters, sinkhorn_eps=sinkhorn_eps)
+        self.history, self.constraint, self.mixing = settings.history, settings.constraint, settings.mixing
+        self.temperature, self.epsilon = settings.temperature, settings.epsilon
+        self.prune_threshold, self.stochastic = settings.prune_threshold, settings.stochastic
+        self.iters, self.sinkhorn_eps = settings.iters, settings.sinkhorn_eps
         self._keys = _KeyChain(seed)
-        self.gated = hist.check_flag(gate, "gate")
+        self.gated = settings.gated
         self.logits = mx.array(hist.init_skip_logits(self.history, init=init, mixing=self.mixing))
         if self.gated:
             self.gate = mx.array(hist.GATE_INIT, dtype=mx.float32)
@@ -155,9 +151,6 @@ class HistorySequential(nn.Module):
             skip.train(False)
             w = mx.stop_gradient(skip.weights(min(self.history, l + 1)))
             skip.train(was)
-            if skip.prune_threshold > 0:
-                w = mx.where(w < skip.prune_threshold, mx.zeros_like(w), w)
-            if skip.gated:
-                w = w * mx.sigmoid(skip.gate)
-            out.append(w)
+            out.append(hist.applied_weights(w, gate=skip.gate if skip.gated else None,
+                                                        prune_threshold=skip.prune_threshold))
         return out

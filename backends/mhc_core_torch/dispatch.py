@@ -54,15 +54,14 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
     return "triton"
 
 
-def _reference_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, layer_kwargs: dict):
-    """mhc_core.step on torch tensors, the coefficients recorded as one autograd node
-    (mhc_core's explicit backward, autograd.py); autograd handles the two matmuls.
+def _reference_step(x, f: Callable, phi, bias, alpha, *, variant: str, cfg: dict):
+    """mhc_core's step on torch tensors as three autograd nodes (coefficients, pre-aggregate,
+    post + residual; mhc_core's explicit backward, autograd.py) around f [..., C] -> [..., C].
 
     Under torch.autocast the mixing (coefficients, Sinkhorn, pre/post matmuls) runs with
     autocast off, in float32 as mhc_core intends (paper Eq. 10-19; autocast would run its
     matmuls in bf16), while the layer keeps the caller's autocast.
     """
-    f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     dev = x.device.type
     if not torch.is_autocast_enabled(dev):
         return _coefficient_node_step(x, f, phi, bias, alpha, variant=variant, **cfg)
@@ -83,8 +82,7 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     cfg: iters, rms_eps, pre_eps, sinkhorn_eps, post_scale (`MHCConfig.as_dict()`).
     layer_kwargs: extra keyword arguments passed to every `layer(h, ...)` call.
     """
-    layer_kwargs = layer_kwargs or {}
+    f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     if resolve_impl(impl, x, variant=variant) == "triton":
-        f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
         return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
-    return _reference_step(x, layer, phi, bias, alpha, variant=variant, cfg=cfg, layer_kwargs=layer_kwargs)
+    return _reference_step(x, f, phi, bias, alpha, variant=variant, cfg=cfg)

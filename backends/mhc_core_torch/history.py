@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import mhc_core
-from mhc_core import checks, history as hist
+from mhc_core import history as hist
 from mhc_core.config import MHCConfig
 
 _DEFAULT = MHCConfig()
@@ -49,24 +49,20 @@ class HistorySkip(nn.Module):
                  iters: int = _DEFAULT.iters, sinkhorn_eps: float = _DEFAULT.sinkhorn_eps,
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.history = hist.check_history(history)
-        self.constraint = hist.check_constraint(constraint)
-        self.temperature = hist.check_temperature(temperature)
-        self.epsilon = hist.check_epsilon(epsilon)
-        self.mixing = hist.check_mixing(mixing)
-        if self.mixing == "matrix" and self.constraint == "simplex":
-            raise ValueError("constraint 'simplex' applies to vector mixing; matrix mixing is made "
-                             "doubly stochastic by Sinkhorn (use constraint 'softmax' or 'identity')")
-        self.prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
-        self.stochastic = hist.check_flag(stochastic, "stochastic")
-        self.iters, self.sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")
+        settings = hist.skip_settings(history, constraint=constraint, temperature=temperature, epsilon=epsilon,
+                                      mixing=mixing, prune_threshold=prune_threshold, stochastic=stochastic,
+                                      gate=gate, iters=iters, sinkhorn_eps=sinkhorn_eps)
+        self.history, self.constraint, self.mixing = settings.history, settings.constraint, settings.mixing
+        self.temperature, self.epsilon = settings.temperature, settings.epsilon
+        self.prune_threshold, self.stochastic = settings.prune_threshold, settings.stochastic
+        self.iters, self.sinkhorn_eps = settings.iters, settings.sinkhorn_eps
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (or None for torch's global RNG), got "
                             f"{type(generator).__module__}.{type(generator).__name__}")
         self.generator = generator
         self.logits = nn.Parameter(torch.from_numpy(
             hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))
-        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if hist.check_flag(gate, "gate") else None
+        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if settings.gated else None
 
     def extra_repr(self) -> str:
         return (f"history={self.history}, mixing={self.mixing!r}, constraint={self.constraint!r}, "
@@ -157,9 +153,6 @@ class HistorySequential(nn.Module):
                 skip.train(False)
                 w = skip.weights(min(self.history, l + 1))
                 skip.train(noise_free)
-                if skip.prune_threshold > 0:
-                    w = torch.where(w < skip.prune_threshold, torch.zeros_like(w), w)
-                if skip.gate is not None:
-                    w = w * torch.sigmoid(skip.gate)
+                w = hist.applied_weights(w, gate=skip.gate, prune_threshold=skip.prune_threshold)
             out.append(w)
         return out

@@ -3,8 +3,9 @@
     x [..., n, C]  --MHC(layer)-->  [..., n, C]        (DESIGN §1, paper Eq. 3-8)
     x [..., n, C]  --StreamHead-->  [..., C]           (DeepSeek-V4 hc_head)
 
-The math is `mhc_core`'s, run on torch tensors through the array-API shim; autograd
-differentiates through it (the reference path). `impl` picks the path (dispatch.py):
+The math is `mhc_core`'s, run on torch tensors through the array-API shim, as three
+autograd nodes whose backward is mhc_core's explicit one (autograd.py; the reference path).
+`impl` picks the path (dispatch.py):
 'auto' (the Triton kernels for CUDA tensors they take, else reference), 'reference' or
 'triton'.
 
@@ -69,7 +70,8 @@ class MHC(nn.Module):
     Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments of `forward` are
     passed to `layer` (attention masks, position embeddings, ...).
 
-    Gradients: the reference path supports any order (autograd through mhc_core). The
+    Gradients: the reference path supports any order (when a gradient of a gradient is
+    asked for, its nodes recompute mhc_core's ops under autograd). The
     Triton path computes first derivatives only: a gradient of a gradient (backward of
     a `create_graph=True` gradient, e.g. a gradient penalty) raises a RuntimeError saying
     so; use impl='reference' for it.

@@ -267,9 +267,8 @@ def history_weights_of(cfg: LMConfig, state: dict[str, np.ndarray]) -> list[np.n
     for l, name in enumerate(layer_names(cfg)):
         logits = np.asarray(state[f"{name}.logits"], dtype=np.float64)
         w = hist.skip_weights(logits, min(cfg.history, l + 1), constraint=cfg.history_constraint)
-        if cfg.history_gate:
-            w = w / (1.0 + np.exp(-float(np.asarray(state[f"{name}.gate"]))))
-        out.append(w)
+        gate = np.asarray(state[f"{name}.gate"], dtype=np.float64) if cfg.history_gate else None
+        out.append(hist.applied_weights(w, gate=gate))
     return out
 
 

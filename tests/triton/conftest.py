@@ -29,7 +29,9 @@ pytest.importorskip("mhc_core_torch")
 
 import mhc_core  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# TRITON_INTERPRET=1 set by the caller (gpu_check's SMOKE mode) means the interpreter even
+# where a GPU is present: the kernels were decorated for it and refuse CUDA tensors.
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
 
 # Error bound per dtype, scaled by max(1, max|reference|) (DESIGN §3).
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -38,7 +40,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.fl
 @pytest.fixture
 def device():
     """The one device every test in tests/triton runs on: "cuda" where a GPU is present
-    (compiled kernels), else "cpu" (the Triton interpreter). Tests build their tensors on it
+    (compiled kernels) unless TRITON_INTERPRET=1, else "cpu" (the Triton interpreter). Tests build their tensors on it
     and never assume the interpreter; float64-only checks (gradcheck) skip on "cuda"."""
     return DEVICE
 

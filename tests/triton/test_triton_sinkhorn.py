@@ -18,7 +18,9 @@ def _id(c):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_id)
-def test_sinkhorn_forward_and_grad(case, dtype, assert_close, rounded, oracle_grads):
+def test_sinkhorn_forward_and_grad(case, dtype, device, assert_close, rounded, oracle_grads):
+    if dtype == torch.float64 and device != "cpu":
+        pytest.skip("float64 kernels run only in the interpreter (float64 is the reference path on GPU)")
     n, iters, eps = case
     rng = np.random.default_rng(n * 100 + iters)
     logits = rng.normal(0.0, 3.0, (5, n, n))  # T = 5: a partial token block

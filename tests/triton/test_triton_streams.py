@@ -59,7 +59,7 @@ def test_streams_leading_batch_dims(assert_close, rounded):
     x, pre, y = rng.normal(size=(2, 3, 2, 5)), rng.uniform(size=(2, 3, 2)), rng.normal(size=(2, 3, 5))
     post, res = rng.uniform(size=(2, 3, 2)), rng.uniform(size=(2, 3, 2, 2))
     f32 = lambda a: rounded(a, torch.float32)  # noqa: E731
-    r64 = lambda a: f32(a).double().numpy()  # noqa: E731
+    r64 = lambda a: f32(a).double().cpu().numpy()  # noqa: E731
     assert_close(ops.pre_aggregate(f32(x), f32(pre)), mhc_core.pre_aggregate(r64(x), r64(pre)), 1e-5, "batch-pre")
     assert_close(ops.post_residual(f32(x), f32(y), f32(post), f32(res)),
                  mhc_core.post_residual(r64(x), r64(y), r64(post), r64(res)), 1e-5, "batch-post")

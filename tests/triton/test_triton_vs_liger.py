@@ -7,6 +7,12 @@ Same math, one convention difference: liger's post_res mixes with h_res[o, i] (t
 H_res), ours with res[i, o] (DeepSeek-V4's comb), and both compute the same Sinkhorn matrix,
 so `liger_post_res(x, y, post, res^T) == post_residual(x, y, post, res)`. liger needs
 power-of-two n and bf16/fp16 x.
+
+Precision: liger's coefficient kernels run `tl.dot` at Triton's default precision, tf32 on a
+GPU (10-bit mantissa: ~2^-11 relative per product), ours tf32x3 (~float32). In the
+interpreter both are exact float32 and agree to 1e-5; on a GPU the two libraries can only
+agree to tf32's accuracy, so there the comparison allows 2e-3 and, separately, ours is held
+to 1e-5 against the float64 oracle (mhc_core on numpy).
 """
 import numpy as np
 import pytest
@@ -32,14 +38,19 @@ def test_coefficients_match_liger(n, c, device, assert_close):
     ours = ops.coefficients(*ours_in, iters=5)
     theirs = liger.liger_mhc_coeffs(*lig_in, tmax=5, pre_eps=1e-6)
     cots = [torch.randn_like(o) for o in ours]
-    for name, a, b in zip(("pre", "post", "res"), ours, theirs):
-        assert_close(a, b, 1e-5, f"liger-n{n}-C{c}-{name}")
+    exact = device == "cpu"  # interpreter: both float32-exact; GPU: liger's dots are tf32
+    tol, gtol = (1e-5, 1e-4) if exact else (2e-3, 2e-3)
+    oracle = mhc_core.coefficients(*(a.detach().double().cpu().numpy() for a in (x, phi, bias, alpha)), iters=5,
+                                   pre_eps=1e-6)
+    for name, a, b, want in zip(("pre", "post", "res"), ours, theirs, oracle):
+        assert_close(a, want, 1e-5, f"ours-vs-oracle-n{n}-C{c}-{name}")
+        assert_close(a, b, tol, f"liger-n{n}-C{c}-{name}")
     g_ours = torch.autograd.grad(sum((o * g).sum() for o, g in zip(ours, cots)), ours_in)
     g_lig = torch.autograd.grad(sum((o * g).sum() for o, g in zip(theirs, cots)), lig_in)
     assert_close(g_ours[0], g_lig[0], 2e-2, f"liger-n{n}-C{c}-grad-x")  # both rounded to bf16
-    assert_close(g_ours[1], g_lig[1], 1e-4, f"liger-n{n}-C{c}-grad-phi")
-    assert_close(g_ours[2], g_lig[2], 1e-4, f"liger-n{n}-C{c}-grad-bias")
-    assert_close(g_ours[3], torch.stack(g_lig[3:]), 1e-4, f"liger-n{n}-C{c}-grad-alpha")
+    assert_close(g_ours[1], g_lig[1], gtol, f"liger-n{n}-C{c}-grad-phi")
+    assert_close(g_ours[2], g_lig[2], gtol, f"liger-n{n}-C{c}-grad-bias")
+    assert_close(g_ours[3], torch.stack(g_lig[3:]), gtol, f"liger-n{n}-C{c}-grad-alpha")
 
 
 def test_streams_match_liger(device, assert_close):

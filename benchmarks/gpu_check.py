@@ -4,16 +4,20 @@
     SMOKE=1 python benchmarks/gpu_check.py    # the same steps on the CPU, Triton interpreter,
                                               # tiny shapes (what CI runs; figures meaningless)
 
-Steps, each with its own time limit (the whole run stays under 8 minutes), every output in
-one folder benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/):
+Steps, in order of what matters most, each with its own time limit (the whole run stays
+under 8 minutes on an H100 / H200), every output in one folder
+benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides):
 1. install what the machine lacks from the git-ignored `.whl/` folder, offline
    (`pip install --no-index --find-links .whl`); `make wheels` fills it on a machine with
    network (see WHEELS below). Installed packages are never upgraded or replaced;
-2. `pytest -m gpu tests/triton` (SMOKE: the empty-batch and one-dx-buffer tests on the CPU);
-3. `bench_mhc.py` at n = 4, C in {1024, 4096, 7168}, tokens in {4096, 16384, 65536}, bf16,
-   fwd and fwd+bwd, ours vs liger-kernel and the reference, with the device's copy
-   bandwidth measured in the same process (SMOKE: `--interpret-smoke`, tiny shape);
-4. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
+2. `bench_mhc.py` at n = 4, C in {1024, 4096, 7168}, tokens in {4096, 16384, 65536}, bf16,
+   fwd and fwd+bwd, ours vs liger-kernel, with the device's copy bandwidth measured in the
+   same process; then the reference path at C = 4096, 16384 tokens (bench_reference.*)
+   (SMOKE: `--interpret-smoke`, tiny shape);
+3. every test in tests/triton on the GPU (`-n 8` where pytest-xdist is installed), gpu-marked
+   realistic shapes included (SMOKE: the empty-batch and one-dx-buffer tests on the CPU);
+4. the block-size sweeps `sweep_*.py` and the host-overhead benchmark, where present (not in SMOKE);
+5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
    figures are. Exit status 1 when a step failed.
 """
 from __future__ import annotations
@@ -38,7 +42,8 @@ WHEELS = [
     ("pytest", "pytest", []),
     ("liger_kernel", "liger-kernel", ["--no-deps"]),
 ]
-LIMITS_S = {"install": 120, "pytest": 180, "bench": 300}  # sum < 8 minutes with start-up
+LIMITS_S = {"install": 60, "bench": 170, "bench_reference": 40, "pytest": 120, "sweep": 45,
+            "host_overhead": 30}  # what runs stays under 8 minutes
 
 
 def _env() -> dict:
@@ -102,19 +107,31 @@ def main() -> int:
     steps = {"install": install_missing(out, env)}
 
     py = sys.executable
-    if smoke:
-        tests = ["tests/triton/test_triton_empty_batch.py", "tests/triton/test_triton_step.py::"
-                 "test_step_backward_has_no_torch_elementwise_over_x", "tests/triton/test_triton_gpu_shapes.py"]
-    else:
-        tests = ["-m", "gpu", "tests/triton"]
-    steps["pytest"] = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
-                           out / "pytest.txt", LIMITS_S["pytest"], env)
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench"]
     # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
     bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
-        "--channels", "1024", "4096", "7168", "--tokens", "4096", "16384", "65536",
-        "--impls", "ours-triton,reference,liger"]
+        "--channels", "1024", "4096", "7168", "--tokens", "4096", "16384", "65536", "--impls", "ours-triton,liger"]
     steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
+    if not smoke:
+        steps["bench_reference"] = _run(
+            [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench_reference", "--channels", "4096",
+             "--tokens", "16384", "--impls", "ours-triton,reference"], out / "bench_reference.txt",
+            LIMITS_S["bench_reference"], env)
+
+    if smoke:
+        tests = ["tests/triton/test_triton_empty_batch.py", "tests/triton/test_triton_step.py::"
+                 "test_step_backward_has_no_torch_elementwise_over_x", "tests/triton/test_triton_gpu_shapes.py"]
+    else:  # every test, unchanged, on the GPU; in parallel where pytest-xdist is installed
+        tests = (["-n", "8"] if importlib.util.find_spec("xdist") else []) + ["tests/triton"]
+    steps["pytest"] = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
+                           out / "pytest.txt", LIMITS_S["pytest"], env)
+    if not smoke:
+        for script in sorted(HERE.glob("sweep_*.py")):
+            steps[script.stem] = _run([py, str(script), "--out", str(out)], out / f"{script.stem}.txt",
+                                      LIMITS_S["sweep"], env)
+        if (HERE / "bench_host_overhead.py").exists():
+            steps["host_overhead"] = _run([py, str(HERE / "bench_host_overhead.py"), "--out", str(out)],
+                                          out / "host_overhead.txt", LIMITS_S["host_overhead"], env)
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
@@ -126,7 +143,8 @@ def main() -> int:
              f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
              "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
-    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process)."]
+    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process); "
+              "sweeps and host overhead in their own .md / .json where they ran."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"results in {out}")

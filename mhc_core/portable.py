@@ -79,6 +79,13 @@ def file_metadata(path: str | os.PathLike) -> dict:
     return dict(header.get("__metadata__") or {})
 
 
+def checked_path(path, fn: str) -> str:
+    """`path` as a string, or a TypeError naming what `fn` expected (a str or os.PathLike file path)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or os.PathLike naming a .safetensors file, got {type(path).__name__}")
+    return os.fspath(path)
+
+
 def metadata(backend: str, version: str) -> dict[str, str]:
     """What `save_state` writes into a file's metadata."""
     return {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}

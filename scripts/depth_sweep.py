@@ -113,7 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
                    help="mhc-lite: res from the n! permutation matrices (n <= 6); history: one stream, "
                         "each layer adds a softmax mix of the last --history states")
-    p.add_argument("--history", type=positive_int, default=4, help="K, states mixed by the history variant")
+    p.add_argument("--history", type=positive_int, default=None,
+                   help="K, states mixed by the history variant (default 4; only with --variants ... history)")
     p.add_argument("--detach-history", action="store_true",
                    help="history variant: store the window detached (the mhc package's default)")
     p.add_argument("--depths", nargs="+", type=int, default=[12, 24, 48], help="transformer blocks")
@@ -171,6 +172,10 @@ def parse_args(argv=None):
         p.error(f"--eval-every must be >= 1, got {args.eval_every}")
     if args.eval_size < 0:
         p.error(f"--eval-size must be >= 0, got {args.eval_size}")
+    if "history" not in args.variants and (args.history is not None or args.detach_history):
+        p.error("--history / --detach-history set the history variant's window, but --variants "
+                f"{' '.join(args.variants)} has no 'history'")
+    args.history = 4 if args.history is None else args.history
     args.lrs = list(args.lrs) if args.lrs else [args.lr]
     args.seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
@@ -306,8 +311,9 @@ def run_config(args, versions, cfg: LMConfig, data, run_dir: str) -> dict:
              "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
              "--log-every", str(args.log_every), "--eval-every", str(args.eval_every),
              "--eval-size", str(args.eval_size), "--metric-rows", str(args.metric_rows),
-             "--threads", str(args.threads), "--history", str(args.history),
-             "--out", os.path.dirname(run_dir) or "."] + (["--detach-history"] if args.detach_history else [])
+             "--threads", str(args.threads), "--out", os.path.dirname(run_dir) or "."]
+    if cfg.variant == "history":
+        rerun += ["--history", str(args.history)] + (["--detach-history"] if args.detach_history else [])
     return {"run": os.path.basename(run_dir), "backend": args.backend, "versions": versions,
             "model": cfg.as_dict(), "optimizer": {"name": "adam", "betas": [0.9, 0.999], "eps": 1e-8},
             "train": train, "data": {**data.state(), **data.describe()}, "platform": platform.platform(),

@@ -265,3 +265,16 @@ def test_history_sequential_moves_between_backends(direction, tmp_path):
         mhc_core_torch.load_state(t, path)
     x = np.random.default_rng(4).normal(size=(2, 5, C)).astype(np.float32)
     assert_close(run_mlx(m.eval() if hasattr(m, "eval") else m, x), run_torch(t.eval(), x))
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_save_state_refuses_a_bad_path_or_module_by_name(backend, tmp_path):
+    lib = mhc_core_torch if backend == "torch" else mhc_core_mlx
+    module = mhc_core_torch.MHC(torch_mlp(tnn.GELU), n=N, dim=C) if backend == "torch" else \
+        mhc_core_mlx.MHC(mlx_mlp(mnn.GELU), n=N, dim=C)
+    for bad in (None, 3, ["a.safetensors"]):
+        with pytest.raises(TypeError, match="save_state: path must be a str or os.PathLike"):
+            lib.save_state(module, bad)
+    with pytest.raises(TypeError, match="save_state: module must be"):
+        lib.save_state({"w": np.zeros(2)}, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -91,7 +91,9 @@ _METADATA = portable.metadata("mlx", mhc_core.__version__)
 
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter of `module` to a safetensors file at `path`."""
-    path = os.fspath(path)
+    path = portable.checked_path(path, "save_state")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
     if not path.endswith(".safetensors"):
         # mx.save_safetensors appends the suffix itself; require it so the path we were
         # given is the file that exists afterwards.

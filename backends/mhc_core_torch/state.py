@@ -46,8 +46,11 @@ def module_state(module: nn.Module) -> dict[str, np.ndarray]:
 
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter and persistent buffer of `module` to a safetensors file."""
+    path = portable.checked_path(path, "save_state")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"save_state: module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
-    save_file(tensors, os.fspath(path), metadata=portable.metadata("torch", mhc_core.__version__))
+    save_file(tensors, path, metadata=portable.metadata("torch", mhc_core.__version__))
 
 
 def _read(state) -> dict[str, torch.Tensor]:

@@ -128,6 +128,9 @@ def test_nan_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     (["--max-nonfinite", "0"], "--max-nonfinite must be an integer >= 1"),
     (["--n", "0"], "argument --n/--streams: expected an integer >= 1"),
     (["--history", "0"], "argument --history: expected an integer >= 1"),
+    # history settings without the history variant would be silently ignored
+    (["--variants", "mhc", "--history", "3"], "has no 'history'"),
+    (["--variants", "hc", "mhc", "--detach-history"], "has no 'history'"),
     (["--batch", "0"], "--batch"),
     # the bad setting of the last variant is refused before the first variant trains
     (["--variants", "residual", "mhc-lite", "--n", "7"], "variant mhc-lite: mhc-lite mixes the n! permutation"),
@@ -142,3 +145,21 @@ def test_bad_arguments_are_usage_errors_before_any_run(tmp_path, capsys, bad, sa
     assert exc.value.code == 2
     assert says in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rerun_command_of_each_run_parses_and_names_history_only_where_used(tmp_path):
+    """Every config.json's rerun line is a valid command for that one run: the history
+    window travels with a history run and is left off the others (where it is refused)."""
+    import shlex
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import depth_sweep
+
+    out = tmp_path / "h"
+    assert depth_sweep.main(["--out", str(out), "--depths", "1", *TINY[5:], "--steps", "1", "--no-plots",
+                             "--variants", "mhc", "history", "--history", "3", "--detach-history"]) == 0
+    for variant in ("mhc", "history"):
+        rerun = shlex.split(json.loads((out / f"{variant}-L1" / "config.json").read_text())["rerun"])
+        args = depth_sweep.parse_args(rerun[2:])
+        assert args.variants == [variant]
+        assert (args.history, args.detach_history) == ((3, True) if variant == "history" else (4, False))

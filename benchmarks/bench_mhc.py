@@ -180,7 +180,8 @@ def main(argv=None) -> int:
             results.append(r)
             shown = r.get("error") or f"{r['ms']:.3f} ms  {r['GBps']:.1f} GB/s  {r['pct_copy_bw']:.0f}% copy"
             print(f"{op:14s} {mode:8s} n={n} C={c:5d} T={t:6d} {r['impl']:18s} {shown}", flush=True)
-    js, md = harness.write_reports(results, env, args.out, args.stem or stem)
+        # reports rewritten after every group: a run stopped at its time limit keeps what it measured
+        js, md = harness.write_reports(results, env, args.out, args.stem or stem)
     print(f"wrote {js} and {md}")
     return 1 if wrong else 0
 

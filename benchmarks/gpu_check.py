@@ -13,7 +13,9 @@ one folder benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_s
 3. `bench_mhc.py` at n = 4, C in {1024, 4096, 7168}, tokens in {4096, 16384, 65536}, bf16,
    fwd and fwd+bwd, ours vs liger-kernel and the reference, with the device's copy
    bandwidth measured in the same process (SMOKE: `--interpret-smoke`, tiny shape);
-4. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
+4. `bench_host_overhead.py`: host cost per call at T = 8 (each op, MHC(triton) fwd and
+   fwd+bwd; SMOKE: `--stub-kernels`, launches stubbed, a few calls);
+5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
    figures are. Exit status 1 when a step failed.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ WHEELS = [
     ("pytest", "pytest", []),
     ("liger_kernel", "liger-kernel", ["--no-deps"]),
 ]
-LIMITS_S = {"install": 120, "pytest": 180, "bench": 300}  # sum < 8 minutes with start-up
+LIMITS_S = {"install": 120, "pytest": 180, "bench": 300, "host": 60}  # sum < 8 minutes with start-up
 
 
 def _env() -> dict:
@@ -115,6 +117,9 @@ def main() -> int:
         "--channels", "1024", "4096", "7168", "--tokens", "4096", "16384", "65536",
         "--impls", "ours-triton,reference,liger"]
     steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
+    host = [py, str(HERE / "bench_host_overhead.py"), "--out", str(out)]
+    host += ["--stub-kernels", "--calls", "5", "--rounds", "2"] if smoke else []
+    steps["host"] = _run(host, out / "host.txt", LIMITS_S["host"], env)
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
@@ -126,7 +131,8 @@ def main() -> int:
              f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
              "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
-    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process)."]
+    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process); "
+              "host cost per call: bench_host_overhead.md / .json."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"results in {out}")

@@ -1,7 +1,7 @@
 """`make gpu-check SMOKE=1` (benchmarks/gpu_check.py) on the CPU: the GPU check's every step
 (offline install check, pytest, bench_mhc, bench_host_overhead) runs in the Triton
-interpreter at a tiny shape and writes its one results folder. Figures are meaningless there; this proves the command works
-before it meets a GPU."""
+interpreter at a tiny shape and writes its one results folder. Figures are meaningless
+there; this proves the command works before it meets a GPU."""
 import json
 import os
 import subprocess

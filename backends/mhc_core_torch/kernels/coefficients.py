@@ -471,7 +471,8 @@ def coefficients(x, phi, bias, alpha, *, variant="mhc", iters=20, rms_eps=1e-6, 
     n, c, variant, cfg = coefficient_args("coefficients", x, phi, bias, alpha, variant, iters, rms_eps, pre_eps,
                                           sinkhorn_eps, post_scale)
     lead = tuple(x.shape[:-2])
-    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    settings = (variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, *settings)
     if untracked(*args[:4]):
         pre, post, res = coefficients_fwd(*args)[:3]
     else:

@@ -100,7 +100,8 @@ def step(x, f, phi=None, bias=None, alpha=None, *, variant="mhc", iters=_DEFAULT
     n, c, variant, cfg = coefficient_args("step", x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, sinkhorn_eps,
                                           post_scale)
     lead = tuple(x.shape[:-2])
-    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    settings = (variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, *settings)
     if untracked(*args[:4]):  # no graph to record (inference): the launchers without the Function
         pre, post, res, _, _ = coefficients_fwd(*args)
         h, x_again = pre_aggregate_fwd(args[0], pre), args[0]

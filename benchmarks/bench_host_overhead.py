@@ -162,7 +162,7 @@ def run(args) -> dict:
             results.append({"case": name, "us_per_call": round(fastest, 1), "median_us": round(median, 1),
                             "python_calls": py_calls, "c_calls": c_calls})
     env = harness.environment(device, HERE.parent)
-    env.update(mode="stub-kernels (CPU, launches stubbed)" if args.stub_kernels else "cuda (real launches)",
+    env.update(note=args.note, mode="stub-kernels (CPU, launches stubbed)" if args.stub_kernels else "cuda (real launches)",
                n=args.n, C=args.channels, tokens=args.tokens, dtype=str(dtype).split(".")[-1],
                calls=args.calls, rounds=args.rounds, cpu_load_avg_1min=(round(os.getloadavg()[0], 2)
                                                                          if hasattr(os, "getloadavg") else None))
@@ -173,6 +173,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Host overhead per call — {report['mode']}", "",
              f"{report['device_name']}, date {report['date']}, commit {report['commit']}, versions "
              f"{report['versions']}, 1-min load average {report['cpu_load_avg_1min']}", "",
+             *([report["note"], ""] if report.get("note") else []),
              f"n = {report['n']}, C = {report['C']}, tokens = {report['tokens']}, {report['dtype']}; "
              f"{report['rounds']} rounds of {report['calls']} calls each: the fastest round's us per call (the "
              "figure to compare) and the median round's; Python function calls and calls of C functions "
@@ -194,6 +195,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--calls", type=int, default=50, help="calls per timed round")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--only", nargs="*", help="only the cases whose name contains one of these")
+    ap.add_argument("--note", default="", help="a line saying what was measured (e.g. which tree), in both reports")
     args = ap.parse_args(argv)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -123,10 +123,11 @@ def _signature(args) -> tuple | None:
     """A hashable signature of a call's arguments, or None where one is not plainly
     comparable (a tensor subclass, an array or other object as a setting, torch.compile
     tracing: it traces the check itself). Tensors: (type, shape, dtype, device); values:
-    (type, value), so 20 and 20.0 (an iters count refused as a float) differ."""
+    (type, value), so 20 and 20.0 (an iters count refused as a float) differ. The gate's
+    own state (interpreter flag, Triton's import error) is part of it: the checks read it."""
     if torch.compiler.is_compiling():
         return None
-    key = []
+    key = [INTERPRETED, tuple(_TRITON_IMPORT_ERROR)]
     for a in args:
         kind = type(a)
         if kind in _PLAIN_TENSORS:

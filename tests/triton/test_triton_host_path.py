@@ -112,6 +112,20 @@ def test_remembered_checks_never_remember_a_failure(device):
     assert all(v is not None for v in _checked.pre_aggregate_args.passed.values())
 
 
+def test_remembered_checks_follow_the_gate_state(monkeypatch, device):
+    """A signature remembered as runnable is checked again once the gate's state changes
+    (as tests do: the interpreter flag, Triton failing to import)."""
+    if device == "cuda":
+        pytest.skip("runs CPU tensors through the interpreter")
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(RuntimeError, match="x is on cpu"):  # remembered under INTERPRETED=True...
+        monkeypatch.setattr(triton_gate, "INTERPRETED", True)
+        m = MHC(torch.nn.Identity(), 4, 3, impl="triton")
+        m(x)
+        monkeypatch.setattr(triton_gate, "INTERPRETED", False)  # ...refused once it is False
+        m(x)
+
+
 def test_remembered_checks_are_bounded(device, monkeypatch):
     monkeypatch.setattr(triton_gate, "MAX_REMEMBERED", 3)
     checked = triton_gate.passed_checks(lambda *a: None)

@@ -44,6 +44,7 @@ def _run_all(device):
     grads("coefficients", lambda *a: ops.coefficients(*a, iters=6), x, p["phi"], p["bias"], p["alpha"])
     grads("pre_aggregate", ops.pre_aggregate, x, pre)
     grads("post_residual", ops.post_residual, x, y, pre, res)
+    grads("sinkhorn", lambda logits: ops.sinkhorn(logits, iters=6), res)
     m = MHC(torch.nn.Tanh(), N, C, init=p, iters=6, impl="triton").to(device)
     xm = x.detach().clone().requires_grad_()
     y_m = m(xm)

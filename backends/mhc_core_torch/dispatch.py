@@ -54,8 +54,8 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
     return "triton"
 
 
-# resolve_impl remembered per (impl, x's type / shape / dtype / device, variant): the answer
-# depends on nothing else (Triton's importability and the interpreter flag are fixed)
+# resolve_impl remembered per (impl, x's type / shape / dtype / device, variant, the gate's
+# state): the answer depends on nothing else
 _resolved_impl = triton_gate.passed_checks(lambda impl, x, variant: resolve_impl(impl, x, variant=variant))
 
 

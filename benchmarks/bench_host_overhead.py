@@ -4,8 +4,10 @@ themselves take microseconds and eager training is bound by the CPU.
     python benchmarks/bench_host_overhead.py --out DIR                 # CUDA: real launches
     python benchmarks/bench_host_overhead.py --stub-kernels --out DIR  # CPU: our Python only
 
-Rows (us per call: the fastest of `--rounds` rounds of `--calls` calls each, and the median): torch.add (one eager
-launch, the floor), the raw launchers (one Triton launch each), each op of
+Rows: us per call (the fastest of `--rounds` rounds of `--calls` calls each, and the
+median round), and the Python / C function calls during one call (a count the machine's
+load does not move), for torch.add (one eager launch, the floor), the raw launchers (one
+Triton launch each), each op of
 `mhc_core_torch.kernels.ops` forward and forward+backward, and MHC(impl='triton') forward
 and forward+backward around an identity layer (MHC(impl='reference') too on CUDA).
 CUDA: each round is `calls` calls then one `torch.cuda.synchronize()`, so the figure is
@@ -18,7 +20,8 @@ own launcher (binder, specialization key, driver call) is not in it (benchmarks/
 "Host overhead", estimates it).
 
 Writes DIR/bench_host_overhead.{json,md}. Shape: --tokens 8, n = 4, C = 1024 (as
-gpu_host1), bf16 on CUDA, float32 on the CPU. Under 30 s on a GPU.
+gpu_host1), bf16 on CUDA, float32 on the CPU. About 30 s on a GPU, most of it compiling
+the kernels for T = 8 (gpu_check.py gives it 90 s); a few seconds in stub mode.
 """
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ own launcher (binder, specialization key, driver call) is not in it (benchmarks/
 "Host overhead", estimates it).
 
 Writes DIR/bench_host_overhead.{json,md}. Shape: --tokens 8, n = 4, C = 1024 (as
-gpu_host1), bf16 on CUDA, float32 on the CPU. About 30 s on a GPU, most of it compiling
-the kernels for T = 8 (gpu_check.py gives it 90 s); a few seconds in stub mode.
+gpu_host1), bf16 on CUDA, float32 on the CPU. On a GPU, expected well under a minute
+(not yet run there; compiling the kernels for T = 8 comes first; gpu_check.py gives it
+90 s); a few seconds in stub mode.
 """
 from __future__ import annotations
 

@@ -62,6 +62,26 @@ def test_direct_launch_matches_op_route(device, monkeypatch):
             assert torch.equal(a, b), f"{name}[{i}]: direct launch differs from the torch.library op"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [8, 300])  # one dphi partial / several token splits
+def test_direct_launch_matches_op_route_on_gpu(tokens, monkeypatch):
+    """MHC(impl='triton') fwd + bwd at a real width in bf16, both routes: bitwise equal."""
+    n, c = 4, 1024
+    torch.manual_seed(0)
+    m = MHC(torch.nn.Tanh(), n, c, impl="triton").cuda()  # an elementwise layer: no cuBLAS in the compare
+    x = torch.randn(tokens, n, c, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        xg = x.clone().requires_grad_()
+        out = m(xg)
+        return (out, *torch.autograd.grad(out, (xg, *m.parameters()), torch.ones_like(out)))
+
+    fast = run()
+    monkeypatch.setattr(_common, "DIRECT_EAGER_LAUNCH", False)
+    for i, (a, b) in enumerate(zip(fast, run())):
+        assert torch.equal(a, b), f"output/gradient {i} differs between the routes"
+
+
 def test_no_grad_forward_matches_tracked_forward(device):
     x, y, pre, res, p = _inputs(device, seed=1)
     m = MHC(torch.nn.Tanh(), N, C, init=p, iters=6, impl="triton").to(device)

@@ -22,16 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 N, C, T = 4, 16, 3
 
 
-def _inputs(device, seed=0):
+def _inputs(device, seed=0, tokens=T):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32).to(device)  # noqa: E731
     p = {"phi": r(N * C, N * N + 2 * N) / (N * C) ** 0.5, "bias": r(N * N + 2 * N), "alpha": r(3).abs() + 0.5}
-    return r(T, N, C), r(T, C), torch.rand(T, N, generator=g).to(device), torch.rand(T, N, N, generator=g).to(device), p
+    u = lambda *s: torch.rand(*s, generator=g).to(device)  # noqa: E731
+    return r(tokens, N, C), r(tokens, C), u(tokens, N), u(tokens, N, N), p
 
 
-def _run_all(device):
+def _run_all(device, tokens):
     """Outputs and gradients of each op (fwd + bwd) and of MHC(impl='triton')."""
-    x, y, pre, res, p = _inputs(device)
+    x, y, pre, res, p = _inputs(device, tokens=tokens)
     out = {}
 
     def grads(name, fn, *inputs):
@@ -52,10 +53,11 @@ def _run_all(device):
     return out
 
 
-def test_direct_launch_matches_op_route(device, monkeypatch):
-    fast = _run_all(device)
+@pytest.mark.parametrize("tokens", [T, 40])  # one dphi / dbias partial; several (summed)
+def test_direct_launch_matches_op_route(device, monkeypatch, tokens):
+    fast = _run_all(device, tokens)
     monkeypatch.setattr(_common, "DIRECT_EAGER_LAUNCH", False)
-    via_ops = _run_all(device)
+    via_ops = _run_all(device, tokens)
     for name, tensors in via_ops.items():
         assert len(fast[name]) == len(tensors)
         for i, (a, b) in enumerate(zip(fast[name], tensors)):

@@ -54,6 +54,11 @@ def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
     return "triton"
 
 
+# resolve_impl remembered per (impl, x's type / shape / dtype / device, variant, the gate's
+# state): the answer depends on nothing else
+_resolved_impl = triton_gate.passed_checks(lambda impl, x, variant: resolve_impl(impl, x, variant=variant))
+
+
 def _reference_step(x, f: Callable, phi, bias, alpha, *, variant: str, cfg: dict):
     """mhc_core's step on torch tensors as three autograd nodes (coefficients, pre-aggregate,
     post + residual; mhc_core's explicit backward, autograd.py) around f [..., C] -> [..., C].
@@ -83,6 +88,6 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     layer_kwargs: extra keyword arguments passed to every `layer(h, ...)` call.
     """
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
-    if resolve_impl(impl, x, variant=variant) == "triton":
+    if _resolved_impl(impl, x, variant) == "triton":
         return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
     return _reference_step(x, f, phi, bias, alpha, variant=variant, cfg=cfg)

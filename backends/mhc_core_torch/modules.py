@@ -28,7 +28,7 @@ import mhc_core
 from mhc_core import checks
 from mhc_core.module_args import head_args, mhc_args
 
-from . import dispatch
+from . import dispatch, triton_gate
 
 # torch's array types enter mhc_core's namespace cache now, so that even the first trace of
 # a compiled model finds them by a plain dict lookup (mhc_core.xp.namespace).
@@ -42,6 +42,7 @@ def _as_param(value) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32)))
 
 
+@triton_gate.passed_checks  # a forward with x's shape, dtype and device seen before skips it
 def _check_input(x, n: int, c: int, owner: str) -> None:
     """x must be a floating torch.Tensor [..., n, C] with this module's n and C."""
     if not isinstance(x, torch.Tensor):

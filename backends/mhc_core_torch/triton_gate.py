@@ -17,11 +17,18 @@ in it, which lets `torch.autograd.gradcheck` run on the kernels themselves.
                                   (the 'torch-triton' registry probe)
     unavailable_reason(x, variant) None, or why MHC(impl='triton') cannot run x (dispatch.py)
     check_kernel_inputs(op, n, *t) the raising check of every kernel launcher
+    passed_checks(check)          `check` remembering the calls it passed (below)
+
+Checks are re-run on every call unless remembered: `passed_checks(check)` runs `check` on
+the first call with a given signature (each tensor's type, shape, dtype and device, each
+other argument's type and value) and returns its result for later calls with that same
+signature; a call that fails is never remembered, so bad input always meets the check.
 
 This module imports no Triton itself; `triton_imports()` tries it once, when first asked.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -105,3 +112,52 @@ def check_kernel_inputs(op: str, n: int, *tensors: torch.Tensor) -> None:
     reason = _device_reason(device)
     if reason is not None:
         raise RuntimeError(f"{op}: {reason}; or use impl='reference'")
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_PLAIN_VALUES = (str, int, float, bool, type(None))
+MAX_REMEMBERED = 256  # signatures per check; then the memory starts over
+
+
+def _signature(args) -> tuple | None:
+    """A hashable signature of a call's arguments, or None where one is not plainly
+    comparable (a tensor subclass, an array or other object as a setting, torch.compile
+    tracing: it traces the check itself). Tensors: (type, shape, dtype, device); values:
+    (type, value), so 20 and 20.0 (an iters count refused as a float) differ. The gate's
+    own state (interpreter flag, Triton's import error) is part of it: the checks read it."""
+    if torch.compiler.is_compiling():
+        return None
+    key = [INTERPRETED, tuple(_TRITON_IMPORT_ERROR)]
+    for a in args:
+        kind = type(a)
+        if kind in _PLAIN_TENSORS:
+            key.append((kind, a.shape, a.dtype, a.device))
+        elif kind in _PLAIN_VALUES:
+            key.append((kind, a))
+        else:
+            return None
+    return tuple(key)
+
+
+def passed_checks(check):
+    """`check(*args)` (positional arguments only) that returns its result at once for a
+    signature (`_signature`) it already passed. The result is shared between calls: checks
+    return numbers, tuples and settings that callers only read."""
+    passed: dict = {}
+
+    @functools.wraps(check)
+    def remembered(*args):
+        key = _signature(args)
+        if key is not None:
+            hit = passed.get(key)
+            if hit is not None:
+                return hit[0]
+        result = check(*args)
+        if key is not None:
+            if len(passed) >= MAX_REMEMBERED:
+                passed.clear()
+            passed[key] = (result,)
+        return result
+
+    remembered.passed = passed  # for tests
+    return remembered

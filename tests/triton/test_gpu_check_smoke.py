@@ -1,7 +1,7 @@
 """`make gpu-check SMOKE=1` (benchmarks/gpu_check.py) on the CPU: the GPU check's every step
-(offline install check, pytest, bench_mhc) runs in the Triton interpreter at a tiny shape and
-writes its one results folder. Figures are meaningless there; this proves the command works
-before it meets a GPU."""
+(offline install check, pytest, bench_mhc, bench_host_overhead) runs in the Triton
+interpreter at a tiny shape and writes its one results folder. Figures are meaningless
+there; this proves the command works before it meets a GPU."""
 import json
 import os
 import subprocess
@@ -26,10 +26,12 @@ def test_gpu_check_smoke_runs_and_writes_results(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + json.dumps(logs, indent=1)
     info = json.loads((tmp_path / "env.json").read_text())
     assert info["smoke"] is True and info["commit"], info
-    assert set(info["steps"]) == {"install", "pytest", "bench"}
+    assert set(info["steps"]) == {"install", "pytest", "bench", "host"}
     assert all(step["ok"] for step in info["steps"].values()), info["steps"]
     assert "passed" in (tmp_path / "pytest.txt").read_text()
     bench = json.loads((tmp_path / "bench.json").read_text())
     ours = [r for r in bench["results"] if r["impl"] == "ours-triton" and "ms" in r]
     assert ours, "the smoke benchmark timed none of our kernels"
     assert bench["copy_bw_GBps"] > 0
+    host = json.loads((tmp_path / "bench_host_overhead.json").read_text())
+    assert any(r["case"] == "MHC(triton) fwd+bwd" and r["us_per_call"] > 0 for r in host["results"])

@@ -3,6 +3,12 @@ error for a gradient of a gradient.
 
 Where the kernels run, on which dtypes and for how many streams is decided in
 `mhc_core_torch.triton_gate` (`check_kernel_inputs` is every launcher's check).
+
+Host cost: every launcher is registered as a torch.library op, so that torch.compile calls
+it as one opaque op; in eager mode that op's dispatch (autograd key, redispatch, the
+dynamo-disable wrapper around the body) costs more than the launch itself at small T.
+`call_launcher` therefore calls the launcher directly when nothing needs the op
+(`direct_launch`), and the op otherwise: same launcher, same numbers.
 """
 from __future__ import annotations
 
@@ -46,11 +52,47 @@ def first_order_only(op: str):
     return backward
 
 
+_SM_COUNT: dict = {}  # torch.device -> multiprocessor count (a device query costs microseconds)
+
+
 def num_programs_hint(device: torch.device) -> int:
     """About how many programs fill the device (4 per SM on CUDA; 2 in the interpreter)."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
+    if device.type != "cuda":
+        return 2
+    sms = _SM_COUNT.get(device)
+    if sms is None:
+        sms = _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return 4 * sms
+
+
+# False: every launch goes through its torch.library op, as under torch.compile (the tests
+# compare both routes).
+DIRECT_EAGER_LAUNCH = True
+
+
+def direct_launch(x: torch.Tensor) -> bool:
+    """Whether a launcher may be called directly instead of through its torch.library op:
+    eager mode (torch.compile traces the op), grad mode off (a backward under
+    create_graph=True needs the op's autograd formula, which refuses a second derivative;
+    an autograd.Function's forward always runs with grad off), and x a plain tensor (fake
+    tensors, DTensor and other subclasses dispatch through the op)."""
+    return (DIRECT_EAGER_LAUNCH and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+            and type(x) is torch.Tensor)
+
+
+def untracked(*tensors: torch.Tensor) -> bool:
+    """Whether an eager forward on these tensors records no autograd graph (grad mode off,
+    or none of them requires grad), so the launcher can run without its autograd.Function.
+    False under torch.compile and for tensor subclasses (`direct_launch`'s rules)."""
+    if not DIRECT_EAGER_LAUNCH or torch.compiler.is_compiling() or type(tensors[0]) is not torch.Tensor:
+        return False
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def call_launcher(op, launcher, *args):
+    """launcher(*args) where `direct_launch(args[0])`, else the torch.library op(*args)
+    registered around that same launcher."""
+    return launcher(*args) if direct_launch(args[0]) else op(*args)
 
 
 # The interpreter converts float32 -> bfloat16 by truncation; the GPU rounds to nearest

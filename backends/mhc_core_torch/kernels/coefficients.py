@@ -45,10 +45,12 @@ import torch
 import triton
 import triton.language as tl
 
-from mhc_core import checks, namespace
+from mhc_core import checks
 
-from ..triton_gate import INTERPRETED, check_kernel_inputs
-from ._common import cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad
+from ..triton_gate import INTERPRETED
+from ._checked import coefficient_args
+from ._common import (call_launcher, cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad,
+                      untracked)
 from .sinkhorn import sinkhorn_tile, sinkhorn_tile_bwd
 
 
@@ -308,12 +310,17 @@ def _x_bwd_config(n: int, cc: int) -> tuple[int, int]:
     return (32, 8) if R == 8 else (16, 8)
 
 
+_CAPABILITY: dict = {}  # torch.device -> 10 * major + minor (asked once per device)
+
+
 def _capability(device: torch.device) -> int:
     """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
     if device.type != "cuda":
         return 90
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
+    if device not in _CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(device)
+        _CAPABILITY[device] = 10 * major + minor
+    return _CAPABILITY[device]
 
 
 def _consts(x: torch.Tensor, n: int):
@@ -392,7 +399,9 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         x if dx_in is None else dx_in.contiguous(), pre if add_pre else x, dh.contiguous() if add_pre else x,
         T, n, C, K, W, tokens_per_split, ADD_DX_IN=dx_in is not None, ADD_PRE=add_pre,
         PREC=prec, BT=_BT, BK=bk, STAGES=_X_BWD_STAGES, **consts)
-    return dx, dphi_part.sum(0), dbias_part.sum(0), dalpha_part.sum(0)
+    # one partial (small T): the sum is that partial itself, without a reduction launch
+    total = lambda part: part[0] if part.shape[0] == 1 else part.sum(0)  # noqa: E731
+    return dx, total(dphi_part), total(dbias_part), total(dalpha_part)
 
 
 # ----------------------------------------------------------------------------------------
@@ -435,7 +444,8 @@ class CoefficientsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
-        pre, post, res, z, rs = _fwd_op(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale)
+        pre, post, res, z, rs = call_launcher(_fwd_op, coefficients_fwd, x, phi, bias, alpha, hc, iters, rms_eps,
+                                              pre_eps, sk_eps, post_scale)
         ctx.save_for_backward(x, phi, bias, alpha, z, rs)
         ctx.cfg = (hc, iters, sk_eps, post_scale)
         return pre, post, res
@@ -448,7 +458,8 @@ class CoefficientsFunction(torch.autograd.Function):
         dpre = zeros(T, n) if dpre is None else dpre
         dpost = zeros(T, n) if dpost is None else dpost
         dres = zeros(T, n, n) if dres is None else dres
-        dx, dphi, dbias, dalpha = _bwd_op(x, phi, bias, alpha, z, rs, dpre, dpost, dres, *ctx.cfg)
+        dx, dphi, dbias, dalpha = call_launcher(_bwd_op, coefficients_bwd, x, phi, bias, alpha, z, rs, dpre, dpost,
+                                                dres, *ctx.cfg)
         return dx, dphi.to(phi.dtype), dbias.to(bias.dtype), dalpha.to(alpha.dtype), *([None] * 6)
 
 
@@ -456,13 +467,14 @@ def coefficients(x, phi, bias, alpha, *, variant="mhc", iters=20, rms_eps=1e-6, 
                  sinkhorn_eps=1e-6, post_scale=2.0):
     """Triton `mhc_core.coefficients`: x [..., n, C] -> (pre [..., n], post [..., n], res [..., n, n]),
     float32 whatever x's dtype (float64 only in the interpreter)."""
-    n, c, variant, cfg = checks.coefficient_inputs(namespace(x, phi, bias, alpha), x, phi, bias, alpha, variant, dict(
-        iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
-    if variant == "mhc-lite":
-        raise ValueError("coefficients: variant 'mhc-lite' has no Triton kernel; use impl='reference' "
-                         "(mhc_core.coefficients)")
-    check_kernel_inputs("coefficients", n, x, phi, bias, alpha)
+    # mhc_core's checks + triton_gate's, remembered per signature
+    n, c, variant, cfg = coefficient_args("coefficients", x, phi, bias, alpha, variant, iters, rms_eps, pre_eps,
+                                          sinkhorn_eps, post_scale)
     lead = tuple(x.shape[:-2])
-    pre, post, res = CoefficientsFunction.apply(
-        x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    settings = (variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, *settings)
+    if untracked(*args[:4]):
+        pre, post, res = coefficients_fwd(*args)[:3]
+    else:
+        pre, post, res = CoefficientsFunction.apply(*args)
     return pre.reshape(lead + (n,)), post.reshape(lead + (n,)), res.reshape(lead + (n, n))

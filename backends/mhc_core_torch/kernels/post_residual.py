@@ -19,10 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mhc_core import checks, namespace
-
-from ..triton_gate import check_kernel_inputs
-from ._common import cast_for_store, first_order_only, next_pow2, torch_acc_dtype
+from ._checked import post_residual_args
+from ._common import call_launcher, cast_for_store, first_order_only, next_pow2, torch_acc_dtype, untracked
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,19 +172,19 @@ class PostResidualFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
-        return _fwd_op(x, y, post, res)
+        return call_launcher(_fwd_op, post_residual_fwd, x, y, post, res)
 
     @staticmethod
     def backward(ctx, dout):
         x, y, post, res = ctx.saved_tensors
-        dx, dy, dpost, dres = _bwd_op(x, y, post, res, dout)
+        dx, dy, dpost, dres = call_launcher(_bwd_op, post_residual_bwd, x, y, post, res, dout)
         return dx, dy, dpost.to(post.dtype), dres.to(res.dtype)
 
 
 def post_residual(x, y, post, res):
     """Triton `mhc_core.post_residual`: -> out [..., n, C] in x's dtype."""
-    n, c, lead = checks.post_residual_inputs(namespace(x, y, post, res), x, y, post, res)
-    check_kernel_inputs("post_residual", n, x, y, post, res)
+    n, c, lead = post_residual_args(x, y, post, res)  # mhc_core's checks + triton_gate's, remembered
     flat = lambda a, *s: a.reshape(-1, *s).contiguous()  # noqa: E731
-    out = PostResidualFunction.apply(flat(x, n, c), flat(y, c), flat(post, n), flat(res, n, n))
+    args = flat(x, n, c), flat(y, c), flat(post, n), flat(res, n, n)
+    out = post_residual_fwd(*args) if untracked(*args) else PostResidualFunction.apply(*args)
     return out.reshape(lead + (n, c))

@@ -15,10 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mhc_core import checks, namespace
-
-from ..triton_gate import check_kernel_inputs
-from ._common import cast_for_store, first_order_only, next_pow2, torch_acc_dtype
+from ._checked import pre_aggregate_args
+from ._common import call_launcher, cast_for_store, first_order_only, next_pow2, torch_acc_dtype, untracked
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,18 +130,18 @@ class PreAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
-        return _fwd_op(x, pre)
+        return call_launcher(_fwd_op, pre_aggregate_fwd, x, pre)
 
     @staticmethod
     def backward(ctx, dh):
         x, pre = ctx.saved_tensors
-        dx, dpre = _bwd_op(x, pre, dh)
+        dx, dpre = call_launcher(_bwd_op, pre_aggregate_bwd, x, pre, dh)
         return dx, dpre.to(pre.dtype)
 
 
 def pre_aggregate(x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """Triton `mhc_core.pre_aggregate`: x [..., n, C], pre [..., n] -> h [..., C] (x's dtype)."""
-    n, c, lead = checks.pre_aggregate_inputs(namespace(x, pre), x, pre)
-    check_kernel_inputs("pre_aggregate", n, x, pre)
-    h = PreAggregateFunction.apply(x.reshape(-1, n, c).contiguous(), pre.reshape(-1, n).contiguous())
+    n, c, lead = pre_aggregate_args(x, pre)  # mhc_core's checks + triton_gate's, remembered
+    x, pre = x.reshape(-1, n, c).contiguous(), pre.reshape(-1, n).contiguous()
+    h = pre_aggregate_fwd(x, pre) if untracked(x, pre) else PreAggregateFunction.apply(x, pre)
     return h.reshape(lead + (c,))

@@ -31,7 +31,7 @@ import triton.language as tl
 from mhc_core import checks, namespace
 
 from ..triton_gate import check_kernel_inputs
-from ._common import cast_for_store, first_order_only, stream_pad
+from ._common import call_launcher, cast_for_store, first_order_only, stream_pad
 
 NEG = tl.constexpr(-1.0e30)  # "log 0" for padded entries: finite, so masked arithmetic never makes NaN
 
@@ -234,12 +234,12 @@ class SinkhornFunction(torch.autograd.Function):
     def forward(ctx, logits, iters, eps):
         ctx.save_for_backward(logits)
         ctx.iters, ctx.eps = iters, eps
-        return _sinkhorn_fwd_op(logits, iters, eps)
+        return call_launcher(_sinkhorn_fwd_op, sinkhorn_fwd, logits, iters, eps)
 
     @staticmethod
     def backward(ctx, grad):
         (logits,) = ctx.saved_tensors
-        return _sinkhorn_bwd_op(logits, grad, ctx.iters, ctx.eps), None, None
+        return call_launcher(_sinkhorn_bwd_op, sinkhorn_bwd, logits, grad, ctx.iters, ctx.eps), None, None
 
 
 def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:

@@ -21,18 +21,25 @@ from typing import Optional
 
 import torch
 
-from mhc_core import checks, namespace
+from mhc_core import checks
 from mhc_core.config import MHCConfig
 
-from ..triton_gate import check_kernel_inputs
-from ._common import first_order_only
+from ._checked import coefficient_args
+from ._common import call_launcher, first_order_only, untracked
 from .coefficients import _fwd_op as _coefficients_fwd_op
-from .coefficients import coefficients_bwd
+from .coefficients import coefficients_bwd, coefficients_fwd
 from .post_residual import post_residual
 from .pre_aggregate import _fwd_op as _pre_aggregate_fwd_op
-from .pre_aggregate import pre_aggregate_dpre
+from .pre_aggregate import pre_aggregate_dpre, pre_aggregate_fwd
 
 _DEFAULT = MHCConfig()
+
+
+def _step_in_bwd(x, phi, bias, alpha, z, rs, pre, dh, dpost, dres, dx_in, hc, iters, sk_eps, post_scale):
+    """(dx [T, n, C], dphi, dbias, dalpha): dx = dx_in + pre[i] dh + the coefficients' term."""
+    dpre = torch.zeros_like(pre) if dh is None else pre_aggregate_dpre(x, dh)
+    return coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc, iters, sk_eps, post_scale,
+                            dx_in=dx_in, pre=pre, dh=dh)
 
 
 @torch.library.custom_op("mhc_triton::step_in_bwd", mutates_args=())
@@ -41,10 +48,8 @@ def _step_in_bwd_op(x: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor, alph
                     dpost: torch.Tensor, dres: torch.Tensor, dx_in: Optional[torch.Tensor], hc: bool,
                     iters: int, sk_eps: float, post_scale: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx [T, n, C], dphi, dbias, dalpha): dx = dx_in + pre[i] dh + the coefficients' term."""
-    dpre = torch.zeros_like(pre) if dh is None else pre_aggregate_dpre(x, dh)
-    return coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc, iters, sk_eps, post_scale,
-                            dx_in=dx_in, pre=pre, dh=dh)
+    """`_step_in_bwd` as one op for torch.compile."""
+    return _step_in_bwd(x, phi, bias, alpha, z, rs, pre, dh, dpost, dres, dx_in, hc, iters, sk_eps, post_scale)
 
 
 @_step_in_bwd_op.register_fake
@@ -64,9 +69,9 @@ class StepInFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, phi, bias, alpha, hc, iters, rms_eps, pre_eps, sk_eps, post_scale):
-        pre, post, res, z, rs = _coefficients_fwd_op(x, phi, bias, alpha, hc, iters, rms_eps, pre_eps,
-                                                     sk_eps, post_scale)
-        h = _pre_aggregate_fwd_op(x, pre)
+        pre, post, res, z, rs = call_launcher(_coefficients_fwd_op, coefficients_fwd, x, phi, bias, alpha, hc, iters,
+                                              rms_eps, pre_eps, sk_eps, post_scale)
+        h = call_launcher(_pre_aggregate_fwd_op, pre_aggregate_fwd, x, pre)
         ctx.save_for_backward(x, phi, bias, alpha, z, rs, pre)
         ctx.cfg = (hc, iters, sk_eps, post_scale)
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no zero [T, n, C] tensor
@@ -80,8 +85,8 @@ class StepInFunction(torch.autograd.Function):
         dres = z.new_zeros((T, n, n)) if dres is None else dres.contiguous()
         dh = None if dh is None else dh.contiguous()
         dx_in = None if dx_in is None else dx_in.contiguous()
-        dx, dphi, dbias, dalpha = _step_in_bwd_op(x, phi, bias, alpha, z, rs, pre, dh, dpost, dres, dx_in,
-                                                  *ctx.cfg)
+        dx, dphi, dbias, dalpha = call_launcher(_step_in_bwd_op, _step_in_bwd, x, phi, bias, alpha, z, rs, pre, dh,
+                                                dpost, dres, dx_in, *ctx.cfg)
         return dx, dphi.to(phi.dtype), dbias.to(bias.dtype), dalpha.to(alpha.dtype), *([None] * 6)
 
 
@@ -91,14 +96,16 @@ def step(x, f, phi=None, bias=None, alpha=None, *, variant="mhc", iters=_DEFAULT
     """`mhc_core.step` on the kernels ('mhc' / 'hc'): x [..., n, C] -> [..., n, C], with f
     mapping h [..., C] -> y [..., C]. Same numbers as composing ops.coefficients,
     pre_aggregate and post_residual; backward writes dx once (module docstring)."""
-    n, c, variant, cfg = checks.coefficient_inputs(namespace(x, phi, bias, alpha), x, phi, bias, alpha, variant, dict(
-        iters=iters, rms_eps=rms_eps, pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale))
-    if variant == "mhc-lite":
-        raise ValueError("step: variant 'mhc-lite' has no Triton kernel; use impl='reference'")
-    check_kernel_inputs("step", n, x, phi, bias, alpha)
+    # mhc_core's checks + triton_gate's, remembered per signature
+    n, c, variant, cfg = coefficient_args("step", x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, sinkhorn_eps,
+                                          post_scale)
     lead = tuple(x.shape[:-2])
-    h, post, res, x_again = StepInFunction.apply(
-        x.reshape(-1, n, c).contiguous(), phi, bias, alpha, variant == "hc",
-        *(cfg[k] for k in checks.CONFIG_FIELDS))
+    settings = (variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
+    args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, *settings)
+    if untracked(*args[:4]):  # no graph to record (inference): the launchers without the Function
+        pre, post, res, _, _ = coefficients_fwd(*args)
+        h, x_again = pre_aggregate_fwd(args[0], pre), args[0]
+    else:
+        h, post, res, x_again = StepInFunction.apply(*args)
     y = f(h.reshape(lead + (c,)))
     return post_residual(x_again.reshape(lead + (n, c)), y, post.reshape(lead + (n,)), res.reshape(lead + (n, n)))

@@ -98,6 +98,7 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     warps = consts.pop("num_warps")
     bt, bk = co._fwd_blocks(n)
     np_, f32 = next_pow2(n), tl.float32
+    pb = po.bwd_config(n, C_REPORT)
     out = [
         Spec("coefficients_fwd", co._coeff_fwd_kernel,
              dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
@@ -129,9 +130,9 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
              dict(ACC=f32, NP=np_, BC=po._block_c_fwd(n, C_REPORT)), 4, (0,), div16=("C",)),
         Spec("post_residual_bwd", po._post_bwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, dout_ptr=px, dx_ptr=px, dy_ptr=px, dpost_ptr=pf,
-                  dres_ptr=pf, n="i32", C="i32"),
-             dict(DOT=po._bwd_layout(n, C_REPORT)[0], ACC=f32, NP=po._bwd_layout(n, C_REPORT)[1],
-                  BC=po._bwd_layout(n, C_REPORT)[2]), 4, (0,), div16=("C",)),
+                  dres_ptr=pf, T="i32", n="i32", C="i32"),
+             dict(DOT=pb.dot, ACC=f32, NP=max(16, np_) if pb.dot else np_, BC=pb.block_c, TOKENS=pb.tokens),
+             pb.num_warps, (0,), div16=("C",)),
     ]
     R = stream_pad(n)
     sk_bt = max(1, min(16, 256 // (R * R)))

@@ -131,7 +131,8 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
         Spec("post_residual_bwd", po._post_bwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, dout_ptr=px, dx_ptr=px, dy_ptr=px, dpost_ptr=pf,
                   dres_ptr=pf, T="i32", n="i32", C="i32"),
-             dict(DOT=pb.dot, ACC=f32, NP=max(16, np_) if pb.dot else np_, BC=pb.block_c, TOKENS=pb.tokens),
+             dict(DOT=pb.dot, ACC=f32, NP=max(16, np_) if pb.dot else np_, BC=pb.block_c, TOKENS=pb.tokens,
+                  STEPS=pb.steps, STAGES=pb.stages),
              pb.num_warps, (0,), div16=("C",)),
     ]
     R = stream_pad(n)

@@ -1,6 +1,6 @@
 """post_residual backward kernel at launch configurations other than the default: several
 C blocks (partial dpost / dres sums added by the launcher), a C tail, several tokens per
-program with a token tail, 1..8 warps. Every output vs float64 autograd through mhc_core
+program with a token tail, loops over C blocks inside a program, 1..8 warps. Every output vs float64 autograd through mhc_core
 (the oracle) on the same rounded inputs; n in 1..5, 8, 16 (n >= 5 is the dot form)."""
 import numpy as np
 import pytest
@@ -10,24 +10,26 @@ import mhc_core
 from mhc_core_torch.kernels import post_residual as pr
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-# (T, n, C, block_c, num_warps, tokens): C = 40 over 16-column blocks = 3 blocks with a tail
-CASES = [(3, 1, 40, 16, 1, 2), (3, 2, 40, 16, 4, 1), (5, 3, 40, 32, 2, 3), (3, 4, 40, 16, 1, 2),
-         (2, 4, 100, 64, 8, 4), (3, 5, 40, 16, 4, 2), (2, 8, 33, 16, 2, 1), (3, 16, 20, 16, 4, 2)]
+# (T, n, C, block_c, num_warps, tokens, steps, stages): C = 40 over 16-column blocks = 3
+# blocks with a tail; steps > 1 loops over C blocks inside a program (2 chunks at C = 40)
+CASES = [(3, 1, 40, 16, 1, 2, 1, 1), (3, 2, 40, 16, 4, 1, 2, 2), (5, 3, 40, 32, 2, 3, 1, 1),
+         (3, 4, 40, 16, 1, 2, 2, 1), (2, 4, 100, 64, 8, 4, 1, 1), (3, 5, 40, 16, 4, 2, 1, 1),
+         (2, 8, 33, 16, 2, 1, 2, 2), (3, 16, 20, 16, 4, 2, 3, 2)]
 
 
 def _cid(case):
-    return "T{}-n{}-C{}-bc{}-w{}-tok{}".format(*case)
+    return "T{}-n{}-C{}-bc{}-w{}-tok{}-steps{}-st{}".format(*case)
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_cid)
 def test_post_residual_bwd_configs(case, dtype, device, rounded, oracle_grads, assert_close):
-    t, n, c, bc, warps, tokens = case
+    t, n, c, bc, warps, tokens, steps, stages = case
     rng = np.random.default_rng(n + c + t)
     x, y = rounded(rng.normal(size=(t, n, c)), dtype), rounded(rng.normal(size=(t, c)), dtype)
     post, res = rounded(rng.uniform(0, 2, (t, n)), torch.float32), rounded(rng.uniform(size=(t, n, n)), torch.float32)
     dout = rounded(rng.normal(size=(t, n, c)), dtype)
-    cfg = pr.BwdConfig(bc, warps, tokens, n > 4)
+    cfg = pr.BwdConfig(bc, warps, tokens, n > 4, steps, stages)
     got = pr.post_residual_bwd(x, y, post, res, dout, config=cfg)
     _, want = oracle_grads(mhc_core.post_residual, [x, y, post, res], [dout])
     for name, g, w, d in zip(("dx", "dy", "dpost", "dres"), got, want, (dtype, dtype, torch.float32, torch.float32)):
@@ -54,6 +56,10 @@ def test_post_residual_bwd_bad_config(device):
         pr.post_residual_bwd(*args, config=pr.BwdConfig(16, 3, 1, False))
     with pytest.raises(ValueError, match="tokens"):
         pr.post_residual_bwd(*args, config=pr.BwdConfig(16, 4, 0, False))
+    with pytest.raises(ValueError, match="steps must be an int"):
+        pr.post_residual_bwd(*args, config=pr.BwdConfig(16, 4, 1, False, 0))
+    with pytest.raises(ValueError, match="stages must be an int"):
+        pr.post_residual_bwd(*args, config=pr.BwdConfig(16, 4, 1, False, 2, 9))
     with pytest.raises(ValueError, match="dot must be True"):
         pr.post_residual_bwd(z(2, 6, 8), z(2, 8), z(2, 6), z(2, 6, 6), z(2, 6, 8), config=pr.BwdConfig(16, 4, 1, False))
     with pytest.raises(TypeError, match="BwdConfig"):

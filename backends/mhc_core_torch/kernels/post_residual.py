@@ -6,10 +6,11 @@ dtype, float32 accumulation.
 
 Forward: grid (tokens, C blocks); reads x and y once, writes out once, one input stream
 at a time (C block ~4096 / n wide at any n).
-Backward: grid (token blocks, C blocks), every load of a program issued up front (no loop
-over C, so many programs' loads are in flight; 16-byte accesses along C). Each program
-writes its dx and dy columns and its C block's partial sums of the coefficient gradients,
-which the launcher adds ([C blocks, T, n (n)] floats, < 1% of the traffic):
+Backward: grid (token blocks, C chunks). n <= 4: a program is one C block with every load
+issued up front (no loop, so many programs' loads are in flight; 16-byte accesses along C);
+n >= 5: a pipelined loop over C blocks. Each program writes its dx and dy columns and its
+chunk's partial sums of the coefficient gradients, which the launcher adds
+([chunks, T, n^2 + n] floats: 0.6% of the traffic at n = 4, C = 4096, 2% at n = 16):
     dx[i] = sum_o res[i, o] dout[o]      dy = sum_o post[o] dout[o]
     dres[i, o] = <x[i], dout[o]>         dpost[o] = <y, dout[o]>
 n <= 4: one output stream o at a time on an [NP, BC] tile; n >= 5: as dots (see the kernel).
@@ -57,84 +58,113 @@ def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
 
 
 @triton.jit
+def _bwd_block(x_tok, g_tok, dx_tok, y_tok, dy_tok, res_tok, dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t,
+               DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, STORE_DRES: tl.constexpr):
+    """One token's C block c [BC]: writes dx [n, BC] and dy [BC], returns (dres, dpost) plus
+    this block's sums. STORE_DRES (product form): each dres column is stored at once instead."""
+    cm = c < C_t
+    im = i < n_t
+    m2 = im[:, None] & cm[None, :]
+    offs = i[:, None] * C + c[None, :]                                 # int32 within one token
+    x = tl.load(x_tok + offs, mask=m2, other=0.0).to(ACC)                # [NP(i), BC]
+    y = tl.load(y_tok + c, mask=cm, other=0.0).to(ACC)                   # [BC]
+    if DOT:
+        g = tl.load(g_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(o), BC]
+        dx = tl.dot(res, g, input_precision="ieee")                      # [NP(i), BC]
+        dres += tl.dot(x, tl.trans(g), input_precision="ieee")           # [NP(i), NP(o)]
+        dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
+        dpost += tl.sum(g * y[None, :], axis=1)
+    else:
+        dx = tl.zeros(x.shape, ACC)
+        dy = tl.zeros(y.shape, ACC)
+        for o in tl.static_range(NP):
+            on = i < tl.where(o < n_t, n, 0)                             # stream o exists (and the token)
+            g = tl.load(g_tok + o * C + c, mask=c < tl.where(o < n_t, C_t, 0), other=0.0).to(ACC)  # dout[o]
+            r = tl.load(res_tok + i * n + o, mask=on, other=0.0).to(ACC)  # res[:, o] [NP(i)]
+            dx += r[:, None] * g[None, :]
+            dy += tl.sum(tl.where(i == o, w, 0.0), axis=0) * g
+            col = tl.sum(x * g[None, :], axis=1)                         # dres[:, o] [NP(i)]
+            if STORE_DRES:
+                tl.store(dres_tok + i * n + o, col, mask=on)
+            else:
+                dres += tl.where(i[None, :] == o, col[:, None], 0.0)
+            dpost = tl.where(i == o, dpost + tl.sum(g * y, axis=0), dpost)
+    tl.store(dx_tok + offs, cast_for_store(dx, dx_tok), mask=m2)
+    tl.store(dy_tok + c, cast_for_store(dy, dy_tok), mask=cm)
+    return dres, dpost
+
+
+@triton.jit
 def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
                      T, n, C, DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr,
-                     TOKENS: tl.constexpr):
-    """Program (token block, C block): TOKENS tokens x BC columns, every load issued up front
-    (no loop over C). dx and dy are final; dpost [S, T, n] and dres [S, T, n, n] are this C
-    block's partial sums (S = C blocks; the launcher adds them, or S = 1 and they are final).
+                     TOKENS: tl.constexpr, STEPS: tl.constexpr, STAGES: tl.constexpr):
+    """Program (token block, C chunk): TOKENS tokens x STEPS * BC columns, in STEPS steps of
+    BC columns (STEPS = 1: no loop, every load issued up front; else a loop pipelined over
+    STAGES stages). dx and dy are final; dpost [S, T, n] and dres [S, T, n, n] are this
+    chunk's partial sums (S = C chunks; the launcher adds them, or S = 1 and they are final).
     DOT = False (n <= 4): one output stream o at a time, dx += res[:, o] dout[o] on an
-    [NP, BC] tile and dres[:, o] = sum_c x * dout[o] reduced over the C block.
+    [NP, BC] tile and dres[:, o] = sum_c x * dout[o] reduced over the block.
     DOT = True (n >= 5, NP >= 16): [NP, NP] x [NP, BC] dots (exact float32 FMAs, input
     precision ieee), so the live tiles are [NP, BC]."""
-    cb = tl.program_id(1)
-    c = cb * BC + tl.arange(0, BC)
+    chunk = tl.program_id(1)
     i = tl.arange(0, NP)
-    cmask, imask = c < C, i < n
-    offs = i[:, None] * C + c[None, :]         # int32 offsets within one token (< n * C)
-    part = cb.to(tl.int64) * T                 # row of this C block in the partial sums
+    part = chunk.to(tl.int64) * T              # row of this C chunk in the partial sums
     for tt in tl.static_range(TOKENS):
         t = tl.program_id(0).to(tl.int64) * TOKENS + tt  # int64: t * n * C passes 2^31 at long T
         n_t = tl.where(t < T, n, 0)            # a token past T masks everything (0 streams, 0 columns)
-        cm, im = c < tl.where(t < T, C, 0), i < n_t
-        m2 = im[:, None] & cmask[None, :]
+        C_t = tl.where(t < T, C, 0)
+        im = i < n_t
+        mres = im[:, None] & (i < n)[None, :]
         x_tok, g_tok, dx_tok = x_ptr + t * n * C, dout_ptr + t * n * C, dx_ptr + t * n * C
-        x = tl.load(x_tok + offs, mask=m2, other=0.0).to(ACC)                # [NP(i), BC]
-        y = tl.load(y_ptr + t * C + c, mask=cm, other=0.0).to(ACC)           # [BC]
-        dpost_tok = dpost_ptr + (part + t) * n
         dres_tok = dres_ptr + (part + t) * n * n
+        w = tl.load(post_ptr + t * n + i, mask=im, other=0.0).to(ACC)               # post [NP(o)]
+        res = tl.zeros((NP, NP), ACC)
         if DOT:
-            g = tl.load(g_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(o), BC]
-            mres = im[:, None] & imask[None, :]
             res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
-            w = tl.load(post_ptr + t * n + i, mask=im, other=0.0).to(ACC)
-            dx = tl.dot(res, g, input_precision="ieee")                      # [NP(i), BC]
-            dres = tl.dot(x, tl.trans(g), input_precision="ieee")            # [NP(i), NP(o)]
-            dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
-            tl.store(dpost_tok + i, tl.sum(g * y[None, :], axis=1), mask=im)
-            tl.store(dres_tok + i[:, None] * n + i[None, :], dres, mask=mres)
+        dres = tl.zeros((NP, NP), ACC)
+        dpost = tl.zeros((NP,), ACC)
+        if STEPS == 1:
+            c = chunk * BC + tl.arange(0, BC)
+            dres, dpost = _bwd_block(x_tok, g_tok, dx_tok, y_ptr + t * C, dy_ptr + t * C, res_ptr + t * n * n,
+                                     dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t, DOT, ACC, NP, not DOT)
         else:
-            w = tl.load(post_ptr + t * n + i, mask=im, other=0.0).to(ACC)                  # post [NP(o)]
-            dx = tl.zeros((NP, BC), ACC)
-            dy = tl.zeros((BC,), ACC)
-            dpost = tl.zeros((NP,), ACC)
-            for o in tl.static_range(NP):
-                n_o = tl.where(o < n_t, n, 0)       # stream o exists (and the token): n, else 0
-                on = i < n_o
-                g = tl.load(g_tok + o * C + c, mask=c < tl.where(o < n_t, C, 0), other=0.0).to(ACC)  # dout[o] [BC]
-                r = tl.load(res_ptr + t * n * n + i * n + o, mask=on, other=0.0).to(ACC)      # res[:, o] [NP(i)]
-                dx += r[:, None] * g[None, :]
-                dy += tl.sum(tl.where(i == o, w, 0.0), axis=0) * g
-                tl.store(dres_tok + i * n + o, tl.sum(x * g[None, :], axis=1), mask=on)     # dres[:, o]
-                dpost = tl.where(i == o, tl.sum(g * y, axis=0), dpost)
-            tl.store(dpost_tok + i, dpost, mask=im)
-        tl.store(dx_tok + offs, cast_for_store(dx, dx_ptr), mask=m2)
-        tl.store(dy_ptr + t * C + c, cast_for_store(dy, dy_ptr), mask=cm)
+            for s in tl.range(0, STEPS, num_stages=STAGES):
+                c = (chunk * STEPS + s) * BC + tl.arange(0, BC)
+                dres, dpost = _bwd_block(x_tok, g_tok, dx_tok, y_ptr + t * C, dy_ptr + t * C, res_ptr + t * n * n,
+                                         dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t, DOT, ACC, NP, False)
+        tl.store(dpost_ptr + (part + t) * n + i, dpost, mask=im)
+        if DOT or STEPS > 1:
+            tl.store(dres_tok + i[:, None] * n + i[None, :], dres, mask=mres)
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
 class BwdConfig(NamedTuple):
-    """Launch configuration of the backward: C block (columns per program), warps, tokens
-    per program, and the dot form (n >= 5; the stream tile is then padded to >= 16)."""
+    """Launch configuration of the backward: C block (columns per step), warps, tokens per
+    program, the dot form (n >= 5; the stream tile is then padded to >= 16), C blocks per
+    program (steps of a loop; 1: no loop) and the loop's pipeline stages."""
     block_c: int
     num_warps: int
     tokens: int
     dot: bool
+    steps: int = 1
+    stages: int = 1
 
 
 def bwd_config(n: int, C: int) -> BwdConfig:
     """The backward's launch configuration for n streams of width C (what the launcher uses
     unless given one; benchmarks/sweep_post_residual_bwd.py times the alternatives).
-    n <= 4: C block 4096 / NP (1024 at n = 4), the forward's [NP, BC] tile; n >= 5: dots over
-    a 16-padded stream tile, C block 1024 / NP (64 at n = 16). Registers, spills and CTAs per
-    SM: benchmarks/results/compile_report.md."""
+    n <= 4: one C block of 4096 / NP columns per program (1024 at n = 4: 8 columns of 16
+    bytes per thread, 4 warps), no loop. n >= 5: dots over a 16-padded stream tile, C block
+    1024 / NP (64 at n = 16) looped over up to 1024 columns per program, so the partial sums
+    stay small ([n^2 + n] floats per 1024 columns). Registers, spills and CTAs per SM:
+    benchmarks/results/compile_report.md."""
     np_ = next_pow2(n)
     if np_ <= 4:
         return BwdConfig(max(16, min(next_pow2(C), 4096 // np_)), 4, 1, False)
-    np_ = max(16, np_)
-    return BwdConfig(max(16, min(next_pow2(C), 1024 // np_)), 4, 1, True)
+    bc = max(16, min(next_pow2(C), 1024 // max(16, np_)))
+    return BwdConfig(bc, 4, 1, True, steps=max(1, min(triton.cdiv(C, bc), 1024 // bc)), stages=2)
 
 
 def check_bwd_config(cfg: BwdConfig, n: int) -> BwdConfig:
@@ -145,8 +175,10 @@ def check_bwd_config(cfg: BwdConfig, n: int) -> BwdConfig:
         v = getattr(cfg, name)
         if not isinstance(v, int) or v < 1 or v & (v - 1):
             raise ValueError(f"BwdConfig.{name} must be a positive power of two, got {v!r}")
-    if not isinstance(cfg.tokens, int) or not 1 <= cfg.tokens <= 16:
-        raise ValueError(f"BwdConfig.tokens (tokens per program) must be an int in [1, 16], got {cfg.tokens!r}")
+    for name, hi in (("tokens", 16), ("steps", 1 << 20), ("stages", 4)):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"BwdConfig.{name} must be an int in [1, {hi}], got {v!r}")
     if cfg.block_c < 16:
         raise ValueError(f"BwdConfig.block_c must be >= 16 (tl.dot / tile minimum), got {cfg.block_c}")
     if not cfg.dot and next_pow2(n) > 4:
@@ -178,15 +210,16 @@ def post_residual_bwd(x, y, post, res, dout, config: BwdConfig | None = None):
     cfg = bwd_config(n, C) if config is None else check_bwd_config(config, n)
     f = torch_acc_dtype(x.dtype)
     dx, dy = torch.empty_like(x), torch.empty_like(y)
-    blocks = triton.cdiv(C, cfg.block_c) if T else 1
-    # per C block partial sums [S, T, ...], added below (S = 1: already the result)
+    blocks = triton.cdiv(C, cfg.block_c * cfg.steps) if T else 1
+    # per C chunk partial sums [S, T, ...], added below (S = 1: already the result)
     dpost, dres = x.new_empty((blocks, T, n), dtype=f), x.new_empty((blocks, T, n, n), dtype=f)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
         np_ = max(16, next_pow2(n)) if cfg.dot else next_pow2(n)
         _post_bwd_kernel[(triton.cdiv(T, cfg.tokens), blocks)](
             x, y, post, res, dout.contiguous(), dx, dy, dpost, dres, T, n, C,
-            DOT=cfg.dot, ACC=acc, NP=np_, BC=cfg.block_c, TOKENS=cfg.tokens, num_warps=cfg.num_warps)
+            DOT=cfg.dot, ACC=acc, NP=np_, BC=cfg.block_c, TOKENS=cfg.tokens, STEPS=cfg.steps,
+            STAGES=cfg.stages, num_warps=cfg.num_warps)
     if blocks == 1:
         return dx, dy, dpost[0], dres[0]
     return dx, dy, dpost.sum(0), dres.sum(0)

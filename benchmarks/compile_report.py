@@ -114,7 +114,7 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
              dict(x_ptr=px, phi_ptr=pf, rs_ptr=pf, u_ptr=pf, c_ptr=pf, dx_ptr=px, dphi_part_ptr=pf, dx_in_ptr=px,
                   pre_ptr=pf, dh_ptr=px, T="i32", n="i32", C="i32", K="i32", W="i32", tokens_per_split="i32"),
              dict(ADD_DX_IN=True, ADD_PRE=True, PREC=prec, BT=co._BT, BK=co._x_bwd_config(n, cc)[0],
-                  STAGES=co._X_BWD_STAGES, **consts),
+                  STAGES=co._x_bwd_config(n, cc)[2], RES_CHUNKS=co._x_bwd_config(n, cc)[3], **consts),
              co._x_bwd_config(n, cc)[1], (1,), div16=("C", "K", "tokens_per_split")),
         Spec("pre_aggregate_fwd", pa._pre_fwd_kernel,
              dict(x_ptr=px, pre_ptr=pf, h_ptr=px, n="i32", C="i32"),
@@ -302,8 +302,8 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
         rows=[asdict(r) for r in rows])
 
 
-def failures(report: dict, spill_free_n: int = 8, smem_cc: int = 80) -> list[str]:
-    """The rules the CI test enforces: no spill at n <= 8, shared memory within sm_80's
+def failures(report: dict, spill_free_n: int = 16, smem_cc: int = 80) -> list[str]:
+    """The rules the CI test enforces: no spill at n <= 16 (every reported n), shared memory within sm_80's
     limit at every n, no 32-bit token offset, every kernel compiles."""
     out = []
     for r in report["rows"]:
@@ -326,7 +326,7 @@ def markdown(report: dict) -> str:
              f"`triton.compile(..., GPUTarget('cuda', cc, 32))` + the wheel's `ptxas -v`. "
              f"Block sizes that depend on C are those of C = {report['c_for_block_sizes']}. "
              "Regenerate: `python benchmarks/compile_report.py`.", "",
-             "Rules (tests/triton/test_compile_report.py): no spill at n <= 8; shared memory <= 163 KB "
+             "Rules (tests/triton/test_compile_report.py): no spill at n <= 16; shared memory <= 163 KB "
              "(sm_80 opt-in limit) at every n; no 32-bit arithmetic on a token index (`64-bit` column).", "",
              "| kernel | n | dtype | arch | warps | regs | spill st/ld (B) | smem (B) | CTAs/SM | 64-bit | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -64,3 +64,21 @@ def test_post_residual_bwd_bad_config(device):
         pr.post_residual_bwd(z(2, 6, 8), z(2, 8), z(2, 6), z(2, 6, 6), z(2, 6, 8), config=pr.BwdConfig(16, 4, 1, False))
     with pytest.raises(TypeError, match="BwdConfig"):
         pr.post_residual_bwd(*args, config=(16, 4, 1, False))
+
+
+def test_post_residual_fwd_bad_launch(device):
+    z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+    args = (z(2, 3, 8), z(2, 8), z(2, 3), z(2, 3, 3))
+    with pytest.raises(ValueError, match="block_c must be a power of two"):
+        pr.post_residual_fwd(*args, block_c=8)
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        pr.post_residual_fwd(*args, num_warps=3)
+
+
+@pytest.mark.parametrize("bc,warps", [(16, 1), (64, 8)])
+def test_post_residual_fwd_launch(bc, warps, device, rounded, assert_close):
+    rng = np.random.default_rng(3)
+    a = [rng.normal(size=(3, 3, 40)), rng.normal(size=(3, 40)), rng.uniform(0, 2, (3, 3)), rng.uniform(size=(3, 3, 3))]
+    ins = [rounded(v, torch.float32) for v in a]
+    want = mhc_core.post_residual(*[t.double().cpu().numpy() for t in ins])
+    assert_close(pr.post_residual_fwd(*ins, block_c=bc, num_warps=warps), want, 1e-5, f"fwd-bc{bc}-w{warps}")

@@ -191,14 +191,19 @@ def _block_c_fwd(n: int, C: int) -> int:
     return max(16, min(next_pow2(C), 4096 // next_pow2(n)))
 
 
-def post_residual_fwd(x, y, post, res):
-    """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype."""
+def post_residual_fwd(x, y, post, res, block_c: int | None = None, num_warps: int = 4):
+    """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype.
+    block_c / num_warps: the launch (default `_block_c_fwd(n, C)` columns, 4 warps)."""
     T, n, C = x.shape
+    BC = _block_c_fwd(n, C) if block_c is None else block_c
+    for name, v in (("block_c", BC), ("num_warps", num_warps)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1) or (name == "block_c" and v < 16):
+            raise ValueError(f"post_residual_fwd {name} must be a power of two (block_c >= 16), got {v!r}")
     out = torch.empty_like(x)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        BC = _block_c_fwd(n, C)
-        _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC)
+        _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC,
+                                                  num_warps=num_warps)
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -147,7 +148,7 @@ def sweep(device: torch.device, smoke: bool, log=print) -> dict:
                 f"err={row['max_rel_err']} {row['note']}")
     env = harness.environment(device, ROOT)
     return dict(env=env, copy_gbps=round(copy, 1), smoke=smoke, seconds=round(time.perf_counter() - t_start, 1),
-                rows=rows)
+                check_tokens=check_tokens, rows=rows)
 
 
 def _cfg_text(mode: str, cfg: dict) -> str:
@@ -158,14 +159,35 @@ def _cfg_text(mode: str, cfg: dict) -> str:
         (", dot" if cfg["dot"] else "")
 
 
+def summary(report: dict) -> list[str]:
+    """Per mode, each configuration timed at every shape: geometric mean of its time over the
+    default's (< 1: faster than the default). The candidate to make the default is the lowest."""
+    out = []
+    for mode in ("bwd", "fwd"):
+        rows = [r for r in report["rows"] if r["mode"] == mode]
+        shapes = {(r["n"], r["C"], r["tokens"]) for r in rows}
+        base = {(r["n"], r["C"], r["tokens"]): r["ms"] for r in rows if r["default"] and r["ms"]}
+        by_cfg = {}
+        for r in rows:
+            if r["ms"] and (r["n"], r["C"], r["tokens"]) in base:
+                by_cfg.setdefault(json.dumps(r["config"], sort_keys=True), []).append(
+                    r["ms"] / base[(r["n"], r["C"], r["tokens"])])
+        ranked = sorted((math.exp(sum(map(math.log, v)) / len(v)), k) for k, v in by_cfg.items() if len(v) == len(shapes))
+        out += [f"{mode}: time / default, geometric mean over {len(shapes)} shapes (configurations timed at all of them):", ""]
+        out += [f"- {g:.3f}  {_cfg_text(mode, json.loads(k))}" for g, k in ranked]
+        out.append("")
+    return out
+
+
 def markdown(report: dict) -> str:
     env = report["env"]
     lines = [f"# post_residual launch sweep ({env.get('device_name', '?')})", "",
              f"{env.get('date', '')}, commit {env.get('commit', '?')}, versions {env.get('versions', {})}; "
              f"copy bandwidth {report['copy_gbps']} GB/s; {report['seconds']} s. Each configuration checked "
-             f"against mhc_core float64 autograd first (64 tokens, bound {TOL} x max(1, max|ref|)). "
+             f"against mhc_core float64 autograd first ({report['check_tokens']} tokens, bound {TOL} x max(1, max|ref|)). "
              "Regenerate: `python benchmarks/sweep_post_residual_bwd.py --out DIR`."
              + (" INTERPRETER SMOKE RUN: timings meaningless." if report["smoke"] else ""), ""]
+    lines += summary(report) + [""]
     keys = sorted({(r["mode"], r["n"], r["C"], r["tokens"]) for r in report["rows"]}, key=lambda k: (k[0] != "bwd", k))
     for mode, n, c, t in keys:
         rows = [r for r in report["rows"] if (r["mode"], r["n"], r["C"], r["tokens"]) == (mode, n, c, t)]

@@ -98,6 +98,7 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     warps = consts.pop("num_warps")
     bt, bk = co._fwd_blocks(n)
     np_, f32 = next_pow2(n), tl.float32
+    pb = po.bwd_config(n, C_REPORT)
     out = [
         Spec("coefficients_fwd", co._coeff_fwd_kernel,
              dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
@@ -113,7 +114,7 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
              dict(x_ptr=px, phi_ptr=pf, rs_ptr=pf, u_ptr=pf, c_ptr=pf, dx_ptr=px, dphi_part_ptr=pf, dx_in_ptr=px,
                   pre_ptr=pf, dh_ptr=px, T="i32", n="i32", C="i32", K="i32", W="i32", tokens_per_split="i32"),
              dict(ADD_DX_IN=True, ADD_PRE=True, PREC=prec, BT=co._BT, BK=co._x_bwd_config(n, cc)[0],
-                  STAGES=co._X_BWD_STAGES, **consts),
+                  STAGES=co._x_bwd_config(n, cc)[2], RES_CHUNKS=co._x_bwd_config(n, cc)[3], **consts),
              co._x_bwd_config(n, cc)[1], (1,), div16=("C", "K", "tokens_per_split")),
         Spec("pre_aggregate_fwd", pa._pre_fwd_kernel,
              dict(x_ptr=px, pre_ptr=pf, h_ptr=px, n="i32", C="i32"),
@@ -129,9 +130,10 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
              dict(ACC=f32, NP=np_, BC=po._block_c_fwd(n, C_REPORT)), 4, (0,), div16=("C",)),
         Spec("post_residual_bwd", po._post_bwd_kernel,
              dict(x_ptr=px, y_ptr=px, post_ptr=pf, res_ptr=pf, dout_ptr=px, dx_ptr=px, dy_ptr=px, dpost_ptr=pf,
-                  dres_ptr=pf, n="i32", C="i32"),
-             dict(DOT=po._bwd_layout(n, C_REPORT)[0], ACC=f32, NP=po._bwd_layout(n, C_REPORT)[1],
-                  BC=po._bwd_layout(n, C_REPORT)[2]), 4, (0,), div16=("C",)),
+                  dres_ptr=pf, T="i32", n="i32", C="i32"),
+             dict(DOT=pb.dot, ACC=f32, NP=max(16, np_) if pb.dot else np_, BC=pb.block_c, TOKENS=pb.tokens,
+                  STEPS=pb.steps, STAGES=pb.stages),
+             pb.num_warps, (0,), div16=("C",)),
     ]
     R = stream_pad(n)
     sk_bt = max(1, min(16, 256 // (R * R)))
@@ -300,8 +302,14 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
         rows=[asdict(r) for r in rows])
 
 
-def failures(report: dict, spill_free_n: int = 8, smem_cc: int = 80) -> list[str]:
-    """The rules the CI test enforces: no spill at n <= 8, shared memory within sm_80's
+# No-spill rule: every kernel at every n <= 16, except those named here (kernel -> largest n
+# that must be spill-free): the coefficient forward still spills 12-20 B at n = 16 (bf16).
+SPILL_FREE_N_EXCEPT = {"coefficients_fwd": 8}
+
+
+def failures(report: dict, spill_free_n: int = 16, smem_cc: int = 80) -> list[str]:
+    """The rules the CI test enforces: no spill at n <= 16 (n <= SPILL_FREE_N_EXCEPT[kernel]
+    for the kernels named there), shared memory within sm_80's
     limit at every n, no 32-bit token offset, every kernel compiles."""
     out = []
     for r in report["rows"]:
@@ -309,7 +317,7 @@ def failures(report: dict, spill_free_n: int = 8, smem_cc: int = 80) -> list[str
         if r["error"]:
             out.append(f"{cid}: {r['error']}")
             continue
-        if r["n"] <= spill_free_n and (r["spill_stores"] or r["spill_loads"]):
+        if r["n"] <= SPILL_FREE_N_EXCEPT.get(r["kernel"], spill_free_n) and (r["spill_stores"] or r["spill_loads"]):
             out.append(f"{cid}: spills {r['spill_stores']} B stores / {r['spill_loads']} B loads")
         if r["shared_bytes"] > SMEM_LIMIT[smem_cc]:
             out.append(f"{cid}: {r['shared_bytes']} B shared memory > sm_{smem_cc} limit {SMEM_LIMIT[smem_cc]} B")
@@ -324,7 +332,7 @@ def markdown(report: dict) -> str:
              f"`triton.compile(..., GPUTarget('cuda', cc, 32))` + the wheel's `ptxas -v`. "
              f"Block sizes that depend on C are those of C = {report['c_for_block_sizes']}. "
              "Regenerate: `python benchmarks/compile_report.py`.", "",
-             "Rules (tests/triton/test_compile_report.py): no spill at n <= 8; shared memory <= 163 KB "
+             "Rules (tests/triton/test_compile_report.py): no spill at n <= 16 (coefficients_fwd: n <= 8); shared memory <= 163 KB "
              "(sm_80 opt-in limit) at every n; no 32-bit arithmetic on a token index (`64-bit` column).", "",
              "| kernel | n | dtype | arch | warps | regs | spill st/ld (B) | smem (B) | CTAs/SM | 64-bit | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -226,25 +226,57 @@ def _gate_bwd_kernel(
 # Backward 2: RMS + matmul (Eq. 14-15 differentiated), one pass over x
 # ----------------------------------------------------------------------------------------
 @triton.jit
+def _res_chunk(phi_ptr, k, kmask, n, W, R: tl.constexpr, J: tl.constexpr, RC: tl.constexpr, ACC: tl.constexpr):
+    """Chunk J of the res tile columns, q in [J*RC, (J+1)*RC): validity, column of phi / u,
+    and phi^T for this K block [RC, BK]."""
+    q = J * RC + tl.arange(0, RC)
+    i = q // R
+    o = q % R
+    valid, col = (i < n) & (o < n), 2 * n + i * n + o
+    prT = tl.load(phi_ptr + k[None, :] * W + col[:, None], mask=valid[:, None] & kmask[None, :], other=0.0).to(ACC)
+    return valid, col, prT
+
+
+@triton.jit
+def _res_chunk_step(u_blk, tmask, valid, col, prT, xT, dx, dphi, PREC: tl.constexpr):
+    """One token block through res chunk: dx += u_chunk @ phi_chunk^T, dphi += (x/m)^T @ u_chunk."""
+    ur = tl.load(u_blk + col[None, :], mask=tmask[:, None] & valid[None, :], other=0.0)
+    return dx + tl.dot(ur, prT, input_precision=PREC), dphi + tl.dot(xT, ur, input_precision=PREC)
+
+
+@triton.jit
 def _x_bwd_kernel(
     x_ptr, phi_ptr, rs_ptr, u_ptr, c_ptr, dx_ptr, dphi_part_ptr,  # rs [T, 2], dphi_part [S, K, W]
     dx_in_ptr, pre_ptr, dh_ptr,       # the step's other dx terms: dx_in [T, K], pre [T, n], dh [T, C]
     T, n, C, K, W, tokens_per_split,
     ADD_DX_IN: tl.constexpr, ADD_PRE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr, STAGES: tl.constexpr,
+    RES_CHUNKS: tl.constexpr,
 ):
+    """Program (K block, token split). The R*R res columns are handled as RES_CHUNKS (1, 2 or
+    4) separate tiles of RC = R*R / RES_CHUNKS columns: each dot then reduces over RC, not
+    R*R, so its operands (converted for the tensor cores, split in three for tf32x3) stay
+    within the registers at R = 16."""
+    RC: tl.constexpr = R * R // RES_CHUNKS
     split = tl.program_id(1)
     k = tl.program_id(0) * BK + tl.arange(0, BK)
     kmask = k < K
     is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
-    ri, ro, rvalid, rcol = _res_cols(n, R)
     stream = k // C                          # x column k = stream * C + channel
     channel = k - stream * C
     # phi^T tiles for this K block stay in registers for the whole token loop
     pgT = tl.load(phi_ptr + k[None, :] * W + gcol[:, None], mask=gvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
-    prT = tl.load(phi_ptr + k[None, :] * W + rcol[:, None], mask=rvalid[:, None] & kmask[None, :], other=0.0).to(ACC)
     dphi_g = tl.zeros((BK, GP), ACC)
-    dphi_r = tl.zeros((BK, R * R), ACC)
+    v0, q0, prT0 = _res_chunk(phi_ptr, k, kmask, n, W, R, 0, RC, ACC)
+    dphi0 = tl.zeros((BK, RC), ACC)
+    if RES_CHUNKS > 1:
+        v1, q1, prT1 = _res_chunk(phi_ptr, k, kmask, n, W, R, 1, RC, ACC)
+        dphi1 = tl.zeros((BK, RC), ACC)
+    if RES_CHUNKS > 2:
+        v2, q2, prT2 = _res_chunk(phi_ptr, k, kmask, n, W, R, 2, RC, ACC)
+        v3, q3, prT3 = _res_chunk(phi_ptr, k, kmask, n, W, R, 3, RC, ACC)
+        dphi2 = tl.zeros((BK, RC), ACC)
+        dphi3 = tl.zeros((BK, RC), ACC)
     t_start = split.to(tl.int64) * tokens_per_split  # int64 token index: t * K passes 2^31
     t_end = tl.minimum(t_start + tokens_per_split, T)
     # addresses = (int64 scalar base of the token block) + (int32 offsets within it, < BT * K),
@@ -260,11 +292,20 @@ def _x_bwd_kernel(
         xt = tl.load(x_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
         u_blk = u_ptr + t0 * W + tt[:, None] * W
         ug = tl.load(u_blk + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
-        ur = tl.load(u_blk + rcol[None, :], mask=tmask[:, None] & rvalid[None, :], other=0.0)
         c = tl.load(c_ptr + t0 + tt, mask=tmask, other=0.0)
         inv_m = tl.load(rs_ptr + 2 * t0 + 2 * tt + 1, mask=tmask, other=0.0)
         xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
-        dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT, input_precision=PREC) - c[:, None] * xs
+        if RES_CHUNKS == 1:  # (this order compiles to fewer registers at n <= 8)
+            ur = tl.load(u_blk + q0[None, :], mask=tmask[:, None] & v0[None, :], other=0.0)
+            dx = tl.dot(ug, pgT, input_precision=PREC) + tl.dot(ur, prT0, input_precision=PREC) - c[:, None] * xs
+        else:
+            xT = tl.trans(xs)
+            dx = tl.dot(ug, pgT, input_precision=PREC) - c[:, None] * xs
+            dx, dphi0 = _res_chunk_step(u_blk, tmask, v0, q0, prT0, xT, dx, dphi0, PREC)
+            dx, dphi1 = _res_chunk_step(u_blk, tmask, v1, q1, prT1, xT, dx, dphi1, PREC)
+        if RES_CHUNKS > 2:
+            dx, dphi2 = _res_chunk_step(u_blk, tmask, v2, q2, prT2, xT, dx, dphi2, PREC)
+            dx, dphi3 = _res_chunk_step(u_blk, tmask, v3, q3, prT3, xT, dx, dphi3, PREC)
         dx = dx * inv_m[:, None]
         if ADD_DX_IN:  # the post_residual term, accumulated here instead of by a torch add
             dx += tl.load(dx_in_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
@@ -273,12 +314,20 @@ def _x_bwd_kernel(
             g = tl.load(dh_ptr + t0 * C + (tt[:, None] * C + channel[None, :]), mask=xmask, other=0.0).to(ACC)
             dx += w * g
         tl.store(dx_ptr + t0 * K + x_off, cast_for_store(dx, dx_ptr), mask=xmask)
-        xT = tl.trans(xs)
-        dphi_g += tl.dot(xT, ug, input_precision=PREC)
-        dphi_r += tl.dot(xT, ur, input_precision=PREC)
+        if RES_CHUNKS == 1:
+            xT = tl.trans(xs)
+            dphi_g += tl.dot(xT, ug, input_precision=PREC)
+            dphi0 += tl.dot(xT, ur, input_precision=PREC)
+        else:
+            dphi_g += tl.dot(xT, ug, input_precision=PREC)
     base = dphi_part_ptr + split.to(tl.int64) * K * W + k[:, None] * W
     tl.store(base + gcol[None, :], dphi_g, mask=kmask[:, None] & gvalid[None, :])
-    tl.store(base + rcol[None, :], dphi_r, mask=kmask[:, None] & rvalid[None, :])
+    tl.store(base + q0[None, :], dphi0, mask=kmask[:, None] & v0[None, :])
+    if RES_CHUNKS > 1:
+        tl.store(base + q1[None, :], dphi1, mask=kmask[:, None] & v1[None, :])
+    if RES_CHUNKS > 2:
+        tl.store(base + q2[None, :], dphi2, mask=kmask[:, None] & v2[None, :])
+        tl.store(base + q3[None, :], dphi3, mask=kmask[:, None] & v3[None, :])
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,15 +348,17 @@ def _fwd_blocks(n: int) -> tuple[int, int]:
     return (64, 32) if stream_pad(n) <= 4 else (16, 64)
 
 
-def _x_bwd_config(n: int, cc: int) -> tuple[int, int]:
-    """(K block, warps) of the x-stream backward on compute capability cc (80 = A100, 90 =
-    H100), the largest K block ptxas compiles without spilling at n <= 8 and, at n = 16,
-    within sm_80's shared memory (benchmarks/results/compile_report.md): the phi^T tiles and
-    dphi accumulators [(GP + R*R), BK] live in registers for the whole token loop."""
+def _x_bwd_config(n: int, cc: int) -> tuple[int, int, int, int]:
+    """(K block, warps, pipeline stages, res chunks) of the x-stream backward on compute
+    capability cc (80 = A100, 90 = H100), the largest K block ptxas compiles without
+    spilling and within sm_80's shared memory (benchmarks/results/compile_report.md): the
+    phi^T tiles and dphi accumulators [(GP + R*R), BK] live in registers for the whole token
+    loop. At n = 16 (R*R = 256 res columns) the res tile is split in 4 chunks of 64 columns
+    and the token loop is not pipelined: with one 256-wide chunk, or 2 stages, ptxas spills."""
     R = stream_pad(n)
     if R <= 4:
-        return (64 if cc >= 90 else 32), 4
-    return (32, 8) if R == 8 else (16, 8)
+        return (64 if cc >= 90 else 32), 4, _X_BWD_STAGES, 1
+    return (32, 8, _X_BWD_STAGES, 1) if R == 8 else (16, 8, 1, 4)
 
 
 _CAPABILITY: dict = {}  # torch.device -> 10 * major + minor (asked once per device)
@@ -385,7 +436,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
     # token splits so that (K blocks x splits) about fills the device
-    bk, warps = _x_bwd_config(n, _capability(x.device))
+    bk, warps, stages, res_chunks = _x_bwd_config(n, _capability(x.device))
     consts["num_warps"] = warps
     n_kb = triton.cdiv(K, bk)
     splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))
@@ -398,7 +449,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         x, phi.contiguous(), rs, u, c, dx, dphi_part,
         x if dx_in is None else dx_in.contiguous(), pre if add_pre else x, dh.contiguous() if add_pre else x,
         T, n, C, K, W, tokens_per_split, ADD_DX_IN=dx_in is not None, ADD_PRE=add_pre,
-        PREC=prec, BT=_BT, BK=bk, STAGES=_X_BWD_STAGES, **consts)
+        PREC=prec, BT=_BT, BK=bk, STAGES=stages, RES_CHUNKS=res_chunks, **consts)
     # one partial (small T): the sum is that partial itself, without a reduction launch
     total = lambda part: part[0] if part.shape[0] == 1 else part.sum(0)  # noqa: E731
     return dx, total(dphi_part), total(dbias_part), total(dalpha_part)

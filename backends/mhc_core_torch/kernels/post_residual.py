@@ -6,14 +6,21 @@ dtype, float32 accumulation.
 
 Forward: grid (tokens, C blocks); reads x and y once, writes out once, one input stream
 at a time (C block ~4096 / n wide at any n).
-Backward: grid over tokens; one sweep over C reads x, y and dout once, writes dx and dy
-once, and accumulates the coefficient gradients in registers (n >= 5: as dots, so the C
-block stays wide at n = 16):
+Backward: grid (token blocks, C chunks). n <= 4: a program is one C block with every load
+issued up front (no loop, so many programs' loads are in flight; 16-byte accesses along C);
+n >= 5: a pipelined loop over C blocks. Each program writes its dx and dy columns and its
+chunk's partial sums of the coefficient gradients, which the launcher adds
+([chunks, T, n^2 + n] floats: 0.6% of the traffic at n = 4, C = 4096, 2% at n = 16):
     dx[i] = sum_o res[i, o] dout[o]      dy = sum_o post[o] dout[o]
     dres[i, o] = <x[i], dout[o]>         dpost[o] = <y, dout[o]>
+n <= 4: one output stream o at a time on an [NP, BC] tile; n >= 5: as dots (see the kernel).
+The launch configuration is `bwd_config(n, C)` unless the caller passes one
+(benchmarks/sweep_post_residual_bwd.py times the alternatives on a GPU).
 Ideal traffic per token: forward (2n + 1) C elements, backward (3n + 2) C.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -49,62 +56,132 @@ def _post_fwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, out_ptr, n, C,
 
 
 @triton.jit
-def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
-                     n, C, DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr):
-    """DOT = False (n <= 4): the stream sums as [NP, NP, BC] products, reduced once after the
-    loop. DOT = True (n >= 5, NP >= 16): as [NP, NP] x [NP, BC] dots (exact float32 FMAs,
-    input_precision ieee), so the live tiles are [NP, BC] and BC stays 4096 / NP wide."""
-    t = tl.program_id(0).to(tl.int64)  # int64: t * n * C passes 2^31 at long T
-    i = tl.arange(0, NP)
-    imask = i < n
-    mres = imask[:, None] & imask[None, :]
-    w = tl.load(post_ptr + t * n + i, mask=imask, other=0.0).to(ACC)
-    res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
-    dw = tl.zeros((NP, BC), ACC)        # elementwise partial products, reduced once after the loop
+def _bwd_block(x_tok, g_tok, dx_tok, y_tok, dy_tok, res_tok, dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t,
+               DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, STORE_DRES: tl.constexpr):
+    """One token's C block c [BC]: writes dx [n, BC] and dy [BC], returns (dres, dpost) plus
+    this block's sums. STORE_DRES (product form): each dres column is stored at once instead."""
+    cm = c < C_t
+    im = i < n_t
+    m2 = im[:, None] & cm[None, :]
+    offs = i[:, None] * C + c[None, :]                                 # int32 within one token
+    x = tl.load(x_tok + offs, mask=m2, other=0.0).to(ACC)                # [NP(i), BC]
+    y = tl.load(y_tok + c, mask=cm, other=0.0).to(ACC)                   # [BC]
     if DOT:
-        dres = tl.zeros((NP, NP), ACC)
-    else:
-        dres = tl.zeros((NP, NP, BC), ACC)
-    x_tok, g_tok, dx_tok = x_ptr + t * n * C, dout_ptr + t * n * C, dx_ptr + t * n * C  # int64 bases
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        m2 = imask[:, None] & cmask[None, :]
-        offs = i[:, None] * C + c[None, :]
-        x = tl.load(x_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(i), BC]
         g = tl.load(g_tok + offs, mask=m2, other=0.0).to(ACC)            # [NP(o), BC]
-        y = tl.load(y_ptr + t * C + c, mask=cmask, other=0.0).to(ACC)    # [BC]
-        if DOT:
-            dx = tl.dot(res, g, input_precision="ieee")                  # [NP(i), BC]
-            dres += tl.dot(x, tl.trans(g), input_precision="ieee")       # [NP(i), NP(o)]
-        else:
-            dx = tl.sum(res[:, :, None] * g[None, :, :], axis=1)         # [NP(i), BC]
-            dres += x[:, None, :] * g[None, :, :]
+        dx = tl.dot(res, g, input_precision="ieee")                      # [NP(i), BC]
+        dres += tl.dot(x, tl.trans(g), input_precision="ieee")           # [NP(i), NP(o)]
         dy = tl.sum(w[:, None] * g, axis=0)                              # [BC]
-        tl.store(dx_tok + offs, cast_for_store(dx, dx_ptr), mask=m2)
-        tl.store(dy_ptr + t * C + c, cast_for_store(dy, dy_ptr), mask=cmask)
-        dw += g * y[None, :]
-    tl.store(dpost_ptr + t * n + i, tl.sum(dw, axis=1), mask=imask)
-    if DOT:
-        dres_out = dres
+        dpost += tl.sum(g * y[None, :], axis=1)
     else:
-        dres_out = tl.sum(dres, axis=2)
-    tl.store(dres_ptr + t * n * n + i[:, None] * n + i[None, :], dres_out, mask=mres)
+        dx = tl.zeros(x.shape, ACC)
+        dy = tl.zeros(y.shape, ACC)
+        for o in tl.static_range(NP):
+            on = i < tl.where(o < n_t, n, 0)                             # stream o exists (and the token)
+            g = tl.load(g_tok + o * C + c, mask=c < tl.where(o < n_t, C_t, 0), other=0.0).to(ACC)  # dout[o]
+            r = tl.load(res_tok + i * n + o, mask=on, other=0.0).to(ACC)  # res[:, o] [NP(i)]
+            dx += r[:, None] * g[None, :]
+            dy += tl.sum(tl.where(i == o, w, 0.0), axis=0) * g
+            col = tl.sum(x * g[None, :], axis=1)                         # dres[:, o] [NP(i)]
+            if STORE_DRES:
+                tl.store(dres_tok + i * n + o, col, mask=on)
+            else:
+                dres += tl.where(i[None, :] == o, col[:, None], 0.0)
+            dpost = tl.where(i == o, dpost + tl.sum(g * y, axis=0), dpost)
+    tl.store(dx_tok + offs, cast_for_store(dx, dx_tok), mask=m2)
+    tl.store(dy_tok + c, cast_for_store(dy, dy_tok), mask=cm)
+    return dres, dpost
+
+
+@triton.jit
+def _post_bwd_kernel(x_ptr, y_ptr, post_ptr, res_ptr, dout_ptr, dx_ptr, dy_ptr, dpost_ptr, dres_ptr,
+                     T, n, C, DOT: tl.constexpr, ACC: tl.constexpr, NP: tl.constexpr, BC: tl.constexpr,
+                     TOKENS: tl.constexpr, STEPS: tl.constexpr, STAGES: tl.constexpr):
+    """Program (token block, C chunk): TOKENS tokens x STEPS * BC columns, in STEPS steps of
+    BC columns (STEPS = 1: no loop, every load issued up front; else a loop pipelined over
+    STAGES stages). dx and dy are final; dpost [S, T, n] and dres [S, T, n, n] are this
+    chunk's partial sums (S = C chunks; the launcher adds them, or S = 1 and they are final).
+    DOT = False (n <= 4): one output stream o at a time, dx += res[:, o] dout[o] on an
+    [NP, BC] tile and dres[:, o] = sum_c x * dout[o] reduced over the block.
+    DOT = True (n >= 5, NP >= 16): [NP, NP] x [NP, BC] dots (exact float32 FMAs, input
+    precision ieee), so the live tiles are [NP, BC]."""
+    chunk = tl.program_id(1)
+    i = tl.arange(0, NP)
+    part = chunk.to(tl.int64) * T              # row of this C chunk in the partial sums
+    for tt in tl.static_range(TOKENS):
+        t = tl.program_id(0).to(tl.int64) * TOKENS + tt  # int64: t * n * C passes 2^31 at long T
+        n_t = tl.where(t < T, n, 0)            # a token past T masks everything (0 streams, 0 columns)
+        C_t = tl.where(t < T, C, 0)
+        im = i < n_t
+        mres = im[:, None] & (i < n)[None, :]
+        x_tok, g_tok, dx_tok = x_ptr + t * n * C, dout_ptr + t * n * C, dx_ptr + t * n * C
+        dres_tok = dres_ptr + (part + t) * n * n
+        w = tl.load(post_ptr + t * n + i, mask=im, other=0.0).to(ACC)               # post [NP(o)]
+        res = tl.zeros((NP, NP), ACC)
+        if DOT:
+            res = tl.load(res_ptr + t * n * n + i[:, None] * n + i[None, :], mask=mres, other=0.0).to(ACC)
+        dres = tl.zeros((NP, NP), ACC)
+        dpost = tl.zeros((NP,), ACC)
+        if STEPS == 1:
+            c = chunk * BC + tl.arange(0, BC)
+            dres, dpost = _bwd_block(x_tok, g_tok, dx_tok, y_ptr + t * C, dy_ptr + t * C, res_ptr + t * n * n,
+                                     dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t, DOT, ACC, NP, not DOT)
+        else:
+            for s in tl.range(0, STEPS, num_stages=STAGES):
+                c = (chunk * STEPS + s) * BC + tl.arange(0, BC)
+                dres, dpost = _bwd_block(x_tok, g_tok, dx_tok, y_ptr + t * C, dy_ptr + t * C, res_ptr + t * n * n,
+                                         dres_tok, w, res, dres, dpost, c, C, C_t, i, n, n_t, DOT, ACC, NP, False)
+        tl.store(dpost_ptr + (part + t) * n + i, dpost, mask=im)
+        if DOT or STEPS > 1:
+            tl.store(dres_tok + i[:, None] * n + i[None, :], dres, mask=mres)
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
-def _bwd_layout(n: int, C: int) -> tuple[bool, int, int]:
-    """(DOT, NP, BC) of the backward. n <= 4: [NP, NP, BC] products, BC = 4096 / NP^2
-    (256 at n = 4). n >= 5: dots over a stream tile padded to NP >= 16 (tl.dot's minimum),
-    BC = 1024 / NP (64 at n = 16, where the product form had BC = 16; ~145 registers,
-    3 CTAs/SM, no spill on sm_80 / sm_90: benchmarks/results/compile_report.md)."""
+class BwdConfig(NamedTuple):
+    """Launch configuration of the backward: C block (columns per step), warps, tokens per
+    program, the dot form (n >= 5; the stream tile is then padded to >= 16), C blocks per
+    program (steps of a loop; 1: no loop) and the loop's pipeline stages."""
+    block_c: int
+    num_warps: int
+    tokens: int
+    dot: bool
+    steps: int = 1
+    stages: int = 1
+
+
+def bwd_config(n: int, C: int) -> BwdConfig:
+    """The backward's launch configuration for n streams of width C (what the launcher uses
+    unless given one; benchmarks/sweep_post_residual_bwd.py times the alternatives).
+    n <= 4: one C block of 4096 / NP columns per program (1024 at n = 4: 8 columns of 16
+    bytes per thread, 4 warps), no loop. n >= 5: dots over a 16-padded stream tile, C block
+    1024 / NP (64 at n = 16) looped over up to 1024 columns per program, so the partial sums
+    stay small ([n^2 + n] floats per 1024 columns). Registers, spills and CTAs per SM:
+    benchmarks/results/compile_report.md."""
     np_ = next_pow2(n)
     if np_ <= 4:
-        return False, np_, max(16, min(next_pow2(C), 4096 // (np_ * np_)))
-    np_ = max(16, np_)
-    return True, np_, max(16, min(next_pow2(C), 1024 // np_))
+        return BwdConfig(max(16, min(next_pow2(C), 4096 // np_)), 4, 1, False)
+    bc = max(16, min(next_pow2(C), 1024 // max(16, np_)))
+    return BwdConfig(bc, 4, 1, True, steps=max(1, min(triton.cdiv(C, bc), 1024 // bc)), stages=2)
+
+
+def check_bwd_config(cfg: BwdConfig, n: int) -> BwdConfig:
+    """cfg, or a ValueError naming what a backward configuration must be."""
+    if not isinstance(cfg, BwdConfig):
+        raise TypeError(f"config must be a post_residual.BwdConfig, got {type(cfg).__name__}")
+    for name in ("block_c", "num_warps"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"BwdConfig.{name} must be a positive power of two, got {v!r}")
+    for name, hi in (("tokens", 16), ("steps", 1 << 20), ("stages", 4)):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"BwdConfig.{name} must be an int in [1, {hi}], got {v!r}")
+    if cfg.block_c < 16:
+        raise ValueError(f"BwdConfig.block_c must be >= 16 (tl.dot / tile minimum), got {cfg.block_c}")
+    if not cfg.dot and next_pow2(n) > 4:
+        raise ValueError(f"BwdConfig.dot must be True for n > 4 streams (got n = {n}, dot = False)")
+    return cfg
 
 
 def _block_c_fwd(n: int, C: int) -> int:
@@ -112,29 +189,43 @@ def _block_c_fwd(n: int, C: int) -> int:
     return max(16, min(next_pow2(C), 4096 // next_pow2(n)))
 
 
-def post_residual_fwd(x, y, post, res):
-    """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype."""
+def post_residual_fwd(x, y, post, res, block_c: int | None = None, num_warps: int = 4):
+    """x [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> out [T, n, C], x's dtype.
+    block_c / num_warps: the launch (default `_block_c_fwd(n, C)` columns, 4 warps)."""
     T, n, C = x.shape
+    BC = _block_c_fwd(n, C) if block_c is None else block_c
+    for name, v in (("block_c", BC), ("num_warps", num_warps)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1) or (name == "block_c" and v < 16):
+            raise ValueError(f"post_residual_fwd {name} must be a power of two (block_c >= 16), got {v!r}")
     out = torch.empty_like(x)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        BC = _block_c_fwd(n, C)
-        _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC)
+        _post_fwd_kernel[(T, triton.cdiv(C, BC))](x, y, post, res, out, n, C, ACC=acc, NP=next_pow2(n), BC=BC,
+                                                  num_warps=num_warps)
     return out
 
 
-def post_residual_bwd(x, y, post, res, dout):
-    """(dx in x's dtype, dy in y's dtype, dpost [T, n], dres [T, n, n] in the accumulation dtype)."""
+def post_residual_bwd(x, y, post, res, dout, config: BwdConfig | None = None):
+    """x, dout [T, n, C], y [T, C], post [T, n], res [T, n, n] (contiguous) -> (dx in x's
+    dtype, dy in y's dtype, dpost [T, n], dres [T, n, n] in the accumulation dtype).
+    config: the launch configuration (default `bwd_config(n, C)`)."""
     T, n, C = x.shape
+    cfg = bwd_config(n, C) if config is None else check_bwd_config(config, n)
     f = torch_acc_dtype(x.dtype)
     dx, dy = torch.empty_like(x), torch.empty_like(y)
-    dpost, dres = x.new_empty((T, n), dtype=f), x.new_empty((T, n, n), dtype=f)
+    blocks = triton.cdiv(C, cfg.block_c * cfg.steps) if T else 1
+    # per C chunk partial sums [S, T, ...], added below (S = 1: already the result)
+    dpost, dres = x.new_empty((blocks, T, n), dtype=f), x.new_empty((blocks, T, n, n), dtype=f)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        dot, np_, bc = _bwd_layout(n, C)
-        _post_bwd_kernel[(T,)](x, y, post, res, dout.contiguous(), dx, dy, dpost, dres, n, C,
-                               DOT=dot, ACC=acc, NP=np_, BC=bc)
-    return dx, dy, dpost, dres
+        np_ = max(16, next_pow2(n)) if cfg.dot else next_pow2(n)
+        _post_bwd_kernel[(triton.cdiv(T, cfg.tokens), blocks)](
+            x, y, post, res, dout.contiguous(), dx, dy, dpost, dres, T, n, C,
+            DOT=cfg.dot, ACC=acc, NP=np_, BC=cfg.block_c, TOKENS=cfg.tokens, STEPS=cfg.steps,
+            STAGES=cfg.stages, num_warps=cfg.num_warps)
+    if blocks == 1:
+        return dx, dy, dpost[0], dres[0]
+    return dx, dy, dpost.sum(0), dres.sum(0)
 
 
 # ----------------------------------------------------------------------------------------

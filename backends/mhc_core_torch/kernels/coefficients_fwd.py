@@ -62,6 +62,7 @@ from .coefficient_tiles import _gate_cols, _res_cols, _tanh
 from .sinkhorn import sinkhorn_tile
 
 A_LO = 2.0 ** -40            # fast path: smallest max|x| per token whose x^2 and products stay normal
+MERGE_BT = 16                # token block of the split-K merge kernel
 MIN_K_STEPS = 8              # split-K: each split sweeps at least this many K blocks
 # The interpreter's tl.dot multiplies bf16 operands as raw 16-bit integers; there the bf16
 # parts are widened to float32 first (same numbers: bf16 products are exact in float32).
@@ -69,7 +70,7 @@ _NATIVE_BF16_DOT = tl.constexpr(not INTERPRETED)
 
 
 # ----------------------------------------------------------------------------------------
-# Sweeps over K columns [k_lo, k_hi) of one token block
+# Sweeps over K columns [0, k_len) of one token block (pointers already at the first column)
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _dot_bf16x3(xb, p, acc):
@@ -87,17 +88,18 @@ def _dot_bf16x3(xb, p, acc):
 
 
 @triton.jit
-def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol, rvalid,
+def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
                 ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
                 BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
-    """Raw x @ phi [BT, GP] and [BT, R*R], sum(x^2) [BT], max|x| [BT]: no rescaling."""
+    """Raw x @ phi [BT, GP] and [BT, R*R], sum(x^2) [BT], max|x| [BT] over K columns [0, k_len)
+    of x_blk (row stride K) and phi_ptr (row stride W): no rescaling."""
     acc_g = tl.zeros((BT, GP), ACC)
     acc_r = tl.zeros((BT, R * R), ACC)
     ss = tl.zeros((BT,), ACC)
     amax = tl.zeros((BT,), ACC)
-    for k0 in range(k_lo, k_hi, BK):
+    for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
         k = k0 + tl.arange(0, BK)
-        kmask = k < k_hi
+        kmask = k < k_len
         xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0)
         pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
         pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
@@ -114,30 +116,32 @@ def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol,
 
 
 @triton.jit
-def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol, rvalid, m_lo, m_hi,
+def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid, m_lo, m_hi,
                   ACC: tl.constexpr, PREC: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
-    """(x/m) @ phi, sum((x/m)^2) and m, with the running power-of-two scale m rescaling the
-    sums whenever a tile raises it (coefficients.py docstring): float32's full range."""
+    """(x/m) @ phi, sum((x/m)^2) and m over K columns [0, k_len), with the running power-of-two
+    scale m rescaling the sums whenever a tile raises it (coefficients.py docstring): float32's
+    full range. Its variables are named apart from _fast_sweep's: the compile report's TTIR
+    analysis goes by SSA names, which the two loops would otherwise share."""
     acc_g = tl.zeros((BT, GP), ACC)
     acc_r = tl.zeros((BT, R * R), ACC)
     ss = tl.zeros((BT,), ACC)
     m = tl.zeros((BT,), ACC) + m_lo
-    for k0 in range(k_lo, k_hi, BK):
-        k = k0 + tl.arange(0, BK)
-        kmask = k < k_hi
-        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
-        pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
-        pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
+    for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
+        kv = k0 + tl.arange(0, BK)
+        kvmask = kv < k_len
+        xv = tl.load(x_blk + (tt[:, None] * K + kv[None, :]), mask=tmask[:, None] & kvmask[None, :], other=0.0).to(ACC)
+        pg = tl.load(phi_ptr + kv[:, None] * W + gcol[None, :], mask=kvmask[:, None] & gvalid[None, :], other=0.0)
+        pr = tl.load(phi_ptr + kv[:, None] * W + rcol[None, :], mask=kvmask[:, None] & rvalid[None, :], other=0.0)
         # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing
-        amax = tl.maximum(tl.max(tl.abs(xt), axis=1), m_lo)
+        amax = tl.maximum(tl.max(tl.abs(xv), axis=1), m_lo)
         m_new = tl.minimum(tl.maximum(m, tl.exp2(tl.floor(tl.log2(amax)))), m_hi)
         ratio = m / m_new                    # 1 unless this tile raised the max
         ss = ss * (ratio * ratio)
         acc_g = acc_g * ratio[:, None]
         acc_r = acc_r * ratio[:, None]
         m = m_new
-        xs = xt * (1.0 / m)[:, None]         # |xs| < 2 (< 4 at the m_hi cap)
+        xs = xv * (1.0 / m)[:, None]         # |xs| < 2 (< 4 at the m_hi cap)
         ss += tl.sum(xs * xs, axis=1)
         acc_g += tl.dot(xs, pg.to(ACC), input_precision=PREC)
         acc_r += tl.dot(xs, pr.to(ACC), input_precision=PREC)
@@ -145,20 +149,20 @@ def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rco
 
 
 @triton.jit
-def _sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol, rvalid,
+def _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
            m_lo, m_hi, a_lo, a_eps, f_max,
            FAST: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
            BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
-    """(acc/m [BT, GP], acc/m [BT, R*R], ss/m^2 [BT], m [BT]) over K columns [k_lo, k_hi): the
+    """(acc/m [BT, GP], acc/m [BT, R*R], ss/m^2 [BT], m [BT]) over K columns [0, k_len): the
     fast sweep, kept if every token is safe (module docstring), else the scaled sweep."""
     if FAST:
-        acc_g, acc_r, ss, amax = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol,
+        acc_g, acc_r, ss, amax = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                              rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
         total = tl.abs(ss + tl.sum(acc_g, axis=1) + tl.sum(acc_r, axis=1))  # inf / nan if any term is
         safe = (total <= f_max) & ((amax >= a_lo) | (amax <= a_eps))
         m = tl.minimum(tl.maximum(tl.exp2(tl.floor(tl.log2(tl.maximum(amax, m_lo)))), m_lo), m_hi)
         if tl.max(tl.where(tmask & ~safe, 1, 0), axis=0) > 0:
-            acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol,
+            acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                                 rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
         else:
             inv_m = 1.0 / m
@@ -166,7 +170,7 @@ def _sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol, rval
             acc_r = acc_r * inv_m[:, None]
             ss = ss * inv_m * inv_m
     else:
-        acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol,
+        acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                             rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
     return acc_g, acc_r, ss, m
 
@@ -236,9 +240,13 @@ def _coeff_fwd_kernel(
     x_blk = x_ptr + t_first * K              # int64 scalar base; int32 offsets within the block
     _i, _o, rvalid, rcol = _res_cols(n, R)
     _p, _g, gvalid, gcol = _gate_cols(n, R, GP)
-    k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, tt, tmask, k_lo, k_hi, K, W, gcol, gvalid, rcol, rvalid,
+    k_len = K
+    if SPLIT:  # columns [k_lo, k_lo + k_len): the pointers move, the loops still start at 0
+        k_lo = split * k_per_split
+        k_len = tl.minimum(k_per_split, K - k_lo)
+        x_blk += k_lo
+        phi_ptr += k_lo * W
+    acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
                                  m_lo, m_hi, a_lo, a_eps, f_max, FAST, ACC, PREC, BF16X3, BT, BK, R, GP)
     if SPLIT:
         P: tl.constexpr = GP + R * R + 2
@@ -310,12 +318,13 @@ class FwdConfig:
 
 
 def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
-    """(token block, K block) of the forward: smaller where the R*R res tile is wide. float32 /
-    float16 x at n <= 4: K block 32 compiles without spills on sm_80 (64 spilled, the float32
-    x tile and its tf32 hi/lo parts); bf16 x needs no float32 copy of x, so its K block is 64."""
-    if stream_pad(n) > 4:
-        return 16, 64
-    return (64, 64) if dtype == torch.bfloat16 else (64, 32)
+    """(token block, K block) of the forward, the largest that compile without spills at n <= 8
+    on sm_80 and sm_90a (benchmarks/results/compile_report.md): 64 tokens x 32 columns at
+    n <= 4 (a K block of 64 spilled at bf16), 16 x 64 at n = 8 (the R*R = 64-wide res tile),
+    16 x 32 at n = 16 (K block 64 spilled ~1.6 KB there; 32 keeps shared memory at half of
+    sm_80's limit). Same for every x dtype."""
+    R = stream_pad(n)
+    return (64, 32) if R <= 4 else ((16, 64) if R == 8 else (16, 32))
 
 
 def _sm_count(device: torch.device) -> int:
@@ -394,8 +403,7 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
         FAST=f != torch.float64, BF16X3=x.dtype == torch.bfloat16, SPLIT=splits > 1,
         BT=config.block_t, BK=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages, **cfg)
     if splits > 1:
-        merge_bt = 16
-        _coeff_merge_kernel[(triton.cdiv(T, merge_bt),)](
+        _coeff_merge_kernel[(triton.cdiv(T, MERGE_BT),)](
             part, bias, alpha, pre, post, res, z, rs, T, n, K, W, splits, *scalars,
-            BT=merge_bt, num_warps=4 if consts["R"] <= 4 else 8, **cfg)
+            BT=MERGE_BT, num_warps=4 if consts["R"] <= 4 else 8, **cfg)
     return pre, post, res, z, rs

@@ -62,7 +62,7 @@ from .coefficient_tiles import _gate_cols, _res_cols, _tanh
 from .sinkhorn import sinkhorn_tile
 
 A_LO = 2.0 ** -40            # fast path: smallest max|x| per token whose x^2 and products stay normal
-MERGE_BT = 16                # token block of the split-K merge kernel
+MERGE_BT = 32                # token block of the split-K merge kernel (16 spilled 4 B on sm_80)
 MIN_K_STEPS = 8              # split-K: each split sweeps at least this many K blocks
 # The interpreter's tl.dot multiplies bf16 operands as raw 16-bit integers; there the bf16
 # parts are widened to float32 first (same numbers: bf16 products are exact in float32).
@@ -319,12 +319,11 @@ class FwdConfig:
 
 def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     """(token block, K block) of the forward, the largest that compile without spills at n <= 8
-    on sm_80 and sm_90a (benchmarks/results/compile_report.md): 64 tokens x 32 columns at
-    n <= 4 (a K block of 64 spilled at bf16), 16 x 64 at n = 8 (the R*R = 64-wide res tile),
-    16 x 32 at n = 16 (K block 64 spilled ~1.6 KB there; 32 keeps shared memory at half of
-    sm_80's limit). Same for every x dtype."""
-    R = stream_pad(n)
-    return (64, 32) if R <= 4 else ((16, 64) if R == 8 else (16, 32))
+    on sm_80 and sm_90a with Triton 3.6 and 3.9 (benchmarks/results/compile_report.md): 64 tokens
+    x 32 columns at n <= 4 (a K block of 64 spilled at bf16), 16 x 32 above (the R*R-wide res
+    tile; a K block of 64 spilled at n = 8 float32 on sm_90a, ~1.6 KB at n = 16). Same for
+    every x dtype."""
+    return (64, 32) if stream_pad(n) <= 4 else (16, 32)
 
 
 def _sm_count(device: torch.device) -> int:

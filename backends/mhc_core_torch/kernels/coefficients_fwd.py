@@ -49,6 +49,7 @@ Launch shapes (`FwdConfig`, chosen by `fwd_config` from T and the SM count):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,6 +73,15 @@ _NATIVE_BF16_DOT = tl.constexpr(not INTERPRETED)
 # ----------------------------------------------------------------------------------------
 # Sweeps over K columns [0, k_len) of one token block (pointers already at the first column)
 # ----------------------------------------------------------------------------------------
+@triton.jit
+def _pow2_floor(v):
+    """2^floor(log2 v) for normal v > 0, exactly: v with its significand bits cleared (a GPU's
+    approximate log2 / exp2 could miss by one near powers of two or not return one)."""
+    if v.dtype == tl.float64:
+        return (v.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    return (v.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+
+
 @triton.jit
 def _dot_bf16x3(xb, p, acc):
     """acc + xb @ p for bf16 xb [BT, BK] and float32 p [BK, N]: p split into bf16 parts
@@ -135,7 +145,7 @@ def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rv
         pr = tl.load(phi_ptr + kv[:, None] * W + rcol[None, :], mask=kvmask[:, None] & rvalid[None, :], other=0.0)
         # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing
         amax = tl.maximum(tl.max(tl.abs(xv), axis=1), m_lo)
-        m_new = tl.minimum(tl.maximum(m, tl.exp2(tl.floor(tl.log2(amax)))), m_hi)
+        m_new = tl.minimum(tl.maximum(m, _pow2_floor(amax)), m_hi)
         ratio = m / m_new                    # 1 unless this tile raised the max
         ss = ss * (ratio * ratio)
         acc_g = acc_g * ratio[:, None]
@@ -160,7 +170,7 @@ def _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
                                              rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
         total = tl.abs(ss + tl.sum(acc_g, axis=1) + tl.sum(acc_r, axis=1))  # inf / nan if any term is
         safe = (total <= f_max) & ((amax >= a_lo) | (amax <= a_eps))
-        m = tl.minimum(tl.maximum(tl.exp2(tl.floor(tl.log2(tl.maximum(amax, m_lo)))), m_lo), m_hi)
+        m = tl.minimum(_pow2_floor(tl.maximum(amax, m_lo)), m_hi)  # m_lo is a power of two
         if tl.max(tl.where(tmask & ~safe, 1, 0), axis=0) > 0:
             acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                                 rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
@@ -326,6 +336,7 @@ def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     return (64, 32) if stream_pad(n) <= 4 else (16, 32)
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device; 1 elsewhere (the interpreter never splits
     by default: tests ask for split-K through FwdConfig)."""

@@ -29,6 +29,9 @@ block keeps the fast result only if every token t of it is SAFE:
    A_EPS = -1, never, otherwise). Underflow is the only other loss: each product x_k^2 or
    x_k * phi_part rounds with absolute error <= 2^-149 once it is subnormal. With amax >= 2^-40,
    ss >= amax^2 >= 2^-80, so K such errors (K <= 2^31) are < 2^-118 <= 2^-38 ss: float32-level.
+   For acc the products x_k * phi_part stay normal while |phi| >= ~2^-70 (phi's lo part is
+   ~2^-16 phi); below that both sweeps lose absolute accuracy only (the scaled one below
+   |phi| ~ 2^-110), far under any z the gating can resolve.
    With amax <= A_EPS, ss/K <= amax^2 <= 2^-30 eps, so ss hardly enters r = rsqrt(ss/K + eps)
    and its absolute error 2^-149 per term is < 2^-24 eps for eps >= 2^-100; the absolute error
    of z = acc r is then <= K 2^-149 |phi| / sqrt(eps), as in the scaled formula, whose

@@ -171,7 +171,8 @@ def main(argv=None) -> int:
     env = harness.environment(device, ROOT)
     env["sweep_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep_coefficients_fwd.json").write_text(json.dumps(dict(env=env, tol=TOL, rows=rows), indent=1) + "\n")
+    report = dict(env=env, tol=TOL, rows=rows)
+    (args.out / "sweep_coefficients_fwd.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "sweep_coefficients_fwd.md").write_text(markdown(rows, env))
     wrong = [r for r in rows if r["error"]]
     print(f"{len(rows)} candidates in {env['sweep_s']} s, {len(wrong)} wrong or failed -> {args.out}")

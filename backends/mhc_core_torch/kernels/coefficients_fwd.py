@@ -173,11 +173,11 @@ def _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
                                              rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
         total = tl.abs(ss + tl.sum(acc_g, axis=1) + tl.sum(acc_r, axis=1))  # inf / nan if any term is
         safe = (total <= f_max) & ((amax >= a_lo) | (amax <= a_eps))
-        m = tl.minimum(_pow2_floor(tl.maximum(amax, m_lo)), m_hi)  # m_lo is a power of two
         if tl.max(tl.where(tmask & ~safe, 1, 0), axis=0) > 0:
             acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                                 rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
         else:
+            m = tl.minimum(_pow2_floor(tl.maximum(amax, m_lo)), m_hi)  # m_lo is a power of two
             inv_m = 1.0 / m
             acc_g = acc_g * inv_m[:, None]
             acc_r = acc_r * inv_m[:, None]
@@ -348,16 +348,28 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
-def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device) -> FwdConfig:
+def _capability(device: torch.device) -> int:
+    """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device, cc: int | None = None) -> FwdConfig:
     """The forward's launch: one launch when the cdiv(T, BT) token blocks cover every SM,
-    else split-K into enough splits for ~2 programs per SM, each split >= MIN_K_STEPS K blocks."""
+    else split-K into enough splits for ~2 programs per SM, each split >= MIN_K_STEPS K blocks.
+    K loop pipelined 3 deep, except bf16 x before sm_90 (A100): 2 deep, as 3 spilled 4 B there
+    under Triton 3.6's ptxas (and 2 spilled 8 B for float32 x). cc overrides the device's compute
+    capability (the compile report's architectures)."""
+    cc = _capability(device) if cc is None else cc
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
     blocks, sms = triton.cdiv(max(T, 1), bt), _sm_count(device)
     splits = 1
     if blocks < sms:
         splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))
-    return FwdConfig(bt, bk, warps, 3, splits)
+    return FwdConfig(bt, bk, warps, 2 if (cc < 90 and dtype == torch.bfloat16) else 3, splits)
 
 
 def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:

@@ -331,12 +331,13 @@ class FwdConfig:
 
 
 def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
-    """(token block, K block) of the forward, the largest that compile without spills at n <= 8
-    on sm_80 and sm_90a with Triton 3.6 and 3.9 (benchmarks/results/compile_report.md): 64 tokens
-    x 32 columns at n <= 4 (a K block of 64 spilled at bf16), 16 x 32 above (the R*R-wide res
-    tile; a K block of 64 spilled at n = 8 float32 on sm_90a, ~1.6 KB at n = 16). Same for
-    every x dtype."""
-    return (64, 32) if stream_pad(n) <= 4 else (16, 32)
+    """(token block, K block) of the forward, the largest that compile without spills on sm_80
+    and sm_90a under Triton 3.6 and 3.9 (benchmarks/results/compile_report.md): 64 tokens x 32
+    columns at n <= 4 (a K block of 64 spilled at bf16), 16 x 32 at n = 8 (the R*R = 64-wide
+    res tile; 64 spilled for float32 x on sm_90a), 16 x 16 at n = 16 (32 spilled 8-88 B).
+    Same for every x dtype."""
+    R = stream_pad(n)
+    return (64, 32) if R <= 4 else ((16, 32) if R == 8 else (16, 16))
 
 
 @functools.lru_cache(maxsize=None)

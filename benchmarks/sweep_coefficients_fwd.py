@@ -9,7 +9,9 @@ own choice, `fwd_config`), it first checks the candidate against references -- z
 float64 x @ phi * rsqrt(mean(x^2) + eps) on all tokens, pre / post / res against the float64
 oracle (mhc_core on numpy) on the first 64 tokens -- and skips a wrong one loudly (error in
 the report), then times it (CUDA: triton.testing.do_bench median, inputs rotated so that
-they outgrow L2; CPU: perf_counter median). Writes sweep_coefficients_fwd.{json,md} to --out.
+they outgrow L2; CPU: perf_counter median). The launcher's choice is timed at every shape
+first; candidates started after BUDGET_S (35 s) are reported as skipped, so the sweep ends
+inside gpu-check's 50 s per-sweep limit. Writes sweep_coefficients_fwd.{json,md} to --out.
 `--interpret-smoke` runs the same code in the Triton interpreter at n = 4, C = 16, T = 40
 with 16-wide blocks (tests/triton/test_sweep_coefficients_fwd.py runs it in CI).
 """
@@ -42,6 +44,7 @@ EPS = 1e-6
 KW = dict(hc=False, iters=20, rms_eps=EPS, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
 TOL = 1e-4          # max |err| / max(1, max |ref|): float32-level (bf16x3 / tf32x3 dots)
 ORACLE_TOKENS = 64  # pre / post / res checked against the numpy oracle on this many tokens
+BUDGET_S = 35.0     # stop timing new candidates past this (gpu-check gives each sweep 50 s)
 
 GPU_SHAPES = [(4, 1024, 4096), (4, 1024, 16384), (4, 4096, 4096), (4, 4096, 16384)]  # (n, C, T)
 # (token block, K block, warps, stages, splits)
@@ -52,11 +55,12 @@ SMOKE_CANDIDATES = [(16, 16, 4, 2, 1), (16, 16, 4, 2, 2), (32, 16, 4, 2, 1)]
 
 
 def _inputs(n, c, t, device, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(t, n, c, generator=g).to(device=device, dtype=torch.bfloat16)
+    """bf16 x [t, n, c] drawn on the device (no GB-sized host tensor), float32 parameters."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(t, n, c, generator=g, device=device).to(torch.bfloat16)
     p = mhc_core.init_params(n, c, phi_std=1.0 / np.sqrt(n * c), seed=seed, dtype=np.float64)
     phi, bias, alpha = (torch.from_numpy(p[k]).float().to(device) for k in ("phi", "bias", "alpha"))
-    bias = bias + 0.5 * torch.randn(bias.shape, generator=g).to(device)
+    bias = bias + 0.5 * torch.randn(bias.shape, generator=g, device=device)
     return x, phi, bias, alpha
 
 
@@ -89,40 +93,54 @@ def _time(fn, device) -> float:
     return harness.time_ms(fn, device, cpu_reps=2, cpu_budget_s=1.0)
 
 
-def sweep(shapes, candidates, device, log=print) -> list[dict]:
-    rows = []
-    for n, c, t in shapes:
-        x, phi, bias, alpha = _inputs(n, c, t, device)
-        refs = _references(x, phi, bias, alpha)
-        copies = [x] + [x.clone() for _ in range(harness.rotation_count(x.numel() * x.element_size(), device) - 1)]
-        auto = cf.fwd_config(t, n, n * c, x.dtype, x.device)
-        configs = [("auto", auto)] + [(None, cf.FwdConfig(*cand)) for cand in candidates
-                                      if cf.FwdConfig(*cand) != auto]  # the launcher's choice timed once
-        for label, cfg in configs:
-            row = dict(n=n, C=c, T=t, config=label or "", block_t=cfg.block_t, block_k=cfg.block_k,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, splits=cfg.splits, ms=None, gbps=None,
-                       max_err=None, error="")
-            t0 = time.perf_counter()
-            try:
-                err = _error(cf.coefficients_fwd(x, phi, bias, alpha, config=cfg, **KW), refs)
-                row["max_err"] = err
-                if not err <= TOL:
-                    row["error"] = f"WRONG: max err {err:.3e} > {TOL:g}; not timed"
-                    log(f"!!! n={n} C={c} T={t} {cfg}: {row['error']}")
-                else:
-                    it = iter(range(1 << 62))
-                    row["ms"] = _time(lambda: cf.coefficients_fwd(copies[next(it) % len(copies)], phi, bias, alpha,
-                                                                  config=cfg, **KW), device)
-                    row["gbps"] = harness.ideal_bytes("coefficients", "fwd", n, c, t, x.element_size()) / (
-                        row["ms"] * 1e-3) / 1e9
-            except Exception as e:  # noqa: BLE001 - a candidate that fails to compile / launch is reported
-                row["error"] = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+def _plan(shapes, candidates, device):
+    """(shape, label, config) in timing order: the launcher's own choice at every shape first
+    (the figures that matter most if the budget runs out), then each candidate across shapes."""
+    autos = {shape: cf.fwd_config(shape[2], shape[0], shape[0] * shape[1], torch.bfloat16, device)
+             for shape in shapes}
+    plan = [(shape, "auto", autos[shape]) for shape in shapes]
+    for cand in candidates:
+        cfg = cf.FwdConfig(*cand)
+        plan += [(shape, "", cfg) for shape in shapes if cfg != autos[shape]]  # the choice is timed once
+    return plan
+
+
+def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict]:
+    data = {}
+    rows, t_start = [], time.perf_counter()
+    for (n, c, t), label, cfg in _plan(shapes, candidates, device):
+        row = dict(n=n, C=c, T=t, config=label, block_t=cfg.block_t, block_k=cfg.block_k,
+                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, splits=cfg.splits, ms=None, gbps=None,
+                   max_err=None, error="")
+        rows.append(row)
+        if time.perf_counter() - t_start > budget_s:
+            row["error"] = f"skipped: past the {budget_s:.0f} s budget"
+            continue
+        if (n, c, t) not in data:
+            x, phi, bias, alpha = _inputs(n, c, t, device)
+            copies = [x] + [x.clone() for _ in range(harness.rotation_count(x.numel() * x.element_size(), device) - 1)]
+            data[(n, c, t)] = (x, phi, bias, alpha, copies, _references(x, phi, bias, alpha))
+        x, phi, bias, alpha, copies, refs = data[(n, c, t)]
+        t0 = time.perf_counter()
+        try:
+            err = _error(cf.coefficients_fwd(x, phi, bias, alpha, config=cfg, **KW), refs)
+            row["max_err"] = err
+            if not err <= TOL:
+                row["error"] = f"WRONG: max err {err:.3e} > {TOL:g}; not timed"
                 log(f"!!! n={n} C={c} T={t} {cfg}: {row['error']}")
-            row["wall_s"] = round(time.perf_counter() - t0, 2)
-            rows.append(row)
-            log(f"n={n} C={c} T={t} {label or '':4s} BT={cfg.block_t} BK={cfg.block_k} w={cfg.num_warps} "
-                f"st={cfg.num_stages} S={cfg.splits}: {row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
-                f"err={row['max_err']} {row['error']}")
+            else:
+                it = iter(range(1 << 62))
+                row["ms"] = _time(lambda: cf.coefficients_fwd(copies[next(it) % len(copies)], phi, bias, alpha,
+                                                              config=cfg, **KW), device)
+                row["gbps"] = harness.ideal_bytes("coefficients", "fwd", n, c, t, x.element_size()) / (
+                    row["ms"] * 1e-3) / 1e9
+        except Exception as e:  # noqa: BLE001 - a candidate that fails to compile / launch is reported
+            row["error"] = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            log(f"!!! n={n} C={c} T={t} {cfg}: {row['error']}")
+        row["wall_s"] = round(time.perf_counter() - t0, 2)
+        log(f"n={n} C={c} T={t} {label:4s} BT={cfg.block_t} BK={cfg.block_k} w={cfg.num_warps} "
+            f"st={cfg.num_stages} S={cfg.splits}: {row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
+            f"err={row['max_err']} {row['error']}")
     return rows
 
 
@@ -174,8 +192,10 @@ def main(argv=None) -> int:
     report = dict(env=env, tol=TOL, rows=rows)
     (args.out / "sweep_coefficients_fwd.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "sweep_coefficients_fwd.md").write_text(markdown(rows, env))
-    wrong = [r for r in rows if r["error"]]
-    print(f"{len(rows)} candidates in {env['sweep_s']} s, {len(wrong)} wrong or failed -> {args.out}")
+    wrong = [r for r in rows if r["error"] and not r["error"].startswith("skipped")]
+    skipped = len([r for r in rows if r["error"].startswith("skipped")])
+    print(f"{len(rows)} candidates in {env['sweep_s']} s, {len(wrong)} wrong or failed, {skipped} skipped "
+          f"(budget) -> {args.out}")
     return 0
 
 

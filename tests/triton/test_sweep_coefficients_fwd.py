@@ -24,3 +24,16 @@ def test_sweep_interpret_smoke(tmp_path):
         assert not r["error"], r
         assert r["max_err"] <= report["tol"] and r["ms"] > 0, r
     assert "Fastest correct candidate" in (tmp_path / "sweep_coefficients_fwd.md").read_text()
+
+
+def test_sweep_budget_skips_remaining_candidates():
+    """Past the time budget every remaining candidate is reported as skipped (not timed), so
+    the sweep ends inside gpu-check's per-sweep limit with a complete report."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sweep_coefficients_fwd as sw
+    import torch
+
+    rows = sw.sweep(sw.SMOKE_SHAPES, sw.SMOKE_CANDIDATES, torch.device("cpu"), budget_s=0.0, log=lambda *a: None)
+    assert len(rows) == 1 + len(sw.SMOKE_CANDIDATES)
+    assert all(r["error"].startswith("skipped") and r["ms"] is None for r in rows), rows
+    assert "Fastest correct candidate" in sw.markdown(rows, dict(device_name="cpu", date="-", commit="-", versions={}))

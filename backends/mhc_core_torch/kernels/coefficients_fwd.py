@@ -349,6 +349,7 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
+@functools.lru_cache(maxsize=None)
 def _capability(device: torch.device) -> int:
     """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
     if device.type != "cuda":

@@ -41,8 +41,6 @@ every tl.dot operand is >= 16 wide; masked loads gather phi's columns into that 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl

@@ -15,14 +15,16 @@ also writes z [T, W] and rs [T, 2] (W + 2 floats per token) for the backward. It
 on raw x and falls back, per token block, to the scaled sweep below when a token is out of
 the raw sweep's safe range (bounds proved in coefficients_fwd.py).
 
-Online rescaling (the forward's fallback sweep; same math as mhc_core's max|v|-scaled RMS, no extra pass over x): float32
-sum(v^2) is inf once |v| > 1.8e19, so each token keeps a running power-of-two scale m >
-max|v| / 2 and accumulates v/m instead of v; when a tile raises m to m', the sums so far are
-multiplied by m/m' (squared for sum((v/m)^2)), as online softmax does with its running max.
-Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2)/K + eps/m^2), and z = (v/m) @ phi * rho.
-m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of `s = max|v| + sqrt(eps)` in mhc_core)
-and capped at 2^126 (1/m stays a normal float32). Scaling by powers of two is exact, so at
-ordinary magnitudes the results are bitwise those of the unscaled formula. rs = (rho, 1/m):
+Online rescaling (the forward's fallback sweep; same math as mhc_core's max|v|-scaled RMS,
+no extra pass over x): float32 sum(v^2) is inf once |v| > 1.8e19, so each token keeps a
+running power-of-two scale m > max|v| / 2 and accumulates v/m instead of v; when a tile
+raises m to m', the sums so far are multiplied by m/m' (squared for sum((v/m)^2)), as online
+softmax does with its running max. Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2)/K +
+eps/m^2), and z = (v/m) @ phi * rho. m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of
+`s = max|v| + sqrt(eps)` in mhc_core) and capped at 2^126 (1/m stays a normal float32).
+Scaling by powers of two is exact, so at ordinary magnitudes the results are those of the
+unscaled formula up to rounding. The fast sweep ends with the same m, so rs = (rho, 1/m)
+means the same whichever sweep ran:
 the backward works with v/m and rho (all O(1)) and multiplies by 1/m last, because r itself
 is subnormal for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
 

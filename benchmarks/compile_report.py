@@ -85,26 +85,44 @@ class Spec:
     token_axes: tuple   # program-id axes that index tokens
     token_args: tuple = ("T", "tokens_per_split")
     div16: tuple = ()   # int arguments passed as multiples of 16 at C = C_REPORT (Triton specialises)
+    num_stages: int = 3  # software-pipelining depth the launcher asks for (Triton's default: 3)
 
 
 def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
-    from mhc_core_torch.kernels import coefficients as co, post_residual as po, pre_aggregate as pa, \
-        sinkhorn as sk
+    from mhc_core_torch.kernels import coefficients as co, coefficients_fwd as cf, post_residual as po, \
+        pre_aggregate as pa, sinkhorn as sk
     from mhc_core_torch.kernels._common import next_pow2, stream_pad
 
     X = DTYPES[[k for k, v in DTYPES.items() if v[1] == dtype][0]][0]
     px, pf = "*" + X, "*fp32"
     consts, prec = co._consts(torch.empty(0, dtype=dtype), n)
     warps = consts.pop("num_warps")
-    bt, bk = co._fwd_blocks(n)
+    fc = cf.fwd_config(1 << 20, n, n * C_REPORT, dtype, torch.device("cpu"), cc=cc)  # the one-launch shape
+    fk = cf._kernel_consts(torch.empty(0, dtype=dtype), n)
     np_, f32 = next_pow2(n), tl.float32
     pb = po.bwd_config(n, C_REPORT)
     out = [
-        Spec("coefficients_fwd", co._coeff_fwd_kernel,
+        Spec("coefficients_fwd", cf._coeff_fwd_kernel,
              dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
-                  rs_ptr=pf, T="i32", n="i32", K="i32", W="i32", iters="i32", rms_eps="fp32", pre_eps="fp32",
-                  sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32"),
-             dict(HC=False, LOG=False, PREC=prec, BT=bt, BK=bk, **consts), warps, (0,), div16=("K",)),
+                  rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
+                  rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
+                  a_lo="fp32", a_eps="fp32", f_max="fp32"),
+             dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, SPLIT=False,
+                  BT=fc.block_t, BK=fc.block_k, **fk), fc.num_warps, (0,), div16=("K",), num_stages=fc.num_stages),
+        Spec("coefficients_fwd_split", cf._coeff_fwd_kernel,
+             dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
+                  rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
+                  rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
+                  a_lo="fp32", a_eps="fp32", f_max="fp32"),
+             dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, SPLIT=True,
+                  BT=fc.block_t, BK=fc.block_k, **fk), fc.num_warps, (0,), div16=("K", "k_per_split"),
+             num_stages=fc.num_stages),
+        Spec("coefficients_fwd_merge", cf._coeff_merge_kernel,
+             dict(part_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf, rs_ptr=pf,
+                  T="i32", n="i32", K="i32", W="i32", S="i32", iters="i32", rms_eps="fp32", pre_eps="fp32",
+                  sk_eps="fp32", post_scale="fp32"),
+             dict(HC=False, LOG=False, BT=cf.MERGE_BT, **{k: v for k, v in fk.items() if k != "PREC"}),
+             fc.num_warps, (0,), div16=("K",)),
         Spec("coefficients_gate_bwd", co._gate_bwd_kernel,
              dict(z_ptr=pf, rs_ptr=pf, bias_ptr=pf, alpha_ptr=pf, dpre_ptr=pf, dpost_ptr=pf, dres_ptr=pf, u_ptr=pf,
                   c_ptr=pf, dbias_part_ptr=pf, dalpha_part_ptr=pf, T="i32", n="i32", K="i32", W="i32", iters="i32",
@@ -241,7 +259,8 @@ def compile_one(spec: Spec, n: int, dtype_name: str, cc: int, tmp: Path) -> Row:
     t0 = time.perf_counter()
     try:
         k = triton.compile(ASTSource(spec.fn, signature, spec.constexprs, attrs),
-                           target=GPUTarget("cuda", cc, 32), options={"num_warps": spec.num_warps})
+                           target=GPUTarget("cuda", cc, 32),
+                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     except Exception as e:  # a kernel that does not compile is a finding, reported as such
         row.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         return row

@@ -12,6 +12,8 @@ dynamo-disable wrapper around the body) costs more than the launch itself at sma
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -52,17 +54,30 @@ def first_order_only(op: str):
     return backward
 
 
-_SM_COUNT: dict = {}  # torch.device -> multiprocessor count (a device query costs microseconds)
+  # torch.device -> multiprocessor count (a device query costs microseconds)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (asked once per device); 1 elsewhere."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def capability(device: torch.device) -> int:
+    """10 * major + minor of a CUDA device (asked once per device); 90 elsewhere (the
+    interpreter: block sizes only)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def num_programs_hint(device: torch.device) -> int:
     """About how many programs fill the device (4 per SM on CUDA; 2 in the interpreter)."""
-    if device.type != "cuda":
-        return 2
-    sms = _SM_COUNT.get(device)
-    if sms is None:
-        sms = _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return 4 * sms
+    return 4 * sm_count(device) if device.type == "cuda" else 2
 
 
 # False: every launch goes through its torch.library op, as under torch.compile (the tests

@@ -7,20 +7,24 @@ Reference: `mhc_core.coefficients` (DESIGN §1, paper Eq. 7-8), tested against i
          res = sinkhorn(a2 z_res + b_res)  [T, n, n]
     hc:  pre, post, res = b + a * tanh(z)  (same kernels, HC=True: no Sinkhorn)
 
-Forward (one kernel, grid over token blocks): paper Eq. 14-15 — the RMS scale is applied
-after the matmul, `z = (v @ phi) * r`, `r = rsqrt(sum(v^2)/K + eps)`, so the sum of squares
-and the product accumulate in the same sweep over x; the gating and the Sinkhorn iterations
-then run on-chip (sinkhorn.py), one token's n x n matrix in registers. It also writes z
-[T, W] and rs [T, 2] (W + 2 floats per token) for the backward.
+Forward (coefficients_fwd.py; grid over token blocks, split-K for small T): paper Eq. 14-15
+— the RMS scale is applied after the matmul, `z = (v @ phi) * r`, `r = rsqrt(sum(v^2)/K + eps)`,
+so the sum of squares and the product accumulate in the same sweep over x; the gating and the
+Sinkhorn iterations then run on-chip (sinkhorn.py), one token's n x n matrix in registers. It
+also writes z [T, W] and rs [T, 2] (W + 2 floats per token) for the backward. Its sweep runs
+on raw x and falls back, per token block, to the scaled sweep below when a token is out of
+the raw sweep's safe range (bounds proved in coefficients_fwd.py).
 
-Online rescaling (same math as mhc_core's max|v|-scaled RMS, no extra pass over x): float32
-sum(v^2) is inf once |v| > 1.8e19, so each token keeps a running power-of-two scale m >
-max|v| / 2 and accumulates v/m instead of v; when a tile raises m to m', the sums so far are
-multiplied by m/m' (squared for sum((v/m)^2)), as online softmax does with its running max.
-Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2)/K + eps/m^2), and z = (v/m) @ phi * rho.
-m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of `s = max|v| + sqrt(eps)` in mhc_core)
-and capped at 2^126 (1/m stays a normal float32). Scaling by powers of two is exact, so at
-ordinary magnitudes the results are bitwise those of the unscaled formula. rs = (rho, 1/m):
+Online rescaling (the forward's fallback sweep; same math as mhc_core's max|v|-scaled RMS,
+no extra pass over x): float32 sum(v^2) is inf once |v| > 1.8e19, so each token keeps a
+running power-of-two scale m > max|v| / 2 and accumulates v/m instead of v; when a tile
+raises m to m', the sums so far are multiplied by m/m' (squared for sum((v/m)^2)), as online
+softmax does with its running max. Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2)/K +
+eps/m^2), and z = (v/m) @ phi * rho. m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of
+`s = max|v| + sqrt(eps)` in mhc_core) and capped at 2^126 (1/m stays a normal float32).
+Scaling by powers of two is exact, so at ordinary magnitudes the results are those of the
+unscaled formula up to rounding. The fast sweep ends with the same m, so rs = (rho, 1/m)
+means the same whichever sweep ran:
 the backward works with v/m and rho (all O(1)) and multiplies by 1/m last, because r itself
 is subnormal for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
 
@@ -39,8 +43,6 @@ every tl.dot operand is >= 16 wide; masked loads gather phi's columns into that 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -49,111 +51,11 @@ from mhc_core import checks
 
 from ..triton_gate import INTERPRETED
 from ._checked import coefficient_args
-from ._common import (call_launcher, cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad,
+from ._common import (call_launcher, capability, cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad,
                       untracked)
-from .sinkhorn import sinkhorn_tile, sinkhorn_tile_bwd
-
-
-# ----------------------------------------------------------------------------------------
-# Column layout helpers (phi / z columns gathered into padded gate and res tiles)
-# ----------------------------------------------------------------------------------------
-@triton.jit
-def _gate_cols(n, R: tl.constexpr, GP: tl.constexpr):
-    """For gate tile column j: is it pre, its stream index, validity, column of phi / z."""
-    j = tl.arange(0, GP)
-    is_pre = j < R
-    idx = j % R
-    valid = (j < 2 * R) & (idx < n)
-    return is_pre, idx, valid, tl.where(is_pre, idx, n + idx)
-
-
-@triton.jit
-def _res_cols(n, R: tl.constexpr):
-    """For res tile column q = i*R + o: (i, o), validity, column of phi / z (2n + i*n + o)."""
-    q = tl.arange(0, R * R)
-    i = q // R
-    o = q % R
-    return i, o, (i < n) & (o < n), 2 * n + i * n + o
-
-
-@triton.jit
-def _tanh(v):
-    return 2.0 * tl.sigmoid(2.0 * v) - 1.0
-
-
-# ----------------------------------------------------------------------------------------
-# Forward: Eq. 14-15 (projection + sum of squares), Eq. 8 gating, Sinkhorn
-# ----------------------------------------------------------------------------------------
-@triton.jit
-def _coeff_fwd_kernel(
-    x_ptr, phi_ptr, bias_ptr, alpha_ptr,                  # x [T, K], phi [K, W], bias [W], alpha [3]
-    pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,            # [T, n], [T, n], [T, n, n], [T, W], [T, 2]
-    T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
-    m_lo, m_hi,                                           # bounds of the power-of-two scale m
-    HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
-):
-    t_first = tl.program_id(0).to(tl.int64) * BT  # int64: t * K passes 2^31
-    tt = tl.arange(0, BT)
-    t = t_first + tt
-    tmask = t < T
-    x_blk = x_ptr + t_first * K              # int64 scalar base; int32 offsets within the block
-    is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
-    ri, ro, rvalid, rcol = _res_cols(n, R)
-
-    acc_g = tl.zeros((BT, GP), ACC)
-    acc_r = tl.zeros((BT, R * R), ACC)
-    ss = tl.zeros((BT,), ACC)                # sum((x/m)^2)
-    m = tl.zeros((BT,), ACC) + m_lo          # running power-of-two scale per token
-    for k0 in range(0, K, BK):  # one sweep over x: (x/m) @ phi and sum((x/m)^2) together
-        k = k0 + tl.arange(0, BK)
-        kmask = k < K
-        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0).to(ACC)
-        pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
-        pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
-        # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing (an inexact
-        # log2 / exp2 would only cost bitwise agreement with the unscaled formula, not accuracy)
-        amax = tl.maximum(tl.max(tl.abs(xt), axis=1), m_lo)
-        m_new = tl.minimum(tl.maximum(m, tl.exp2(tl.floor(tl.log2(amax)))), m_hi)
-        ratio = m / m_new                    # 1 unless this tile raised the max
-        ss = ss * (ratio * ratio)
-        acc_g = acc_g * ratio[:, None]
-        acc_r = acc_r * ratio[:, None]
-        m = m_new
-        xs = xt * (1.0 / m)[:, None]         # |xs| < 2 (< 4 at the m_hi cap)
-        ss += tl.sum(xs * xs, axis=1)
-        acc_g += tl.dot(xs, pg.to(ACC), input_precision=PREC)
-        acc_r += tl.dot(xs, pr.to(ACC), input_precision=PREC)
-
-    inv_m = 1.0 / m
-    rho = 1.0 / tl.sqrt(ss / K + (rms_eps * inv_m) * inv_m)  # Eq. 15: RMS applied after the matmul
-    zg = acc_g * rho[:, None]                # = (x @ phi) * r with r = rho / m
-    zr = acc_r * rho[:, None]
-    a0 = tl.load(alpha_ptr).to(ACC)
-    a1 = tl.load(alpha_ptr + 1).to(ACC)
-    a2 = tl.load(alpha_ptr + 2).to(ACC)
-    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
-    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
-    ag = tl.where(is_pre, a0, a1)
-    if HC:
-        gate = bg[None, :] + ag[None, :] * _tanh(zg)
-        res = br[None, :] + a2 * _tanh(zr)
-    else:
-        s = tl.sigmoid(ag[None, :] * zg + bg[None, :])
-        gate = tl.where(is_pre[None, :], s + pre_eps, post_scale * s)
-        valid3 = tl.reshape(rvalid, (1, R, R))
-        logits = tl.reshape(a2 * zr + br[None, :], (BT, R, R))
-        res = tl.reshape(sinkhorn_tile(logits, valid3, iters, sk_eps, LOG), (BT, R * R))
-
-    tg = tmask[:, None] & gvalid[None, :]
-    tl.store(pre_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & is_pre[None, :])
-    tl.store(post_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & ~is_pre[None, :])
-    tr = tmask[:, None] & rvalid[None, :]
-    tl.store(res_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], res, mask=tr)
-    tl.store(z_ptr + t[:, None] * W + gcol[None, :], zg, mask=tg)
-    tl.store(z_ptr + t[:, None] * W + rcol[None, :], zr, mask=tr)
-    tl.store(rs_ptr + 2 * t, rho, mask=tmask)
-    tl.store(rs_ptr + 2 * t + 1, inv_m, mask=tmask)
+from .coefficient_tiles import _gate_cols, _res_cols, _tanh
+from .coefficients_fwd import coefficients_fwd
+from .sinkhorn import sinkhorn_tile_bwd
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,13 +243,6 @@ _BT = 16                     # token block of the gate backward and of the x-str
 _X_BWD_STAGES = 2            # software-pipelined token loop of the x-stream backward
 
 
-def _fwd_blocks(n: int) -> tuple[int, int]:
-    """(token block, K block) of the forward: smaller where the R*R res tile is wide. At
-    n <= 4 a K block of 32 compiles without spills on sm_80 for float32 x (64 spilled) and
-    with ~170 instead of 255 registers (3 CTAs per SM instead of 2; compile_report.md)."""
-    return (64, 32) if stream_pad(n) <= 4 else (16, 64)
-
-
 def _x_bwd_config(n: int, cc: int) -> tuple[int, int, int, int]:
     """(K block, warps, pipeline stages, res chunks) of the x-stream backward on compute
     capability cc (80 = A100, 90 = H100), the largest K block ptxas compiles without
@@ -361,19 +256,6 @@ def _x_bwd_config(n: int, cc: int) -> tuple[int, int, int, int]:
     return (32, 8, _X_BWD_STAGES, 1) if R == 8 else (16, 8, 1, 4)
 
 
-_CAPABILITY: dict = {}  # torch.device -> 10 * major + minor (asked once per device)
-
-
-def _capability(device: torch.device) -> int:
-    """10 * major + minor of a CUDA device; 90 elsewhere (the interpreter: sizes only)."""
-    if device.type != "cuda":
-        return 90
-    if device not in _CAPABILITY:
-        major, minor = torch.cuda.get_device_capability(device)
-        _CAPABILITY[device] = 10 * major + minor
-    return _CAPABILITY[device]
-
-
 def _consts(x: torch.Tensor, n: int):
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     # tf32x3: three tensor-core passes, ~float32 accuracy (plain tf32 would cost ~1e-3)
@@ -381,35 +263,6 @@ def _consts(x: torch.Tensor, n: int):
     R = stream_pad(n)
     # n > 4: R*R-wide tiles (up to 256 columns at n = 16) need more threads' registers
     return dict(ACC=acc, R=R, GP=gate_pad(n), num_warps=4 if R <= 4 else 8), prec
-
-
-def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:
-    """(m_lo, m_hi) of the forward's power-of-two scale m: m_lo = 2^floor(log2 sqrt(eps)),
-    so eps/m^2 < 4 cannot overflow (the smallest normal when eps = 0, so 1/m is finite);
-    m_hi = 2^(max exponent - 2), so 1/m is a normal float and |x|/m < 4."""
-    fi = torch.finfo(f)
-    m_hi = 2.0 ** (math.frexp(fi.max)[1] - 2)  # 2^126 for float32
-    m_lo = 2.0 ** math.floor(math.log2(math.sqrt(rms_eps))) if rms_eps > 0 else fi.tiny
-    return min(max(m_lo, fi.tiny), m_hi), m_hi
-
-
-def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
-                     sk_eps: float, post_scale: float):
-    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
-    (rs = (rho, 1/m) with r = rho / m, see the module docstring)."""
-    T, n, C = x.shape
-    K, W = n * C, n * n + 2 * n
-    f = torch.float64 if x.dtype == torch.float64 else torch.float32
-    pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
-    res, z, rs = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T, 2), dtype=f)
-    if T:
-        consts, prec = _consts(x, n)
-        bt, bk = _fwd_blocks(n)
-        _coeff_fwd_kernel[(triton.cdiv(T, bt),)](
-            x, phi.contiguous(), bias.contiguous(), alpha.contiguous(), pre, post, res, z, rs,
-            T, n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale, *_scale_bounds(f, rms_eps),
-            HC=hc, LOG=sk_eps == 0.0, PREC=prec, BT=bt, BK=bk, **consts)
-    return pre, post, res, z, rs
 
 
 def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, iters: int,
@@ -436,7 +289,7 @@ def coefficients_bwd(x, phi, bias, alpha, z, rs, dpre, dpost, dres, hc: bool, it
         HC=hc, LOG=sk_eps == 0.0, BT=_BT, **consts)
 
     # token splits so that (K blocks x splits) about fills the device
-    bk, warps, stages, res_chunks = _x_bwd_config(n, _capability(x.device))
+    bk, warps, stages, res_chunks = _x_bwd_config(n, capability(x.device))
     consts["num_warps"] = warps
     n_kb = triton.cdiv(K, bk)
     splits = max(1, min(n_tb, triton.cdiv(num_programs_hint(x.device), n_kb)))

@@ -1,0 +1,417 @@
+"""Coefficient forward: projection + RMS + gating + Sinkhorn, one pass over x.
+
+Reference: `mhc_core.coefficients` (DESIGN §1, paper Eq. 7-8, 14-15); the math is in the
+docstring of kernels/coefficients.py. Per token (x [T, K = n*C], phi [K, W = n*n + 2n]):
+
+    acc = x @ phi [W],  ss = sum(x^2),  r = rsqrt(ss/K + eps),  z = acc * r
+
+then the gating and the Sinkhorn tail (`_coeff_tail`, shared by both launch shapes). Outputs
+pre [T, n], post [T, n], res [T, n, n], and for the backward z [T, W] and rs = (rho, 1/m)
+[T, 2] with r = rho / m, m a power of two ~ max|x| (so rho = O(1) and the backward works
+with x/m at any magnitude).
+
+Fast sweep (`_fast_sweep`): acc, ss and amax = max|x| accumulate on RAW x in float32, with no
+per-step rescaling, so consecutive dots do not wait on each other. bf16 x: three bf16 dots
+against phi split in-kernel into bf16 parts, phi = hi + mid + lo (the split is exact: 3 x 8
+significand bits cover float32's 24), products exact in float32: float32-level accuracy with
+half the tensor-core work of tf32x3 and no float32 copy of x. float32 / float16 x: tf32x3 on
+x as float32 (ieee in the interpreter). After the sweep m = 2^floor(log2 max(amax, m_lo)),
+and acc/m, ss/m^2 are exact (powers of two), so the tail sees the scaled quantities of the
+fallback below.
+
+Range (the float32 guarantee of the scaled formula: x up to 3e38, tiny x with eps = 0) -- a
+block keeps the fast result only if every token t of it is SAFE:
+1. acc_t and ss_t are finite. ss is a sum of non-negative terms, so a finite ss means no
+   partial sum overflowed; an overflow in a dot gives inf (or inf - inf = nan), which stays
+   non-finite, so finite acc means no product or partial sum overflowed. Without overflow
+   every operation has float32's relative rounding error (the usual dot error bound).
+2. amax_t >= A_LO = 2^-40, or amax_t <= A_EPS = 2^-15 * 2^floor(log2 sqrt(eps)) (eps >= 2^-100;
+   A_EPS = -1, never, otherwise). Underflow is the only other loss: each product x_k^2 or
+   x_k * phi_part rounds with absolute error <= 2^-149 once it is subnormal. With amax >= 2^-40,
+   ss >= amax^2 >= 2^-80, so K such errors (K <= 2^31) are < 2^-118 <= 2^-38 ss: float32-level.
+   For acc the products x_k * phi_part stay normal while |phi| >= ~2^-70 (phi's lo part is
+   ~2^-16 phi); below that both sweeps lose absolute accuracy only (the scaled one below
+   |phi| ~ 2^-110), far under any z the gating can resolve.
+   With amax <= A_EPS, ss/K <= amax^2 <= 2^-30 eps, so ss hardly enters r = rsqrt(ss/K + eps)
+   and its absolute error 2^-149 per term is < 2^-24 eps for eps >= 2^-100; the absolute error
+   of z = acc r is then <= K 2^-149 |phi| / sqrt(eps), as in the scaled formula, whose
+   scale m is floored at ~sqrt(eps) there. Between the two bounds (tiny x with a tiny or zero
+   eps), and for amax = 0 when eps = 0, the block falls back.
+The fallback (`_scaled_sweep`, a runtime branch per program, rare) re-runs the block with the
+online power-of-two scale m > max|x|/2 of the module docstring of coefficients.py: exact
+float32 behaviour up to 3e38 and down to the smallest normals.
+
+Launch shapes (`FwdConfig`, chosen by `fwd_config` from T and the SM count):
+- one launch, grid cdiv(T, BT): sweep, then the tail, when the token blocks fill the device;
+- split-K for small T, grid (cdiv(T, BT), S): program (b, s) sweeps K columns
+  [s*KS, (s+1)*KS) and writes (acc/m_s, ss/m_s^2, m_s) to a float32 workspace [S, T, P]; then
+  `_coeff_merge_kernel` merges the S partials as online softmax merges its running maxima
+  (M = max m_s, acc/M = sum (acc_s/m_s)(m_s/M), the same with (m_s/M)^2 for ss: powers of two,
+  exact unless a part underflows, which it does only when it is < 2^-126 of the largest)
+  and runs the tail. m = M is the m of the one-launch shape, so rs means the same.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_gate import INTERPRETED
+from ._common import capability, gate_pad, sm_count, stream_pad
+from .coefficient_tiles import _gate_cols, _res_cols, _tanh
+from .sinkhorn import sinkhorn_tile
+
+A_LO = 2.0 ** -40            # fast path: smallest max|x| per token whose x^2 and products stay normal
+MERGE_BT = 32                # token block of the split-K merge kernel (16 spilled 4 B on sm_80)
+MIN_K_STEPS = 8              # split-K: each split sweeps at least this many K blocks
+# The interpreter's tl.dot multiplies bf16 operands as raw 16-bit integers; there the bf16
+# parts are widened to float32 first (same numbers: bf16 products are exact in float32).
+_NATIVE_BF16_DOT = tl.constexpr(not INTERPRETED)
+
+
+# ----------------------------------------------------------------------------------------
+# Sweeps over K columns [0, k_len) of one token block (pointers already at the first column)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _pow2_floor(v):
+    """2^floor(log2 v) for normal v > 0, exactly: v with its significand bits cleared (a GPU's
+    approximate log2 / exp2 could miss by one near powers of two or not return one)."""
+    if v.dtype == tl.float64:
+        return (v.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    return (v.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_bf16x3(xb, p, acc):
+    """acc + xb @ p for bf16 xb [BT, BK] and float32 p [BK, N]: p split into bf16 parts
+    hi + mid + lo (exact), three bf16 dots with float32 accumulation, smallest part first."""
+    hi = p.to(tl.bfloat16)
+    r1 = p - hi.to(tl.float32)
+    mid = r1.to(tl.bfloat16)
+    lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
+    if not _NATIVE_BF16_DOT:
+        xb, hi, mid, lo = xb.to(tl.float32), hi.to(tl.float32), mid.to(tl.float32), lo.to(tl.float32)
+    acc = tl.dot(xb, lo, acc)
+    acc = tl.dot(xb, mid, acc)
+    return tl.dot(xb, hi, acc)
+
+
+@triton.jit
+def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
+                ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
+                BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+    """Raw x @ phi [BT, GP] and [BT, R*R], sum(x^2) [BT], max|x| [BT] over K columns [0, k_len)
+    of x_blk (row stride K) and phi_ptr (row stride W): no rescaling."""
+    acc_g = tl.zeros((BT, GP), ACC)
+    acc_r = tl.zeros((BT, R * R), ACC)
+    ss = tl.zeros((BT,), ACC)
+    amax = tl.zeros((BT,), ACC)
+    for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
+        k = k0 + tl.arange(0, BK)
+        kmask = k < k_len
+        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0)
+        pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
+        pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
+        xf = xt.to(ACC)
+        if BF16X3:
+            acc_g = _dot_bf16x3(xt, pg.to(ACC), acc_g)
+            acc_r = _dot_bf16x3(xt, pr.to(ACC), acc_r)
+        else:
+            acc_g += tl.dot(xf, pg.to(ACC), input_precision=PREC)
+            acc_r += tl.dot(xf, pr.to(ACC), input_precision=PREC)
+        ss += tl.sum(xf * xf, axis=1)
+        amax = tl.maximum(amax, tl.max(tl.abs(xf), axis=1))
+    return acc_g, acc_r, ss, amax
+
+
+@triton.jit
+def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid, m_lo, m_hi,
+                  ACC: tl.constexpr, PREC: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+    """(x/m) @ phi, sum((x/m)^2) and m over K columns [0, k_len), with the running power-of-two
+    scale m rescaling the sums whenever a tile raises it (coefficients.py docstring): float32's
+    full range. Its variables are named apart from _fast_sweep's: the compile report's TTIR
+    analysis goes by SSA names, which the two loops would otherwise share."""
+    acc_g = tl.zeros((BT, GP), ACC)
+    acc_r = tl.zeros((BT, R * R), ACC)
+    ss = tl.zeros((BT,), ACC)
+    m = tl.zeros((BT,), ACC) + m_lo
+    for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
+        kv = k0 + tl.arange(0, BK)
+        kvmask = kv < k_len
+        xv = tl.load(x_blk + (tt[:, None] * K + kv[None, :]), mask=tmask[:, None] & kvmask[None, :], other=0.0).to(ACC)
+        pg = tl.load(phi_ptr + kv[:, None] * W + gcol[None, :], mask=kvmask[:, None] & gvalid[None, :], other=0.0)
+        pr = tl.load(phi_ptr + kv[:, None] * W + rcol[None, :], mask=kvmask[:, None] & rvalid[None, :], other=0.0)
+        # m' = 2^floor(log2 max|x|) within [m_lo, m_hi], never decreasing
+        amax = tl.maximum(tl.max(tl.abs(xv), axis=1), m_lo)
+        m_new = tl.minimum(tl.maximum(m, _pow2_floor(amax)), m_hi)
+        ratio = m / m_new                    # 1 unless this tile raised the max
+        ss = ss * (ratio * ratio)
+        acc_g = acc_g * ratio[:, None]
+        acc_r = acc_r * ratio[:, None]
+        m = m_new
+        xs = xv * (1.0 / m)[:, None]         # |xs| < 2 (< 4 at the m_hi cap)
+        ss += tl.sum(xs * xs, axis=1)
+        acc_g += tl.dot(xs, pg.to(ACC), input_precision=PREC)
+        acc_r += tl.dot(xs, pr.to(ACC), input_precision=PREC)
+    return acc_g, acc_r, ss, m
+
+
+@triton.jit
+def _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
+           m_lo, m_hi, a_lo, a_eps, f_max,
+           FAST: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
+           BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+    """(acc/m [BT, GP], acc/m [BT, R*R], ss/m^2 [BT], m [BT]) over K columns [0, k_len): the
+    fast sweep, kept if every token is safe (module docstring), else the scaled sweep."""
+    if FAST:
+        acc_g, acc_r, ss, amax = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
+                                             rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
+        total = tl.abs(ss + tl.sum(acc_g, axis=1) + tl.sum(acc_r, axis=1))  # inf / nan if any term is
+        safe = (total <= f_max) & ((amax >= a_lo) | (amax <= a_eps))
+        if tl.max(tl.where(tmask & ~safe, 1, 0), axis=0) > 0:
+            acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
+                                                rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
+        else:
+            m = tl.minimum(_pow2_floor(tl.maximum(amax, m_lo)), m_hi)  # m_lo is a power of two
+            inv_m = 1.0 / m
+            acc_g = acc_g * inv_m[:, None]
+            acc_r = acc_r * inv_m[:, None]
+            ss = ss * inv_m * inv_m
+    else:
+        acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
+                                            rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
+    return acc_g, acc_r, ss, m
+
+
+# ----------------------------------------------------------------------------------------
+# The tail: RMS scale, gating (Eq. 8), Sinkhorn, stores
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _coeff_tail(acc_g, acc_r, ss, m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,
+                n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale,
+                HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
+                BT: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+    """From acc/m, ss/m^2 and m of tokens t [BT] (int64): z, rs, pre, post, res stored."""
+    is_pre, gidx, gvalid, gcol = _gate_cols(n, R, GP)
+    ri, ro, rvalid, rcol = _res_cols(n, R)
+    inv_m = 1.0 / m
+    rho = 1.0 / tl.sqrt(ss / K + (rms_eps * inv_m) * inv_m)  # Eq. 15: RMS applied after the matmul
+    zg = acc_g * rho[:, None]                # = (x @ phi) * r with r = rho / m
+    zr = acc_r * rho[:, None]
+    a0 = tl.load(alpha_ptr).to(ACC)
+    a1 = tl.load(alpha_ptr + 1).to(ACC)
+    a2 = tl.load(alpha_ptr + 2).to(ACC)
+    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
+    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
+    ag = tl.where(is_pre, a0, a1)
+    if HC:
+        gate = bg[None, :] + ag[None, :] * _tanh(zg)
+        res = br[None, :] + a2 * _tanh(zr)
+    else:
+        s = tl.sigmoid(ag[None, :] * zg + bg[None, :])
+        gate = tl.where(is_pre[None, :], s + pre_eps, post_scale * s)
+        valid3 = tl.reshape(rvalid, (1, R, R))
+        logits = tl.reshape(a2 * zr + br[None, :], (BT, R, R))
+        res = tl.reshape(sinkhorn_tile(logits, valid3, iters, sk_eps, LOG), (BT, R * R))
+
+    tg = tmask[:, None] & gvalid[None, :]
+    tl.store(pre_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & is_pre[None, :])
+    tl.store(post_ptr + t[:, None] * n + gidx[None, :], gate, mask=tg & ~is_pre[None, :])
+    tr = tmask[:, None] & rvalid[None, :]
+    tl.store(res_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], res, mask=tr)
+    tl.store(z_ptr + t[:, None] * W + gcol[None, :], zg, mask=tg)
+    tl.store(z_ptr + t[:, None] * W + rcol[None, :], zr, mask=tr)
+    tl.store(rs_ptr + 2 * t, rho, mask=tmask)
+    tl.store(rs_ptr + 2 * t + 1, inv_m, mask=tmask)
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _coeff_fwd_kernel(
+    x_ptr, phi_ptr, bias_ptr, alpha_ptr,                  # x [T, K], phi [K, W], bias [W], alpha [3]
+    pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,            # [T, n], [T, n], [T, n, n], [T, W], [T, 2]
+    part_ptr,                                             # SPLIT: workspace [S, T, GP + R*R + 2]
+    T, n, K, W, k_per_split, iters, rms_eps, pre_eps, sk_eps, post_scale,
+    m_lo, m_hi, a_lo, a_eps, f_max,                       # scale bounds, fast-path bounds, float max
+    HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    FAST: tl.constexpr, BF16X3: tl.constexpr, SPLIT: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+):
+    """Grid (token blocks, K splits). SPLIT = False (one split): the tail runs here."""
+    t_first = tl.program_id(0).to(tl.int64) * BT  # int64: t * K passes 2^31
+    split = tl.program_id(1)
+    tt = tl.arange(0, BT)
+    t = t_first + tt
+    tmask = t < T
+    x_blk = x_ptr + t_first * K              # int64 scalar base; int32 offsets within the block
+    _i, _o, rvalid, rcol = _res_cols(n, R)
+    _p, _g, gvalid, gcol = _gate_cols(n, R, GP)
+    k_len = K
+    if SPLIT:  # columns [k_lo, k_lo + k_len): the pointers move, the loops still start at 0
+        k_lo = split * k_per_split
+        k_len = tl.minimum(k_per_split, K - k_lo)
+        x_blk += k_lo
+        phi_ptr += k_lo * W
+    acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
+                                 m_lo, m_hi, a_lo, a_eps, f_max, FAST, ACC, PREC, BF16X3, BT, BK, R, GP)
+    if SPLIT:
+        P: tl.constexpr = GP + R * R + 2
+        row = part_ptr + (split.to(tl.int64) * T + t) * P
+        tl.store(row[:, None] + tl.arange(0, GP)[None, :], acc_g, mask=tmask[:, None])
+        tl.store(row[:, None] + GP + tl.arange(0, R * R)[None, :], acc_r, mask=tmask[:, None])
+        tl.store(row + GP + R * R, ss, mask=tmask)
+        tl.store(row + GP + R * R + 1, m, mask=tmask)
+    else:
+        _coeff_tail(acc_g, acc_r, ss, m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,
+                    n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale, HC, LOG, ACC, BT, R, GP)
+
+
+@triton.jit
+def _coeff_merge_kernel(
+    part_ptr, bias_ptr, alpha_ptr, pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,
+    T, n, K, W, S, iters, rms_eps, pre_eps, sk_eps, post_scale,
+    HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr,
+    BT: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
+):
+    """Split-K finish: merge the S partials (acc/m_s, ss/m_s^2, m_s) of each token to a
+    common scale M = max m_s (powers of two), then the tail."""
+    P: tl.constexpr = GP + R * R + 2
+    t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    tmask = t < T
+    stride = T.to(tl.int64) * P              # one split's workspace
+    row = part_ptr + t * P
+    big_m = tl.zeros((BT,), ACC)
+    for s in range(0, S):
+        big_m = tl.maximum(big_m, tl.load(row + s * stride + GP + R * R + 1, mask=tmask, other=1.0))
+    big_m = tl.where(tmask, big_m, 1.0)
+    acc_g = tl.zeros((BT, GP), ACC)
+    acc_r = tl.zeros((BT, R * R), ACC)
+    ss = tl.zeros((BT,), ACC)
+    for s in range(0, S):
+        rs_ = row + s * stride
+        w = tl.load(rs_ + GP + R * R + 1, mask=tmask, other=1.0) / big_m   # a power of two <= 1
+        acc_g += tl.load(rs_[:, None] + tl.arange(0, GP)[None, :], mask=tmask[:, None], other=0.0) * w[:, None]
+        acc_r += tl.load(rs_[:, None] + GP + tl.arange(0, R * R)[None, :], mask=tmask[:, None], other=0.0) * w[:, None]
+        ss += tl.load(rs_ + GP + R * R, mask=tmask, other=0.0) * (w * w)
+    _coeff_tail(acc_g, acc_r, ss, big_m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,
+                n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale, HC, LOG, ACC, BT, R, GP)
+
+
+# ----------------------------------------------------------------------------------------
+# Launch configuration and launcher
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FwdConfig:
+    """How the forward launches: token block, K block, warps, pipeline stages of the K loop,
+    and K splits (1: one launch; > 1: split-K sweep + merge kernel)."""
+    block_t: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    splits: int = 1
+
+    def check(self) -> None:
+        for name in ("block_t", "block_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"FwdConfig.{name} must be a power of two >= 16 (tl.dot's minimum), got {v!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"FwdConfig.num_warps must be one of 1, 2, 4, 8, 16, got {self.num_warps!r}")
+        for name in ("num_stages", "splits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"FwdConfig.{name} must be an integer >= 1, got {v!r}")
+
+
+def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    """(token block, K block) of the forward, the largest that compile without spills on sm_80
+    and sm_90a under Triton 3.6 and 3.9 (benchmarks/results/compile_report.md): 64 tokens x 32
+    columns at n <= 4 (a K block of 64 spilled at bf16), 16 x 32 at n = 8 (the R*R = 64-wide
+    res tile; 64 spilled for float32 x on sm_90a), 16 x 16 at n = 16 (32 spilled 8-88 B).
+    Same for every x dtype."""
+    R = stream_pad(n)
+    return (64, 32) if R <= 4 else ((16, 32) if R == 8 else (16, 16))
+
+
+def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device, cc: int | None = None) -> FwdConfig:
+    """The forward's launch: one launch when the cdiv(T, BT) token blocks cover every SM,
+    else split-K into enough splits for ~2 programs per SM, each split >= MIN_K_STEPS K blocks.
+    K loop pipelined 3 deep, except bf16 x before sm_90 (A100): 2 deep, as 3 spilled 4 B there
+    under Triton 3.6's ptxas (and 2 spilled 8 B for float32 x). cc overrides the device's compute
+    capability (the compile report's architectures)."""
+    cc = capability(device) if cc is None else cc
+    bt, bk = _fwd_blocks(n, dtype)
+    warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
+    blocks, sms = triton.cdiv(max(T, 1), bt), sm_count(device)
+    splits = 1
+    if blocks < sms:
+        splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))
+    return FwdConfig(bt, bk, warps, 2 if (cc < 90 and dtype == torch.bfloat16) else 3, splits)
+
+
+def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:
+    """(m_lo, m_hi) of the power-of-two scale m: m_lo = 2^floor(log2 sqrt(eps)), so eps/m^2 < 4
+    cannot overflow (the smallest normal when eps = 0, so 1/m is finite); m_hi = 2^(max
+    exponent - 2), so 1/m is a normal float and |x|/m < 4."""
+    fi = torch.finfo(f)
+    m_hi = 2.0 ** (math.frexp(fi.max)[1] - 2)  # 2^126 for float32
+    m_lo = 2.0 ** math.floor(math.log2(math.sqrt(rms_eps))) if rms_eps > 0 else fi.tiny
+    return min(max(m_lo, fi.tiny), m_hi), m_hi
+
+
+def _fast_bounds(rms_eps: float) -> tuple[float, float]:
+    """(A_LO, A_EPS) of the fast path (module docstring): a token is safe if max|x| >= A_LO or
+    max|x| <= A_EPS; A_EPS = -1 (never) when eps < 2^-100."""
+    if rms_eps < 2.0 ** -100:
+        return A_LO, -1.0
+    return A_LO, 2.0 ** (math.floor(math.log2(math.sqrt(rms_eps))) - 15)
+
+
+def _kernel_consts(x: torch.Tensor, n: int) -> dict:
+    """Constexprs shared by the forward kernels for x's dtype."""
+    f64 = x.dtype == torch.float64
+    return dict(ACC=tl.float64 if f64 else tl.float32, R=stream_pad(n), GP=gate_pad(n),
+                # tf32x3: three tensor-core passes, ~float32 accuracy (plain tf32 would cost ~1e-3)
+                PREC="ieee" if (INTERPRETED or f64) else "tf32x3")
+
+
+def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
+                     sk_eps: float, post_scale: float, config: FwdConfig | None = None):
+    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
+    (rs = (rho, 1/m) with r = rho / m, see the module docstring). `config` overrides
+    `fwd_config` (the GPU sweep passes candidates)."""
+    T, n, C = x.shape
+    K, W = n * C, n * n + 2 * n
+    f = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
+    res, z, rs = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T, 2), dtype=f)
+    if not T:
+        return pre, post, res, z, rs
+    if config is None:
+        config = fwd_config(T, n, K, x.dtype, x.device)
+    elif not isinstance(config, FwdConfig):
+        raise TypeError(f"coefficients_fwd: config must be a FwdConfig, got {type(config).__name__}")
+    config.check()
+    consts = _kernel_consts(x, n)
+    k_per_split = triton.cdiv(triton.cdiv(K, config.splits), config.block_k) * config.block_k
+    splits = triton.cdiv(K, k_per_split)
+    phi, bias, alpha = phi.contiguous(), bias.contiguous(), alpha.contiguous()
+    part = x.new_empty((splits, T, consts["GP"] + consts["R"] ** 2 + 2), dtype=f) if splits > 1 else z
+    scalars = (iters, rms_eps, pre_eps, sk_eps, post_scale)
+    cfg = dict(HC=hc, LOG=sk_eps == 0.0, **consts)
+    _coeff_fwd_kernel[(triton.cdiv(T, config.block_t), splits)](
+        x, phi, bias, alpha, pre, post, res, z, rs, part, T, n, K, W, k_per_split, *scalars,
+        *_scale_bounds(f, rms_eps), *_fast_bounds(rms_eps), torch.finfo(f).max,
+        FAST=f != torch.float64, BF16X3=x.dtype == torch.bfloat16, SPLIT=splits > 1,
+        BT=config.block_t, BK=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages, **cfg)
+    if splits > 1:
+        _coeff_merge_kernel[(triton.cdiv(T, MERGE_BT),)](
+            part, bias, alpha, pre, post, res, z, rs, T, n, K, W, splits, *scalars,
+            BT=MERGE_BT, num_warps=4 if consts["R"] <= 4 else 8, **cfg)
+    return pre, post, res, z, rs

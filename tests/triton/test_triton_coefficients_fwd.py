@@ -1,0 +1,144 @@
+"""The coefficient forward's launch shapes and range fallback (kernels/coefficients_fwd.py).
+
+- fast path vs fallback: one token block holding huge (to 3e38), tiny (1e-30, with eps = 0),
+  zero and ordinary rows, and rows whose magnitude changes between K splits, next to a block of
+  ordinary rows; pre / post / res vs the float64 oracle (mhc_core on numpy), z vs a naive float64
+  x @ phi * rsqrt(mean(x^2) + eps), and rs's scale 1/m vs 2^-floor(log2 max(max|x|, m_lo));
+- split-K (workspace + merge kernel) vs one launch, both vs the oracle, for bf16 / fp16 / fp32 x
+  and n in {1, 2, 4, 8, 16};
+- the launch choice (`fwd_config`) and FwdConfig's input checks.
+Tiny K blocks (16) so that the interpreter sweeps several of them per split.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import mhc_core
+from mhc_core_torch.kernels import coefficients_fwd as cf
+
+SINGLE = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=1)
+SPLIT = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=3)
+KW = dict(hc=False, iters=4, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
+
+
+def _params(n, c, mixing_params, rounded):
+    p = mixing_params(n, c, seed=n + c)
+    return [rounded(p[k], torch.float32) for k in ("phi", "bias", "alpha")]
+
+
+def _naive_z(x, phi, eps):
+    """z = (v @ phi) * rsqrt(mean(v^2) + eps) in float64, v = x flattened per token."""
+    v = x.detach().double().cpu().numpy().reshape(x.shape[0], -1)
+    r = 1.0 / np.sqrt(np.mean(v * v, axis=1) + eps)
+    return (v @ phi.double().cpu().numpy()) * r[:, None]
+
+
+def _check(x, params, eps, config, assert_close, tag, tol=1e-5):
+    pre, post, res, z, rs = cf.coefficients_fwd(x, *params, rms_eps=eps, config=config, **KW)
+    want = mhc_core.coefficients(*(t.detach().double().cpu().numpy() for t in [x] + params), iters=KW["iters"],
+                                 rms_eps=eps, pre_eps=KW["pre_eps"], sinkhorn_eps=KW["sk_eps"],
+                                 post_scale=KW["post_scale"])
+    for name, g, w in zip(("pre", "post", "res"), (pre, post, res), want):
+        assert_close(g, torch.from_numpy(w), tol, f"{tag}-{name}")
+    assert_close(z, torch.from_numpy(_naive_z(x, params[0], eps)), tol, f"{tag}-z")
+    # rs = (rho, 1/m): m = 2^floor(log2 max(max|x|, m_lo)), capped at m_hi, whichever sweep ran
+    m_lo, m_hi = cf._scale_bounds(torch.float32, eps)
+    amax = x.detach().abs().double().cpu().reshape(x.shape[0], -1).amax(1).numpy()
+    m = np.minimum(np.exp2(np.floor(np.log2(np.maximum(amax, m_lo)))), m_hi)
+    np.testing.assert_array_equal(rs[:, 1].double().cpu().numpy(), 1.0 / m, err_msg=f"[{tag}] rs[:, 1] != 1/m")
+    return z
+
+
+def _ranged_rows(n, c, rng):
+    """16 rows (one token block): huge, tiny, zero, mixed per element, and rows whose magnitude
+    jumps at K/2 (so the K splits of one token see different scales); then 16 ordinary rows."""
+    k = n * c
+    mags = np.ones((32, k))
+    half = np.arange(k) >= k // 2
+    mags[0], mags[1], mags[2], mags[3] = 3e38, 1e30, 1e-30, 0.0
+    mags[4] = np.where(half, 1e30, 1.0)
+    mags[5] = np.where(half, 1.0, 1e-25)
+    mags[6] = 10.0 ** rng.uniform(-30, 30, k)
+    mags[7] = 1e-12
+    x = rng.normal(0.0, 1.0, (32, k)) * mags
+    return np.clip(x, -3e38, 3e38).reshape(32, n, c)
+
+
+@pytest.mark.parametrize("config", [SINGLE, SPLIT], ids=["single", "split"])
+@pytest.mark.parametrize("eps", [1e-6, 0.0], ids=["eps1e-6", "eps0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fast_path_and_fallback_in_one_block(dtype, eps, config, assert_close, rounded, mixing_params):
+    """A block with out-of-range rows falls back whole; the ordinary block next to it keeps the
+    fast sweep; every row is float32-accurate either way (bf16 holds float32's range)."""
+    n, c = 4, 24
+    rng = np.random.default_rng(5)
+    x = rounded(_ranged_rows(n, c, rng), dtype)
+    if eps == 0.0:
+        x = x[torch.arange(32) != 3]  # an all-zero row has r = 1/0 with eps = 0 (NaN in the oracle too)
+    _check(x, _params(n, c, mixing_params, rounded), eps, config, assert_close, f"range-{dtype}-{eps}")
+
+
+@pytest.mark.parametrize("config", [SINGLE, SPLIT], ids=["single", "split"])
+def test_float16_tiny_and_large_rows(config, assert_close, rounded, mixing_params):
+    """float16 x spans 6e-8 .. 65504: its tiny rows sit above the fast path's 2^-40 bound, so
+    even with eps = 0 they run fast; results float32-accurate."""
+    n, c = 2, 24
+    rng = np.random.default_rng(6)
+    mags = np.ones((20, n * c))
+    mags[0], mags[1], mags[2] = 6e4 / 4, 1e-6, 10.0 ** rng.uniform(-6, 4, n * c)
+    x = rounded(np.clip(rng.normal(0.0, 1.0, (20, n * c)) * mags, -6e4, 6e4).reshape(20, n, c), torch.float16)
+    _check(x, _params(n, c, mixing_params, rounded), 0.0, config, assert_close, "fp16-range")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_split_k_matches_single_launch_and_oracle(dtype, n, assert_close, rounded, mixing_params):
+    """Split-K (3 splits, a ragged last one) and one launch both match the oracle, and each other
+    to float32 rounding; T = 20: a full and a partial token block."""
+    c = max(3, 56 // n)
+    rng = np.random.default_rng(n)
+    x = rounded(rng.normal(0.0, 1.0, (20, n, c)), dtype)
+    params = _params(n, c, mixing_params, rounded)
+    z1 = _check(x, params, 1e-6, SINGLE, assert_close, f"single-{dtype}-n{n}")
+    z3 = _check(x, params, 1e-6, SPLIT, assert_close, f"split-{dtype}-n{n}")
+    assert_close(z3, z1.double(), 1e-5, f"split-vs-single-{dtype}-n{n}")
+
+
+def test_fast_bounds():
+    """A_EPS = 2^-15 * 2^floor(log2 sqrt(eps)) for eps >= 2^-100, else never (-1)."""
+    assert cf._fast_bounds(1e-6) == (cf.A_LO, 2.0 ** (math.floor(math.log2(1e-3)) - 15))
+    assert cf._fast_bounds(0.0) == (cf.A_LO, -1.0)
+    assert cf._fast_bounds(2.0 ** -110)[1] == -1.0
+
+
+def test_fwd_config_splits_only_small_batches(monkeypatch):
+    """One launch when the token blocks cover the SMs; split-K (>= MIN_K_STEPS K blocks per
+    split, ~2 programs per SM) below that; never in the interpreter by default (1 SM)."""
+    monkeypatch.setattr(cf, "sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    big = cf.fwd_config(16384, 4, 16384, torch.bfloat16, cpu)
+    small = cf.fwd_config(4096, 4, 16384, torch.bfloat16, cpu)
+    assert big.splits == 1
+    blocks = 4096 // small.block_t
+    assert small.splits == math.ceil(2 * 132 / blocks) and blocks * small.splits >= 2 * 132
+    assert cf.fwd_config(8, 4, 64, torch.bfloat16, cpu).splits == 1  # K too short to split
+    monkeypatch.undo()
+    assert cf.fwd_config(8, 4, 4096, torch.float32, cpu).splits == 1
+
+
+def test_fwd_config_bad_input(device):
+    x = torch.zeros(2, 2, 8, device=device)
+    p = mhc_core.init_params(2, 8)
+    params = [torch.from_numpy(p[k]).to(device) for k in ("phi", "bias", "alpha")]
+    for bad, match in ((dict(block_t=24), "block_t must be a power of two"),
+                       (dict(block_k=8), "block_k must be a power of two"),
+                       (dict(num_warps=3), "num_warps must be one of"),
+                       (dict(splits=0), "splits must be an integer >= 1"),
+                       (dict(num_stages=0), "num_stages must be an integer >= 1")):
+        cfg = cf.FwdConfig(**{**dict(block_t=16, block_k=16), **bad})
+        with pytest.raises(ValueError, match=match):
+            cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=cfg, **KW)
+    with pytest.raises(TypeError, match="config must be a FwdConfig"):
+        cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=(16, 16), **KW)

@@ -44,7 +44,7 @@ WHEELS = [
     ("pytest", "pytest", []),
     ("liger_kernel", "liger-kernel", ["--no-deps"]),
 ]
-LIMITS_S = {"install": 60, "bench": 150, "bench_reference": 35, "pytest": 120, "sweep": 50,
+LIMITS_S = {"install": 60, "bench": 140, "bench_reference": 35, "pytest": 110, "sweep": 50,
             "host": 30}  # what runs stays under 8 minutes
 
 

@@ -93,7 +93,13 @@ def install_missing(out: Path, env: dict) -> dict:
             "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="GPU tests + benchmarks in one results folder (see module docstring)")
+    ap.add_argument("--tokens", nargs="+", default=["4096", "16384", "65536"], help="bench token counts")
+    ap.add_argument("--channels", nargs="+", default=["1024", "4096", "7168"], help="bench C values")
+    args = ap.parse_args(argv)
     smoke = os.environ.get("SMOKE") == "1"
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
@@ -112,7 +118,7 @@ def main() -> int:
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench"]
     # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
     bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
-        "--channels", "1024", "4096", "7168", "--tokens", "4096", "16384", "65536", "--impls", "ours-triton,liger"]
+        "--channels", *args.channels, "--tokens", *args.tokens, "--impls", "ours-triton,liger"]
     steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
     if not smoke:
         steps["bench_reference"] = _run(

@@ -84,3 +84,30 @@ def _oracle_grads(fn, inputs: list[torch.Tensor], cotangents: list[torch.Tensor]
 @pytest.fixture
 def oracle_grads():
     return _oracle_grads
+
+
+# Launch options Triton takes beside a kernel's own parameters.
+_LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid",
+                   "launch_pdl", "debug", "sanitize_overflow"}
+
+
+@pytest.fixture(autouse=True)
+def _launches_name_only_kernel_parameters(monkeypatch):
+    """The interpreter ignores a keyword a kernel does not declare; compiled Triton raises
+    KeyError at launch. Every launch in these tests is checked as the GPU would check it."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+
+    def checked_run(self, *args, grid, warmup, **kwargs):
+        unknown = set(kwargs) - set(self.arg_names) - _LAUNCH_OPTIONS
+        if unknown:
+            raise KeyError(f"Keyword argument(s) {sorted(unknown)} passed to {self.fn.__name__} "
+                           "which does not declare them (compiled Triton refuses this launch)")
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", checked_run)
+    yield

@@ -5,8 +5,9 @@ which the interpreter (exact numpy) never exercises; these tests run them at the
 training uses, bf16 activations, float32 mixing parameters:
 
 - the whole step fwd+bwd at n = 4, C in {4096, 7168}, 4096 tokens and at 65536 tokens
-  (C = 4096), vs mhc_core run by torch on the same GPU in float32 from the same bf16
-  inputs, with the layer's input h, output y and their gradients rounded to bf16 where
+  (C = 4096), vs mhc_core run by torch on the same GPU in float64 from the same bf16
+  inputs (a float32 reference's own error in sums over 65536 tokens is of the size being
+  checked), with the layer's input h, output y and their gradients rounded to bf16 where
   the kernels round them (the kernels hand the layer a bf16 h; `_bf16_layer`). Without
   those roundings the reference is a different function: the mixing-parameter gradients
   are sums over all tokens with heavy cancellation, and bf16 rounding of dh / y (2^-9
@@ -32,7 +33,7 @@ from mhc_core_torch.kernels import ops
 def _bf16_layer(f):
     """f as the reference sees it: its input rounded to bf16 (the kernels' h), its float32
     output and the gradient flowing back into h rounded to bf16 at the same points."""
-    return lambda h: f(h.bfloat16()).float()
+    return lambda h: f(h.bfloat16()).to(h.dtype)
 
 
 def _params(n, c, device, mixing_params):
@@ -43,7 +44,7 @@ def _params(n, c, device, mixing_params):
 def _step_and_grads(step, x, w, params, cot):
     x = x.detach().clone().requires_grad_(True)
     out = step(x, lambda h: torch.tanh(h.float() @ w).to(h.dtype), *params)
-    grads = torch.autograd.grad((out.float() * cot.float()).sum(), [x] + list(params))
+    grads = torch.autograd.grad((out.double() * cot.double()).sum(), [x] + list(params))
     return out, grads
 
 
@@ -55,9 +56,9 @@ def _check_step_bf16(t, c, device, assert_close, mixing_params):
     w = torch.randn(c, c, device=device, generator=g) / c ** 0.5
     params = _params(n, c, device, mixing_params)
     out, grads = _step_and_grads(ops.step, x, w, params, cot)
-    ref_params = [p.detach().clone().requires_grad_(True) for p in params]
-    out_r, grads_r = _step_and_grads(lambda x_, f, *p: mhc_core.step(x_.float(), _bf16_layer(f), *p),
-                                     x.float(), w, ref_params, cot)
+    ref_params = [p.detach().double().requires_grad_(True) for p in params]
+    out_r, grads_r = _step_and_grads(lambda x_, f, *p: mhc_core.step(x_.double(), _bf16_layer(f), *p),
+                                     x.double(), w, ref_params, cot)
     cid = f"gpu-step-T{t}-C{c}"
     assert_close(out, out_r, 2e-2, cid + "-out")
     assert_close(grads[0], grads_r[0], 2e-2, cid + "-grad-x")

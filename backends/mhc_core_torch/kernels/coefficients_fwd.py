@@ -349,6 +349,11 @@ def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device,
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
     blocks, sms = triton.cdiv(max(T, 1), bt), sm_count(device)
+    if stream_pad(n) <= 4 and cc >= 90 and triton.cdiv(max(T, 1), 2 * bt) >= sms:
+        # H200, bf16, n = 4 (results/gpu_h200_20261128/sweep_coefficients_fwd.md): 128 x 32
+        # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096,
+        # 16384 tokens (phi read from L2 half as often)
+        bt, warps, blocks = 2 * bt, 8, triton.cdiv(max(T, 1), 2 * bt)
     splits = 1
     if blocks < sms:
         splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))
@@ -413,5 +418,5 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     if splits > 1:
         _coeff_merge_kernel[(triton.cdiv(T, MERGE_BT),)](
             part, bias, alpha, pre, post, res, z, rs, T, n, K, W, splits, *scalars,
-            BT=MERGE_BT, num_warps=4 if consts["R"] <= 4 else 8, **cfg)
+            BT=MERGE_BT, num_warps=4 if consts["R"] <= 4 else 8, **{k: v for k, v in cfg.items() if k != "PREC"})
     return pre, post, res, z, rs

@@ -153,14 +153,15 @@ class BwdConfig(NamedTuple):
 def bwd_config(n: int, C: int) -> BwdConfig:
     """The backward's launch configuration for n streams of width C (what the launcher uses
     unless given one; benchmarks/sweep_post_residual_bwd.py times the alternatives).
-    n <= 4: one C block of 4096 / NP columns per program (1024 at n = 4: 8 columns of 16
-    bytes per thread, 4 warps), no loop. n >= 5: dots over a 16-padded stream tile, C block
+    n <= 4: C blocks of 1024 / NP columns (256 at n = 4) on one warp, 4 tokens per program,
+    no loop. n >= 5: dots over a 16-padded stream tile, C block
     1024 / NP (64 at n = 16) looped over up to 1024 columns per program, so the partial sums
     stay small ([n^2 + n] floats per 1024 columns). Registers, spills and CTAs per SM:
     benchmarks/results/compile_report.md."""
     np_ = next_pow2(n)
-    if np_ <= 4:
-        return BwdConfig(max(16, min(next_pow2(C), 4096 // np_)), 4, 1, False)
+    if np_ <= 4:  # H200 sweep (results/gpu_h200_20261128/sweep_post_residual_bwd.md): one warp on a
+        # 1024-element tile, 4 tokens per program was the fastest over 4 shapes at n = 4
+        return BwdConfig(max(16, min(next_pow2(C), 1024 // np_)), 1, 4, False)
     bc = max(16, min(next_pow2(C), 1024 // max(16, np_)))
     return BwdConfig(bc, 4, 1, True, steps=max(1, min(triton.cdiv(C, bc), 1024 // bc)), stages=2)
 

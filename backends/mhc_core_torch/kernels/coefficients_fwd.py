@@ -350,7 +350,7 @@ def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device,
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
     blocks, sms = triton.cdiv(max(T, 1), bt), sm_count(device)
     if stream_pad(n) <= 4 and cc >= 90 and triton.cdiv(max(T, 1), 2 * bt) >= sms:
-        # H200, bf16, n = 4 (results/gpu_h200_20261128/sweep_coefficients_fwd.md): 128 x 32
+        # H200, bf16, n = 4 (results/gpu_h200_20261128/run2_d6b83b8/sweep_coefficients_fwd.md): 128 x 32
         # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096,
         # 16384 tokens (phi read from L2 half as often)
         bt, warps, blocks = 2 * bt, 8, triton.cdiv(max(T, 1), 2 * bt)

@@ -159,7 +159,7 @@ def bwd_config(n: int, C: int) -> BwdConfig:
     stay small ([n^2 + n] floats per 1024 columns). Registers, spills and CTAs per SM:
     benchmarks/results/compile_report.md."""
     np_ = next_pow2(n)
-    if np_ <= 4:  # H200 sweep (results/gpu_h200_20261128/sweep_post_residual_bwd.md): one warp on a
+    if np_ <= 4:  # H200 sweep (results/gpu_h200_20261128/run2_d6b83b8/sweep_post_residual_bwd.md): one warp on a
         # 1024-element tile, 4 tokens per program was the fastest over 4 shapes at n = 4
         return BwdConfig(max(16, min(next_pow2(C), 1024 // np_)), 1, 4, False)
     bc = max(16, min(next_pow2(C), 1024 // max(16, np_)))

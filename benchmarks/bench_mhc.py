@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--channels", type=int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
     ap.add_argument("--tokens", type=int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
+    ap.add_argument("--shapes", nargs="+", metavar="C:T",
+                    help="CUDA: explicit (C, tokens) pairs, e.g. 4096:16384 (instead of the --channels x --tokens grid)")
     ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
     args = ap.parse_args(argv)
 
@@ -153,6 +155,11 @@ def main(argv=None) -> int:
         if args.channels or args.tokens:
             shapes = [(4, c, t) for c in (args.channels or sorted({s[1] for s in GPU_SHAPES}))
                       for t in (args.tokens or sorted({s[2] for s in GPU_SHAPES}))]
+        if args.shapes:
+            try:
+                shapes = [(4, int(c), int(t)) for c, t in (pair.split(":") for pair in args.shapes)]
+            except ValueError:
+                ap.error(f"--shapes takes C:T pairs of integers (e.g. 4096:16384), got {args.shapes}")
         default_impls = impls.IMPLS
         stem = "gpu_" + torch.cuda.get_device_name(device).replace(" ", "_").lower()
         for op in impls.OPS:  # correctness before speed: a wrong kernel is not timed

@@ -8,7 +8,9 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   `array_api_compat.array_namespace`.
 - `EXTRAS` are functions the standard lacks (sigmoid, rsqrt, logsumexp, softmax) plus
   dtype helpers; each library may bind a native version (torch, mlx) or use the generic,
-  overflow-safe composition written here.
+  overflow-safe composition written here. `normalize` / `iterates` let numpy write
+  Sinkhorn's iterates into one preallocated array (the same operations, so the same
+  numbers); elsewhere they are plain division and a list that is stacked.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -30,7 +32,7 @@ SUBSET = (
     "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
-EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax")
+EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "iterates")
 
 
 class Ops:
@@ -89,20 +91,39 @@ class Ops:
         e = self.xp.exp(x - self.xp.max(x, axis=axis, keepdims=True))
         return e / self.xp.sum(e, axis=axis, keepdims=True)
 
+    def normalize(self, m, axis: int, eps: float, out=None):
+        """m / (sum(m, axis, keepdims=True) + eps); `out` (from `iterates`) may receive it."""
+        return m / (self.sum(m, axis=axis, keepdims=True) + eps)
+
+    def iterates(self, k: int, like):
+        """An uninitialised [k, *like.shape] array that `normalize(..., out=buffer[j])`
+        writes into, or None where arrays are not written in place (then the caller
+        stacks what `normalize` returns)."""
+        return None
+
 
 class _NumpyOps(Ops):
     """numpy: `sum` as `np.add.reduce` itself (what np.sum calls, so the same numbers),
     without np.sum's Python wrapper, which costs more than the sum on the small arrays
-    of Sinkhorn."""
+    of Sinkhorn; Sinkhorn's normalisations written into one preallocated array (np.stack
+    of ~40 small iterates cost as much as computing them)."""
 
     def __init__(self, xp):
         super().__init__(xp, "numpy")
         import numpy
 
-        self._add = numpy.add
+        self._add, self._divide, self._empty = numpy.add, numpy.divide, numpy.empty
 
     def sum(self, x, axis=None, keepdims: bool = False):
         return self._add.reduce(x, axis=axis, keepdims=keepdims)
+
+    def normalize(self, m, axis: int, eps: float, out=None):
+        d = self._add.reduce(m, axis=axis, keepdims=True)
+        d += eps
+        return self._divide(m, d, out=out)
+
+    def iterates(self, k: int, like):
+        return self._empty((k,) + like.shape, dtype=like.dtype)
 
 
 class _TorchOps(Ops):

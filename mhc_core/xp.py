@@ -11,6 +11,8 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   overflow-safe composition written here. `normalize` / `iterates` let numpy write
   Sinkhorn's iterates into one preallocated array (the same operations, so the same
   numbers); elsewhere they are plain division and a list that is stacked.
+  `matmul_concat` is a matmul with an operand concatenated along the stream axis; numpy
+  runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -32,7 +34,7 @@ SUBSET = (
     "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
-EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "iterates")
+EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "iterates", "matmul_concat")
 
 
 class Ops:
@@ -95,6 +97,11 @@ class Ops:
         """m / (sum(m, axis, keepdims=True) + eps); `out` (from `iterates`) may receive it."""
         return m / (self.sum(m, axis=axis, keepdims=True) + eps)
 
+    def matmul_concat(self, a, parts):
+        """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
+        -> [..., p, C]; a and every part share their leading axes [...]."""
+        return self.matmul(a, self.concat(list(parts), axis=-2))
+
     def iterates(self, k: int, like):
         """An uninitialised [k, *like.shape] array that `normalize(..., out=buffer[j])`
         writes into, or None where arrays are not written in place (then the caller
@@ -124,6 +131,28 @@ class _NumpyOps(Ops):
 
     def iterates(self, k: int, like):
         return self._empty((k,) + like.shape, dtype=like.dtype)
+
+    # Tokens per block of `matmul_concat`: the block's concatenated operand is ~1 MB.
+    MATMUL_BLOCK_BYTES = 1 << 20
+
+    def matmul_concat(self, a, parts):
+        import numpy as np
+
+        parts = list(parts)
+        lead, width = a.shape[:-2], parts[0].shape[-1]
+        tokens = math.prod(lead)
+        rows = sum(p_.shape[-2] for p_ in parts)
+        dtype = np.result_type(a, *parts)
+        block = max(1, self.MATMUL_BLOCK_BYTES // (rows * width * dtype.itemsize))
+        if tokens <= block:
+            return super().matmul_concat(a, parts)
+        a2 = a.reshape((tokens,) + a.shape[-2:])
+        parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
+        out = np.empty((tokens, a.shape[-2], width), dtype=dtype)
+        for s in range(0, tokens, block):
+            b = np.concatenate([p_[s : s + block] for p_ in parts2], axis=-2)
+            np.matmul(a2[s : s + block], b, out=out[s : s + block])
+        return out.reshape(lead + out.shape[-2:])
 
 
 class _TorchOps(Ops):

@@ -77,6 +77,7 @@ CALLS = {
     "softmax": lambda o, a: o.softmax(a["big"], axis=-1),
     "normalize": lambda o, a: o.normalize(o.abs(a["t"]), -2, 1e-6),
     "iterates": _normalized_iterates,
+    "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
     "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),

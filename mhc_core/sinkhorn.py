@@ -76,9 +76,9 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     m = p + eps
     k = 2 * iters - 1
     buffer = ops.iterates(k, m)  # [k, n, n, T] to write into, or None: collect and stack
-    ms = []
-    for j in range(k):
-        m = ops.normalize(m, _linear_axis(j), eps, out=None if buffer is None else buffer[j])
+    normalize, ms = ops.normalize, []
+    for j, axis in enumerate(_linear_axes(k)):
+        m = normalize(m, axis, eps, out=None if buffer is None else buffer[j])
         ms.append(m)
     return m, (p, ops.stack(ms) if buffer is None else buffer)
 
@@ -103,16 +103,17 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
         return g
     p, ms = saved
     k = checks.shape_of(ms)[0]
-    h = g * ms[k - 1]
-    for j in range(k - 1, -1, -1):
-        h = h - ops.sum(h, axis=_linear_axis(j), keepdims=True) * ms[j]
+    h, sum_ = g * ms[k - 1], ops.sum
+    for j, axis in zip(range(k - 1, -1, -1), reversed(_linear_axes(k))):
+        h = h - sum_(h, axis=axis, keepdims=True) * ms[j]
     g = h / (p + eps)
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
 
 
-def _linear_axis(j: int) -> int:
-    """eps > 0: normalisation j after the softmax normalises columns for even j, rows for odd."""
-    return _COLS if j % 2 == 0 else _ROWS
+def _linear_axes(k: int) -> tuple:
+    """eps > 0: the axes of the k normalisations after the softmax: columns for even j,
+    rows for odd j."""
+    return (_COLS, _ROWS) * (k // 2) + (_COLS,) * (k % 2)
 
 
 def _log_axis(j: int) -> int:

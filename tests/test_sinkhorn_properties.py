@@ -148,4 +148,3 @@ def test_eps0_log_domain_finite_for_huge_logits(adapter, dtype, scale):
     np.testing.assert_allclose(m.sum(-2), 1.0, atol=ROUND[dtype], rtol=0)
     m_ref = mhc_core.sinkhorn(l.astype(dtype).astype(np.float64), iters=ITERS, eps=0.0)
     np.testing.assert_allclose(m, m_ref, atol=1e-6 if dtype == "float32" else 1e-12, rtol=0)
-

@@ -127,13 +127,14 @@ def coefficients_forward(ops, x, phi, bias, alpha, *, variant, iters, rms_eps, p
         return (pre, post, res), proj + (a, th)
 
     y = z * _gate_scale(ops, a, n, checks.shape_of(z)[-1]) + b  # pre-activations [..., m]
-    sig_pre, sig_post = ops.sigmoid(y[..., :n]), ops.sigmoid(y[..., n : 2 * n])
+    sig = ops.sigmoid(y[..., : 2 * n])  # [..., 2n]: the pre gates, then the post gates
+    sig_pre, sig_post = sig[..., :n], sig[..., n:]
     if variant == "mhc-lite":  # res from the n! permutation matrices, no Sinkhorn; no explicit
         # backward (saved is None): callers differentiate it with their framework's autodiff
         return (sig_pre + pre_eps, post_scale * sig_post, birkhoff_res(y[..., 2 * n :], n)), None
     res, sk = sinkhorn_forward(ops, to_token_last(ops, y[..., 2 * n :], n), iters, sinkhorn_eps)  # [n, n, T]
     res = from_token_last(ops, res, lead)
-    return (sig_pre + pre_eps, post_scale * sig_post, res), proj + (a, sig_pre, sig_post) + sk
+    return (sig_pre + pre_eps, post_scale * sig_post, res), proj + (a, sig) + sk
 
 
 def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_eps, post_scale):
@@ -143,18 +144,18 @@ def coefficients_backward(ops, saved, dpre, dpost, dres, *, variant, sinkhorn_ep
     n = checks.shape_of(dpre)[-1]
     lead = checks.shape_of(dpre)[:-1]
     z = proj[4]
-    dout = ops.concat([dpre, dpost, ops.reshape(dres, lead + (n * n,))], axis=-1)  # [..., m]
     if variant == "hc":
         th = saved[6]
+        dout = ops.concat([dpre, dpost, ops.reshape(dres, lead + (n * n,))], axis=-1)  # [..., m]
         dy = dout  # out = b + a * tanh(z): d/db = 1, d/da = tanh(z), d/dz = a (1 - tanh^2)
         dalpha_terms = dout * th
         dz = dout * _gate_scale(ops, a, n, checks.shape_of(z)[-1]) * (1.0 - th * th)
     else:
-        sig_pre, sig_post, sk = saved[6], saved[7], saved[8:]
+        sig, sk = saved[6], saved[7:]  # sig [..., 2n]: pre gates, post gates
         dlogits = sinkhorn_backward(ops, sk, to_token_last(ops, dres, n), sinkhorn_eps)  # [n, n, T]
         dy_res = ops.reshape(from_token_last(ops, dlogits, lead), lead + (n * n,))
-        dy = ops.concat([dpre * sig_pre * (1.0 - sig_pre), (post_scale * dpost) * sig_post * (1.0 - sig_post),
-                         dy_res], axis=-1)  # d pre-activations [..., m]
+        dgates = ops.concat([dpre, post_scale * dpost], axis=-1) * (sig * (1.0 - sig))  # [..., 2n]
+        dy = ops.concat([dgates, dy_res], axis=-1)  # d pre-activations [..., m]
         dalpha_terms = dy * z
         dz = dy * _gate_scale(ops, a, n, checks.shape_of(z)[-1])
     m = checks.shape_of(dy)[-1]

@@ -62,34 +62,36 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     """(m [n, n, T], saved): the projection of token-last `logits [n, n, T]` and what
     `sinkhorn_backward` needs.
 
-    eps > 0: saved = (p, ms, row_d, col_d): p = softmax over each row; for each of the
-    k = 2 * iters - 1 normalisations after it (columns, rows, ..., columns) its output
-    m_j (stacked: ms [k, n, n, T]) and denominator d_j = sum(m_{j-1}) + eps (stacked
-    by kind: col_d [iters, 1, n, T] for even j, row_d [iters - 1, n, 1, T] for odd j).
+    eps > 0: saved = (p, ms): p = softmax over each row; ms [k, n, n, T] the outputs
+    m_j = m_{j-1} / (sum(m_{j-1}) + eps) of the k = 2 * iters - 1 normalisations after
+    it (columns, rows, ..., columns; m_{-1} = p + eps), ms[-1] = m. One stacked array
+    rather than k small ones: an autograd node saves it cheaply, and on numpy the
+    normalisations write straight into it (`Ops.iterates` / `Ops.normalize`).
     eps = 0: saved = (ls,), the 2 * iters log-domain iterates (rows, columns, ...,
     columns) stacked [2 * iters, n, n, T]; m = exp(ls[-1]).
-    A few stacked arrays rather than ~80 small ones: an autograd node saves them cheaply.
     """
     if eps == 0.0:
         return _sinkhorn_log(ops, logits, iters)
     p = ops.softmax(logits, axis=_ROWS)
     m = p + eps
-    ms, ds = [], []
-    for j in range(2 * iters - 1):
-        d = ops.sum(m, axis=_linear_axis(j), keepdims=True) + eps
-        m = m / d
+    k = 2 * iters - 1
+    buffer = ops.iterates(k, m)  # [k, n, n, T] to write into, or None: collect and stack
+    normalize, ms = ops.normalize, []
+    for j, axis in enumerate(_linear_axes(k)):
+        m = normalize(m, axis, eps, out=None if buffer is None else buffer[j])
         ms.append(m)
-        ds.append(d)
-    row_d = ops.stack(ds[1::2]) if iters > 1 else None
-    return m, (p, ops.stack(ms), ops.stack(ds[0::2])) + ((row_d,) if row_d is not None else ())
+    return m, (p, ops.stack(ms) if buffer is None else buffer)
 
 
 def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     """d logits [n, n, T] from the cotangent dm [n, n, T] of `sinkhorn_forward`'s output.
 
     A normalisation m' = m / d, d = sum_a(m) + eps, pulls back g' as
-    g = (g' - sum_a(g' * m')) / d; the softmax p pulls back g as p * (g - sum(g * p));
-    the log-domain step l' = l - logsumexp_a(l) as g' - exp(l') * sum_a(g').
+    g = (g' - sum_a(g' * m')) / d. The loop carries h = g * m instead of g, which with
+    m = m' * d is h = h' - sum_a(h') * m': no division and no denominators to save.
+    Through the first normalisation g = h / (p + eps), and the softmax p pulls back g
+    as p * (g - sum(g * p)). The log-domain step l' = l - logsumexp_a(l) pulls back g'
+    as g' - exp(l') * sum_a(g').
     """
     g = dm
     if eps == 0.0:
@@ -99,17 +101,19 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
         for j in range(k - 1, -1, -1):
             g = g - ops.exp(ls[j]) * ops.sum(g, axis=_log_axis(j), keepdims=True)
         return g
-    p, ms, col_d = saved[:3]
-    row_d = saved[3] if len(saved) > 3 else None
-    for j in range(checks.shape_of(ms)[0] - 1, -1, -1):
-        d = col_d[j // 2] if j % 2 == 0 else row_d[j // 2]
-        g = (g - ops.sum(g * ms[j], axis=_linear_axis(j), keepdims=True)) / d
+    p, ms = saved
+    k = checks.shape_of(ms)[0]
+    h, sum_ = g * ms[k - 1], ops.sum
+    for j, axis in zip(range(k - 1, -1, -1), reversed(_linear_axes(k))):
+        h = h - sum_(h, axis=axis, keepdims=True) * ms[j]
+    g = h / (p + eps)
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
 
 
-def _linear_axis(j: int) -> int:
-    """eps > 0: normalisation j after the softmax normalises columns for even j, rows for odd."""
-    return _COLS if j % 2 == 0 else _ROWS
+def _linear_axes(k: int) -> tuple:
+    """eps > 0: the axes of the k normalisations after the softmax: columns for even j,
+    rows for odd j."""
+    return (_COLS, _ROWS) * (k // 2) + (_COLS,) * (k % 2)
 
 
 def _log_axis(j: int) -> int:

@@ -48,11 +48,12 @@ def post_residual(x, y, post, res):
     checks.post_residual_inputs(ops, x, y, post, res)
     cdt = ops.compute_dtype(x)
     # one matmul over n + 1 "streams": [res^T | post] @ [x ; y]  ([..., n, n+1] @ [..., n+1, C]),
-    # cheaper than a matmul plus an x-sized outer product and sum
+    # cheaper than a matmul plus an x-sized outer product and sum (numpy concatenates a
+    # block of tokens at a time, so the stacked copy of x stays in the cache: Ops.matmul_concat)
     mix = ops.concat([ops.matrix_transpose(ops.astype(res, cdt)), ops.expand_dims(ops.astype(post, cdt), axis=-1)],
                      axis=-1)
-    src = ops.concat([ops.astype(x, cdt), ops.expand_dims(ops.astype(y, cdt), axis=-2)], axis=-2)
-    return ops.astype(ops.matmul(mix, src), x.dtype)
+    out = ops.matmul_concat(mix, [ops.astype(x, cdt), ops.expand_dims(ops.astype(y, cdt), axis=-2)])
+    return ops.astype(out, x.dtype)
 
 
 def post_residual_backward(ops, x, y, post, res, dout):

@@ -8,7 +8,11 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   `array_api_compat.array_namespace`.
 - `EXTRAS` are functions the standard lacks (sigmoid, rsqrt, logsumexp, softmax) plus
   dtype helpers; each library may bind a native version (torch, mlx) or use the generic,
-  overflow-safe composition written here.
+  overflow-safe composition written here. `normalize` / `iterates` let numpy write
+  Sinkhorn's iterates into one preallocated array (the same operations, so the same
+  numbers); elsewhere they are plain division and a list that is stacked.
+  `matmul_concat` is a matmul with an operand concatenated along the stream axis; numpy
+  runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -30,7 +34,7 @@ SUBSET = (
     "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
-EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax")
+EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "iterates", "matmul_concat")
 
 
 class Ops:
@@ -89,30 +93,97 @@ class Ops:
         e = self.xp.exp(x - self.xp.max(x, axis=axis, keepdims=True))
         return e / self.xp.sum(e, axis=axis, keepdims=True)
 
+    def normalize(self, m, axis: int, eps: float, out=None):
+        """m / (sum(m, axis, keepdims=True) + eps); `out` (from `iterates`) may receive it."""
+        return m / (self.sum(m, axis=axis, keepdims=True) + eps)
+
+    def matmul_concat(self, a, parts):
+        """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
+        -> [..., p, C]; a and every part share their leading axes [...]."""
+        return self.matmul(a, self.concat(list(parts), axis=-2))
+
+    def iterates(self, k: int, like):
+        """An uninitialised [k, *like.shape] array that `normalize(..., out=buffer[j])`
+        writes into, or None where arrays are not written in place (then the caller
+        stacks what `normalize` returns)."""
+        return None
+
 
 class _NumpyOps(Ops):
     """numpy: `sum` as `np.add.reduce` itself (what np.sum calls, so the same numbers),
     without np.sum's Python wrapper, which costs more than the sum on the small arrays
-    of Sinkhorn."""
+    of Sinkhorn; Sinkhorn's normalisations written into one preallocated array (np.stack
+    of ~40 small iterates cost as much as computing them)."""
 
     def __init__(self, xp):
         super().__init__(xp, "numpy")
         import numpy
 
-        self._add = numpy.add
+        self._add, self._divide, self._empty = numpy.add, numpy.divide, numpy.empty
 
     def sum(self, x, axis=None, keepdims: bool = False):
         return self._add.reduce(x, axis=axis, keepdims=keepdims)
 
+    def normalize(self, m, axis: int, eps: float, out=None):
+        d = self._add.reduce(m, axis=axis, keepdims=True)
+        d += eps
+        return self._divide(m, d, out=out)
+
+    def iterates(self, k: int, like):
+        return self._empty((k,) + like.shape, dtype=like.dtype)
+
+    # Tokens per block of `matmul_concat`: the block's concatenated operand is ~1 MB.
+    MATMUL_BLOCK_BYTES = 1 << 20
+
+    def matmul_concat(self, a, parts):
+        import numpy as np
+
+        parts = list(parts)
+        lead, width = a.shape[:-2], parts[0].shape[-1]
+        tokens = math.prod(lead)
+        rows = sum(p_.shape[-2] for p_ in parts)
+        dtype = np.result_type(a, *parts)
+        block = max(1, self.MATMUL_BLOCK_BYTES // (rows * width * dtype.itemsize))
+        if tokens <= block:
+            return super().matmul_concat(a, parts)
+        a2 = a.reshape((tokens,) + a.shape[-2:])
+        parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
+        out = np.empty((tokens, a.shape[-2], width), dtype=dtype)
+        for s in range(0, tokens, block):
+            b = np.concatenate([p_[s : s + block] for p_ in parts2], axis=-2)
+            np.matmul(a2[s : s + block], b, out=out[s : s + block])
+        return out.reshape(lead + out.shape[-2:])
+
 
 class _TorchOps(Ops):
-    """torch: native fused extras (same math, one kernel each)."""
+    """torch: native fused extras (same math, one kernel each). Under torch.compile on the
+    CPU, a batched matmul of tiny matrices is written as a broadcast product and sum, which
+    inductor fuses into one pass over the large operand (a CPU bmm over thousands of
+    4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth)."""
+
+    TINY = 8  # a matmul is "tiny" when it contracts over <= TINY or makes <= TINY x TINY matrices
 
     def __init__(self, xp):
         super().__init__(xp, "torch")
         import torch
 
         self._torch = torch
+
+    def matmul(self, a, b):
+        if a.ndim >= 3 and a.device.type == "cpu" and self._torch.compiler.is_compiling() and (
+                a.shape[-1] <= self.TINY or (a.shape[-2] <= self.TINY and b.shape[-1] <= self.TINY)):
+            return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)  # [..., p, q, 1] * [..., 1, q, C]
+        return self.xp.matmul(a, b)
+
+    def matmul_concat(self, a, parts):
+        if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
+            return super().matmul_concat(a, parts)
+        out, start = None, 0  # compiled: one product per part, no concatenated copy
+        for p_ in parts:
+            q = p_.shape[-2]
+            term = self.matmul(a[..., start : start + q], p_)
+            out, start = term if out is None else out + term, start + q
+        return out
 
     def sigmoid(self, x):
         return self._torch.sigmoid(x)

@@ -32,6 +32,18 @@ INPUTS = {
     "neginf": np.array([[-np.inf, -np.inf, -np.inf], [-np.inf, 0.0, 1.0]]),
 }
 
+def _normalized_iterates(o, a):
+    """Two Sinkhorn-style normalisations (columns, then rows) of |t| written the way
+    mhc_core.sinkhorn does: into `iterates`' buffer where the library has one, else stacked."""
+    m = o.abs(a["t"])  # [2, 3, 4]
+    buffer = o.iterates(2, m)
+    ms = []
+    for j, axis in enumerate((0, 1)):
+        m = o.normalize(m, axis, 1e-6, out=None if buffer is None else buffer[j])
+        ms.append(m)
+    return o.stack(ms) if buffer is None else buffer
+
+
 CALLS = {
     "abs": lambda o, a: o.abs(a["a"]),
     "astype": lambda o, a: o.astype(a["a"], o.float32),
@@ -63,6 +75,9 @@ CALLS = {
     "rsqrt": lambda o, a: o.rsqrt(a["pos"]),
     "logsumexp": lambda o, a: o.logsumexp(a["big"], axis=-1),
     "softmax": lambda o, a: o.softmax(a["big"], axis=-1),
+    "normalize": lambda o, a: o.normalize(o.abs(a["t"]), -2, 1e-6),
+    "iterates": _normalized_iterates,
+    "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
     "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),

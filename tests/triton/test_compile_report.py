@@ -1,6 +1,5 @@
 """Every Triton kernel compiles for A100 (sm_80) and H100/H200 (sm_90a) without a GPU, and
-meets the rules of benchmarks/compile_report.py: no register spill at any n <= 16 (the coefficient
-forward: n <= 8, `SPILL_FREE_N_EXCEPT`), shared memory
+meets the rules of benchmarks/compile_report.py: no register spill at any n <= 16, shared memory
 within sm_80's per-block limit at every n (else the kernel cannot launch on an A100), and no
 32-bit arithmetic on a token index (addresses would wrap once T * n * C >= 2^31).
 

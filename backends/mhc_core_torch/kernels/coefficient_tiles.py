@@ -31,5 +31,17 @@ def _res_cols(n, R: tl.constexpr):
 
 
 @triton.jit
+def _gate_params(alpha_ptr, bias_ptr, is_pre, gcol, gvalid, rcol, rvalid, ACC: tl.constexpr):
+    """alpha and bias laid out on the tiles: (alpha per gate column [GP] (a0 on pre, a1 on
+    post), a2, bias on the gate tile [GP], bias on the res tile [R*R])."""
+    a0 = tl.load(alpha_ptr).to(ACC)
+    a1 = tl.load(alpha_ptr + 1).to(ACC)
+    a2 = tl.load(alpha_ptr + 2).to(ACC)
+    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
+    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
+    return tl.where(is_pre, a0, a1), a2, bg, br
+
+
+@triton.jit
 def _tanh(v):
     return 2.0 * tl.sigmoid(2.0 * v) - 1.0

@@ -53,7 +53,7 @@ from ..triton_gate import INTERPRETED
 from ._checked import coefficient_args
 from ._common import (call_launcher, capability, cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad,
                       untracked)
-from .coefficient_tiles import _gate_cols, _res_cols, _tanh
+from .coefficient_tiles import _gate_cols, _gate_params, _res_cols, _tanh
 from .coefficients_fwd import coefficients_fwd
 from .sinkhorn import sinkhorn_tile_bwd
 
@@ -83,12 +83,7 @@ def _gate_bwd_kernel(
     dg = tl.load(dpre_ptr + t[:, None] * n + gidx[None, :], mask=tg & is_pre[None, :], other=0.0).to(ACC)
     dg += tl.load(dpost_ptr + t[:, None] * n + gidx[None, :], mask=tg & ~is_pre[None, :], other=0.0).to(ACC)
     dr = tl.load(dres_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], mask=tr, other=0.0).to(ACC)
-    a0 = tl.load(alpha_ptr).to(ACC)
-    a1 = tl.load(alpha_ptr + 1).to(ACC)
-    a2 = tl.load(alpha_ptr + 2).to(ACC)
-    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
-    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
-    ag = tl.where(is_pre, a0, a1)
+    ag, a2, bg, br = _gate_params(alpha_ptr, bias_ptr, is_pre, gcol, gvalid, rcol, rvalid, ACC)
 
     if HC:  # gate = b + a * tanh(z)
         thg = _tanh(zg)

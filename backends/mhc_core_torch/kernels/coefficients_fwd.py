@@ -61,7 +61,7 @@ import triton.language as tl
 
 from ..triton_gate import INTERPRETED
 from ._common import capability, gate_pad, sm_count, stream_pad
-from .coefficient_tiles import _gate_cols, _res_cols, _tanh
+from .coefficient_tiles import _gate_cols, _gate_params, _res_cols, _tanh
 from .sinkhorn import sinkhorn_tile
 
 A_LO = 2.0 ** -40            # fast path: smallest max|x| per token whose x^2 and products stay normal
@@ -202,12 +202,7 @@ def _coeff_tail(acc_g, acc_r, ss, m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, pos
     rho = 1.0 / tl.sqrt(ss / K + (rms_eps * inv_m) * inv_m)  # Eq. 15: RMS applied after the matmul
     zg = acc_g * rho[:, None]                # = (x @ phi) * r with r = rho / m
     zr = acc_r * rho[:, None]
-    a0 = tl.load(alpha_ptr).to(ACC)
-    a1 = tl.load(alpha_ptr + 1).to(ACC)
-    a2 = tl.load(alpha_ptr + 2).to(ACC)
-    bg = tl.load(bias_ptr + gcol, mask=gvalid, other=0.0).to(ACC)
-    br = tl.load(bias_ptr + rcol, mask=rvalid, other=0.0).to(ACC)
-    ag = tl.where(is_pre, a0, a1)
+    ag, a2, bg, br = _gate_params(alpha_ptr, bias_ptr, is_pre, gcol, gvalid, rcol, rvalid, ACC)
     if HC:
         gate = bg[None, :] + ag[None, :] * _tanh(zg)
         res = br[None, :] + a2 * _tanh(zr)

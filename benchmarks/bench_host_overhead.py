@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
+from cli_args import non_negative_int, positive_int  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -193,11 +194,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--stub-kernels", action="store_true", help="CPU, Triton launches stubbed: our Python only")
     ap.add_argument("--out", type=Path, required=True, help="folder for bench_host_overhead.{json,md}")
     ap.add_argument("--stem", default="bench_host_overhead")
-    ap.add_argument("--tokens", type=int, default=8)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--channels", type=int, default=1024)
-    ap.add_argument("--calls", type=int, default=50, help="calls per timed round")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--tokens", type=non_negative_int, default=8)
+    ap.add_argument("--n", type=positive_int, default=4)
+    ap.add_argument("--channels", type=positive_int, default=1024)
+    ap.add_argument("--calls", type=positive_int, default=50, help="calls per timed round")
+    ap.add_argument("--rounds", type=positive_int, default=15)
     ap.add_argument("--only", nargs="*", help="only the cases whose name contains one of these")
     ap.add_argument("--note", default="", help="a line saying what was measured (e.g. which tree), in both reports")
     args = ap.parse_args(argv)

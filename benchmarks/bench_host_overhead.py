@@ -159,9 +159,11 @@ def run(args) -> dict:
     dtype = torch.float32 if args.stub_kernels else torch.bfloat16
     results = []
     with stubbed_launches() if args.stub_kernels else contextlib.nullcontext():
-        for name, fn in cases(args.n, args.channels, args.tokens, dtype, device, args.stub_kernels).items():
-            if args.only and not any(s in name for s in args.only):
-                continue
+        rows = cases(args.n, args.channels, args.tokens, dtype, device, args.stub_kernels)
+        selected = {name: fn for name, fn in rows.items() if not args.only or any(s in name for s in args.only)}
+        if not selected:
+            raise SystemExit(f"bench_host_overhead: --only {args.only} matches none of the cases: {list(rows)}")
+        for name, fn in selected.items():
             fastest, median = us_per_call(fn, device, calls=args.calls, rounds=args.rounds)
             py_calls, c_calls = calls_per_call(fn)
             results.append({"case": name, "us_per_call": round(fastest, 1), "median_us": round(median, 1),
@@ -202,6 +204,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", nargs="*", help="only the cases whose name contains one of these")
     ap.add_argument("--note", default="", help="a line saying what was measured (e.g. which tree), in both reports")
     args = ap.parse_args(argv)
+    from mhc_core_torch.triton_gate import MAX_STREAMS
+
+    if args.n > MAX_STREAMS:
+        ap.error(f"--n must be at most {MAX_STREAMS} (the Triton kernels' stream limit), got {args.n}")
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -72,3 +72,22 @@ def test_bench_host_overhead_bad_counts(flag, value, capsys, tmp_path):
 
     _usage_error(bench_host_overhead.main, ["--stub-kernels", "--out", str(tmp_path), flag, value], capsys,
                  "expected an integer >=")
+
+
+def test_bench_host_overhead_more_streams_than_the_kernels_take(capsys, tmp_path):
+    pytest.importorskip("torch")
+    import bench_host_overhead
+
+    _usage_error(bench_host_overhead.main, ["--stub-kernels", "--out", str(tmp_path), "--n", "17"], capsys,
+                 "--n must be at most 16")
+
+
+def test_bench_host_overhead_only_matching_no_case(tmp_path):
+    """--only that selects no row is an error naming the rows, not an empty report."""
+    pytest.importorskip("torch")
+    import bench_host_overhead
+
+    with pytest.raises(SystemExit, match="matches none of the cases.*MHC\\(triton\\) fwd"):
+        bench_host_overhead.main(["--stub-kernels", "--out", str(tmp_path), "--calls", "1", "--rounds", "1",
+                                  "--channels", "16", "--only", "no-such-case"])
+    assert not (tmp_path / "bench_host_overhead.json").exists()

@@ -98,6 +98,25 @@ def test_no_grad_forward_matches_tracked_forward(device):
         assert b.grad_fn is None and torch.equal(a.detach(), b)
 
 
+def test_forward_mode_ad_is_refused_not_dropped(device):
+    """The kernels have no forward-mode derivative: a dual tensor (torch.autograd.forward_ad)
+    or a torch.func transform must meet the autograd.Function's refusal, never a direct
+    launch that returns an output without its tangent."""
+    import torch.autograd.forward_ad as fwad
+
+    x, y, pre, res, p = _inputs(device, seed=3)
+    mixing = (p["phi"], p["bias"], p["alpha"])
+    calls = {"coefficients": lambda a: ops.coefficients(a, *mixing, iters=6)[2],
+             "pre_aggregate": lambda a: ops.pre_aggregate(a, pre),
+             "post_residual": lambda a: ops.post_residual(a, y, pre, res),
+             "step": lambda a: ops.step(a, torch.tanh, *mixing, iters=6)}
+    for name, fn in calls.items():
+        with fwad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+            fn(fwad.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(RuntimeError, match="functorch transforms"):
+            torch.func.jvp(fn, (x,), (torch.ones_like(x),))
+
+
 def test_double_backward_still_refused_on_the_direct_path(device):
     _, _, _, _, p = _inputs(device)
     m = MHC(torch.nn.Tanh(), N, C, init=p, iters=6, impl="triton").to(device)

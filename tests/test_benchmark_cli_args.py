@@ -47,6 +47,16 @@ def test_gpu_check_bad_shapes(argv, match, capsys, monkeypatch, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
+def test_gpu_check_smoke_refuses_shapes(capsys, monkeypatch, tmp_path):
+    """SMOKE=1 benches one tiny interpreter shape: --shapes would be silently ignored."""
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))
+    import gpu_check
+
+    _usage_error(gpu_check.main, ["--shapes", "64:8"], capsys, "SMOKE=1 runs one tiny shape")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--shapes", "4096:x"], "expected C:T"),
     (["--channels", "0"], "expected an integer >= 1"),

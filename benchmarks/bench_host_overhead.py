@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
+from cli_args import non_negative_int, positive_int  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -158,9 +159,11 @@ def run(args) -> dict:
     dtype = torch.float32 if args.stub_kernels else torch.bfloat16
     results = []
     with stubbed_launches() if args.stub_kernels else contextlib.nullcontext():
-        for name, fn in cases(args.n, args.channels, args.tokens, dtype, device, args.stub_kernels).items():
-            if args.only and not any(s in name for s in args.only):
-                continue
+        rows = cases(args.n, args.channels, args.tokens, dtype, device, args.stub_kernels)
+        selected = {name: fn for name, fn in rows.items() if not args.only or any(s in name for s in args.only)}
+        if not selected:
+            raise SystemExit(f"bench_host_overhead: --only {args.only} matches none of the cases: {list(rows)}")
+        for name, fn in selected.items():
             fastest, median = us_per_call(fn, device, calls=args.calls, rounds=args.rounds)
             py_calls, c_calls = calls_per_call(fn)
             results.append({"case": name, "us_per_call": round(fastest, 1), "median_us": round(median, 1),
@@ -193,14 +196,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--stub-kernels", action="store_true", help="CPU, Triton launches stubbed: our Python only")
     ap.add_argument("--out", type=Path, required=True, help="folder for bench_host_overhead.{json,md}")
     ap.add_argument("--stem", default="bench_host_overhead")
-    ap.add_argument("--tokens", type=int, default=8)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--channels", type=int, default=1024)
-    ap.add_argument("--calls", type=int, default=50, help="calls per timed round")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--tokens", type=non_negative_int, default=8)
+    ap.add_argument("--n", type=positive_int, default=4)
+    ap.add_argument("--channels", type=positive_int, default=1024)
+    ap.add_argument("--calls", type=positive_int, default=50, help="calls per timed round")
+    ap.add_argument("--rounds", type=positive_int, default=15)
     ap.add_argument("--only", nargs="*", help="only the cases whose name contains one of these")
     ap.add_argument("--note", default="", help="a line saying what was measured (e.g. which tree), in both reports")
     args = ap.parse_args(argv)
+    from mhc_core_torch.triton_gate import MAX_STREAMS
+
+    if args.n > MAX_STREAMS:
+        ap.error(f"--n must be at most {MAX_STREAMS} (the Triton kernels' stream limit), got {args.n}")
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
+from cli_args import positive_int, shape_pair  # noqa: E402
 import impls  # noqa: E402
 
 GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
@@ -117,19 +118,27 @@ def measure_group(op, mode, n, c, t, impl_names, dtype, device, copy_bw) -> list
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu", action="store_true", help="CPU mode: reference vs hyper-connections, small shapes")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--cpu", action="store_true", help="CPU mode: reference vs hyper-connections, small shapes")
     ap.add_argument("--quick", action="store_true", help="one small shape (smoke test)")
-    ap.add_argument("--interpret-smoke", action="store_true",
-                    help="run the GPU code path on the CPU in the Triton interpreter (tiny shape, times meaningless)")
+    mode.add_argument("--interpret-smoke", action="store_true",
+                      help="run the GPU code path on the CPU in the Triton interpreter (tiny shape, times meaningless)")
     ap.add_argument("--ops", default=",".join(impls.OPS))
     ap.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(impls.IMPLS))
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--channels", type=int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
-    ap.add_argument("--tokens", type=int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
-    ap.add_argument("--shapes", nargs="+", metavar="C:T",
+    ap.add_argument("--channels", type=positive_int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
+    ap.add_argument("--tokens", type=positive_int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
+    ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",
                     help="CUDA: explicit (C, tokens) pairs, e.g. 4096:16384 (instead of the --channels x --tokens grid)")
     ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
     args = ap.parse_args(argv)
+    if (args.cpu or args.interpret_smoke) and (args.shapes or args.channels or args.tokens):
+        ap.error("--shapes, --channels and --tokens choose the CUDA run's shapes; --cpu and --interpret-smoke "
+                 "run fixed small shapes")
+    for flag, value, known in (("--ops", args.ops, impls.OPS), ("--impls", args.impls or "", impls.IMPLS)):
+        unknown = [v for v in value.split(",") if v and v not in known]
+        if unknown:
+            ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}")
 
     wrong = {}  # op -> why ours-triton is not timed (it failed the check against the reference)
     if args.cpu or args.interpret_smoke:
@@ -156,10 +165,7 @@ def main(argv=None) -> int:
             shapes = [(4, c, t) for c in (args.channels or sorted({s[1] for s in GPU_SHAPES}))
                       for t in (args.tokens or sorted({s[2] for s in GPU_SHAPES}))]
         if args.shapes:
-            try:
-                shapes = [(4, int(c), int(t)) for c, t in (pair.split(":") for pair in args.shapes)]
-            except ValueError:
-                ap.error(f"--shapes takes C:T pairs of integers (e.g. 4096:16384), got {args.shapes}")
+            shapes = [(4, c, t) for c, t in args.shapes]
         default_impls = impls.IMPLS
         stem = "gpu_" + torch.cuda.get_device_name(device).replace(" ", "_").lower()
         for op in impls.OPS:  # correctness before speed: a wrong kernel is not timed

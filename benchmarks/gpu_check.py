@@ -35,6 +35,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cli_args import shape_pair  # noqa: E402
+
 ROOT = HERE.parent
 WHEEL_DIR = ROOT / ".whl"
 # (import name, distribution, pip flags): what a GPU box with its own torch may lack.
@@ -94,6 +98,15 @@ def install_missing(out: Path, env: dict) -> dict:
             "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
 
 
+DEFAULT_SHAPES = ["4096:4096", "4096:16384", "4096:65536", "1024:16384", "7168:16384"]
+
+
+def _shape_text(text: str) -> str:
+    """A --shapes entry checked here (C:T, both >= 1) and passed on to bench_mhc as text."""
+    c, t = shape_pair(text)
+    return f"{c}:{t}"
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -101,10 +114,13 @@ def main(argv=None) -> int:
     # C = 4096 at every token count, the other widths at 16384 tokens: on an H200 one shape took
     # ~45 s with liger's compiles (results/gpu_h200_20261128), so the full 3 x 3 grid would not
     # fit the 8 minutes; `--shapes` takes any C:T list
-    ap.add_argument("--shapes", nargs="+", default=["4096:4096", "4096:16384", "4096:65536", "1024:16384",
-                                                    "7168:16384"], help="bench (C, tokens) pairs as C:T")
+    ap.add_argument("--shapes", nargs="+", type=_shape_text, help="bench (C, tokens) pairs as C:T (default "
+                    + " ".join(DEFAULT_SHAPES) + "; not with SMOKE=1, whose bench runs one tiny shape)")
     args = ap.parse_args(argv)
     smoke = os.environ.get("SMOKE") == "1"
+    if smoke and args.shapes:
+        ap.error("--shapes sets the CUDA bench's shapes; SMOKE=1 runs one tiny shape in the interpreter")
+    args.shapes = args.shapes or DEFAULT_SHAPES
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
 

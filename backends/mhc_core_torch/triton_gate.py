@@ -122,7 +122,8 @@ MAX_REMEMBERED = 256  # signatures per check; then the memory starts over
 def _signature(args) -> tuple | None:
     """A hashable signature of a call's arguments, or None where one is not plainly
     comparable (a tensor subclass, an array or other object as a setting, torch.compile
-    tracing: it traces the check itself). Tensors: (type, shape, dtype, device); values:
+    tracing: it traces the check itself; a 0-d tensor, which the checks read as a number:
+    keyed by shape it would pass any value). Tensors: (type, shape, dtype, device); values:
     (type, value), so 20 and 20.0 (an iters count refused as a float) differ. The gate's
     own state (interpreter flag, Triton's import error) is part of it: the checks read it."""
     if torch.compiler.is_compiling():
@@ -131,6 +132,8 @@ def _signature(args) -> tuple | None:
     for a in args:
         kind = type(a)
         if kind in _PLAIN_TENSORS:
+            if a.dim() == 0:  # a number passed as a 0-d tensor (iters, an eps): its value matters
+                return None
             key.append((kind, a.shape, a.dtype, a.device))
         elif kind in _PLAIN_VALUES:
             key.append((kind, a))

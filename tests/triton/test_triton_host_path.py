@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import mhc_core
 from mhc_core_torch import MHC, triton_gate
 from mhc_core_torch.kernels import _checked, _common, ops
 
@@ -97,6 +98,25 @@ def test_no_grad_forward_matches_tracked_forward(device):
         assert b.grad_fn is None and torch.equal(a.detach(), b)
 
 
+def test_forward_mode_ad_is_refused_not_dropped(device):
+    """The kernels have no forward-mode derivative: a dual tensor (torch.autograd.forward_ad)
+    or a torch.func transform must meet the autograd.Function's refusal, never a direct
+    launch that returns an output without its tangent."""
+    import torch.autograd.forward_ad as fwad
+
+    x, y, pre, res, p = _inputs(device, seed=3)
+    mixing = (p["phi"], p["bias"], p["alpha"])
+    calls = {"coefficients": lambda a: ops.coefficients(a, *mixing, iters=6)[2],
+             "pre_aggregate": lambda a: ops.pre_aggregate(a, pre),
+             "post_residual": lambda a: ops.post_residual(a, y, pre, res),
+             "step": lambda a: ops.step(a, torch.tanh, *mixing, iters=6)}
+    for name, fn in calls.items():
+        with fwad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+            fn(fwad.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(RuntimeError, match="functorch transforms"):
+            torch.func.jvp(fn, (x,), (torch.ones_like(x),))
+
+
 def test_double_backward_still_refused_on_the_direct_path(device):
     _, _, _, _, p = _inputs(device)
     m = MHC(torch.nn.Tanh(), N, C, init=p, iters=6, impl="triton").to(device)
@@ -133,6 +153,27 @@ def test_remembered_checks_never_remember_a_failure(device):
         with pytest.raises(TypeError, match="x must be a floating-point array"):
             ops.post_residual(x.to(torch.int32), y, pre, res)
     assert all(v is not None for v in _checked.pre_aggregate_args.passed.values())
+
+
+def test_settings_passed_as_0d_tensors_are_checked_and_used_every_call(device, assert_close):
+    """A setting given as a 0-d tensor (iters, an eps) is a value, not an array: a second
+    call with another value must use that value and meet the checks again, never the
+    first call's remembered settings."""
+    x, _, _, _, p = _inputs(device, seed=2)
+    mixing = (p["phi"], p["bias"], p["alpha"])
+    x64 = x.double().cpu().numpy()
+    oracle = lambda **cfg: mhc_core.coefficients(x64, *(a.double().cpu().numpy() for a in mixing), **cfg)  # noqa: E731
+    for iters in (20, 1):  # the second value differs from the first: its own numbers
+        got = ops.coefficients(x, *mixing, iters=torch.tensor(iters))
+        for g, want in zip(got, oracle(iters=iters)):
+            assert_close(g, want, 1e-5, f"iters={iters}")
+    ops.coefficients(x, *mixing, rms_eps=torch.tensor(1e-6))
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="rms_eps must be a finite number"):
+            ops.coefficients(x, *mixing, rms_eps=torch.tensor(bad))
+    ops.step(x, torch.tanh, *mixing, sinkhorn_eps=torch.tensor(1e-6))
+    with pytest.raises(ValueError, match="sinkhorn_eps must be a finite number"):
+        ops.step(x, torch.tanh, *mixing, sinkhorn_eps=torch.tensor(float("nan")))
 
 
 def test_remembered_checks_follow_the_gate_state(monkeypatch, device):

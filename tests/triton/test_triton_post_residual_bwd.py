@@ -66,6 +66,24 @@ def test_post_residual_bwd_bad_config(device):
         pr.post_residual_bwd(*args, config=(16, 4, 1, False))
 
 
+def test_post_residual_launch_settings_are_ints_within_a_block(device):
+    """Launch settings are ints (True == 1 and 4.0 == 4 are wrong types), warps at most 32
+    (1024 threads, CUDA's block limit), `dot` a bool."""
+    z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+    args = (z(2, 3, 8), z(2, 8), z(2, 3), z(2, 3, 3))
+    for bad, match in ((pr.BwdConfig(16, True, 1, False), "num_warps must be a positive power of two"),
+                       (pr.BwdConfig(16, 64, 1, False), "num_warps must be a positive power of two"),
+                       (pr.BwdConfig(16, 4.0, 1, False), "num_warps must be a positive power of two"),
+                       (pr.BwdConfig(16, 4, True, False), "tokens must be an int"),
+                       (pr.BwdConfig(16, 4, 1, False, 2.0), "steps must be an int"),
+                       (pr.BwdConfig(16, 4, 1, "no"), "dot must be True or False")):
+        with pytest.raises(ValueError, match=match):
+            pr.post_residual_bwd(*args, z(2, 3, 8), config=bad)
+    for kw in (dict(num_warps=64), dict(num_warps=True), dict(block_c=32.0)):
+        with pytest.raises(ValueError, match="must be a power of two"):
+            pr.post_residual_fwd(*args, **kw)
+
+
 def test_post_residual_fwd_bad_launch(device):
     z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
     args = (z(2, 3, 8), z(2, 8), z(2, 3), z(2, 3, 3))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import triton
 import triton.language as tl
 
@@ -85,21 +86,32 @@ def num_programs_hint(device: torch.device) -> int:
 DIRECT_EAGER_LAUNCH = True
 
 
+def _transformed() -> bool:
+    """Whether a forward-mode AD level (torch.autograd.forward_ad.dual_level) or a torch.func
+    transform (jvp, vmap, grad) is active. A launcher called directly there would return
+    outputs without tangents (or read a wrapped tensor's storage); the autograd.Function
+    route refuses such transforms with torch's error instead."""
+    return _forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def direct_launch(x: torch.Tensor) -> bool:
     """Whether a launcher may be called directly instead of through its torch.library op:
     eager mode (torch.compile traces the op), grad mode off (a backward under
     create_graph=True needs the op's autograd formula, which refuses a second derivative;
-    an autograd.Function's forward always runs with grad off), and x a plain tensor (fake
-    tensors, DTensor and other subclasses dispatch through the op)."""
+    an autograd.Function's forward always runs with grad off), x a plain tensor (fake
+    tensors, DTensor and other subclasses dispatch through the op), and no forward-mode AD
+    or torch.func transform active (`_transformed`)."""
     return (DIRECT_EAGER_LAUNCH and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-            and type(x) is torch.Tensor)
+            and type(x) is torch.Tensor and not _transformed())
 
 
 def untracked(*tensors: torch.Tensor) -> bool:
     """Whether an eager forward on these tensors records no autograd graph (grad mode off,
     or none of them requires grad), so the launcher can run without its autograd.Function.
-    False under torch.compile and for tensor subclasses (`direct_launch`'s rules)."""
-    if not DIRECT_EAGER_LAUNCH or torch.compiler.is_compiling() or type(tensors[0]) is not torch.Tensor:
+    False under torch.compile, for tensor subclasses and under forward-mode AD or a torch.func
+    transform (`direct_launch`'s rules)."""
+    if (not DIRECT_EAGER_LAUNCH or torch.compiler.is_compiling() or type(tensors[0]) is not torch.Tensor
+            or _transformed()):
         return False
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
 

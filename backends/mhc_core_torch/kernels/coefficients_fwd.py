@@ -312,15 +312,16 @@ class FwdConfig:
     splits: int = 1
 
     def check(self) -> None:
+        """ValueError unless every field is an int (not a bool or float) in its range."""
         for name in ("block_t", "block_k"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
+            if type(v) is not int or v < 16 or v & (v - 1):
                 raise ValueError(f"FwdConfig.{name} must be a power of two >= 16 (tl.dot's minimum), got {v!r}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
+        if type(self.num_warps) is not int or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"FwdConfig.num_warps must be one of 1, 2, 4, 8, 16, got {self.num_warps!r}")
         for name in ("num_stages", "splits"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if type(v) is not int or v < 1:
                 raise ValueError(f"FwdConfig.{name} must be an integer >= 1, got {v!r}")
 
 
@@ -391,13 +392,14 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     f = torch.float64 if x.dtype == torch.float64 else torch.float32
     pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
     res, z, rs = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T, 2), dtype=f)
+    if config is not None:  # checked even when there is nothing to launch
+        if not isinstance(config, FwdConfig):
+            raise TypeError(f"coefficients_fwd: config must be a FwdConfig, got {type(config).__name__}")
+        config.check()
     if not T:
         return pre, post, res, z, rs
     if config is None:
         config = fwd_config(T, n, K, x.dtype, x.device)
-    elif not isinstance(config, FwdConfig):
-        raise TypeError(f"coefficients_fwd: config must be a FwdConfig, got {type(config).__name__}")
-    config.check()
     consts = _kernel_consts(x, n)
     k_per_split = triton.cdiv(triton.cdiv(K, config.splits), config.block_k) * config.block_k
     splits = triton.cdiv(K, k_per_split)

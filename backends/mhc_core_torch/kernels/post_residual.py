@@ -166,18 +166,29 @@ def bwd_config(n: int, C: int) -> BwdConfig:
     return BwdConfig(bc, 4, 1, True, steps=max(1, min(triton.cdiv(C, bc), 1024 // bc)), stages=2)
 
 
+MAX_WARPS = 32  # 1024 threads, CUDA's limit per block
+
+
+def _power_of_two(v) -> bool:
+    """v is an int (not a bool or float) and a power of two >= 1."""
+    return type(v) is int and v >= 1 and not v & (v - 1)
+
+
 def check_bwd_config(cfg: BwdConfig, n: int) -> BwdConfig:
     """cfg, or a ValueError naming what a backward configuration must be."""
     if not isinstance(cfg, BwdConfig):
         raise TypeError(f"config must be a post_residual.BwdConfig, got {type(cfg).__name__}")
     for name in ("block_c", "num_warps"):
         v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 1 or v & (v - 1):
-            raise ValueError(f"BwdConfig.{name} must be a positive power of two, got {v!r}")
+        if not _power_of_two(v) or (name == "num_warps" and v > MAX_WARPS):
+            raise ValueError(f"BwdConfig.{name} must be a positive power of two"
+                             + (f" <= {MAX_WARPS}" if name == "num_warps" else "") + f", got {v!r}")
     for name, hi in (("tokens", 16), ("steps", 1 << 20), ("stages", 4)):
         v = getattr(cfg, name)
-        if not isinstance(v, int) or not 1 <= v <= hi:
+        if type(v) is not int or not 1 <= v <= hi:
             raise ValueError(f"BwdConfig.{name} must be an int in [1, {hi}], got {v!r}")
+    if not isinstance(cfg.dot, bool):
+        raise ValueError(f"BwdConfig.dot must be True or False, got {cfg.dot!r}")
     if cfg.block_c < 16:
         raise ValueError(f"BwdConfig.block_c must be >= 16 (tl.dot / tile minimum), got {cfg.block_c}")
     if not cfg.dot and next_pow2(n) > 4:
@@ -196,8 +207,9 @@ def post_residual_fwd(x, y, post, res, block_c: int | None = None, num_warps: in
     T, n, C = x.shape
     BC = _block_c_fwd(n, C) if block_c is None else block_c
     for name, v in (("block_c", BC), ("num_warps", num_warps)):
-        if not isinstance(v, int) or v < 1 or v & (v - 1) or (name == "block_c" and v < 16):
-            raise ValueError(f"post_residual_fwd {name} must be a power of two (block_c >= 16), got {v!r}")
+        if not _power_of_two(v) or (name == "block_c" and v < 16) or (name == "num_warps" and v > MAX_WARPS):
+            raise ValueError(f"post_residual_fwd {name} must be a power of two (block_c >= 16, "
+                             f"num_warps <= {MAX_WARPS}), got {v!r}")
     out = torch.empty_like(x)
     if T:
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32

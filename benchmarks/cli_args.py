@@ -1,0 +1,40 @@
+"""argparse types shared by the benchmark scripts (no torch import: gpu_check parses its
+arguments before it imports the machine's torch). Each raises argparse.ArgumentTypeError,
+so a bad value is a usage error naming what was expected, before anything runs.
+
+    positive_int("8") -> 8             counts, sizes (>= 1)
+    non_negative_int("0") -> 0         token counts where an empty batch is meaningful
+    shape_pair("4096:16384") -> (4096, 16384)    a (C, tokens) pair, both >= 1
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _int(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} ({what}), got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} ({what}), got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int(text, 1, "a count or size")
+
+
+def non_negative_int(text: str) -> int:
+    return _int(text, 0, "0 is an empty batch")
+
+
+def shape_pair(text: str) -> tuple[int, int]:
+    """'C:T' -> (C, T), both integers >= 1."""
+    parts = str(text).split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected C:T, two integers >= 1 such as 4096:16384, got {text!r}")
+    try:
+        return tuple(_int(p, 1, "C:T such as 4096:16384") for p in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected C:T, two integers >= 1 such as 4096:16384, got {text!r}") from None

@@ -121,6 +121,11 @@ def test_fwd_config_splits_only_small_batches(monkeypatch):
     big = cf.fwd_config(16384, 4, 16384, torch.bfloat16, cpu)
     small = cf.fwd_config(4096, 4, 16384, torch.bfloat16, cpu)
     assert big.splits == 1
+    # sm_90: 128-token blocks on 8 warps where they fill >= 90% of the SMs (the H200 sweep's best)
+    h200 = cf.fwd_config(16384, 4, 16384, torch.bfloat16, cpu, cc=90)
+    assert (h200.block_t, h200.num_warps, h200.splits) == (128, 8, 1)
+    assert cf.fwd_config(16384, 4, 16384, torch.bfloat16, cpu, cc=80).block_t == 64
+    assert cf.fwd_config(16384, 8, 16384, torch.bfloat16, cpu, cc=90).block_t == 16
     blocks = 4096 // small.block_t
     assert small.splits == math.ceil(2 * 132 / blocks) and blocks * small.splits >= 2 * 132
     assert cf.fwd_config(8, 4, 64, torch.bfloat16, cpu).splits == 1  # K too short to split

@@ -345,11 +345,12 @@ def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device,
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
     blocks, sms = triton.cdiv(max(T, 1), bt), sm_count(device)
-    if stream_pad(n) <= 4 and cc >= 90 and triton.cdiv(max(T, 1), 2 * bt) >= sms:
+    if stream_pad(n) <= 4 and cc >= 90 and 10 * triton.cdiv(max(T, 1), 2 * bt) >= 9 * sms:
         # H200, bf16, n = 4 (results/gpu_h200_20261128/run2_d6b83b8/sweep_coefficients_fwd.md): 128 x 32
-        # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096,
-        # 16384 tokens (phi read from L2 half as often)
-        bt, warps, blocks = 2 * bt, 8, triton.cdiv(max(T, 1), 2 * bt)
+        # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096, 16384
+        # tokens (0.20 against 0.28 at C = 1024), where its 128 blocks nearly fill the 132 SMs;
+        # measured only there, so used only where the 128-token blocks fill >= 90% of the SMs
+        return FwdConfig(2 * bt, bk, 8, 3, 1)
     splits = 1
     if blocks < sms:
         splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))

@@ -55,9 +55,6 @@ def first_order_only(op: str):
     return backward
 
 
-  # torch.device -> multiprocessor count (a device query costs microseconds)
-
-
 @functools.lru_cache(maxsize=None)
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (asked once per device); 1 elsewhere."""

@@ -73,6 +73,11 @@ class HistorySkip(nn.Module):
         when stochastic."""
         noise = None
         if self.stochastic and self.training:
+            if self.generator is not None and torch.compiler.is_compiling():
+                raise RuntimeError(
+                    "HistorySkip(stochastic=True, generator=...): torch.compile cannot trace a "
+                    "torch.Generator; compile with generator=None (noise from torch's global RNG, "
+                    "seeded by torch.manual_seed) or run this module uncompiled")
             shape = self.logits[-k:] if self.mixing == "vector" else self.logits[-k:, -k:]
             noise = gumbel_like(shape.detach(), self.generator)
         return mhc_core.skip_weights(self.logits, k, mixing=self.mixing, constraint=self.constraint,

@@ -131,3 +131,23 @@ def test_first_compile_in_a_fresh_process_is_silent(model):
     assert lines["WARNINGS"] == "[]", lines["WARNINGS"]
     assert lines["LOGS"] == "[]", lines["LOGS"]
     assert float(lines["MAXDIFF"]) <= 1e-6, lines["MAXDIFF"]
+
+
+def test_stochastic_history_compiles_with_the_global_rng_and_names_the_generator_problem():
+    """Gumbel noise from torch's global RNG traces (fullgraph) and matches eager under the same
+    seed; with an explicit torch.Generator, which dynamo cannot trace, the error says what to do."""
+    layers = [nn.Linear(8, 8) for _ in range(3)]
+    model = mhc_core_torch.HistorySequential(layers, history=2, stochastic=True).train()
+    x = torch.randn(2, 8)
+    torch.manual_seed(3)
+    want = model(x)
+    torch.manual_seed(3)
+    got = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert_close(got.detach().numpy(), want.detach().numpy(), rtol=1e-6, atol=0.0, case="stochastic-history-compiled")
+
+    torch._dynamo.reset()
+    seeded = mhc_core_torch.HistorySequential(layers, history=2, stochastic=True,
+                                              generator=torch.Generator().manual_seed(0)).train()
+    with pytest.raises(Exception, match="torch.compile cannot trace a torch.Generator; compile with generator=None"):
+        torch.compile(seeded, fullgraph=True, backend="aot_eager")(x)
+    assert seeded(x).shape == x.shape  # uncompiled, the generator works

@@ -97,32 +97,31 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     px, pf = "*" + X, "*fp32"
     consts, prec = co._consts(torch.empty(0, dtype=dtype), n)
     warps = consts.pop("num_warps")
-    fc = cf.fwd_config(1 << 20, n, n * C_REPORT, dtype, torch.device("cpu"), cc=cc)  # the one-launch shape
+    cpu = torch.device("cpu")
+    # the launches the forward makes on a 132-SM device of this architecture: one launch at
+    # many tokens, split-K (+ merge) at few
+    fc = cf.fwd_config(1 << 20, n, n * C_REPORT, dtype, cpu, cc=cc, sms=132)
+    fs = cf.fwd_config(256, n, n * C_REPORT, dtype, cpu, cc=cc, sms=132)
     fk = cf._kernel_consts(torch.empty(0, dtype=dtype), n)
     np_, f32 = next_pow2(n), tl.float32
     pb = po.bwd_config(n, C_REPORT)
+    fwd_sig = dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
+                   rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
+                   rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
+                   a_lo="fp32", a_eps="fp32", f_max="fp32")
+    fwd_consts = dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, **fk)
     out = [
-        Spec("coefficients_fwd", cf._coeff_fwd_kernel,
-             dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
-                  rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
-                  rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
-                  a_lo="fp32", a_eps="fp32", f_max="fp32"),
-             dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, SPLIT=False,
-                  BT=fc.block_t, BK=fc.block_k, **fk), fc.num_warps, (0,), div16=("K",), num_stages=fc.num_stages),
-        Spec("coefficients_fwd_split", cf._coeff_fwd_kernel,
-             dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
-                  rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
-                  rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
-                  a_lo="fp32", a_eps="fp32", f_max="fp32"),
-             dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, SPLIT=True,
-                  BT=fc.block_t, BK=fc.block_k, **fk), fc.num_warps, (0,), div16=("K", "k_per_split"),
+        Spec("coefficients_fwd", cf._coeff_fwd_kernel, fwd_sig,
+             dict(SPLIT=False, BT=fc.block_t, BK=fc.block_k, **fwd_consts), fc.num_warps, (0,), div16=("K",),
              num_stages=fc.num_stages),
+        Spec("coefficients_fwd_split", cf._coeff_fwd_kernel, fwd_sig,
+             dict(SPLIT=True, BT=fs.block_t, BK=fs.block_k, **fwd_consts), fs.num_warps, (0,),
+             div16=("K", "k_per_split"), num_stages=fs.num_stages),
         Spec("coefficients_fwd_merge", cf._coeff_merge_kernel,
              dict(part_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf, rs_ptr=pf,
                   T="i32", n="i32", K="i32", W="i32", S="i32", iters="i32", rms_eps="fp32", pre_eps="fp32",
                   sk_eps="fp32", post_scale="fp32"),
-             dict(HC=False, LOG=False, BT=cf.MERGE_BT, **{k: v for k, v in fk.items() if k != "PREC"}),
-             fc.num_warps, (0,), div16=("K",)),
+             dict(HC=False, LOG=False, BT=cf.MERGE_BT, **cf.merge_consts(fk)), cf.merge_warps(n), (0,), div16=("K",)),
         Spec("coefficients_gate_bwd", co._gate_bwd_kernel,
              dict(z_ptr=pf, rs_ptr=pf, bias_ptr=pf, alpha_ptr=pf, dpre_ptr=pf, dpost_ptr=pf, dres_ptr=pf, u_ptr=pf,
                   c_ptr=pf, dbias_part_ptr=pf, dalpha_part_ptr=pf, T="i32", n="i32", K="i32", W="i32", iters="i32",

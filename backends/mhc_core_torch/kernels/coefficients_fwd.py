@@ -335,16 +335,18 @@ def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     return (64, 32) if R <= 4 else ((16, 32) if R == 8 else (16, 16))
 
 
-def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device, cc: int | None = None) -> FwdConfig:
+def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device, cc: int | None = None,
+               sms: int | None = None) -> FwdConfig:
     """The forward's launch: one launch when the cdiv(T, BT) token blocks cover every SM,
     else split-K into enough splits for ~2 programs per SM, each split >= MIN_K_STEPS K blocks.
     K loop pipelined 3 deep, except bf16 x before sm_90 (A100): 2 deep, as 3 spilled 4 B there
-    under Triton 3.6's ptxas (and 2 spilled 8 B for float32 x). cc overrides the device's compute
-    capability (the compile report's architectures)."""
+    under Triton 3.6's ptxas (and 2 spilled 8 B for float32 x). cc and sms override the device's
+    compute capability and SM count (the compile report's architectures)."""
     cc = capability(device) if cc is None else cc
+    sms = sm_count(device) if sms is None else sms
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
-    blocks, sms = triton.cdiv(max(T, 1), bt), sm_count(device)
+    blocks = triton.cdiv(max(T, 1), bt)
     if stream_pad(n) <= 4 and cc >= 90 and 10 * triton.cdiv(max(T, 1), 2 * bt) >= 9 * sms:
         # H200, bf16, n = 4 (results/gpu_h200_20261128/run2_d6b83b8/sweep_coefficients_fwd.md): 128 x 32
         # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096, 16384
@@ -383,6 +385,16 @@ def _kernel_consts(x: torch.Tensor, n: int) -> dict:
                 PREC="ieee" if (INTERPRETED or f64) else "tf32x3")
 
 
+def merge_warps(n: int) -> int:
+    """Warps of the split-K merge kernel (R*R-wide tiles above n = 4 need more threads)."""
+    return 4 if stream_pad(n) <= 4 else 8
+
+
+def merge_consts(consts: dict) -> dict:
+    """The forward's constexprs the merge kernel declares (it runs no dot: no PREC)."""
+    return {k: v for k, v in consts.items() if k != "PREC"}
+
+
 def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
                      sk_eps: float, post_scale: float, config: FwdConfig | None = None):
     """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
@@ -416,5 +428,5 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     if splits > 1:
         _coeff_merge_kernel[(triton.cdiv(T, MERGE_BT),)](
             part, bias, alpha, pre, post, res, z, rs, T, n, K, W, splits, *scalars,
-            BT=MERGE_BT, num_warps=4 if consts["R"] <= 4 else 8, **{k: v for k, v in cfg.items() if k != "PREC"})
+            BT=MERGE_BT, num_warps=merge_warps(n), **merge_consts(cfg))
     return pre, post, res, z, rs

@@ -313,6 +313,37 @@ def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: fl
     return ops.astype(ops.astype(y, cdt) + ops.astype(mix, cdt), y.dtype)
 
 
+def layer_list(layers, module_type: type, framework: str, containers: tuple = ()) -> list:
+    """`layers` as a non-empty list of `module_type` instances: a TypeError naming the first
+    that is not one (or a single module given where an iterable is expected: `containers`
+    are the module types that are iterables of layers), a ValueError for none."""
+    if isinstance(layers, module_type) and not isinstance(layers, containers):
+        raise TypeError(f"layers must be an iterable of {framework} (e.g. a list), got a single "
+                        f"{type(layers).__name__}; wrap it in a list")
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be an iterable of {framework}, got {type(layers).__name__}") from None
+    if not layers:
+        raise ValueError(f"layers must hold at least one {framework} layer, got none")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, module_type):
+            raise TypeError(f"layers[{i}] must be a module of type {framework}, got {type(layer).__module__}."
+                            f"{type(layer).__name__}")
+    return layers
+
+
+def run_history_stack(x, layers: Sequence, skips: Sequence, history: int, keep):
+    """The multi-history stack: window = [keep(x_0)]; for each layer l,
+    x_{l+1} = skips[l](layers[l](x_l), window), window += [keep(x_{l+1})], the last
+    `history` states kept. `keep` is the identity or the backend's detach."""
+    window = [keep(x)]
+    for layer, skip in zip(layers, skips):
+        x = skip(layer(x), window)
+        window = (window + [keep(x)])[-history:]
+    return x
+
+
 # --- stability metric --------------------------------------------------------------------
 
 

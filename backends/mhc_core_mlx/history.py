@@ -87,20 +87,7 @@ class HistorySkip(nn.Module):
 
 def check_layers(layers) -> list:
     """A non-empty list of mlx.nn.Modules (TypeError naming the first that is not one)."""
-    if isinstance(layers, nn.Module):
-        raise TypeError("layers must be an iterable of mlx.nn.Module (e.g. a list), got a single "
-                        f"{type(layers).__name__}; wrap it in a list")
-    try:
-        layers = list(layers)
-    except TypeError:
-        raise TypeError(f"layers must be an iterable of mlx.nn.Module, got {type(layers).__name__}") from None
-    if not layers:
-        raise ValueError("layers must hold at least one mlx.nn.Module, got none")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layers[{i}] must be an mlx.nn.Module, got {type(layer).__module__}."
-                            f"{type(layer).__name__}")
-    return layers
+    return hist.layer_list(layers, nn.Module, "mlx.nn.Module", ())
 
 
 class HistorySequential(nn.Module):
@@ -136,11 +123,7 @@ class HistorySequential(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if not isinstance(x, mx.array):
             raise TypeError(f"HistorySequential expects an mlx.core.array, got {type(x).__module__}.{type(x).__name__}")
-        window = [self._keep(x)]  # x_0
-        for layer, skip in zip(self.layers, self.skips):
-            x = skip(layer(x), window)
-            window = (window + [self._keep(x)])[-self.history:]
-        return x
+        return hist.run_history_stack(x, self.layers, self.skips, self.history, self._keep)
 
     def skip_weights(self) -> list:
         """Each layer's noise-free weights (gate and pruning included), [min(K, l + 1)]:

@@ -91,22 +91,9 @@ class HistorySkip(nn.Module):
                                      prune_threshold=self.prune_threshold)
 
 
-def check_layers(layers) -> list[nn.Module]:
-    """A non-empty list of nn.Modules (TypeError naming the first that is not one)."""
-    if isinstance(layers, nn.Module) and not isinstance(layers, (nn.ModuleList, nn.Sequential)):
-        raise TypeError("layers must be an iterable of torch.nn.Module (e.g. a list), got a single "
-                        f"{type(layers).__name__}; wrap it in a list")
-    try:
-        layers = list(layers)
-    except TypeError:
-        raise TypeError(f"layers must be an iterable of torch.nn.Module, got {type(layers).__name__}") from None
-    if not layers:
-        raise ValueError("layers must hold at least one torch.nn.Module, got none")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layers[{i}] must be a torch.nn.Module, got {type(layer).__module__}."
-                            f"{type(layer).__name__}")
-    return layers
+def check_layers(layers) -> list:
+    """A non-empty list of torch.nn.Modules (TypeError naming the first that is not one)."""
+    return hist.layer_list(layers, nn.Module, "torch.nn.Module", (nn.ModuleList, nn.Sequential))
 
 
 class HistorySequential(nn.Module):
@@ -142,11 +129,7 @@ class HistorySequential(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"HistorySequential expects a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
-        window = [self._keep(x)]  # x_0
-        for layer, skip in zip(self.layers, self.skips):
-            x = skip(layer(x), window)
-            window = (window + [self._keep(x)])[-self.history:]
-        return x
+        return hist.run_history_stack(x, self.layers, self.skips, self.history, self._keep)
 
     def skip_weights(self) -> list[torch.Tensor]:
         """Each layer's mixing weights (gate and pruning included) in eval mode, [k_l] for

@@ -25,6 +25,8 @@ import json
 import os
 import struct
 
+from .checks import state_matches
+
 NAMING = "torch-state-dict"
 
 PORTABLE = ("Linear, RMSNorm, LayerNorm, Embedding, MHC and StreamHead, held in Sequential / "
@@ -69,6 +71,22 @@ def refusal(owner: str, layers: list[str]) -> str:
     return (f"{owner} holds layers with no portable mapping between torch and MLX: {'; '.join(layers)}. "
             f"Portable: {PORTABLE}. Convert those weights by hand (e.g. transpose a convolution's "
             "kernel) or replace the layers with portable ones.")
+
+
+def check_incoming(current: dict, incoming: dict, owner: str, named_modules, state, other: str) -> None:
+    """`checks.state_matches(current, incoming, owner)`, with this module's unportable
+    layers (if any) named: a file written by the `other` backend ('torch' | 'mlx') into a
+    module that holds them is refused outright, and a mismatch names them."""
+    layers = unportable(named_modules)
+    if layers and isinstance(state, (str, os.PathLike)) and file_metadata(state).get("backend") == other:
+        writer = {"torch": "torch", "mlx": "MLX"}[other]
+        raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, but " + refusal(owner, layers))
+    try:
+        state_matches(current, incoming, owner)
+    except ValueError as err:
+        if layers:
+            raise ValueError(f"{err}. {refusal(owner, layers)}") from None
+        raise
 
 
 def file_metadata(path: str | os.PathLike) -> dict:

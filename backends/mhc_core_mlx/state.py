@@ -33,7 +33,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 import mhc_core
-from mhc_core import checks, portable
+from mhc_core import portable
 
 
 def _native(module: nn.Module) -> dict[str, mx.array]:
@@ -153,16 +153,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
     if set(incoming) == set(native):  # MLX's own names (files written before the canonical naming)
         incoming = {canonical_name(module, k): v for k, v in incoming.items()}
     current = {c: native[k] for c, k in to_native.items()}
-    owner = type(module).__name__
-    unportable = portable.unportable(module.named_modules())
-    if unportable and isinstance(state, (str, os.PathLike)) and portable.file_metadata(state).get("backend") == "torch":
-        raise ValueError(f"load_state: {os.fspath(state)!r} was written by torch, but " + portable.refusal(owner, unportable))
-    try:
-        checks.state_matches(current, incoming, owner)
-    except ValueError as err:
-        if unportable:
-            raise ValueError(f"{err}. {portable.refusal(owner, unportable)}") from None
-        raise
+    portable.check_incoming(current, incoming, type(module).__name__, module.named_modules(), state, "torch")
     for k, v in incoming.items():
         if not mx.issubdtype(v.dtype, mx.floating):
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mhc_core
-from mhc_core import checks, portable
+from mhc_core import portable
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,16 +94,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
             raise ValueError(f"load_state: {twice} name the same tensors as their canonical forms "
                              "(MLX's 'layers.N' and 'N' both given); pass one naming")
         incoming = translated
-    owner = type(module).__name__
-    unportable = portable.unportable(module.named_modules())
-    if unportable and isinstance(state, (str, os.PathLike)) and portable.file_metadata(state).get("backend") == "mlx":
-        raise ValueError(f"load_state: {os.fspath(state)!r} was written by MLX, but " + portable.refusal(owner, unportable))
-    try:
-        checks.state_matches(current, incoming, owner)
-    except ValueError as err:
-        if unportable:
-            raise ValueError(f"{err}. {portable.refusal(owner, unportable)}") from None
-        raise
+    portable.check_incoming(current, incoming, type(module).__name__, module.named_modules(), state, "mlx")
     for k, v in incoming.items():
         if current[k].is_floating_point() and not v.is_floating_point():
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

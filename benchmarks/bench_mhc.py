@@ -23,7 +23,9 @@ post_residual at >= 80% of copy bandwidth at 16384 tokens x C = 4096.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 import os
 import sys
 import traceback
@@ -71,6 +73,31 @@ def prepare(op, impl, n, c, t, dtype, device, mode):
         out = impls.outputs_tuple(bench.fn(*ins))
         return torch.autograd.grad(out, leaves[id(ins)], cots, allow_unused=True)
     return row, fn
+
+
+def use_swept_fwd_configs(path: Path) -> dict:
+    """Launch the coefficient forward with the fastest correct config of a
+    `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
+    every other shape keeps the library's `fwd_config`. Returns {"n=.. C=.. T=..": config
+    fields} for the report."""
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    try:
+        best = json.loads(Path(path).read_text())["best"]
+        table = {(b["n"], b["K"], b["T"]): cf.FwdConfig(**b["config"]) for b in best}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--fwd-configs: expected a sweep_coefficients_fwd.json with a 'best' list, "
+                         f"could not use {path}: {type(e).__name__}: {e}") from None
+    for cfg in table.values():
+        cfg.check()
+    library_choice = cf.fwd_config
+
+    def swept_or_library(T, n, K, dtype, device, cc=None, sms=None):
+        cfg = table.get((n, K, T)) if dtype == torch.bfloat16 else None
+        return cfg or library_choice(T, n, K, dtype, device, cc, sms)
+
+    cf.fwd_config = swept_or_library
+    return {f"n={n} C={k // n} T={t}": dataclasses.asdict(c) for (n, k, t), c in table.items()}
 
 
 def _failed(row, err):
@@ -131,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",
                     help="CUDA: explicit (C, tokens) pairs, e.g. 4096:16384 (instead of the --channels x --tokens grid)")
     ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
+    ap.add_argument("--fwd-configs", type=Path, metavar="SWEEP_JSON",
+                    help="launch the coefficient forward with the sweep's best config at each shape it swept "
+                         "(sweep_coefficients_fwd.json; the report lists them)")
     args = ap.parse_args(argv)
     if (args.cpu or args.interpret_smoke) and (args.shapes or args.channels or args.tokens):
         ap.error("--shapes, --channels and --tokens choose the CUDA run's shapes; --cpu and --interpret-smoke "
@@ -178,6 +208,8 @@ def main(argv=None) -> int:
     impls_ = args.impls.split(",") if args.impls else default_impls
 
     env = harness.environment(device, HERE.parent)
+    if args.fwd_configs:
+        env["coefficient_fwd_configs"] = use_swept_fwd_configs(args.fwd_configs)
     copy_bw = harness.copy_bandwidth_gbps(device, 2**30 if device.type == "cuda" else 2**28)
     env.update(dtype=str(dtype).split(".")[-1], copy_bw_GBps=copy_bw)
     print(f"{env['device_name']}: copy bandwidth {copy_bw:.1f} GB/s")

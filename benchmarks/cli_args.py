@@ -5,10 +5,12 @@ so a bad value is a usage error naming what was expected, before anything runs.
     positive_int("8") -> 8             counts, sizes (>= 1)
     non_negative_int("0") -> 0         token counts where an empty batch is meaningful
     shape_pair("4096:16384") -> (4096, 16384)    a (C, tokens) pair, both >= 1
+    positive_float("35") -> 35.0       time budgets (> 0, finite)
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _int(text: str, minimum: int, what: str) -> int:
@@ -38,3 +40,13 @@ def shape_pair(text: str) -> tuple[int, int]:
         return tuple(_int(p, 1, "C:T such as 4096:16384") for p in parts)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected C:T, two integers >= 1 such as 4096:16384, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 (seconds), got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 (seconds), got {text!r}")
+    return value

@@ -105,17 +105,19 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     fk = cf._kernel_consts(torch.empty(0, dtype=dtype), n)
     np_, f32 = next_pow2(n), tl.float32
     pb = po.bwd_config(n, C_REPORT)
-    fwd_sig = dict(x_ptr=px, phi_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf,
-                   rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32", k_per_split="i32", iters="i32",
-                   rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32", m_lo="fp32", m_hi="fp32",
-                   a_lo="fp32", a_eps="fp32", f_max="fp32")
-    fwd_consts = dict(HC=False, LOG=False, FAST=True, BF16X3=dtype == torch.bfloat16, **fk)
+    parts = cf.uses_phi_parts(dtype, n)
+    fwd_sig = dict(x_ptr=px, phi_ptr=pf, parts_ptr="*bf16" if parts else pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf,
+                   post_ptr=pf, res_ptr=pf, z_ptr=pf, rs_ptr=pf, part_ptr=pf, T="i32", n="i32", K="i32", W="i32",
+                   k_per_split="i32", iters="i32", rms_eps="fp32", pre_eps="fp32", sk_eps="fp32", post_scale="fp32",
+                   m_lo="fp32", m_hi="fp32", s_lo="fp32", s_eps="fp32", f_max="fp32")
+    fwd_consts = dict(HC=False, LOG=False, FAST=True, PARTS=parts, BF16X3=dtype == torch.bfloat16, **fk)
     out = [
         Spec("coefficients_fwd", cf._coeff_fwd_kernel, fwd_sig,
-             dict(SPLIT=False, BT=fc.block_t, BK=fc.block_k, **fwd_consts), fc.num_warps, (0,), div16=("K",),
-             num_stages=fc.num_stages),
+             dict(SPLIT=False, SS_DOT=parts and fc.square_sum_dot, BT=fc.block_t, BK=fc.block_k, **fwd_consts),
+             fc.num_warps, (0,), div16=("K",), num_stages=fc.num_stages),
         Spec("coefficients_fwd_split", cf._coeff_fwd_kernel, fwd_sig,
-             dict(SPLIT=True, BT=fs.block_t, BK=fs.block_k, **fwd_consts), fs.num_warps, (0,),
+             dict(SPLIT=True, SS_DOT=parts and fs.square_sum_dot, BT=fs.block_t, BK=fs.block_k, **fwd_consts),
+             fs.num_warps, (0,),
              div16=("K", "k_per_split"), num_stages=fs.num_stages),
         Spec("coefficients_fwd_merge", cf._coeff_merge_kernel,
              dict(part_ptr=pf, bias_ptr=pf, alpha_ptr=pf, pre_ptr=pf, post_ptr=pf, res_ptr=pf, z_ptr=pf, rs_ptr=pf,
@@ -152,6 +154,10 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
                   STEPS=pb.steps, STAGES=pb.stages),
              pb.num_warps, (0,), div16=("C",)),
     ]
+    if parts:
+        out.append(Spec("coefficients_phi_parts", cf._phi_parts_kernel,
+                        dict(phi_ptr=pf, parts_ptr="*bf16", K="i32", n="i32", W="i32"),
+                        dict(R=stream_pad(n), GP=fk["GP"], BK=cf.PARTS_BK), 4, (), token_args=()))
     R = stream_pad(n)
     sk_bt = max(1, min(16, 256 // (R * R)))
     for name, fn, args in (("sinkhorn_fwd", sk._sinkhorn_fwd_kernel, dict(L_ptr=pf, M_ptr=pf)),

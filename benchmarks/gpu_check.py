@@ -4,7 +4,7 @@
     SMOKE=1 python benchmarks/gpu_check.py    # the same steps on the CPU, Triton interpreter,
                                               # tiny shapes (what CI runs; figures meaningless)
 
-Steps, in order of what matters most, each with its own time limit (caps sum to 9 minutes;
+Steps, in order of what matters most, each with its own time limit (caps sum to 11 minutes;
 about 7 expected on an H200 from the 2026-11-28 runs), every output in one folder
 benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides):
 1. install what the machine lacks from the git-ignored `.whl/` folder, offline
@@ -17,7 +17,9 @@ benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_
    (SMOKE: `--interpret-smoke`, tiny shape);
 3. every test in tests/triton on the GPU (`-n 8` where pytest-xdist is installed), gpu-marked
    realistic shapes included (SMOKE: the empty-batch and one-dx-buffer tests on the CPU);
-4. the block-size sweeps `sweep_*.py` where present (not in SMOKE);
+4. the block-size sweeps `sweep_*.py` (`--sweeps`: which; not in SMOKE); with
+   `--bench-swept-fwd` the coefficient-forward sweep runs before step 2 instead, and the
+   bench launches that op with the sweep's best config at each shape it swept;
    `bench_host_overhead.py`: host cost per call at T = 8 (each op, MHC(triton) fwd and
    fwd+bwd; SMOKE: `--stub-kernels`, launches stubbed, a few calls);
 5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
@@ -50,7 +52,8 @@ WHEELS = [
     ("liger_kernel", "liger-kernel", ["--no-deps"]),
 ]
 LIMITS_S = {"install": 60, "bench": 240, "bench_reference": 35, "pytest": 150, "sweep": 40,
-            "host": 30}  # caps in seconds (9 min at most); on an H200 (run 3) a bench shape took ~45 s
+            "sweep_coefficients_fwd": 100, "host": 30}  # caps in seconds; on an H200 a bench shape took ~45 s
+SWEEP_BUDGET_S = {"sweep_coefficients_fwd": 75}  # the sweep stops timing new candidates past this
 
 
 def _env() -> dict:
@@ -116,10 +119,20 @@ def main(argv=None) -> int:
     # fit the 8 minutes; `--shapes` takes any C:T list
     ap.add_argument("--shapes", nargs="+", type=_shape_text, help="bench (C, tokens) pairs as C:T (default "
                     + " ".join(DEFAULT_SHAPES) + "; not with SMOKE=1, whose bench runs one tiny shape)")
+    sweeps = sorted(p.stem for p in HERE.glob("sweep_*.py"))
+    ap.add_argument("--sweeps", nargs="*", choices=sweeps, default=None,
+                    help="which launch sweeps to run (default all: " + " ".join(sweeps) + "; none: --sweeps)")
+    ap.add_argument("--bench-swept-fwd", action="store_true",
+                    help="run the coefficient-forward sweep first and bench with its best config per shape "
+                         "(bench_mhc.py --fwd-configs; the report lists them)")
     args = ap.parse_args(argv)
+    if args.sweeps is None:
+        args.sweeps = sweeps
+    if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
+        ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
     smoke = os.environ.get("SMOKE") == "1"
-    if smoke and args.shapes:
-        ap.error("--shapes sets the CUDA bench's shapes; SMOKE=1 runs one tiny shape in the interpreter")
+    if smoke and (args.shapes or args.bench_swept_fwd):
+        ap.error("--shapes and --bench-swept-fwd set the CUDA bench; SMOKE=1 runs one tiny shape in the interpreter")
     args.shapes = args.shapes or DEFAULT_SHAPES
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
@@ -135,7 +148,18 @@ def main(argv=None) -> int:
     steps = {"install": install_missing(out, env)}
 
     py = sys.executable
-    bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench"]
+
+    def sweep(name):
+        cmd = [py, str(HERE / f"{name}.py"), "--out", str(out)]
+        cmd += ["--budget-s", str(SWEEP_BUDGET_S[name])] if name in SWEEP_BUDGET_S else []
+        steps[name] = _run(cmd, out / f"{name}.txt", LIMITS_S.get(name, LIMITS_S["sweep"]), env)
+
+    tuned = []
+    if args.bench_swept_fwd:
+        sweep("sweep_coefficients_fwd")
+        if (out / "sweep_coefficients_fwd.json").is_file():
+            tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
+    bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
     # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
     bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
         "--shapes", *args.shapes, "--impls", "ours-triton,liger"]
@@ -143,7 +167,7 @@ def main(argv=None) -> int:
     if not smoke:
         steps["bench_reference"] = _run(
             [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench_reference", "--channels", "4096",
-             "--tokens", "16384", "--impls", "ours-triton,reference"], out / "bench_reference.txt",
+             "--tokens", "16384", "--impls", "ours-triton,reference", *tuned], out / "bench_reference.txt",
             LIMITS_S["bench_reference"], env)
 
     if smoke:
@@ -155,9 +179,9 @@ def main(argv=None) -> int:
     steps["pytest"] = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
                            out / "pytest.txt", LIMITS_S["pytest"], env)
     if not smoke:
-        for script in sorted(HERE.glob("sweep_*.py")):
-            steps[script.stem] = _run([py, str(script), "--out", str(out)], out / f"{script.stem}.txt",
-                                      LIMITS_S["sweep"], env)
+        for name in args.sweeps:
+            if name not in steps:
+                sweep(name)
     host = [py, str(HERE / "bench_host_overhead.py"), "--out", str(out)]
     host += ["--stub-kernels", "--calls", "5", "--rounds", "2"] if smoke else []
     steps["host"] = _run(host, out / "host.txt", LIMITS_S["host"], env)

@@ -175,6 +175,10 @@ def markdown(results: list[dict], env: dict) -> str:
              "Cells: median time, achieved GB/s of the op's ideal traffic (each input read once, each output "
              "written once; see benchmarks/harness.py) and % of the measured copy bandwidth"
              + (", peak extra memory." if env["device"] == "cuda" else "."), ""]
+    if env.get("coefficient_fwd_configs"):
+        lines += ["Coefficient forward launched with a sweep's best config at these shapes (`--fwd-configs`; "
+                  "other shapes: the library's fwd_config):", ""]
+        lines += [f"- {shape}: {cfg}" for shape, cfg in env["coefficient_fwd_configs"].items()] + [""]
     keys = []
     for r in results:
         if (r["op"], r["mode"]) not in keys:

@@ -1,17 +1,19 @@
 """Sweep the coefficient forward's launch configurations (kernels/coefficients_fwd.py).
 
-    python benchmarks/sweep_coefficients_fwd.py --out benchmarks/results    # CUDA, < 60 s on an H100
+    python benchmarks/sweep_coefficients_fwd.py --out benchmarks/results    # CUDA, ~75 s on an H200
     python benchmarks/sweep_coefficients_fwd.py --interpret-smoke --out /tmp/s   # CPU interpreter, tiny shape
 
-For each shape (n = 4, C in {1024, 4096}, T in {4096, 16384}, bf16 x, float32 phi) and each
-candidate `FwdConfig` (token block, K block, warps, stages, K splits; plus the launcher's
-own choice, `fwd_config`), it first checks the candidate against references -- z against a
-float64 x @ phi * rsqrt(mean(x^2) + eps) on all tokens, pre / post / res against the float64
-oracle (mhc_core on numpy) on the first 64 tokens -- and skips a wrong one loudly (error in
-the report), then times it (CUDA: triton.testing.do_bench median, inputs rotated so that
-they outgrow L2; CPU: perf_counter median). The launcher's choice is timed at every shape
-first; candidates started after BUDGET_S (35 s) are reported as skipped, so the sweep ends
-inside gpu-check's 50 s per-sweep limit. Writes sweep_coefficients_fwd.{json,md} to --out.
+For each shape (n = 4: C = 4096 at 16384 and 4096 tokens, C = 1024 and 7168 at 16384; bf16 x,
+float32 phi) and each candidate `FwdConfig` (token block, K block, warps, stages, K splits,
+sum(x^2) on the tensor cores or not; plus the launcher's own choice, `fwd_config`), it first
+checks the candidate against references -- z against a float64 x @ phi * rsqrt(mean(x^2) + eps)
+on all tokens, pre / post / res against the float64 oracle (mhc_core on numpy) on the first
+64 tokens -- and skips a wrong one loudly (error in the report), then times it (CUDA:
+triton.testing.do_bench median, inputs rotated so that they outgrow L2; CPU: perf_counter
+median). The launcher's choice is timed at every shape first; candidates started after
+--budget-s (default 35 s) are reported as skipped. Writes sweep_coefficients_fwd.{json,md} to
+--out; the JSON's "best" (fastest correct config per shape) is what
+`bench_mhc.py --fwd-configs` and `gpu_check.py --bench-swept-fwd` launch with.
 `--interpret-smoke` runs the same code in the Triton interpreter at n = 4, C = 16, T = 40
 with 16-wide blocks (tests/triton/test_sweep_coefficients_fwd.py runs it in CI).
 """
@@ -37,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
+from cli_args import positive_float  # noqa: E402
 import mhc_core  # noqa: E402
 from mhc_core_torch.kernels import coefficients_fwd as cf  # noqa: E402
 
@@ -44,14 +47,24 @@ EPS = 1e-6
 KW = dict(hc=False, iters=20, rms_eps=EPS, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
 TOL = 1e-4          # max |err| / max(1, max |ref|): float32-level (bf16x3 / tf32x3 dots)
 ORACLE_TOKENS = 64  # pre / post / res checked against the numpy oracle on this many tokens
-BUDGET_S = 35.0     # stop timing new candidates past this (gpu-check gives each sweep 50 s)
+BUDGET_S = 35.0     # default: stop timing new candidates past this (--budget-s)
 
-GPU_SHAPES = [(4, 1024, 4096), (4, 1024, 16384), (4, 4096, 4096), (4, 4096, 16384)]  # (n, C, T)
-# (token block, K block, warps, stages, splits)
-GPU_CANDIDATES = [(64, 32, 4, 3, 1), (64, 64, 4, 3, 1), (64, 64, 8, 3, 1), (64, 32, 4, 4, 1), (128, 32, 8, 3, 1),
-                  (32, 64, 4, 3, 1), (32, 32, 4, 3, 1), (64, 32, 4, 3, 2), (64, 32, 4, 3, 4), (64, 64, 4, 3, 4)]
+# (n, C, T), the issue's target shape first
+GPU_SHAPES = [(4, 4096, 16384), (4, 4096, 4096), (4, 1024, 16384), (4, 7168, 16384)]
+# FwdConfig fields (token block, K block, warps, stages, splits, square_sum_dot), in timing
+# order: one launch (large T) first, then split-K (small T). Under Triton 3.6's ptxas for
+# sm_90a (bf16, n = 4) none spills more than 4 B except (32, 64, 4, 3, 1, True): 72 B; K blocks
+# of 128 spilled ~1 KB (and 128 x 128 needs 245 KB of shared memory): not swept.
+# The budget cuts the tail of this list, not its head.
+GPU_CANDIDATES = [(128, 32, 8, 3, 1, False), (128, 64, 8, 3, 1, False), (64, 64, 4, 3, 1, False),
+                  (128, 32, 8, 3, 1, True), (128, 64, 8, 3, 1, True), (64, 64, 4, 3, 1, True),
+                  (64, 32, 4, 3, 1, False), (128, 32, 8, 4, 1, False), (64, 64, 4, 4, 1, False),
+                  (64, 32, 4, 4, 1, False), (32, 64, 4, 3, 1, False), (64, 64, 8, 3, 1, False),
+                  (64, 32, 4, 3, 1, True), (32, 64, 4, 3, 1, True), (64, 64, 4, 3, 2, False),
+                  (64, 64, 4, 3, 4, False), (32, 64, 4, 3, 2, False), (64, 64, 4, 3, 4, True),
+                  (64, 32, 4, 3, 4, False), (32, 64, 4, 3, 4, False)]
 SMOKE_SHAPES = [(4, 16, 40)]
-SMOKE_CANDIDATES = [(16, 16, 4, 2, 1), (16, 16, 4, 2, 2), (32, 16, 4, 2, 1)]
+SMOKE_CANDIDATES = [(16, 16, 4, 2, 1, False), (16, 16, 4, 2, 2, False), (32, 16, 4, 2, 1, True)]
 
 
 def _inputs(n, c, t, device, seed=0):
@@ -110,8 +123,8 @@ def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict
     rows, t_start = [], time.perf_counter()
     for (n, c, t), label, cfg in _plan(shapes, candidates, device):
         row = dict(n=n, C=c, T=t, config=label, block_t=cfg.block_t, block_k=cfg.block_k,
-                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, splits=cfg.splits, ms=None, gbps=None,
-                   max_err=None, error="")
+                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, splits=cfg.splits,
+                   square_sum_dot=cfg.square_sum_dot, ms=None, gbps=None, max_err=None, error="")
         rows.append(row)
         if time.perf_counter() - t_start > budget_s:
             row["error"] = f"skipped: past the {budget_s:.0f} s budget"
@@ -139,7 +152,8 @@ def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict
             log(f"!!! n={n} C={c} T={t} {cfg}: {row['error']}")
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         log(f"n={n} C={c} T={t} {label:4s} BT={cfg.block_t} BK={cfg.block_k} w={cfg.num_warps} "
-            f"st={cfg.num_stages} S={cfg.splits}: {row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
+            f"st={cfg.num_stages} S={cfg.splits} ssdot={int(cfg.square_sum_dot)}: "
+            f"{row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
             f"err={row['max_err']} {row['error']}")
     return rows
 
@@ -149,24 +163,40 @@ def markdown(rows, env) -> str:
              f"date {env['date']}, commit {env['commit']}, versions {env['versions']}, bf16 x, float32 phi; "
              f"median time (do_bench on CUDA), GB/s of the ideal traffic (harness.ideal_bytes), max error vs "
              f"float64 references (bound {TOL:g}). Regenerate: `python benchmarks/sweep_coefficients_fwd.py`.", "",
-             "| n | C | T | config | BT | BK | warps | stages | splits | ms | GB/s | max err | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| n | C | T | config | BT | BK | warps | stages | splits | ss dot | ms | GB/s | max err | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms = f"{r['ms']:.4f}" if r["ms"] is not None else "-"
         gb = f"{r['gbps']:.0f}" if r["gbps"] is not None else "-"
         err = f"{r['max_err']:.1e}" if r["max_err"] is not None else "-"
         lines.append(f"| {r['n']} | {r['C']} | {r['T']} | {r['config']} | {r['block_t']} | {r['block_k']} "
-                     f"| {r['num_warps']} | {r['num_stages']} | {r['splits']} | {ms} | {gb} | {err} | {r['error']} |")
+                     f"| {r['num_warps']} | {r['num_stages']} | {r['splits']} | {'yes' if r['square_sum_dot'] else ''} "
+                     f"| {ms} | {gb} | {err} | {r['error']} |")
     lines += ["", "Fastest correct candidate per shape:", ""]
+    for b in best(rows):
+        cfg = b["config"]
+        lines.append(f"- n={b['n']} C={b['C']} T={b['T']}: BT={cfg['block_t']} BK={cfg['block_k']} "
+                     f"warps={cfg['num_warps']} stages={cfg['num_stages']} splits={cfg['splits']} "
+                     f"square_sum_dot={cfg['square_sum_dot']}: {b['ms']:.4f} ms"
+                     + (f" (auto: {b['auto_ms']:.4f} ms)" if b["auto_ms"] is not None else ""))
+    return "\n".join(lines) + "\n"
+
+
+CONFIG_FIELDS = ("block_t", "block_k", "num_warps", "num_stages", "splits", "square_sum_dot")
+
+
+def best(rows) -> list[dict]:
+    """Per swept shape, the fastest correct candidate: {n, C, T, K, config (FwdConfig fields), ms,
+    auto_ms} (what `bench_mhc.py --fwd-configs` launches with)."""
+    out = []
     for key in sorted({(r["n"], r["C"], r["T"]) for r in rows}):
         ok = [r for r in rows if (r["n"], r["C"], r["T"]) == key and r["ms"] is not None]
         if ok:
             b = min(ok, key=lambda r: r["ms"])
-            auto = [r for r in ok if r["config"] == "auto"]
-            lines.append(f"- n={key[0]} C={key[1]} T={key[2]}: BT={b['block_t']} BK={b['block_k']} "
-                         f"warps={b['num_warps']} stages={b['num_stages']} splits={b['splits']}: {b['ms']:.4f} ms"
-                         + (f" (auto: {auto[0]['ms']:.4f} ms)" if auto else ""))
-    return "\n".join(lines) + "\n"
+            auto = [r["ms"] for r in ok if r["config"] == "auto"]
+            out.append(dict(n=key[0], C=key[1], T=key[2], K=key[0] * key[1], ms=b["ms"],
+                            auto_ms=auto[0] if auto else None, config={f: b[f] for f in CONFIG_FIELDS}))
+    return out
 
 
 def main(argv=None) -> int:
@@ -174,6 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="CPU, Triton interpreter, tiny shape (the CI check of this script)")
+    ap.add_argument("--budget-s", type=positive_float, default=BUDGET_S,
+                    help=f"stop timing new candidates after this many seconds (default {BUDGET_S:g})")
     args = ap.parse_args(argv)
     if args.interpret_smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -185,11 +217,11 @@ def main(argv=None) -> int:
             raise SystemExit("no CUDA device: run with --interpret-smoke for the CPU interpreter check")
         device, shapes, candidates = torch.device("cuda"), GPU_SHAPES, GPU_CANDIDATES
     t0 = time.perf_counter()
-    rows = sweep(shapes, candidates, device)
+    rows = sweep(shapes, candidates, device, budget_s=args.budget_s)
     env = harness.environment(device, ROOT)
     env["sweep_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = dict(env=env, tol=TOL, rows=rows)
+    report = dict(env=env, tol=TOL, rows=rows, best=best(rows))
     (args.out / "sweep_coefficients_fwd.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "sweep_coefficients_fwd.md").write_text(markdown(rows, env))
     wrong = [r for r in rows if r["error"] and not r["error"].startswith("skipped")]

@@ -49,7 +49,10 @@ Cfg = pr.BwdConfig
 # contiguous bf16 (16-byte loads), then tokens per program, loops over C, fewer warps
 BWD_GPU = [Cfg(1024, 4, 1, False), Cfg(512, 2, 1, False), Cfg(2048, 8, 1, False), Cfg(256, 1, 1, False),
            Cfg(1024, 8, 1, False), Cfg(512, 4, 1, False), Cfg(1024, 4, 2, False), Cfg(512, 2, 2, False),
-           Cfg(256, 1, 4, False), Cfg(1024, 4, 1, False, 4, 2), Cfg(512, 2, 1, False, 4, 3)]
+           Cfg(256, 1, 4, False), Cfg(1024, 4, 1, False, 4, 2), Cfg(512, 2, 1, False, 4, 3),
+           # around the 2026-11-28 H200 best (256 columns, 1 warp, 4 tokens): more tokens, wider blocks
+           Cfg(256, 1, 8, False), Cfg(512, 1, 4, False), Cfg(128, 1, 8, False), Cfg(512, 2, 4, False),
+           Cfg(256, 2, 4, False), Cfg(256, 1, 2, False)]
 BWD_SMOKE = [Cfg(16, 1, 1, False), Cfg(32, 2, 2, False), Cfg(16, 1, 1, False, 2, 2)]
 FWD_GPU = [(1024, 4), (512, 2), (2048, 8), (1024, 8)]   # (C block, warps); the default is (1024, 4) at n = 4
 FWD_SMOKE = [(16, 1), (32, 2)]

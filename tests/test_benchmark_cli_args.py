@@ -15,12 +15,16 @@ def test_cli_arg_types_accept_good_values():
     assert cli_args.positive_int("8") == 8
     assert cli_args.non_negative_int("0") == 0
     assert cli_args.shape_pair("4096:16384") == (4096, 16384)
+    assert cli_args.positive_float("35") == 35.0 and cli_args.positive_float("0.5") == 0.5
 
 
 @pytest.mark.parametrize("fn,text", [(cli_args.positive_int, "0"), (cli_args.positive_int, "-3"),
                                      (cli_args.positive_int, "2.5"), (cli_args.non_negative_int, "-1"),
                                      (cli_args.shape_pair, "4096"), (cli_args.shape_pair, "4096:0"),
-                                     (cli_args.shape_pair, "a:b"), (cli_args.shape_pair, "1:2:3")])
+                                     (cli_args.shape_pair, "a:b"), (cli_args.shape_pair, "1:2:3"),
+                                     (cli_args.positive_float, "0"), (cli_args.positive_float, "-1"),
+                                     (cli_args.positive_float, "nan"), (cli_args.positive_float, "inf"),
+                                     (cli_args.positive_float, "x")])
 def test_cli_arg_types_refuse_bad_values(fn, text):
     import argparse
 

@@ -43,3 +43,37 @@ def test_sweep_budget_skips_remaining_candidates():
     assert len(rows) == 1 + len(sw.SMOKE_CANDIDATES)
     assert all(r["error"].startswith("skipped") and r["ms"] is None for r in rows), rows
     assert "Fastest correct candidate" in sw.markdown(rows, dict(device_name="cpu", date="-", commit="-", versions={}))
+
+
+def test_best_configs_drive_the_bench(tmp_path):
+    """The sweep's "best" per shape (fastest correct row, its FwdConfig fields) is what
+    `bench_mhc.py --fwd-configs` launches with at exactly that (n, C, T), bf16; any other
+    shape or dtype keeps the library's fwd_config; a file without "best" is a clear error."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_mhc
+    import sweep_coefficients_fwd as sw
+    import torch
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    def row(bt, ms, **kw):
+        return {**dict(n=4, C=40, T=20, config="", block_t=bt, block_k=16, num_warps=4, num_stages=2, splits=1,
+                       square_sum_dot=False, ms=ms), **kw}
+
+    rows = [row(16, 2.0, config="auto"), row(32, 1.0, square_sum_dot=True), row(64, None)]
+    best = sw.best(rows)
+    assert best == [dict(n=4, C=40, T=20, K=160, ms=1.0, auto_ms=2.0,
+                         config=dict(block_t=32, block_k=16, num_warps=4, num_stages=2, splits=1, square_sum_dot=True))]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(dict(best=best)))
+    cpu, library = torch.device("cpu"), cf.fwd_config
+    try:
+        listed = bench_mhc.use_swept_fwd_configs(path)
+        assert listed == {"n=4 C=40 T=20": best[0]["config"]}
+        assert cf.fwd_config(20, 4, 160, torch.bfloat16, cpu) == cf.FwdConfig(32, 16, 4, 2, 1, True)
+        assert cf.fwd_config(21, 4, 160, torch.bfloat16, cpu) == library(21, 4, 160, torch.bfloat16, cpu)
+        assert cf.fwd_config(20, 4, 160, torch.float32, cpu) == library(20, 4, 160, torch.float32, cpu)
+    finally:
+        cf.fwd_config = library
+    (tmp_path / "bad.json").write_text(json.dumps(dict(rows=[])))
+    with pytest.raises(SystemExit, match="expected a sweep_coefficients_fwd.json with a 'best' list"):
+        bench_mhc.use_swept_fwd_configs(tmp_path / "bad.json")

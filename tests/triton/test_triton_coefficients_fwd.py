@@ -3,7 +3,8 @@
 - fast path vs fallback: one token block holding huge (to 3e38), tiny (1e-30, with eps = 0),
   zero and ordinary rows, and rows whose magnitude changes between K splits, next to a block of
   ordinary rows; pre / post / res vs the float64 oracle (mhc_core on numpy), z vs a naive float64
-  x @ phi * rsqrt(mean(x^2) + eps), and rs's scale 1/m vs 2^-floor(log2 max(max|x|, m_lo));
+  x @ phi * rsqrt(mean(x^2) + eps), and rs = (rho, 1/m): m a power of two with max|x| < 2m,
+  rho/m vs a naive float64 rsqrt(mean(x^2) + eps);
 - split-K (workspace + merge kernel) vs one launch, both vs the oracle, for bf16 / fp16 / fp32 x
   and n in {1, 2, 4, 8, 16};
 - the launch choice (`fwd_config`) and FwdConfig's input checks.
@@ -20,6 +21,7 @@ from mhc_core_torch.kernels import coefficients_fwd as cf
 
 SINGLE = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=1)
 SPLIT = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=3)
+SS_DOT = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=3, square_sum_dot=True)
 KW = dict(hc=False, iters=4, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
 
 
@@ -43,12 +45,27 @@ def _check(x, params, eps, config, assert_close, tag, tol=1e-5):
     for name, g, w in zip(("pre", "post", "res"), (pre, post, res), want):
         assert_close(g, torch.from_numpy(w), tol, f"{tag}-{name}")
     assert_close(z, torch.from_numpy(_naive_z(x, params[0], eps)), tol, f"{tag}-z")
-    # rs = (rho, 1/m): m = 2^floor(log2 max(max|x|, m_lo)), capped at m_hi, whichever sweep ran
-    m_lo, m_hi = cf._scale_bounds(torch.float32, eps)
-    amax = x.detach().abs().double().cpu().reshape(x.shape[0], -1).amax(1).numpy()
-    m = np.minimum(np.exp2(np.floor(np.log2(np.maximum(amax, m_lo)))), m_hi)
-    np.testing.assert_array_equal(rs[:, 1].double().cpu().numpy(), 1.0 / m, err_msg=f"[{tag}] rs[:, 1] != 1/m")
+    _check_rs(x, rs, eps, tag)
     return z
+
+
+def _check_rs(x, rs, eps, tag):
+    """rs = (rho, 1/m), whichever sweep ran: m a power of two in [m_lo, m_hi] with max|x| < 2m
+    (< 4m at the cap m_hi) (the fast sweep takes it from sum(x^2), the fallback from max|x|), and r = rho/m =
+    rsqrt(mean(x^2) + eps) to float32 rounding (naive float64)."""
+    m_lo, m_hi = cf._scale_bounds(torch.float32, eps)
+    inv_m = rs[:, 1].double().cpu().numpy()
+    m = 1.0 / inv_m
+    assert np.all(np.frexp(m)[0] == 0.5) and np.all((m >= m_lo) & (m <= m_hi)), f"[{tag}] m not a power of two in range: {m}"
+    v = x.detach().double().cpu().numpy().reshape(x.shape[0], -1)
+    amax = np.abs(v).max(axis=1)
+    bound = np.where(m == m_hi, 4 * m, 2 * m)  # at the cap 2^126, |x| < 3.4e38 = 4m
+    assert np.all(amax < bound), f"[{tag}] max|x| >= 2m at rows {np.nonzero(amax >= bound)[0]}"
+    with np.errstate(divide="ignore"):
+        r_ref = 1.0 / np.sqrt(np.mean(v * v, axis=1) + eps)
+    ok = np.isfinite(r_ref)
+    r = rs[:, 0].double().cpu().numpy() * inv_m
+    np.testing.assert_allclose(r[ok], r_ref[ok], rtol=1e-5, atol=0, err_msg=f"[{tag}] rho/m != rsqrt(mean(x^2) + eps)")
 
 
 def _ranged_rows(n, c, rng):
@@ -66,7 +83,7 @@ def _ranged_rows(n, c, rng):
     return np.clip(x, -3e38, 3e38).reshape(32, n, c)
 
 
-@pytest.mark.parametrize("config", [SINGLE, SPLIT], ids=["single", "split"])
+@pytest.mark.parametrize("config", [SINGLE, SPLIT, SS_DOT], ids=["single", "split", "ss-dot"])
 @pytest.mark.parametrize("eps", [1e-6, 0.0], ids=["eps1e-6", "eps0"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fast_path_and_fallback_in_one_block(dtype, eps, config, assert_close, rounded, mixing_params):
@@ -106,10 +123,47 @@ def test_split_k_matches_single_launch_and_oracle(dtype, n, assert_close, rounde
     assert_close(z3, z1.double(), 1e-5, f"split-vs-single-{dtype}-n{n}")
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_phi_parts_sum_to_phi_exactly(n, device, mixing_params):
+    """phi_parts: [hi | mid | lo] per row, each in the gate-tile then res-tile layout, bf16, with
+    hi + mid + lo == phi bitwise (float64 sum of the parts; padding columns zero)."""
+    c = 5
+    phi = torch.from_numpy(mixing_params(n, c, seed=1)["phi"]).float().to(device)
+    phi[0, 0], phi[1, 1] = 1e-30, -3e38   # a tiny and a huge entry: the split holds across float32's range
+    parts = cf.phi_parts(phi, n).double().cpu()
+    R, GP = 4, 16
+    np_ = GP + R * R
+    assert parts.shape == (n * c, 3 * np_)
+    total = parts[:, :np_] + parts[:, np_:2 * np_] + parts[:, 2 * np_:]
+    cols = list(range(n)) + list(range(n, 2 * n))          # gate tile: pre in [0, R), post in [R, 2R)
+    gate_at = list(range(n)) + list(range(R, R + n))
+    res_at = [GP + i * R + o for i in range(n) for o in range(n)]
+    want = torch.zeros(n * c, np_, dtype=torch.float64)
+    want[:, gate_at] = phi.double().cpu()[:, cols]
+    want[:, res_at] = phi.double().cpu()[:, 2 * n:]
+    assert torch.equal(total, want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_square_sum_dot_matches_elementwise(n, assert_close, rounded, mixing_params):
+    """square_sum_dot (sum(x^2) as diag(x @ x^T)) vs the elementwise sum, one launch and split-K:
+    both vs the oracle, and z within float32 rounding of each other."""
+    c = max(3, 56 // n)
+    x = rounded(np.random.default_rng(n).normal(0.0, 1.0, (20, n, c)), torch.bfloat16)
+    params = _params(n, c, mixing_params, rounded)
+    for splits in (1, 3):
+        base = cf.FwdConfig(block_t=16, block_k=16, num_warps=4, num_stages=2, splits=splits)
+        z0 = _check(x, params, 1e-6, base, assert_close, f"elementwise-n{n}-s{splits}")
+        z1 = _check(x, params, 1e-6, cf.FwdConfig(16, 16, 4, 2, splits, True), assert_close, f"ss-dot-n{n}-s{splits}")
+        assert_close(z1, z0.double(), 1e-5, f"ss-dot-vs-elementwise-n{n}-s{splits}")
+
+
 def test_fast_bounds():
-    """A_EPS = 2^-15 * 2^floor(log2 sqrt(eps)) for eps >= 2^-100, else never (-1)."""
-    assert cf._fast_bounds(1e-6) == (cf.A_LO, 2.0 ** (math.floor(math.log2(1e-3)) - 15))
-    assert cf._fast_bounds(0.0) == (cf.A_LO, -1.0)
+    """S_EPS = (2^-15 * 2^floor(log2 sqrt(eps)))^2 for eps >= 2^-100 (so S_EPS <= 2^-30 eps),
+    else never (-1); S_LO = 2^-80."""
+    s_eps = (2.0 ** (math.floor(math.log2(1e-3)) - 15)) ** 2
+    assert cf._fast_bounds(1e-6) == (2.0 ** -80, s_eps) and s_eps <= 2.0 ** -30 * 1e-6
+    assert cf._fast_bounds(0.0) == (2.0 ** -80, -1.0)
     assert cf._fast_bounds(2.0 ** -110)[1] == -1.0
 
 
@@ -159,7 +213,8 @@ def test_fwd_config_refuses_bools_floats_and_checks_empty_batches(device):
                            (dict(num_warps=True), "num_warps must be one of"),
                            (dict(num_stages=True), "num_stages must be an integer >= 1"),
                            (dict(splits=2.0), "splits must be an integer >= 1"),
-                           (dict(block_t=16.0), "block_t must be a power of two")):
+                           (dict(block_t=16.0), "block_t must be a power of two"),
+                           (dict(square_sum_dot=1), "square_sum_dot must be a bool")):
             cfg = cf.FwdConfig(**{**dict(block_t=16, block_k=16), **bad})
             with pytest.raises(ValueError, match=match):
                 cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=cfg, **KW)

@@ -23,8 +23,8 @@ softmax does with its running max. Then r = (1/m) * rho, rho = rsqrt(sum((v/m)^2
 eps/m^2), and z = (v/m) @ phi * rho. m is floored at ~sqrt(eps) (eps/m^2 < 4, the role of
 `s = max|v| + sqrt(eps)` in mhc_core) and capped at 2^126 (1/m stays a normal float32).
 Scaling by powers of two is exact, so at ordinary magnitudes the results are those of the
-unscaled formula up to rounding. The fast sweep ends with the same m, so rs = (rho, 1/m)
-means the same whichever sweep ran:
+unscaled formula up to rounding. The fast sweep ends with a power of two m, too, with
+max|v| < 2m (from sum(v^2)), so rs = (rho, 1/m) serves the backward whichever sweep ran:
 the backward works with v/m and rho (all O(1)) and multiplies by 1/m last, because r itself
 is subnormal for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
 

@@ -7,17 +7,21 @@ docstring of kernels/coefficients.py. Per token (x [T, K = n*C], phi [K, W = n*n
 
 then the gating and the Sinkhorn tail (`_coeff_tail`, shared by both launch shapes). Outputs
 pre [T, n], post [T, n], res [T, n, n], and for the backward z [T, W] and rs = (rho, 1/m)
-[T, 2] with r = rho / m, m a power of two ~ max|x| (so rho = O(1) and the backward works
-with x/m at any magnitude).
+[T, 2] with r = rho / m, m a power of two with max|x| < 2m (so rho = O(sqrt K) at most and
+the backward works with x/m at any magnitude).
 
-Fast sweep (`_fast_sweep`): acc, ss and amax = max|x| accumulate on RAW x in float32, with no
-per-step rescaling, so consecutive dots do not wait on each other. bf16 x: three bf16 dots
-against phi split in-kernel into bf16 parts, phi = hi + mid + lo (the split is exact: 3 x 8
-significand bits cover float32's 24), products exact in float32: float32-level accuracy with
-half the tensor-core work of tf32x3 and no float32 copy of x. float32 / float16 x: tf32x3 on
-x as float32 (ieee in the interpreter). After the sweep m = 2^floor(log2 max(amax, m_lo)),
-and acc/m, ss/m^2 are exact (powers of two), so the tail sees the scaled quantities of the
-fallback below.
+Fast sweep: acc and ss accumulate on RAW x in float32, with no per-step rescaling, so
+consecutive dots do not wait on each other.
+- bf16 x, n <= 4 (`_parts_sweep`): phi's exact bf16 parts phi = hi + mid + lo (3 x 8 significand
+  bits cover float32's 24; `phi_parts`, once per call) side by side in one [K, 3*NP] operand, so
+  each K block is ONE dot, x tile read once by the tensor cores; bf16 products are exact in
+  float32, so float32-level accuracy; with `FwdConfig.square_sum_dot`, ss = diag(x @ x^T) on
+  the tensor cores as well (x is then never unpacked into registers).
+- bf16 x, n > 4 (`_fast_sweep`): the same three parts split in-kernel, one dot each per tile.
+- float32 / float16 x: tf32x3 on x as float32 (ieee in the interpreter).
+After the sweep m = 2^floor(log2(ss)/2) (from ss's exponent bits; m <= sqrt(ss) < 2m, so
+max|x| < 2m as in the fallback), clamped to [m_lo, m_hi], and acc/m, ss/m^2 are exact
+(powers of two).
 
 Range (the float32 guarantee of the scaled formula: x up to 3e38, tiny x with eps = 0) -- a
 block keeps the fast result only if every token t of it is SAFE:
@@ -25,18 +29,18 @@ block keeps the fast result only if every token t of it is SAFE:
    partial sum overflowed; an overflow in a dot gives inf (or inf - inf = nan), which stays
    non-finite, so finite acc means no product or partial sum overflowed. Without overflow
    every operation has float32's relative rounding error (the usual dot error bound).
-2. amax_t >= A_LO = 2^-40, or amax_t <= A_EPS = 2^-15 * 2^floor(log2 sqrt(eps)) (eps >= 2^-100;
-   A_EPS = -1, never, otherwise). Underflow is the only other loss: each product x_k^2 or
-   x_k * phi_part rounds with absolute error <= 2^-149 once it is subnormal. With amax >= 2^-40,
-   ss >= amax^2 >= 2^-80, so K such errors (K <= 2^31) are < 2^-118 <= 2^-38 ss: float32-level.
-   For acc the products x_k * phi_part stay normal while |phi| >= ~2^-70 (phi's lo part is
-   ~2^-16 phi); below that both sweeps lose absolute accuracy only (the scaled one below
-   |phi| ~ 2^-110), far under any z the gating can resolve.
-   With amax <= A_EPS, ss/K <= amax^2 <= 2^-30 eps, so ss hardly enters r = rsqrt(ss/K + eps)
-   and its absolute error 2^-149 per term is < 2^-24 eps for eps >= 2^-100; the absolute error
-   of z = acc r is then <= K 2^-149 |phi| / sqrt(eps), as in the scaled formula, whose
-   scale m is floored at ~sqrt(eps) there. Between the two bounds (tiny x with a tiny or zero
-   eps), and for amax = 0 when eps = 0, the block falls back.
+2. ss_t >= S_LO = 2^-80, or ss_t <= S_EPS = 2^-30 * 2^(2 floor(log2 sqrt(eps))) (<= 2^-30 eps;
+   eps >= 2^-100; S_EPS = -1, never, otherwise). Underflow is the only other loss: each
+   product x_k^2 or x_k * phi_part rounds with absolute error <= 2^-149 once it is subnormal.
+   With ss >= 2^-80, K such errors (K <= 2^31) are < 2^-118 <= 2^-38 ss: float32-level; in
+   acc they add at most 3K 2^-149 |phi|, so in z = acc * r (r <= sqrt(K / ss)) an absolute
+   error < 2^-60 |phi|, far under any z the gating can resolve (the scaled sweep loses
+   absolute accuracy below |phi| ~ 2^-110 the same way).
+   With ss <= S_EPS, ss/K <= 2^-30 eps, so ss hardly enters r = rsqrt(ss/K + eps) and its
+   absolute error 2^-149 per term is < 2^-24 eps for eps >= 2^-100; the absolute error of
+   z = acc r is then <= 3K 2^-149 |phi| / sqrt(eps), as in the scaled formula, whose scale m
+   is floored at ~sqrt(eps) there. Between the two bounds (tiny x with a tiny or zero eps),
+   and for x = 0 when eps = 0, the block falls back.
 The fallback (`_scaled_sweep`, a runtime branch per program, rare) re-runs the block with the
 online power-of-two scale m > max|x|/2 of the module docstring of coefficients.py: exact
 float32 behaviour up to 3e38 and down to the smallest normals.
@@ -48,7 +52,7 @@ Launch shapes (`FwdConfig`, chosen by `fwd_config` from T and the SM count):
   `_coeff_merge_kernel` merges the S partials as online softmax merges its running maxima
   (M = max m_s, acc/M = sum (acc_s/m_s)(m_s/M), the same with (m_s/M)^2 for ss: powers of two,
   exact unless a part underflows, which it does only when it is < 2^-126 of the largest)
-  and runs the tail. m = M is the m of the one-launch shape, so rs means the same.
+  and runs the tail (rs = (rho, 1/M): any power-of-two m with max|x| < 2m serves the backward).
 """
 from __future__ import annotations
 
@@ -64,7 +68,8 @@ from ._common import capability, gate_pad, sm_count, stream_pad
 from .coefficient_tiles import _gate_cols, _gate_params, _res_cols, _tanh
 from .sinkhorn import sinkhorn_tile
 
-A_LO = 2.0 ** -40            # fast path: smallest max|x| per token whose x^2 and products stay normal
+S_LO = 2.0 ** -80            # fast path: smallest sum(x^2) per token whose x^2 and products stay normal
+FLT_MIN = tl.constexpr(2.0 ** -126)  # float32's smallest normal
 MERGE_BT = 32                # token block of the split-K merge kernel (16 spilled 4 B on sm_80)
 MIN_K_STEPS = 8              # split-K: each split sweeps at least this many K blocks
 # The interpreter's tl.dot multiplies bf16 operands as raw 16-bit integers; there the bf16
@@ -85,13 +90,32 @@ def _pow2_floor(v):
 
 
 @triton.jit
-def _dot_bf16x3(xb, p, acc):
-    """acc + xb @ p for bf16 xb [BT, BK] and float32 p [BK, N]: p split into bf16 parts
-    hi + mid + lo (exact), three bf16 dots with float32 accumulation, smallest part first."""
+def _pow2_sqrt_floor(v):
+    """2^floor(e/2) for normal v = f * 2^e > 0 (1 <= f < 2), exactly, from the exponent bits:
+    <= sqrt(v) < 2 * 2^floor(e/2). (An arithmetic shift floors negative exponents too.)"""
+    if v.dtype == tl.float64:
+        e = ((v.to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
+        return (((e >> 1) + 1023) << 52).to(tl.float64, bitcast=True)
+    e = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    return (((e >> 1) + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_parts(p):
+    """float32 p -> bf16 (hi, mid, lo) with hi + mid + lo = p exactly (3 x 8 significand bits
+    cover float32's 24; each residual is exact in float32)."""
     hi = p.to(tl.bfloat16)
     r1 = p - hi.to(tl.float32)
     mid = r1.to(tl.bfloat16)
     lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
+    return hi, mid, lo
+
+
+@triton.jit
+def _dot_bf16x3(xb, p, acc):
+    """acc + xb @ p for bf16 xb [BT, BK] and float32 p [BK, N]: p split into bf16 parts
+    hi + mid + lo (exact), three bf16 dots with float32 accumulation, smallest part first."""
+    hi, mid, lo = _bf16_parts(p)
     if not _NATIVE_BF16_DOT:
         xb, hi, mid, lo = xb.to(tl.float32), hi.to(tl.float32), mid.to(tl.float32), lo.to(tl.float32)
     acc = tl.dot(xb, lo, acc)
@@ -103,12 +127,11 @@ def _dot_bf16x3(xb, p, acc):
 def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
                 ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
                 BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
-    """Raw x @ phi [BT, GP] and [BT, R*R], sum(x^2) [BT], max|x| [BT] over K columns [0, k_len)
-    of x_blk (row stride K) and phi_ptr (row stride W): no rescaling."""
+    """Raw x @ phi [BT, GP] and [BT, R*R] and sum(x^2) [BT] over K columns [0, k_len) of x_blk
+    (row stride K) and phi_ptr (row stride W): no rescaling."""
     acc_g = tl.zeros((BT, GP), ACC)
     acc_r = tl.zeros((BT, R * R), ACC)
     ss = tl.zeros((BT,), ACC)
-    amax = tl.zeros((BT,), ACC)
     for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
         k = k0 + tl.arange(0, BK)
         kmask = k < k_len
@@ -123,8 +146,48 @@ def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rval
             acc_g += tl.dot(xf, pg.to(ACC), input_precision=PREC)
             acc_r += tl.dot(xf, pr.to(ACC), input_precision=PREC)
         ss += tl.sum(xf * xf, axis=1)
-        amax = tl.maximum(amax, tl.max(tl.abs(xf), axis=1))
-    return acc_g, acc_r, ss, amax
+    return acc_g, acc_r, ss
+
+
+@triton.jit
+def _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K,
+                 SS_DOT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+    """bf16 x, R = 4: raw x @ phi and sum(x^2) over K columns [0, k_len), with phi's bf16 parts
+    precomputed (`phi_parts` [K, 3*NP], NP = GP + R*R): ONE dot per K block,
+    x [BT, BK] @ [hi | mid | lo | 0] [BK, 4*NP] (the zero group is a masked load: tl.dot wants
+    a power-of-two width), reading each x tile once into the tensor cores; the three parts'
+    sums are added once after the loop. SS_DOT: sum(x^2) on the tensor cores too,
+    as the diagonal of x @ x^T (bf16 products are exact in float32), so x is never unpacked
+    into registers; else per element in float32."""
+    NP: tl.constexpr = GP + R * R
+    acc = tl.zeros((BT, 4 * NP), tl.float32)
+    sq = tl.zeros((BT, BT), tl.float32)
+    ss = tl.zeros((BT,), tl.float32)
+    cols = tl.arange(0, 4 * NP)
+    for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
+        k = k0 + tl.arange(0, BK)
+        kmask = k < k_len
+        xt = tl.load(x_blk + (tt[:, None] * K + k[None, :]), mask=tmask[:, None] & kmask[None, :], other=0.0)
+        pt = tl.load(parts_ptr + k[:, None] * (3 * NP) + cols[None, :],
+                     mask=kmask[:, None] & (cols < 3 * NP)[None, :], other=0.0)
+        if _NATIVE_BF16_DOT:
+            acc = tl.dot(xt, pt, acc)
+            if SS_DOT:
+                sq = tl.dot(xt, tl.trans(xt), sq)
+        else:
+            xw = xt.to(tl.float32)
+            acc = tl.dot(xw, pt.to(tl.float32), acc, input_precision="ieee")
+            if SS_DOT:
+                sq = tl.dot(xw, tl.trans(xw), sq, input_precision="ieee")
+        if not SS_DOT:
+            xf = xt.to(tl.float32)
+            ss += tl.sum(xf * xf, axis=1)
+    if SS_DOT:
+        diag = tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :]
+        ss = tl.sum(tl.where(diag, sq, 0.0), axis=1)
+    both = tl.sum(tl.reshape(acc, (BT, 4, NP)), axis=1)                    # hi + mid + lo (+ 0)
+    acc_g, acc_r = tl.split(tl.permute(tl.reshape(both, (BT, 2, GP)), (0, 2, 1)))  # GP == R*R here
+    return acc_g, acc_r, ss
 
 
 @triton.jit
@@ -161,22 +224,28 @@ def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rv
 
 
 @triton.jit
-def _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
-           m_lo, m_hi, a_lo, a_eps, f_max,
-           FAST: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BF16X3: tl.constexpr,
+def _sweep(x_blk, phi_ptr, parts_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
+           m_lo, m_hi, s_lo, s_eps, f_max,
+           FAST: tl.constexpr, PARTS: tl.constexpr, SS_DOT: tl.constexpr, ACC: tl.constexpr,
+           PREC: tl.constexpr, BF16X3: tl.constexpr,
            BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
     """(acc/m [BT, GP], acc/m [BT, R*R], ss/m^2 [BT], m [BT]) over K columns [0, k_len): the
-    fast sweep, kept if every token is safe (module docstring), else the scaled sweep."""
+    fast sweep (PARTS: on precomputed bf16 parts of phi), kept if every token is safe (module
+    docstring), else the scaled sweep."""
     if FAST:
-        acc_g, acc_r, ss, amax = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
-                                             rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
+        if PARTS:
+            acc_g, acc_r, ss = _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K, SS_DOT, BT, BK, R, GP)
+        else:
+            acc_g, acc_r, ss = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
+                                           rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
         total = tl.abs(ss + tl.sum(acc_g, axis=1) + tl.sum(acc_r, axis=1))  # inf / nan if any term is
-        safe = (total <= f_max) & ((amax >= a_lo) | (amax <= a_eps))
+        safe = (total <= f_max) & ((ss >= s_lo) | (ss <= s_eps))
         if tl.max(tl.where(tmask & ~safe, 1, 0), axis=0) > 0:
             acc_g, acc_r, ss, m = _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                                 rvalid, m_lo, m_hi, ACC, PREC, BT, BK, R, GP)
         else:
-            m = tl.minimum(_pow2_floor(tl.maximum(amax, m_lo)), m_hi)  # m_lo is a power of two
+            # m = 2^floor(log2(ss)/2) in [m_lo, m_hi] (powers of two): max|x| <= sqrt(ss) < 2m
+            m = tl.minimum(tl.maximum(_pow2_sqrt_floor(tl.maximum(ss, FLT_MIN)), m_lo), m_hi)
             inv_m = 1.0 / m
             acc_g = acc_g * inv_m[:, None]
             acc_r = acc_r * inv_m[:, None]
@@ -229,13 +298,13 @@ def _coeff_tail(acc_g, acc_r, ss, m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, pos
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _coeff_fwd_kernel(
-    x_ptr, phi_ptr, bias_ptr, alpha_ptr,                  # x [T, K], phi [K, W], bias [W], alpha [3]
+    x_ptr, phi_ptr, parts_ptr, bias_ptr, alpha_ptr,       # x [T, K], phi [K, W], PARTS: [K, 3*NP] bf16, bias [W], alpha [3]
     pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,            # [T, n], [T, n], [T, n, n], [T, W], [T, 2]
     part_ptr,                                             # SPLIT: workspace [S, T, GP + R*R + 2]
     T, n, K, W, k_per_split, iters, rms_eps, pre_eps, sk_eps, post_scale,
-    m_lo, m_hi, a_lo, a_eps, f_max,                       # scale bounds, fast-path bounds, float max
+    m_lo, m_hi, s_lo, s_eps, f_max,                       # scale bounds, fast-path bounds, float max
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    FAST: tl.constexpr, BF16X3: tl.constexpr, SPLIT: tl.constexpr,
+    FAST: tl.constexpr, PARTS: tl.constexpr, SS_DOT: tl.constexpr, BF16X3: tl.constexpr, SPLIT: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
     """Grid (token blocks, K splits). SPLIT = False (one split): the tail runs here."""
@@ -253,8 +322,10 @@ def _coeff_fwd_kernel(
         k_len = tl.minimum(k_per_split, K - k_lo)
         x_blk += k_lo
         phi_ptr += k_lo * W
-    acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
-                                 m_lo, m_hi, a_lo, a_eps, f_max, FAST, ACC, PREC, BF16X3, BT, BK, R, GP)
+        parts_ptr += k_lo * (3 * (GP + R * R))
+    acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, parts_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
+                                 m_lo, m_hi, s_lo, s_eps, f_max, FAST, PARTS, SS_DOT, ACC, PREC, BF16X3,
+                                 BT, BK, R, GP)
     if SPLIT:
         P: tl.constexpr = GP + R * R + 2
         row = part_ptr + (split.to(tl.int64) * T + t) * P
@@ -298,6 +369,48 @@ def _coeff_merge_kernel(
                 n, K, W, iters, rms_eps, pre_eps, sk_eps, post_scale, HC, LOG, ACC, BT, R, GP)
 
 
+@triton.jit
+def _store_parts(p, dst, mask, NP: tl.constexpr):
+    hi, mid, lo = _bf16_parts(p)
+    tl.store(dst, hi, mask=mask)
+    tl.store(dst + NP, mid, mask=mask)
+    tl.store(dst + 2 * NP, lo, mask=mask)
+
+
+@triton.jit
+def _phi_parts_kernel(phi_ptr, parts_ptr, K, n, W, R: tl.constexpr, GP: tl.constexpr, BK: tl.constexpr):
+    """phi [K, W] float32 -> parts [K, 3*NP] bf16 (NP = GP + R*R): row k holds hi | mid | lo,
+    each laid out as the gate tile then the res tile (coefficient_tiles.py), padding zero."""
+    NP: tl.constexpr = GP + R * R
+    k = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)
+    kmask = k < K
+    _p, _g, gvalid, gcol = _gate_cols(n, R, GP)
+    _i, _o, rvalid, rcol = _res_cols(n, R)
+    pg = tl.load(phi_ptr + k[:, None] * W + gcol[None, :], mask=kmask[:, None] & gvalid[None, :], other=0.0)
+    pr = tl.load(phi_ptr + k[:, None] * W + rcol[None, :], mask=kmask[:, None] & rvalid[None, :], other=0.0)
+    row = parts_ptr + k[:, None] * (3 * NP)
+    _store_parts(pg.to(tl.float32), row + tl.arange(0, GP)[None, :], kmask[:, None], NP)
+    _store_parts(pr.to(tl.float32), row + GP + tl.arange(0, R * R)[None, :], kmask[:, None], NP)
+
+
+PARTS_BK = 64  # rows of phi per program of _phi_parts_kernel
+
+
+def uses_phi_parts(dtype: torch.dtype, n: int) -> bool:
+    """Whether the forward's fast sweep runs on precomputed bf16 parts of phi: bf16 x with
+    R = 4 (n <= 4), where the gate and res tiles are equally wide (GP = R*R = 16)."""
+    return dtype == torch.bfloat16 and stream_pad(n) == 4
+
+
+def phi_parts(phi: torch.Tensor, n: int) -> torch.Tensor:
+    """phi [K, W] float32 -> [K, 3 * (GP + R*R)] bf16 parts (`_phi_parts_kernel`)."""
+    K, W = phi.shape
+    R, GP = stream_pad(n), gate_pad(n)
+    parts = phi.new_empty((K, 3 * (GP + R * R)), dtype=torch.bfloat16)
+    _phi_parts_kernel[(triton.cdiv(K, PARTS_BK),)](phi, parts, K, n, W, R=R, GP=GP, BK=PARTS_BK, num_warps=4)
+    return parts
+
+
 # ----------------------------------------------------------------------------------------
 # Launch configuration and launcher
 # ----------------------------------------------------------------------------------------
@@ -310,6 +423,7 @@ class FwdConfig:
     num_warps: int = 4
     num_stages: int = 3
     splits: int = 1
+    square_sum_dot: bool = False   # sum(x^2) as diag(x @ x^T) on the tensor cores (bf16 x, n <= 4)
 
     def check(self) -> None:
         """ValueError unless every field is an int (not a bool or float) in its range."""
@@ -323,6 +437,8 @@ class FwdConfig:
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"FwdConfig.{name} must be an integer >= 1, got {v!r}")
+        if type(self.square_sum_dot) is not bool:
+            raise ValueError(f"FwdConfig.square_sum_dot must be a bool, got {self.square_sum_dot!r}")
 
 
 def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
@@ -370,11 +486,12 @@ def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:
 
 
 def _fast_bounds(rms_eps: float) -> tuple[float, float]:
-    """(A_LO, A_EPS) of the fast path (module docstring): a token is safe if max|x| >= A_LO or
-    max|x| <= A_EPS; A_EPS = -1 (never) when eps < 2^-100."""
+    """(S_LO, S_EPS) of the fast path (module docstring): a token is safe if sum(x^2) >= S_LO
+    or sum(x^2) <= S_EPS = 2^-30 * 2^(2 floor(log2 sqrt(eps))); S_EPS = -1 (never) when
+    eps < 2^-100."""
     if rms_eps < 2.0 ** -100:
-        return A_LO, -1.0
-    return A_LO, 2.0 ** (math.floor(math.log2(math.sqrt(rms_eps))) - 15)
+        return S_LO, -1.0
+    return S_LO, 2.0 ** (2 * math.floor(math.log2(math.sqrt(rms_eps))) - 30)
 
 
 def _kernel_consts(x: torch.Tensor, n: int) -> dict:
@@ -420,10 +537,12 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     part = x.new_empty((splits, T, consts["GP"] + consts["R"] ** 2 + 2), dtype=f) if splits > 1 else z
     scalars = (iters, rms_eps, pre_eps, sk_eps, post_scale)
     cfg = dict(HC=hc, LOG=sk_eps == 0.0, **consts)
+    parts = uses_phi_parts(x.dtype, n)
     _coeff_fwd_kernel[(triton.cdiv(T, config.block_t), splits)](
-        x, phi, bias, alpha, pre, post, res, z, rs, part, T, n, K, W, k_per_split, *scalars,
-        *_scale_bounds(f, rms_eps), *_fast_bounds(rms_eps), torch.finfo(f).max,
-        FAST=f != torch.float64, BF16X3=x.dtype == torch.bfloat16, SPLIT=splits > 1,
+        x, phi, phi_parts(phi, n) if parts else phi, bias, alpha, pre, post, res, z, rs, part,
+        T, n, K, W, k_per_split, *scalars, *_scale_bounds(f, rms_eps), *_fast_bounds(rms_eps), torch.finfo(f).max,
+        FAST=f != torch.float64, PARTS=parts, SS_DOT=parts and config.square_sum_dot,
+        BF16X3=x.dtype == torch.bfloat16, SPLIT=splits > 1,
         BT=config.block_t, BK=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages, **cfg)
     if splits > 1:
         _coeff_merge_kernel[(triton.cdiv(T, MERGE_BT),)](

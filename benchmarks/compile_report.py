@@ -113,10 +113,10 @@ def specs(n: int, dtype: torch.dtype, cc: int) -> list[Spec]:
     fwd_consts = dict(HC=False, LOG=False, FAST=True, PARTS=parts, BF16X3=dtype == torch.bfloat16, **fk)
     out = [
         Spec("coefficients_fwd", cf._coeff_fwd_kernel, fwd_sig,
-             dict(SPLIT=False, SS_DOT=parts and fc.square_sum_dot, BT=fc.block_t, BK=fc.block_k, **fwd_consts),
+             dict(SPLIT=False, BT=fc.block_t, BK=fc.block_k, **fwd_consts),
              fc.num_warps, (0,), div16=("K",), num_stages=fc.num_stages),
         Spec("coefficients_fwd_split", cf._coeff_fwd_kernel, fwd_sig,
-             dict(SPLIT=True, SS_DOT=parts and fs.square_sum_dot, BT=fs.block_t, BK=fs.block_k, **fwd_consts),
+             dict(SPLIT=True, BT=fs.block_t, BK=fs.block_k, **fwd_consts),
              fs.num_warps, (0,),
              div16=("K", "k_per_split"), num_stages=fs.num_stages),
         Spec("coefficients_fwd_merge", cf._coeff_merge_kernel,

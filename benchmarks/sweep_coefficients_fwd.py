@@ -5,7 +5,7 @@
 
 For each shape (n = 4: C = 4096 at 16384 and 4096 tokens, C = 1024 and 7168 at 16384; bf16 x,
 float32 phi) and each candidate `FwdConfig` (token block, K block, warps, stages, K splits,
-sum(x^2) on the tensor cores or not; plus the launcher's own choice, `fwd_config`), it first
+plus the launcher's own choice, `fwd_config`), it first
 checks the candidate against references -- z against a float64 x @ phi * rsqrt(mean(x^2) + eps)
 on all tokens, pre / post / res against the float64 oracle (mhc_core on numpy) on the first
 64 tokens -- and skips a wrong one loudly (error in the report), then times it (CUDA:
@@ -51,20 +51,15 @@ BUDGET_S = 35.0     # default: stop timing new candidates past this (--budget-s)
 
 # (n, C, T), the issue's target shape first
 GPU_SHAPES = [(4, 4096, 16384), (4, 4096, 4096), (4, 1024, 16384), (4, 7168, 16384)]
-# FwdConfig fields (token block, K block, warps, stages, splits, square_sum_dot), in timing
-# order: one launch (large T) first, then split-K (small T). Under Triton 3.6's ptxas for
-# sm_90a (bf16, n = 4) none spills more than 4 B except (32, 64, 4, 3, 1, True): 72 B; K blocks
-# of 128 spilled ~1 KB (and 128 x 128 needs 245 KB of shared memory): not swept.
-# The budget cuts the tail of this list, not its head.
-GPU_CANDIDATES = [(128, 32, 8, 3, 1, False), (128, 64, 8, 3, 1, False), (64, 64, 4, 3, 1, False),
-                  (128, 32, 8, 3, 1, True), (128, 64, 8, 3, 1, True), (64, 64, 4, 3, 1, True),
-                  (64, 32, 4, 3, 1, False), (128, 32, 8, 4, 1, False), (64, 64, 4, 4, 1, False),
-                  (64, 32, 4, 4, 1, False), (32, 64, 4, 3, 1, False), (64, 64, 8, 3, 1, False),
-                  (64, 32, 4, 3, 1, True), (32, 64, 4, 3, 1, True), (64, 64, 4, 3, 2, False),
-                  (64, 64, 4, 3, 4, False), (32, 64, 4, 3, 2, False), (64, 64, 4, 3, 4, True),
-                  (64, 32, 4, 3, 4, False), (32, 64, 4, 3, 4, False)]
+# FwdConfig fields (token block, K block, warps, stages, splits), in timing order: one launch
+# (large T) first, then split-K (small T). Under Triton 3.6's ptxas for sm_90a (bf16, n = 4)
+# none spills more than 4 B; K blocks of 128 spilled ~1 KB (and 128 x 128 needs 245 KB of
+# shared memory): not swept. The budget cuts the tail of this list, not its head.
+GPU_CANDIDATES = [(64, 64, 4, 3, 1), (128, 64, 8, 3, 1), (64, 32, 4, 3, 1), (128, 32, 8, 3, 1), (64, 64, 4, 2, 1),
+                  (64, 64, 4, 4, 1), (64, 32, 4, 4, 1), (64, 64, 8, 3, 1), (32, 64, 4, 3, 1),
+                  (64, 64, 4, 3, 2), (64, 64, 4, 3, 4), (64, 32, 4, 3, 4), (32, 64, 4, 3, 2), (64, 64, 4, 3, 8)]
 SMOKE_SHAPES = [(4, 16, 40)]
-SMOKE_CANDIDATES = [(16, 16, 4, 2, 1, False), (16, 16, 4, 2, 2, False), (32, 16, 4, 2, 1, True)]
+SMOKE_CANDIDATES = [(16, 16, 4, 2, 1), (16, 16, 4, 2, 2), (32, 16, 4, 2, 1)]
 
 
 def _inputs(n, c, t, device, seed=0):
@@ -124,7 +119,7 @@ def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict
     for (n, c, t), label, cfg in _plan(shapes, candidates, device):
         row = dict(n=n, C=c, T=t, config=label, block_t=cfg.block_t, block_k=cfg.block_k,
                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, splits=cfg.splits,
-                   square_sum_dot=cfg.square_sum_dot, ms=None, gbps=None, max_err=None, error="")
+                   ms=None, gbps=None, max_err=None, error="")
         rows.append(row)
         if time.perf_counter() - t_start > budget_s:
             row["error"] = f"skipped: past the {budget_s:.0f} s budget"
@@ -152,8 +147,7 @@ def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict
             log(f"!!! n={n} C={c} T={t} {cfg}: {row['error']}")
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         log(f"n={n} C={c} T={t} {label:4s} BT={cfg.block_t} BK={cfg.block_k} w={cfg.num_warps} "
-            f"st={cfg.num_stages} S={cfg.splits} ssdot={int(cfg.square_sum_dot)}: "
-            f"{row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
+            f"st={cfg.num_stages} S={cfg.splits}: {row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
             f"err={row['max_err']} {row['error']}")
     return rows
 
@@ -163,26 +157,24 @@ def markdown(rows, env) -> str:
              f"date {env['date']}, commit {env['commit']}, versions {env['versions']}, bf16 x, float32 phi; "
              f"median time (do_bench on CUDA), GB/s of the ideal traffic (harness.ideal_bytes), max error vs "
              f"float64 references (bound {TOL:g}). Regenerate: `python benchmarks/sweep_coefficients_fwd.py`.", "",
-             "| n | C | T | config | BT | BK | warps | stages | splits | ss dot | ms | GB/s | max err | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| n | C | T | config | BT | BK | warps | stages | splits | ms | GB/s | max err | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms = f"{r['ms']:.4f}" if r["ms"] is not None else "-"
         gb = f"{r['gbps']:.0f}" if r["gbps"] is not None else "-"
         err = f"{r['max_err']:.1e}" if r["max_err"] is not None else "-"
         lines.append(f"| {r['n']} | {r['C']} | {r['T']} | {r['config']} | {r['block_t']} | {r['block_k']} "
-                     f"| {r['num_warps']} | {r['num_stages']} | {r['splits']} | {'yes' if r['square_sum_dot'] else ''} "
-                     f"| {ms} | {gb} | {err} | {r['error']} |")
+                     f"| {r['num_warps']} | {r['num_stages']} | {r['splits']} | {ms} | {gb} | {err} | {r['error']} |")
     lines += ["", "Fastest correct candidate per shape:", ""]
     for b in best(rows):
         cfg = b["config"]
         lines.append(f"- n={b['n']} C={b['C']} T={b['T']}: BT={cfg['block_t']} BK={cfg['block_k']} "
-                     f"warps={cfg['num_warps']} stages={cfg['num_stages']} splits={cfg['splits']} "
-                     f"square_sum_dot={cfg['square_sum_dot']}: {b['ms']:.4f} ms"
+                     f"warps={cfg['num_warps']} stages={cfg['num_stages']} splits={cfg['splits']}: {b['ms']:.4f} ms"
                      + (f" (auto: {b['auto_ms']:.4f} ms)" if b["auto_ms"] is not None else ""))
     return "\n".join(lines) + "\n"
 
 
-CONFIG_FIELDS = ("block_t", "block_k", "num_warps", "num_stages", "splits", "square_sum_dot")
+CONFIG_FIELDS = ("block_t", "block_k", "num_warps", "num_stages", "splits")
 
 
 def best(rows) -> list[dict]:

@@ -57,19 +57,19 @@ def test_best_configs_drive_the_bench(tmp_path):
 
     def row(bt, ms, **kw):
         return {**dict(n=4, C=40, T=20, config="", block_t=bt, block_k=16, num_warps=4, num_stages=2, splits=1,
-                       square_sum_dot=False, ms=ms), **kw}
+                       ms=ms), **kw}
 
-    rows = [row(16, 2.0, config="auto"), row(32, 1.0, square_sum_dot=True), row(64, None)]
+    rows = [row(16, 2.0, config="auto"), row(32, 1.0, num_stages=3), row(64, None)]
     best = sw.best(rows)
     assert best == [dict(n=4, C=40, T=20, K=160, ms=1.0, auto_ms=2.0,
-                         config=dict(block_t=32, block_k=16, num_warps=4, num_stages=2, splits=1, square_sum_dot=True))]
+                         config=dict(block_t=32, block_k=16, num_warps=4, num_stages=3, splits=1))]
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(dict(best=best)))
     cpu, library = torch.device("cpu"), cf.fwd_config
     try:
         listed = bench_mhc.use_swept_fwd_configs(path)
         assert listed == {"n=4 C=40 T=20": best[0]["config"]}
-        assert cf.fwd_config(20, 4, 160, torch.bfloat16, cpu) == cf.FwdConfig(32, 16, 4, 2, 1, True)
+        assert cf.fwd_config(20, 4, 160, torch.bfloat16, cpu) == cf.FwdConfig(32, 16, 4, 3, 1)
         assert cf.fwd_config(21, 4, 160, torch.bfloat16, cpu) == library(21, 4, 160, torch.bfloat16, cpu)
         assert cf.fwd_config(20, 4, 160, torch.float32, cpu) == library(20, 4, 160, torch.float32, cpu)
     finally:

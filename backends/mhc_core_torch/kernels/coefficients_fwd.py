@@ -15,8 +15,8 @@ consecutive dots do not wait on each other.
 - bf16 x, n <= 4 (`_parts_sweep`): phi's exact bf16 parts phi = hi + mid + lo (3 x 8 significand
   bits cover float32's 24; `phi_parts`, once per call) side by side in one [K, 3*NP] operand, so
   each K block is ONE dot, x tile read once by the tensor cores; bf16 products are exact in
-  float32, so float32-level accuracy; with `FwdConfig.square_sum_dot`, ss = diag(x @ x^T) on
-  the tensor cores as well (x is then never unpacked into registers).
+  float32, so float32-level accuracy; ss = diag(x @ x^T) on the tensor cores as well, so x
+  never leaves shared memory for registers.
 - bf16 x, n > 4 (`_fast_sweep`): the same three parts split in-kernel, one dot each per tile.
 - float32 / float16 x: tf32x3 on x as float32 (ieee in the interpreter).
 After the sweep m = 2^floor(log2(ss)/2) (from ss's exponent bits; m <= sqrt(ss) < 2m, so
@@ -151,18 +151,18 @@ def _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rval
 
 @triton.jit
 def _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K,
-                 SS_DOT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
+                 BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
     """bf16 x, R = 4: raw x @ phi and sum(x^2) over K columns [0, k_len), with phi's bf16 parts
     precomputed (`phi_parts` [K, 3*NP], NP = GP + R*R): ONE dot per K block,
     x [BT, BK] @ [hi | mid | lo | 0] [BK, 4*NP] (the zero group is a masked load: tl.dot wants
-    a power-of-two width), reading each x tile once into the tensor cores; the three parts'
-    sums are added once after the loop. SS_DOT: sum(x^2) on the tensor cores too,
-    as the diagonal of x @ x^T (bf16 products are exact in float32), so x is never unpacked
-    into registers; else per element in float32."""
+    a power-of-two width), and sum(x^2) as the diagonal of x @ x^T (bf16 products are exact in
+    float32): x reaches only the tensor cores, never registers. (An H200 sweep with sum(x^2)
+    taken elementwise from the same pipelined tile, under Triton 3.6, gave wrong results, 2-7%,
+    for about half of the launch configurations: benchmarks/NOTES.md.) The three parts' sums
+    are added once after the loop."""
     NP: tl.constexpr = GP + R * R
     acc = tl.zeros((BT, 4 * NP), tl.float32)
     sq = tl.zeros((BT, BT), tl.float32)
-    ss = tl.zeros((BT,), tl.float32)
     cols = tl.arange(0, 4 * NP)
     for k0 in range(0, k_len, BK):  # a constant lower bound: a runtime one cost ~80 registers
         k = k0 + tl.arange(0, BK)
@@ -172,19 +172,13 @@ def _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K,
                      mask=kmask[:, None] & (cols < 3 * NP)[None, :], other=0.0)
         if _NATIVE_BF16_DOT:
             acc = tl.dot(xt, pt, acc)
-            if SS_DOT:
-                sq = tl.dot(xt, tl.trans(xt), sq)
+            sq = tl.dot(xt, tl.trans(xt), sq)
         else:
             xw = xt.to(tl.float32)
             acc = tl.dot(xw, pt.to(tl.float32), acc, input_precision="ieee")
-            if SS_DOT:
-                sq = tl.dot(xw, tl.trans(xw), sq, input_precision="ieee")
-        if not SS_DOT:
-            xf = xt.to(tl.float32)
-            ss += tl.sum(xf * xf, axis=1)
-    if SS_DOT:
-        diag = tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :]
-        ss = tl.sum(tl.where(diag, sq, 0.0), axis=1)
+            sq = tl.dot(xw, tl.trans(xw), sq, input_precision="ieee")
+    diag = tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :]
+    ss = tl.sum(tl.where(diag, sq, 0.0), axis=1)
     both = tl.sum(tl.reshape(acc, (BT, 4, NP)), axis=1)                    # hi + mid + lo (+ 0)
     acc_g, acc_r = tl.split(tl.permute(tl.reshape(both, (BT, 2, GP)), (0, 2, 1)))  # GP == R*R here
     return acc_g, acc_r, ss
@@ -226,7 +220,7 @@ def _scaled_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rv
 @triton.jit
 def _sweep(x_blk, phi_ptr, parts_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
            m_lo, m_hi, s_lo, s_eps, f_max,
-           FAST: tl.constexpr, PARTS: tl.constexpr, SS_DOT: tl.constexpr, ACC: tl.constexpr,
+           FAST: tl.constexpr, PARTS: tl.constexpr, ACC: tl.constexpr,
            PREC: tl.constexpr, BF16X3: tl.constexpr,
            BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr):
     """(acc/m [BT, GP], acc/m [BT, R*R], ss/m^2 [BT], m [BT]) over K columns [0, k_len): the
@@ -234,7 +228,7 @@ def _sweep(x_blk, phi_ptr, parts_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol
     docstring), else the scaled sweep."""
     if FAST:
         if PARTS:
-            acc_g, acc_r, ss = _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K, SS_DOT, BT, BK, R, GP)
+            acc_g, acc_r, ss = _parts_sweep(x_blk, parts_ptr, tt, tmask, k_len, K, BT, BK, R, GP)
         else:
             acc_g, acc_r, ss = _fast_sweep(x_blk, phi_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol,
                                            rvalid, ACC, PREC, BF16X3, BT, BK, R, GP)
@@ -304,7 +298,7 @@ def _coeff_fwd_kernel(
     T, n, K, W, k_per_split, iters, rms_eps, pre_eps, sk_eps, post_scale,
     m_lo, m_hi, s_lo, s_eps, f_max,                       # scale bounds, fast-path bounds, float max
     HC: tl.constexpr, LOG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    FAST: tl.constexpr, PARTS: tl.constexpr, SS_DOT: tl.constexpr, BF16X3: tl.constexpr, SPLIT: tl.constexpr,
+    FAST: tl.constexpr, PARTS: tl.constexpr, BF16X3: tl.constexpr, SPLIT: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, GP: tl.constexpr,
 ):
     """Grid (token blocks, K splits). SPLIT = False (one split): the tail runs here."""
@@ -324,7 +318,7 @@ def _coeff_fwd_kernel(
         phi_ptr += k_lo * W
         parts_ptr += k_lo * (3 * (GP + R * R))
     acc_g, acc_r, ss, m = _sweep(x_blk, phi_ptr, parts_ptr, tt, tmask, k_len, K, W, gcol, gvalid, rcol, rvalid,
-                                 m_lo, m_hi, s_lo, s_eps, f_max, FAST, PARTS, SS_DOT, ACC, PREC, BF16X3,
+                                 m_lo, m_hi, s_lo, s_eps, f_max, FAST, PARTS, ACC, PREC, BF16X3,
                                  BT, BK, R, GP)
     if SPLIT:
         P: tl.constexpr = GP + R * R + 2
@@ -423,7 +417,6 @@ class FwdConfig:
     num_warps: int = 4
     num_stages: int = 3
     splits: int = 1
-    square_sum_dot: bool = False   # sum(x^2) as diag(x @ x^T) on the tensor cores (bf16 x, n <= 4)
 
     def check(self) -> None:
         """ValueError unless every field is an int (not a bool or float) in its range."""
@@ -437,8 +430,6 @@ class FwdConfig:
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"FwdConfig.{name} must be an integer >= 1, got {v!r}")
-        if type(self.square_sum_dot) is not bool:
-            raise ValueError(f"FwdConfig.square_sum_dot must be a bool, got {self.square_sum_dot!r}")
 
 
 def _fwd_blocks(n: int, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
@@ -455,11 +446,22 @@ def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device,
                sms: int | None = None) -> FwdConfig:
     """The forward's launch: one launch when the cdiv(T, BT) token blocks cover every SM,
     else split-K into enough splits for ~2 programs per SM, each split >= MIN_K_STEPS K blocks.
-    K loop pipelined 3 deep, except bf16 x before sm_90 (A100): 2 deep, as 3 spilled 4 B there
-    under Triton 3.6's ptxas (and 2 spilled 8 B for float32 x). cc and sms override the device's
-    compute capability and SM count (the compile report's architectures)."""
+    bf16 x at n <= 4 (the phi-parts sweep): 64-token blocks, K blocks of 64 (sm_90) / 32, 4
+    warps, 3 stages. Otherwise the K loop is pipelined 3 deep, except bf16 x before sm_90
+    (A100): 2 deep, as 3 spilled 4 B there under Triton 3.6's ptxas (and 2 spilled 8 B for
+    float32 x). cc and sms override the device's compute capability and SM count (the compile
+    report's architectures)."""
     cc = capability(device) if cc is None else cc
     sms = sm_count(device) if sms is None else sms
+    if uses_phi_parts(dtype, n):
+        # H200 sweep (results/gpu_h200_20261128/run4_7c1e76e/sweep_coefficients_fwd.md): 64 x 64 blocks on
+        # 4 warps, 3 stages, was the fastest at 16384 tokens for C = 4096 / 7168 (0.198 / 0.318 ms,
+        # 65-70% of copy bandwidth) and within 1% of it at C = 1024; split-K 4 ways 0.110 ms at
+        # 4096 tokens. sm_80: K block 32 (64 spilled 16 B there; compile_report.md)
+        bt, bk = 64, (64 if cc >= 90 else 32)
+        blocks = triton.cdiv(max(T, 1), bt)
+        splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS))) if blocks < sms else 1
+        return FwdConfig(bt, bk, 4, 3, splits)
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
     blocks = triton.cdiv(max(T, 1), bt)
@@ -541,7 +543,7 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     _coeff_fwd_kernel[(triton.cdiv(T, config.block_t), splits)](
         x, phi, phi_parts(phi, n) if parts else phi, bias, alpha, pre, post, res, z, rs, part,
         T, n, K, W, k_per_split, *scalars, *_scale_bounds(f, rms_eps), *_fast_bounds(rms_eps), torch.finfo(f).max,
-        FAST=f != torch.float64, PARTS=parts, SS_DOT=parts and config.square_sum_dot,
+        FAST=f != torch.float64, PARTS=parts,
         BF16X3=x.dtype == torch.bfloat16, SPLIT=splits > 1,
         BT=config.block_t, BK=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages, **cfg)
     if splits > 1:

@@ -153,15 +153,20 @@ class BwdConfig(NamedTuple):
 def bwd_config(n: int, C: int) -> BwdConfig:
     """The backward's launch configuration for n streams of width C (what the launcher uses
     unless given one; benchmarks/sweep_post_residual_bwd.py times the alternatives).
-    n <= 4: C blocks of 1024 / NP columns (256 at n = 4) on one warp, 4 tokens per program,
-    no loop. n >= 5: dots over a 16-padded stream tile, C block
+    n = 3, 4 at C >= 4096: 512 columns on 2 warps, 4 steps of a 3-stage loop per program;
+    other n <= 4: C blocks of 1024 / NP columns (256 at n = 4) on one warp, 2 tokens per
+    program, no loop. n >= 5: dots over a 16-padded stream tile, C block
     1024 / NP (64 at n = 16) looped over up to 1024 columns per program, so the partial sums
     stay small ([n^2 + n] floats per 1024 columns). Registers, spills and CTAs per SM:
     benchmarks/results/compile_report.md."""
     np_ = next_pow2(n)
-    if np_ <= 4:  # H200 sweep (results/gpu_h200_20261128/run2_d6b83b8/sweep_post_residual_bwd.md): one warp on a
-        # 1024-element tile, 4 tokens per program was the fastest over 4 shapes at n = 4
-        return BwdConfig(max(16, min(next_pow2(C), 1024 // np_)), 1, 4, False)
+    if np_ == 4 and C >= 4096:  # H200 sweep (results/gpu_h200_20261128/run4_7c1e76e/sweep_post_residual_bwd.md),
+        # n = 4, C = 4096: 512 columns on 2 warps, looped 4 times, 3 stages: 0.591 ms at 16384 tokens
+        # (0.641 for the no-loop default below), 0.162 at 4096 (0.172)
+        return BwdConfig(512, 2, 1, False, steps=4, stages=3)
+    if np_ <= 4:  # the same sweeps (run2, run4): one warp on a 1024-element tile without a loop was the
+        # fastest at C = 1024, 2 tokens per program in run4 (4 in run2, within 1-2%)
+        return BwdConfig(max(16, min(next_pow2(C), 1024 // np_)), 1, 2, False)
     bc = max(16, min(next_pow2(C), 1024 // max(16, np_)))
     return BwdConfig(bc, 4, 1, True, steps=max(1, min(triton.cdiv(C, bc), 1024 // bc)), stages=2)
 

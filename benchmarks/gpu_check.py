@@ -23,7 +23,9 @@ benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_
    `bench_host_overhead.py`: host cost per call at T = 8 (each op, MHC(triton) fwd and
    fwd+bwd; SMOKE: `--stub-kernels`, launches stubbed, a few calls);
 5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
-   figures are. Exit status 1 when a step failed.
+   figures are; the whole folder also as <folder>/<folder name>.tar.gz, rewritten after
+   every step (one file to copy off the machine). Exit status 1 when a step failed.
+A step past its limit is killed with its whole process group (pytest-xdist workers too).
 """
 from __future__ import annotations
 
@@ -67,17 +69,48 @@ def _env() -> dict:
 
 
 def _run(cmd: list[str], log: Path, limit_s: int, env: dict) -> dict:
-    """Run cmd, output to log; {'ok', 'rc', 'seconds', 'log'} (rc 124 on timeout)."""
+    """Run cmd, output to log; {'ok', 'rc', 'seconds', 'log'} (rc 124 on timeout). The command
+    runs in its own process group, and a timeout kills the whole group: pytest-xdist workers
+    outlive a killed pytest and would keep the GPU busy under the next step's timings."""
     t0 = time.time()
     with log.open("w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=limit_s).returncode
+            rc = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             rc = 124
-            f.write(f"\n[gpu_check] timed out after {limit_s} s\n")
+            _kill_group(proc)
+            f.write(f"\n[gpu_check] timed out after {limit_s} s (process group killed)\n")
+    archive(log.parent)
     return {"ok": rc == 0, "rc": rc, "seconds": round(time.time() - t0, 1), "log": log.name}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL proc's process group (it leads one: start_new_session) and reap proc."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def archive(out: Path) -> Path:
+    """out/<out name>.tar.gz holding every other file of out: one file to copy off the GPU box
+    (rewritten after every step, so a run stopped early keeps what it wrote)."""
+    import tarfile
+
+    path = out / f"{out.name}.tar.gz"
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in sorted(out.iterdir()):
+            if f.is_file() and f not in (path, tmp):
+                tar.add(f, arcname=f"{out.name}/{f.name}")
+    tmp.replace(path)
+    return path
 
 
 def install_missing(out: Path, env: dict) -> dict:
@@ -176,7 +209,8 @@ def main(argv=None) -> int:
     else:  # every test, unchanged, on the GPU; in parallel where pytest-xdist is installed
         # -v: each result is logged as it finishes, so a run stopped at its limit still names failures
         tests = (["-n", "8"] if importlib.util.find_spec("xdist") else []) + ["-v", "tests/triton"]
-    steps["pytest"] = _run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
+    quiet = ["-q"] if smoke else []  # not with -v: the two cancel out (the log would show only dots)
+    steps["pytest"] = _run([py, "-m", "pytest", *quiet, "-p", "no:cacheprovider", "-rs", *tests],
                            out / "pytest.txt", LIMITS_S["pytest"], env)
     if not smoke:
         for name in args.sweeps:
@@ -200,7 +234,7 @@ def main(argv=None) -> int:
               "sweeps in sweep_*.md / .json; host cost per call: bench_host_overhead.md / .json."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"results in {out}")
+    print(f"results in {out} (all in one file: {archive(out).name})")
     return 0 if all(v["ok"] for v in steps.values()) else 1
 
 

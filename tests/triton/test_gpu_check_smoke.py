@@ -29,9 +29,32 @@ def test_gpu_check_smoke_runs_and_writes_results(tmp_path):
     assert set(info["steps"]) == {"install", "pytest", "bench", "host"}
     assert all(step["ok"] for step in info["steps"].values()), info["steps"]
     assert "passed" in (tmp_path / "pytest.txt").read_text()
+    import tarfile
+
+    with tarfile.open(tmp_path / f"{tmp_path.name}.tar.gz") as tar:  # the one file to copy off a GPU box
+        names = {Path(m).name for m in tar.getnames()}
+    assert {"env.json", "summary.md", "pytest.txt", "bench.json", "bench_host_overhead.json"} <= names, names
     bench = json.loads((tmp_path / "bench.json").read_text())
     ours = [r for r in bench["results"] if r["impl"] == "ours-triton" and "ms" in r]
     assert ours, "the smoke benchmark timed none of our kernels"
     assert bench["copy_bw_GBps"] > 0
     host = json.loads((tmp_path / "bench_host_overhead.json").read_text())
     assert any(r["case"] == "MHC(triton) fwd+bwd" and r["us_per_call"] > 0 for r in host["results"])
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    """A step past its limit is killed with every process it started (pytest-xdist workers
+    outlive their pytest otherwise, and would run under the next step's timings)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    marker = tmp_path / "child_alive"
+    child = f"import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).write_text('x')"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    r = gpu_check._run([sys.executable, "-c", parent], tmp_path / "step.txt", 1, dict(os.environ))
+    assert r["rc"] == 124 and not r["ok"]
+    assert "process group killed" in (tmp_path / "step.txt").read_text()
+    import time
+
+    time.sleep(4)
+    assert not marker.exists(), "the step's child process survived the timeout"

@@ -14,8 +14,12 @@ training uses, bf16 activations, float32 mixing parameters:
   relative per element) moved grad-phi by 2.7e-3 of its largest entry on an H200.
   Tolerance 2e-2 of max(1, max|ref|) for the output and dx (each rounded to bf16 once,
   relative 2^-9 = 2e-3; the bf16 bound of tests/conftest.py TOL); 1e-3 for the float32
-  mixing-parameter gradients (tf32x3 dots ~ float32, sums over 4096..65536 tokens in
-  different orders). `test_step_rounding_model` runs the same comparison at a small shape
+  mixing-parameter gradients: sums over 4096..65536 tokens with heavy cancellation, where
+  float32 itself is far off -- on an H200 (results/gpu_h200_20261128/run5_06a867a/diag.txt)
+  mhc_core run by torch in float32 from the same inputs was off the float64 reference by up
+  to 5.1e-4 of max|ref| (bias, 65536 tokens), the kernels by up to 8.7e-4 (alpha). A forward
+  whose stored z was 2-7% wrong for some launches failed here at 1.1e-3 - 1.3e-3 (bias);
+  `test_coefficients_fwd_realistic` checks z itself, to 1e-4. `test_step_rounding_model` runs the same comparison at a small shape
   on any device (interpreter on the CPU), so the rounding model itself is checked in CI
   (without `_bf16_layer` it fails there too).
 - 64-bit offsets: T * n * C > 2^31 (T = 131,088 at n = 4, C = 4096); the last tokens'
@@ -95,3 +99,44 @@ def test_offsets_past_2_pow_31(device, assert_close, mixing_params):
     assert_close(dx[-tail:], dx_want, 2e-2, "gpu-2^31-dx")
     del x, out, dx
     torch.cuda.empty_cache()
+
+
+def _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params, oracle_tokens=256):
+    """The coefficient forward's default launch (`fwd_config`) on bf16 x: z on every token vs
+    float64 (v @ phi) * rsqrt(mean(v^2) + eps), r = rho / m from rs vs float64 rsqrt, and
+    pre / post / res on the first tokens vs the float64 oracle, all to 1e-4 of max(1, max|ref|)
+    (float32-level: bf16 x times phi's exact bf16 parts, float32 sums; measured ~1e-6)."""
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    eps, kw = 1e-6, dict(hc=False, iters=20, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
+    g = torch.Generator(device=device).manual_seed(t + c + n)
+    x = torch.randn(t, n, c, device=device, generator=g).bfloat16()
+    phi, bias, alpha = (q.detach() for q in _params(n, c, device, mixing_params))
+    pre, post, res, z, rs = cf.coefficients_fwd(x, phi, bias, alpha, rms_eps=eps, **kw)
+    v = x.reshape(t, -1).double()
+    r_ref = torch.rsqrt((v * v).mean(1) + eps)
+    cid = f"gpu-coef-fwd-T{t}-C{c}-n{n}"
+    assert_close(z, (v @ phi.double()) * r_ref[:, None], 1e-4, cid + "-z")
+    assert_close(rs[:, 0].double() * rs[:, 1].double(), r_ref, 1e-4, cid + "-r")
+    head = [a.detach().double().cpu().numpy() for a in (x[:oracle_tokens], phi, bias, alpha)]
+    want = mhc_core.coefficients(*head, iters=kw["iters"], rms_eps=eps, pre_eps=kw["pre_eps"],
+                                 sinkhorn_eps=kw["sk_eps"], post_scale=kw["post_scale"])
+    for name, got, w in zip(("pre", "post", "res"), (pre, post, res), want):
+        assert_close(got[:oracle_tokens], torch.from_numpy(w), 1e-4, f"{cid}-{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,c,n", [(16384, 4096, 4), (4096, 4096, 4), (16384, 7168, 4), (16384, 1024, 4),
+                                   (8192, 2048, 3), (4096, 1024, 8)])
+def test_coefficients_fwd_realistic(t, c, n, device, assert_close, mixing_params):
+    """One launch (16384 tokens) and split-K (fewer tokens) at training shapes; n = 3, 4 run the
+    phi-parts sweep, n = 8 the in-kernel split. An H200 sweep found launches of an earlier
+    forward 2-7% wrong here (results/gpu_h200_20261128/run4_7c1e76e) that the tests at small
+    shapes had passed."""
+    _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params)
+
+
+@pytest.mark.parametrize("n", [3, 4, 8])
+def test_coefficients_fwd_check_small(n, device, assert_close, mixing_params):
+    """The realistic-shape check at a small shape, on any device (interpreter on the CPU)."""
+    _check_coefficients_fwd(40, 24, n, device, assert_close, mixing_params, oracle_tokens=40)

@@ -90,18 +90,23 @@ _METADATA = portable.metadata("mlx", mhc_core.__version__)
 
 
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
-    """Write every parameter of `module` to a safetensors file at `path`."""
+    """Write every parameter of `module` to a safetensors file at exactly `path` (any name, as
+    the torch backend's save_state)."""
     path = portable.checked_path(path, "save_state")
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
-    if not path.endswith(".safetensors"):
-        # mx.save_safetensors appends the suffix itself; require it so the path we were
-        # given is the file that exists afterwards.
-        raise ValueError(f"save_state writes safetensors: path must end in '.safetensors', got {path!r}")
     params = _params(module)
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
-        mx.save_safetensors(path, params, metadata=_METADATA)
+        # mx.save_safetensors appends '.safetensors' to a path without it: write a temporary
+        # file that has it, then move it to the path asked for
+        tmp = f"{path}.{os.getpid()}.tmp.safetensors"
+        try:
+            mx.save_safetensors(tmp, params, metadata=_METADATA)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return
     _refuse_mixed_f64_bf16(dtypes, f"save_state({type(module).__name__})")
     _safetensors_numpy("save float64 tensors").save_file({k: np.array(v) for k, v in params.items()}, path,

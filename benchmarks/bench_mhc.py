@@ -170,6 +170,9 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}")
 
+    if args.interpret_smoke and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--interpret-smoke needs TRITON_INTERPRET=1 before the kernels are imported "
+                         "(run this script directly, or set it in the environment)")
     wrong = {}  # op -> why ours-triton is not timed (it failed the check against the reference)
     if args.cpu or args.interpret_smoke:
         torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP oversubscription stalls

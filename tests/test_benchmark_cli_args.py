@@ -105,3 +105,15 @@ def test_bench_host_overhead_only_matching_no_case(tmp_path):
         bench_host_overhead.main(["--stub-kernels", "--out", str(tmp_path), "--calls", "1", "--rounds", "1",
                                   "--channels", "16", "--only", "no-such-case"])
     assert not (tmp_path / "bench_host_overhead.json").exists()
+
+
+def test_bench_mhc_interpret_smoke_from_python_needs_the_interpreter(monkeypatch, tmp_path):
+    """main(['--interpret-smoke']) from Python cannot switch Triton to its interpreter after the
+    kernels were imported: it says so instead of launching them for a GPU on the CPU."""
+    pytest.importorskip("torch")
+    import bench_mhc
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit, match="needs TRITON_INTERPRET=1"):
+        bench_mhc.main(["--interpret-smoke", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())

@@ -83,6 +83,9 @@ def _run(cmd: list[str], log: Path, limit_s: int, env: dict) -> dict:
             rc = 124
             _kill_group(proc)
             f.write(f"\n[gpu_check] timed out after {limit_s} s (process group killed)\n")
+        except BaseException:  # Ctrl-C or a kill of gpu_check: its own session would outlive it
+            _kill_group(proc)
+            raise
     archive(log.parent)
     return {"ok": rc == 0, "rc": rc, "seconds": round(time.time() - t0, 1), "log": log.name}
 

@@ -292,7 +292,7 @@ def _coeff_tail(acc_g, acc_r, ss, m, t, tmask, bias_ptr, alpha_ptr, pre_ptr, pos
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _coeff_fwd_kernel(
-    x_ptr, phi_ptr, parts_ptr, bias_ptr, alpha_ptr,       # x [T, K], phi [K, W], PARTS: [K, 3*NP] bf16, bias [W], alpha [3]
+    x_ptr, phi_ptr, parts_ptr, bias_ptr, alpha_ptr,       # x [T, K], phi [K, W], [K, 3*NP] bf16, bias [W], alpha [3]
     pre_ptr, post_ptr, res_ptr, z_ptr, rs_ptr,            # [T, n], [T, n], [T, n, n], [T, W], [T, 2]
     part_ptr,                                             # SPLIT: workspace [S, T, GP + R*R + 2]
     T, n, K, W, k_per_split, iters, rms_eps, pre_eps, sk_eps, post_scale,

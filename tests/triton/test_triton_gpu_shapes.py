@@ -101,21 +101,22 @@ def test_offsets_past_2_pow_31(device, assert_close, mixing_params):
     torch.cuda.empty_cache()
 
 
-def _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params, oracle_tokens=256):
-    """The coefficient forward's default launch (`fwd_config`) on bf16 x: z on every token vs
+def _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params, oracle_tokens=256, dtype=torch.bfloat16):
+    """The coefficient forward's default launch (`fwd_config`) on x of `dtype`: z on every token vs
     float64 (v @ phi) * rsqrt(mean(v^2) + eps), r = rho / m from rs vs float64 rsqrt, and
     pre / post / res on the first tokens vs the float64 oracle, all to 1e-4 of max(1, max|ref|)
-    (float32-level: bf16 x times phi's exact bf16 parts, float32 sums; measured ~1e-6)."""
+    (float32-level: bf16 x times phi's exact bf16 parts, or tf32x3 for float32 / float16 x;
+    float32 sums; measured ~1e-6 for bf16)."""
     from mhc_core_torch.kernels import coefficients_fwd as cf
 
     eps, kw = 1e-6, dict(hc=False, iters=20, pre_eps=1e-6, sk_eps=1e-6, post_scale=2.0)
     g = torch.Generator(device=device).manual_seed(t + c + n)
-    x = torch.randn(t, n, c, device=device, generator=g).bfloat16()
+    x = torch.randn(t, n, c, device=device, generator=g).to(dtype)
     phi, bias, alpha = (q.detach() for q in _params(n, c, device, mixing_params))
     pre, post, res, z, rs = cf.coefficients_fwd(x, phi, bias, alpha, rms_eps=eps, **kw)
     v = x.reshape(t, -1).double()
     r_ref = torch.rsqrt((v * v).mean(1) + eps)
-    cid = f"gpu-coef-fwd-T{t}-C{c}-n{n}"
+    cid = f"gpu-coef-fwd-T{t}-C{c}-n{n}-{str(dtype).split('.')[-1]}"
     assert_close(z, (v @ phi.double()) * r_ref[:, None], 1e-4, cid + "-z")
     assert_close(rs[:, 0].double() * rs[:, 1].double(), r_ref, 1e-4, cid + "-r")
     head = [a.detach().double().cpu().numpy() for a in (x[:oracle_tokens], phi, bias, alpha)]
@@ -126,17 +127,21 @@ def _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params, oracle
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t,c,n", [(16384, 4096, 4), (4096, 4096, 4), (16384, 7168, 4), (16384, 1024, 4),
-                                   (8192, 2048, 3), (4096, 1024, 8)])
-def test_coefficients_fwd_realistic(t, c, n, device, assert_close, mixing_params):
+@pytest.mark.parametrize("t,c,n,dtype", [(16384, 4096, 4, torch.bfloat16), (4096, 4096, 4, torch.bfloat16),
+                                         (16384, 7168, 4, torch.bfloat16), (16384, 1024, 4, torch.bfloat16),
+                                         (8192, 2048, 3, torch.bfloat16), (4096, 1024, 8, torch.bfloat16),
+                                         (16384, 1024, 4, torch.float32), (4096, 1024, 8, torch.float32),
+                                         (16384, 1024, 4, torch.float16)], ids=str)
+def test_coefficients_fwd_realistic(t, c, n, dtype, device, assert_close, mixing_params):
     """One launch (16384 tokens) and split-K (fewer tokens) at training shapes; n = 3, 4 run the
     phi-parts sweep, n = 8 the in-kernel split. An H200 sweep found launches of an earlier
     forward 2-7% wrong here (results/gpu_h200_20261128/run4_7c1e76e) that the tests at small
-    shapes had passed."""
-    _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params)
+    shapes had passed. float32 / float16 x run the tf32x3 sweep."""
+    _check_coefficients_fwd(t, c, n, device, assert_close, mixing_params, dtype=dtype)
 
 
-@pytest.mark.parametrize("n", [3, 4, 8])
-def test_coefficients_fwd_check_small(n, device, assert_close, mixing_params):
+@pytest.mark.parametrize("n,dtype", [(3, torch.bfloat16), (4, torch.bfloat16), (8, torch.bfloat16),
+                                     (4, torch.float32), (4, torch.float16)], ids=str)
+def test_coefficients_fwd_check_small(n, dtype, device, assert_close, mixing_params):
     """The realistic-shape check at a small shape, on any device (interpreter on the CPU)."""
-    _check_coefficients_fwd(40, 24, n, device, assert_close, mixing_params, oracle_tokens=40)
+    _check_coefficients_fwd(40, 24, n, device, assert_close, mixing_params, oracle_tokens=40, dtype=dtype)

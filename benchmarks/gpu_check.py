@@ -137,7 +137,7 @@ def install_missing(out: Path, env: dict) -> dict:
             "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
 
 
-DEFAULT_SHAPES = ["4096:4096", "4096:16384", "4096:65536", "1024:16384", "7168:16384"]
+DEFAULT_SHAPES = ["4096:16384", "4096:4096", "7168:16384", "4096:65536", "1024:16384"]  # the target shape first: the bench cap may cut the tail
 
 
 def _shape_text(text: str) -> str:

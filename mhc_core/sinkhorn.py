@@ -103,9 +103,9 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
         return g
     p, ms = saved
     k = checks.shape_of(ms)[0]
-    h, sum_ = g * ms[k - 1], ops.sum
+    h, step = g * ms[k - 1], ops.normalize_backward  # h: a new array, so updated in place
     for j, axis in zip(range(k - 1, -1, -1), reversed(_linear_axes(k))):
-        h = h - sum_(h, axis=axis, keepdims=True) * ms[j]
+        h = step(h, ms[j], axis, h)  # h - sum_axis(h) * m_j, into h
     g = h / (p + eps)
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
 

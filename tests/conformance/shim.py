@@ -44,6 +44,12 @@ def _normalized_iterates(o, a):
     return o.stack(ms) if buffer is None else buffer
 
 
+def _in_place_normalize_backward(o, a):
+    """normalize_backward written into its own h (what sinkhorn_backward does), on a copy."""
+    h = a["t"] - 0.5  # a new array: the inputs stay untouched
+    return o.normalize_backward(h, o.abs(o.matrix_transpose(a["t2"])), 1, out=h)
+
+
 CALLS = {
     "abs": lambda o, a: o.abs(a["a"]),
     "astype": lambda o, a: o.astype(a["a"], o.float32),
@@ -76,6 +82,8 @@ CALLS = {
     "logsumexp": lambda o, a: o.logsumexp(a["big"], axis=-1),
     "softmax": lambda o, a: o.softmax(a["big"], axis=-1),
     "normalize": lambda o, a: o.normalize(o.abs(a["t"]), -2, 1e-6),
+    "normalize_backward": lambda o, a: o.normalize_backward(a["t"], o.abs(o.matrix_transpose(a["t2"])), -2),
+    "normalize_backward(out=h)": lambda o, a: _in_place_normalize_backward(o, a),
     "iterates": _normalized_iterates,
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     # more call patterns mhc_core uses

@@ -66,7 +66,10 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     m_j = m_{j-1} / (sum(m_{j-1}) + eps) of the k = 2 * iters - 1 normalisations after
     it (columns, rows, ..., columns; m_{-1} = p + eps), ms[-1] = m. One stacked array
     rather than k small ones: an autograd node saves it cheaply, and on numpy the
-    normalisations write straight into it (`Ops.iterates` / `Ops.normalize`).
+    normalisations write straight into it (`Ops.iterates` / `Ops.normalize`); there,
+    once an iterate equals the one two steps back (checked every 4 steps), the
+    iteration has reached a floating-point fixed point and the remaining iterates are
+    copies of the last two (the same numbers as computing them).
     eps = 0: saved = (ls,), the 2 * iters log-domain iterates (rows, columns, ...,
     columns) stacked [2 * iters, n, n, T]; m = exp(ls[-1]).
     """
@@ -76,11 +79,22 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     m = p + eps
     k = 2 * iters - 1
     buffer = ops.iterates(k, m)  # [k, n, n, T] to write into, or None: collect and stack
-    normalize, ms = ops.normalize, []
-    for j, axis in enumerate(_linear_axes(k)):
-        m = normalize(m, axis, eps, out=None if buffer is None else buffer[j])
+    normalize, axes = ops.normalize, _linear_axes(k)
+    if buffer is not None:  # numpy: each normalisation writes its slice of the buffer
+        for j in range(k):
+            m = normalize(m, axes[j], eps, buffer[j])
+            if j % 4 == 3 and j + 1 < k and ops.equal_all(m, buffer[j - 2]):
+                # A floating-point fixed point: m_j == m_{j-2} (the same axis), so every
+                # later iterate repeats m_{j-1}, m_j bit for bit; copied, not computed.
+                buffer[j + 1 :: 2] = buffer[j - 1]
+                buffer[j + 2 :: 2] = m
+                return buffer[k - 1], (p, buffer)
+        return m, (p, buffer)
+    ms = []
+    for axis in axes:
+        m = normalize(m, axis, eps)
         ms.append(m)
-    return m, (p, ops.stack(ms) if buffer is None else buffer)
+    return m, (p, ops.stack(ms))
 
 
 def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
@@ -104,7 +118,7 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     p, ms = saved
     k = checks.shape_of(ms)[0]
     h, step = g * ms[k - 1], ops.normalize_backward  # h: a new array, so updated in place
-    for j, axis in zip(range(k - 1, -1, -1), reversed(_linear_axes(k))):
+    for j, axis in zip(range(k - 1, -1, -1), _linear_axes(k)[::-1]):
         h = step(h, ms[j], axis, h)  # h - sum_axis(h) * m_j, into h
     g = h / (p + eps)
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))

@@ -36,7 +36,7 @@ SUBSET = (
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
-          "matmul_concat")
+          "equal_all", "matmul_concat")
 
 
 class Ops:
@@ -108,6 +108,11 @@ class Ops:
         allowed) may receive it."""
         return h - self.sum(h, axis=axis, keepdims=True) * m
 
+    def equal_all(self, a, b) -> bool:
+        """True when every element of a equals b's (a NaN equals nothing); a Python bool,
+        so on a device it waits for the result: only numpy's Sinkhorn path calls it."""
+        return bool(self.xp.all(a == b))
+
     def matmul_concat(self, a, parts):
         """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
         -> [..., p, C]; a and every part share their leading axes [...]."""
@@ -171,6 +176,9 @@ class _NumpyOps(Ops):
 
     def iterates(self, k: int, like):
         return self._pool.empty((k,) + like.shape, like.dtype)
+
+    def equal_all(self, a, b) -> bool:
+        return bool(self._np.equal(a, b).all())
 
     def sigmoid(self, x):
         np = self._np

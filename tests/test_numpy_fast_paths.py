@@ -124,3 +124,30 @@ def test_post_residual_blocked_matches_naive_loop(monkeypatch):
                 np.testing.assert_allclose(dres[k, i, o], x[k, i] @ dout[k, o], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dy[k], sum(post[k, o] * dout[k, o] for o in range(n)), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx[k], res[k] @ dout[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [0.0, 0.05, 1.0, 10.0])
+def test_sinkhorn_fixed_point_exit_gives_the_computed_numbers(monkeypatch, dtype, scale):
+    """numpy stops iterating at a floating-point fixed point (an iterate equal to the one two
+    steps back) and copies the rest: the output and every saved iterate equal the full
+    iteration's bit for bit, and so does the gradient. Equal logits reach such a point at
+    once (the exit is taken); random ones here do not (nothing is skipped)."""
+    rng = np.random.default_rng(7)
+    logits = (scale * rng.normal(size=(4, 4, 23))).astype(dtype)
+    cot = rng.normal(size=(4, 4, 23)).astype(dtype)
+    calls = []
+    normalize = FAST.normalize
+    monkeypatch.setattr(FAST, "normalize", lambda *a: calls.append(1) or normalize(*a))
+    m_exit, (p_exit, ms_exit) = sinkhorn_forward(FAST, logits, 20, 1e-6)
+    ms_exit, exit_calls = ms_exit.copy(), len(calls)
+    monkeypatch.setattr(FAST, "equal_all", lambda a, b: False)  # the full 39 normalisations
+    calls.clear()
+    m_full, saved_full = sinkhorn_forward(FAST, logits, 20, 1e-6)
+    assert len(calls) == 39
+    if scale == 0.0:
+        assert exit_calls < 39  # a fixed point was reached and the rest copied
+    np.testing.assert_array_equal(m_exit, m_full)
+    np.testing.assert_array_equal(ms_exit, saved_full[1])
+    np.testing.assert_array_equal(sinkhorn_backward(FAST, (p_exit, ms_exit), cot, 1e-6),
+                                  sinkhorn_backward(FAST, saved_full, cot, 1e-6))

@@ -85,6 +85,8 @@ CALLS = {
     "normalize_backward": lambda o, a: o.normalize_backward(a["t"], o.abs(o.matrix_transpose(a["t2"])), -2),
     "normalize_backward(out=h)": lambda o, a: _in_place_normalize_backward(o, a),
     "iterates": _normalized_iterates,
+    "equal_all": lambda o, a: np.array([float(o.equal_all(a["a"], a["a"])), float(o.equal_all(a["a"], a["b"])),
+                                        float(o.equal_all(a["inf"], a["inf"]))]),  # [1, 0, 0]: NaN != NaN
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
@@ -127,7 +129,7 @@ def shim(adapter, dtype: str) -> list[Result]:
         r_, a_ = TOLERANCES[tol_dtype]
         res = compare(val, np.asarray(want, dtype=np.float64), rtol=r_, atol=a_, **labels)
         expected_dtype = {"astype": "float32", "compute_dtype": "float64" if dtype == "float64" else "float32",
-                          "isfinite": "bool"}.get(name, None if name == "is_floating" else dtype)
+                          "isfinite": "bool"}.get(name, None if name in ("is_floating", "equal_all") else dtype)
         if expected_dtype and _dtype_name(got) != expected_dtype:
             res.abs, res.note = float("inf"), f"result dtype {got.dtype}, expected {expected_dtype}"
         out.append(res)

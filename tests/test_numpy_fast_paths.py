@@ -130,24 +130,31 @@ def test_post_residual_blocked_matches_naive_loop(monkeypatch):
 @pytest.mark.parametrize("scale", [0.0, 0.05, 1.0, 10.0])
 def test_sinkhorn_fixed_point_exit_gives_the_computed_numbers(monkeypatch, dtype, scale):
     """numpy stops iterating at a floating-point fixed point (an iterate equal to the one two
-    steps back) and copies the rest: the output and every saved iterate equal the full
-    iteration's bit for bit, and so does the gradient. Equal logits reach such a point at
-    once (the exit is taken); random ones here do not (nothing is skipped)."""
+    steps back) and saves only the iterates so far, with the count of all: the output, each
+    stored iterate and the gradient equal the full iteration's bit for bit, and the full
+    iteration's later iterates repeat the last two stored. Equal logits reach such a point
+    at once (the exit is taken); random ones here do not (nothing is skipped)."""
     rng = np.random.default_rng(7)
     logits = (scale * rng.normal(size=(4, 4, 23))).astype(dtype)
     cot = rng.normal(size=(4, 4, 23)).astype(dtype)
     calls = []
     normalize = FAST.normalize
     monkeypatch.setattr(FAST, "normalize", lambda *a: calls.append(1) or normalize(*a))
-    m_exit, (p_exit, ms_exit) = sinkhorn_forward(FAST, logits, 20, 1e-6)
-    ms_exit, exit_calls = ms_exit.copy(), len(calls)
+    m_exit, saved_exit = sinkhorn_forward(FAST, logits, 20, 1e-6)
+    ms_exit, exit_calls = saved_exit[1].copy(), len(calls)
     monkeypatch.setattr(FAST, "equal_all", lambda a, b: False)  # the full 39 normalisations
     calls.clear()
     m_full, saved_full = sinkhorn_forward(FAST, logits, 20, 1e-6)
     assert len(calls) == 39
-    if scale == 0.0:
-        assert exit_calls < 39  # a fixed point was reached and the rest copied
+    stored = ms_exit.shape[0]
+    if scale == 0.0:  # a fixed point was reached: the rest neither computed nor stored
+        assert exit_calls == stored < 39 and len(saved_exit) == 3 and int(saved_exit[2]) == 39
+    else:
+        assert exit_calls == stored == 39 and len(saved_exit) == 2
     np.testing.assert_array_equal(m_exit, m_full)
-    np.testing.assert_array_equal(ms_exit, saved_full[1])
-    np.testing.assert_array_equal(sinkhorn_backward(FAST, (p_exit, ms_exit), cot, 1e-6),
+    full = saved_full[1]
+    np.testing.assert_array_equal(ms_exit, full[:stored])
+    for j in range(stored, 39):  # the full iteration's later iterates repeat the last two stored
+        np.testing.assert_array_equal(full[j], ms_exit[stored - 1 - (j - stored + 1) % 2])
+    np.testing.assert_array_equal(sinkhorn_backward(FAST, (saved_exit[0], ms_exit) + tuple(saved_exit[2:]), cot, 1e-6),
                                   sinkhorn_backward(FAST, saved_full, cot, 1e-6))

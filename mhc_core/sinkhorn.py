@@ -66,7 +66,11 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     m_j = m_{j-1} / (sum(m_{j-1}) + eps) of the k = 2 * iters - 1 normalisations after
     it (columns, rows, ..., columns; m_{-1} = p + eps), ms[-1] = m. One stacked array
     rather than k small ones: an autograd node saves it cheaply, and on numpy the
-    normalisations write straight into it (`Ops.iterates` / `Ops.normalize`).
+    normalisations write straight into it (`Ops.iterates` / `Ops.normalize`); there,
+    once an iterate m_j equals m_{j-2} bit for bit (checked every 4 steps), the iteration
+    has reached a floating-point fixed point: every later iterate repeats m_{j-1}, m_j,
+    so the loop stops and saved = (p, ms[:j + 1], k as a 0-d array of m's dtype);
+    `sinkhorn_backward` reads the repeats from the last two (the same numbers).
     eps = 0: saved = (ls,), the 2 * iters log-domain iterates (rows, columns, ...,
     columns) stacked [2 * iters, n, n, T]; m = exp(ls[-1]).
     """
@@ -76,11 +80,21 @@ def sinkhorn_forward(ops, logits, iters: int, eps: float):
     m = p + eps
     k = 2 * iters - 1
     buffer = ops.iterates(k, m)  # [k, n, n, T] to write into, or None: collect and stack
-    normalize, ms = ops.normalize, []
-    for j, axis in enumerate(_linear_axes(k)):
-        m = normalize(m, axis, eps, out=None if buffer is None else buffer[j])
+    normalize, axes = ops.normalize, _linear_axes(k)
+    if buffer is not None:  # numpy: each normalisation writes its slice of the buffer
+        for j in range(k):
+            m = normalize(m, axes[j], eps, buffer[j])
+            if j % 4 == 3 and j + 1 < k and ops.equal_all(m, buffer[j - 2]):
+                # A floating-point fixed point: m_j == m_{j-2} (the same axis), so every
+                # later iterate repeats m_{j-1}, m_j bit for bit: neither computed nor stored.
+                out = m if (k - 1 - j) % 2 == 0 else buffer[j - 1]  # m_{k-1}
+                return out, (p, buffer[: j + 1], ops.constant_like(m, k))
+        return m, (p, buffer)
+    ms = []
+    for axis in axes:
+        m = normalize(m, axis, eps)
         ms.append(m)
-    return m, (p, ops.stack(ms) if buffer is None else buffer)
+    return m, (p, ops.stack(ms))
 
 
 def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
@@ -101,13 +115,20 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
         for j in range(k - 1, -1, -1):
             g = g - ops.exp(ls[j]) * ops.sum(g, axis=_log_axis(j), keepdims=True)
         return g
-    p, ms = saved
-    k = checks.shape_of(ms)[0]
-    h, sum_ = g * ms[k - 1], ops.sum
-    for j, axis in zip(range(k - 1, -1, -1), reversed(_linear_axes(k))):
-        h = h - sum_(h, axis=axis, keepdims=True) * ms[j]
+    p, ms = saved[0], saved[1]
+    last = checks.shape_of(ms)[0] - 1
+    k = int(saved[2]) if len(saved) > 2 else last + 1  # saved[2]: stopped at a fixed point
+    h, step = g * ms[_stored(k - 1, last)], ops.normalize_backward  # h: a new array, so
+    for j, axis in zip(range(k - 1, -1, -1), _linear_axes(k)[::-1]):  # updated in place
+        h = step(h, ms[_stored(j, last)], axis, h)  # h - sum_axis(h) * m_j, into h
     g = h / (p + eps)
     return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
+
+
+def _stored(j: int, last: int) -> int:
+    """Where iterate j is stored when only ms[:last + 1] were (a fixed point: iterates
+    after `last` repeat ms[last - 1], ms[last] with period 2)."""
+    return j if j <= last else last - (j - last) % 2
 
 
 def _linear_axes(k: int) -> tuple:

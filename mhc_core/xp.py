@@ -8,9 +8,10 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   `array_api_compat.array_namespace`.
 - `EXTRAS` are functions the standard lacks (sigmoid, rsqrt, logsumexp, softmax) plus
   dtype helpers; each library may bind a native version (torch, mlx) or use the generic,
-  overflow-safe composition written here. `normalize` / `iterates` let numpy write
-  Sinkhorn's iterates into one preallocated array (the same operations, so the same
-  numbers); elsewhere they are plain division and a list that is stacked.
+  overflow-safe composition written here. `normalize` / `normalize_backward` /
+  `iterates` let numpy write Sinkhorn's iterates into one preallocated (recycled) array
+  and run its backward in place (the same operations, so the same numbers); elsewhere
+  they are plain expressions and a list that is stacked.
   `matmul_concat` is a matmul with an operand concatenated along the stream axis; numpy
   runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
 
@@ -34,7 +35,8 @@ SUBSET = (
     "log", "logaddexp", "matmul", "matrix_transpose", "max", "mean", "min", "reshape", "sort",
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
-EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "iterates", "matmul_concat")
+EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
+          "equal_all", "matmul_concat")
 
 
 class Ops:
@@ -77,8 +79,11 @@ class Ops:
 
     # --- extras (generic, overflow-safe compositions) ------------------------------------
     def sigmoid(self, x):
-        # exp(-log(1 + exp(-x))): never overflows, accurate in both tails.
-        return self.xp.exp(-self.xp.logaddexp(self.xp.zeros_like(x), -x))
+        # e = exp(-|x|) in (0, 1]: 1 / (1 + e) for x >= 0, e / (1 + e) below; never
+        # overflows, accurate in both tails, and both branches (and their grads) finite.
+        e = self.xp.exp(-self.xp.abs(x))
+        den = 1.0 + e
+        return self.xp.where(x >= 0, 1.0 / den, e / den)
 
     def rsqrt(self, x):
         return 1.0 / self.xp.sqrt(x)
@@ -97,6 +102,17 @@ class Ops:
         """m / (sum(m, axis, keepdims=True) + eps); `out` (from `iterates`) may receive it."""
         return m / (self.sum(m, axis=axis, keepdims=True) + eps)
 
+    def normalize_backward(self, h, m, axis: int, out=None):
+        """h - sum(h, axis, keepdims=True) * m (a normalisation's backward in Sinkhorn's
+        carried form, `sinkhorn_backward`); `out` (an array the caller owns, h itself
+        allowed) may receive it."""
+        return h - self.sum(h, axis=axis, keepdims=True) * m
+
+    def equal_all(self, a, b) -> bool:
+        """True when every element of a equals b's (a NaN equals nothing); a Python bool,
+        so on a device it waits for the result: only numpy's Sinkhorn path calls it."""
+        return bool(self.xp.all(a == b))
+
     def matmul_concat(self, a, parts):
         """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
         -> [..., p, C]; a and every part share their leading axes [...]."""
@@ -110,27 +126,70 @@ class Ops:
 
 
 class _NumpyOps(Ops):
-    """numpy: `sum` as `np.add.reduce` itself (what np.sum calls, so the same numbers),
-    without np.sum's Python wrapper, which costs more than the sum on the small arrays
-    of Sinkhorn; Sinkhorn's normalisations written into one preallocated array (np.stack
-    of ~40 small iterates cost as much as computing them)."""
+    """numpy, written for Sinkhorn's many calls on small arrays (the CPU path of the
+    depth sweep), where a Python wrapper costs more than the operation:
+    - `sum` is `np.add.reduce` itself (what np.sum calls, so the same numbers); `reshape`
+      and `matrix_transpose` are the ndarray methods;
+    - Sinkhorn's normalisations write into one preallocated array (np.stack of ~40 small
+      iterates cost as much as computing them) taken from a recycling pool (`buffer_pool`:
+      a fresh one page-faults on first write); `normalize` adds eps as the sum's initial
+      value; `normalize_backward` runs in place;
+    - sigmoid and softmax are the generic compositions as direct ufunc calls (softmax with
+      `out=`).
+    All give the generic numbers bit for bit except `normalize` (eps summed first: equal
+    to rounding; tests/test_numpy_fast_paths.py)."""
+
+    # Recycled iterate buffers: at most this many bytes kept, none larger than the second.
+    POOL_BYTES, POOL_BUFFER_BYTES = 64 << 20, 4 << 20
 
     def __init__(self, xp):
         super().__init__(xp, "numpy")
         import numpy
 
-        self._add, self._divide, self._empty = numpy.add, numpy.divide, numpy.empty
+        from .buffer_pool import BufferPool
+
+        self._np = numpy
+        self._reduce, self._divide = numpy.add.reduce, numpy.divide
+        self._multiply, self._subtract = numpy.multiply, numpy.subtract
+        self._pool = BufferPool(self.POOL_BYTES, self.POOL_BUFFER_BYTES)
 
     def sum(self, x, axis=None, keepdims: bool = False):
-        return self._add.reduce(x, axis=axis, keepdims=keepdims)
+        return self._reduce(x, axis, None, None, keepdims)
+
+    # ndarray methods: array_api_compat's wrappers cost more than the (view) operation
+    def reshape(self, x, shape, copy=None):
+        return x.reshape(shape) if copy is None else self.xp.reshape(x, shape, copy=copy)
+
+    def matrix_transpose(self, x):
+        if x.ndim < 2:
+            raise ValueError(f"matrix_transpose expects an array with >= 2 axes, got shape {x.shape}")
+        return x.swapaxes(-1, -2)
 
     def normalize(self, m, axis: int, eps: float, out=None):
-        d = self._add.reduce(m, axis=axis, keepdims=True)
-        d += eps
-        return self._divide(m, d, out=out)
+        # eps as the sum's initial value: one call fewer than sum, then + eps; the sum
+        # is eps + m_0 + m_1 + ... instead of (m_0 + m_1 + ...) + eps, equal to rounding
+        return self._divide(m, self._reduce(m, axis, None, None, True, eps), out)
+
+    def normalize_backward(self, h, m, axis: int, out=None):
+        t = self._multiply(self._reduce(h, axis, None, None, True), m)
+        return self._subtract(h, t, t if out is None else out)
 
     def iterates(self, k: int, like):
-        return self._empty((k,) + like.shape, dtype=like.dtype)
+        return self._pool.empty((k,) + like.shape, like.dtype)
+
+    def equal_all(self, a, b) -> bool:
+        return bool(self._np.equal(a, b).all())
+
+    def sigmoid(self, x):
+        np = self._np
+        e = np.exp(np.negative(np.abs(x)))  # Ops.sigmoid's operations; one division, where
+        return np.divide(np.where(x >= 0, 1.0, e), np.add(e, 1.0))  # picks its numerator
+
+    def softmax(self, x, axis: int):
+        np = self._np
+        e = np.subtract(x, np.maximum.reduce(x, axis, None, None, True))
+        np.exp(e, out=e)
+        return np.divide(e, self._reduce(e, axis, None, None, True), out=e)
 
     # Tokens per block of `matmul_concat`: the block's concatenated operand is ~1 MB.
     MATMUL_BLOCK_BYTES = 1 << 20

@@ -16,17 +16,79 @@ GENERIC = Ops(np, "numpy")  # the generic compositions, on numpy arrays
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("iters", [1, 2, 20])
-def test_sinkhorn_iterates_buffer_gives_the_generic_numbers(dtype, iters):
-    """Same operations (sum, + eps, divide), so forward and explicit backward agree bit for bit."""
+@pytest.mark.parametrize("scale", [1.0, 3.0, 10.0])
+def test_sinkhorn_iterates_buffer_gives_the_generic_numbers(dtype, iters, scale):
+    """Same operations except the order of one sum (numpy adds eps first: eps + m_0 + ...
+    instead of (m_0 + ...) + eps), so forward and explicit backward agree to a few units
+    of rounding: measured <= 25 ulps relative (forward) and 6 ulps of max|grad| (backward)."""
     assert FAST.iterates(3, np.zeros((2, 2, 1))) is not None and GENERIC.iterates(3, np.zeros(1)) is None
+    ulp = np.finfo(dtype).eps
     rng = np.random.default_rng(iters)
-    logits = (3 * rng.normal(size=(4, 4, 37))).astype(dtype)
+    logits = (scale * rng.normal(size=(4, 4, 37))).astype(dtype)
     cot = rng.normal(size=(4, 4, 37)).astype(dtype)
     m_fast, saved_fast = sinkhorn_forward(FAST, logits, iters, 1e-6)
     m_gen, saved_gen = sinkhorn_forward(GENERIC, logits, iters, 1e-6)
-    np.testing.assert_array_equal(m_fast, m_gen)
-    np.testing.assert_array_equal(sinkhorn_backward(FAST, saved_fast, cot, 1e-6),
-                                  sinkhorn_backward(GENERIC, saved_gen, cot, 1e-6))
+    assert m_fast.dtype == m_gen.dtype == dtype
+    np.testing.assert_allclose(m_fast, m_gen, rtol=64 * ulp, atol=0)
+    g_fast = sinkhorn_backward(FAST, saved_fast, cot, 1e-6)
+    g_gen = sinkhorn_backward(GENERIC, saved_gen, cot, 1e-6)
+    np.testing.assert_allclose(g_fast, g_gen, rtol=0, atol=16 * ulp * np.abs(g_gen).max())
+    # the same saved iterates through both backwards: bit for bit (same operations, in place)
+    np.testing.assert_array_equal(sinkhorn_backward(FAST, saved_gen, cot, 1e-6), g_gen)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_matches_a_loop_sum(dtype):
+    """normalize against a literal per-column / per-row loop (float64 reference)."""
+    rng = np.random.default_rng(0)
+    m = rng.uniform(0.0, 2.0, size=(3, 4, 5)).astype(dtype)
+    for axis in (0, 1):
+        want = np.empty(m.shape)
+        for idx in np.ndindex(*m.shape):
+            line = [float(m[idx[:axis] + (k,) + idx[axis + 1:]]) for k in range(m.shape[axis])]
+            want[idx] = float(m[idx]) / (sum(line) + 1e-6)
+        for ops in (FAST, GENERIC):
+            got = ops.normalize(m, axis, 1e-6)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_softmax_normalize_backward_give_the_generic_numbers(dtype):
+    """The numpy versions run the generic operations with out=: bit for bit, including the
+    tails, +-inf and nan; sigmoid within 2 ulps of a long-double reference."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0.0, 20.0, 400), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e4, -1e4,
+                                                     700.0, -700.0, 88.0, -88.0, -104.0]]).astype(dtype)
+    np.testing.assert_array_equal(FAST.sigmoid(x), GENERIC.sigmoid(x))
+    for v in (np.asarray(0.5, dtype=dtype), np.asarray(-30.0, dtype=dtype)):  # 0-d (a gate)
+        np.testing.assert_array_equal(FAST.sigmoid(v), GENERIC.sigmoid(v))
+    assert FAST.sigmoid(x).dtype == dtype
+    finite = x[np.isfinite(x)]
+    ref = 1.0 / (1.0 + np.exp(-finite.astype(np.longdouble)))
+    tiny = np.finfo(dtype).tiny
+    rel = np.abs(FAST.sigmoid(finite) - ref) / np.maximum(ref, tiny)
+    assert rel[ref > tiny].max() <= 2 * np.finfo(dtype).eps
+    t = rng.normal(0.0, 5.0, size=(4, 4, 9)).astype(dtype)
+    for axis in (0, 1, -1):
+        np.testing.assert_array_equal(FAST.softmax(t, axis=axis), GENERIC.softmax(t, axis=axis))
+    m = rng.uniform(0.0, 1.0, size=t.shape).astype(dtype)
+    for axis in (0, 1):
+        want = GENERIC.normalize_backward(t, m, axis)
+        np.testing.assert_array_equal(FAST.normalize_backward(t, m, axis), want)
+        h = t.copy()
+        assert FAST.normalize_backward(h, m, axis, out=h) is h
+        np.testing.assert_array_equal(h, want)
+
+
+def test_numpy_reshape_and_matrix_transpose_follow_the_array_api():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(FAST.reshape(a, (6, 4)), GENERIC.reshape(a, (6, 4)))
+    np.testing.assert_array_equal(FAST.matrix_transpose(a), GENERIC.matrix_transpose(a))
+    with pytest.raises(ValueError, match="matrix_transpose expects an array with >= 2 axes"):
+        FAST.matrix_transpose(np.zeros(3))
+    with pytest.raises(ValueError):
+        FAST.reshape(a.transpose(), (24,), copy=False)  # a view is impossible: refused, as the standard says
 
 
 @pytest.mark.parametrize("lead", [(37,), (3, 13), (1,)])
@@ -62,3 +124,37 @@ def test_post_residual_blocked_matches_naive_loop(monkeypatch):
                 np.testing.assert_allclose(dres[k, i, o], x[k, i] @ dout[k, o], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dy[k], sum(post[k, o] * dout[k, o] for o in range(n)), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx[k], res[k] @ dout[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [0.0, 0.05, 1.0, 10.0])
+def test_sinkhorn_fixed_point_exit_gives_the_computed_numbers(monkeypatch, dtype, scale):
+    """numpy stops iterating at a floating-point fixed point (an iterate equal to the one two
+    steps back) and saves only the iterates so far, with the count of all: the output, each
+    stored iterate and the gradient equal the full iteration's bit for bit, and the full
+    iteration's later iterates repeat the last two stored. Equal logits reach such a point
+    at once (the exit is taken); random ones here do not (nothing is skipped)."""
+    rng = np.random.default_rng(7)
+    logits = (scale * rng.normal(size=(4, 4, 23))).astype(dtype)
+    cot = rng.normal(size=(4, 4, 23)).astype(dtype)
+    calls = []
+    normalize = FAST.normalize
+    monkeypatch.setattr(FAST, "normalize", lambda *a: calls.append(1) or normalize(*a))
+    m_exit, saved_exit = sinkhorn_forward(FAST, logits, 20, 1e-6)
+    ms_exit, exit_calls = saved_exit[1].copy(), len(calls)
+    monkeypatch.setattr(FAST, "equal_all", lambda a, b: False)  # the full 39 normalisations
+    calls.clear()
+    m_full, saved_full = sinkhorn_forward(FAST, logits, 20, 1e-6)
+    assert len(calls) == 39
+    stored = ms_exit.shape[0]
+    if scale == 0.0:  # a fixed point was reached: the rest neither computed nor stored
+        assert exit_calls == stored < 39 and len(saved_exit) == 3 and int(saved_exit[2]) == 39
+    else:
+        assert exit_calls == stored == 39 and len(saved_exit) == 2
+    np.testing.assert_array_equal(m_exit, m_full)
+    full = saved_full[1]
+    np.testing.assert_array_equal(ms_exit, full[:stored])
+    for j in range(stored, 39):  # the full iteration's later iterates repeat the last two stored
+        np.testing.assert_array_equal(full[j], ms_exit[stored - 1 - (j - stored + 1) % 2])
+    np.testing.assert_array_equal(sinkhorn_backward(FAST, (saved_exit[0], ms_exit) + tuple(saved_exit[2:]), cot, 1e-6),
+                                  sinkhorn_backward(FAST, saved_full, cot, 1e-6))

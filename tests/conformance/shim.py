@@ -44,6 +44,12 @@ def _normalized_iterates(o, a):
     return o.stack(ms) if buffer is None else buffer
 
 
+def _in_place_normalize_backward(o, a):
+    """normalize_backward written into its own h (what sinkhorn_backward does), on a copy."""
+    h = a["t"] - 0.5  # a new array: the inputs stay untouched
+    return o.normalize_backward(h, o.abs(o.matrix_transpose(a["t2"])), 1, out=h)
+
+
 CALLS = {
     "abs": lambda o, a: o.abs(a["a"]),
     "astype": lambda o, a: o.astype(a["a"], o.float32),
@@ -76,7 +82,11 @@ CALLS = {
     "logsumexp": lambda o, a: o.logsumexp(a["big"], axis=-1),
     "softmax": lambda o, a: o.softmax(a["big"], axis=-1),
     "normalize": lambda o, a: o.normalize(o.abs(a["t"]), -2, 1e-6),
+    "normalize_backward": lambda o, a: o.normalize_backward(a["t"], o.abs(o.matrix_transpose(a["t2"])), -2),
+    "normalize_backward(out=h)": lambda o, a: _in_place_normalize_backward(o, a),
     "iterates": _normalized_iterates,
+    "equal_all": lambda o, a: np.array([float(o.equal_all(a["a"], a["a"])), float(o.equal_all(a["a"], a["b"])),
+                                        float(o.equal_all(a["inf"], a["inf"]))]),  # [1, 0, 0]: NaN != NaN
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
@@ -119,7 +129,7 @@ def shim(adapter, dtype: str) -> list[Result]:
         r_, a_ = TOLERANCES[tol_dtype]
         res = compare(val, np.asarray(want, dtype=np.float64), rtol=r_, atol=a_, **labels)
         expected_dtype = {"astype": "float32", "compute_dtype": "float64" if dtype == "float64" else "float32",
-                          "isfinite": "bool"}.get(name, None if name == "is_floating" else dtype)
+                          "isfinite": "bool"}.get(name, None if name in ("is_floating", "equal_all") else dtype)
         if expected_dtype and _dtype_name(got) != expected_dtype:
             res.abs, res.note = float("inf"), f"result dtype {got.dtype}, expected {expected_dtype}"
         out.append(res)

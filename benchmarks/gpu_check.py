@@ -159,13 +159,15 @@ def main(argv=None) -> int:
                     help="run the coefficient-forward sweep first and bench with its best config per shape "
                          "(bench_mhc.py --fwd-configs; the report lists them)")
     args = ap.parse_args(argv)
+    explicit_sweeps = args.sweeps is not None
     if args.sweeps is None:
         args.sweeps = sweeps
     if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
         ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
     smoke = os.environ.get("SMOKE") == "1"
-    if smoke and (args.shapes or args.bench_swept_fwd):
-        ap.error("--shapes and --bench-swept-fwd set the CUDA bench; SMOKE=1 runs one tiny shape in the interpreter")
+    if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
+        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny bench shape "
+                 "in the interpreter and no sweep")
     args.shapes = args.shapes or DEFAULT_SHAPES
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
@@ -189,6 +191,8 @@ def main(argv=None) -> int:
 
     tuned = []
     if args.bench_swept_fwd:
+        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
+        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
         sweep("sweep_coefficients_fwd")
         if (out / "sweep_coefficients_fwd.json").is_file():
             tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]

@@ -58,3 +58,45 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 
     time.sleep(4)
     assert not marker.exists(), "the step's child process survived the timeout"
+
+
+@pytest.mark.parametrize("argv", [["--sweeps"], ["--sweeps", "sweep_coefficients_fwd"], ["--bench-swept-fwd"],
+                                  ["--shapes", "4096:4096"]], ids=["sweeps-none", "sweeps-one", "swept-fwd", "shapes"])
+def test_smoke_refuses_cuda_run_flags(monkeypatch, tmp_path, argv, capsys):
+    """SMOKE=1 runs one tiny bench shape and no sweep: a flag that only shapes the CUDA run
+    (--sweeps, even empty, --bench-swept-fwd, --shapes) is a usage error naming them, not
+    silently ignored; nothing is written."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as err:
+        gpu_check.main(argv)
+    assert err.value.code == 2 and "SMOKE=1 runs one tiny bench shape" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_swept_fwd_ignores_a_stale_sweep_json(monkeypatch, tmp_path):
+    """--bench-swept-fwd in a reused GPU_CHECK_OUT folder: when this run's sweep writes no
+    JSON (it failed), the bench runs without --fwd-configs instead of with the earlier
+    run's file. (Steps stubbed; CUDA faked: only the command lines are checked.)"""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+    import torch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep_coefficients_fwd.json").write_text('{"best": []}')  # an earlier run's
+    monkeypatch.delenv("SMOKE", raising=False)
+    monkeypatch.setenv("GPU_CHECK_OUT", str(out))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "fake gpu")
+    ok = {"ok": True, "rc": 0, "seconds": 0.0, "log": "x.txt"}
+    monkeypatch.setattr(gpu_check, "install_missing", lambda out, env: dict(ok))
+    commands = []
+    monkeypatch.setattr(gpu_check, "_run", lambda cmd, log, limit_s, env: (commands.append(cmd), dict(ok))[1])
+    assert gpu_check.main(["--bench-swept-fwd", "--sweeps", "sweep_coefficients_fwd"]) == 0
+    assert Path(commands[0][1]).name == "sweep_coefficients_fwd.py"
+    bench = [c for c in commands if Path(c[1]).name == "bench_mhc.py"]
+    assert bench and not any("--fwd-configs" in c for c in bench), bench

@@ -166,8 +166,8 @@ def main(argv=None) -> int:
         ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
     smoke = os.environ.get("SMOKE") == "1"
     if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
-        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny bench shape "
-                 "in the interpreter and no sweep")
+        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
+                 "(bench) in the interpreter and no sweep")
     args.shapes = args.shapes or DEFAULT_SHAPES
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)

@@ -73,7 +73,7 @@ def test_smoke_refuses_cuda_run_flags(monkeypatch, tmp_path, argv, capsys):
     monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))
     with pytest.raises(SystemExit) as err:
         gpu_check.main(argv)
-    assert err.value.code == 2 and "SMOKE=1 runs one tiny bench shape" in capsys.readouterr().err
+    assert err.value.code == 2 and "SMOKE=1 runs one tiny shape" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -134,6 +134,16 @@ def install_missing(out: Path, env: dict) -> dict:
             "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
 
 
+def _has_best(path: Path) -> bool:
+    """Whether path is a sweep JSON with a non-empty "best" list (bench_mhc --fwd-configs
+    refuses anything else, which would cost the whole bench step)."""
+    try:
+        best = json.loads(path.read_text()).get("best")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(best, list) and bool(best)
+
+
 DEFAULT_SHAPES = ["4096:4096", "4096:16384", "4096:65536", "1024:16384", "7168:16384"]
 
 
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
         # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
         (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
         sweep("sweep_coefficients_fwd")
-        if (out / "sweep_coefficients_fwd.json").is_file():
+        if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
             tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
     # SMOKE leaves liger out: its kernels take seconds per call in the interpreter

@@ -130,6 +130,7 @@ def test_phi_parts_sum_to_phi_exactly(n, device, mixing_params):
     phi = torch.from_numpy(mixing_params(n, c, seed=1)["phi"]).float().to(device)
     phi[0, 0], phi[1, 1] = 1e-30, -3e38   # a tiny and a huge entry: the split holds across float32's range
     parts = cf.phi_parts(phi, n).double().cpu()
+    assert torch.equal(cf.phi_parts(phi.t().contiguous().t(), n).double().cpu(), parts)  # a column-major phi
     R, GP = 4, 16
     np_ = GP + R * R
     assert parts.shape == (n * c, 3 * np_)

@@ -397,7 +397,9 @@ def uses_phi_parts(dtype: torch.dtype, n: int) -> bool:
 
 
 def phi_parts(phi: torch.Tensor, n: int) -> torch.Tensor:
-    """phi [K, W] float32 -> [K, 3 * (GP + R*R)] bf16 parts (`_phi_parts_kernel`)."""
+    """phi [K, W] (any float dtype, any strides) -> [K, 3 * (GP + R*R)] bf16 parts of phi as
+    float32 (`_phi_parts_kernel`)."""
+    phi = phi.contiguous()  # the kernel reads rows of stride W
     K, W = phi.shape
     R, GP = stream_pad(n), gate_pad(n)
     parts = phi.new_empty((K, 3 * (GP + R * R)), dtype=torch.bfloat16)

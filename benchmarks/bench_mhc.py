@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from cli_args import positive_int, shape_pair  # noqa: E402
+from cli_args import out_folder, positive_int, shape_pair  # noqa: E402
 import impls  # noqa: E402
 
 GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
                       help="run the GPU code path on the CPU in the Triton interpreter (tiny shape, times meaningless)")
     ap.add_argument("--ops", default=",".join(impls.OPS))
     ap.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(impls.IMPLS))
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=out_folder, default=HERE / "results")
     ap.add_argument("--channels", type=positive_int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
     ap.add_argument("--tokens", type=positive_int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
     ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",

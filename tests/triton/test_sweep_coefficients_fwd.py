@@ -133,6 +133,11 @@ def test_fwd_configs_report_lists_only_the_shapes_benchmarked(tmp_path, capsys):
     finally:
         cf.fwd_config = library
     assert "not benchmarked in this run (their configs unused): n=4 C=40 T=20, n=4 C=16 T=8" in capsys.readouterr().out
+    import harness
+
+    env = dict(device_name="cpu", device="cpu", date="-", commit="-", versions={})
+    assert "none of the sweep's shapes is benchmarked here" in harness.markdown([], {**env, "coefficient_fwd_configs": {}})
+    assert "--fwd-configs" not in harness.markdown([], env)
 
 
 def test_fwd_configs_refused_with_cpu(tmp_path):

@@ -136,7 +136,8 @@ def test_fwd_configs_report_lists_only_the_shapes_benchmarked(tmp_path, capsys):
     import harness
 
     env = dict(device_name="cpu", device="cpu", date="-", commit="-", versions={})
-    assert "none of the sweep's shapes is benchmarked here" in harness.markdown([], {**env, "coefficient_fwd_configs": {}})
+    unused = {**env, "coefficient_fwd_configs": {}}
+    assert "none of the sweep's shapes is benchmarked here" in harness.markdown([], unused)
     assert "--fwd-configs" not in harness.markdown([], env)
 
 

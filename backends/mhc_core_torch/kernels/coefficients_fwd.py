@@ -527,7 +527,7 @@ def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, 
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
     for name, t, want in (("phi", phi, (K, W)), ("bias", bias, (W,)), ("alpha", alpha, (3,))):
-        if tuple(t.shape) != want:
+        if t.shape != want:  # torch.Size compares equal to a tuple
             raise ValueError(f"coefficients_fwd: {name} must have shape {want} for x [T, n={n}, C={C}], "
                              f"got {tuple(t.shape)}")
     x = x.contiguous()  # the kernels index x as a dense [T, n*C] array

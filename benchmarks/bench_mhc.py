@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from cli_args import positive_int, shape_pair  # noqa: E402
+from cli_args import out_folder, positive_int, shape_pair  # noqa: E402
 import impls  # noqa: E402
 
 GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
@@ -75,21 +75,29 @@ def prepare(op, impl, n, c, t, dtype, device, mode):
     return row, fn
 
 
-def use_swept_fwd_configs(path: Path) -> dict:
+def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
     """Launch the coefficient forward with the fastest correct config of a
     `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
-    every other shape keeps the library's `fwd_config`. Returns {"n=.. C=.. T=..": config
-    fields} for the report."""
+    every other shape keeps the library's `fwd_config`. A file that is not such a sweep, an
+    empty "best", or an entry with a bad shape or config is a SystemExit naming the file.
+    Returns {"n=.. C=.. T=..": config fields} for the report: of the swept shapes among
+    `shapes` ((n, C, T) triples; None: all), the others printed as unused."""
     from mhc_core_torch.kernels import coefficients_fwd as cf
 
     try:
         best = json.loads(Path(path).read_text())["best"]
-        table = {(b["n"], b["K"], b["T"]): cf.FwdConfig(**b["config"]) for b in best}
+        if not isinstance(best, list) or not best:
+            raise ValueError(f"'best' must be a non-empty list (one entry per swept shape), got {best!r:.80}")
+        table = {}
+        for b in best:
+            key = tuple(b[k] for k in ("n", "K", "T"))
+            if not all(type(v) is int and v >= 1 for v in key) or key[1] % key[0]:
+                raise ValueError(f"an entry's n, K, T must be integers >= 1 with K a multiple of n, got {key}")
+            table[key] = cf.FwdConfig(**b["config"])
+            table[key].check()
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--fwd-configs: expected a sweep_coefficients_fwd.json with a 'best' list, "
                          f"could not use {path}: {type(e).__name__}: {e}") from None
-    for cfg in table.values():
-        cfg.check()
     library_choice = cf.fwd_config
 
     def swept_or_library(T, n, K, dtype, device, cc=None, sms=None):
@@ -97,7 +105,12 @@ def use_swept_fwd_configs(path: Path) -> dict:
         return cfg or library_choice(T, n, K, dtype, device, cc, sms)
 
     cf.fwd_config = swept_or_library
-    return {f"n={n} C={k // n} T={t}": dataclasses.asdict(c) for (n, k, t), c in table.items()}
+    run = None if shapes is None else {(n, n * c, t) for n, c, t in shapes}
+    label = lambda key: f"n={key[0]} C={key[1] // key[0]} T={key[2]}"  # noqa: E731
+    unused = [label(k) for k in table if run is not None and k not in run]
+    if unused:
+        print(f"--fwd-configs: swept shapes not benchmarked in this run (their configs unused): {', '.join(unused)}")
+    return {label(k): dataclasses.asdict(c) for k, c in table.items() if run is None or k in run}
 
 
 def _failed(row, err):
@@ -152,7 +165,7 @@ def main(argv=None) -> int:
                       help="run the GPU code path on the CPU in the Triton interpreter (tiny shape, times meaningless)")
     ap.add_argument("--ops", default=",".join(impls.OPS))
     ap.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(impls.IMPLS))
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=out_folder, default=HERE / "results")
     ap.add_argument("--channels", type=positive_int, nargs="+", help="CUDA: C values (default 1024 4096 7168)")
     ap.add_argument("--tokens", type=positive_int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
     ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",
@@ -170,6 +183,8 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}")
 
+    if args.cpu and args.fwd_configs:
+        ap.error("--fwd-configs sets the Triton coefficient forward's launch; --cpu runs no Triton kernel")
     if args.interpret_smoke and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("--interpret-smoke needs TRITON_INTERPRET=1 before the kernels are imported "
                          "(run this script directly, or set it in the environment)")
@@ -212,7 +227,7 @@ def main(argv=None) -> int:
 
     env = harness.environment(device, HERE.parent)
     if args.fwd_configs:
-        env["coefficient_fwd_configs"] = use_swept_fwd_configs(args.fwd_configs)
+        env["coefficient_fwd_configs"] = use_swept_fwd_configs(args.fwd_configs, shapes)
     copy_bw = harness.copy_bandwidth_gbps(device, 2**30 if device.type == "cuda" else 2**28)
     env.update(dtype=str(dtype).split(".")[-1], copy_bw_GBps=copy_bw)
     print(f"{env['device_name']}: copy bandwidth {copy_bw:.1f} GB/s")

@@ -6,11 +6,13 @@ so a bad value is a usage error naming what was expected, before anything runs.
     non_negative_int("0") -> 0         token counts where an empty batch is meaningful
     shape_pair("4096:16384") -> (4096, 16384)    a (C, tokens) pair, both >= 1
     positive_float("35") -> 35.0       time budgets (> 0, finite)
+    out_folder("results") -> Path      a report folder: absent (created later) or a directory
 """
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def _int(text: str, minimum: int, what: str) -> int:
@@ -50,3 +52,12 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0 (seconds), got {text!r}")
     return value
+
+
+def out_folder(text: str) -> Path:
+    """A folder for reports: one that exists, or none yet (the script creates it); an existing
+    file there is refused now, not after a sweep has run for a minute."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder for the reports, got {text!r}, which is a file")
+    return path

@@ -137,6 +137,16 @@ def install_missing(out: Path, env: dict) -> dict:
             "seconds": sum(r["seconds"] for _, r in results), "log": log.name, "installed": [d for d, _ in results]}
 
 
+def _has_best(path: Path) -> bool:
+    """Whether path is a sweep JSON with a non-empty "best" list (bench_mhc --fwd-configs
+    refuses anything else, which would cost the whole bench step)."""
+    try:
+        best = json.loads(path.read_text()).get("best")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(best, list) and bool(best)
+
+
 DEFAULT_SHAPES = ["4096:16384", "4096:4096", "7168:16384", "4096:65536", "1024:16384"]  # the target shape first: the bench cap may cut the tail
 
 
@@ -162,13 +172,15 @@ def main(argv=None) -> int:
                     help="run the coefficient-forward sweep first and bench with its best config per shape "
                          "(bench_mhc.py --fwd-configs; the report lists them)")
     args = ap.parse_args(argv)
+    explicit_sweeps = args.sweeps is not None
     if args.sweeps is None:
         args.sweeps = sweeps
     if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
         ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
     smoke = os.environ.get("SMOKE") == "1"
-    if smoke and (args.shapes or args.bench_swept_fwd):
-        ap.error("--shapes and --bench-swept-fwd set the CUDA bench; SMOKE=1 runs one tiny shape in the interpreter")
+    if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
+        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
+                 "(bench) in the interpreter and no sweep")
     args.shapes = args.shapes or DEFAULT_SHAPES
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
@@ -192,8 +204,10 @@ def main(argv=None) -> int:
 
     tuned = []
     if args.bench_swept_fwd:
+        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
+        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
         sweep("sweep_coefficients_fwd")
-        if (out / "sweep_coefficients_fwd.json").is_file():
+        if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
             tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
     # SMOKE leaves liger out: its kernels take seconds per call in the interpreter

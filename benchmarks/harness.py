@@ -179,6 +179,9 @@ def markdown(results: list[dict], env: dict) -> str:
         lines += ["Coefficient forward launched with a sweep's best config at these shapes (`--fwd-configs`; "
                   "other shapes: the library's fwd_config):", ""]
         lines += [f"- {shape}: {cfg}" for shape, cfg in env["coefficient_fwd_configs"].items()] + [""]
+    elif "coefficient_fwd_configs" in env:
+        lines += ["`--fwd-configs` given, but none of the sweep's shapes is benchmarked here: the coefficient "
+                  "forward launched with the library's fwd_config everywhere.", ""]
     keys = []
     for r in results:
         if (r["op"], r["mode"]) not in keys:

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
-from cli_args import positive_float  # noqa: E402
+from cli_args import out_folder, positive_float  # noqa: E402
 import mhc_core  # noqa: E402
 from mhc_core_torch.kernels import coefficients_fwd as cf  # noqa: E402
 
@@ -193,7 +193,7 @@ def best(rows) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=out_folder, default=HERE / "results")
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="CPU, Triton interpreter, tiny shape (the CI check of this script)")
     ap.add_argument("--budget-s", type=positive_float, default=BUDGET_S,

@@ -38,6 +38,7 @@ for p in (HERE, ROOT, ROOT / "backends"):
 import torch  # noqa: E402
 
 import harness  # noqa: E402
+from cli_args import out_folder  # noqa: E402
 import mhc_core  # noqa: E402
 from mhc_core_torch.kernels import post_residual as pr  # noqa: E402
 
@@ -209,7 +210,7 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for sweep_post_residual_bwd.{json,md}")
+    ap.add_argument("--out", type=out_folder, required=True, help="folder for sweep_post_residual_bwd.{json,md}")
     ap.add_argument("--interpret-smoke", action="store_true", help="CPU, Triton interpreter, one tiny shape")
     args = ap.parse_args(argv)
     if args.interpret_smoke:

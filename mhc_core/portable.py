@@ -98,10 +98,26 @@ def file_metadata(path: str | os.PathLike) -> dict:
 
 
 def checked_path(path, fn: str) -> str:
-    """`path` as a string, or a TypeError naming what `fn` expected (a str or os.PathLike file path)."""
+    """`path` as a string (an os.PathLike giving bytes is decoded as the file system does), or a
+    TypeError naming what `fn` expected (a str or os.PathLike file path)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{fn}: path must be a str or os.PathLike naming a .safetensors file, got {type(path).__name__}")
-    return os.fspath(path)
+    return os.fsdecode(os.fspath(path))
+
+
+def writable_path(path, fn: str) -> str:
+    """`checked_path(path)` where a file can be written: ValueError for an empty path,
+    IsADirectoryError for a directory, FileNotFoundError for a missing parent folder, each
+    naming the path (instead of an I/O error about a file the caller never named)."""
+    path = checked_path(path, fn)
+    if not path:
+        raise ValueError(f"{fn}: path is empty; expected a file path such as 'weights.safetensors'")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{fn}: {path!r} is a directory; expected a file path inside it")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{fn}: folder {folder!r} of {path!r} does not exist; create it first")
+    return path
 
 
 def metadata(backend: str, version: str) -> dict[str, str]:

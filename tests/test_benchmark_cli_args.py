@@ -16,6 +16,8 @@ def test_cli_arg_types_accept_good_values():
     assert cli_args.non_negative_int("0") == 0
     assert cli_args.shape_pair("4096:16384") == (4096, 16384)
     assert cli_args.positive_float("35") == 35.0 and cli_args.positive_float("0.5") == 0.5
+    assert cli_args.out_folder(str(ROOT / "benchmarks")) == ROOT / "benchmarks"
+    assert cli_args.out_folder("no/such/folder/yet") == Path("no/such/folder/yet")
 
 
 @pytest.mark.parametrize("fn,text", [(cli_args.positive_int, "0"), (cli_args.positive_int, "-3"),
@@ -117,3 +119,19 @@ def test_bench_mhc_interpret_smoke_from_python_needs_the_interpreter(monkeypatch
     with pytest.raises(SystemExit, match="needs TRITON_INTERPRET=1"):
         bench_mhc.main(["--interpret-smoke", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["sweep_coefficients_fwd", "sweep_post_residual_bwd", "bench_mhc"])
+def test_out_that_is_a_file_is_refused_before_running(script, capsys, tmp_path):
+    """--out naming an existing file is a usage error at parse time (the sweeps used to find
+    out only when writing their reports, after a minute of GPU time); the file is untouched."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    import importlib
+
+    main = importlib.import_module(script).main
+    out = tmp_path / "a_file"
+    out.write_text("keep")
+    mode = ["--cpu"] if script == "bench_mhc" else ["--interpret-smoke"]
+    _usage_error(main, [*mode, "--out", str(out)], capsys, "expected a folder for the reports")
+    assert out.read_text() == "keep"

@@ -25,6 +25,7 @@ single file holding both float64 and bfloat16 tensors is refused with a clear er
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Mapping
 
 import mlx.core as mx
@@ -92,15 +93,16 @@ _METADATA = portable.metadata("mlx", mhc_core.__version__)
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter of `module` to a safetensors file at exactly `path` (any name, as
     the torch backend's save_state)."""
-    path = portable.checked_path(path, "save_state")
+    path = portable.writable_path(path, "save_state")
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
     params = _params(module)
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
         # mx.save_safetensors appends '.safetensors' to a path without it: write a temporary
-        # file that has it, then move it to the path asked for
-        tmp = f"{path}.{os.getpid()}.tmp.safetensors"
+        # file that has it, in the same folder (a short unique name: the given name may be at
+        # the file system's length limit), then move it to the path asked for
+        tmp = os.path.join(os.path.dirname(path), f".{uuid.uuid4().hex}.tmp.safetensors")
         try:
             mx.save_safetensors(tmp, params, metadata=_METADATA)
             os.replace(tmp, path)
@@ -116,7 +118,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
 def _read(state) -> dict[str, mx.array]:
     """A state given as a safetensors path or a mapping of numpy / mlx arrays -> mlx arrays."""
     if isinstance(state, (str, os.PathLike)):
-        path = os.fspath(state)
+        path = os.fsdecode(os.fspath(state))  # a bytes PathLike as the file system decodes it
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
         return _load_file(path)

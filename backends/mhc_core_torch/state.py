@@ -46,7 +46,7 @@ def module_state(module: nn.Module) -> dict[str, np.ndarray]:
 
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter and persistent buffer of `module` to a safetensors file."""
-    path = portable.checked_path(path, "save_state")
+    path = portable.writable_path(path, "save_state")
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
@@ -56,7 +56,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
 def _read(state) -> dict[str, torch.Tensor]:
     """A state given as a safetensors path or a mapping of numpy arrays / tensors -> tensors."""
     if isinstance(state, (str, os.PathLike)):
-        path = os.fspath(state)
+        path = os.fsdecode(os.fspath(state))  # a bytes PathLike as the file system decodes it
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
         return load_file(path)

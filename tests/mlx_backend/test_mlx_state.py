@@ -163,3 +163,50 @@ def test_float64_with_bfloat16_is_refused_clearly(tmp_path):
     st_torch.save_file({"phi": torch.zeros(2, dtype=torch.float64), "bias": torch.zeros(2, dtype=torch.bfloat16)}, str(path))
     with pytest.raises(ValueError, match=r"load_state: .*mixes float64 and bfloat16 tensors"):
         mhc_core_mlx.load_state(module, path)
+
+
+class _BytesPath:
+    """An os.PathLike whose __fspath__ gives bytes (allowed by os.fspath)."""
+
+    def __init__(self, path):
+        self.path = bytes(path)
+
+    def __fspath__(self):
+        return self.path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_save_state_odd_but_valid_paths_round_trip(tmp_path, dtype):
+    """save_state writes exactly the path given, whatever its name: an existing file is
+    replaced, a unicode name, a name already ending in '.safetensors', a bytes PathLike, a
+    str, and a name at the file system's 255-byte limit (no longer temporary name next to
+    it); load_state of each gives back the module's values; no temporary file is left."""
+    src = mhc_core_mlx.load_state(_mlp_mhc(), make_state("mhc", "mlp", 3, 4, seed=1))
+    src.set_dtype(getattr(mx, dtype))
+    want = mhc_core_mlx.module_state(src)
+    (tmp_path / "old.safetensors").write_text("not a safetensors file")
+    paths = [tmp_path / "old.safetensors", tmp_path / "權重 w.safetensors", str(tmp_path / "w.bin"),
+             _BytesPath(tmp_path / "b.safetensors"), tmp_path / ("n" * 255)]
+    for path in paths:
+        mhc_core_mlx.save_state(src, path)
+        dst = _mlp_mhc()
+        dst.set_dtype(getattr(mx, dtype))
+        got = mhc_core_mlx.module_state(mhc_core_mlx.load_state(dst, path))
+        for k in want:
+            assert_close(got[k], want[k], 0.0, str(path)[-20:], k)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["old.safetensors", "權重 w.safetensors", "w.bin", "b.safetensors", "n" * 255])
+
+
+def test_save_state_unwritable_paths_name_the_path(tmp_path):
+    """An empty path, a directory and a file in a missing folder are refused before anything
+    is written, with an error naming the path (not a temporary file's name)."""
+    module = mhc_core_mlx.MHC(nn.Linear(4, 4), 3, 4)
+    with pytest.raises(ValueError, match=r"save_state: path is empty"):
+        mhc_core_mlx.save_state(module, "")
+    with pytest.raises(IsADirectoryError, match=r"save_state: .*sub' is a directory"):
+        (tmp_path / "sub").mkdir()
+        mhc_core_mlx.save_state(module, tmp_path / "sub")
+    with pytest.raises(FileNotFoundError, match=r"save_state: folder .*nope' of .*w.safetensors' does not exist"):
+        mhc_core_mlx.save_state(module, tmp_path / "nope" / "w.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and not any((tmp_path / "sub").iterdir())

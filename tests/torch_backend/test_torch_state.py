@@ -106,3 +106,17 @@ def test_load_state_strict_from_file_and_bad_sources(tmp_path):
         load_state(StreamHead(N, C), [1, 2])
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         module_state({"phi": np.zeros(1)})
+
+
+def test_save_state_unwritable_paths_name_the_path(tmp_path):
+    """As the MLX backend's: an empty path, a directory and a file in a missing folder are
+    refused with an error naming the path, before anything is written."""
+    module = StreamHead(N, C)
+    with pytest.raises(ValueError, match=r"save_state: path is empty"):
+        save_state(module, "")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"save_state: .*sub' is a directory"):
+        save_state(module, tmp_path / "sub")
+    with pytest.raises(FileNotFoundError, match=r"save_state: folder .*nope' of .*w.safetensors' does not exist"):
+        save_state(module, tmp_path / "nope" / "w.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]

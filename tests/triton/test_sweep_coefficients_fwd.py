@@ -77,3 +77,75 @@ def test_best_configs_drive_the_bench(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(dict(rows=[])))
     with pytest.raises(SystemExit, match="expected a sweep_coefficients_fwd.json with a 'best' list"):
         bench_mhc.use_swept_fwd_configs(tmp_path / "bad.json")
+
+
+_GOOD_CONFIG = dict(block_t=32, block_k=16, num_warps=4, num_stages=3, splits=1)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("not json", "JSONDecodeError"),
+    ("[]", "TypeError"),
+    ('{"best": []}', "'best' must be a non-empty list"),
+    ('{"best": {"n": 4}}', "'best' must be a non-empty list"),
+    ('{"best": [{"n": 4, "K": 160, "T": 20}]}', "KeyError: 'config'"),
+    ('{"best": [{"n": "4", "K": 160, "T": 20, "config": %s}]}' % json.dumps(_GOOD_CONFIG),
+     r"n, K, T must be integers >= 1 with K a multiple of n, got \('4', 160, 20\)"),
+    ('{"best": [{"n": 3, "K": 160, "T": 20, "config": %s}]}' % json.dumps(_GOOD_CONFIG), "K a multiple of n"),
+    ('{"best": [{"n": 4, "K": 160, "T": 20, "config": {"block_t": 24}}]}', "TypeError"),
+    ('{"best": [{"n": 4, "K": 160, "T": 20, "config": %s}]}' % json.dumps({**_GOOD_CONFIG, "block_t": 24}),
+     "FwdConfig.block_t must be a power of two"),
+    ('{"best": [{"n": 4, "K": 160, "T": 20, "config": %s}]}' % json.dumps({**_GOOD_CONFIG, "num_warps": True}),
+     "FwdConfig.num_warps must be one of"),
+], ids=["not-json", "a-list", "empty-best", "best-a-dict", "no-config", "string-n", "K-not-n-multiple",
+        "missing-fields", "bad-block", "bool-warps"])
+def test_fwd_configs_malformed_json_is_a_clear_error(tmp_path, text, why):
+    """Every malformed sweep JSON is a SystemExit naming the file and what was wrong, and
+    the library's fwd_config stays in place."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_mhc
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    library = cf.fwd_config
+    path = tmp_path / "sweep.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=rf"--fwd-configs: .*could not use .*sweep.json: .*{why}"):
+        bench_mhc.use_swept_fwd_configs(path)
+    assert cf.fwd_config is library
+
+
+def test_fwd_configs_report_lists_only_the_shapes_benchmarked(tmp_path, capsys):
+    """A sweep at shapes the bench does not run (mismatched JSON): the report lists only the
+    swept shapes this run benchmarks (none here), the others are printed as unused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_mhc
+    import torch
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    best = [dict(n=4, K=160, T=20, config=_GOOD_CONFIG), dict(n=4, K=64, T=8, config=_GOOD_CONFIG)]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(dict(best=best)))
+    library = cf.fwd_config
+    try:
+        assert bench_mhc.use_swept_fwd_configs(path, [(4, 40, 20)]) == {"n=4 C=40 T=20": _GOOD_CONFIG}
+        cf.fwd_config = library
+        assert bench_mhc.use_swept_fwd_configs(path, [(4, 1024, 4096)]) == {}
+        assert cf.fwd_config(8, 4, 64, torch.bfloat16, torch.device("cpu")) == cf.FwdConfig(**_GOOD_CONFIG)
+    finally:
+        cf.fwd_config = library
+    assert "not benchmarked in this run (their configs unused): n=4 C=40 T=20, n=4 C=16 T=8" in capsys.readouterr().out
+    import harness
+
+    env = dict(device_name="cpu", device="cpu", date="-", commit="-", versions={})
+    unused = {**env, "coefficient_fwd_configs": {}}
+    assert "none of the sweep's shapes is benchmarked here" in harness.markdown([], unused)
+    assert "--fwd-configs" not in harness.markdown([], env)
+
+
+def test_fwd_configs_refused_with_cpu(tmp_path):
+    """--cpu runs no Triton kernel: --fwd-configs there is a usage error, not silently unused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_mhc
+
+    with pytest.raises(SystemExit) as err:
+        bench_mhc.main(["--cpu", "--fwd-configs", str(tmp_path / "sweep.json"), "--out", str(tmp_path)])
+    assert err.value.code == 2 and not any(tmp_path.iterdir())

@@ -130,6 +130,7 @@ def test_phi_parts_sum_to_phi_exactly(n, device, mixing_params):
     phi = torch.from_numpy(mixing_params(n, c, seed=1)["phi"]).float().to(device)
     phi[0, 0], phi[1, 1] = 1e-30, -3e38   # a tiny and a huge entry: the split holds across float32's range
     parts = cf.phi_parts(phi, n).double().cpu()
+    assert torch.equal(cf.phi_parts(phi.t().contiguous().t(), n).double().cpu(), parts)  # a column-major phi
     R, GP = 4, 16
     np_ = GP + R * R
     assert parts.shape == (n * c, 3 * np_)
@@ -206,3 +207,34 @@ def test_fwd_config_refuses_bools_floats_and_checks_empty_batches(device):
                 cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=cfg, **KW)
         with pytest.raises(TypeError, match="config must be a FwdConfig"):
             cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=(16, 16), **KW)
+
+
+@pytest.mark.parametrize("n", [2, 4, 5])
+def test_launcher_takes_non_contiguous_inputs(n, assert_close, rounded, mixing_params):
+    """coefficients_fwd called directly (as the sweep and step do) with a permuted x and a
+    column-major phi: the same numbers as the float64 oracle (the kernels index x densely,
+    so a strided view read as dense would be silently wrong). n = 2, 4: bf16 x on phi's
+    precomputed parts; n = 5: the in-kernel split."""
+    c = 12
+    rng = np.random.default_rng(n)
+    x = rounded(rng.normal(0.0, 1.0, (c, 6, n)), torch.bfloat16).permute(1, 2, 0)   # [6, n, c], strided
+    phi, bias, alpha = _params(n, c, mixing_params, rounded)
+    phi = phi.t().contiguous().t()                                                    # column-major
+    assert not x.is_contiguous() and not phi.is_contiguous()
+    _check(x, [phi, bias, alpha], 1e-6, None, assert_close, f"strided-n{n}")
+
+
+def test_launcher_bad_shapes(device):
+    """coefficients_fwd refuses x that is not [T, n, C] and phi / bias / alpha of the wrong
+    shape for it, naming the expected shape (instead of reading past phi's end)."""
+    x = torch.zeros(3, 2, 8, device=device)
+    p = mhc_core.init_params(2, 8)
+    phi, bias, alpha = (torch.from_numpy(p[k]).to(device) for k in ("phi", "bias", "alpha"))
+    with pytest.raises(ValueError, match=r"x must be \[T, n, C\], got shape \(6, 8\)"):
+        cf.coefficients_fwd(x.reshape(6, 8), phi, bias, alpha, rms_eps=1e-6, **KW)
+    with pytest.raises(ValueError, match=r"phi must have shape \(16, 8\) .* got \(8, 8\)"):
+        cf.coefficients_fwd(x, phi[:8], bias, alpha, rms_eps=1e-6, **KW)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        cf.coefficients_fwd(x, phi, bias[:6], alpha, rms_eps=1e-6, **KW)
+    with pytest.raises(ValueError, match=r"alpha must have shape \(3,\)"):
+        cf.coefficients_fwd(x, phi, bias, alpha[:2], rms_eps=1e-6, **KW)

@@ -397,7 +397,9 @@ def uses_phi_parts(dtype: torch.dtype, n: int) -> bool:
 
 
 def phi_parts(phi: torch.Tensor, n: int) -> torch.Tensor:
-    """phi [K, W] float32 -> [K, 3 * (GP + R*R)] bf16 parts (`_phi_parts_kernel`)."""
+    """phi [K, W] (any float dtype, any strides) -> [K, 3 * (GP + R*R)] bf16 parts of phi as
+    float32 (`_phi_parts_kernel`)."""
+    phi = phi.contiguous()  # the kernel reads rows of stride W
     K, W = phi.shape
     R, GP = stream_pad(n), gate_pad(n)
     parts = phi.new_empty((K, 3 * (GP + R * R)), dtype=torch.bfloat16)
@@ -516,11 +518,19 @@ def merge_consts(consts: dict) -> dict:
 
 def coefficients_fwd(x, phi, bias, alpha, hc: bool, iters: int, rms_eps: float, pre_eps: float,
                      sk_eps: float, post_scale: float, config: FwdConfig | None = None):
-    """x [T, n, C] contiguous -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
-    (rs = (rho, 1/m) with r = rho / m, see the module docstring). `config` overrides
-    `fwd_config` (the GPU sweep passes candidates)."""
+    """x [T, n, C] -> pre [T, n], post [T, n], res [T, n, n], z [T, W], rs [T, 2]
+    (rs = (rho, 1/m) with r = rho / m, see the module docstring); phi [n*C, W], bias [W],
+    alpha [3], W = n*n + 2n (any strides: copied to contiguous where they are not). `config`
+    overrides `fwd_config` (the GPU sweep passes candidates)."""
+    if x.dim() != 3:
+        raise ValueError(f"coefficients_fwd: x must be [T, n, C], got shape {tuple(x.shape)}")
     T, n, C = x.shape
     K, W = n * C, n * n + 2 * n
+    for name, t, want in (("phi", phi, (K, W)), ("bias", bias, (W,)), ("alpha", alpha, (3,))):
+        if t.shape != want:  # torch.Size compares equal to a tuple
+            raise ValueError(f"coefficients_fwd: {name} must have shape {want} for x [T, n={n}, C={C}], "
+                             f"got {tuple(t.shape)}")
+    x = x.contiguous()  # the kernels index x as a dense [T, n*C] array
     f = torch.float64 if x.dtype == torch.float64 else torch.float32
     pre, post = x.new_empty((T, n), dtype=f), x.new_empty((T, n), dtype=f)
     res, z, rs = x.new_empty((T, n, n), dtype=f), x.new_empty((T, W), dtype=f), x.new_empty((T, 2), dtype=f)

@@ -17,8 +17,9 @@ Sections (the targets of the CPU-speed issue are beside each):
              torch.compile, lucidrains' hyper-connections mHC (targets: eager <= 1.35x
              residual, compiled <= 1.10x).
 - bandwidth: eager pre_aggregate and post_residual at n 4, C 1024, 1024 tokens, forward and
-             forward + backward, as GB/s of their ideal traffic (harness.ideal_bytes) and %
-             of the measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time.
+             forward + backward (gradients returned by torch.autograd.grad, not added into
+             .grad), as GB/s of their ideal traffic (harness.ideal_bytes) and % of the
+             measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time.
 - mlx:       the same on MLX (CPU backend on Linux): Trainer.step of the sweep model, eager
              and compiled=True, each with MLX autodiff and with the custom vjp; the block
              with an identity layer (MLX's CPU matmul is slow, so the mixing is compared
@@ -176,15 +177,18 @@ def bench_bandwidth(rounds: int) -> dict:
     p = {k: torch.tensor(v, requires_grad=True) for k, v in mhc_core.init_params(n, c, seed=0).items()}
     from mhc_core_torch import autograd as ag  # the nodes MHC's eager CPU path runs
 
+    # fwd+bwd returns the gradients (torch.autograd.grad, as bench_mhc does on the GPU):
+    # .backward() would also add each into its leaf's .grad, an extra read + write of every
+    # input that is not the op's traffic (it cost pre_aggregate ~1/3 of its fwd+bwd time here)
     def coef_fb():
         out = ag.coefficients(x, p["phi"], p["bias"], p["alpha"])
-        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        torch.autograd.grad(out, [x, p["phi"], p["bias"], p["alpha"]], [torch.ones_like(o) for o in out])
 
     fns = {
         "pre_aggregate fwd": lambda: ag.pre_aggregate(x.detach(), pre.detach()),
-        "pre_aggregate fwd+bwd": lambda: ag.pre_aggregate(x, pre).backward(gh),
+        "pre_aggregate fwd+bwd": lambda: torch.autograd.grad(ag.pre_aggregate(x, pre), [x, pre], gh),
         "post_residual fwd": lambda: ag.post_residual(x.detach(), y.detach(), post.detach(), res.detach()),
-        "post_residual fwd+bwd": lambda: ag.post_residual(x, y, post, res).backward(go),
+        "post_residual fwd+bwd": lambda: torch.autograd.grad(ag.post_residual(x, y, post, res), [x, y, post, res], go),
         "coefficients fwd+bwd": coef_fb,
     }
     src = torch.empty(64 * 2**20 // 4).normal_()  # 64 MB, past the last-level cache

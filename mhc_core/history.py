@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -97,6 +97,11 @@ class SkipSettings:
     gated: bool
     iters: int
     sinkhorn_eps: float
+
+    def store_on(self, module) -> None:
+        """Every setting as an attribute of `module` (a backend's HistorySkip)."""
+        for f in fields(self):
+            setattr(module, f.name, getattr(self, f.name))
 
 
 def skip_settings(history, *, constraint, temperature, epsilon, mixing, prune_threshold, stochastic, gate,

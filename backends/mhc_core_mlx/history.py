@@ -53,12 +53,8 @@ class HistorySkip(nn.Module):
         settings = hist.skip_settings(history, constraint=constraint, temperature=temperature, epsilon=epsilon,
                                       mixing=mixing, prune_threshold=prune_threshold, stochastic=stochastic,
                                       gate=gate, iters=iters, sinkhorn_eps=sinkhorn_eps)
-        self.history, self.constraint, self.mixing = settings.history, settings.constraint, settings.mixing
-        self.temperature, self.epsilon = settings.temperature, settings.epsilon
-        self.prune_threshold, self.stochastic = settings.prune_threshold, settings.stochastic
-        self.iters, self.sinkhorn_eps = settings.iters, settings.sinkhorn_eps
+        settings.store_on(self)
         self._keys = _KeyChain(seed)
-        self.gated = settings.gated
         self.logits = mx.array(hist.init_skip_logits(self.history, init=init, mixing=self.mixing))
         if self.gated:
             self.gate = mx.array(hist.GATE_INIT, dtype=mx.float32)

@@ -52,10 +52,7 @@ class HistorySkip(nn.Module):
         settings = hist.skip_settings(history, constraint=constraint, temperature=temperature, epsilon=epsilon,
                                       mixing=mixing, prune_threshold=prune_threshold, stochastic=stochastic,
                                       gate=gate, iters=iters, sinkhorn_eps=sinkhorn_eps)
-        self.history, self.constraint, self.mixing = settings.history, settings.constraint, settings.mixing
-        self.temperature, self.epsilon = settings.temperature, settings.epsilon
-        self.prune_threshold, self.stochastic = settings.prune_threshold, settings.stochastic
-        self.iters, self.sinkhorn_eps = settings.iters, settings.sinkhorn_eps
+        settings.store_on(self)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (or None for torch's global RNG), got "
                             f"{type(generator).__module__}.{type(generator).__name__}")

@@ -77,21 +77,17 @@ def test_smoke_refuses_cuda_run_flags(monkeypatch, tmp_path, argv, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("written", [None, '{"best": []}', "{not json"], ids=["none", "empty-best", "corrupt"])
-def test_bench_swept_fwd_ignores_a_stale_or_empty_sweep_json(monkeypatch, tmp_path, written):
-    """--bench-swept-fwd in a reused GPU_CHECK_OUT folder: when this run's sweep writes no
-    JSON (it failed), or one with no correct config (empty "best") or a corrupt one, the bench
-    runs without --fwd-configs (which would refuse such a file and lose the bench step) and
-    never with the earlier run's file. (Steps stubbed; CUDA faked: only the command lines
-    are checked.)"""
+GOOD_BEST = dict(n=4, K=16384, T=4096, config=dict(block_t=64, block_k=64, num_warps=4, num_stages=3, splits=1))
+
+
+def _bench_swept_fwd_commands(monkeypatch, out, written):
+    """gpu_check.main(['--bench-swept-fwd', ...]) on a faked CUDA device with every step
+    stubbed; the sweep step writes `written` (text, or None: no file) to its JSON. Returns
+    the command lines the steps were given."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_check
     import torch
 
-    out = tmp_path / "out"
-    out.mkdir()
-    stale = dict(n=4, K=16384, T=4096, config=dict(block_t=64, block_k=64, num_warps=4, num_stages=3, splits=1))
-    (out / "sweep_coefficients_fwd.json").write_text(json.dumps(dict(best=[stale])))  # an earlier run's
     monkeypatch.delenv("SMOKE", raising=False)
     monkeypatch.setenv("GPU_CHECK_OUT", str(out))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -99,6 +95,7 @@ def test_bench_swept_fwd_ignores_a_stale_or_empty_sweep_json(monkeypatch, tmp_pa
     ok = {"ok": True, "rc": 0, "seconds": 0.0, "log": "x.txt"}
     monkeypatch.setattr(gpu_check, "install_missing", lambda out, env: dict(ok))
     commands = []
+
     def run(cmd, log, limit_s, env):
         commands.append(cmd)
         if Path(cmd[1]).name == "sweep_coefficients_fwd.py" and written is not None:
@@ -107,6 +104,20 @@ def test_bench_swept_fwd_ignores_a_stale_or_empty_sweep_json(monkeypatch, tmp_pa
 
     monkeypatch.setattr(gpu_check, "_run", run)
     assert gpu_check.main(["--bench-swept-fwd", "--sweeps", "sweep_coefficients_fwd"]) == 0
+    return commands
+
+
+@pytest.mark.parametrize("written", [None, '{"best": []}', "{not json"], ids=["none", "empty-best", "corrupt"])
+def test_bench_swept_fwd_ignores_a_stale_or_empty_sweep_json(monkeypatch, tmp_path, written):
+    """--bench-swept-fwd in a reused GPU_CHECK_OUT folder: when this run's sweep writes no
+    JSON (it failed), or one with no correct config (empty "best") or a corrupt one, the bench
+    runs without --fwd-configs (which would refuse such a file and lose the bench step) and
+    never with the earlier run's file. (Steps stubbed; CUDA faked: only the command lines
+    are checked.)"""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep_coefficients_fwd.json").write_text(json.dumps(dict(best=[GOOD_BEST])))  # an earlier run's
+    commands = _bench_swept_fwd_commands(monkeypatch, out, written)
     assert Path(commands[0][1]).name == "sweep_coefficients_fwd.py"
     bench = [c for c in commands if Path(c[1]).name == "bench_mhc.py"]
     assert bench and not any("--fwd-configs" in c for c in bench), bench
@@ -115,28 +126,8 @@ def test_bench_swept_fwd_ignores_a_stale_or_empty_sweep_json(monkeypatch, tmp_pa
 def test_bench_swept_fwd_passes_a_good_sweep_json(monkeypatch, tmp_path):
     """The counterpart: this run's sweep wrote a "best" list, so both benches get
     --fwd-configs with that file."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_check
-    import torch
-
     out = tmp_path / "out"
-    monkeypatch.delenv("SMOKE", raising=False)
-    monkeypatch.setenv("GPU_CHECK_OUT", str(out))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "fake gpu")
-    ok = {"ok": True, "rc": 0, "seconds": 0.0, "log": "x.txt"}
-    monkeypatch.setattr(gpu_check, "install_missing", lambda out, env: dict(ok))
-    good = dict(n=4, K=16384, T=4096, config=dict(block_t=64, block_k=64, num_warps=4, num_stages=3, splits=1))
-    commands = []
-
-    def run(cmd, log, limit_s, env):
-        commands.append(cmd)
-        if Path(cmd[1]).name == "sweep_coefficients_fwd.py":
-            (out / "sweep_coefficients_fwd.json").write_text(json.dumps(dict(best=[good])))
-        return dict(ok)
-
-    monkeypatch.setattr(gpu_check, "_run", run)
-    assert gpu_check.main(["--bench-swept-fwd", "--sweeps", "sweep_coefficients_fwd"]) == 0
+    commands = _bench_swept_fwd_commands(monkeypatch, out, json.dumps(dict(best=[GOOD_BEST])))
     bench = [c for c in commands if Path(c[1]).name == "bench_mhc.py"]
     assert len(bench) == 2 and all(c[c.index("--fwd-configs") + 1] == str(out / "sweep_coefficients_fwd.json")
                                    for c in bench), bench

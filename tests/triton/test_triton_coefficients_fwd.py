@@ -176,28 +176,17 @@ def test_fwd_config_splits_only_small_batches(monkeypatch):
 
 
 def test_fwd_config_bad_input(device):
-    x = torch.zeros(2, 2, 8, device=device)
-    p = mhc_core.init_params(2, 8)
-    params = [torch.from_numpy(p[k]).to(device) for k in ("phi", "bias", "alpha")]
-    for bad, match in ((dict(block_t=24), "block_t must be a power of two"),
-                       (dict(block_k=8), "block_k must be a power of two"),
-                       (dict(num_warps=3), "num_warps must be one of"),
-                       (dict(splits=0), "splits must be an integer >= 1"),
-                       (dict(num_stages=0), "num_stages must be an integer >= 1")):
-        cfg = cf.FwdConfig(**{**dict(block_t=16, block_k=16), **bad})
-        with pytest.raises(ValueError, match=match):
-            cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=cfg, **KW)
-    with pytest.raises(TypeError, match="config must be a FwdConfig"):
-        cf.coefficients_fwd(x, *params, rms_eps=1e-6, config=(16, 16), **KW)
-
-
-def test_fwd_config_refuses_bools_floats_and_checks_empty_batches(device):
-    """A launch setting is an int: True (== 1) or 4.0 (== 4) is a wrong type, not a value;
-    and a bad config is refused even when there are no tokens to launch for."""
+    """Out-of-range launch settings, and wrong types (True == 1 and 4.0 == 4 are a wrong type,
+    not a value), are refused, also when there are no tokens to launch for."""
     p = mhc_core.init_params(2, 8)
     params = [torch.from_numpy(p[k]).to(device) for k in ("phi", "bias", "alpha")]
     for x in (torch.zeros(2, 2, 8, device=device), torch.zeros(0, 2, 8, device=device)):
-        for bad, match in ((dict(num_warps=4.0), "num_warps must be one of"),
+        for bad, match in ((dict(block_t=24), "block_t must be a power of two"),
+                           (dict(block_k=8), "block_k must be a power of two"),
+                           (dict(num_warps=3), "num_warps must be one of"),
+                           (dict(splits=0), "splits must be an integer >= 1"),
+                           (dict(num_stages=0), "num_stages must be an integer >= 1"),
+                           (dict(num_warps=4.0), "num_warps must be one of"),
                            (dict(num_warps=True), "num_warps must be one of"),
                            (dict(num_stages=True), "num_stages must be an integer >= 1"),
                            (dict(splits=2.0), "splits must be an integer >= 1"),

@@ -461,22 +461,26 @@ def fwd_config(T: int, n: int, K: int, dtype: torch.dtype, device: torch.device,
         # 65-70% of copy bandwidth) and within 1% of it at C = 1024; split-K 4 ways 0.110 ms at
         # 4096 tokens. sm_80: K block 32 (64 spilled 16 B there; compile_report.md)
         bt, bk = 64, (64 if cc >= 90 else 32)
-        blocks = triton.cdiv(max(T, 1), bt)
-        splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS))) if blocks < sms else 1
-        return FwdConfig(bt, bk, 4, 3, splits)
+        return FwdConfig(bt, bk, 4, 3, _splits(T, K, bt, bk, sms))
     bt, bk = _fwd_blocks(n, dtype)
     warps = 4 if stream_pad(n) <= 4 else 8   # n > 4: R*R-wide tiles need more threads' registers
-    blocks = triton.cdiv(max(T, 1), bt)
     if stream_pad(n) <= 4 and cc >= 90 and 10 * triton.cdiv(max(T, 1), 2 * bt) >= 9 * sms:
-        # H200, bf16, n = 4 (results/gpu_h200_20261128/run2_d6b83b8/sweep_coefficients_fwd.md): 128 x 32
+        # H200, n = 4, bf16 x then (results/gpu_h200_20261128/run2_d6b83b8/sweep_coefficients_fwd.md;
+        # since then only float32 / float16 x take this sweep, not measured for them): 128 x 32
         # blocks on 8 warps took 0.76 ms against 1.08 ms for 64 x 32 on 4 at C = 4096, 16384
         # tokens (0.20 against 0.28 at C = 1024), where its 128 blocks nearly fill the 132 SMs;
         # measured only there, so used only where the 128-token blocks fill >= 90% of the SMs
         return FwdConfig(2 * bt, bk, 8, 3, 1)
-    splits = 1
-    if blocks < sms:
-        splits = max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))
-    return FwdConfig(bt, bk, warps, 2 if (cc < 90 and dtype == torch.bfloat16) else 3, splits)
+    return FwdConfig(bt, bk, warps, 2 if (cc < 90 and dtype == torch.bfloat16) else 3, _splits(T, K, bt, bk, sms))
+
+
+def _splits(T: int, K: int, bt: int, bk: int, sms: int) -> int:
+    """K splits: 1 when the cdiv(T, bt) token blocks cover every SM, else enough for ~2
+    programs per SM, each split >= MIN_K_STEPS K blocks."""
+    blocks = triton.cdiv(max(T, 1), bt)
+    if blocks >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, blocks), K // (bk * MIN_K_STEPS)))
 
 
 def _scale_bounds(f: torch.dtype, rms_eps: float) -> tuple[float, float]:

@@ -9,6 +9,7 @@ and the final full parameters of both runs, and the global-mean losses.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -82,3 +83,9 @@ def main(mode: str, out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # Everything is written and the group destroyed; skip the interpreter's teardown, where
+    # torch's gloo threads can still abort a rank ("terminate called without an active
+    # exception", about 1 run in 10 under FSDP here) after the work has succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -14,12 +14,13 @@ Sections (the targets of the CPU-speed issue are beside each):
              tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc).
 - block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
-             torch.compile, lucidrains' hyper-connections mHC (targets: eager <= 1.35x
-             residual, compiled <= 1.10x).
+             torch.compile (and around an identity layer: the mixing alone), lucidrains'
+             hyper-connections mHC (targets: eager <= 1.35x residual, compiled <= 1.10x).
 - bandwidth: eager pre_aggregate and post_residual at n 4, C 1024, 1024 tokens, forward and
              forward + backward (gradients returned by torch.autograd.grad, not added into
              .grad), as GB/s of their ideal traffic (harness.ideal_bytes) and % of the
-             measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time.
+             measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time, eager and
+             under torch.compile (the shim's narrow products transposed and plain).
 - mlx:       the same on MLX (CPU backend on Linux): Trainer.step of the sweep model, eager
              and compiled=True, each with MLX autodiff and with the custom vjp; the block
              with an identity layer (MLX's CPU matmul is slow, so the mixing is compared
@@ -113,6 +114,7 @@ def _mlp(torch, c: int):
 
 def bench_block(rounds: int, compile_: bool) -> dict:
     import torch
+    from torch import nn
 
     from mhc_core_torch import MHC
 
@@ -152,6 +154,10 @@ def bench_block(rounds: int, compile_: bool) -> dict:
         compile_s = time.perf_counter() - t0
         fns["mhc compiled"] = fwd_bwd(cm, xn, gn)
         fns["residual compiled"] = fwd_bwd(cr, x1, g1)
+        # the mixing alone (identity layer): what mHC adds to the compiled block
+        ci = torch.compile(MHC(nn.Identity(), n, c, seed=0))
+        fwd_bwd(ci, xn, gn)()
+        fns["mhc identity compiled"] = fwd_bwd(ci, xn, gn)
     r = interleaved(fns, rounds)
     base = r["residual"]["median_ms"]
     r["ratios_vs_residual"] = {k: v["median_ms"] / base for k, v in r.items() if isinstance(v, dict)}
@@ -191,18 +197,47 @@ def bench_bandwidth(rounds: int) -> dict:
         "post_residual fwd+bwd": lambda: torch.autograd.grad(ag.post_residual(x, y, post, res), [x, y, post, res], go),
         "coefficients fwd+bwd": coef_fb,
     }
+    fns.update(_compiled_coefficients(torch, coef_fb))
     src = torch.empty(64 * 2**20 // 4).normal_()  # 64 MB, past the last-level cache
     dst = torch.empty_like(src)
     fns["copy 64 MB"] = lambda: dst.copy_(src)  # timed in the same rounds as the ops
     r = interleaved(fns, rounds, inner=3)
     copy = 2 * src.numel() * 4 / (r.pop("copy 64 MB")["median_ms"] * 1e-3) / 1e9
     for key, v in r.items():
-        op, mode = key.split(" ")
+        op, mode = key.split(" ")[:2]
+        if op == "coefficients":
+            continue
         gb = ideal_bytes(op, mode, n, c, t, 4) / (v["median_ms"] * 1e-3) / 1e9
         v.update(gbps=gb, pct_copy=100 * gb / copy)
+    plain = r["coefficients fwd+bwd compiled, plain orientation"]["median_ms"]
+    r["coefficients compiled: transposed / plain orientation"] = r["coefficients fwd+bwd compiled"]["median_ms"] / plain
     r["copy_gbps (read + write, same rounds)"] = copy
     r["shape"] = [t, n, c]
     return r
+
+
+def _compiled_coefficients(torch, coef_fb) -> dict:
+    """The coefficient node's fwd+bwd under torch.compile, with the shim's narrow products
+    ([T, n*C] @ [n*C, m] and the weight gradient) in the transposed orientation it uses
+    (mhc_core.xp._TorchOps.NARROW) and, in the same rounds, as plain torch.matmul (NARROW = 0,
+    set before each call: each compiled function keeps the graph traced with its setting)."""
+    from mhc_core.xp import _TorchOps
+
+    default = _TorchOps.NARROW
+    fns = {}
+    for name, narrow in (("coefficients fwd+bwd compiled", default),
+                         ("coefficients fwd+bwd compiled, plain orientation", 0)):
+        compiled = torch.compile(lambda: coef_fb())
+
+        def run(compiled=compiled, narrow=narrow):
+            _TorchOps.NARROW = narrow
+            try:
+                compiled()
+            finally:
+                _TorchOps.NARROW = default
+        run()  # traced here, with its setting
+        fns[name] = run
+    return fns
 
 
 # ----------------------------------------------------------------------------------------

@@ -218,9 +218,14 @@ class _TorchOps(Ops):
     """torch: native fused extras (same math, one kernel each). Under torch.compile on the
     CPU, a batched matmul of tiny matrices is written as a broadcast product and sum, which
     inductor fuses into one pass over the large operand (a CPU bmm over thousands of
-    4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth)."""
+    4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth), and a product with at
+    most NARROW result columns and a matrix right operand (the phi projection
+    [T, n*C] @ [n*C, m] and its weight gradient [n*C, T] @ [T, m]) runs as (b^T @ a^T)^T,
+    the orientation torch's CPU GEMM does fastest for it (the compiled coefficients'
+    fwd+bwd ~15% faster: benchmarks/bench_cpu_ratios.py, bandwidth section)."""
 
     TINY = 8  # a matmul is "tiny" when it contracts over <= TINY or makes <= TINY x TINY matrices
+    NARROW = 32  # at most this many result columns: the transposed orientation (0: off)
 
     def __init__(self, xp):
         super().__init__(xp, "torch")
@@ -229,8 +234,12 @@ class _TorchOps(Ops):
         self._torch = torch
 
     def matmul(self, a, b):
-        if a.ndim >= 3 and a.device.type == "cpu" and self._torch.compiler.is_compiling() and (
-                a.shape[-1] <= self.TINY or (a.shape[-2] <= self.TINY and b.shape[-1] <= self.TINY)):
+        if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
+            return self.xp.matmul(a, b)
+        if b.ndim == 2 and a.ndim >= 2 and b.shape[-1] <= self.NARROW:  # a matrix of <= NARROW columns
+            a2 = a if a.ndim == 2 else a.reshape(-1, a.shape[-1])  # [rows, K]
+            return (b.mT @ a2.mT).mT.reshape(a.shape[:-1] + b.shape[-1:])  # ([m, K] @ [K, rows])^T
+        if a.ndim >= 3 and (a.shape[-1] <= self.TINY or (a.shape[-2] <= self.TINY and b.shape[-1] <= self.TINY)):
             return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)  # [..., p, q, 1] * [..., 1, q, C]
         return self.xp.matmul(a, b)
 

@@ -1,6 +1,7 @@
 """Under torch.compile on the CPU the shim writes tiny batched matmuls as a broadcast
-product and sum (mhc_core.xp._TorchOps): the same numbers as torch.matmul, and
-matmul_concat the same as a matmul with the concatenated operand."""
+product and sum and narrow matrix products as (b^T @ a^T)^T (mhc_core.xp._TorchOps): the
+same numbers as torch.matmul, and matmul_concat the same as a matmul with the
+concatenated operand."""
 from __future__ import annotations
 
 import pytest
@@ -23,10 +24,37 @@ def test_tiny_matmul_under_compile_matches_matmul(shapes):
     torch.testing.assert_close(got, torch.matmul(a, b), rtol=1e-12, atol=1e-12)
 
 
-def test_large_matmul_under_compile_stays_a_matmul():
-    """2-D products (the projection's) are not rewritten: no [.., p, q, C] product."""
-    a, b = torch.randn(64, 48, dtype=torch.float64), torch.randn(48, 24, dtype=torch.float64)
-    torch.testing.assert_close(_traced(lambda a, b: mhc_core.namespace(a).matmul(a, b))(a, b), a @ b)
+@pytest.mark.parametrize("case", ["2d", "batched a", "transposed a", "wide b", "tiny rows"])
+def test_matrix_products_under_compile_match_matmul(case):
+    """Products with a matrix right operand (the projection's, its weight gradient's) are
+    never written as a [.., p, q, C] broadcast product; <= NARROW result columns run as
+    (b^T @ a^T)^T: the same numbers, in the shape a @ b has, with gradients."""
+    torch.manual_seed(2)
+    shapes = {"2d": ((64, 48), (48, 24)), "batched a": ((3, 5, 48), (48, 24)), "transposed a": ((48, 64), (48, 24)),
+              "wide b": ((64, 48), (48, 40)), "tiny rows": ((2, 3, 48), (48, 8))}[case]
+    a, b = (torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes)
+    if case == "transposed a":  # a [64, 48] as a transposed view, as the weight gradient's u^T
+        a_in = a.detach().clone().requires_grad_(True)
+        fn = _traced(lambda a, b: mhc_core.namespace(a).matmul(a.mT, b))
+        want_fn = lambda a, b: a.mT @ b  # noqa: E731
+    else:
+        a_in = a
+        fn = _traced(lambda a, b: mhc_core.namespace(a).matmul(a, b))
+        want_fn = torch.matmul
+    got, want = fn(a_in, b), want_fn(a, b)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, (a_in, b), g), torch.autograd.grad(want, (a, b), g),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_matrix_product_under_inductor_matches_matmul():
+    """The same through inductor (float32, the projection's shape): to float32 rounding."""
+    torch.manual_seed(3)
+    a, b = torch.randn(256, 512), torch.randn(512, 24)
+    got = torch.compile(lambda a, b: mhc_core.namespace(a).matmul(a, b), fullgraph=True)(a, b)
+    torch.testing.assert_close(got, (a.double() @ b.double()).float(), rtol=1e-5, atol=1e-4)
 
 
 def test_matmul_concat_under_compile_matches_concatenated_matmul():

@@ -16,6 +16,8 @@ Sections (the targets of the CPU-speed issue are beside each):
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
              torch.compile (and around an identity layer: the mixing alone), lucidrains'
              hyper-connections mHC (targets: eager <= 1.35x residual, compiled <= 1.10x).
+             Every .grad (parameters and x) is set to None before each call, as a training
+             step's zero_grad does, so no contender adds into a previous call's gradients.
 - bandwidth: eager pre_aggregate and post_residual at n 4, C 1024, 1024 tokens, forward and
              forward + backward (gradients returned by torch.autograd.grad, not added into
              .grad), as GB/s of their ideal traffic (harness.ideal_bytes) and % of the
@@ -131,7 +133,13 @@ def bench_block(rounds: int, compile_: bool) -> dict:
     mods = {v: MHC(mlp, n, c, variant=v, seed=0) for v in ("mhc", "hc")}
 
     def fwd_bwd(fn, x, g):
+        params = [x] + list(fn.parameters() if isinstance(fn, nn.Module) else mlp.parameters())
+
         def run():
+            # as in a training step (optimizer.zero_grad's default): no gradient is added
+            # into a previous step's .grad, the input's included
+            for p in params:
+                p.grad = None
             fn(x).backward(g)
         return run
 

@@ -125,3 +125,21 @@ def test_public_ops_bad_shapes_and_dtypes(call, error, message, mixing_params, d
     y, pre, res = torch.randn(T, C, device=device), torch.rand(T, N, device=device), torch.rand(T, N, N, device=device)
     with pytest.raises(error, match=message):
         call(x, y, pre, res, _params(mixing_params, device))
+
+
+def test_public_ops_on_cpu_tensors_without_the_interpreter_say_why(mixing_params, monkeypatch, device):
+    """As if mhc_core_torch had been imported without TRITON_INTERPRET=1 and no GPU: every
+    public op refuses CPU tensors with a RuntimeError naming the op, the device and the way
+    out, before any launch."""
+    if device == "cuda":
+        pytest.skip("needs CPU tensors")
+    monkeypatch.setattr(triton_gate, "INTERPRETED", False)
+    x, p = torch.randn(T, N, C), _params(mixing_params, "cpu")
+    pre, y, res = torch.rand(T, N), torch.randn(T, C), torch.rand(T, N, N)
+    calls = {"coefficients": lambda: ops.coefficients(x, *p), "pre_aggregate": lambda: ops.pre_aggregate(x, pre),
+             "post_residual": lambda: ops.post_residual(x, y, pre, res), "sinkhorn": lambda: ops.sinkhorn(res),
+             "step": lambda: ops.step(x, torch.tanh, *p)}
+    for op, call in calls.items():
+        with pytest.raises(RuntimeError, match=rf"{op}: x is on cpu; the Triton kernels need a CUDA tensor "
+                                               r"\(or TRITON_INTERPRET=1.*impl='reference'"):
+            call()

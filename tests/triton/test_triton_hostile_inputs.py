@@ -143,3 +143,18 @@ def test_public_ops_on_cpu_tensors_without_the_interpreter_say_why(mixing_params
         with pytest.raises(RuntimeError, match=rf"{op}: x is on cpu; the Triton kernels need a CUDA tensor "
                                                r"\(or TRITON_INTERPRET=1.*impl='reference'"):
             call()
+
+
+def test_residual_variant_on_the_kernels(device, assert_close):
+    """MHC(variant='residual', impl='triton') is refused at construction (no kernel: a plain
+    x + f(x)); ops.step(variant='residual') runs mhc_core.residual_step, gradients included."""
+    with pytest.raises(ValueError, match=r"impl='triton' has no kernel for variant 'residual' \(a plain x \+ f\(x\)\)"):
+        MHC(nn.Identity(), 1, C, variant="residual", impl="triton")
+    x = torch.randn(T, 1, C, device=device, requires_grad=True)
+    out = ops.step(x, torch.tanh, variant="residual")
+    (g,) = torch.autograd.grad(out.sum(), x)
+    x64 = x.detach().double().cpu().requires_grad_()
+    want = x64 + torch.tanh(x64[..., 0, :])[..., None, :]
+    (g_want,) = torch.autograd.grad(want.sum(), x64)
+    assert_close(out, want, 1e-6, "residual-out")
+    assert_close(g, g_want, 1e-6, "residual-grad")

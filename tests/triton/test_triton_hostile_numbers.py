@@ -82,9 +82,11 @@ def _data(shape, device, dtype=torch.float32, seed=0):
 
 
 # (variant, lead, n, C): n = 5, 8 pad to the 8-stream tiles; C = 24, 40 not powers of two,
-# 3 smaller than any block; T = 1; [B, T] and [B, 1, T] batch dims
+# 3 smaller than any block; T = 1; [B, T] and [B, 1, T] batch dims; 17 and 33 tokens: two or
+# three token blocks / splits of the backward, the last one partial (n = 16: res in 4 chunks)
 SHAPES = [("mhc", (3,), 5, 24), ("mhc", (2, 3), 8, 40), ("hc", (5,), 5, 24), ("mhc", (1,), 4, 3),
-          ("mhc", (2, 1, 3), 2, 48), ("hc", (1,), 8, 3), ("mhc", (7,), 16, 24)]
+          ("mhc", (2, 1, 3), 2, 48), ("hc", (1,), 8, 3), ("mhc", (7,), 16, 24), ("mhc", (17,), 5, 24),
+          ("hc", (3, 11), 16, 3)]
 
 
 @pytest.mark.parametrize("variant,lead,n,c", SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple)

@@ -40,23 +40,27 @@ def check_impl(impl) -> str:
     return impl
 
 
-def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc") -> str:
-    """'reference' or 'triton' for this input (see the table in the module docstring)."""
+def resolve_impl(impl: str, x: torch.Tensor, *, variant: str = "mhc", params=()) -> str:
+    """'reference' or 'triton' for this input (see the table in the module docstring).
+    params: the step's (phi, bias, alpha), whose dtypes and device count too (a module cast
+    with .double() runs on the reference path under 'auto', and is a clear error under
+    'triton', whatever x's dtype)."""
     check_impl(impl)
     if impl == "reference":
         return "reference"
     if impl == "auto":
-        return "triton" if x.is_cuda and triton_gate.unavailable_reason(x, variant) is None else "reference"
-    reason = triton_gate.unavailable_reason(x, variant)
+        return "triton" if x.is_cuda and triton_gate.unavailable_reason(x, variant, params) is None else "reference"
+    reason = triton_gate.unavailable_reason(x, variant, params)
     if reason is not None:
         raise RuntimeError(f"impl='triton' was requested but cannot run: {reason}. "
                            "Use impl='auto' to fall back to the reference path.")
     return "triton"
 
 
-# resolve_impl remembered per (impl, x's type / shape / dtype / device, variant, the gate's
-# state): the answer depends on nothing else
-_resolved_impl = triton_gate.passed_checks(lambda impl, x, variant: resolve_impl(impl, x, variant=variant))
+# resolve_impl remembered per (impl, x's and the parameters' type / shape / dtype / device,
+# variant, the gate's state): the answer depends on nothing else
+_resolved_impl = triton_gate.passed_checks(
+    lambda impl, x, variant, phi, bias, alpha: resolve_impl(impl, x, variant=variant, params=(phi, bias, alpha)))
 
 
 def _reference_step(x, f: Callable, phi, bias, alpha, *, variant: str, cfg: dict):
@@ -88,6 +92,6 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     layer_kwargs: extra keyword arguments passed to every `layer(h, ...)` call.
     """
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
-    if _resolved_impl(impl, x, variant) == "triton":
+    if _resolved_impl(impl, x, variant, phi, bias, alpha) == "triton":
         return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
     return _reference_step(x, f, phi, bias, alpha, variant=variant, cfg=cfg)

@@ -15,8 +15,9 @@ in it, which lets `torch.autograd.gradcheck` run on the kernels themselves.
 
     runnable()                    Triton imports and CUDA or the interpreter is there
                                   (the 'torch-triton' registry probe)
-    unavailable_reason(x, variant) None, or why MHC(impl='triton') cannot run x (dispatch.py)
-    check_kernel_inputs(op, n, *t) the raising check of every kernel launcher
+    unavailable_reason(x, variant, params)  None, or why MHC(impl='triton') cannot run x with its
+                                  mixing parameters params = (phi, bias, alpha) (dispatch.py)
+    check_kernel_inputs(op, n, *t, names=...)  the raising check of every kernel launcher
     passed_checks(check)          `check` remembering the calls it passed (below)
 
 Checks are re-run on every call unless remembered: `passed_checks(check)` runs `check` on
@@ -70,17 +71,36 @@ def _device_reason(device: torch.device) -> str | None:
             "before mhc_core_torch is first imported, to run them in the Triton interpreter)")
 
 
-def _dtype_reason(dtype: torch.dtype, device: torch.device) -> str | None:
+def _dtype_reason(dtype: torch.dtype, device: torch.device, name: str = "x") -> str | None:
+    """None when the kernels take a tensor `name` of `dtype` on `device` here, else why not."""
     if dtype in KERNEL_DTYPES or (dtype == torch.float64 and INTERPRETED and device.type == "cpu"):
         return None
-    return (f"the Triton kernels take float32, bfloat16 or float16, got {dtype}"
+    return (f"the Triton kernels take float32, bfloat16 or float16, got {name} of dtype {dtype}"
             + ("; float64 runs on impl='reference'" if dtype == torch.float64 else ""))
 
 
-def unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:
-    """None when the Triton path can run one step of `variant` on x [..., n, C] here, else a
-    sentence saying why not. float64 is refused even in the interpreter: MHC's float64 is the
-    reference path's."""
+MIXING_NAMES = ("phi", "bias", "alpha")
+
+
+def _params_reason(x: torch.Tensor, params) -> str | None:
+    """None when the mixing parameters (phi, bias, alpha; None entries skipped) can go to
+    the kernels beside x, else why not: a kernel dtype each (float64 refused, as for x)
+    and x's device."""
+    for name, p in zip(MIXING_NAMES, params):
+        if p is None:
+            continue
+        if p.dtype not in KERNEL_DTYPES:
+            return _dtype_reason(p.dtype, torch.device("cuda"), name)
+        if p.device != x.device:
+            return f"{name} is on {p.device} but x is on {x.device}; move the module to x's device"
+    return None
+
+
+def unavailable_reason(x: torch.Tensor, variant: str = "mhc", params=()) -> str | None:
+    """None when the Triton path can run one step of `variant` on x [..., n, C] here, with
+    the mixing parameters params = (phi, bias, alpha) when given, else a sentence saying why
+    not. float64 (x or a parameter, e.g. after module.double()) is refused even in the
+    interpreter: MHC's float64 is the reference path's."""
     if variant == "residual":
         return "variant 'residual' is a plain x + f(x): there is no Triton kernel for it"
     if variant == "mhc-lite":
@@ -92,21 +112,24 @@ def unavailable_reason(x: torch.Tensor, variant: str = "mhc") -> str | None:
         return _dtype_reason(x.dtype, torch.device("cuda"))
     if x.dim() >= 2 and x.shape[-2] > MAX_STREAMS:
         return f"the Triton kernels support n <= {MAX_STREAMS} streams, got n={x.shape[-2]}"
-    return _device_reason(x.device)
+    return _device_reason(x.device) or _params_reason(x, params)
 
 
-def check_kernel_inputs(op: str, n: int, *tensors: torch.Tensor) -> None:
+def check_kernel_inputs(op: str, n: int, *tensors: torch.Tensor, names: tuple[str, ...] = ()) -> None:
     """Raise a clear error unless kernel `op` can run on these tensors (n streams) here:
-    one device the kernels run on, a kernel dtype, n <= MAX_STREAMS."""
+    one device the kernels run on, a kernel dtype, n <= MAX_STREAMS. `names` (one per
+    tensor; default x, then arg1, arg2, ...) are what the errors call them."""
     if n > MAX_STREAMS:
         raise ValueError(f"{op}: the Triton kernels support n <= {MAX_STREAMS} streams, got n={n}; "
                          "use impl='reference'")
+    names = tuple(names) + tuple(("x" if i == 0 else f"arg{i}") for i in range(len(names), len(tensors)))
     devices = {t.device for t in tensors}
     if len(devices) != 1:
-        raise ValueError(f"{op}: all inputs must be on one device, got {sorted(map(str, devices))}")
+        where = ", ".join(f"{name} on {t.device}" for name, t in zip(names, tensors))
+        raise ValueError(f"{op}: all inputs must be on one device, got {where}")
     device = devices.pop()
-    for t in tensors:
-        reason = _dtype_reason(t.dtype, device)
+    for name, t in zip(names, tensors):
+        reason = _dtype_reason(t.dtype, device, name)
         if reason is not None:
             raise TypeError(f"{op}: {reason}")
     reason = _device_reason(device)

@@ -26,19 +26,19 @@ def coefficient_args(op, x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, 
     if variant == "mhc-lite":
         raise ValueError(f"{op}: variant 'mhc-lite' has no Triton kernel; use impl='reference'"
                          + (" (mhc_core.coefficients)" if op == "coefficients" else ""))
-    check_kernel_inputs(op, n, x, phi, bias, alpha)
+    check_kernel_inputs(op, n, x, phi, bias, alpha, names=("x", "phi", "bias", "alpha"))
     return n, c, variant, cfg
 
 
 @passed_checks
 def pre_aggregate_args(x, pre):
     n, c, lead = checks.pre_aggregate_inputs(namespace(x, pre), x, pre)
-    check_kernel_inputs("pre_aggregate", n, x, pre)
+    check_kernel_inputs("pre_aggregate", n, x, pre, names=("x", "pre"))
     return n, c, lead
 
 
 @passed_checks
 def post_residual_args(x, y, post, res):
     n, c, lead = checks.post_residual_inputs(namespace(x, y, post, res), x, y, post, res)
-    check_kernel_inputs("post_residual", n, x, y, post, res)
+    check_kernel_inputs("post_residual", n, x, y, post, res, names=("x", "y", "post", "res"))
     return n, c, lead

@@ -245,6 +245,6 @@ class SinkhornFunction(torch.autograd.Function):
 def sinkhorn(logits: torch.Tensor, *, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
     """Triton `mhc_core.sinkhorn`: logits [..., n, n] -> [..., n, n] (n <= MAX_STREAMS)."""
     shape, iters, eps = checks.sinkhorn_inputs(namespace(logits), logits, iters, eps)
-    check_kernel_inputs("sinkhorn", shape[-1], logits)
+    check_kernel_inputs("sinkhorn", shape[-1], logits, names=("logits",))
     flat = logits.reshape(-1, shape[-1], shape[-1]).contiguous()
     return SinkhornFunction.apply(flat, iters, eps).reshape(shape)

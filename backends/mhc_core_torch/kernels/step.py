@@ -99,6 +99,7 @@ def step(x, f, phi=None, bias=None, alpha=None, *, variant="mhc", iters=_DEFAULT
     # mhc_core's checks + triton_gate's, remembered per signature
     n, c, variant, cfg = coefficient_args("step", x, phi, bias, alpha, variant, iters, rms_eps, pre_eps, sinkhorn_eps,
                                           post_scale)
+    checks.layer(f)  # before any launch: a non-callable f is a TypeError naming f, as in mhc_core.step
     lead = tuple(x.shape[:-2])
     settings = (variant == "hc", *(cfg[k] for k in checks.CONFIG_FIELDS))
     args = (x.reshape(-1, n, c).contiguous(), phi, bias, alpha, *settings)

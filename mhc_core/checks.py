@@ -82,6 +82,8 @@ def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3, 
 def _scalar(value):
     """A Python / numpy scalar, or the value of a 0-d array (numpy, torch, mlx) as a Python
     number; None for anything else (bools, strings, arrays with elements on an axis)."""
+    if type(value) in (int, float):  # the common case, and the only one a tracer sees often
+        return value
     if hasattr(value, "shape") and hasattr(value, "item"):
         if tuple(value.shape) != ():
             return None
@@ -89,6 +91,13 @@ def _scalar(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None  # numbers.Real covers numpy's integer and floating scalars, not np.bool_
     return value
+
+
+def _finite(v) -> bool:
+    """math.isfinite(v) written as arithmetic (v - v is 0 for a finite v, nan for inf / nan),
+    which torch.compile can also evaluate on the symbolic float it traces a module's float
+    settings as under dynamic=True (math.isfinite it cannot)."""
+    return v - v == 0
 
 
 def integer(value, name: str, minimum: int = 1, meaning: str = "") -> int:
@@ -105,7 +114,7 @@ def integer(value, name: str, minimum: int = 1, meaning: str = "") -> int:
 def real(value, name: str) -> float:
     """float(value) for a finite real number (Python, numpy, or a 0-d array); bools refused."""
     v = _scalar(value)
-    if v is None or not math.isfinite(v):
+    if v is None or not _finite(v):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(v)
 
@@ -114,7 +123,7 @@ def non_negative(value, name: str) -> float:
     """float(value) for a finite number >= 0 (Python, numpy, or a 0-d array); bools refused.
     inf and nan are refused: as an eps or a scale they make the coefficients inf / nan."""
     v = _scalar(value)
-    if v is None or not math.isfinite(v) or not v >= 0:
+    if v is None or not _finite(v) or not v >= 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(v)
 

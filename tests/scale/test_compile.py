@@ -53,6 +53,29 @@ def test_mhc_module_fullgraph(variant):
         assert_close(a, b, rtol=1e-5, atol=1e-6, case=f"compiled MHC {variant} grad #{i}")
 
 
+@pytest.mark.parametrize("variant", ["mhc", "hc"])
+def test_mhc_module_dynamic_shapes(variant):
+    """torch.compile(dynamic=True): the module's float settings are traced as symbolic
+    floats, which the spec's argument checks must take; one graph serves every token count,
+    with the eager numbers, forward and gradients."""
+    n, c = 4, 16
+    torch.manual_seed(0)
+    m = mhc_core_torch.MHC(nn.Linear(c, c), n, c, variant=variant,
+                           init=mhc_core.init_params(n, c, variant=variant, phi_std=0.2, alpha=1.0, seed=1),
+                           impl="reference")
+    compiled = torch.compile(m, fullgraph=True, dynamic=True, backend="aot_eager")
+    for tokens in (3, 5, 8):
+        x = torch.randn(tokens, n, c)
+        res = []
+        for fn in (m, compiled):
+            xi = x.clone().requires_grad_(True)
+            out = fn(xi)
+            res.append([out.detach().numpy()] + [t.numpy() for t in torch.autograd.grad(out.square().sum(),
+                                                                                          [xi, *m.parameters()])])
+        for i, (a, b) in enumerate(zip(res[1], res[0])):
+            assert_close(a, b, rtol=1e-5, atol=1e-6, case=f"dynamic MHC {variant} T={tokens} output #{i}")
+
+
 @pytest.mark.parametrize("recompute", [0, 2])
 def test_tiny_lm_fullgraph_forward_and_grads(recompute):
     cfg = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="mhc", n=4, phi_std=0.05, seed=4)

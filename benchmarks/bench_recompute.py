@@ -41,6 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cli_args import out_folder  # noqa: E402
 LM = dict(vocab=64, dim=64, n_heads=4, seq_len=64, variant="mhc", n=4, seed=0)
 BATCH = 8
 
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="depth 8, fewer repeats (smoke run)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-mlx", action="store_true")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", type=out_folder, default=RESULTS, help="folder for recompute_<device>.{json,md}")
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child

@@ -41,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cli_args import shape_pair  # noqa: E402
+from cli_args import out_folder, shape_pair  # noqa: E402
 
 ROOT = HERE.parent
 WHEEL_DIR = ROOT / ".whl"
@@ -177,11 +177,25 @@ def main(argv=None) -> int:
         args.sweeps = sweeps
     if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
         ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
+    if os.environ.get("SMOKE", "") not in ("", "0", "1"):
+        ap.error(f"SMOKE must be 1 (CPU smoke run), 0 or unset (CUDA run), got {os.environ['SMOKE']!r}")
     smoke = os.environ.get("SMOKE") == "1"
     if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
         ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
                  "(bench) in the interpreter and no sweep")
     args.shapes = args.shapes or DEFAULT_SHAPES
+    out_env = os.environ.get("GPU_CHECK_OUT")
+    if out_env:
+        try:
+            out_folder(out_env)
+        except argparse.ArgumentTypeError as e:
+            ap.error(f"GPU_CHECK_OUT: {e}")
+    missing = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"gpu_check: {' and '.join(missing)} not importable by {sys.executable}; run it with a Python "
+              "that has them (`make gpu-check GPU_PY=/path/to/python`, e.g. GPU_PY=.venv/bin/python after "
+              "`make install`)", file=sys.stderr)
+        return 1
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)
 

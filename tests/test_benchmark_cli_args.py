@@ -1,5 +1,6 @@
 """Bad command lines of the benchmark scripts are usage errors (argparse exit status 2 and
 a message naming what was expected), raised before any device work, checks or installs."""
+import re
 import sys
 from pathlib import Path
 
@@ -135,3 +136,133 @@ def test_out_that_is_a_file_is_refused_before_running(script, capsys, tmp_path):
     mode = ["--cpu"] if script == "bench_mhc" else ["--interpret-smoke"]
     _usage_error(main, [*mode, "--out", str(out)], capsys, "expected a folder for the reports")
     assert out.read_text() == "keep"
+
+
+def test_out_folder_and_out_file_refuse_a_file_on_the_path(tmp_path, monkeypatch):
+    """A file where a report folder (or one of its parents) should be, and a folder where a
+    report file should be, are refused with the offending path named; a folder we cannot
+    write to is refused too (os.access patched: the tests may run as root)."""
+    import argparse
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    for fn, text in ((cli_args.out_folder, blocker / "sub" / "deeper"), (cli_args.out_file, blocker / "r.json")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"but '{blocker}' is a file")):
+            fn(str(text))
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a file path for the report.*which is a folder"):
+        cli_args.out_file(str(tmp_path))
+    assert cli_args.out_file(str(tmp_path / "new" / "r.json")) == tmp_path / "new" / "r.json"
+    monkeypatch.setattr(cli_args.os, "access", lambda path, mode: False)
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"but '{tmp_path}' is not writable")):
+        cli_args.out_folder(str(tmp_path / "results"))
+
+
+@pytest.mark.parametrize("script", ["bench_host_overhead", "bench_recompute"])
+def test_out_under_a_file_is_refused_before_running(script, capsys, tmp_path):
+    """bench_host_overhead / bench_recompute took --out unchecked and failed on mkdir after the
+    whole benchmark had run."""
+    pytest.importorskip("torch")
+    import importlib
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    argv = ["--out", str(blocker / "results")] + (["--stub-kernels"] if script == "bench_host_overhead" else [])
+    _usage_error(importlib.import_module(script).main, argv, capsys, f"but '{blocker}' is a file")
+
+
+def _bench_cpu_ratios():
+    pytest.importorskip("torch")
+    import bench_cpu_ratios
+
+    return bench_cpu_ratios
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--rounds", "0"], "argument --rounds: expected an integer >= 1"),
+    (["--rounds", "-2"], "argument --rounds: expected an integer >= 1"),
+    (["--rounds", "many"], "argument --rounds: expected an integer >= 1"),
+    (["--sections", "gpu"], "argument --sections: invalid choice: 'gpu'"),
+])
+def test_bench_cpu_ratios_bad_arguments(argv, match, capsys, tmp_path):
+    """--rounds 0 used to run the section and fail in statistics.median on no timings."""
+    _usage_error(_bench_cpu_ratios().main, [*argv, "--out", str(tmp_path / "r")], capsys, match)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_cpu_ratios_out_is_checked_before_running(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    _usage_error(_bench_cpu_ratios().main, ["--out", str(blocker / "cpu_ratios")], capsys,
+                 f"but '{blocker}' is a file")
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"rows": []}', "[1, 2]"],
+                         ids=["missing", "not-json", "compile-report", "a-list"])
+def test_bench_cpu_ratios_render_refuses_other_files(content, tmp_path):
+    """--render of a missing file or another tool's JSON names the file and what was expected
+    (it used to end in FileNotFoundError / KeyError: 'environment'); no .md is written."""
+    src = tmp_path / "other.json"
+    if content is not None:
+        src.write_text(content)
+    with pytest.raises(SystemExit, match="--render: expected a results .json written by bench_cpu_ratios.py, "
+                                         f"could not use {src}"):
+        _bench_cpu_ratios().main(["--render", str(src)])
+    assert not (tmp_path / "other.md").exists()
+
+
+def test_bench_cpu_ratios_keeps_finished_sections_when_interrupted(monkeypatch, tmp_path):
+    """Ctrl-C in the second section leaves the first one's results in the .json and .md."""
+    mod = _bench_cpu_ratios()
+    monkeypatch.setattr(mod, "bench_sweep", lambda rounds: {"mhc": {"median_ms": 2.0, "min_ms": 1.5}, "ratio": 1.25})
+
+    def interrupted(rounds, compile_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "bench_block", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(["--sections", "sweep", "block", "--rounds", "1", "--out", str(tmp_path / "r")])
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report["sections"]) == ["sweep"] and report["sections"]["sweep"]["result"]["ratio"] == 1.25
+    assert "| ratio | 1.25 |" in (tmp_path / "r.md").read_text()
+
+
+def _gpu_check():
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_out_that_is_a_file_is_a_usage_error(capsys, monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(blocker))
+    _usage_error(_gpu_check().main, [], capsys, f"GPU_CHECK_OUT: expected a folder for the reports, got '{blocker}'")
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "2"])
+def test_gpu_check_smoke_other_than_0_or_1_is_a_usage_error(value, capsys, monkeypatch, tmp_path):
+    """SMOKE=yes used to mean a CUDA run (only "1" is the smoke run)."""
+    monkeypatch.setenv("SMOKE", value)
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))
+    _usage_error(_gpu_check().main, [], capsys, f"SMOKE must be 1 (CPU smoke run), 0 or unset (CUDA run), got {value!r}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_without_torch_names_the_python_to_use(capsys, monkeypatch, tmp_path):
+    """`make gpu-check` runs GPU_PY (python3): one without torch / triton gets a message naming
+    GPU_PY, exit status 1, no traceback and no results folder."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("torch", "triton")
+                        else real(name, *a))
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))
+    assert _gpu_check().main([]) == 1
+    err = capsys.readouterr().err
+    assert "torch and triton not importable by" in err and "make gpu-check GPU_PY=" in err
+    assert not (tmp_path / "out").exists()

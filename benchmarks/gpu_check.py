@@ -193,8 +193,8 @@ def main(argv=None) -> int:
     missing = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
     if missing:
         print(f"gpu_check: {' and '.join(missing)} not importable by {sys.executable}; run it with a Python "
-              "that has them (`make gpu-check GPU_PY=/path/to/python`, e.g. GPU_PY=.venv/bin/python after "
-              "`make install`)", file=sys.stderr)
+              "that has them: `make gpu-check GPU_PY=/path/to/python` (`make gpu-check SMOKE=1` alone uses .venv, "
+              "which it creates)", file=sys.stderr)
         return 1
     env = _env()
     import torch  # the machine's own torch (CUDA build on a GPU box)

@@ -266,3 +266,23 @@ def test_gpu_check_without_torch_names_the_python_to_use(capsys, monkeypatch, tm
     err = capsys.readouterr().err
     assert "torch and triton not importable by" in err and "make gpu-check GPU_PY=" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,python,installs", [
+    (["SMOKE=1"], ".venv/bin/python", True),                  # the CPU rehearsal: the repo's venv, created first
+    ([], "python3", False),                                   # the GPU box: its own Python, nothing installed
+    (["SMOKE=1", "GPU_PY=/opt/py/bin/python"], "/opt/py/bin/python", False),
+])
+def test_make_gpu_check_picks_its_python(args, python, installs):
+    """`make gpu-check SMOKE=1` from a clean checkout ran the system python3 (no torch there:
+    a traceback); it now builds .venv like `make test` and runs in it. Dry run (make -n -B)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    plan = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "gpu-check", *args], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    smoke = "1" if "SMOKE=1" in args else ""
+    assert f"SMOKE={smoke} {python} benchmarks/gpu_check.py" in plan, plan
+    assert ("pip install" in plan) == installs, plan

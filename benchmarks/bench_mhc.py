@@ -75,13 +75,10 @@ def prepare(op, impl, n, c, t, dtype, device, mode):
     return row, fn
 
 
-def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
-    """Launch the coefficient forward with the fastest correct config of a
-    `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
-    every other shape keeps the library's `fwd_config`. A file that is not such a sweep, an
-    empty "best", or an entry with a bad shape or config is a SystemExit naming the file.
-    Returns {"n=.. C=.. T=..": config fields} for the report: of the swept shapes among
-    `shapes` ((n, C, T) triples; None: all), the others printed as unused."""
+def read_swept_fwd_configs(path: Path) -> dict:
+    """{(n, K, T): FwdConfig} from a `sweep_coefficients_fwd.py` JSON's "best" list; a file
+    that is missing or not such a sweep is a SystemExit naming the file (checked before any
+    device work)."""
     from mhc_core_torch.kernels import coefficients_fwd as cf
 
     try:
@@ -98,6 +95,19 @@ def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--fwd-configs: expected a sweep_coefficients_fwd.json with a 'best' list, "
                          f"could not use {path}: {type(e).__name__}: {e}") from None
+    return table
+
+
+def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
+    """Launch the coefficient forward with the fastest correct config of a
+    `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
+    every other shape keeps the library's `fwd_config`. A file that is not such a sweep, an
+    empty "best", or an entry with a bad shape or config is a SystemExit naming the file.
+    Returns {"n=.. C=.. T=..": config fields} for the report: of the swept shapes among
+    `shapes` ((n, C, T) triples; None: all), the others printed as unused."""
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    table = read_swept_fwd_configs(path)
     library_choice = cf.fwd_config
 
     def swept_or_library(T, n, K, dtype, device, cc=None, sms=None):
@@ -185,6 +195,8 @@ def main(argv=None) -> int:
 
     if args.cpu and args.fwd_configs:
         ap.error("--fwd-configs sets the Triton coefficient forward's launch; --cpu runs no Triton kernel")
+    if args.fwd_configs:
+        read_swept_fwd_configs(args.fwd_configs)  # a bad file fails now, not after the correctness checks
     if args.interpret_smoke and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("--interpret-smoke needs TRITON_INTERPRET=1 before the kernels are imported "
                          "(run this script directly, or set it in the environment)")

@@ -286,3 +286,22 @@ def test_make_gpu_check_picks_its_python(args, python, installs):
     smoke = "1" if "SMOKE=1" in args else ""
     assert f"SMOKE={smoke} {python} benchmarks/gpu_check.py" in plan, plan
     assert ("pip install" in plan) == installs, plan
+
+
+@pytest.mark.parametrize("content", [None, '{"environment": {}, "sections": {}}'], ids=["missing", "cpu-ratios-json"])
+def test_bench_mhc_bad_fwd_configs_fail_before_the_checks(content, monkeypatch, tmp_path):
+    """--fwd-configs naming a missing file or another tool's JSON fails at once; it used to be
+    read only after every op's correctness check (minutes in the interpreter)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    import bench_mhc
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    src = tmp_path / "sweep.json"
+    if content is not None:
+        src.write_text(content)
+    checked = []
+    monkeypatch.setattr(bench_mhc.impls, "check_against_reference", lambda *a, **k: checked.append(a) or 0.0)
+    with pytest.raises(SystemExit, match="--fwd-configs: expected a sweep_coefficients_fwd.json"):
+        bench_mhc.main(["--interpret-smoke", "--fwd-configs", str(src), "--out", str(tmp_path / "out")])
+    assert not checked and not (tmp_path / "out").exists()

@@ -24,7 +24,8 @@ benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_
    fwd+bwd; SMOKE: `--stub-kernels`, launches stubbed, a few calls);
 5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
    figures are; the whole folder also as <folder>/<folder name>.tar.gz, rewritten after
-   every step (one file to copy off the machine). Exit status 1 when a step failed.
+   every step (one file to copy off the machine). Exit status 1 when a step failed; Ctrl-C
+   stops the running step, writes the summary of the steps that finished, exit status 130.
 A step past its limit is killed with its whole process group (pytest-xdist workers too).
 """
 from __future__ import annotations
@@ -156,6 +157,77 @@ def _shape_text(text: str) -> str:
     return f"{c}:{t}"
 
 
+def run_steps(args, smoke: bool, out: Path, env: dict, steps: dict) -> None:
+    """The check's steps in order, each result added to `steps` as it finishes."""
+    steps["install"] = install_missing(out, env)
+
+    py = sys.executable
+
+    def sweep(name):
+        cmd = [py, str(HERE / f"{name}.py"), "--out", str(out)]
+        cmd += ["--budget-s", str(SWEEP_BUDGET_S[name])] if name in SWEEP_BUDGET_S else []
+        steps[name] = _run(cmd, out / f"{name}.txt", LIMITS_S.get(name, LIMITS_S["sweep"]), env)
+
+    tuned = []
+    if args.bench_swept_fwd:
+        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
+        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
+        sweep("sweep_coefficients_fwd")
+        if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
+            tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
+    bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
+    # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
+    bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
+        "--shapes", *args.shapes, "--impls", "ours-triton,liger"]
+    steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
+    if not smoke:
+        steps["bench_reference"] = _run(
+            [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench_reference", "--channels", "4096",
+             "--tokens", "16384", "--impls", "ours-triton,reference", *tuned], out / "bench_reference.txt",
+            LIMITS_S["bench_reference"], env)
+
+    if smoke:
+        tests = ["tests/triton/test_triton_empty_batch.py", "tests/triton/test_triton_step.py::"
+                 "test_step_backward_has_no_torch_elementwise_over_x", "tests/triton/test_triton_gpu_shapes.py"]
+    else:  # every test, unchanged, on the GPU; in parallel where pytest-xdist is installed
+        # -v: each result is logged as it finishes, so a run stopped at its limit still names failures
+        tests = (["-n", "8"] if importlib.util.find_spec("xdist") else []) + ["-v", "tests/triton"]
+    quiet = ["-q"] if smoke else []  # not with -v: the two cancel out (the log would show only dots)
+    steps["pytest"] = _run([py, "-m", "pytest", *quiet, "-p", "no:cacheprovider", "-rs", *tests],
+                           out / "pytest.txt", LIMITS_S["pytest"], env)
+    if not smoke:
+        for name in args.sweeps:
+            if name not in steps:
+                sweep(name)
+    host = [py, str(HERE / "bench_host_overhead.py"), "--out", str(out)]
+    host += ["--stub-kernels", "--calls", "5", "--rounds", "2"] if smoke else []
+    steps["host"] = _run(host, out / "host.txt", LIMITS_S["host"], env)
+
+
+def write_summary(out: Path, steps: dict, device: str, smoke: bool, interrupted: bool = False) -> None:
+    """env.json and summary.md of the steps run so far (an interrupted run says so), and the
+    folder's .tar.gz."""
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "device": device, "smoke": smoke, "torch": torch.__version__, "python": sys.version.split()[0],
+            "triton": getattr(importlib.util.find_spec("triton"), "name", None) and __import__("triton").__version__,
+            "cuda": torch.version.cuda, "steps": steps, "interrupted": interrupted}
+    (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
+    lines = [f"# gpu_check {'(SMOKE: CPU interpreter, times meaningless)' if smoke else ''}", "",
+             f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
+             "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
+    lines += ["", "**Interrupted** (Ctrl-C) during the step after the last one above: the later steps did not run."] \
+        if interrupted else []
+    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process); "
+              "sweeps in sweep_*.md / .json; host cost per call: bench_host_overhead.md / .json."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"results in {out} (all in one file: {archive(out).name})")
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -207,65 +279,13 @@ def main(argv=None) -> int:
     out = Path(os.environ.get("GPU_CHECK_OUT") or HERE / "results" / ("gpu_check_smoke" if smoke
                                                                        else f"gpu_check_{device}_{stamp}"))
     out.mkdir(parents=True, exist_ok=True)
-    steps = {"install": install_missing(out, env)}
-
-    py = sys.executable
-
-    def sweep(name):
-        cmd = [py, str(HERE / f"{name}.py"), "--out", str(out)]
-        cmd += ["--budget-s", str(SWEEP_BUDGET_S[name])] if name in SWEEP_BUDGET_S else []
-        steps[name] = _run(cmd, out / f"{name}.txt", LIMITS_S.get(name, LIMITS_S["sweep"]), env)
-
-    tuned = []
-    if args.bench_swept_fwd:
-        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
-        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
-        sweep("sweep_coefficients_fwd")
-        if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
-            tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
-    bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
-    # SMOKE leaves liger out: its kernels take seconds per call in the interpreter
-    bench += ["--interpret-smoke", "--impls", "ours-triton,reference"] if smoke else [
-        "--shapes", *args.shapes, "--impls", "ours-triton,liger"]
-    steps["bench"] = _run(bench, out / "bench.txt", LIMITS_S["bench"], env)
-    if not smoke:
-        steps["bench_reference"] = _run(
-            [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench_reference", "--channels", "4096",
-             "--tokens", "16384", "--impls", "ours-triton,reference", *tuned], out / "bench_reference.txt",
-            LIMITS_S["bench_reference"], env)
-
-    if smoke:
-        tests = ["tests/triton/test_triton_empty_batch.py", "tests/triton/test_triton_step.py::"
-                 "test_step_backward_has_no_torch_elementwise_over_x", "tests/triton/test_triton_gpu_shapes.py"]
-    else:  # every test, unchanged, on the GPU; in parallel where pytest-xdist is installed
-        # -v: each result is logged as it finishes, so a run stopped at its limit still names failures
-        tests = (["-n", "8"] if importlib.util.find_spec("xdist") else []) + ["-v", "tests/triton"]
-    quiet = ["-q"] if smoke else []  # not with -v: the two cancel out (the log would show only dots)
-    steps["pytest"] = _run([py, "-m", "pytest", *quiet, "-p", "no:cacheprovider", "-rs", *tests],
-                           out / "pytest.txt", LIMITS_S["pytest"], env)
-    if not smoke:
-        for name in args.sweeps:
-            if name not in steps:
-                sweep(name)
-    host = [py, str(HERE / "bench_host_overhead.py"), "--out", str(out)]
-    host += ["--stub-kernels", "--calls", "5", "--rounds", "2"] if smoke else []
-    steps["host"] = _run(host, out / "host.txt", LIMITS_S["host"], env)
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-            "device": device, "smoke": smoke, "torch": torch.__version__, "python": sys.version.split()[0],
-            "triton": getattr(importlib.util.find_spec("triton"), "name", None) and __import__("triton").__version__,
-            "cuda": torch.version.cuda, "steps": steps}
-    (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
-    lines = [f"# gpu_check {'(SMOKE: CPU interpreter, times meaningless)' if smoke else ''}", "",
-             f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
-             "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
-    lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process); "
-              "sweeps in sweep_*.md / .json; host cost per call: bench_host_overhead.md / .json."]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"results in {out} (all in one file: {archive(out).name})")
+    steps = {}
+    try:
+        run_steps(args, smoke, out, env, steps)
+    except KeyboardInterrupt:
+        write_summary(out, steps, device, smoke, interrupted=True)
+        return 130
+    write_summary(out, steps, device, smoke)
     return 0 if all(v["ok"] for v in steps.values()) else 1
 
 

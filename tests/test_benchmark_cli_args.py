@@ -305,3 +305,47 @@ def test_bench_mhc_bad_fwd_configs_fail_before_the_checks(content, monkeypatch, 
     with pytest.raises(SystemExit, match="--fwd-configs: expected a sweep_coefficients_fwd.json"):
         bench_mhc.main(["--interpret-smoke", "--fwd-configs", str(src), "--out", str(tmp_path / "out")])
     assert not checked and not (tmp_path / "out").exists()
+
+
+def test_gpu_check_interrupted_writes_the_summary_of_finished_steps(monkeypatch, tmp_path, capsys):
+    """Ctrl-C during a step: the steps that finished are in env.json / summary.md / the
+    .tar.gz, the run is marked interrupted, exit status 130 (was: a traceback and no summary)."""
+    pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+    calls = []
+
+    def fake_run(cmd, log, limit_s, env):
+        calls.append(log.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        log.write_text("ok\n")
+        return {"ok": True, "rc": 0, "seconds": 0.1, "log": log.name}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
+    assert gpu_check.main([]) == 130
+    import json
+
+    info = json.loads((tmp_path / "env.json").read_text())
+    assert info["interrupted"] is True and list(info["steps"]) == ["install", "bench"], info["steps"]
+    assert "**Interrupted**" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / f"{tmp_path.name}.tar.gz").exists()
+
+
+def test_gpu_check_exit_status_is_1_when_a_step_fails(monkeypatch, tmp_path):
+    """One failing step (here pytest) makes the whole check exit 1; the others still run."""
+    pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+
+    def fake_run(cmd, log, limit_s, env):
+        log.write_text("x\n")
+        ok = log.name != "pytest.txt"
+        return {"ok": ok, "rc": 0 if ok else 1, "seconds": 0.1, "log": log.name}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
+    assert gpu_check.main([]) == 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| pytest | NO | 1 |" in summary and "| host | yes | 0 |" in summary

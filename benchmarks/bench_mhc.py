@@ -188,10 +188,22 @@ def main(argv=None) -> int:
     if (args.cpu or args.interpret_smoke) and (args.shapes or args.channels or args.tokens):
         ap.error("--shapes, --channels and --tokens choose the CUDA run's shapes; --cpu and --interpret-smoke "
                  "run fixed small shapes")
-    for flag, value, known in (("--ops", args.ops, impls.OPS), ("--impls", args.impls or "", impls.IMPLS)):
-        unknown = [v for v in value.split(",") if v and v not in known]
-        if unknown:
-            ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}")
+    if args.quick and (args.interpret_smoke or args.shapes or args.channels or args.tokens):
+        ap.error("--quick picks one small shape; --interpret-smoke, --shapes, --channels and --tokens pick "
+                 "their own (give one of them)")
+    for flag, values in (("--shapes", args.shapes), ("--channels", args.channels), ("--tokens", args.tokens)):
+        repeated = sorted({v for v in values or () if list(values).count(v) > 1})
+        if repeated:
+            ap.error(f"{flag} repeats {repeated}: each shape is benchmarked once")
+    for flag, value, known in (("--ops", args.ops, impls.OPS), ("--impls", args.impls, impls.IMPLS)):
+        if value is None:
+            continue
+        names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        unknown = [v for v in names if v not in known]
+        if unknown or not names:
+            ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}" if unknown
+                     else f"{flag} names nothing; expected a comma-separated subset of {','.join(known)}")
+        setattr(args, flag[2:], ",".join(names))
 
     if args.cpu and args.fwd_configs:
         ap.error("--fwd-configs sets the Triton coefficient forward's launch; --cpu runs no Triton kernel")

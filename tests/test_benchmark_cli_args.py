@@ -349,3 +349,23 @@ def test_gpu_check_exit_status_is_1_when_a_step_fails(monkeypatch, tmp_path):
     assert gpu_check.main([]) == 1
     summary = (tmp_path / "summary.md").read_text()
     assert "| pytest | NO | 1 |" in summary and "| host | yes | 0 |" in summary
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--cpu", "--ops", ","], "--ops names nothing; expected a comma-separated subset of"),
+    (["--cpu", "--ops", ""], "--ops names nothing"),
+    (["--cpu", "--impls", ","], "--impls names nothing; expected a comma-separated subset of"),
+    (["--quick", "--shapes", "64:8"], "--quick picks one small shape"),
+    (["--quick", "--interpret-smoke"], "--quick picks one small shape"),
+    (["--shapes", "64:8", "64:8"], "--shapes repeats [(64, 8)]"),
+    (["--channels", "64", "64"], "--channels repeats [64]"),
+    (["--tokens", "8", "16", "8"], "--tokens repeats [8]"),
+])
+def test_bench_mhc_empty_lists_and_conflicts(argv, match, capsys, tmp_path):
+    """--ops ',' used to run nothing and end in UnboundLocalError ('js'); --impls ',' timed an
+    implementation named '' (a ValueError per row); --quick with explicit shapes was ignored."""
+    pytest.importorskip("torch")
+    import bench_mhc
+
+    _usage_error(bench_mhc.main, [*argv, "--out", str(tmp_path)], capsys, match)
+    assert not any(tmp_path.iterdir())

@@ -255,6 +255,9 @@ def main(argv=None) -> int:
     if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
         ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
                  "(bench) in the interpreter and no sweep")
+    repeated = sorted({c for c in args.shapes or () if args.shapes.count(c) > 1})
+    if repeated:  # bench_mhc refuses them: the whole bench step would fail on the GPU
+        ap.error(f"--shapes repeats {' '.join(repeated)}: each shape is benchmarked once")
     args.shapes = args.shapes or DEFAULT_SHAPES
     out_env = os.environ.get("GPU_CHECK_OUT")
     if out_env:

@@ -45,6 +45,7 @@ def _usage_error(main, argv, capsys, match):
 @pytest.mark.parametrize("argv,match", [
     (["--shapes", "abc"], "expected C:T"),
     (["--shapes", "4096:0"], "expected C:T"),
+    (["--shapes", "4096:16384", "1024:16384", "4096:16384"], "--shapes repeats 4096:16384"),
 ])
 def test_gpu_check_bad_shapes(argv, match, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path / "out"))

@@ -370,3 +370,28 @@ def test_bench_mhc_empty_lists_and_conflicts(argv, match, capsys, tmp_path):
 
     _usage_error(bench_mhc.main, [*argv, "--out", str(tmp_path)], capsys, match)
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_recompute_keeps_finished_measurements_when_interrupted(monkeypatch, tmp_path):
+    """Ctrl-C during the second child run: the first one's row is in recompute_*.json / .md
+    (they were written only at the end, after ~10 minutes of runs)."""
+    pytest.importorskip("torch")
+    import bench_recompute
+
+    calls = []
+
+    def fake_spawn(args, timeout=1800):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"saved_mb": 1.5, "cpu_peak_live_mb": 2.5, "peak_rss_delta_mb": 3.5, "time_ms": 45.0}
+
+    monkeypatch.setattr(bench_recompute, "_spawn", fake_spawn)
+    with pytest.raises(KeyboardInterrupt):
+        bench_recompute.main(["--quick", "--no-mlx", "--no-compile", "--out", str(tmp_path)])
+    import json
+
+    (js,) = tmp_path.glob("recompute_*_quick.json")
+    rows = json.loads(js.read_text())["torch"]
+    assert len(rows) == 1 and rows[0]["time_ms"] == 45.0
+    assert "| 1.5 | 2.5 | 3.5 | 45 |" in js.with_suffix(".md").read_text()

@@ -209,7 +209,11 @@ def write_summary(out: Path, steps: dict, device: str, smoke: bool, interrupted:
     folder's .tar.gz."""
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:  # a copy of the tree without git (or without .git) still gets its summary
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    commit = commit or "unknown (no git here)"
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
             "device": device, "smoke": smoke, "torch": torch.__version__, "python": sys.version.split()[0],
             "triton": getattr(importlib.util.find_spec("triton"), "name", None) and __import__("triton").__version__,

@@ -395,3 +395,21 @@ def test_bench_recompute_keeps_finished_measurements_when_interrupted(monkeypatc
     rows = json.loads(js.read_text())["torch"]
     assert len(rows) == 1 and rows[0]["time_ms"] == 45.0
     assert "| 1.5 | 2.5 | 3.5 | 45 |" in js.with_suffix(".md").read_text()
+
+
+def test_gpu_check_summary_without_git(monkeypatch, tmp_path):
+    """A GPU box without the git binary: the summary is still written (the commit lookup
+    raised FileNotFoundError after every step had run)."""
+    pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+
+    def no_git(cmd, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", no_git)
+    steps = {"bench": {"ok": True, "rc": 0, "seconds": 1.0, "log": "bench.txt"}}
+    gpu_check.write_summary(tmp_path, steps, "cpu-interpreter", smoke=True)
+    import json
+
+    assert json.loads((tmp_path / "env.json").read_text())["commit"] == "unknown (no git here)"
+    assert "| bench | yes | 0 |" in (tmp_path / "summary.md").read_text()

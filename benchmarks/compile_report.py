@@ -296,6 +296,14 @@ def compile_one(spec: Spec, n: int, dtype_name: str, cc: int, tmp: Path) -> Row:
     return row
 
 
+def _git(*args) -> str:
+    """git's output in the repository, or "" where git or .git is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
 def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
     from mhc_core_torch.kernels import _common
 
@@ -322,12 +330,11 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
                         f"ctas/SM={row.ctas_per_sm} 64bit={row.offsets_64bit} {row.error}")
     versions = [subprocess.run([str(ptxas_path(cc)), "--version"], capture_output=True, text=True).stdout.strip()
                 for cc in archs]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "backends/mhc_core_torch/kernels"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    commit, dirty = _git("rev-parse", "--short", "HEAD") or "unknown (no git here)", \
+        _git("status", "--porcelain", "--", "backends/mhc_core_torch/kernels")
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        commit=commit.stdout.strip() + ("+uncommitted kernel changes" if dirty else ""), triton=triton.__version__, torch=torch.__version__,
+        commit=commit + ("+uncommitted kernel changes" if dirty else ""), triton=triton.__version__, torch=torch.__version__,
         ptxas={ARCHS[cc]: v.splitlines()[-1] if v else "" for cc, v in zip(archs, versions)},
         c_for_block_sizes=C_REPORT,
         rows=[asdict(r) for r in rows])

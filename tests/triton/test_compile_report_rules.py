@@ -84,3 +84,13 @@ def test_kernel_names_cover_the_committed_report(report_module):
 
     committed = json.loads((ROOT / "benchmarks" / "results" / "compile_report.json").read_text())
     assert {r["kernel"] for r in committed["rows"]} == set(report_module.kernel_names())
+
+
+def test_git_lookup_without_git_is_empty(report_module, monkeypatch):
+    """Where git is missing the report's commit lookup gives "" (it raised FileNotFoundError
+    after every kernel had been compiled)."""
+    def no_git(cmd, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(report_module.subprocess, "run", no_git)
+    assert report_module._git("rev-parse", "HEAD") == ""

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from cli_args import out_folder, positive_int, shape_pair  # noqa: E402
+from cli_args import file_stem, out_folder, positive_int, shape_pair  # noqa: E402
 import impls  # noqa: E402
 
 GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=positive_int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
     ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",
                     help="CUDA: explicit (C, tokens) pairs, e.g. 4096:16384 (instead of the --channels x --tokens grid)")
-    ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
+    ap.add_argument("--stem", type=file_stem, help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
     ap.add_argument("--fwd-configs", type=Path, metavar="SWEEP_JSON",
                     help="launch the coefficient forward with the sweep's best config at each shape it swept "
                          "(sweep_coefficients_fwd.json; the report lists them)")

@@ -8,6 +8,7 @@ so a bad value is a usage error naming what was expected, before anything runs.
     positive_float("35") -> 35.0       time budgets (> 0, finite)
     out_folder("results") -> Path      a report folder: absent (created later) or a writable directory
     out_file("r.json") -> Path         a report file: not a folder, its folder creatable and writable
+    file_stem("bench") -> "bench"      a report file name without suffix (no folder part)
 """
 from __future__ import annotations
 
@@ -94,3 +95,11 @@ def out_file(text: str) -> Path:
     if problem:
         raise argparse.ArgumentTypeError(f"expected a file path for the report, got {text!r}, {problem}")
     return path
+
+
+def file_stem(text: str) -> str:
+    """A report file name without suffix, written inside --out: no folder separators, not empty."""
+    if not text or text in (".", "..") or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"expected a file name stem such as 'bench' (no folder part: the "
+                                         f"folder is --out), got {text!r}")
+    return text

@@ -413,3 +413,16 @@ def test_gpu_check_summary_without_git(monkeypatch, tmp_path):
 
     assert json.loads((tmp_path / "env.json").read_text())["commit"] == "unknown (no git here)"
     assert "| bench | yes | 0 |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("script,mode", [("bench_mhc", "--cpu"), ("bench_host_overhead", "--stub-kernels")])
+@pytest.mark.parametrize("stem", ["sub/bench", "", ".."])
+def test_stem_with_a_folder_part_is_refused(script, mode, stem, capsys, tmp_path):
+    """--stem 'sub/bench' failed with FileNotFoundError when the reports were written, after
+    the benchmark had run."""
+    pytest.importorskip("torch")
+    import importlib
+
+    _usage_error(importlib.import_module(script).main, [mode, "--out", str(tmp_path), "--stem", stem], capsys,
+                 "expected a file name stem such as 'bench'")
+    assert not any(tmp_path.iterdir())

@@ -332,13 +332,21 @@ def write_reports(report: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=None,
+                    help="default: all (mlx only where MLX is installed)")
     ap.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds per section (>= 1)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in the block section")
     ap.add_argument("--out", type=out_file, default=ROOT / "benchmarks" / "results" / "cpu_ratios",
                     help="reports' path without suffix: writes <out>.json and <out>.md")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the .md of an existing results .json")
     args = ap.parse_args(argv)
+    import importlib.util
+
+    has_mlx = importlib.util.find_spec("mlx") is not None
+    if args.sections is None:
+        args.sections = [name for name in SECTIONS if name != "mlx" or has_mlx]
+    elif "mlx" in args.sections and not has_mlx:
+        ap.error("--sections mlx needs MLX (pip install mlx); it is not importable here")
     if args.render:
         src = Path(args.render)
         src.with_suffix(".md").write_text(markdown(load_report(src)) + "\n")

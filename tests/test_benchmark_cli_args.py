@@ -426,3 +426,21 @@ def test_stem_with_a_folder_part_is_refused(script, mode, stem, capsys, tmp_path
     _usage_error(importlib.import_module(script).main, [mode, "--out", str(tmp_path), "--stem", stem], capsys,
                  "expected a file name stem such as 'bench'")
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_cpu_ratios_mlx_section_without_mlx(monkeypatch, capsys, tmp_path):
+    """Without MLX, --sections mlx is a usage error up front (it ended in ImportError after the
+    other sections had run), and the default leaves the mlx section out."""
+    mod = _bench_cpu_ratios()
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlx" else real(name, *a))
+    _usage_error(mod.main, ["--sections", "sweep", "mlx", "--out", str(tmp_path / "r")], capsys,
+                 "--sections mlx needs MLX")
+    ran = []
+    for name in ("bench_sweep", "bench_bandwidth", "bench_mlx"):
+        monkeypatch.setattr(mod, name, lambda rounds, name=name: ran.append(name) or {"ratio": 1.0})
+    monkeypatch.setattr(mod, "bench_block", lambda rounds, compile_: ran.append("bench_block") or {"ratio": 1.0})
+    assert mod.main(["--rounds", "1", "--out", str(tmp_path / "r")]) == 0
+    assert ran == ["bench_sweep", "bench_block", "bench_bandwidth"]

@@ -157,8 +157,25 @@ def _shape_text(text: str) -> str:
     return f"{c}:{t}"
 
 
+# what a run writes into its folder: removed first from a reused folder (GPU_CHECK_OUT, the
+# SMOKE folder), so a step that fails this time cannot leave an earlier run's figures in it
+OUTPUTS = ("install*.txt", "bench*.txt", "bench*.json", "bench*.md", "sweep_*.txt", "sweep_*.json", "sweep_*.md",
+           "pytest.txt", "host.txt", "env.json", "summary.md", "*.tar.gz", "*.tmp")
+
+
+def clear_previous(out: Path) -> list[str]:
+    """Delete an earlier run's outputs (OUTPUTS) from out; returns their names. Other files stay."""
+    gone = sorted({f.name for pattern in OUTPUTS for f in out.glob(pattern) if f.is_file()})
+    for name in gone:
+        (out / name).unlink()
+    return gone
+
+
 def run_steps(args, smoke: bool, out: Path, env: dict, steps: dict) -> None:
     """The check's steps in order, each result added to `steps` as it finishes."""
+    gone = clear_previous(out)
+    if gone:
+        print(f"gpu_check: removed {len(gone)} files of an earlier run from {out}")
     steps["install"] = install_missing(out, env)
 
     py = sys.executable
@@ -170,9 +187,7 @@ def run_steps(args, smoke: bool, out: Path, env: dict, steps: dict) -> None:
 
     tuned = []
     if args.bench_swept_fwd:
-        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
-        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
-        sweep("sweep_coefficients_fwd")
+        sweep("sweep_coefficients_fwd")  # (an earlier run's JSON was removed by clear_previous)
         if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
             tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]

@@ -444,3 +444,25 @@ def test_bench_cpu_ratios_mlx_section_without_mlx(monkeypatch, capsys, tmp_path)
     monkeypatch.setattr(mod, "bench_block", lambda rounds, compile_: ran.append("bench_block") or {"ratio": 1.0})
     assert mod.main(["--rounds", "1", "--out", str(tmp_path / "r")]) == 0
     assert ran == ["bench_sweep", "bench_block", "bench_bandwidth"]
+
+
+def test_gpu_check_reused_folder_keeps_no_earlier_figures(monkeypatch, tmp_path):
+    """A reused results folder (the SMOKE one, or GPU_CHECK_OUT): an earlier run's bench.json
+    must not survive a bench step that writes none this time (it went into the archive as if
+    measured now); files gpu_check does not write stay."""
+    pytest.importorskip("torch")
+    gpu_check = _gpu_check()
+    (tmp_path / "bench.json").write_text('{"old": true}')
+    (tmp_path / "sweep_post_residual_bwd.md").write_text("old")
+    (tmp_path / "my_notes.txt").write_text("keep")
+
+    def fake_run(cmd, log, limit_s, env):
+        log.write_text("x\n")
+        return {"ok": False, "rc": 1, "seconds": 0.1, "log": log.name}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
+    assert gpu_check.main([]) == 1
+    assert not (tmp_path / "bench.json").exists() and not (tmp_path / "sweep_post_residual_bwd.md").exists()
+    assert (tmp_path / "my_notes.txt").read_text() == "keep" and (tmp_path / "summary.md").exists()

@@ -6,7 +6,8 @@
 
 Steps, in order of what matters most, each with its own time limit (caps sum to 11 minutes;
 about 7 expected on an H200 from the 2026-11-28 runs), every output in one folder
-benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides):
+benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides;
+an earlier run's outputs in a reused folder are removed first, see OUTPUTS):
 1. install what the machine lacks from the git-ignored `.whl/` folder, offline
    (`pip install --no-index --find-links .whl`); `make wheels` fills it on a machine with
    network (see WHEELS below). Installed packages are never upgraded or replaced;

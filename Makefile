@@ -25,9 +25,15 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
 
 # A CUDA machine without network, with its own torch + triton: GPU tests + benchmarks, one
-# results folder (benchmarks/gpu_check.py). `make gpu-check SMOKE=1`: the same on the CPU.
+# results folder (benchmarks/gpu_check.py), run by that machine's GPU_PY (python3).
+# `make gpu-check SMOKE=1`: the same on the CPU, in .venv (created first, as for `make test`;
+# GPU_PY=... runs it with another Python instead).
+ifeq ($(SMOKE)$(origin GPU_PY),1undefined)
+GPU_PY := $(BIN)/python
+GPU_CHECK_NEEDS := $(STAMP)
+endif
 GPU_PY ?= python3
-gpu-check:
+gpu-check: $(GPU_CHECK_NEEDS)
 	SMOKE=$(SMOKE) $(GPU_PY) benchmarks/gpu_check.py
 
 # Fill .whl/ (git-ignored) with what gpu-check installs offline; run where there is network,

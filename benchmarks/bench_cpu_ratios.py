@@ -53,6 +53,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cli_args import out_file, positive_int  # noqa: E402
+
 SECTIONS = ("sweep", "block", "bandwidth", "mlx")
 QUICK = dict(dim=32, n_heads=2, seq_len=16, vocab=32)  # scripts/depth_sweep.py PRESETS['quick']
 BATCH = 8
@@ -352,17 +354,45 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def load_report(path: str) -> dict:
+    """A results .json this script wrote (environment + sections), else SystemExit naming the file."""
+    try:
+        report = json.loads(Path(path).read_text())
+        if not isinstance(report, dict) or not isinstance(report.get("environment"), dict) \
+                or not isinstance(report.get("sections"), dict):
+            raise ValueError("no 'environment' and 'sections' objects: not a bench_cpu_ratios.py report")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--render: expected a results .json written by bench_cpu_ratios.py, "
+                         f"could not use {path}: {type(e).__name__}: {e}") from None
+    return report
+
+
+def write_reports(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    out.with_suffix(".md").write_text(markdown(report) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=None,
+                    help="default: all (mlx only where MLX is installed)")
+    ap.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds per section (>= 1)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in the block section")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_ratios"))
+    ap.add_argument("--out", type=out_file, default=ROOT / "benchmarks" / "results" / "cpu_ratios",
+                    help="reports' path without suffix: writes <out>.json and <out>.md")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the .md of an existing results .json")
     args = ap.parse_args(argv)
+    import importlib.util
+
+    has_mlx = importlib.util.find_spec("mlx") is not None
+    if args.sections is None:
+        args.sections = [name for name in SECTIONS if name != "mlx" or has_mlx]
+    elif "mlx" in args.sections and not has_mlx:
+        ap.error("--sections mlx needs MLX (pip install mlx); it is not importable here")
     if args.render:
         src = Path(args.render)
-        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())) + "\n")
+        src.with_suffix(".md").write_text(markdown(load_report(src)) + "\n")
         return 0
 
     import torch
@@ -375,6 +405,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}, "sections": {}}
     runners = {"sweep": lambda: bench_sweep(args.rounds), "block": lambda: bench_block(args.rounds, not args.no_compile),
                "bandwidth": lambda: bench_bandwidth(args.rounds), "mlx": lambda: bench_mlx(args.rounds)}
+    out = args.out
     for name in args.sections:
         before = uptime()
         t0 = time.perf_counter()
@@ -382,10 +413,8 @@ def main(argv=None) -> int:
         report["sections"][name] = {"uptime_before": before, "uptime_after": uptime(),
                                     "wall_s": time.perf_counter() - t0, "result": result}
         print(f"[{name}] {json.dumps(result, default=float)}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    out.with_suffix(".md").write_text(markdown(report) + "\n")
+        # rewritten after every section: a run stopped early (Ctrl-C) keeps the sections it finished
+        write_reports(report, out)
     print(f"wrote {out.with_suffix('.json')} and .md")
     return 0
 

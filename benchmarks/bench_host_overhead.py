@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from cli_args import non_negative_int, positive_int  # noqa: E402
+from cli_args import file_stem, non_negative_int, out_folder, positive_int  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -194,8 +194,8 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stub-kernels", action="store_true", help="CPU, Triton launches stubbed: our Python only")
-    ap.add_argument("--out", type=Path, required=True, help="folder for bench_host_overhead.{json,md}")
-    ap.add_argument("--stem", default="bench_host_overhead")
+    ap.add_argument("--out", type=out_folder, required=True, help="folder for bench_host_overhead.{json,md}")
+    ap.add_argument("--stem", type=file_stem, default="bench_host_overhead")
     ap.add_argument("--tokens", type=non_negative_int, default=8)
     ap.add_argument("--n", type=positive_int, default=4)
     ap.add_argument("--channels", type=positive_int, default=1024)

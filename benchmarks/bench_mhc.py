@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from cli_args import out_folder, positive_int, shape_pair  # noqa: E402
+from cli_args import file_stem, out_folder, positive_int, shape_pair  # noqa: E402
 import impls  # noqa: E402
 
 GPU_SHAPES = [(4, c, t) for c in (1024, 4096, 7168) for t in (4096, 16384, 65536)]
@@ -75,13 +75,10 @@ def prepare(op, impl, n, c, t, dtype, device, mode):
     return row, fn
 
 
-def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
-    """Launch the coefficient forward with the fastest correct config of a
-    `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
-    every other shape keeps the library's `fwd_config`. A file that is not such a sweep, an
-    empty "best", or an entry with a bad shape or config is a SystemExit naming the file.
-    Returns {"n=.. C=.. T=..": config fields} for the report: of the swept shapes among
-    `shapes` ((n, C, T) triples; None: all), the others printed as unused."""
+def read_swept_fwd_configs(path: Path) -> dict:
+    """{(n, K, T): FwdConfig} from a `sweep_coefficients_fwd.py` JSON's "best" list; a file
+    that is missing or not such a sweep is a SystemExit naming the file (checked before any
+    device work)."""
     from mhc_core_torch.kernels import coefficients_fwd as cf
 
     try:
@@ -98,6 +95,19 @@ def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--fwd-configs: expected a sweep_coefficients_fwd.json with a 'best' list, "
                          f"could not use {path}: {type(e).__name__}: {e}") from None
+    return table
+
+
+def use_swept_fwd_configs(path: Path, shapes=None) -> dict:
+    """Launch the coefficient forward with the fastest correct config of a
+    `sweep_coefficients_fwd.py` run (its JSON's "best") at each swept (n, K = n*C, T), bf16;
+    every other shape keeps the library's `fwd_config`. A file that is not such a sweep, an
+    empty "best", or an entry with a bad shape or config is a SystemExit naming the file.
+    Returns {"n=.. C=.. T=..": config fields} for the report: of the swept shapes among
+    `shapes` ((n, C, T) triples; None: all), the others printed as unused."""
+    from mhc_core_torch.kernels import coefficients_fwd as cf
+
+    table = read_swept_fwd_configs(path)
     library_choice = cf.fwd_config
 
     def swept_or_library(T, n, K, dtype, device, cc=None, sms=None):
@@ -170,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=positive_int, nargs="+", help="CUDA: token counts (default 4096 16384 65536)")
     ap.add_argument("--shapes", type=shape_pair, nargs="+", metavar="C:T",
                     help="CUDA: explicit (C, tokens) pairs, e.g. 4096:16384 (instead of the --channels x --tokens grid)")
-    ap.add_argument("--stem", help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
+    ap.add_argument("--stem", type=file_stem, help="report file name stem (default gpu_<device> / cpu / interpret_smoke)")
     ap.add_argument("--fwd-configs", type=Path, metavar="SWEEP_JSON",
                     help="launch the coefficient forward with the sweep's best config at each shape it swept "
                          "(sweep_coefficients_fwd.json; the report lists them)")
@@ -178,13 +188,27 @@ def main(argv=None) -> int:
     if (args.cpu or args.interpret_smoke) and (args.shapes or args.channels or args.tokens):
         ap.error("--shapes, --channels and --tokens choose the CUDA run's shapes; --cpu and --interpret-smoke "
                  "run fixed small shapes")
-    for flag, value, known in (("--ops", args.ops, impls.OPS), ("--impls", args.impls or "", impls.IMPLS)):
-        unknown = [v for v in value.split(",") if v and v not in known]
-        if unknown:
-            ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}")
+    if args.quick and (args.interpret_smoke or args.shapes or args.channels or args.tokens):
+        ap.error("--quick picks one small shape; --interpret-smoke, --shapes, --channels and --tokens pick "
+                 "their own (give one of them)")
+    for flag, values in (("--shapes", args.shapes), ("--channels", args.channels), ("--tokens", args.tokens)):
+        repeated = sorted({v for v in values or () if list(values).count(v) > 1})
+        if repeated:
+            ap.error(f"{flag} repeats {repeated}: each shape is benchmarked once")
+    for flag, value, known in (("--ops", args.ops, impls.OPS), ("--impls", args.impls, impls.IMPLS)):
+        if value is None:
+            continue
+        names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        unknown = [v for v in names if v not in known]
+        if unknown or not names:
+            ap.error(f"unknown {flag} {unknown}; expected a comma-separated subset of {','.join(known)}" if unknown
+                     else f"{flag} names nothing; expected a comma-separated subset of {','.join(known)}")
+        setattr(args, flag[2:], ",".join(names))
 
     if args.cpu and args.fwd_configs:
         ap.error("--fwd-configs sets the Triton coefficient forward's launch; --cpu runs no Triton kernel")
+    if args.fwd_configs:
+        read_swept_fwd_configs(args.fwd_configs)  # a bad file fails now, not after the correctness checks
     if args.interpret_smoke and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("--interpret-smoke needs TRITON_INTERPRET=1 before the kernels are imported "
                          "(run this script directly, or set it in the environment)")

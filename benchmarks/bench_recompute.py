@@ -41,6 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cli_args import out_folder  # noqa: E402
 LM = dict(vocab=64, dim=64, n_heads=4, seq_len=64, variant="mhc", n=4, seed=0)
 BATCH = 8
 
@@ -257,7 +260,7 @@ def markdown(res: dict) -> str:
     torch_rows = res["torch"]
     head = "| block | saved MB | peak live MB | peak RSS delta MB | torch fwd+bwd ms |"
     sep = "|---|---|---|---|---|"
-    if "cuda_peak_alloc_mb" in torch_rows[0]:
+    if torch_rows and "cuda_peak_alloc_mb" in torch_rows[0]:
         head, sep = head + " CUDA peak alloc MB |", sep + "---|"
     if res.get("mlx"):
         head, sep = head + " MLX peak MB | MLX fwd+bwd ms |", sep + "---|---|"
@@ -268,8 +271,8 @@ def markdown(res: dict) -> str:
         if "cuda_peak_alloc_mb" in r:
             row += f" {r['cuda_peak_alloc_mb']:.1f} |"
         if res.get("mlx"):
-            m = res["mlx"][i]
-            row += f" {m['mlx_peak_mb']:.1f} | {m['time_ms']:.0f} |"
+            m = res["mlx"][i] if i < len(res["mlx"]) else None  # a run stopped early has fewer MLX rows
+            row += f" {m['mlx_peak_mb']:.1f} | {m['time_ms']:.0f} |" if m else " - | - |"
         lines.append(row)
     if not res["environment"]["device"].startswith("cuda"):
         lines += ["", "GPU: not measured (no CUDA device on this machine). The same script records "
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="depth 8, fewer repeats (smoke run)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-mlx", action="store_true")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--out", type=out_folder, default=RESULTS, help="folder for recompute_<device>.{json,md}")
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
@@ -315,10 +318,18 @@ def main(argv=None) -> int:
     blocks = sorted({0, paper, max(1, paper // 2), min(2 * depth, 3 * paper)})
     res = {"environment": environment(device), "depth": depth, "batch": BATCH, "paper_block": paper,
            "torch": [], "mlx": [], "compile": {}}
+    stem = f"recompute_{device}" + ("_quick" if args.quick else "")
+
+    def write():  # after every measurement: a run stopped early (Ctrl-C) keeps what it measured
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+        (args.out / f"{stem}.md").write_text(markdown(res))
+
     for b in blocks:
         r = {"block": b, **_spawn(["torch", str(depth), str(b), str(BATCH), str(reps), device])}
         print("torch", r, flush=True)
         res["torch"].append(r)
+        write()
     if not args.no_mlx:
         try:
             import mlx.core  # noqa: F401
@@ -329,16 +340,14 @@ def main(argv=None) -> int:
                 r = {"block": b, **_spawn(["mlx", str(depth), str(b), str(BATCH), str(reps)])}
                 print("mlx", r, flush=True)
                 res["mlx"].append(r)
+                write()
     if not args.no_compile:
         for what in ("mhc_step", "tiny_lm"):
             r = _spawn(["compile", what, str(reps + 2)])
             print("compile", what, r, flush=True)
             res["compile"][what] = r
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"recompute_{device}" + ("_quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (out / f"{stem}.md").write_text(markdown(res))
+            write()
+    write()
     print(markdown(res))
     return 0
 

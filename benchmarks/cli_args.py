@@ -6,12 +6,15 @@ so a bad value is a usage error naming what was expected, before anything runs.
     non_negative_int("0") -> 0         token counts where an empty batch is meaningful
     shape_pair("4096:16384") -> (4096, 16384)    a (C, tokens) pair, both >= 1
     positive_float("35") -> 35.0       time budgets (> 0, finite)
-    out_folder("results") -> Path      a report folder: absent (created later) or a directory
+    out_folder("results") -> Path      a report folder: absent (created later) or a writable directory
+    out_file("r.json") -> Path         a report file: not a folder, its folder creatable and writable
+    file_stem("bench") -> "bench"      a report file name without suffix (no folder part)
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 
@@ -64,10 +67,49 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def out_folder(text: str) -> Path:
-    """A folder for reports: one that exists, or none yet (the script creates it); an existing
-    file there is refused now, not after a sweep has run for a minute."""
-    path = Path(text)
+def _folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a writable folder, or None: it is a file, a file
+    stands where one of its parent folders should be, or its nearest existing folder is not
+    writable (missing parent folders are fine: the scripts create them)."""
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"expected a folder for the reports, got {text!r}, which is a file")
+        return f"but {str(path)!r} is a file"
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            return None
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"but {str(existing)!r} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"but {str(existing)!r} is not writable"
+    return None
+
+
+def out_folder(text: str) -> Path:
+    """A folder for reports: one that exists, or none yet (the script creates it, parents
+    included); a file there, a file on its path, or a folder we cannot write is refused now,
+    not after a sweep has run for a minute."""
+    path = Path(text)
+    problem = _folder_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"expected a folder for the reports, got {text!r}, {problem}")
     return path
+
+
+def out_file(text: str) -> Path:
+    """A report file path: not an existing folder, and its folder can be created and written."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path for the report, got {text!r}, which is a folder")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"expected a file path for the report, got {text!r}, {problem}")
+    return path
+
+
+def file_stem(text: str) -> str:
+    """A report file name without suffix, written inside --out: no folder separators, not empty."""
+    if not text or text in (".", "..") or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"expected a file name stem such as 'bench' (no folder part: the "
+                                         f"folder is --out), got {text!r}")
+    return text

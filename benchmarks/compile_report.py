@@ -19,8 +19,11 @@ launchers use (the launchers' own helpers are called), then:
   may stay 32-bit; their bounds do not grow with T.
 
 Runs without a GPU and without TRITON_INTERPRET (the kernels must be decorated for the
-compiler, so this script clears the variable before importing them). Exit status 0; the
-CI test (tests/triton/test_compile_report.py) applies the pass/fail rules to the JSON.
+compiler, so this script clears the variable before importing them). Exit status 0 with the
+report written (the CI test, tests/triton/test_compile_report.py, applies the pass/fail rules
+to the JSON); 1 with nothing written when the wheel has no ptxas for an asked architecture.
+A subset (--n / --dtype / --arch / --kernel) needs its own --json: the default path holds the
+committed full report.
 """
 from __future__ import annotations
 
@@ -51,12 +54,16 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from cli_args import out_file  # noqa: E402
+
 ARCHS = {80: "sm_80", 90: "sm_90a"}
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # per-block opt-in maximum, bytes
 SM_LIMITS = dict(regs=65536, threads=2048, blocks=32)  # per SM, both architectures
 SMEM_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
 ALL_N = (1, 2, 3, 4, 8, 16)
 DTYPES = {"float32": ("fp32", torch.float32), "bfloat16": ("bf16", torch.bfloat16)}
+DEFAULT_JSON = HERE / "results" / "compile_report.json"
 C_REPORT = 4096  # C used where a block size depends on C (pre / post kernels): the large-C blocks
 
 
@@ -289,6 +296,14 @@ def compile_one(spec: Spec, n: int, dtype_name: str, cc: int, tmp: Path) -> Row:
     return row
 
 
+def _git(*args) -> str:
+    """git's output in the repository, or "" where git or .git is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
 def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
     from mhc_core_torch.kernels import _common
 
@@ -315,12 +330,11 @@ def run(ns, dtypes, archs, kernels=None, log=print) -> dict:
                         f"ctas/SM={row.ctas_per_sm} 64bit={row.offsets_64bit} {row.error}")
     versions = [subprocess.run([str(ptxas_path(cc)), "--version"], capture_output=True, text=True).stdout.strip()
                 for cc in archs]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "backends/mhc_core_torch/kernels"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    commit, dirty = _git("rev-parse", "--short", "HEAD") or "unknown (no git here)", \
+        _git("status", "--porcelain", "--", "backends/mhc_core_torch/kernels")
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        commit=commit.stdout.strip() + ("+uncommitted kernel changes" if dirty else ""), triton=triton.__version__, torch=torch.__version__,
+        commit=commit + ("+uncommitted kernel changes" if dirty else ""), triton=triton.__version__, torch=torch.__version__,
         ptxas={ARCHS[cc]: v.splitlines()[-1] if v else "" for cc, v in zip(archs, versions)},
         c_for_block_sizes=C_REPORT,
         rows=[asdict(r) for r in rows])
@@ -365,15 +379,59 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kernel_names() -> list[str]:
+    """Every kernel name the report can hold (some appear only at some n / dtype)."""
+    names = {}
+    for n in ALL_N:
+        for _, dtype in DTYPES.values():
+            for cc in ARCHS:
+                names.update(dict.fromkeys(s.name for s in specs(n, dtype, cc)))
+    return list(names)
+
+
+def _stream_count(text: str) -> int:
+    """--n: an integer in 1..MAX_STREAMS (the kernels' stream limit)."""
+    from mhc_core_torch.triton_gate import MAX_STREAMS
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= MAX_STREAMS:
+        raise argparse.ArgumentTypeError(f"expected a stream count n in 1..{MAX_STREAMS} (the kernels' limit), "
+                                         f"got {text!r}")
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, nargs="+", default=list(ALL_N))
+    ap.add_argument("--n", type=_stream_count, nargs="+", default=list(ALL_N))
     ap.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(ARCHS))
     ap.add_argument("--kernel", nargs="*", help="only these kernels (names as in the report)")
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "compile_report.json")
-    ap.add_argument("--md", type=Path, help="markdown table (default: the --json path with .md)")
+    ap.add_argument("--json", type=out_file, default=None,
+                    help="report path (default benchmarks/results/compile_report.json, the committed full "
+                         "report: a run of a subset must name its own)")
+    ap.add_argument("--md", type=out_file, help="markdown table (default: the --json path with .md)")
     args = ap.parse_args(argv)
+    if args.kernel is not None:
+        known = kernel_names()
+        unknown = [k for k in args.kernel if k not in known]
+        if unknown or not args.kernel:
+            ap.error(f"--kernel expected one or more of {' '.join(known)}, got {unknown or 'none'}")
+    subset = (set(args.n) != set(ALL_N) or set(args.dtype) != set(DTYPES) or set(args.arch) != set(ARCHS)
+              or args.kernel is not None)
+    if args.json is None:
+        if subset:
+            ap.error("--n / --dtype / --arch / --kernel choose a subset: give --json PATH for its report "
+                     "(the default benchmarks/results/compile_report.json holds the full one)")
+        args.json = DEFAULT_JSON
+    missing = [ARCHS[cc] for cc in args.arch if ptxas_path(cc) is None]
+    if missing:
+        print(f"compile_report: skipped, nothing written: no ptxas for {', '.join(missing)} in the triton wheel "
+              f"({Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'}); install a triton wheel "
+              "with its NVIDIA backend", file=sys.stderr)
+        return 1
     report = run(args.n, args.dtype, args.arch, args.kernel)
     report["violations"] = failures(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@
 
 Steps, in order of what matters most, each with its own time limit (caps sum to 11 minutes;
 about 7 expected on an H200 from the 2026-11-28 runs), every output in one folder
-benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides):
+benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_CHECK_OUT overrides;
+an earlier run's outputs in a reused folder are removed first, see OUTPUTS):
 1. install what the machine lacks from the git-ignored `.whl/` folder, offline
    (`pip install --no-index --find-links .whl`); `make wheels` fills it on a machine with
    network (see WHEELS below). Installed packages are never upgraded or replaced;
@@ -24,7 +25,8 @@ benchmarks/results/gpu_check_<device>_<UTC date>/ (SMOKE: gpu_check_smoke/; GPU_
    fwd+bwd; SMOKE: `--stub-kernels`, launches stubbed, a few calls);
 5. env.json (device, torch, triton, commit, date) and summary.md: what passed, where the
    figures are; the whole folder also as <folder>/<folder name>.tar.gz, rewritten after
-   every step (one file to copy off the machine). Exit status 1 when a step failed.
+   every step (one file to copy off the machine). Exit status 1 when a step failed; Ctrl-C
+   stops the running step, writes the summary of the steps that finished, exit status 130.
 A step past its limit is killed with its whole process group (pytest-xdist workers too).
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cli_args import shape_pair  # noqa: E402
+from cli_args import out_folder, shape_pair  # noqa: E402
 
 ROOT = HERE.parent
 WHEEL_DIR = ROOT / ".whl"
@@ -156,44 +158,26 @@ def _shape_text(text: str) -> str:
     return f"{c}:{t}"
 
 
-def main(argv=None) -> int:
-    import argparse
+# what a run writes into its folder: removed first from a reused folder (GPU_CHECK_OUT, the
+# SMOKE folder), so a step that fails this time cannot leave an earlier run's figures in it
+OUTPUTS = ("install*.txt", "bench*.txt", "bench*.json", "bench*.md", "sweep_*.txt", "sweep_*.json", "sweep_*.md",
+           "pytest.txt", "host.txt", "env.json", "summary.md", "*.tar.gz", "*.tmp")
 
-    ap = argparse.ArgumentParser(description="GPU tests + benchmarks in one results folder (see module docstring)")
-    # C = 4096 at every token count, the other widths at 16384 tokens: on an H200 one shape took
-    # ~45 s with liger's compiles (results/gpu_h200_20261128), so the full 3 x 3 grid would not
-    # fit the 8 minutes; `--shapes` takes any C:T list
-    ap.add_argument("--shapes", nargs="+", type=_shape_text, help="bench (C, tokens) pairs as C:T (default "
-                    + " ".join(DEFAULT_SHAPES) + "; not with SMOKE=1, whose bench runs one tiny shape)")
-    sweeps = sorted(p.stem for p in HERE.glob("sweep_*.py"))
-    ap.add_argument("--sweeps", nargs="*", choices=sweeps, default=None,
-                    help="which launch sweeps to run (default all: " + " ".join(sweeps) + "; none: --sweeps)")
-    ap.add_argument("--bench-swept-fwd", action="store_true",
-                    help="run the coefficient-forward sweep first and bench with its best config per shape "
-                         "(bench_mhc.py --fwd-configs; the report lists them)")
-    args = ap.parse_args(argv)
-    explicit_sweeps = args.sweeps is not None
-    if args.sweeps is None:
-        args.sweeps = sweeps
-    if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
-        ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
-    smoke = os.environ.get("SMOKE") == "1"
-    if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
-        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
-                 "(bench) in the interpreter and no sweep")
-    args.shapes = args.shapes or DEFAULT_SHAPES
-    env = _env()
-    import torch  # the machine's own torch (CUDA build on a GPU box)
 
-    if not smoke and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run `make gpu-check SMOKE=1` for the CPU smoke run")
-        return 1
-    device = "cpu-interpreter" if smoke else torch.cuda.get_device_name(0).replace(" ", "_").lower()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M")
-    out = Path(os.environ.get("GPU_CHECK_OUT") or HERE / "results" / ("gpu_check_smoke" if smoke
-                                                                       else f"gpu_check_{device}_{stamp}"))
-    out.mkdir(parents=True, exist_ok=True)
-    steps = {"install": install_missing(out, env)}
+def clear_previous(out: Path) -> list[str]:
+    """Delete an earlier run's outputs (OUTPUTS) from out; returns their names. Other files stay."""
+    gone = sorted({f.name for pattern in OUTPUTS for f in out.glob(pattern) if f.is_file()})
+    for name in gone:
+        (out / name).unlink()
+    return gone
+
+
+def run_steps(args, smoke: bool, out: Path, env: dict, steps: dict) -> None:
+    """The check's steps in order, each result added to `steps` as it finishes."""
+    gone = clear_previous(out)
+    if gone:
+        print(f"gpu_check: removed {len(gone)} files of an earlier run from {out}")
+    steps["install"] = install_missing(out, env)
 
     py = sys.executable
 
@@ -204,9 +188,7 @@ def main(argv=None) -> int:
 
     tuned = []
     if args.bench_swept_fwd:
-        # a JSON left in a reused GPU_CHECK_OUT folder by an earlier run must not stand in for this sweep's
-        (out / "sweep_coefficients_fwd.json").unlink(missing_ok=True)
-        sweep("sweep_coefficients_fwd")
+        sweep("sweep_coefficients_fwd")  # (an earlier run's JSON was removed by clear_previous)
         if _has_best(out / "sweep_coefficients_fwd.json"):  # else the bench keeps the library's configs
             tuned = ["--fwd-configs", str(out / "sweep_coefficients_fwd.json")]
     bench = [py, str(HERE / "bench_mhc.py"), "--out", str(out), "--stem", "bench", *tuned]
@@ -237,21 +219,96 @@ def main(argv=None) -> int:
     host += ["--stub-kernels", "--calls", "5", "--rounds", "2"] if smoke else []
     steps["host"] = _run(host, out / "host.txt", LIMITS_S["host"], env)
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+def write_summary(out: Path, steps: dict, device: str, smoke: bool, interrupted: bool = False) -> None:
+    """env.json and summary.md of the steps run so far (an interrupted run says so), and the
+    folder's .tar.gz."""
+    import torch
+
+    try:  # a copy of the tree without git (or without .git) still gets its summary
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    commit = commit or "unknown (no git here)"
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
             "device": device, "smoke": smoke, "torch": torch.__version__, "python": sys.version.split()[0],
             "triton": getattr(importlib.util.find_spec("triton"), "name", None) and __import__("triton").__version__,
-            "cuda": torch.version.cuda, "steps": steps}
+            "cuda": torch.version.cuda, "steps": steps, "interrupted": interrupted}
     (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
     lines = [f"# gpu_check {'(SMOKE: CPU interpreter, times meaningless)' if smoke else ''}", "",
              f"{info['date']}, commit {commit[:10]}, device {device}, torch {info['torch']}, triton {info['triton']}",
              "", "| step | ok | rc | seconds | log |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {'yes' if v['ok'] else 'NO'} | {v['rc']} | {v['seconds']} | {v['log']} |" for k, v in steps.items()]
+    lines += ["", "**Interrupted** (Ctrl-C) during the step after the last one above: the later steps did not run."] \
+        if interrupted else []
     lines += ["", "Benchmark figures: bench.md / bench.json (copy bandwidth measured in the same process); "
               "sweeps in sweep_*.md / .json; host cost per call: bench_host_overhead.md / .json."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"results in {out} (all in one file: {archive(out).name})")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="GPU tests + benchmarks in one results folder (see module docstring)")
+    # C = 4096 at every token count, the other widths at 16384 tokens: on an H200 one shape took
+    # ~45 s with liger's compiles (results/gpu_h200_20261128), so the full 3 x 3 grid would not
+    # fit the 8 minutes; `--shapes` takes any C:T list
+    ap.add_argument("--shapes", nargs="+", type=_shape_text, help="bench (C, tokens) pairs as C:T (default "
+                    + " ".join(DEFAULT_SHAPES) + "; not with SMOKE=1, whose bench runs one tiny shape)")
+    sweeps = sorted(p.stem for p in HERE.glob("sweep_*.py"))
+    ap.add_argument("--sweeps", nargs="*", choices=sweeps, default=None,
+                    help="which launch sweeps to run (default all: " + " ".join(sweeps) + "; none: --sweeps)")
+    ap.add_argument("--bench-swept-fwd", action="store_true",
+                    help="run the coefficient-forward sweep first and bench with its best config per shape "
+                         "(bench_mhc.py --fwd-configs; the report lists them)")
+    args = ap.parse_args(argv)
+    explicit_sweeps = args.sweeps is not None
+    if args.sweeps is None:
+        args.sweeps = sweeps
+    if args.bench_swept_fwd and "sweep_coefficients_fwd" not in args.sweeps:
+        ap.error("--bench-swept-fwd needs the sweep_coefficients_fwd sweep (leave it in --sweeps)")
+    if os.environ.get("SMOKE", "") not in ("", "0", "1"):
+        ap.error(f"SMOKE must be 1 (CPU smoke run), 0 or unset (CUDA run), got {os.environ['SMOKE']!r}")
+    smoke = os.environ.get("SMOKE") == "1"
+    if smoke and (args.shapes or args.bench_swept_fwd or explicit_sweeps):
+        ap.error("--shapes, --sweeps and --bench-swept-fwd set the CUDA run; SMOKE=1 runs one tiny shape "
+                 "(bench) in the interpreter and no sweep")
+    repeated = sorted({c for c in args.shapes or () if args.shapes.count(c) > 1})
+    if repeated:  # bench_mhc refuses them: the whole bench step would fail on the GPU
+        ap.error(f"--shapes repeats {' '.join(repeated)}: each shape is benchmarked once")
+    args.shapes = args.shapes or DEFAULT_SHAPES
+    out_env = os.environ.get("GPU_CHECK_OUT")
+    if out_env:
+        try:
+            out_folder(out_env)
+        except argparse.ArgumentTypeError as e:
+            ap.error(f"GPU_CHECK_OUT: {e}")
+    missing = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"gpu_check: {' and '.join(missing)} not importable by {sys.executable}; run it with a Python "
+              "that has them: `make gpu-check GPU_PY=/path/to/python` (`make gpu-check SMOKE=1` alone uses .venv, "
+              "which it creates)", file=sys.stderr)
+        return 1
+    env = _env()
+    import torch  # the machine's own torch (CUDA build on a GPU box)
+
+    if not smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run `make gpu-check SMOKE=1` for the CPU smoke run")
+        return 1
+    device = "cpu-interpreter" if smoke else torch.cuda.get_device_name(0).replace(" ", "_").lower()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M")
+    out = Path(os.environ.get("GPU_CHECK_OUT") or HERE / "results" / ("gpu_check_smoke" if smoke
+                                                                       else f"gpu_check_{device}_{stamp}"))
+    out.mkdir(parents=True, exist_ok=True)
+    steps = {}
+    try:
+        run_steps(args, smoke, out, env, steps)
+    except KeyboardInterrupt:
+        write_summary(out, steps, device, smoke, interrupted=True)
+        return 130
+    write_summary(out, steps, device, smoke)
     return 0 if all(v["ok"] for v in steps.values()) else 1
 
 

@@ -146,11 +146,19 @@ def environment(device: torch.device, repo: Path) -> dict:
     }
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a run killed
+    mid-write (a step past its time limit) leaves the previous complete file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_reports(results: list[dict], env: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    js.write_text(json.dumps({**env, "results": results}, indent=1) + "\n")
-    md.write_text(markdown(results, env) + "\n")
+    write_text_atomic(js, json.dumps({**env, "results": results}, indent=1) + "\n")
+    write_text_atomic(md, markdown(results, env) + "\n")
     return js, md
 
 

@@ -113,7 +113,9 @@ def _plan(shapes, candidates, device):
     return plan
 
 
-def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict]:
+def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print, on_row=None) -> list[dict]:
+    """Rows of every (shape, config) in _plan's order; on_row(rows) after each one (the
+    reports are rewritten then, so a run killed at its time limit keeps what it measured)."""
     data = {}
     rows, t_start = [], time.perf_counter()
     for (n, c, t), label, cfg in _plan(shapes, candidates, device):
@@ -149,6 +151,8 @@ def sweep(shapes, candidates, device, budget_s=BUDGET_S, log=print) -> list[dict
         log(f"n={n} C={c} T={t} {label:4s} BT={cfg.block_t} BK={cfg.block_k} w={cfg.num_warps} "
             f"st={cfg.num_stages} S={cfg.splits}: {row['ms'] if row['ms'] is None else round(row['ms'], 4)} ms "
             f"err={row['max_err']} {row['error']}")
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -209,13 +213,17 @@ def main(argv=None) -> int:
             raise SystemExit("no CUDA device: run with --interpret-smoke for the CPU interpreter check")
         device, shapes, candidates = torch.device("cuda"), GPU_SHAPES, GPU_CANDIDATES
     t0 = time.perf_counter()
-    rows = sweep(shapes, candidates, device, budget_s=args.budget_s)
     env = harness.environment(device, ROOT)
-    env["sweep_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = dict(env=env, tol=TOL, rows=rows, best=best(rows))
-    (args.out / "sweep_coefficients_fwd.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "sweep_coefficients_fwd.md").write_text(markdown(rows, env))
+
+    def write(rows):
+        env["sweep_s"] = round(time.perf_counter() - t0, 1)
+        report = dict(env=env, tol=TOL, rows=rows, best=best(rows))
+        harness.write_text_atomic(args.out / "sweep_coefficients_fwd.json", json.dumps(report, indent=1) + "\n")
+        harness.write_text_atomic(args.out / "sweep_coefficients_fwd.md", markdown(rows, env))
+
+    rows = sweep(shapes, candidates, device, budget_s=args.budget_s, on_row=write)
+    write(rows)
     wrong = [r for r in rows if r["error"] and not r["error"].startswith("skipped")]
     skipped = len([r for r in rows if r["error"].startswith("skipped")])
     print(f"{len(rows)} candidates in {env['sweep_s']} s, {len(wrong)} wrong or failed, {skipped} skipped "

@@ -106,7 +106,9 @@ def _time(fn, device, smoke: bool) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def sweep(device: torch.device, smoke: bool, log=print) -> dict:
+def sweep(device: torch.device, smoke: bool, log=print, on_row=None) -> dict:
+    """The report; on_row(report so far) after each row (the reports are rewritten then, so
+    a run killed at its time limit keeps what it measured)."""
     dtype = torch.float32 if smoke else torch.bfloat16
     e = torch.empty((), dtype=dtype).element_size()
     shapes = SMOKE_SHAPES if smoke else GPU_SHAPES
@@ -114,6 +116,11 @@ def sweep(device: torch.device, smoke: bool, log=print) -> dict:
     copy = harness.copy_bandwidth_gbps(device, (1 << 20) if smoke else (1 << 30))
     check_tokens = 4 if smoke else 64
     t_start, rows = time.perf_counter(), []
+    env = harness.environment(device, ROOT)
+
+    def report():
+        return dict(env=env, copy_gbps=round(copy, 1), smoke=smoke, seconds=round(time.perf_counter() - t_start, 1),
+                    check_tokens=check_tokens, rows=rows)
     for n, c, t in shapes:
         default = pr.bwd_config(n, c)
         cands = [default] + [k for k in bwd_cands if k != default]
@@ -150,9 +157,9 @@ def sweep(device: torch.device, smoke: bool, log=print) -> dict:
             rows.append(row)
             log(f"{mode} n={n} C={c} T={t} {row['config']} ms={row['ms']} %copy={row['pct_copy']} "
                 f"err={row['max_rel_err']} {row['note']}")
-    env = harness.environment(device, ROOT)
-    return dict(env=env, copy_gbps=round(copy, 1), smoke=smoke, seconds=round(time.perf_counter() - t_start, 1),
-                check_tokens=check_tokens, rows=rows)
+            if on_row is not None:
+                on_row(report())
+    return report()
 
 
 def _cfg_text(mode: str, cfg: dict) -> str:
@@ -219,10 +226,14 @@ def main(argv=None) -> int:
         device = torch.device("cuda")
     else:
         ap.error("no CUDA device: run on a GPU, or pass --interpret-smoke")
-    report = sweep(device, args.interpret_smoke)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep_post_residual_bwd.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "sweep_post_residual_bwd.md").write_text(markdown(report))
+
+    def write(report):
+        harness.write_text_atomic(args.out / "sweep_post_residual_bwd.json", json.dumps(report, indent=1) + "\n")
+        harness.write_text_atomic(args.out / "sweep_post_residual_bwd.md", markdown(report))
+
+    report = sweep(device, args.interpret_smoke, on_row=write)
+    write(report)
     bad = [r for r in report["rows"] if not r["ok"] and not r["note"].startswith("skipped")]
     print(f"{len(report['rows'])} rows, {len(bad)} failed checks -> {args.out}/sweep_post_residual_bwd.md")
     return 1 if bad else 0

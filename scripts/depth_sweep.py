@@ -185,7 +185,22 @@ def parse_args(argv=None):
     args.backend = args.backend or default_backend()
     if args.out is None:
         args.out = os.path.join("runs", f"{'quick' if args.quick else 'full'}-{args.backend}-{args.task}")
+    problem = _not_a_folder(args.out)
+    if problem:
+        p.error(f"--out expected a sweep folder (existing, or one to create), got {args.out!r}, {problem}")
     return args
+
+
+def _not_a_folder(path: str) -> str | None:
+    """Why `path` cannot become the sweep folder (a file there or on its path), or None."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"but {existing!r} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"but {existing!r} is not writable"
+    return None
 
 
 def _resolve_task_shape(p, args) -> None:

@@ -146,3 +146,18 @@ def test_refused_resume_writes_nothing(tmp_path):
     assert {name: (run / name).read_bytes() for name in before} == before  # config.json and metrics unchanged
     assert not (out / "hc-L1").exists()  # refused before the first run (hc) was started
     assert (out / "summary.json").read_bytes() == summary
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_that_cannot_be_a_folder_is_a_usage_error(where, tmp_path, capsys):
+    """--out naming a file, or a path under a file, is refused before any run (it used to
+    raise FileExistsError / NotADirectoryError from makedirs)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    out = blocker if where == "file" else blocker / "sweep"
+    with pytest.raises(SystemExit) as e:
+        depth_sweep.parse_args(["--out", str(out)])
+    assert e.value.code == 2
+    assert f"--out expected a sweep folder (existing, or one to create), got {str(out)!r}, but {str(blocker)!r} " \
+           "is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "keep"

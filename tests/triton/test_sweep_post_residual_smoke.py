@@ -33,3 +33,36 @@ def test_sweep_post_residual_interpret_smoke(tmp_path):
         assert 0 <= r["max_rel_err"] <= 1e-5, r  # float32 in the smoke run
     md = (tmp_path / "sweep_post_residual_bwd.md").read_text()
     assert "## bwd, n = 4" in md and "## fwd, n = 4" in md and "(default)" in md
+
+
+@pytest.mark.parametrize("script,stem", [("sweep_post_residual_bwd", "sweep_post_residual_bwd"),
+                                         ("sweep_coefficients_fwd", "sweep_coefficients_fwd")])
+def test_sweep_stopped_midway_keeps_the_rows_it_measured(script, stem, monkeypatch, tmp_path):
+    """A sweep stopped during its second timing (Ctrl-C here; gpu_check's time limit kills it
+    the same way) leaves complete reports holding the first row: they used to be written only
+    at the end, so a sweep past gpu_check's cap lost every figure."""
+    import importlib
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter rehearsal of a GPU sweep")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mod = importlib.import_module(script)
+    timed = []
+    real_time = mod._time
+
+    def stop_at_second(*args, **kwargs):
+        if timed:
+            raise KeyboardInterrupt
+        timed.append(1)
+        return real_time(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "_time", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(["--interpret-smoke", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / f"{stem}.json").read_text())
+    timed_rows = [r for r in report["rows"] if r["ms"] is not None]
+    assert len(timed_rows) == 1 and timed_rows[0]["ms"] > 0, report["rows"]
+    assert (tmp_path / f"{stem}.md").read_text().strip()
+    assert not list(tmp_path.glob("*.tmp"))

@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cli_args import non_negative_float, positive_int  # noqa: E402
+from cli_args import non_negative_float, out_file, positive_int  # noqa: E402
 
 
 def profile_step(tokens: int, n: int, c: int, layer: str, steps: int,
@@ -77,11 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", choices=("identity", "mlp"), default="identity")
     ap.add_argument("--steps", type=positive_int, default=10)
     ap.add_argument("--min-ms", type=non_negative_float, default=0.05, help="leave out events below this (ms per step)")
-    ap.add_argument("--out", type=Path, help="also write the table to this .md file")
+    ap.add_argument("--out", type=out_file, help="also write the table to this .md file")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
-    if args.out is not None and args.out.is_dir():
-        ap.error(f"--out must name a file, got the directory {args.out}")
     rows, wall = profile_step(args.tokens, args.n, args.dim, args.layer, args.steps, args.min_ms)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()

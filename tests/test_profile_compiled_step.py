@@ -34,4 +34,4 @@ def test_profile_bad_arguments(argv, match, capsys):
 def test_profile_out_that_is_a_directory_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         profile_compiled_step.main(["--out", str(tmp_path)])
-    assert info.value.code == 2 and "must name a file" in capsys.readouterr().err
+    assert info.value.code == 2 and "which is a folder" in capsys.readouterr().err

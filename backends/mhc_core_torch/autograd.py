@@ -55,6 +55,18 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _unshared(out: np.ndarray, saved: tuple) -> np.ndarray:
+    """`out` as a contiguous array sharing no memory with the saved arrays: a copy where
+    it is a view of one (res is a view of Sinkhorn's last saved iterate for one token or
+    n = 1). Saved and output tensors made by `torch.from_numpy` have separate version
+    counters, so an in-place change of a shared output would silently alter what the
+    backward reads."""
+    out = np.ascontiguousarray(out)
+    if any(np.may_share_memory(out, a) for a in saved):
+        return out.copy()
+    return out
+
+
 def _tensors(arrays, dtypes) -> tuple:
     """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches)."""
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
@@ -78,7 +90,7 @@ class Coefficients(torch.autograd.Function):
             # saved as tensors (zero-copy) so saved-tensor hooks see them (checkpointing drops
             # them, memory accounting counts them)
             ctx.save_for_backward(x, phi, bias, alpha, *(torch.from_numpy(np.asarray(a)) for a in saved))
-            return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
+            return tuple(torch.from_numpy(_unshared(o, saved)) for o in outs)
         outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
         ctx.save_for_backward(x, phi, bias, alpha, *saved)
         return outs

@@ -1,0 +1,152 @@
+"""The eager CPU path (mhc_core on numpy views of the tensors) under hostile use: outputs
+changed in place, several graphs alive at once, threads, input dtypes and layouts. Each
+result is compared with autograd through the spec's plain torch ops (mhc_core on torch
+tensors, float64) or with the same Function run on torch tensors."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import mhc_core
+from mhc_core_torch import autograd as ag
+
+
+def _leaves(n=4, c=8, lead=(2, 3), seed=0, x_dtype=torch.float64, param_dtype=torch.float64, res_scale=1.0):
+    """x [*lead, n, C] random; phi / bias random, their res columns scaled by res_scale
+    (0: equal res logits, which stop Sinkhorn at a fixed point at once)."""
+    rng = np.random.default_rng(seed)
+    m = n * n + 2 * n
+    phi, bias = rng.normal(0.0, 0.5, (n * c, m)), rng.normal(0.0, 0.5, m)
+    phi[:, 2 * n :] *= res_scale
+    bias[2 * n :] *= res_scale
+    vals = (rng.normal(size=lead + (n, c)), phi, bias, np.array([0.7, 0.9, 1.1]))
+    dtypes = (x_dtype, param_dtype, param_dtype, param_dtype)
+    return [torch.tensor(v, dtype=dt, requires_grad=True) for v, dt in zip(vals, dtypes)]
+
+
+def _weights(shapes, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+
+
+def _spec_coefficients_grads(leaves, weights, res_factor=1.0, iters=20):
+    """Outputs and gradients of sum(w * out) (res scaled by res_factor) through the spec's
+    plain torch ops in float64."""
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    pre, post, res = mhc_core.coefficients(*leaves64, variant="mhc", iters=iters)
+    loss = (pre * weights[0]).sum() + (post * weights[1]).sum() + (res * res_factor * weights[2]).sum()
+    return (pre, post, res), torch.autograd.grad(loss, leaves64)
+
+
+@pytest.mark.parametrize("n,lead", [(4, (1,)), (4, (1, 1)), (1, (2, 3)), (3, (2, 3))])
+def test_res_changed_in_place_does_not_alter_the_saved_iterates(monkeypatch, assert_close, n, lead):
+    """One token (or n = 1) makes res a view of Sinkhorn's last iterate, which the backward
+    reads: the output must not share it, or res.mul_() silently changes the gradient."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    leaves = _leaves(n=n, lead=lead)
+    pre, post, res = ag.coefficients(*leaves, variant="mhc")
+    weights = _weights([pre.shape, post.shape, res.shape])
+    res.mul_(2.0)
+    loss = (pre * weights[0]).sum() + (post * weights[1]).sum() + (res * weights[2]).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    _, want = _spec_coefficients_grads(leaves, weights, res_factor=2.0)
+    for got, ref, name in zip(grads, want, ("dx", "dphi", "dbias", "dalpha")):
+        assert_close(got, ref, 1e-12, case=f"n={n} lead={lead} {name}")
+
+
+def _step_grads(leaves, numpy_path: bool, monkeypatch, x_view=lambda x: x):
+    """out and the gradients of sum(w * out) for the step around tanh, on numpy views or
+    on torch tensors."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20 if numpy_path else 0)
+    out = ag.step(x_view(leaves[0]), torch.tanh, *leaves[1:], variant="mhc")
+    (w,) = _weights([out.shape], seed=2)
+    return out.detach(), torch.autograd.grad((out.double() * w).sum(), leaves)
+
+
+@pytest.mark.parametrize("x_dtype,param_dtype,tol", [
+    (torch.float64, torch.float64, 1e-12), (torch.float32, torch.float32, 1e-5),
+    (torch.bfloat16, torch.float32, 1e-5), (torch.float16, torch.float32, 1e-5),
+    (torch.bfloat16, torch.bfloat16, 1e-5), (torch.float32, torch.float64, 1e-5)])
+def test_numpy_views_give_the_torch_path_numbers_for_every_dtype(monkeypatch, assert_close, x_dtype, param_dtype,
+                                                                  tol):
+    """Same outputs and gradients (to rounding, in the output's dtype) and the same dtypes."""
+    leaves = _leaves(x_dtype=x_dtype, param_dtype=param_dtype)
+    out_np, grads_np = _step_grads(leaves, True, monkeypatch)
+    out_t, grads_t = _step_grads(leaves, False, monkeypatch)
+    assert out_np.dtype == out_t.dtype == x_dtype
+    for got, want, name in zip((out_np,) + grads_np, (out_t,) + grads_t, ("out", "dx", "dphi", "dbias", "dalpha")):
+        assert got.dtype == want.dtype, name
+        assert_close(got, want, tol, case=f"{x_dtype} {param_dtype} {name}")
+
+
+@pytest.mark.parametrize("view", ["transposed", "expanded", "strided"])
+def test_numpy_views_of_non_contiguous_x_give_the_spec_numbers(monkeypatch, assert_close, view):
+    leaves = _leaves(c=8, lead=(3, 2))
+    x_view = {"transposed": lambda x: x.transpose(0, 1),
+              "expanded": lambda x: x[:1].expand(4, 2, 4, 8),
+              "strided": lambda x: x[..., ::2]}[view]
+    if view == "strided":
+        leaves[1] = leaves[1].detach()[: 4 * 4].clone().requires_grad_()  # phi for C = 4
+    out_np, grads_np = _step_grads(leaves, True, monkeypatch, x_view)
+    leaves64 = [t.detach().clone().requires_grad_() for t in leaves]
+    out = mhc_core.step(x_view(leaves64[0]), torch.tanh, *leaves64[1:], variant="mhc")
+    (w,) = _weights([out.shape], seed=2)
+    want = torch.autograd.grad((out * w).sum(), leaves64)
+    for got, ref, name in zip((out_np,) + grads_np, (out.detach(),) + want, ("out", "dx", "dphi", "dbias", "dalpha")):
+        assert_close(got, ref, 1e-12, case=f"{view} {name}")
+
+
+@pytest.mark.parametrize("res_scale", [0.0, 1.0])
+def test_graphs_alive_together_and_backward_in_reverse_order(monkeypatch, assert_close, res_scale):
+    """Four forwards alive at once (their Sinkhorn iterates held by saved tensors), many
+    forwards recycling the pool in between, then backwards newest first: each gradient
+    equals the spec's."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    runs = [_leaves(seed=k, res_scale=res_scale) for k in range(4)]
+    outs = [ag.coefficients(*leaves, variant="mhc") for leaves in runs]
+    for _ in range(20):
+        pre, post, res = ag.coefficients(*runs[0], variant="mhc")
+        torch.autograd.grad(res.sum() + pre.sum(), runs[0])
+    for k in reversed(range(4)):
+        weights = _weights([o.shape for o in outs[k]], seed=k)
+        loss = sum((o * w).sum() for o, w in zip(outs[k], weights))
+        got = torch.autograd.grad(loss, runs[k])
+        _, want = _spec_coefficients_grads(runs[k], weights)
+        for g, ref, name in zip(got, want, ("dx", "dphi", "dbias", "dalpha")):
+            assert_close(g, ref, 1e-12, case=f"run {k} {name}")
+
+
+def test_threads_running_forward_and_backward_get_their_own_numbers(monkeypatch):
+    """Threads share the iterate pool: each thread's outputs and gradients equal those of
+    the same call made alone, bit for bit, while other threads run forwards and backwards."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    runs = [_leaves(seed=k, res_scale=0.0 if k % 2 else 1.0) for k in range(4)]
+
+    def forward_backward(k):
+        pre, post, res = ag.coefficients(*runs[k], variant="mhc")
+        other = ag.coefficients(*runs[(k + 1) % 4], variant="mhc")  # a second graph alive  # noqa: F841
+        weights = _weights([pre.shape, post.shape, res.shape], seed=k)
+        loss = sum((o * w).sum() for o, w in zip((pre, post, res), weights))
+        return [pre.detach(), post.detach(), res.detach(), *torch.autograd.grad(loss, runs[k])]
+
+    alone = [forward_backward(k) for k in range(4)]
+    mismatches, errors = [], []
+
+    def worker(k):
+        try:
+            for _ in range(30):
+                if not all(torch.equal(a, b) for a, b in zip(forward_backward(k), alone[k])):
+                    mismatches.append(k)
+        except Exception as err:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert not mismatches, f"threads with other numbers than alone: {sorted(set(mismatches))}"

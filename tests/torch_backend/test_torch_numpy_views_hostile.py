@@ -150,3 +150,23 @@ def test_threads_running_forward_and_backward_get_their_own_numbers(monkeypatch)
         t.join()
     assert not errors, errors
     assert not mismatches, f"threads with other numbers than alone: {sorted(set(mismatches))}"
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+@pytest.mark.parametrize("n,res_scale", [(4, 0.0), (4, 1e-30), (4, 30.0), (1, 1.0)])
+def test_sinkhorn_fixed_point_stop_edges_give_the_spec_numbers(monkeypatch, assert_close, iters, eps, n, res_scale):
+    """Few iterations around the every-4-steps stop check, the log-domain eps = 0 path,
+    equal / tiny / large res logits and one stream: the numpy path's outputs and
+    gradients equal autograd through the spec's plain ops (no early stop)."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    leaves = _leaves(n=n, res_scale=res_scale)
+    outs = ag.coefficients(*leaves, variant="mhc", iters=iters, sinkhorn_eps=eps)
+    weights = _weights([o.shape for o in outs])
+    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), leaves)
+    leaves64 = [t.detach().clone().requires_grad_() for t in leaves]
+    ref = mhc_core.coefficients(*leaves64, variant="mhc", iters=iters, sinkhorn_eps=eps)
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), leaves64)
+    names = ("pre", "post", "res", "dx", "dphi", "dbias", "dalpha")
+    for g, r, name in zip(tuple(outs) + got, tuple(ref) + want, names):
+        assert_close(g, r, 1e-10, case=f"iters={iters} eps={eps} n={n} scale={res_scale} {name}")

@@ -170,3 +170,39 @@ def test_sinkhorn_fixed_point_stop_edges_give_the_spec_numbers(monkeypatch, asse
     names = ("pre", "post", "res", "dx", "dphi", "dbias", "dalpha")
     for g, r, name in zip(tuple(outs) + got, tuple(ref) + want, names):
         assert_close(g, r, 1e-10, case=f"iters={iters} eps={eps} n={n} scale={res_scale} {name}")
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy-views", "torch"])
+def test_module_parameters_survive_an_fsdp_style_free_and_regather(monkeypatch, assert_close, numpy_path):
+    """FSDP frees a parameter's storage after the forward (resize to 0) and re-gathers it
+    before the backward: the module's parameters must be in resizable (torch-owned) memory,
+    and the gradients afterwards equal the spec's."""
+    from mhc_core_torch.history import HistorySkip
+    from mhc_core_torch.modules import MHC
+
+    module = MHC(torch.nn.Tanh(), 4, 8, impl="reference")
+    for p in [*module.parameters(), *HistorySkip(3).parameters()]:  # as constructed
+        assert p.untyped_storage().resizable()
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20 if numpy_path else 0)
+    module = module.double()
+    x = torch.tensor(np.random.default_rng(0).normal(size=(2, 3, 4, 8)), requires_grad=True)
+    out = module(x)
+    params = list(module.parameters())
+    gathered = [p.detach().clone() for p in params]
+    for p in params:  # free, then re-gather without a version bump (as FSDP does)
+        assert p.untyped_storage().resizable()
+        nbytes = p.untyped_storage().nbytes()
+        p.untyped_storage().resize_(0)
+        p.untyped_storage().resize_(nbytes)
+    with torch.no_grad():
+        for p, g in zip(params, gathered):
+            with torch.autograd._unsafe_preserve_version_counter(p):
+                p.copy_(g)
+    (w,) = _weights([out.shape], seed=2)
+    got = torch.autograd.grad((out * w).sum(), [x, *params])
+    leaves = [x.detach().clone().requires_grad_()] + [g.clone().requires_grad_() for g in gathered]
+    ref = mhc_core.step(leaves[0], torch.tanh, *leaves[1:], variant="mhc")
+    want = torch.autograd.grad((ref * w).sum(), leaves)
+    assert_close(out, ref, 1e-12, case="out")
+    for g, r, name in zip(got, want, ("dx", "dphi", "dbias", "dalpha")):
+        assert_close(g, r, 1e-12, case=name)

@@ -206,3 +206,27 @@ def test_module_parameters_survive_an_fsdp_style_free_and_regather(monkeypatch, 
     assert_close(out, ref, 1e-12, case="out")
     for g, r, name in zip(got, want, ("dx", "dphi", "dbias", "dalpha")):
         assert_close(g, r, 1e-12, case=name)
+
+
+def test_leaf_inputs_get_gradients_in_torch_memory(monkeypatch, assert_close):
+    """A leaf input (x a learned parameter, or the mixing functions called on leaves) may
+    keep the backward's gradient tensor itself as its .grad: on the numpy path that must be
+    a resizable torch-owned tensor, with the spec's numbers, and accumulate correctly."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    rng = np.random.default_rng(4)
+    shapes = ((2, 3, 4, 8), (2, 3, 4), (2, 3, 8), (2, 3, 4), (2, 3, 4, 4))  # x, pre, y, post, res
+    leaves = [torch.nn.Parameter(torch.tensor(rng.normal(size=s))) for s in shapes]
+    x, pre, y, post, res = leaves
+    mix_params = _leaves()[1:]
+    for _ in range(2):  # the second backward accumulates into the .grad the first left
+        coeffs = ag.coefficients(x, *mix_params, variant="mhc")
+        loss = (ag.pre_aggregate(x, pre) ** 2).sum() + (ag.post_residual(x, y, post, res) ** 2).sum()
+        (loss + sum((c ** 2).sum() for c in coeffs)).backward()
+    for t, name in zip(leaves, ("x", "pre", "y", "post", "res")):
+        assert t.grad.untyped_storage().resizable(), name
+    ref = [t.detach().clone().requires_grad_() for t in leaves]
+    coeffs = mhc_core.coefficients(ref[0], *(p.detach() for p in mix_params), variant="mhc")
+    loss = (mhc_core.pre_aggregate(ref[0], ref[1]) ** 2).sum() + (mhc_core.post_residual(*ref[:1], *ref[2:]) ** 2).sum()
+    want = torch.autograd.grad(loss + sum((c ** 2).sum() for c in coeffs), ref)
+    for t, w, name in zip(leaves, want, ("x", "pre", "y", "post", "res")):
+        assert_close(t.grad, 2 * w, 1e-12, case=f"d/d{name}")

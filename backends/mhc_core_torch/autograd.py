@@ -18,6 +18,10 @@ run the same mhc_core functions on numpy views of the tensors (zero-copy in floa
 float64; other dtypes are converted to the compute dtype, float32, first). Set
 `NUMPY_MAX_ELEMENTS = 0` to keep them on torch. Under `torch.compile` (and on any other
 device) they run on torch tensors, so the graph is traced and fused as usual.
+
+Under forward-mode AD (`torch.autograd.forward_ad`) and torch.func transforms (grad,
+vmap, jvp, jacrev, ...), which these nodes have no rules for, the entry points run
+mhc_core's plain torch ops instead (the same math; torch differentiates / batches it).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 import mhc_core
 from mhc_core import checks
@@ -38,6 +43,14 @@ _NUMPY_OPS = mhc_core.namespace(np.zeros(1))
 
 def _runs_on_numpy(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+
+
+def _transformed() -> bool:
+    """Whether a forward-mode AD level or a torch.func transform is active (never true
+    while torch.compile traces: dynamo handles those transforms itself)."""
+    if torch.compiler.is_compiling():
+        return False
+    return _forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -76,7 +89,8 @@ def _tensors(arrays, dtypes, owned=None) -> tuple:
 
 
 def _leaf_flags(*tensors) -> tuple:
-    """Which inputs are leaves that require grad: autograd may keep the gradient tensor
+    """Which inputs are leaves that require grad (eager only: dynamo cannot trace grad_fn):
+    autograd may keep the gradient tensor
     itself as their .grad, which must then be in torch-owned memory (optimizers and FSDP
     resize or reuse a .grad's storage; a numpy-backed one cannot be resized)."""
     return tuple(t.requires_grad and t.grad_fn is None for t in tensors)
@@ -96,7 +110,7 @@ class Coefficients(torch.autograd.Function):
         ctx.variant, ctx.cfg = variant, cfg
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
         ctx.on_numpy = _runs_on_numpy(x)
-        ctx.leaves = _leaf_flags(x)
+        ctx.leaves = _leaf_flags(x) if ctx.on_numpy else None
         # the inputs first (x also so an in-place change is caught; all four for a gradient
         # of the gradient, see backward), then what coefficients_backward needs
         if ctx.on_numpy:
@@ -145,7 +159,7 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
-        ctx.leaves = _leaf_flags(x, pre)
+        ctx.leaves = _leaf_flags(x, pre) if _runs_on_numpy(x) else None
         if _runs_on_numpy(x):
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
@@ -168,7 +182,7 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
-        ctx.leaves = _leaf_flags(x, y, post, res)
+        ctx.leaves = _leaf_flags(x, y, post, res) if _runs_on_numpy(x) else None
         if _runs_on_numpy(x):
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
@@ -187,10 +201,11 @@ class PostResidual(torch.autograd.Function):
 
 def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
     """`mhc_core.coefficients` (same checks, same numbers) recorded as one autograd node.
-    'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops."""
+    'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops, as
+    it does for every variant under forward-mode AD or a torch.func transform."""
     variant, full = checks.coefficient_call(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias, alpha,
                                             variant, cfg)
-    if variant == "mhc-lite":
+    if variant == "mhc-lite" or _transformed():
         return mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **full)
     return Coefficients.apply(x, phi, bias, alpha, variant, full)
 
@@ -198,12 +213,16 @@ def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
 def pre_aggregate(x, pre):
     """`mhc_core.pre_aggregate` (same checks) as one autograd node: x [..., n, C] -> [..., C]."""
     checks.pre_aggregate_inputs(mhc_core.namespace(x, pre), x, pre)
+    if _transformed():  # forward-mode AD / torch.func: the plain ops (module doc)
+        return mhc_core.pre_aggregate(x, pre)
     return PreAggregate.apply(x, pre)
 
 
 def post_residual(x, y, post, res):
     """`mhc_core.post_residual` (same checks) as one autograd node -> [..., n, C]."""
     checks.post_residual_inputs(mhc_core.namespace(x, y, post, res), x, y, post, res)
+    if _transformed():  # forward-mode AD / torch.func: the plain ops (module doc)
+        return mhc_core.post_residual(x, y, post, res)
     return PostResidual.apply(x, y, post, res)
 
 

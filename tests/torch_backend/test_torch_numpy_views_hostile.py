@@ -230,3 +230,50 @@ def test_leaf_inputs_get_gradients_in_torch_memory(monkeypatch, assert_close):
     want = torch.autograd.grad(loss + sum((c ** 2).sum() for c in coeffs), ref)
     for t, w, name in zip(leaves, want, ("x", "pre", "y", "post", "res")):
         assert_close(t.grad, 2 * w, 1e-12, case=f"d/d{name}")
+
+
+# torch's own forward-AD decompositions call torch.jit.script, which warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy-views", "torch"])
+def test_torch_func_transforms_and_forward_ad_run_the_spec(monkeypatch, assert_close, numpy_path):
+    """torch.func.grad / vmap / jvp, forward-mode AD and per-sample gradients
+    (vmap(grad(functional_call))) over the step: the autograd nodes have no rules for them,
+    so the entry points run the spec's plain ops. Each result is checked against an
+    independent computation: autograd through the nodes, a loop, float64 central differences."""
+    from torch.autograd import forward_ad
+
+    from mhc_core_torch.modules import MHC
+
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20 if numpy_path else 0)
+    x, phi, bias, alpha = (t.detach() for t in _leaves(lead=(3, 2)))
+    tangent = _weights([x.shape], seed=3)[0]
+
+    def step(x_, phi_=phi):
+        return ag.step(x_, torch.tanh, phi_, bias, alpha, variant="mhc")
+
+    x_leaf = x.clone().requires_grad_()
+    (want_grad,) = torch.autograd.grad(step(x_leaf).pow(2).sum(), x_leaf)  # through the nodes
+    assert_close(torch.func.grad(lambda x_: step(x_).pow(2).sum())(x), want_grad, 1e-12, case="func.grad")
+    assert_close(torch.func.vmap(step)(x), step(x), 1e-12, case="vmap over x")
+    phis = torch.stack([phi, 0.5 * phi])
+    assert_close(torch.func.vmap(lambda p: step(x, p))(phis), torch.stack([step(x, p) for p in phis]), 1e-12,
+                 case="vmap over phi")
+    h = 1e-6
+    central = (step(x + h * tangent) - step(x - h * tangent)) / (2 * h)
+    assert_close(torch.func.jvp(step, (x,), (tangent,))[1], central, 1e-7, case="jvp")
+    with forward_ad.dual_level():
+        dual_out = step(forward_ad.make_dual(x, tangent))
+        assert_close(forward_ad.unpack_dual(dual_out).tangent, central, 1e-7, case="forward AD")
+
+    module = MHC(torch.nn.Linear(8, 8).double(), 4, 8, impl="reference").double()
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def sample_loss(p, xs):
+        return torch.func.functional_call(module, p, (xs[None],)).pow(2).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        module.zero_grad()
+        module(x[i : i + 1]).pow(2).sum().backward()
+        for name, p in module.named_parameters():
+            assert_close(per_sample[name][i], p.grad, 1e-12, case=f"per-sample d/d{name} [{i}]")

@@ -41,8 +41,15 @@ NUMPY_MAX_ELEMENTS = 1 << 40
 _NUMPY_OPS = mhc_core.namespace(np.zeros(1))
 
 
-def _runs_on_numpy(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _runs_on_numpy(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an eager call on x (and the other tensors it reads) runs on numpy views: x
+    on the CPU with at most NUMPY_MAX_ELEMENTS elements, not under torch.compile, and every
+    tensor a plain one (`.numpy()` refuses subclasses: fake tensors, DTensor, ...)."""
+    return (x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+            and all(type(t) in _PLAIN_TENSORS for t in (x, *others)))
 
 
 def _transformed() -> bool:
@@ -109,7 +116,7 @@ class Coefficients(torch.autograd.Function):
     def forward(ctx, x, phi, bias, alpha, variant: str, cfg: dict):
         ctx.variant, ctx.cfg = variant, cfg
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
-        ctx.on_numpy = _runs_on_numpy(x)
+        ctx.on_numpy = _runs_on_numpy(x, phi, bias, alpha)
         ctx.leaves = _leaf_flags(x) if ctx.on_numpy else None
         # the inputs first (x also so an in-place change is caught; all four for a gradient
         # of the gradient, see backward), then what coefficients_backward needs
@@ -130,7 +137,7 @@ class Coefficients(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
             return (*_differentiable_coefficient_grads(ctx, dpre, dpost, dres), None, None)
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.cfg["sinkhorn_eps"], "post_scale": ctx.cfg["post_scale"]}
-        if ctx.on_numpy:
+        if ctx.on_numpy and all(type(g) in _PLAIN_TENSORS for g in (dpre, dpost, dres)):
             saved = tuple(t.numpy() for t in ctx.saved_tensors[4:])  # [0] is x: raises if modified in place
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
             dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
@@ -159,8 +166,8 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
-        ctx.leaves = _leaf_flags(x, pre) if _runs_on_numpy(x) else None
-        if _runs_on_numpy(x):
+        ctx.leaves = _leaf_flags(x, pre) if _runs_on_numpy(x, pre) else None
+        if _runs_on_numpy(x, pre):
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
         return mhc_core.pre_aggregate(x, pre)
@@ -168,7 +175,7 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         x, pre = ctx.saved_tensors
-        if _runs_on_numpy(x) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
+        if _runs_on_numpy(x, pre, dh) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(x)
             grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
             return _tensors(grads, (x.dtype, pre.dtype), ctx.leaves)
@@ -182,8 +189,8 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
-        ctx.leaves = _leaf_flags(x, y, post, res) if _runs_on_numpy(x) else None
-        if _runs_on_numpy(x):
+        ctx.leaves = _leaf_flags(x, y, post, res) if _runs_on_numpy(x, y, post, res) else None
+        if _runs_on_numpy(x, y, post, res):
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
         return mhc_core.post_residual(x, y, post, res)
@@ -191,7 +198,7 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        if _runs_on_numpy(saved[0]) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
+        if _runs_on_numpy(*saved, dout) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
             return _tensors(grads, [a.dtype for a in saved], ctx.leaves)

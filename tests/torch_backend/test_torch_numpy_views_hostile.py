@@ -277,3 +277,45 @@ def test_torch_func_transforms_and_forward_ad_run_the_spec(monkeypatch, assert_c
         module(x[i : i + 1]).pow(2).sum().backward()
         for name, p in module.named_parameters():
             assert_close(per_sample[name][i], p.grad, 1e-12, case=f"per-sample d/d{name} [{i}]")
+
+
+class _TaggedTensor(torch.Tensor):
+    """A do-nothing tensor subclass (as DTensor or a user's tagging subclass would be):
+    `.numpy()` refuses it."""
+
+
+def test_tensor_subclasses_fake_and_meta_tensors_take_the_torch_ops(monkeypatch, assert_close):
+    """A CPU tensor subclass, fake tensors (FakeTensorMode: memory planning, tracing) and
+    the meta device cannot be viewed by numpy: the step runs on torch ops there. A subclass
+    gives the spec's numbers; fake / meta runs give the real run's shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mhc_core_torch.modules import MHC
+
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20)
+    x, phi, bias, alpha = (t.detach() for t in _leaves())
+    tagged = [t.as_subclass(_TaggedTensor).requires_grad_() for t in (x, phi, bias, alpha)]
+    out = ag.step(tagged[0], torch.tanh, *tagged[1:], variant="mhc")
+    (w,) = _weights([out.shape], seed=2)
+    got = torch.autograd.grad((out * w).sum(), tagged)
+    plain = [t.clone().requires_grad_() for t in (x, phi, bias, alpha)]
+    ref = mhc_core.step(plain[0], torch.tanh, *plain[1:], variant="mhc")
+    want = torch.autograd.grad((ref * w).sum(), plain)
+    for g, r, name in zip((out,) + got, (ref,) + want, ("out", "dx", "dphi", "dbias", "dalpha")):
+        assert_close(g.as_subclass(torch.Tensor), r, 1e-12, case=f"subclass {name}")
+
+    real_module = MHC(torch.nn.Linear(8, 8), 4, 8, impl="reference")
+    real_x = x.float().requires_grad_()
+    real_out = real_module(real_x)
+    real_out.sum().backward()
+    with FakeTensorMode():
+        module = MHC(torch.nn.Linear(8, 8), 4, 8, impl="reference")
+        fake_x = torch.empty(x.shape).requires_grad_()
+        fake_out = module(fake_x)
+        fake_out.sum().backward()
+        assert (fake_out.shape, fake_out.dtype) == (real_out.shape, real_out.dtype)
+        assert (fake_x.grad.shape, module.phi.grad.shape) == (real_x.grad.shape, real_module.phi.grad.shape)
+    with torch.device("meta"):
+        module = MHC(torch.nn.Linear(8, 8), 4, 8, impl="reference")
+        meta_out = module(torch.empty(x.shape))
+    assert (meta_out.shape, meta_out.dtype, meta_out.device.type) == (real_out.shape, real_out.dtype, "meta")

@@ -319,3 +319,41 @@ def test_tensor_subclasses_fake_and_meta_tensors_take_the_torch_ops(monkeypatch,
         module = MHC(torch.nn.Linear(8, 8), 4, 8, impl="reference")
         meta_out = module(torch.empty(x.shape))
     assert (meta_out.shape, meta_out.dtype, meta_out.device.type) == (real_out.shape, real_out.dtype, "meta")
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy-views", "torch"])
+@pytest.mark.parametrize("changed", ["x", "phi", "bias", "alpha"])
+def test_inputs_changed_in_place_after_the_forward_make_backward_raise(monkeypatch, numpy_path, changed):
+    """numpy views share x's memory and the parameters are copied: autograd's version
+    check must still refuse a backward after any input changed in place."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20 if numpy_path else 0)
+    x, phi, bias, alpha = _leaves()
+    inputs = {"x": x * 1.0, "phi": phi, "bias": bias, "alpha": alpha}  # x a non-leaf, changeable
+    out = ag.step(inputs["x"], torch.tanh, inputs["phi"], inputs["bias"], inputs["alpha"], variant="mhc")
+    with torch.no_grad():
+        inputs[changed].mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy-views", "torch"])
+def test_no_grad_inference_mode_and_grad_accumulation(monkeypatch, assert_close, numpy_path):
+    """Under no_grad / inference_mode: the spec's numbers and no graph. Two backwards
+    accumulate into .grad: twice the spec's gradient."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 20 if numpy_path else 0)
+    leaves = _leaves()
+    want = mhc_core.step(*(t.detach() for t in leaves[:1]), torch.tanh, *(t.detach() for t in leaves[1:]),
+                         variant="mhc")
+    with torch.no_grad():
+        quiet = ag.step(leaves[0], torch.tanh, *leaves[1:], variant="mhc")
+    with torch.inference_mode():
+        inferred = ag.step(leaves[0], torch.tanh, *leaves[1:], variant="mhc")
+    assert not quiet.requires_grad and not inferred.requires_grad and inferred.is_inference()
+    assert_close(quiet, want, 1e-12, case="no_grad")
+    assert_close(inferred, want, 1e-12, case="inference_mode")
+    for _ in range(2):
+        ag.step(leaves[0], torch.tanh, *leaves[1:], variant="mhc").pow(2).sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in leaves]
+    once = torch.autograd.grad(mhc_core.step(ref[0], torch.tanh, *ref[1:], variant="mhc").pow(2).sum(), ref)
+    for t, g, name in zip(leaves, once, ("x", "phi", "bias", "alpha")):
+        assert_close(t.grad, 2 * g, 1e-12, case=f"accumulated d/d{name}")

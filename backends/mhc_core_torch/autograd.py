@@ -82,6 +82,8 @@ def _unshared(out: np.ndarray, saved: tuple) -> np.ndarray:
     counters, so an in-place change of a shared output would silently alter what the
     backward reads."""
     out = np.ascontiguousarray(out)
+    if out.base is None and not any(out is a for a in saved):  # owns its memory, not saved itself
+        return out
     if any(np.may_share_memory(out, a) for a in saved):
         return out.copy()
     return out
@@ -166,8 +168,9 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
-        ctx.leaves = _leaf_flags(x, pre) if _runs_on_numpy(x, pre) else None
-        if _runs_on_numpy(x, pre):
+        on_numpy = _runs_on_numpy(x, pre)
+        ctx.leaves = _leaf_flags(x, pre) if on_numpy else None
+        if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
         return mhc_core.pre_aggregate(x, pre)
@@ -189,8 +192,9 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
-        ctx.leaves = _leaf_flags(x, y, post, res) if _runs_on_numpy(x, y, post, res) else None
-        if _runs_on_numpy(x, y, post, res):
+        on_numpy = _runs_on_numpy(x, y, post, res)
+        ctx.leaves = _leaf_flags(x, y, post, res) if on_numpy else None
+        if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
         return mhc_core.post_residual(x, y, post, res)

@@ -6,6 +6,13 @@ Forward and vjp are `mhc_core.coefficients_forward` / `coefficients_backward` (w
 on the array API); MLX's vjp receives only the primals, cotangents and outputs, so the
 values the backward needs (projection scale, gate activations, Sinkhorn iterates) are
 returned as extra outputs of the custom function and dropped by the wrapper.
+
+Higher derivatives. MLX differentiates a vjp like any function of its inputs, but the
+saved values reach the vjp as outputs of the custom function, whose vjp takes no
+cotangent for them: a gradient of the gradient would miss every term through the saved
+values. The vjp therefore reads them through `saved_of`, an identity on the saved values
+whose own vjp pulls their cotangents back to the inputs by MLX's autodiff of
+`coefficients_forward` (run only when a derivative of the gradient is taken).
 """
 from __future__ import annotations
 
@@ -29,10 +36,25 @@ def _custom(variant: str, cfg: tuple) -> Callable:
         outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **kw)
         return tuple(outs) + tuple(saved)
 
+    def saved_values(x, phi, bias, alpha):
+        return tuple(coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **kw)[1])
+
+    @mx.custom_function
+    def saved_of(primals, saved):
+        """The saved values themselves, as a function of the primals."""
+        return tuple(saved)
+
+    @saved_of.vjp
+    def saved_of_vjp(inputs, cotangents, outputs):
+        primals, saved = inputs
+        _, dprimals = mx.vjp(saved_values, list(primals), list(cotangents))
+        return tuple(dprimals), tuple(mx.zeros_like(a) for a in saved)
+
     @coefficients_node.vjp
     def coefficients_vjp(primals, cotangents, outputs):
         dpre, dpost, dres = cotangents[:3]
-        grads = coefficients_backward(mhc_core.namespace(dpre), tuple(outputs[3:]), dpre, dpost, dres,
+        saved = saved_of(tuple(primals), tuple(outputs[3:]))
+        grads = coefficients_backward(mhc_core.namespace(dpre), tuple(saved), dpre, dpost, dres,
                                       variant=variant, sinkhorn_eps=kw["sinkhorn_eps"],
                                       post_scale=kw["post_scale"])
         return tuple(g.astype(p.dtype) for g, p in zip(grads, primals))

@@ -18,6 +18,10 @@ run the same mhc_core functions on numpy views of the tensors (zero-copy in floa
 float64; other dtypes are converted to the compute dtype, float32, first). Set
 `NUMPY_MAX_ELEMENTS = 0` to keep them on torch. Under `torch.compile` (and on any other
 device) they run on torch tensors, so the graph is traced and fused as usual.
+
+Under forward-mode AD (`torch.autograd.forward_ad`) and torch.func transforms (grad,
+vmap, jvp, jacrev, ...), which these nodes have no rules for, the entry points run
+mhc_core's plain torch ops instead (the same math; torch differentiates / batches it).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 import mhc_core
 from mhc_core import checks
@@ -36,8 +41,23 @@ NUMPY_MAX_ELEMENTS = 1 << 40
 _NUMPY_OPS = mhc_core.namespace(np.zeros(1))
 
 
-def _runs_on_numpy(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _runs_on_numpy(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an eager call on x (and the other tensors it reads) runs on numpy views: x
+    on the CPU with at most NUMPY_MAX_ELEMENTS elements, not under torch.compile, and every
+    tensor a plain one (`.numpy()` refuses subclasses: fake tensors, DTensor, ...)."""
+    return (x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+            and all(type(t) in _PLAIN_TENSORS for t in (x, *others)))
+
+
+def _transformed() -> bool:
+    """Whether a forward-mode AD level or a torch.func transform is active (never true
+    while torch.compile traces: dynamo handles those transforms itself)."""
+    if torch.compiler.is_compiling():
+        return False
+    return _forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -55,9 +75,39 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _tensors(arrays, dtypes) -> tuple:
-    """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches)."""
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
+def _unshared(out: np.ndarray, saved: tuple) -> np.ndarray:
+    """`out` as a contiguous array sharing no memory with the saved arrays: a copy where
+    it is a view of one (res is a view of Sinkhorn's last saved iterate for one token or
+    n = 1). Saved and output tensors made by `torch.from_numpy` have separate version
+    counters, so an in-place change of a shared output would silently alter what the
+    backward reads."""
+    out = np.ascontiguousarray(out)
+    if out.base is None and not any(out is a for a in saved):  # owns its memory, not saved itself
+        return out
+    if any(np.may_share_memory(out, a) for a in saved):
+        return out.copy()
+    return out
+
+
+def _tensors(arrays, dtypes, owned=None) -> tuple:
+    """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches);
+    where `owned[i]` is true, in torch-owned memory (see `_leaf_flags`)."""
+    owned = owned or (False,) * len(dtypes)
+    tensors = (torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
+    return tuple(_torch_owned(t) if own else t for t, own in zip(tensors, owned))
+
+
+def _leaf_flags(*tensors) -> tuple:
+    """Which inputs are leaves that require grad (eager only: dynamo cannot trace grad_fn):
+    autograd may keep the gradient tensor
+    itself as their .grad, which must then be in torch-owned memory (optimizers and FSDP
+    resize or reuse a .grad's storage; a numpy-backed one cannot be resized)."""
+    return tuple(t.requires_grad and t.grad_fn is None for t in tensors)
+
+
+def _torch_owned(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its storage is torch's (resizable), else a copy in torch memory."""
+    return t if t.untyped_storage().resizable() else t.clone()
 
 
 class Coefficients(torch.autograd.Function):
@@ -68,7 +118,8 @@ class Coefficients(torch.autograd.Function):
     def forward(ctx, x, phi, bias, alpha, variant: str, cfg: dict):
         ctx.variant, ctx.cfg = variant, cfg
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
-        ctx.on_numpy = _runs_on_numpy(x)
+        ctx.on_numpy = _runs_on_numpy(x, phi, bias, alpha)
+        ctx.leaves = _leaf_flags(x) if ctx.on_numpy else None
         # the inputs first (x also so an in-place change is caught; all four for a gradient
         # of the gradient, see backward), then what coefficients_backward needs
         if ctx.on_numpy:
@@ -78,7 +129,7 @@ class Coefficients(torch.autograd.Function):
             # saved as tensors (zero-copy) so saved-tensor hooks see them (checkpointing drops
             # them, memory accounting counts them)
             ctx.save_for_backward(x, phi, bias, alpha, *(torch.from_numpy(np.asarray(a)) for a in saved))
-            return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
+            return tuple(torch.from_numpy(_unshared(o, saved)) for o in outs)
         outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
         ctx.save_for_backward(x, phi, bias, alpha, *saved)
         return outs
@@ -88,13 +139,13 @@ class Coefficients(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
             return (*_differentiable_coefficient_grads(ctx, dpre, dpost, dres), None, None)
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.cfg["sinkhorn_eps"], "post_scale": ctx.cfg["post_scale"]}
-        if ctx.on_numpy:
+        if ctx.on_numpy and all(type(g) in _PLAIN_TENSORS for g in (dpre, dpost, dres)):
             saved = tuple(t.numpy() for t in ctx.saved_tensors[4:])  # [0] is x: raises if modified in place
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
             dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
             # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
             # a .grad's storage, which a numpy-backed tensor does not allow
-            grads = [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.tensor(g) for g in param_grads]
+            grads = list(_tensors([dx], [ctx.cdt], ctx.leaves)) + [torch.tensor(g) for g in param_grads]
         else:
             grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors[4:], dpre, dpost, dres, **kw)
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
@@ -117,7 +168,9 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
-        if _runs_on_numpy(x):
+        on_numpy = _runs_on_numpy(x, pre)
+        ctx.leaves = _leaf_flags(x, pre) if on_numpy else None
+        if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
         return mhc_core.pre_aggregate(x, pre)
@@ -125,10 +178,10 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         x, pre = ctx.saved_tensors
-        if _runs_on_numpy(x) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
+        if _runs_on_numpy(x, pre, dh) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(x)
             grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
-            return _tensors(grads, (x.dtype, pre.dtype))
+            return _tensors(grads, (x.dtype, pre.dtype), ctx.leaves)
         dx, dpre = pre_aggregate_backward(mhc_core.namespace(x), x, pre, dh)
         return dx.to(x.dtype), dpre.to(pre.dtype)
 
@@ -139,7 +192,9 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
-        if _runs_on_numpy(x):
+        on_numpy = _runs_on_numpy(x, y, post, res)
+        ctx.leaves = _leaf_flags(x, y, post, res) if on_numpy else None
+        if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
         return mhc_core.post_residual(x, y, post, res)
@@ -147,20 +202,21 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        if _runs_on_numpy(saved[0]) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
+        if _runs_on_numpy(*saved, dout) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
-            return _tensors(grads, [a.dtype for a in saved])
+            return _tensors(grads, [a.dtype for a in saved], ctx.leaves)
         grads = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
         return tuple(g.to(a.dtype) for g, a in zip(grads, saved))
 
 
 def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
     """`mhc_core.coefficients` (same checks, same numbers) recorded as one autograd node.
-    'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops."""
+    'mhc-lite' has no explicit backward: torch's autograd differentiates mhc_core's ops, as
+    it does for every variant under forward-mode AD or a torch.func transform."""
     variant, full = checks.coefficient_call(mhc_core.namespace(x, phi, bias, alpha), x, phi, bias, alpha,
                                             variant, cfg)
-    if variant == "mhc-lite":
+    if variant == "mhc-lite" or _transformed():
         return mhc_core.coefficients(x, phi, bias, alpha, variant=variant, **full)
     return Coefficients.apply(x, phi, bias, alpha, variant, full)
 
@@ -168,12 +224,16 @@ def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):
 def pre_aggregate(x, pre):
     """`mhc_core.pre_aggregate` (same checks) as one autograd node: x [..., n, C] -> [..., C]."""
     checks.pre_aggregate_inputs(mhc_core.namespace(x, pre), x, pre)
+    if _transformed():  # forward-mode AD / torch.func: the plain ops (module doc)
+        return mhc_core.pre_aggregate(x, pre)
     return PreAggregate.apply(x, pre)
 
 
 def post_residual(x, y, post, res):
     """`mhc_core.post_residual` (same checks) as one autograd node -> [..., n, C]."""
     checks.post_residual_inputs(mhc_core.namespace(x, y, post, res), x, y, post, res)
+    if _transformed():  # forward-mode AD / torch.func: the plain ops (module doc)
+        return mhc_core.post_residual(x, y, post, res)
     return PostResidual.apply(x, y, post, res)
 
 

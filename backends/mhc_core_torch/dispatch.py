@@ -72,7 +72,7 @@ def _reference_step(x, f: Callable, phi, bias, alpha, *, variant: str, cfg: dict
     matmuls in bf16), while the layer keeps the caller's autocast.
     """
     dev = x.device.type
-    if not torch.is_autocast_enabled(dev):
+    if not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)):  # meta: no autocast
         return _coefficient_node_step(x, f, phi, bias, alpha, variant=variant, **cfg)
     dtype = torch.get_autocast_dtype(dev)
 

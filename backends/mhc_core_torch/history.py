@@ -57,7 +57,7 @@ class HistorySkip(nn.Module):
             raise TypeError(f"generator must be a torch.Generator (or None for torch's global RNG), got "
                             f"{type(generator).__module__}.{type(generator).__name__}")
         self.generator = generator
-        self.logits = nn.Parameter(torch.from_numpy(
+        self.logits = nn.Parameter(torch.tensor(  # torch-owned (resizable) memory, not numpy's
             hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))
         self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if settings.gated else None
 

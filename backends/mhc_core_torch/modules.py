@@ -36,10 +36,12 @@ mhc_core.namespace(torch.empty(0), nn.Parameter(torch.empty(0)))
 
 
 def _as_param(value) -> nn.Parameter:
-    """A float32 CPU parameter from a numpy array or tensor (its shape checked by mhc_core)."""
+    """A float32 CPU parameter from a numpy array or tensor (its shape checked by mhc_core),
+    in torch-owned memory: a `torch.from_numpy` storage cannot be resized, which FSDP does
+    to free and re-gather parameters."""
     if isinstance(value, torch.Tensor):
         return nn.Parameter(value.detach().to(dtype=torch.float32, device="cpu").clone())
-    return nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32)))
+    return nn.Parameter(torch.tensor(np.asarray(value, dtype=np.float32)))
 
 
 @triton_gate.passed_checks  # a forward with x's shape, dtype and device seen before skips it

@@ -98,11 +98,12 @@ def _tensors(arrays, dtypes, owned=None) -> tuple:
 
 
 def _leaf_flags(*tensors) -> tuple:
-    """Which inputs are leaves that require grad (eager only: dynamo cannot trace grad_fn):
-    autograd may keep the gradient tensor
-    itself as their .grad, which must then be in torch-owned memory (optimizers and FSDP
-    resize or reuse a .grad's storage; a numpy-backed one cannot be resized)."""
-    return tuple(t.requires_grad and t.grad_fn is None for t in tensors)
+    """Which inputs are parameters that require grad: autograd may keep the gradient
+    tensor itself as a parameter's .grad, which must then be in torch-owned memory (FSDP
+    resizes a parameter gradient's storage; a numpy-backed one cannot be resized). Other
+    inputs, activations and plain leaf tensors alike, keep the zero-copy gradient: a copy
+    of an x-sized gradient would be a pass over memory per node."""
+    return tuple(isinstance(t, torch.nn.Parameter) and t.requires_grad for t in tensors)
 
 
 def _torch_owned(t: torch.Tensor) -> torch.Tensor:

@@ -221,8 +221,8 @@ class _TorchOps(Ops):
     4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth), and a product with at
     most NARROW result columns and a matrix right operand (the phi projection
     [T, n*C] @ [n*C, m] and its weight gradient [n*C, T] @ [T, m]) runs as (b^T @ a^T)^T,
-    the orientation torch's CPU GEMM does fastest for it (the compiled coefficients'
-    fwd+bwd ~15% faster: benchmarks/bench_cpu_ratios.py, bandwidth section)."""
+    the orientation torch's CPU GEMM does fastest for it (benchmarks/bench_cpu_ratios.py
+    times the compiled coefficients in both orientations, bandwidth section)."""
 
     TINY = 8  # a matmul is "tiny" when it contracts over <= TINY or makes <= TINY x TINY matrices
     NARROW = 32  # at most this many result columns: the transposed orientation (0: off)

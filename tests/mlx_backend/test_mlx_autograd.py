@@ -33,6 +33,16 @@ def _grads(case, impl, compiled, dtype="float64"):
     return ADAPTER.to_numpy(out), {k: ADAPTER.to_numpy(g) for k, g in grads.items()}
 
 
+def _float64_inputs(case, rng, seed: int) -> list:
+    """[x, phi, bias, alpha] in float64 for a case: random x, phi from init_params(seed),
+    the bias moved off its init, alpha in [0.5, 1.5] (so every term of the math counts)."""
+    variant, _, n, c, lead, _ = case
+    p = mhc_core.init_params(n, c, variant=variant, phi_std=0.5, seed=seed, dtype=np.float64)
+    return [mx.array(v, dtype=mx.float64) for v in (rng.normal(size=lead + (n, c)), p["phi"],
+                                                     p["bias"] + rng.normal(0.0, 0.5, p["bias"].shape),
+                                                     rng.uniform(0.5, 1.5, 3))]
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_custom_vjp_step_matches_mlx_autodiff_float64(case, compiled):
@@ -48,10 +58,8 @@ def test_custom_vjp_step_matches_mlx_autodiff_float64(case, compiled):
 def test_custom_vjp_coefficients_match_mlx_autodiff_float64(case):
     variant, _, n, c, lead, cfg = case
     rng = np.random.default_rng(3)
-    p = mhc_core.init_params(n, c, variant=variant, phi_std=0.5, seed=3, dtype=np.float64)
     with mx.stream(mx.cpu):
-        args = [mx.array(v, dtype=mx.float64) for v in (rng.normal(size=lead + (n, c)), p["phi"],
-                                      p["bias"] + rng.normal(0.0, 0.5, p["bias"].shape), rng.uniform(0.5, 1.5, 3))]
+        args = _float64_inputs(case, rng, seed=3)
         w = [mx.array(rng.normal(size=s), dtype=mx.float64) for s in (lead + (n,), lead + (n,), lead + (n, n))]
 
         def loss(fn):
@@ -109,10 +117,8 @@ def test_custom_vjp_gradient_of_the_gradient_matches_mlx_autodiff_float64(case, 
     dependence on the inputs is part of the second derivative."""
     variant, _, n, c, lead, cfg = case
     rng = np.random.default_rng(5)
-    p = mhc_core.init_params(n, c, variant=variant, phi_std=0.5, seed=5, dtype=np.float64)
     with mx.stream(mx.cpu):
-        args = [mx.array(v, dtype=mx.float64) for v in (rng.normal(size=lead + (n, c)), p["phi"],
-                                      p["bias"] + rng.normal(0.0, 0.5, p["bias"].shape), rng.uniform(0.5, 1.5, 3))]
+        args = _float64_inputs(case, rng, seed=5)
         w = mx.array(rng.normal(size=lead + (n, c)), dtype=mx.float64)
 
         def grad_norm(step, compiled=False):

@@ -168,14 +168,21 @@ def simplex_projection(v, axis: int = -1):
                          f"got shape {list(shape)}")
     cdt = ops.compute_dtype(v)
     z = ops.astype(v, cdt)
+    # Shifted so the largest entry is 0 (the projection of v + c is that of v): then every
+    # (S_j - 1) / j < 0, so tau < 0 and the largest entry is always in the support. Unshifted,
+    # S_j - 1 rounds to S_j once |v| >> 1 (1e30 in float64, 1e8 in float32): tau then
+    # equals the largest entry, the support is empty and the weights came out all 0.
+    # The shift's gradient cancels (z - tau does not depend on it).
+    z = z - ops.max(z, axis=axis, keepdims=True)
     u = -ops.sort(-z, axis=axis)  # descending
     j = ops.cumulative_sum(ops.zeros_like(z) + 1.0, axis=axis)  # 1, 2, ..., K
     tau = ops.max((ops.cumulative_sum(u, axis=axis) - 1.0) / j, axis=axis, keepdims=True)
-    support = z > tau  # never empty: tau >= u_1 - 1 > ... and the largest entry exceeds tau
+    support = z > tau  # never empty for finite v: the largest entry is 0 > tau
     zero = ops.zeros_like(z)
     k = ops.sum(ops.where(support, zero + 1.0, zero), axis=axis, keepdims=True)
     tau = (ops.sum(ops.where(support, z, zero), axis=axis, keepdims=True) - 1.0) / k
-    return ops.where(support, z - tau, zero)
+    # NaN in, NaN out (as softmax does), rather than weights silently all 0
+    return ops.where(support, z - tau, ops.where(z == z, zero, z))
 
 
 def history_weights(logits, *, constraint: str = "softmax", temperature: float = 1.0,
@@ -219,9 +226,10 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
     matrix: logits [K, K] -> last row of sinkhorn((logits[-k:, -k:] + noise) / T), noise
     [k, k]; "identity" then mixes in eps on the newest state; "simplex" is for vectors only.
     """
-    ops = namespace(logits)
+    ops = namespace(logits) if noise is None else namespace(logits, noise)
     checks.float_array(ops, logits, "logits")
     mixing = check_mixing(mixing)
+    iters, sinkhorn_eps = checks.iters(iters), checks.non_negative(sinkhorn_eps, "sinkhorn_eps")  # both mixings
     shape = checks.shape_of(logits)
     K = shape[0] if shape else 0
     want = (K,) if mixing == "vector" else (K, K)
@@ -308,7 +316,9 @@ def applied_weights(weights, *, gate=None, prune_threshold: float = 0.0):
 
 def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: float = 0.0):
     """One layer's output `y + history_mix(states, weights)`: y must have the states' shape."""
-    ops = namespace(y)
+    if not isinstance(states, (list, tuple)):
+        raise ValueError(f"states must be a non-empty list of arrays (the window), got {type(states).__name__}")
+    ops = namespace(y, weights, *states)  # one library (TypeError naming them otherwise)
     checks.float_array(ops, y, "y")
     mix = history_mix(states, weights, gate=gate, prune_threshold=prune_threshold)
     if checks.shape_of(y) != checks.shape_of(mix):
@@ -361,6 +371,7 @@ def history_gain_report(weights_per_layer: Sequence, history: int) -> list[dict]
     the distance from a plain residual skip. The weights do not depend on the token, so
     max = mean = min.
     """
+    weights_per_layer = list(weights_per_layer)  # an iterator would be used up by history_composite
     comps = history_composite(weights_per_layer, history)
     report = []
     for l, (w, c) in enumerate(zip(weights_per_layer, comps)):
@@ -383,9 +394,11 @@ def history_composite(weights_per_layer: Sequence, history: int) -> list:
     whose forward and backward Amax gains are both |c_l|. Returns [|c_1|, ..., |c_L|].
     """
     history = check_history(history)
-    coeffs, out = [1.0], []
+    coeffs, out, first = [1.0], [], None
     for l, w in enumerate(weights_per_layer):
-        ops = namespace(w)
+        ops = namespace(w) if first is None else namespace(first, w)  # one library throughout
+        first = w if first is None else first
+        checks.float_array(ops, w, f"weights_per_layer[{l}]")
         shape = checks.shape_of(w)
         k = min(history, len(coeffs))
         if shape != (k,):

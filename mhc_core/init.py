@@ -48,9 +48,11 @@ def _lite_res_bias(n: int, gap: float) -> np.ndarray:
 
 
 def param_shapes(n: int, c: int, variant: str = "mhc") -> dict[str, tuple[int, ...]]:
-    """Shapes of one step's parameters: {} for 'residual'."""
+    """Shapes of one step's parameters: {} for 'residual' (which has one stream, n = 1)."""
     n, c = checks.streams(n), checks.channels(c)
     if checks.variant(variant) == "residual":
+        if n != 1:
+            raise ValueError(f"the residual variant has one stream: n must be 1, got n={n}")
         return {}
     width = checks.res_width(n, variant) + 2 * n
     return {"phi": (n * c, width), "bias": (width,), "alpha": (3,)}

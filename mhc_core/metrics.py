@@ -12,6 +12,7 @@ token, `aggregate` reduces them to max / mean / min over tokens.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 from . import checks
@@ -49,9 +50,21 @@ def composite(res_layers: Iterable):
         if acc is not None and n != checks.shape_of(acc)[-1]:
             raise ValueError(f"res_layers[{l}] must be [..., n, n] with n = {checks.shape_of(acc)[-1]} "
                              f"like the layers before it, got {checks.shape_of(res)}")
+        if acc is not None:
+            _same_tokens(checks.shape_of(acc)[:-2], checks.shape_of(res)[:-2], l)
         acc = res if acc is None else ops.matmul(acc, res)
         out.append(acc)
     return out
+
+
+def _same_tokens(before: tuple, lead: tuple, l: int) -> None:
+    """Leading (token) axes of layer l must broadcast against the product so far: equal,
+    or 1 where a layer's res is the same for every token."""
+    ok = all(a == b or a == 1 or b == 1 for a, b in zip(before[::-1], lead[::-1]))
+    if not ok:
+        raise ValueError(f"res_layers[{l}] has leading (token) shape {list(lead)}, which does not match the "
+                         f"layers before it ({list(before)}): every layer's res must be [..., n, n] over the "
+                         "same tokens (a size-1 axis stands for every token)")
 
 
 def identity_distance(res):
@@ -65,6 +78,9 @@ def identity_distance(res):
 def aggregate(values) -> dict[str, float]:
     """{'max', 'mean', 'min'} over every element (token) of `values`, as Python floats."""
     ops = namespace(values)
+    if math.prod(checks.shape_of(values)) == 0:  # max / min of nothing is undefined
+        raise ValueError(f"values must hold at least one element (one per token) to aggregate, "
+                         f"got shape {list(checks.shape_of(values))}")
     flat = ops.reshape(values, (-1,))
     return {
         "max": float(ops.max(flat)),
@@ -73,9 +89,10 @@ def aggregate(values) -> dict[str, float]:
     }
 
 
-def gain_report(res_layers: list) -> list[dict]:
+def gain_report(res_layers: Iterable) -> list[dict]:
     """Per layer: single-layer and composite forward/backward Amax gains aggregated over
     tokens, and the distance of res from identity. `res_layers[l]` is [..., n, n]."""
+    res_layers = list(res_layers)  # an iterator would be used up by `composite` first
     report = []
     for l, (res, comp) in enumerate(zip(res_layers, composite(res_layers))):
         fwd, bwd = amax_gain(res)

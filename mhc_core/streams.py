@@ -93,11 +93,16 @@ def reduce_streams(x, weights=None):
 def residual_step(x, f: Callable):
     """The baseline: `x + f(x)` for a single stream, x [..., 1, C]."""
     ops = namespace(x)
-    n, _ = checks.stream_input(ops, x)
+    n, c = checks.stream_input(ops, x)
     checks.layer(f)
     if n != 1:
         raise ValueError(f"the residual variant has one stream: x must be [..., 1, C], got n={n}")
     y = f(x[..., 0, :])
+    # y must be x's library, floating and exactly [..., C]: a [C] or [1, C] output would
+    # otherwise broadcast over the tokens, and an integer one be silently cast
+    ops = namespace(x, y)
+    checks.float_array(ops, y, "y")
+    checks.expect_trailing(y, (c,), checks.shape_of(x)[:-2], "y", "the layer output, one C-vector per token")
     return x + ops.expand_dims(ops.astype(y, x.dtype), axis=-2)
 
 

@@ -70,7 +70,11 @@ def post_residual_backward(ops, x, y, post, res, dout):
 
 
 def expand_streams(x, n: int):
-    """Copy `x [..., C]` into n identical streams -> [..., n, C]."""
+    """`x [..., C]` as n identical streams -> [..., n, C].
+
+    A broadcast view of x, not a copy (no memory per stream): numpy's is read-only and
+    torch's refuses in-place writes, and an in-place change of x shows in every stream.
+    Copy it (`.copy()`, `.clone()`) to write into one stream."""
     ops = namespace(x)
     checks.float_array(ops, x, "x")
     n = checks.streams(n)
@@ -84,9 +88,11 @@ def reduce_streams(x, weights=None):
     """Collapse `x [..., n, C]` to [..., C]: the mean over streams, or `sum_i w[i] x[i]`
     for learned weights `[..., n]` (see `head_weights`)."""
     ops = namespace(x) if weights is None else namespace(x, weights)
-    checks.stream_input(ops, x)
+    n, _ = checks.stream_input(ops, x)
     if weights is None:
         return ops.mean(x, axis=-2)
+    checks.float_array(ops, weights, "weights")  # named here: pre_aggregate would call them "pre"
+    checks.expect_trailing(weights, (n,), checks.shape_of(x)[:-2], "weights", "one weight per stream of x")
     return pre_aggregate(x, weights)
 
 

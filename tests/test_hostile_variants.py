@@ -278,3 +278,17 @@ def test_skip_weights_checks_its_sinkhorn_settings_for_both_mixings():
             mc.skip_weights(logits, 2, mixing=mixing, iters=0)
         with pytest.raises(ValueError, match="sinkhorn_eps must be a finite number >= 0"):
             mc.skip_weights(logits, 2, mixing=mixing, sinkhorn_eps=-1.0)
+
+
+# --- stream reduction names its own argument ---------------------------------------------
+
+
+def test_reduce_streams_names_its_weights():
+    x = np.random.default_rng(6).normal(size=(2, 4, 3))
+    w = np.random.default_rng(7).uniform(size=(2, 4))
+    np.testing.assert_allclose(mc.reduce_streams(x, w), naive.pre_aggregate(x, w), rtol=1e-14)
+    np.testing.assert_allclose(mc.reduce_streams(x), x.mean(-2), rtol=1e-14)
+    with pytest.raises(ValueError, match=r"weights must have shape \[2, 4\]"):  # was "pre must have ..."
+        mc.reduce_streams(x, np.ones(4))
+    with pytest.raises(TypeError, match="weights must be a floating-point array"):
+        mc.reduce_streams(x, np.ones((2, 4), dtype=np.int64))

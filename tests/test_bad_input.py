@@ -155,6 +155,13 @@ MIXED = {
     "head": lambda t: mc.head(X, HP["phi"], t(HP["bias"]), HP["alpha"]),
     "reduce_streams": lambda t: mc.reduce_streams(X, t(np.ones((2, N)))),
     "composite": lambda t: mc.composite([np.eye(3), t(np.eye(3))]),
+    "residual_step": lambda t: mc.residual_step(np.ones((2, 1, C)), lambda h: t(h)),
+    "history_weights": lambda t: mc.history_weights(np.zeros(3), noise=t(np.zeros(3))),
+    "skip_weights-matrix": lambda t: mc.skip_weights(np.zeros((3, 3)), 2, mixing="matrix", noise=t(np.zeros((2, 2)))),
+    "history_mix": lambda t: mc.history_mix([np.ones(C), t(np.ones(C))], np.ones(2)),
+    "history_skip-y": lambda t: mc.history_skip(t(np.ones(C)), [np.ones(C)], np.ones(1)),
+    "history_skip-states": lambda t: mc.history_skip(np.ones(C), [t(np.ones(C))], np.ones(1)),
+    "history_composite": lambda t: mc.history_composite([np.ones(1), t(np.full(2, 0.5))], 2),
 }
 
 

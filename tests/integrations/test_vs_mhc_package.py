@@ -182,3 +182,26 @@ def test_inject_history_matches_inject_mhc(gate):
     wb = [p.grad for n, p in theirs.named_parameters() if "base_module" in n]
     for a, b in zip(wa, wb):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_weight_functions_match_the_package_constraints(temperature):
+    """mhc_core's weight functions on torch against the package's own constraint functions:
+    softmax = its project_simplex, identity = its project_identity_preserving, and the last
+    row of matrix mixing = its project_doubly_stochastic (10 rounds, its eps 1e-9 vs our 0)."""
+    import mhc_core
+    from mhc.constraints import project_doubly_stochastic, project_identity_preserving, project_simplex
+
+    gen = torch.Generator().manual_seed(int(temperature * 10))
+    for k in (1, 2, 5):
+        logits = torch.randn(k, generator=gen, dtype=torch.float64) * 3.0
+        torch.testing.assert_close(mhc_core.history_weights(logits, constraint="softmax", temperature=temperature),
+                                   project_simplex(logits, temperature=temperature), rtol=1e-12, atol=1e-14)
+        for eps in (0.0, 0.15, 0.9):
+            torch.testing.assert_close(
+                mhc_core.history_weights(logits, constraint="identity", temperature=temperature, epsilon=eps),
+                project_identity_preserving(logits, epsilon=eps, temperature=temperature), rtol=1e-12, atol=1e-14)
+        square = torch.randn(k, k, generator=gen, dtype=torch.float64) * 2.0
+        ours = mhc_core.skip_weights(square, k, mixing="matrix", temperature=temperature, iters=10, sinkhorn_eps=0.0)
+        torch.testing.assert_close(ours, project_doubly_stochastic(square / temperature, iterations=10)[-1],
+                                   rtol=1e-7, atol=1e-8)

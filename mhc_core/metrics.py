@@ -40,8 +40,9 @@ def amax_gain(res):
 def composite(res_layers: Iterable):
     """Running products res_1, res_1 @ res_2, ... (the composite mapping after each layer).
 
-    Products keep the inputs' dtype: float32 holds gains up to ~3e38; pass float64 (CPU)
-    to follow an HC product that explodes past that.
+    Products keep the inputs' dtype (layers of different dtypes: float32, or float64 if
+    either is): float32 holds gains up to ~3e38; pass float64 (CPU) to follow an HC
+    product that explodes past that.
     """
     out, acc = [], None
     for l, res in enumerate(res_layers):
@@ -52,6 +53,10 @@ def composite(res_layers: Iterable):
                              f"like the layers before it, got {checks.shape_of(res)}")
         if acc is not None:
             _same_tokens(checks.shape_of(acc)[:-2], checks.shape_of(res)[:-2], l)
+        if acc is not None and acc.dtype != res.dtype:  # e.g. bf16 and float32 layers: torch's
+            # matmul refuses mixed dtypes, so both go to float32 (float64 if either is)
+            cdt = ops.float64 if ops.float64 in (acc.dtype, res.dtype) else ops.float32
+            acc, res = ops.astype(acc, cdt), ops.astype(res, cdt)
         acc = res if acc is None else ops.matmul(acc, res)
         out.append(acc)
     return out

@@ -292,3 +292,16 @@ def test_reduce_streams_names_its_weights():
         mc.reduce_streams(x, np.ones(4))
     with pytest.raises(TypeError, match="weights must be a floating-point array"):
         mc.reduce_streams(x, np.ones((2, 4), dtype=np.int64))
+
+
+def test_composite_of_layers_in_different_dtypes():
+    """torch's matmul refuses bf16 @ float32: the product runs in float32 (float64 if any)."""
+    a = np.random.default_rng(8).uniform(size=(2, 3, 3))
+    b = np.random.default_rng(9).uniform(size=(2, 3, 3))
+    for first, second, want in ((torch.bfloat16, torch.float32, torch.float32),
+                                (torch.float16, torch.bfloat16, torch.float32),
+                                (torch.bfloat16, torch.float64, torch.float64)):
+        ta, tb = torch.tensor(a).to(first), torch.tensor(b).to(second)
+        out = mc.composite([ta, tb])[-1]
+        assert out.dtype == want
+        np.testing.assert_allclose(out.double().numpy(), ta.double().numpy() @ tb.double().numpy(), rtol=1e-6)

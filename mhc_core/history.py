@@ -180,6 +180,7 @@ def simplex_projection(v, axis: int = -1):
     support = z > tau  # never empty for finite v: the largest entry is 0 > tau
     zero = ops.zeros_like(z)
     k = ops.sum(ops.where(support, zero + 1.0, zero), axis=axis, keepdims=True)
+    k = ops.where(k > 0.0, k, k + 1.0)  # k = 0 only for NaN input: no 0/0 (its output is NaN below)
     tau = (ops.sum(ops.where(support, z, zero), axis=axis, keepdims=True) - 1.0) / k
     # NaN in, NaN out (as softmax does), rather than weights silently all 0
     return ops.where(support, z - tau, ops.where(z == z, zero, z))

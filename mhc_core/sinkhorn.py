@@ -18,7 +18,8 @@ from .xp import namespace
 
 
 def sinkhorn(logits, *, iters: int = 20, eps: float = 1e-6):
-    """Project `logits [..., n, n]` to a doubly-stochastic matrix `[..., n, n]`.
+    """Project `logits [..., n, n]` to a doubly-stochastic matrix `[..., n, n]` in logits'
+    dtype, computed in float32 (float64 stays float64).
 
     Columns sum to s/(s + eps) exactly after the last step (it ends on columns; s is a
     column's sum before it): 1 - 1.3e-6 or closer for eps=1e-6, 1 up to rounding for eps=0.
@@ -30,8 +31,10 @@ def sinkhorn(logits, *, iters: int = 20, eps: float = 1e-6):
     """
     ops = namespace(logits)
     shape, iters, eps = checks.sinkhorn_inputs(ops, logits, iters, eps)
-    m, _ = sinkhorn_forward(ops, to_token_last(ops, logits, shape[-1]), iters, eps)
-    return from_token_last(ops, m, shape[:-2])
+    cdt = ops.compute_dtype(logits)  # float32 for bf16 / fp16 (float64 stays): 2 * iters
+    # normalisations in bf16 were off by 1e-2; the Triton kernel also accumulates in float32
+    m, _ = sinkhorn_forward(ops, to_token_last(ops, ops.astype(logits, cdt), shape[-1]), iters, eps)
+    return ops.astype(from_token_last(ops, m, shape[:-2]), logits.dtype)
 
 
 # ---------------------------------------------------------------------------------------

@@ -306,3 +306,19 @@ def test_composite_of_layers_in_different_dtypes():
         out = mc.composite([ta, tb])[-1]
         assert out.dtype == want
         np.testing.assert_allclose(out.double().numpy(), ta.double().numpy() @ tb.double().numpy(), rtol=1e-6)
+
+
+# --- Sinkhorn in low precision computes in float32 ---------------------------------------
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.0])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_sinkhorn_low_precision_is_float32_math_rounded_once(dtype, eps):
+    """bf16 / fp16 logits: the 2 * iters normalisations run in float32 and only the output is
+    rounded to the input's dtype (20 rounds in bf16 were off by 1e-2)."""
+    lg = torch.tensor(np.random.default_rng(10).normal(0.0, 3.0, (50, 4, 4))).to(getattr(torch, dtype))
+    got = mc.sinkhorn(lg, eps=eps)
+    assert got.dtype == lg.dtype
+    want = naive.sinkhorn(lg.double().numpy(), eps=eps)  # the same (rounded) logits, float64
+    half_ulp = 2.0 ** -(8 if dtype == "bfloat16" else 11)  # of numbers in [0.5, 1)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=0, atol=half_ulp + 1e-6)

@@ -31,7 +31,7 @@ def amax_gain(res):
     """(forward, backward) Amax gains of `res [..., n, n]`, each [...] (one per token)."""
     ops = namespace(res)
     _square(ops, res)
-    a = ops.abs(res)
+    a = ops.abs(ops.astype(res, ops.compute_dtype(res)))  # float32 sums for bf16 / fp16
     forward = ops.max(ops.sum(a, axis=-2), axis=-1)  # column sums of res = row sums of H
     backward = ops.max(ops.sum(a, axis=-1), axis=-1)  # row sums of res = column sums of H
     return forward, backward
@@ -40,9 +40,10 @@ def amax_gain(res):
 def composite(res_layers: Iterable):
     """Running products res_1, res_1 @ res_2, ... (the composite mapping after each layer).
 
-    Products keep the inputs' dtype (layers of different dtypes: float32, or float64 if
-    either is): float32 holds gains up to ~3e38; pass float64 (CPU) to follow an HC
-    product that explodes past that.
+    Products are float32 (float64 once any layer is float64; bf16 / fp16 layers are
+    widened, so a product neither overflows at 65504 nor loses digits per layer):
+    float32 holds gains up to ~3e38; pass float64 (CPU) to follow an HC product that
+    explodes past that.
     """
     out, acc = [], None
     for l, res in enumerate(res_layers):
@@ -53,10 +54,9 @@ def composite(res_layers: Iterable):
                              f"like the layers before it, got {checks.shape_of(res)}")
         if acc is not None:
             _same_tokens(checks.shape_of(acc)[:-2], checks.shape_of(res)[:-2], l)
-        if acc is not None and acc.dtype != res.dtype:  # e.g. bf16 and float32 layers: torch's
-            # matmul refuses mixed dtypes, so both go to float32 (float64 if either is)
-            cdt = ops.float64 if ops.float64 in (acc.dtype, res.dtype) else ops.float32
-            acc, res = ops.astype(acc, cdt), ops.astype(res, cdt)
+        res = ops.astype(res, ops.compute_dtype(res))
+        if acc is not None and acc.dtype != res.dtype:  # float32 and float64 layers: both float64
+            acc, res = ops.astype(acc, ops.float64), ops.astype(res, ops.float64)
         acc = res if acc is None else ops.matmul(acc, res)
         out.append(acc)
     return out
@@ -76,6 +76,7 @@ def identity_distance(res):
     """Frobenius distance ||res - I|| per token -> [...]."""
     ops = namespace(res)
     n = _square(ops, res)
+    res = ops.astype(res, ops.compute_dtype(res))  # float32 sums for bf16 / fp16
     d = res - ops.eye_like(res, n)
     return ops.sqrt(ops.sum(ops.reshape(d * d, checks.shape_of(d)[:-2] + (n * n,)), axis=-1))
 

@@ -295,6 +295,21 @@ def test_reduce_streams_names_its_weights():
         mc.reduce_streams(x, np.ones((2, 4), dtype=np.int64))
 
 
+def test_metrics_of_low_precision_layers_compute_in_float32():
+    """bf16 / fp16 res: gains, distances and products in float32 (an fp16 product of 6 gains
+    of 7 overflowed at 65504), against float64 numpy on the same rounded numbers."""
+    res = [np.random.default_rng(l).uniform(0.0, 3.5, (3, 4, 4)) for l in range(6)]
+    for dtype in (torch.bfloat16, torch.float16):
+        layers = [torch.tensor(r).to(dtype) for r in res]
+        exact = [t.double().numpy() for t in layers]
+        comps = mc.composite(layers)
+        assert all(c.dtype == torch.float32 for c in comps) and bool(torch.isfinite(comps[-1]).all())
+        report = mc.gain_report(layers)
+        for rec, want in zip(report, _direct_gains(exact)):
+            for key, values in want.items():
+                assert rec[key]["max"] == pytest.approx(float(values.max()), rel=1e-5), (dtype, key)
+
+
 def test_composite_of_layers_in_different_dtypes():
     """torch's matmul refuses bf16 @ float32: the product runs in float32 (float64 if any)."""
     a = np.random.default_rng(8).uniform(size=(2, 3, 3))

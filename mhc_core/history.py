@@ -170,8 +170,8 @@ def simplex_projection(v, axis: int = -1):
     z = ops.astype(v, cdt)
     # Shifted so the largest entry is 0 (the projection of v + c is that of v): then every
     # (S_j - 1) / j < 0, so tau < 0 and the largest entry is always in the support. Unshifted,
-    # S_j - 1 rounds to S_j once |v| >> 1 (1e30 in float64, 1e8 in float32): tau then
-    # equals the largest entry, the support is empty and the weights came out all 0.
+    # S_j - 1 rounds to S_j once S_j > 2**53 (float64) or 2**24 (float32): tau then equals
+    # the largest entry, the support is empty and the weights came out all 0.
     # The shift's gradient cancels (z - tau does not depend on it).
     z = z - ops.max(z, axis=axis, keepdims=True)
     u = -ops.sort(-z, axis=axis)  # descending

@@ -183,6 +183,25 @@ def test_simplex_projection_far_from_zero_stays_on_the_simplex(scale):
     np.testing.assert_allclose(w, _bisection(np.array([3e300, 1e300])), atol=1e-12)
 
 
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # float32 v - max(v) < -3.4e38 -> -inf: weight 0
+@settings(max_examples=80, deadline=None)
+@given(arrays(np.float64, st.integers(1, 9), elements=st.floats(-1e300, 1e300)),
+       st.sampled_from([np.float64, np.float32]))
+def test_simplex_projection_is_on_the_simplex_at_any_magnitude(v, dtype):
+    """Any finite v, float64 or float32: w >= 0 summing to 1 to rounding, the bisection's
+    answer (on the same, rounded, numbers)."""
+    v = v.astype(dtype) if dtype is np.float64 or np.all(np.abs(v) < 3e38) else np.clip(v, -3e38, 3e38).astype(dtype)
+    w = mc.simplex_projection(v)
+    tol = 10 * v.size * np.finfo(dtype).eps
+    assert (w >= 0).all() and abs(float(w.sum()) - 1.0) <= tol
+    np.testing.assert_allclose(w, _bisection(v.astype(np.float64)), atol=tol)
+
+
 def test_simplex_projection_gradient_after_the_shift():
     """d w / d v = I - 1/k on the k support entries: the max shift adds no gradient."""
     v = torch.tensor([1e3 + 0.4, 1e3 + 0.1, 1e3 - 5.0, 1e3 + 0.3], dtype=torch.float64, requires_grad=True)

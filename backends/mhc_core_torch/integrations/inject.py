@@ -58,12 +58,15 @@ def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe
     for segment in segments:
         blocks = [modules[name] for name in segment]
         used = recipe or recipe_for(blocks[0])
+        scales = []
         for name, block in zip(segment, blocks):
             if not used.matches(block):
                 raise ValueError(f"{name} ({type(block).__name__}) does not have the structure of recipe {used.name!r}")
+            scales.append(_branch_scale(name, block, used))
         for i, (name, block) in enumerate(zip(segment, blocks)):
             convert_block(block, used, n=n, variant=variant, init=init, impl=impl, position=name,
-                          expand=(i == 0), reduce=reduce if i == len(blocks) - 1 else None, **cfg)
+                          expand=(i == 0), reduce=reduce if i == len(blocks) - 1 else None,
+                          branch_scale=scales[i], **cfg)
         untested = sorted({type(b).__name__.removeprefix("MHC") for b in blocks} - set(used.tested))
         if untested:
             warnings.warn(f"mHC: {untested} converted with recipe {used.name!r} by structure only (tested on "
@@ -71,6 +74,22 @@ def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe
                           stacklevel=3)
         recorded.append({"recipe": used.name, "blocks": segment})
     return recorded
+
+
+def _branch_scale(name: str, block: nn.Module, recipe: Recipe) -> float | None:
+    """The factor the block's forward puts on each branch output (Granite's
+    residual_multiplier), None for a plain residual add; ValueError naming the statements
+    when the forward does something the recipe does not reproduce."""
+    if recipe.read_forward is None:
+        return None
+    reading = recipe.read_forward(type(block))
+    if reading.problems:
+        raise ValueError(
+            f"{name} ({type(block).__name__}) has the children of recipe {recipe.name!r}, but its forward "
+            f"does more than the plain residual adds the recipe reproduces: {list(reading.problems)}. "
+            "Converting it would change the model's outputs; write a recipe for this block "
+            "(mhc_core_torch.integrations.recipes) or wrap its sub-layers with MHCSequential.")
+    return float(getattr(block, "residual_multiplier")) if reading.scaled else None
 
 
 def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:

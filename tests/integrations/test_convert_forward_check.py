@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mhc_core_torch.integrations import convert, load_converted
-from mhc_core_torch.integrations.forward_check import read_forward
+from mhc_core.forward_check import read_forward
 
 transformers = pytest.importorskip("transformers")
 

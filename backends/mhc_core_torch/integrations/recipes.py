@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .forward_check import ForwardReading, read_forward
+from mhc_core.forward_check import ForwardReading, read_forward
 
 
 def first(out):
@@ -68,7 +68,7 @@ class Recipe:
     tested: class names our tests check against transformers; prepare(kwargs) -> kwargs
     for the branches that take them (raises on inputs the recipe cannot handle);
     read_forward(cls) -> ForwardReading, or None: what a matched class's forward does
-    beyond the recipe (forward_check.py), read before converting."""
+    beyond the recipe (mhc_core.forward_check), read before converting."""
 
     name: str
     branches: tuple[Branch, ...]

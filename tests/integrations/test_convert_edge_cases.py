@@ -87,3 +87,18 @@ def test_gpt2_is_refused_by_name():
                                                                 n_positions=32))
     with pytest.raises(ValueError, match=r"no stack of pre-LN decoder layers.*GPT2Block"):
         convert(gpt2, n=4)
+
+
+def test_hidden_states_between_converted_layers_are_the_streams(decoder, token_ids, assert_close):
+    """output_hidden_states: the embedding [B, T, C], then each converted layer's output
+    (the streams [B, T, n, C], last layer reduced to [B, T, C]) as DeepSeek-V4 reports them.
+    At the warm start every stream equals the original's hidden state."""
+    original = decoder("llama")
+    model = convert(copy.deepcopy(original), n=4)
+    with torch.no_grad():
+        want = original(token_ids, output_hidden_states=True).hidden_states
+        got = model(token_ids, output_hidden_states=True).hidden_states
+    assert [tuple(h.shape) for h in got] == [(2, 12, 32), (2, 12, 4, 32), (2, 12, 32)]
+    for i in range(4):
+        assert_close(got[1][..., i, :], want[1], 1e-5, f"stream {i} after layer 0")
+    assert_close(got[2], want[2], 1e-5, "final hidden state")

@@ -5,7 +5,8 @@ its class ancestry and its children, so
 - the original weights keep their state-dict keys (`model.layers.0.self_attn.q_proj.weight`);
   the mHC parameters are added beside them (`model.layers.0.attn_mhc.phi`, `.bias`, `.alpha`),
 - transformers' machinery keyed on the block still works: `isinstance` output recorders
-  (`output_hidden_states`), gradient checkpointing (`GradientCheckpointingLayer` wraps the
+  (`output_hidden_states`: a converted layer's output is the streams [B, T, n, C] except
+  the last layer's [B, T, C], as DeepSeek-V4 reports them), gradient checkpointing (`GradientCheckpointingLayer` wraps the
   new forward too), tensor-parallel plans written against module paths,
 - the model's own forward (masks, rotary embeddings, KV cache, generate) is untouched.
 

@@ -139,7 +139,7 @@ VIT = Recipe(
                "dropout(mlp(layernorm_after(h)))"),
     ),
     matches=lambda b: _children(b) == {"attention", "layernorm_before", "layernorm_after", "mlp", "dropout"},
-    dim=lambda b: int(b.layernorm_before.normalized_shape[-1]),
+    dim=lambda b: _norm_dim(b.layernorm_before),
     tested=("ViTLayer",),
 )
 
@@ -164,7 +164,11 @@ def _bert_matches(b: nn.Module) -> bool:
     kids = _children(b)
     if not {"attention", "intermediate", "output"} <= kids or "crossattention" in kids:
         return False
-    return all(hasattr(m, a) for m in (b.attention.output, b.output) for a in ("dense", "dropout", "LayerNorm"))
+    parts = (getattr(b.attention, "output", None), b.output)  # MPNet's attention has no .output
+    if not all(m is not None and hasattr(m, a) for m in parts for a in ("dense", "dropout", "LayerNorm")):
+        return False
+    # torch's LayerNorm: DeBERTa's own DebertaLayerNorm comes with a different attention call
+    return all(isinstance(m.LayerNorm, nn.LayerNorm) for m in parts)
 
 
 BERT_POST_NORM = Recipe(
@@ -176,7 +180,7 @@ BERT_POST_NORM = Recipe(
                "output.dropout(dense(intermediate(h))) -> LayerNorm per stream"),
     ),
     matches=_bert_matches,
-    dim=lambda b: int(b.output.LayerNorm.normalized_shape[-1]),
+    dim=lambda b: _norm_dim(b.output.LayerNorm),
     tested=("BertLayer",),
     prepare=_bert_prepare,
 )

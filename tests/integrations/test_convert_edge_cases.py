@@ -102,3 +102,22 @@ def test_hidden_states_between_converted_layers_are_the_streams(decoder, token_i
     for i in range(4):
         assert_close(got[1][..., i, :], want[1], 1e-5, f"stream {i} after layer 0")
     assert_close(got[2], want[2], 1e-5, "final hidden state")
+
+
+def test_models_sharing_one_config_object(token_ids, tmp_path, assert_close):
+    """Two models built from one config object: converting one must not mark the other as
+    converted, and converting the second (other n) must not append to the first's record
+    (the saved checkpoint listed every layer twice and load_converted refused it)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    original, first, second = (transformers.LlamaForCausalLM(config).eval() for _ in range(3))
+    convert(first, n=4)
+    assert getattr(original.config, "mhc", None) is None and getattr(config, "mhc", None) is None
+    assert first.model.config is first.config  # inner modules see the converted model's config
+    convert(second, n=2)
+    assert first.config.mhc["n"] == 4 and second.config.mhc["n"] == 2
+    assert [s["blocks"] for s in second.config.mhc["segments"]] == [["model.layers.0", "model.layers.1"]]
+    second.save_pretrained(tmp_path)
+    loaded = load_converted(tmp_path)
+    assert torch.equal(logits(loaded, token_ids), logits(second, token_ids))

@@ -11,6 +11,7 @@ saved model can be rebuilt by `mhc_core_torch.load_converted` (see convert.py).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 from torch import nn
@@ -111,12 +112,34 @@ def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:
     return n, mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
 
 
+def _converted_here(model: nn.Module, settings: dict) -> bool:
+    """Whether every block `settings` (a config.mhc) lists is converted in this model."""
+    modules = dict(model.named_modules())
+    blocks = [b for segment in settings.get("segments", []) for b in segment.get("blocks", [])]
+    return bool(blocks) and all(name in modules and is_converted(modules[name]) for name in blocks)
+
+
+def _own_config(model: nn.Module):
+    """A copy of model.config, set on every submodule that held the shared one."""
+    shared = model.config
+    own = copy.deepcopy(shared)
+    for module in model.modules():
+        if getattr(module, "config", None) is shared:
+            module.config = own
+    return own
+
+
 def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
     """Append the conversion to model.config.mhc (used by load_converted to rebuild the model)."""
     config = getattr(model, "config", None)
     if config is None:
         return
     previous = getattr(config, "mhc", None) or {}
+    if not (previous and _converted_here(model, previous)):
+        # a first conversion: the config object may be shared with other models (two models
+        # built from one config, an original and its copy.copy); give this model its own
+        # before writing config.mhc, and ignore an entry another model wrote there
+        previous, config = {}, _own_config(model)
     settings = {"format": FORMAT_VERSION, "n": n, "variant": variant, "reduce": reduce, "config": cfg,
                 "segments": list(previous.get("segments", [])) + segments}
     if previous and any(previous.get(k) != settings[k] for k in ("n", "variant", "reduce", "config")):

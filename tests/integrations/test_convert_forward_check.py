@@ -130,3 +130,21 @@ def test_plain_layers_read_clean(module, name):
 def test_granite_reads_scaled():
     reading = read_forward(transformers.models.granite.modeling_granite.GraniteDecoderLayer)
     assert reading.scaled and not reading.problems
+
+
+def test_unreadable_forward_converts_with_the_structure_warning(token_ids, assert_close):
+    """A forward without source (built by exec) cannot be read: convert falls back to the
+    structure match and its 'by structure only' warning (the warm start still holds here)."""
+    namespace = {}
+    exec("def forward(self, hidden_states, **kwargs):\n"
+         "    return Base.forward(self, hidden_states, **kwargs)\n",
+         {"Base": transformers.models.llama.modeling_llama.LlamaDecoderLayer}, namespace)
+    layer_cls = type("GeneratedLayer", (transformers.models.llama.modeling_llama.LlamaDecoderLayer,),
+                     {"forward": namespace["forward"]})
+    assert not read_forward(layer_cls).readable
+    original = build(transformers.LlamaForCausalLM, transformers.LlamaConfig)
+    for layer in original.model.layers:
+        layer.__class__ = layer_cls
+    with pytest.warns(UserWarning, match="by structure only"):
+        model = convert(copy.deepcopy(original), n=4)
+    assert_close(logits(model, token_ids), logits(original, token_ids), 1e-5, "generated layer class")

@@ -84,9 +84,72 @@ def check_incoming(current: dict, incoming: dict, owner: str, named_modules, sta
     try:
         state_matches(current, incoming, owner)
     except ValueError as err:
+        hint = stream_sizes_hint(current, incoming)
+        message = f"{err}{hint}"
         if layers:
-            raise ValueError(f"{err}. {refusal(owner, layers)}") from None
+            raise ValueError(f"{message}. {refusal(owner, layers)}") from None
+        if hint:
+            raise ValueError(message) from None
         raise
+
+
+def _sizes(phi_shape, alpha_shape) -> tuple[int, int] | None:
+    """(n, C) from the shape of an MHC's phi [n*C, n*n + 2n] (alpha [3]) or a StreamHead's
+    phi [n*C, n] (alpha [1]); None when the shapes fit neither."""
+    if len(phi_shape) != 2 or len(alpha_shape) != 1:
+        return None
+    rows, cols = phi_shape
+    if alpha_shape[0] == 1:
+        n = cols
+    else:
+        n = round((1 + cols) ** 0.5) - 1
+        if n * n + 2 * n != cols:
+            return None
+    return (n, rows // n) if n > 0 and rows % n == 0 else None
+
+
+def stream_sizes_hint(current: dict, incoming: dict) -> str:
+    """' (prefix: file n=.., C=..; module n=.., C=..)' for every MHC / StreamHead whose phi
+    shape differs between the module and the incoming state, so a wrong n or C reads as
+    such; '' when there is none."""
+    out = []
+    for key in sorted(current):
+        if key != "phi" and not key.endswith(".phi"):
+            continue
+        prefix = key[: -len("phi")]
+        alpha = current.get(prefix + "alpha")
+        if key not in incoming or alpha is None or tuple(incoming[key].shape) == tuple(current[key].shape):
+            continue
+        mine = _sizes(tuple(current[key].shape), tuple(alpha.shape))
+        theirs = _sizes(tuple(incoming[key].shape), tuple(alpha.shape))
+        if mine and theirs:
+            out.append(f"{prefix.rstrip('.') or '<root>'}: file n={theirs[0]}, C={theirs[1]}; "
+                       f"module n={mine[0]}, C={mine[1]}")
+    return f" (streams and width: {'; '.join(out)})" if out else ""
+
+
+def unreadable(path: str, err: Exception) -> ValueError:
+    """The error for a file that is not a complete safetensors file (truncated, or another
+    format such as a torch.save pickle), naming the path and the reader's complaint."""
+    return ValueError(f"load_state: {path!r} is not a complete safetensors file ({type(err).__name__}: {err}); "
+                      "was it cut short, or written in another format (torch.save / pickle / npz)?")
+
+
+def checked_key(key) -> str:
+    """`key` of an incoming state mapping, or a TypeError saying names are dotted strings."""
+    if not isinstance(key, str):
+        raise TypeError(f"load_state: state names must be dotted strings such as 'phi' or 'layer.weight', "
+                        f"got {key!r} ({type(key).__name__})")
+    return key
+
+
+def numeric(key: str, value, np_module):
+    """`value` as a numpy array of numbers, or a TypeError naming `key` and what it held."""
+    array = np_module.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"load_state: {key!r} must be an array of numbers, got {type(value).__name__} "
+                        f"(dtype {array.dtype})")
+    return array
 
 
 def file_metadata(path: str | os.PathLike) -> dict:

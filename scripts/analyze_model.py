@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     names = [short(s.name) for s in stats]
     written = [plot_overview(stats, names, title, info, os.path.join(out, "overview.png")),
                plot_heatmaps(stats, names, title, info, os.path.join(out, "res_heatmaps.png"))]
-    if stats[0].stream_cos is not None:
+    if stats[0].stream_cos is not None and len(stats[0].stream_cos) > 1:  # n = 1: no pair of streams to compare
         written.append(plot_similarity(stats, names, title, os.path.join(out, "stream_similarity.png")))
     print("\nwrote " + ", ".join([os.path.join(out, "analysis.txt"), os.path.join(out, "analysis.json")] + written))
     return 0

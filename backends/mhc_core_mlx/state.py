@@ -124,21 +124,24 @@ def _read(state) -> dict[str, mx.array]:
         return _load_file(path)
     if not isinstance(state, Mapping):
         raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
-    return {k: v if isinstance(v, mx.array) else _from_numpy(np.asarray(v)) for k, v in state.items()}
+    return {portable.checked_key(k): v if isinstance(v, mx.array) else _from_numpy(portable.numeric(k, v, np))
+            for k, v in state.items()}
 
 
 def _load_file(path: str) -> dict[str, mx.array]:
     try:
         return dict(mx.load(path, format="safetensors"))
-    except RuntimeError as err:
-        if "F64" not in str(err):
-            raise
+    except (RuntimeError, ValueError) as err:
+        if "F64" not in str(err):  # a truncated or foreign file
+            raise portable.unreadable(path, err) from None
     try:  # float64 tensors: mx.load cannot read them, numpy can
         arrays = _safetensors_numpy("read float64 tensors").load_file(path)
     except TypeError as err:
         if "bfloat16" in str(err):  # numpy has no bfloat16
             _refuse_mixed_f64_bf16({mx.bfloat16}, f"load_state: {path!r}")
         raise
+    except Exception as err:  # safetensors' SafetensorError
+        raise portable.unreadable(path, err) from None
     return {k: _from_numpy(v) for k, v in arrays.items()}
 
 

@@ -59,10 +59,14 @@ def _read(state) -> dict[str, torch.Tensor]:
         path = os.fsdecode(os.fspath(state))  # a bytes PathLike as the file system decodes it
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # safetensors' SafetensorError: a truncated or foreign file
+            raise portable.unreadable(path, err) from None
     if not isinstance(state, Mapping):
         raise TypeError(f"load_state expects a dict of arrays or a safetensors path, got {type(state).__name__}")
-    return {k: v.detach() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()}
+    return {portable.checked_key(k): v.detach() if isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.array(portable.numeric(k, v, np))) for k, v in state.items()}
 
 
 def from_mlx_name(module: nn.Module, name: str) -> str:

@@ -67,3 +67,15 @@ def test_rejects_other_directories(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="neither a converted model"):
         load_script("analyze_model").main([str(tmp_path)])
+
+
+def test_one_stream_model(decoder, tmp_path):
+    """n = 1 (no pair of streams): the report and the coefficient plots, no similarity plot
+    (it failed on an empty off-diagonal before). At the warm start pre = 1 and res = [[1]]."""
+    convert(decoder("llama"), n=1).save_pretrained(tmp_path / "model")
+    assert load_script("analyze_model").main([str(tmp_path / "model"), "--batch", "2", "--seq-len", "8"]) == 0
+    out = tmp_path / "model" / "analysis"
+    assert (out / "overview.png").exists() and not (out / "stream_similarity.png").exists()
+    for s in json.loads((out / "analysis.json").read_text())["steps"]:
+        np.testing.assert_allclose(s["pre_mean"], [1.0], atol=1e-6)
+        np.testing.assert_allclose(s["res_mean"], [[1.0]], atol=1e-6)

@@ -217,3 +217,23 @@ def test_triton_path_where_it_can_run(decoder, token_ids, assert_close):
     for _, step in mhc_steps(on_triton):
         step.impl = "triton"
     assert_close(logits(on_triton, token_ids), logits(trained, token_ids), 1e-5, "trained llama triton vs reference")
+
+
+def test_checkpoint_without_mhc_values_loads_at_the_warm_start(decoder, token_ids, tmp_path, assert_close):
+    """A checkpoint saved before converting, with config.mhc added (or one whose mHC tensors
+    were dropped): transformers leaves the missing tensors uninitialised (NaN logits before);
+    load_converted gives them the warm start, says so, and the logits are the original's."""
+    original = decoder("llama")
+    want = logits(original, token_ids)
+    original.save_pretrained(tmp_path)
+    converted_config = convert(copy.deepcopy(original), n=4).config.to_dict()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mhc"] = converted_config["mhc"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"no values for 12 mHC parameters.*warm start"):
+        loaded, info = load_converted(tmp_path, output_loading_info=True)
+    assert "model.layers.0.attn_mhc.phi" in info["missing_keys"]
+    assert_close(logits(loaded, token_ids), want, 1e-5, "unconverted checkpoint loaded converted")
+    fresh = mhc_core_torch.MHC(torch.nn.Identity(), 4, 32, sinkhorn_eps=0.0)
+    for name, p in loaded.model.layers[1].mlp_mhc.named_parameters(recurse=False):
+        assert torch.equal(p, getattr(fresh, name)), name

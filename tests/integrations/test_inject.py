@@ -185,3 +185,16 @@ def test_sequential_errors():
         MHCSequential([3], n=4)
     with pytest.raises(TypeError, match=r"layers\[1\] must be an nn.Module .*, got builtins.str"):
         MHCSequential([nn.Linear(8, 8), "fc"], n=4, dim=8)
+
+
+@pytest.mark.parametrize("family", ["MPNet", "Deberta"])
+def test_bert_like_layers_the_recipe_cannot_call_are_refused(family):
+    """MPNet's attention has no .output (was an AttributeError from the matcher); DeBERTa's
+    layer has BERT's parts but its own LayerNorm and attention call (was accepted, then
+    failed inside DeBERTa's attention at the first forward)."""
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, f"{family}Config")(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64)
+    model = getattr(transformers, f"{family}Model")(config)
+    with pytest.raises(ValueError, match=f"no mHC recipe fits {family}Layer"):
+        inject(model, f"{family}Layer", n=4)

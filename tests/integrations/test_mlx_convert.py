@@ -99,3 +99,39 @@ def test_errors():
         convert(pair()[1], n=0)
     with pytest.raises(ValueError, match="expects streams"):
         model.model.layers[1](mx.zeros((1, 3, 32)))
+
+
+def built(family, **extra):
+    """An mlx-lm model of `family` with weights ~ N(0, 0.2) (norms around 1)."""
+    import importlib
+
+    module = importlib.import_module(f"mlx_lm.models.{family}")
+    fields = module.ModelArgs.__dataclass_fields__
+    args = {k: v for k, v in {**ARGS, "model_type": family, "max_position_embeddings": 64, "rope_theta": 10000.0,
+                              **extra}.items() if k in fields}
+    model = module.Model(module.ModelArgs(**args))
+    rng = np.random.default_rng(0)
+    model.load_weights([(k, mx.array(rng.normal(0, 0.2, v.shape).astype(np.float32) + (1.0 if "norm" in k else 0.0)))
+                        for k, v in tree_flatten(model.parameters())])
+    return model
+
+
+def test_granite_residual_multiplier_warm_start(assert_close):
+    """mlx-lm's Granite adds x + r * residual_multiplier: each branch carries the factor
+    (without it the logits were off by 1.7 at the warm start)."""
+    model = built("granite", residual_multiplier=0.37, embedding_multiplier=2.0, attention_multiplier=0.25,
+                  logits_scaling=2.0, attention_bias=False, mlp_bias=False)
+    want = np.array(model(ids()))
+    assert np.abs(want).max() > 0.5
+    convert(model, n=4)
+    assert_close(np.array(model(ids())), want, 1e-5, "mlx-lm granite n=4 warm start")
+
+
+def test_block_with_another_forward_is_refused():
+    """mlx-lm's MiniCPM has Llama's four children but scales each branch by
+    scale_depth / sqrt(layers) from its own attributes: refused by name, model untouched."""
+    model = built("minicpm", scale_depth=1.4, scale_emb=12, dim_model_base=16)
+    want = np.array(model(ids()))
+    with pytest.raises(ValueError, match=r"minicpm.*scale_depth"):
+        convert(model, n=4)
+    assert np.array_equal(np.array(model(ids())), want)

@@ -5,6 +5,8 @@ The same design as `mhc_core_torch.convert` (see backends/mhc_core_torch/integra
 each block's class is swapped for `MHC<Block>`, whose call runs its attention and MLP
 residuals as `mhc_core_mlx.MHC` steps; the first block expands the embedding into n streams,
 the last reduces them (mean) before the model's final norm; the warm start is exact.
+Blocks whose __call__ does more than the two plain residual adds are refused by name
+(mhc_core.forward_check); Granite's `x + r * residual_multiplier` scales each branch.
 
 Parameter names match the torch side (`model.layers.0.attn_mhc.phi`, ...; mlx-lm keeps
 Hugging Face's names for the rest), so the weights of a Llama converted and trained with
@@ -22,6 +24,7 @@ import mlx.nn as nn
 
 import mhc_core
 from mhc_core import checks
+from mhc_core.forward_check import read_forward
 
 from ..modules import MHC
 
@@ -37,8 +40,11 @@ class _Branch:
     def __call__(self, h: mx.array) -> mx.array:
         b = self.block
         if self.kind == "attn":
-            return b.self_attn(b.input_layernorm(h), self.mask, self.cache)
-        return b.mlp(b.post_attention_layernorm(h))
+            y = b.self_attn(b.input_layernorm(h), self.mask, self.cache)
+        else:
+            y = b.mlp(b.post_attention_layernorm(h))
+        scale = getattr(b, "mhc_branch_scale", None)  # Granite's residual_multiplier
+        return y if scale is None else y * scale
 
 
 class MHCBlockMixin:
@@ -84,7 +90,14 @@ def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None
         if kids != _CHILDREN:
             raise ValueError(f"convert: layer {i} ({type(block).__name__}) has children {sorted(kids)}; "
                              f"expected exactly {sorted(_CHILDREN)} (a pre-LN decoder block)")
+        reading = read_forward(type(block), "__call__")
+        if reading.problems:
+            raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has the children "
+                             "of a pre-LN decoder block, but its __call__ does more than the plain residual adds "
+                             f"mHC reproduces: {list(reading.problems)}; converting it would change the logits")
     for i, block in enumerate(layers):
+        if read_forward(type(block), "__call__").scaled:
+            block.mhc_branch_scale = float(block.residual_multiplier)
         c = int(block.input_layernorm.weight.shape[-1])
         block.attn_mhc = MHC(_Branch(block, "attn"), n, c, variant=variant, init=init, **full)
         block.mlp_mhc = MHC(_Branch(block, "mlp"), n, c, variant=variant, init=init, **full)

@@ -5,7 +5,8 @@ its class ancestry and its children, so
 - the original weights keep their state-dict keys (`model.layers.0.self_attn.q_proj.weight`);
   the mHC parameters are added beside them (`model.layers.0.attn_mhc.phi`, `.bias`, `.alpha`),
 - transformers' machinery keyed on the block still works: `isinstance` output recorders
-  (`output_hidden_states`), gradient checkpointing (`GradientCheckpointingLayer` wraps the
+  (`output_hidden_states`: a converted layer's output is the streams [B, T, n, C] except
+  the last layer's [B, T, C], as DeepSeek-V4 reports them), gradient checkpointing (`GradientCheckpointingLayer` wraps the
   new forward too), tensor-parallel plans written against module paths,
 - the model's own forward (masks, rotary embeddings, KV cache, generate) is untouched.
 
@@ -122,9 +123,11 @@ def is_converted(block: nn.Module) -> bool:
 
 def convert_block(block: nn.Module, recipe: Recipe, *, n: int, expand: bool, reduce: str | None,
                   position: str, variant: str = "mhc", init: dict | None = None, impl: str = "auto",
-                  **cfg) -> nn.Module:
+                  branch_scale: float | None = None, **cfg) -> nn.Module:
     """Swap `block`'s class to MHC<class> and add one MHC per branch (+ a StreamHead when
-    this block reduces with reduce='head'). cfg: MHCConfig fields. Returns the block."""
+    this block reduces with reduce='head'). branch_scale: a factor on every branch output
+    f(h) (the block's own residual multiplier), None for none. cfg: MHCConfig fields.
+    Returns the block."""
     if is_converted(block):
         raise ValueError(f"{position} ({type(block).__name__}) is already converted to mHC")
     if reduce not in (None, *REDUCTIONS):
@@ -139,6 +142,8 @@ def convert_block(block: nn.Module, recipe: Recipe, *, n: int, expand: bool, red
     if reduce == "head":
         block.add_module("mhc_head", StreamHead(n, c, rms_eps=cfg.get("rms_eps", 1e-6),
                                                 eps=cfg.get("pre_eps", 1e-6)).to(device))
+    if branch_scale is not None:
+        block.mhc_branch_scale = branch_scale
     block.mhc_n, block.mhc_dim = n, c
     block.mhc_expand, block.mhc_reduce, block.mhc_position = expand, reduce is not None, position
     block.__class__ = mhc_class(type(block), recipe)

@@ -21,14 +21,20 @@ whose __init__ re-applies the conversion, and calls its `from_pretrained`: dtype
 device_map and sharded checkpoints work as usual (mHC parameters stay float32 under
 dtype=bfloat16, and no converted block is split across devices). A plain
 `AutoModelForCausalLM.from_pretrained(path)` would load the original architecture and
-report the `*_mhc.*` tensors as unexpected: use load_converted.
+report the `*_mhc.*` tensors as unexpected: use load_converted. mHC parameters the files
+do not hold (a checkpoint saved before converting, with config.mhc added) start at the
+warm start, with a warning naming them (transformers would leave them uninitialised).
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
+import torch
 from torch import nn
+
+from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
 from .inject import check_settings, convert_segments, record
@@ -128,4 +134,35 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
         raise ValueError(f"load_converted: config.json names architecture {arch!r}, which transformers does not have")
     cls = converted_class(base)
     cls._mhc_impl = impl
-    return cls.from_pretrained(path, **kwargs)
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    # ignore_mismatched_sizes=True leaves mismatched tensors uninitialised as well
+    absent = [*info.get("missing_keys", ()), *(m[0] if isinstance(m, (tuple, list)) else m
+                                               for m in info.get("mismatched_keys", ()))]
+    restored = warm_start_missing(model, absent)
+    if restored:
+        warnings.warn(f"load_converted: {os.fspath(path)!r} holds no values for {len(restored)} mHC parameters "
+                      f"({restored[:4]}{' ...' if len(restored) > 4 else ''}); they start at the exact warm start "
+                      "(as after convert), not at trained values", stacklevel=2)
+    return (model, info) if want_info else model
+
+
+def warm_start_missing(model: nn.Module, missing) -> list[str]:
+    """Give every MHC / StreamHead parameter named in `missing` (from_pretrained's
+    missing_keys, which transformers leaves uninitialised memory) its warm-start value;
+    returns the names it set."""
+    missing, done = set(missing), []
+    for name, module in model.named_modules():
+        if isinstance(module, MHC):
+            fresh = MHC(nn.Identity(), module.n, module.dim, variant=module.variant, **module._cfg)
+        elif isinstance(module, StreamHead):
+            fresh = StreamHead(module.n, module.dim, rms_eps=module.rms_eps, eps=module.eps)
+        else:
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            full = f"{name}.{pname}" if name else pname
+            if full in missing:
+                with torch.no_grad():
+                    param.copy_(getattr(fresh, pname).to(param.device, param.dtype))
+                done.append(full)
+    return done

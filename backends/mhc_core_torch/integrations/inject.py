@@ -11,6 +11,7 @@ saved model can be rebuilt by `mhc_core_torch.load_converted` (see convert.py).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 from torch import nn
@@ -58,12 +59,15 @@ def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe
     for segment in segments:
         blocks = [modules[name] for name in segment]
         used = recipe or recipe_for(blocks[0])
+        scales = []
         for name, block in zip(segment, blocks):
             if not used.matches(block):
                 raise ValueError(f"{name} ({type(block).__name__}) does not have the structure of recipe {used.name!r}")
+            scales.append(_branch_scale(name, block, used))
         for i, (name, block) in enumerate(zip(segment, blocks)):
             convert_block(block, used, n=n, variant=variant, init=init, impl=impl, position=name,
-                          expand=(i == 0), reduce=reduce if i == len(blocks) - 1 else None, **cfg)
+                          expand=(i == 0), reduce=reduce if i == len(blocks) - 1 else None,
+                          branch_scale=scales[i], **cfg)
         untested = sorted({type(b).__name__.removeprefix("MHC") for b in blocks} - set(used.tested))
         if untested:
             warnings.warn(f"mHC: {untested} converted with recipe {used.name!r} by structure only (tested on "
@@ -71,6 +75,22 @@ def convert_segments(model: nn.Module, segments: list[list[str]], recipe: Recipe
                           stacklevel=3)
         recorded.append({"recipe": used.name, "blocks": segment})
     return recorded
+
+
+def _branch_scale(name: str, block: nn.Module, recipe: Recipe) -> float | None:
+    """The factor the block's forward puts on each branch output (Granite's
+    residual_multiplier), None for a plain residual add; ValueError naming the statements
+    when the forward does something the recipe does not reproduce."""
+    if recipe.read_forward is None:
+        return None
+    reading = recipe.read_forward(type(block))
+    if reading.problems:
+        raise ValueError(
+            f"{name} ({type(block).__name__}) has the children of recipe {recipe.name!r}, but its forward "
+            f"does more than the plain residual adds the recipe reproduces: {list(reading.problems)}. "
+            "Converting it would change the model's outputs; write a recipe for this block "
+            "(mhc_core_torch.integrations.recipes) or wrap its sub-layers with MHCSequential.")
+    return float(getattr(block, "residual_multiplier")) if reading.scaled else None
 
 
 def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:
@@ -92,12 +112,34 @@ def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:
     return n, mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
 
 
+def _converted_here(model: nn.Module, settings: dict) -> bool:
+    """Whether every block `settings` (a config.mhc) lists is converted in this model."""
+    modules = dict(model.named_modules())
+    blocks = [b for segment in settings.get("segments", []) for b in segment.get("blocks", [])]
+    return bool(blocks) and all(name in modules and is_converted(modules[name]) for name in blocks)
+
+
+def _own_config(model: nn.Module):
+    """A copy of model.config, set on every submodule that held the shared one."""
+    shared = model.config
+    own = copy.deepcopy(shared)
+    for module in model.modules():
+        if getattr(module, "config", None) is shared:
+            module.config = own
+    return own
+
+
 def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
     """Append the conversion to model.config.mhc (used by load_converted to rebuild the model)."""
     config = getattr(model, "config", None)
     if config is None:
         return
     previous = getattr(config, "mhc", None) or {}
+    if not (previous and _converted_here(model, previous)):
+        # a first conversion: the config object may be shared with other models (two models
+        # built from one config, an original and its copy.copy); give this model its own
+        # before writing config.mhc, and ignore an entry another model wrote there
+        previous, config = {}, _own_config(model)
     settings = {"format": FORMAT_VERSION, "n": n, "variant": variant, "reduce": reduce, "config": cfg,
                 "segments": list(previous.get("segments", [])) + segments}
     if previous and any(previous.get(k) != settings[k] for k in ("n", "variant", "reduce", "config")):

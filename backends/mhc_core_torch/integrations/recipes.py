@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mhc_core.forward_check import ForwardReading, read_forward
+
 
 def first(out):
     """Attention modules return (output, weights); MoE blocks may return (output, logits)."""
@@ -64,7 +66,9 @@ class Branch:
 class Recipe:
     """name; branches in forward order; matches(block) -> bool; dim(block) -> C;
     tested: class names our tests check against transformers; prepare(kwargs) -> kwargs
-    for the branches that take them (raises on inputs the recipe cannot handle)."""
+    for the branches that take them (raises on inputs the recipe cannot handle);
+    read_forward(cls) -> ForwardReading, or None: what a matched class's forward does
+    beyond the recipe (mhc_core.forward_check), read before converting."""
 
     name: str
     branches: tuple[Branch, ...]
@@ -72,10 +76,34 @@ class Recipe:
     dim: Callable[[nn.Module], int]
     tested: tuple[str, ...]
     prepare: Callable[[dict], dict] = lambda kwargs: kwargs
+    read_forward: Callable[[type], ForwardReading] | None = None
+
+
+def scaled(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """y times the block's branch scale (`mhc_branch_scale`, set by convert_block for
+    layers that add `residual + h * residual_multiplier`, e.g. Granite), or y as is."""
+    scale = getattr(block, "mhc_branch_scale", None)
+    return y if scale is None else y * scale
 
 
 def _children(block: nn.Module) -> set[str]:
     return {name for name, _ in block.named_children()}
+
+
+def _norm_dim(norm: nn.Module) -> int:
+    """C of a norm layer: its weight's last axis, or its normalized_shape for a norm without
+    weights (OLMo's LayerNorm), or its hidden_size / dim attribute."""
+    weight = getattr(norm, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[-1])
+    for attr in ("normalized_shape", "hidden_size", "dim"):
+        value = getattr(norm, attr, None)
+        if isinstance(value, (tuple, list, torch.Size)) and len(value) > 0:
+            return int(value[-1])
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot tell the hidden size C from {type(norm).__name__}: it has no weight, "
+                     "normalized_shape, hidden_size or dim")
 
 
 # --- pre-LN decoder layers (Llama family) ------------------------------------------------
@@ -84,17 +112,20 @@ _DECODER_CHILDREN = {"input_layernorm", "self_attn", "post_attention_layernorm",
 PRE_NORM_DECODER = Recipe(
     name="pre_norm_decoder",
     branches=(
-        Branch("attn", lambda b, h, kw: first(b.self_attn(b.input_layernorm(h), **kw)), True, None,
+        Branch("attn", lambda b, h, kw: scaled(b, first(b.self_attn(b.input_layernorm(h), **kw))), True, None,
                "self_attn(input_layernorm(h))"),
-        Branch("mlp", lambda b, h, kw: first(b.mlp(b.post_attention_layernorm(h))), False, None,
+        Branch("mlp", lambda b, h, kw: scaled(b, first(b.mlp(b.post_attention_layernorm(h)))), False, None,
                "mlp(post_attention_layernorm(h))"),
     ),
     # Exactly these children: Gemma's sandwich norms, Phi-3's residual dropouts or
-    # Cohere's parallel block have more (or fewer) and a different forward.
+    # Cohere's parallel block have more (or fewer) and a different forward. Layers with
+    # these children whose forward still differs (MiniMax, Molmo2, ...) are refused by
+    # read_forward; Granite's residual_multiplier becomes the branch scale.
     matches=lambda b: _children(b) == _DECODER_CHILDREN,
-    dim=lambda b: int(b.input_layernorm.weight.shape[-1]),
+    dim=lambda b: _norm_dim(b.input_layernorm),
     tested=("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer",
-            "Qwen3MoeDecoderLayer"),
+            "Qwen3MoeDecoderLayer", "GraniteDecoderLayer", "OlmoDecoderLayer"),
+    read_forward=read_forward,
 )
 
 
@@ -108,7 +139,7 @@ VIT = Recipe(
                "dropout(mlp(layernorm_after(h)))"),
     ),
     matches=lambda b: _children(b) == {"attention", "layernorm_before", "layernorm_after", "mlp", "dropout"},
-    dim=lambda b: int(b.layernorm_before.normalized_shape[-1]),
+    dim=lambda b: _norm_dim(b.layernorm_before),
     tested=("ViTLayer",),
 )
 
@@ -133,7 +164,11 @@ def _bert_matches(b: nn.Module) -> bool:
     kids = _children(b)
     if not {"attention", "intermediate", "output"} <= kids or "crossattention" in kids:
         return False
-    return all(hasattr(m, a) for m in (b.attention.output, b.output) for a in ("dense", "dropout", "LayerNorm"))
+    parts = (getattr(b.attention, "output", None), b.output)  # MPNet's attention has no .output
+    if not all(m is not None and hasattr(m, a) for m in parts for a in ("dense", "dropout", "LayerNorm")):
+        return False
+    # torch's LayerNorm: DeBERTa's own DebertaLayerNorm comes with a different attention call
+    return all(isinstance(m.LayerNorm, nn.LayerNorm) for m in parts)
 
 
 BERT_POST_NORM = Recipe(
@@ -145,7 +180,7 @@ BERT_POST_NORM = Recipe(
                "output.dropout(dense(intermediate(h))) -> LayerNorm per stream"),
     ),
     matches=_bert_matches,
-    dim=lambda b: int(b.output.LayerNorm.normalized_shape[-1]),
+    dim=lambda b: _norm_dim(b.output.LayerNorm),
     tested=("BertLayer",),
     prepare=_bert_prepare,
 )

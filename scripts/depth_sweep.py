@@ -152,7 +152,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-clip", type=float, default=0.0, help="total-norm clip; 0 = off")
     p.add_argument("--seed", type=int, default=0, help="weights (same for every variant) and data")
     p.add_argument("--log-every", type=int, help="steps between gain measurements")
-    p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics")
+    p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics (1 .. --batch)")
     p.add_argument("--max-nonfinite", type=int, default=20,
                    help="stop a run after this many consecutive NaN/Inf steps (recorded as diverged)")
     p.add_argument("--threads", type=int, default=1,
@@ -180,6 +180,14 @@ def parse_args(argv=None):
     args.seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
         p.error(f"--seeds and --lrs must not repeat a value, got seeds {args.seeds} and lrs {args.lrs}")
+    for flag, values in (("--depths", args.depths), ("--variants", args.variants)):
+        if len(set(values)) != len(values):  # a repeat would train the same run dir twice
+            p.error(f"{flag} must not repeat a value, got {' '.join(map(str, values))}")
+    if args.metric_rows > args.batch:
+        p.error(f"--metric-rows must be at most --batch ({args.batch}), got {args.metric_rows}")
+    if args.recompute != "0" and "history" in args.variants:
+        p.error(f"--recompute {args.recompute} is not implemented for the history variant; "
+                "use --recompute 0 or drop 'history' from --variants")
     _resolve_task_shape(p, args)
     check_numbers(p, args)
     args.backend = args.backend or default_backend()
@@ -233,7 +241,7 @@ def check_numbers(p, args) -> None:
     if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):
         p.error(f"--grad-clip must be a finite number >= 0 (0 = off), got {args.grad_clip}")
     for flag, value, low in (("--warmup", args.warmup, 0), ("--seed", min(args.seeds), 0),
-                             ("--metric-rows", args.metric_rows, 0), ("--max-nonfinite", args.max_nonfinite, 1),
+                             ("--metric-rows", args.metric_rows, 1), ("--max-nonfinite", args.max_nonfinite, 1),
                              ("--threads", args.threads, 0)):
         if value < low:
             p.error(f"{flag} must be an integer >= {low}, got {value}")

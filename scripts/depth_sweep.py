@@ -16,7 +16,8 @@ standard-library sources); mhc_core.experiments.data. Conditions: --norm pre|pos
 
 Writes, per (variant, depth[, seed][, lr]), under OUT/<variant>-L<depth>[-s<seed>][-lr<lr>]/
 (the suffixes only when --seeds / --lrs give more than one value):
-  config.json     everything needed to rerun (model, training, data, backend, versions, command)
+  config.json     everything needed to rerun (model, training, data, backend, versions, command),
+                  and "resumes": each resume from a checkpoint and the settings it changed
   metrics.jsonl   one JSON object per step (see `step_record`); gains every --log-every steps;
                   eval_loss / eval_accuracy (held-out set, weights before that step's update)
                   every --eval-every steps, and eval_loss_final / eval_accuracy_final (after
@@ -380,20 +381,49 @@ def planned_runs(args) -> list[tuple[argparse.Namespace, str, int, str]]:
 
 
 def check_resumable(args, runs) -> None:
-    """Before anything is written: every run dir holding a checkpoint must have been
-    written with this run's settings (else SystemExit naming the differing settings)."""
-    if not args.checkpoint_every:
-        return
+    """Before anything is written: every run dir holding a checkpoint must be resumed
+    (--checkpoint-every), with this run's settings, no more steps done than --steps and its
+    metrics.jsonl intact up to the checkpoint (else SystemExit saying what differs)."""
     data = None
     for run_args, variant, depth, run_dir in runs:
         store = CheckpointStore(os.path.join(run_dir, "checkpoints"))
         if not os.path.isdir(store.directory) or not store.steps():
             continue
+        if not args.checkpoint_every:  # a fresh metrics.jsonl beside them: a later resume would mix the two
+            raise SystemExit(f"{store.directory} holds checkpoints of a resumable run, and without --checkpoint-every "
+                             f"this run would start over beside them; pass --checkpoint-every K to resume it, "
+                             f"another --out, or delete {store.directory}")
         loaded = store.load_latest(warn=False)
         if loaded.found:
             data = data or make_data(run_args)
             cfg = model_config(run_args, variant, depth, data)
             sweep_scale.check_fingerprint(loaded, sweep_scale.fingerprint(run_args, cfg), store.directory)
+            sweep_scale.check_not_past_steps(loaded, run_args.steps, store.directory)
+            problem = _log_problem(os.path.join(run_dir, "metrics.jsonl"), int(loaded.meta.get("metrics_lines", 0)))
+            if problem:
+                raise SystemExit(f"{problem}, but {loaded.path} recorded the steps before it: restore the log, "
+                                 f"or delete {store.directory} to start this run over")
+
+
+def _log_problem(path: str, lines: int) -> str | None:
+    """Why metrics.jsonl cannot continue a checkpoint that counted `lines` lines (missing,
+    fewer complete lines, or a line that is not the JSON record of step 0, 1, ...), or None."""
+    if not lines:
+        return None
+    if not os.path.isfile(path):
+        return f"{path} is missing"
+    with open(path, "rb") as f:
+        head = [raw for _, raw in zip(range(lines), f)]
+    for i, raw in enumerate(head):
+        try:
+            ok = raw.endswith(b"\n") and json.loads(raw)["step"] == i
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            return f"{path} line {i + 1} is not the complete record of step {i}"
+    if len(head) < lines:
+        return f"{path} has {len(head)} lines, fewer than the {lines} the checkpoint counted"
+    return None
 
 
 def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress: bool) -> dict:
@@ -412,7 +442,7 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     start, resumed = hooks.resume(acc())  # refuses a checkpoint of other settings before any write
     if hooks.dist.is_main:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(run_config(args, versions, cfg, data, run_dir), f, indent=2)
+            json.dump({**run_config(args, versions, cfg, data, run_dir), "resumes": hooks.resumes}, f, indent=2)
     losses, events, streak, ratio_acc, gains_max = (resumed[k] for k in sweep_scale.ACC_KEYS)
     trainer, step = hooks.trainer, start - 1
     per_block = len(cfg.sublayers)  # mixing layers per block

@@ -437,7 +437,7 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     trainer = lm.Trainer(cfg, init_lm_params(cfg), grad_clip=args.grad_clip)
     hooks = sweep_scale.RunHooks(args, run_dir, cfg, trainer, data)  # dtype, recompute, DDP, checkpoints
     losses, events, streak, diverged, ratio_acc = [], 0, 0, False, []
-    gains_max = {"composite_forward_gain_peak": 0.0, "composite_backward_gain_peak": 0.0}
+    gains_max = {"composite_forward_gain_peak": None, "composite_backward_gain_peak": None}  # None: none finite yet
     acc = lambda: dict(losses=losses, events=events, streak=streak, ratio_acc=ratio_acc, gains_max=gains_max)  # noqa: E731
     start, resumed = hooks.resume(acc())  # refuses a checkpoint of other settings before any write
     if hooks.dist.is_main:
@@ -486,7 +486,7 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                 rec.update(gain_summary(report))
                 for k in gains_max:  # NaN gains (a NaN forward) are logged but do not set the max
                     if not np.isnan(rec[k]):
-                        gains_max[k] = max(gains_max[k], rec[k])
+                        gains_max[k] = rec[k] if gains_max[k] is None else max(gains_max[k], rec[k])
                 if step == args.steps - 1:
                     with open(os.path.join(run_dir, "res_final.json"), "w") as f:
                         json.dump(final_res(cfg, res) if res is not None else
@@ -579,7 +579,7 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
         lines.append(
             f"| {r['variant']} | {r['depth']} | {r['seed']} | {r['lr']:g} | {fmt(r['final_loss'], '.4g')} "
             f"| {r['final_loss_avg10pct']:.4g} | {r['eval_loss_final']:.4g} | {r['eval_accuracy_final']:.3f} "
-            f"| {r['max_composite_forward_gain']:.3g} | {r['max_composite_backward_gain']:.3g} "
+            f"| {fmt(r['max_composite_forward_gain'], '.3g')} | {fmt(r['max_composite_backward_gain'], '.3g')} "
             f"| {r['nan_inf_events']}{' (diverged)' if r['diverged'] else ''} "
             f"| {fmt(r['grad_norm_first_last_ratio'], '.3g')} | {r['wall_s']:.0f} |")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -196,3 +196,46 @@ def test_resume_with_a_new_log_schedule_says_and_records_what_changed(checkpoint
     recs = _recs(checkpointed / "mhc-L1")
     assert [r["step"] for r in recs] == list(range(6))
     assert [r["step"] for r in recs if "eval_loss" in r] == [0, 4, 5]  # the old schedule, then the new one
+
+
+def test_huge_lr_is_recorded_as_nan_events_against_the_log(tmp_path):
+    """lr 1e6: gradients go non-finite after the first update; the sweep does not crash, every
+    such step is an event whose count matches metrics.jsonl (counted here directly), and the
+    run stops as diverged after --max-nonfinite in a row."""
+    pytest.importorskip("torch")
+    out = tmp_path / "hot"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--variants", "hc", "mhc",
+                             "--lr", "1e6", "--steps", "8", "--max-nonfinite", "2"]) == 0
+    rows = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    for run in ("hc-L1", "mhc-L1"):
+        recs = _recs(out / run)
+        grads_bad = [not np.isfinite(float(r["grad_norm"])) or not np.isfinite(float(r["loss"])) for r in recs]
+        assert [r["nan_inf_event"] for r in recs] == [int(b) for b in grads_bad]
+        assert recs[-1]["nan_inf_events_total"] == sum(grads_bad) == rows[run]["nan_inf_events"]
+        assert rows[run]["diverged"] and grads_bad[-2:] == [True, True] and rows[run]["steps_run"] == len(recs) < 8
+
+
+def test_a_run_whose_every_gain_is_nan_reports_no_gain_not_zero(tmp_path, monkeypatch):
+    """A NaN embedding makes every measured gain NaN: the summary's max composite gain used to
+    read 0.0 (the accumulator's start), an amplification below any real network's."""
+    pytest.importorskip("torch")
+    from mhc_core.experiments.lm_config import init_lm_params
+
+    def poisoned(cfg):
+        p = init_lm_params(cfg)
+        if cfg.variant == "hc":
+            p["embed.weight"][:] = np.nan
+        return p
+
+    monkeypatch.setattr(depth_sweep, "init_lm_params", poisoned)
+    out = tmp_path / "nan"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--variants", "hc", "mhc",
+                             "--max-nonfinite", "2", "--log-every", "1"]) == 0
+    assert all(r["composite_forward_gain"]["max"] == "nan" for r in _recs(out / "hc-L1"))
+    summary = json.loads((out / "summary.json").read_text())
+    hc, mhc = summary["runs"]
+    assert hc["max_composite_forward_gain"] is None and hc["max_composite_backward_gain"] is None
+    peaks = [r["composite_forward_gain_peak"] for r in _recs(out / "mhc-L1")]
+    assert mhc["max_composite_forward_gain"] == max(peaks)
+    assert summary["groups"][0]["max_composite_forward_gain"]["n"] == 0
+    assert "| hc | 1 | 0 | 0.001 | — |" in (out / "summary.md").read_text()

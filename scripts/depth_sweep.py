@@ -142,16 +142,16 @@ def parse_args(argv=None):
                         "transformer, 8 (one token) for the mlp")
     p.add_argument("--init-std", type=positive_float,
                    help="std of the embeddings and sub-layer weights (LMConfig.init_std); default 0.02, digits 0.2")
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--lrs", type=positive_float, nargs="+", help="several learning rates in one sweep (overrides --lr)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lrs", type=positive_float, nargs="+", help="several learning rates in one sweep (instead of --lr)")
     p.add_argument("--seeds", type=int, nargs="+",
-                   help="run every (variant, depth) once per seed (overrides --seed); summary gives mean ± std")
+                   help="run every (variant, depth) once per seed (instead of --seed); summary gives mean ± std")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (>= 1)")
     p.add_argument("--eval-size", type=int,
                    help="held-out examples scored (0 = all 450 digits test images / 256 text windows / 32 synthetic rows)")
     p.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
     p.add_argument("--grad-clip", type=float, default=0.0, help="total-norm clip; 0 = off")
-    p.add_argument("--seed", type=int, default=0, help="weights (same for every variant) and data")
+    p.add_argument("--seed", type=int, help="weights (same for every variant) and data (default 0)")
     p.add_argument("--log-every", type=int, help="steps between gain measurements")
     p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics (1 .. --batch)")
     p.add_argument("--max-nonfinite", type=int, default=20,
@@ -177,6 +177,12 @@ def parse_args(argv=None):
         p.error("--history / --detach-history set the history variant's window, but --variants "
                 f"{' '.join(args.variants)} has no 'history'")
     args.history = 4 if args.history is None else args.history
+    for one, many in (("lr", "lrs"), ("seed", "seeds")):  # the list would silently win over the single value
+        if getattr(args, one) is not None and getattr(args, many) is not None:
+            p.error(f"--{one} and --{many} both given (--{one} {getattr(args, one):g}, --{many} "
+                    f"{' '.join(format(v, 'g') for v in getattr(args, many))}); give one of them")
+    args.lr = 1e-3 if args.lr is None else args.lr
+    args.seed = 0 if args.seed is None else args.seed
     args.lrs = list(args.lrs) if args.lrs else [args.lr]
     args.seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):

@@ -239,3 +239,20 @@ def test_a_run_whose_every_gain_is_nan_reports_no_gain_not_zero(tmp_path, monkey
     assert mhc["max_composite_forward_gain"] == max(peaks)
     assert summary["groups"][0]["max_composite_forward_gain"]["n"] == 0
     assert "| hc | 1 | 0 | 0.001 | — |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("bad, says", [
+    # the list used to win silently: --seed 3 --seeds 0 1 ran seeds 0 and 1
+    (["--seed", "3", "--seeds", "0", "1"], "--seed and --seeds both given (--seed 3, --seeds 0 1); give one of them"),
+    (["--lr", "0.01", "--lrs", "0.001", "0.1"], "--lr and --lrs both given (--lr 0.01, --lrs 0.001 0.1)"),
+])
+def test_a_single_value_and_its_list_together_are_refused(bad, says, capsys):
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.parse_args([*TINY, *bad])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_single_values_and_defaults_still_apply():
+    assert (depth_sweep.parse_args(TINY).lrs, depth_sweep.parse_args(TINY).seeds) == ([1e-3], [0])
+    args = depth_sweep.parse_args([*TINY, "--lr", "0.01", "--seed", "3"])
+    assert (args.lr, args.lrs, args.seed, args.seeds) == (0.01, [0.01], 3, [3])

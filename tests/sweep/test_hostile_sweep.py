@@ -81,7 +81,7 @@ def two_seed_sweep(tmp_path_factory):
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("spread") / "s"
     assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY[:-1], "--variants", "mhc",
-                             "--seeds", "0", "1", "--log-every", "1"]) == 0
+                             "--seeds", "0", "1", "--log-every", "1", "--depths", "2"]) == 0
     return out
 
 
@@ -93,7 +93,7 @@ def test_plot_band_and_summary_spread_against_numpy_on_metrics_jsonl(two_seed_sw
     import plot_runs
 
     out = two_seed_sweep
-    loss = np.array([[r["loss"] for r in _recs(out / f"mhc-L1-s{s}")] for s in (0, 1)])
+    loss = np.array([[r["loss"] for r in _recs(out / f"mhc-L2-s{s}")] for s in (0, 1)])
     runs = plot_runs.load_runs(str(out))
     (group,) = plot_runs.groups(runs)
     steps, mean, lo, hi = plot_runs._mean_band([plot_runs._series(r["metrics"], "loss") for r in group])
@@ -101,12 +101,26 @@ def test_plot_band_and_summary_spread_against_numpy_on_metrics_jsonl(two_seed_sw
     np.testing.assert_allclose(mean, loss.mean(0), rtol=1e-12)
     np.testing.assert_allclose(lo, loss.min(0), rtol=1e-12)
     np.testing.assert_allclose(hi, loss.max(0), rtol=1e-12)
-    finals = [_recs(out / f"mhc-L1-s{s}")[-1]["eval_loss_final"] for s in (0, 1)]
+    finals = [_recs(out / f"mhc-L2-s{s}")[-1]["eval_loss_final"] for s in (0, 1)]
     (g,) = json.loads((out / "summary.json").read_text())["groups"]
     assert g["eval_loss_final"]["mean"] == pytest.approx(np.mean(finals), rel=1e-12)
     assert g["eval_loss_final"]["std"] == pytest.approx(np.std(finals, ddof=1), rel=1e-9)
     for name in plot_runs.PLOT_NAMES:
         assert (out / f"{name}.png").stat().st_size > 0, name
+
+
+def test_grad_ratio_and_gain_peak_against_metrics_jsonl(two_seed_sweep):
+    """Summary's first/last block gradient ratio (mean over steps of block 0's norm over that of
+    the last block, block norm = L2 over its attention and MLP weights) and max composite gain,
+    recomputed in numpy from the per-step records."""
+    rows = {r["run"]: r for r in json.loads((two_seed_sweep / "summary.json").read_text())["runs"]}
+    for seed in (0, 1):
+        recs = _recs(two_seed_sweep / f"mhc-L2-s{seed}")
+        g = np.array([r["layer_grad_norm"] for r in recs])  # [steps, 4]: block 0 attn, mlp; block 1 attn, mlp
+        ratio = np.linalg.norm(g[:, :2], axis=1).mean() / np.linalg.norm(g[:, 2:], axis=1).mean()
+        row = rows[f"mhc-L2-s{seed}"]
+        assert row["grad_norm_first_last_ratio"] == pytest.approx(ratio, rel=1e-12)
+        assert row["max_composite_forward_gain"] == max(max(r["per_layer"]["composite_forward_gain_max"]) for r in recs)
 
 
 def test_plots_leave_out_an_earlier_sweeps_runs_in_the_same_out(two_seed_sweep, tmp_path):
@@ -119,18 +133,18 @@ def test_plots_leave_out_an_earlier_sweeps_runs_in_the_same_out(two_seed_sweep, 
 
     out = tmp_path / "s"
     shutil.copytree(two_seed_sweep, out)
-    stale = out / "mhc-L1-s7"
-    shutil.copytree(out / "mhc-L1-s0", stale)
+    stale = out / "mhc-L2-s7"
+    shutil.copytree(out / "mhc-L2-s0", stale)
     cfg = json.loads((stale / "config.json").read_text())
     cfg["model"]["seed"], cfg["train"]["task"] = 7, "copy"
     (stale / "config.json").write_text(json.dumps(cfg))
-    assert {r["name"] for r in plot_runs.load_runs(str(out))} == {"mhc-L1-s0", "mhc-L1-s1"}
-    for run in ("mhc-L1-s0", "mhc-L1-s1"):  # this sweep has no H_res to draw: h_res.png must go
+    assert {r["name"] for r in plot_runs.load_runs(str(out))} == {"mhc-L2-s0", "mhc-L2-s1"}
+    for run in ("mhc-L2-s0", "mhc-L2-s1"):  # this sweep has no H_res to draw: h_res.png must go
         (out / run / "res_final.json").unlink()
     written = plot_runs.plot_runs(str(out))
     assert not (out / "h_res.png").exists() and len(written) == len(plot_runs.PLOT_NAMES) - 1
     summary = json.loads((out / "summary.json").read_text())
-    summary["runs"] = [{"run": "mhc-L1-s0"}, {"run": "gone"}]
+    summary["runs"] = [{"run": "mhc-L2-s0"}, {"run": "gone"}]
     (out / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(SystemExit, match="summary.json lists run 'gone'"):
         plot_runs.load_runs(str(out))

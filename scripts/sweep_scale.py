@@ -70,8 +70,10 @@ def setup(args) -> Dist:
 
 
 def _setup(args) -> Dist:
-    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
-        raise SystemExit("--checkpoint-every must be >= 0 and --keep-checkpoints >= 1")
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every must be an integer >= 0 (0 = off), got {args.checkpoint_every}")
+    if args.keep_checkpoints < 1:
+        raise SystemExit(f"--keep-checkpoints must be an integer >= 1, got {args.keep_checkpoints}")
     if args.recompute not in ("0", "auto") and not (args.recompute.isdigit() and int(args.recompute) > 0):
         raise SystemExit(f"--recompute must be 0, auto or a positive integer, got {args.recompute!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:

@@ -4,6 +4,7 @@ expected; the held-out sets are what they claim; a resume names what changed; th
 show only the sweep's own runs (checked against numpy on metrics.jsonl)."""
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -270,3 +271,15 @@ def test_single_values_and_defaults_still_apply():
     assert (depth_sweep.parse_args(TINY).lrs, depth_sweep.parse_args(TINY).seeds) == ([1e-3], [0])
     args = depth_sweep.parse_args([*TINY, "--lr", "0.01", "--seed", "3"])
     assert (args.lr, args.lrs, args.seed, args.seeds) == (0.01, [0.01], 3, [3])
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be an integer >= 0 (0 = off), got -1"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be an integer >= 1, got 0"),
+    (["--recompute", "-2"], "--recompute must be 0, auto or a positive integer, got '-2'"),
+])
+def test_bad_scale_flags_name_the_value_before_any_run(tmp_path, bad, says):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit, match=re.escape(says)):
+        depth_sweep.main(["--out", str(out), *TINY, *bad])
+    assert not out.exists()

@@ -509,9 +509,13 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     if final_eval is None:  # diverged early, or a finished run resumed: score the weights as they are
         final_eval = hooks.base.evaluate(*eval_set)
     first, last = (np.mean([a for a, _ in ratio_acc]), np.mean([b for _, b in ratio_acc])) if ratio_acc else (0, 0)
-    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    # a diverged run has no final training loss: its last finite losses are from before it
+    # diverged (possibly step 0) and would enter the mean over seeds as if it had trained on
+    tail = losses[-max(1, len(losses) // 10):] if losses and not diverged else [float("nan")]
     return {"run": os.path.basename(run_dir), "variant": variant, "depth": depth, "seed": args.seed, "lr": args.lr,
-            "mixing_layers": cfg.n_mixing_layers, "steps_run": step + 1, "final_loss": losses[-1] if losses else None,
+            "mixing_layers": cfg.n_mixing_layers, "steps_run": step + 1,
+            "final_loss": losses[-1] if losses and not diverged else None,
+            "last_finite_loss": losses[-1] if losses else None,
             "eval_loss_final": final_eval["eval_loss"], "eval_accuracy_final": final_eval["eval_accuracy"],
             "final_loss_avg10pct": float(np.mean(tail)),
             "max_composite_forward_gain": gains_max["composite_forward_gain_peak"],

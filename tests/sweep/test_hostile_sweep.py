@@ -216,7 +216,7 @@ def test_resume_with_a_new_log_schedule_says_and_records_what_changed(checkpoint
 def test_huge_lr_is_recorded_as_nan_events_against_the_log(tmp_path):
     """lr 1e6: gradients go non-finite after the first update; the sweep does not crash, every
     such step is an event whose count matches metrics.jsonl (counted here directly), and the
-    run stops as diverged after --max-nonfinite in a row."""
+    run stops as diverged after --max-nonfinite in a row, with no final training loss."""
     pytest.importorskip("torch")
     out = tmp_path / "hot"
     assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--variants", "hc", "mhc",
@@ -228,6 +228,11 @@ def test_huge_lr_is_recorded_as_nan_events_against_the_log(tmp_path):
         assert [r["nan_inf_event"] for r in recs] == [int(b) for b in grads_bad]
         assert recs[-1]["nan_inf_events_total"] == sum(grads_bad) == rows[run]["nan_inf_events"]
         assert rows[run]["diverged"] and grads_bad[-2:] == [True, True] and rows[run]["steps_run"] == len(recs) < 8
+        # no final training loss for a diverged run (it used to report the loss from before it diverged)
+        assert rows[run]["final_loss"] is None and rows[run]["final_loss_avg10pct"] == "nan"
+        assert rows[run]["last_finite_loss"] == [r["loss"] for r in recs if not r["nan_inf_event"]][-1]
+    (group,) = [g for g in json.loads((out / "summary.json").read_text())["groups"] if g["variant"] == "mhc"]
+    assert group["final_loss_avg10pct"]["n"] == 0 and group["diverged"] == 1
 
 
 def test_a_run_whose_every_gain_is_nan_reports_no_gain_not_zero(tmp_path, monkeypatch):

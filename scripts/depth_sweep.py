@@ -187,6 +187,9 @@ def parse_args(argv=None):
     args.seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
         p.error(f"--seeds and --lrs must not repeat a value, got seeds {args.seeds} and lrs {args.lrs}")
+    if len({format(lr, "g") for lr in args.lrs}) != len(args.lrs):  # run folders are named -lr<lr:g>
+        p.error(f"--lrs must differ in their first 6 significant digits (run folders are named -lr<lr:g>), "
+                f"got {' '.join(map(repr, args.lrs))}")
     for flag, values in (("--depths", args.depths), ("--variants", args.variants)):
         if len(set(values)) != len(values):  # a repeat would train the same run dir twice
             p.error(f"{flag} must not repeat a value, got {' '.join(map(str, values))}")

@@ -26,6 +26,8 @@ TINY = ["--depths", "1", "--steps", "3", "--dim", "8", "--heads", "2", "--seq-le
     (["--depths", "1", "1"], "--depths must not repeat a value, got 1 1"),
     (["--variants", "mhc", "mhc"], "--variants must not repeat a value, got mhc mhc"),
     # --metric-rows 0 crashed at the first measured step (KeyError 'layer_inputs')
+    # two rates that print alike trained into the same folder, the second over the first
+    (["--lrs", "0.001", "0.0010000001"], "--lrs must differ in their first 6 significant digits"),
     (["--metric-rows", "0"], "--metric-rows must be an integer >= 1, got 0"),
     (["--metric-rows", "3"], "--metric-rows must be at most --batch (2), got 3"),
     # recompute of the history variant raised ValueError inside the run, after the others trained

@@ -290,3 +290,33 @@ def test_bad_scale_flags_name_the_value_before_any_run(tmp_path, bad, says):
     with pytest.raises(SystemExit, match=re.escape(says)):
         depth_sweep.main(["--out", str(out), *TINY, *bad])
     assert not out.exists()
+
+
+def _shape(obj, skip=("versions",)):
+    """The key structure of a JSON value (dict keys recursively, list lengths), values left out."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items() if k not in skip}
+    if isinstance(obj, list):
+        return [len(obj)] + [_shape(v) for v in obj[:1]]
+    return type(obj).__name__ if not isinstance(obj, (int, float)) or isinstance(obj, bool) else "number"
+
+
+def test_mlx_and_torch_sweeps_write_the_same_files_and_keys(tmp_path):
+    """Every file, every metrics record's keys, config.json / res_final.json / summary.json
+    structure and the plot set: the same on both backends (history included)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mlx.core")
+    outs = {}
+    for backend in ("torch", "mlx"):
+        outs[backend] = tmp_path / backend
+        assert depth_sweep.main(["--backend", backend, "--out", str(outs[backend]), *TINY[:-1],
+                                 "--variants", "mhc", "history", "--log-every", "2"]) == 0
+    files = {b: sorted(str(p.relative_to(o)) for p in o.rglob("*") if p.is_file()) for b, o in outs.items()}
+    assert files["torch"] == files["mlx"] and "mhc-L1/res_final.json" in files["torch"]
+    for name in files["torch"]:
+        if name.endswith(".jsonl"):
+            keys = [[sorted(json.loads(line)) for line in (o / name).read_text().splitlines()] for o in outs.values()]
+            assert keys[0] == keys[1], name
+        elif name.endswith(".json"):
+            shapes = [_shape(json.loads((o / name).read_text())) for o in outs.values()]
+            assert shapes[0] == shapes[1], name

@@ -164,6 +164,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     sweep_scale.add_arguments(p)
     args = p.parse_args(argv)
+    args.given = {k: getattr(args, k) for k in ("vocab", "seq_len") if getattr(args, k) is not None}
     for key, value in {**PRESETS["quick" if args.quick else "full"], **TASK_PRESETS.get(args.task, {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -234,10 +235,17 @@ def _resolve_task_shape(p, args) -> None:
             load_digits_arrays()
         except ImportError as e:
             p.error(str(e))
-        args.vocab, args.seq_len = 10, (DIGITS_SIDE // args.patch) ** 2
+        fixed = {"vocab": 10, "seq_len": (DIGITS_SIDE // args.patch) ** 2}
     elif args.task == "text":
-        args.vocab = 256
-    elif args.vocab < 2:
+        fixed = {"vocab": 256}
+    else:
+        fixed = {}
+    for key, value in fixed.items():  # a different value given on the command line was silently replaced
+        if args.given.get(key, value) != value:
+            p.error(f"--{key.replace('_', '-')} is fixed by --task {args.task} to {value}"
+                    + (f" (--patch {args.patch})" if key == "seq_len" else "") + f", got {args.given[key]}")
+        setattr(args, key, value)
+    if not fixed and args.vocab < 2:
         p.error(f"--vocab must be >= 2 (a next-token task over fewer than 2 tokens has nothing to learn), got {args.vocab}")
     if args.seq_len < 1 or args.batch < 1 or args.dim < 1 or args.heads < 1:
         p.error("--seq-len, --batch, --dim and --heads must be >= 1")

@@ -20,12 +20,19 @@ from mhc_core.experiments.tasks import TaskStream  # noqa: E402
 TINY = ["--depths", "1", "--steps", "3", "--dim", "8", "--heads", "2", "--seq-len", "4", "--batch", "2",
         "--vocab", "5", "--n", "2", "--no-progress", "--no-plots"]
 
+TASK_FREE = [a for i, a in enumerate(TINY)  # without --seq-len / --vocab: digits and text fix them
+             if a not in ("--seq-len", "--vocab") and TINY[i - 1] not in ("--seq-len", "--vocab")]
+
 
 @pytest.mark.parametrize("bad, says", [
     # a repeated depth or variant trained the same run dir twice and counted it twice in the summary
     (["--depths", "1", "1"], "--depths must not repeat a value, got 1 1"),
     (["--variants", "mhc", "mhc"], "--variants must not repeat a value, got mhc mhc"),
     # --metric-rows 0 crashed at the first measured step (KeyError 'layer_inputs')
+    # the task's fixed vocab / sequence length silently replaced a different value given
+    (["--task", "digits", "--vocab", "50"], "--vocab is fixed by --task digits to 10, got 50"),
+    (["--task", "digits", "--seq-len", "4", "--patch", "2"], "--seq-len is fixed by --task digits to 16 (--patch 2), got 4"),
+    (["--task", "text", "--vocab", "5"], "--vocab is fixed by --task text to 256, got 5"),
     # two rates that print alike trained into the same folder, the second over the first
     (["--lrs", "0.001", "0.0010000001"], "--lrs must differ in their first 6 significant digits"),
     (["--metric-rows", "0"], "--metric-rows must be an integer >= 1, got 0"),
@@ -35,20 +42,25 @@ TINY = ["--depths", "1", "--steps", "3", "--dim", "8", "--heads", "2", "--seq-le
     # digits' held-out set has 450 images: a larger --eval-size was cut to 450 silently
     (["--task", "digits", "--eval-size", str(DIGITS_TEST + 1)],
      f"eval_size must be at most the {DIGITS_TEST} held-out digits images"),
-    (["--task", "text", "--eval-size", "100000"], "distinct held-out text windows of seq_len 4"),
+    (["--task", "text", "--eval-size", "100000", "--seq-len", "4"], "distinct held-out text windows of seq_len 4"),
 ])
 def test_bad_arguments_are_usage_errors_before_any_run(tmp_path, capsys, bad, says):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as exc:
-        depth_sweep.main(["--out", str(out), *TINY, *bad])
+        depth_sweep.main(["--out", str(out), *TASK_FREE, *bad])
     assert exc.value.code == 2
     assert says in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_edge_values_that_are_valid_still_parse():
-    args = depth_sweep.parse_args([*TINY, "--metric-rows", "2", "--task", "digits", "--eval-size", str(DIGITS_TEST)])
-    assert args.metric_rows == 2 and args.eval_size == DIGITS_TEST
+    base = TASK_FREE
+    args = depth_sweep.parse_args([*base, "--metric-rows", "2", "--task", "digits", "--eval-size", str(DIGITS_TEST)])
+    assert args.metric_rows == 2 and args.eval_size == DIGITS_TEST and (args.vocab, args.seq_len) == (10, 16)
+    # the values a digits run's own rerun line repeats are accepted
+    args = depth_sweep.parse_args([*base, "--task", "digits", "--vocab", "10", "--seq-len", "1", "--patch", "8"])
+    assert (args.vocab, args.seq_len) == (10, 1)
+    assert depth_sweep.parse_args([*base, "--task", "text", "--vocab", "256", "--seq-len", "4"]).seq_len == 4
 
 
 def test_text_eval_windows_are_distinct_and_inside_the_held_out_bytes():

@@ -332,3 +332,23 @@ def test_mlx_and_torch_sweeps_write_the_same_files_and_keys(tmp_path):
         elif name.endswith(".json"):
             shapes = [_shape(json.loads((o / name).read_text())) for o in outs.values()]
             assert shapes[0] == shapes[1], name
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_held_out_accuracy_of_nan_logits_is_nan_not_a_number(backend):
+    """NaN weights give NaN logits; argmax of them picks a class anyway, so the held-out
+    accuracy used to read 0.019 (chance-like) beside a NaN loss and entered the mean over seeds."""
+    pytest.importorskip("torch" if backend == "torch" else "mlx.core")
+    import importlib
+
+    from mhc_core.experiments.lm_config import LMConfig, init_lm_params
+
+    lm = importlib.import_module(f"mhc_core_{backend}.lm")
+    cfg = LMConfig(vocab=5, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="hc", n=2)
+    stream = make_stream("incrementing", vocab=5, seq_len=4, batch_size=2, seed=1, eval_size=8)
+    params = init_lm_params(cfg)
+    healthy = lm.Trainer(cfg, params).evaluate(*stream.eval_set())
+    assert 0.0 <= healthy["eval_accuracy"] <= 1.0 and np.isfinite(healthy["eval_loss"])
+    params["embed.weight"][1] = np.nan  # one token's embedding: the rows holding it go NaN
+    ev = lm.Trainer(cfg, params).evaluate(*stream.eval_set())
+    assert np.isnan(ev["eval_loss"]) and np.isnan(ev["eval_accuracy"])

@@ -208,6 +208,9 @@ def _legend(fig, axes):
 LEGEND_ROOM = (0, 0.07, 1, 1)  # tight_layout rect leaving the bottom strip to the legend
 
 
+MIN_LOG_SPAN = 1.5  # a log y axis spans at least this factor
+
+
 def _log_y(ax):
     """Log y axis with plain tick labels (0.3, 10, 1e+06) instead of 3 x 10^-1; minor ticks
     are labelled when the range holds few decades (all of them inside one decade, the 2, 3
@@ -215,6 +218,10 @@ def _log_y(ax):
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     lo, hi = ax.get_ylim()
+    if 0 < lo < hi < lo * MIN_LOG_SPAN:  # e.g. gains 0.999999 .. 1 filled the panel: 1e-6 looked like a drop
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / math.sqrt(MIN_LOG_SPAN), mid * math.sqrt(MIN_LOG_SPAN)
+        ax.set_ylim(lo, hi)
     decades = math.log10(hi) - math.log10(lo) if lo > 0 and hi > 0 else 99
     if math.floor(math.log10(lo)) == math.floor(math.log10(hi)) if decades < 99 else False:
         minor = lambda v, _: f"{v:g}"  # noqa: E731

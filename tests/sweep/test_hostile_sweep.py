@@ -352,3 +352,22 @@ def test_held_out_accuracy_of_nan_logits_is_nan_not_a_number(backend):
     params["embed.weight"][1] = np.nan  # one token's embedding: the rows holding it go NaN
     ev = lm.Trainer(cfg, params).evaluate(*stream.eval_set())
     assert np.isnan(ev["eval_loss"]) and np.isnan(ev["eval_accuracy"])
+
+
+def test_log_axis_of_near_equal_gains_is_not_stretched():
+    """Gains 0.999999 and 1 used to fill a log panel top to bottom (1e-6 drawn as a drop);
+    the axis now spans at least MIN_LOG_SPAN, and a wide range is left as it is."""
+    import matplotlib.pyplot as plt
+    import plot_runs
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([0, 1], [0.999999, 1.0])
+    b.plot([0, 1], [1.0, 1e6])
+    b.set_yscale("log")
+    before = b.get_ylim()
+    plot_runs._log_y(a)
+    plot_runs._log_y(b)
+    lo, hi = a.get_ylim()
+    assert hi / lo == pytest.approx(plot_runs.MIN_LOG_SPAN) and lo < 0.999999 and hi > 1.0
+    assert b.get_ylim() == before
+    plt.close(fig)

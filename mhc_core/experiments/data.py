@@ -196,8 +196,17 @@ class DataStream:
                 "position": self.position, "patch": self.patch, "eval_size": self.eval_size}
 
     def describe(self) -> dict:
-        """What config.json records of the data: source, size, split, held-out set."""
-        return {**self._info, "eval_examples": int(len(self.eval_set()[1]))}
+        """What config.json records of the data: source, size, split, held-out set (text:
+        how many held-out windows, input and target bytes, also occur verbatim in the
+        training bytes; source code repeats lines, so a split by position is not a split
+        by content)."""
+        out = {**self._info, "eval_examples": int(len(self.eval_set()[1]))}
+        if self.task == "text":
+            inputs, targets, _ = self.eval_set()
+            windows = np.concatenate([inputs, targets[:, -1:]], axis=1).astype(np.uint8)
+            train = self._arrays["train"].tobytes()
+            out["eval_windows_in_train"] = int(sum(w.tobytes() in train for w in windows))
+        return out
 
 
 class SyntheticStream(TaskStream):

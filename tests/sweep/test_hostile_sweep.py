@@ -75,6 +75,16 @@ def test_text_eval_windows_are_distinct_and_inside_the_held_out_bytes():
     np.testing.assert_array_equal(windows, np.stack([test[i:i + 9] for i in range(len(test) - 8)]))
 
 
+def test_text_held_out_windows_found_in_training_bytes_are_counted():
+    """The text split is by position; windows of repeated code also occur in the training
+    bytes: describe() counts them (checked by a naive search over the training text)."""
+    s = make_stream("text", vocab=256, seq_len=12, batch_size=2, seed=0, eval_size=64)
+    inputs, targets, _ = s.eval_set()
+    train = bytes(s._arrays["train"])
+    naive = sum(bytes(list(row) + [int(t[-1])]) in train for row, t in zip(inputs, targets))
+    assert s.describe()["eval_windows_in_train"] == naive
+
+
 def test_incrementing_held_out_rows_are_training_rows_and_say_so():
     """A held-out seed gives no held-out data for incrementing: every held-out row also comes
     out of the training stream (counted here directly), and config.json's data record says so."""

@@ -499,6 +499,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Plot a depth sweep directory.")
     ap.add_argument("runs_dir")
     args = ap.parse_args(argv)
+    if not os.path.isdir(args.runs_dir):
+        ap.error(f"runs_dir expected a sweep folder written by scripts/depth_sweep.py, got {args.runs_dir!r} "
+                 f"({'a file' if os.path.exists(args.runs_dir) else 'no such folder'})")
     for path in plot_runs(args.runs_dir):
         print(path)
     return 0

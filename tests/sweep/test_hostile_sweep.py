@@ -381,3 +381,17 @@ def test_log_axis_of_near_equal_gains_is_not_stretched():
     assert hi / lo == pytest.approx(plot_runs.MIN_LOG_SPAN) and lo < 0.999999 and hi > 1.0
     assert b.get_ylim() == before
     plt.close(fig)
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_plot_runs_cli_names_a_runs_dir_that_is_not_a_folder(tmp_path, capsys, what):
+    import plot_runs
+
+    path = tmp_path / "x"
+    if what == "file":
+        path.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        plot_runs.main([str(path)])
+    assert exc.value.code == 2
+    assert f"runs_dir expected a sweep folder written by scripts/depth_sweep.py, got {str(path)!r} " \
+           f"({'a file' if what == 'file' else 'no such folder'})" in capsys.readouterr().err

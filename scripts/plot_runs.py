@@ -67,6 +67,27 @@ def sweep_run_names(runs_dir: str) -> list[str] | None:
         return [r["run"] for r in json.load(f)["runs"]]
 
 
+def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics.jsonl. A last line without its newline (a run killed while
+    writing it) is left out with a warning; any other line that is not JSON is a SystemExit
+    naming the file and line."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    recs = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            recs.append(json.loads(raw))
+        except ValueError:
+            if i == len(lines) - 1:  # no newline after it: cut by a kill
+                print(f"warning: {path}: last line is incomplete (run killed while writing?), left out",
+                      file=sys.stderr)
+                break
+            raise SystemExit(f"{path} line {i + 1} is not a JSON record") from None
+    return recs
+
+
 def load_runs(runs_dir: str, names: list[str] | None = None) -> list[dict]:
     """The runs in RUNS_DIR: `names` if given, else those summary.json lists, else every
     subfolder holding config.json and metrics.jsonl."""
@@ -81,8 +102,7 @@ def load_runs(runs_dir: str, names: list[str] | None = None) -> list[dict]:
             continue
         with open(os.path.join(d, "config.json")) as f:
             cfg = json.load(f)
-        with open(os.path.join(d, "metrics.jsonl")) as f:
-            recs = [json.loads(line) for line in f if line.strip()]
+        recs = read_metrics(os.path.join(d, "metrics.jsonl"))
         res = None
         if os.path.isfile(os.path.join(d, "res_final.json")):
             with open(os.path.join(d, "res_final.json")) as f:

@@ -395,3 +395,18 @@ def test_plot_runs_cli_names_a_runs_dir_that_is_not_a_folder(tmp_path, capsys, w
     assert exc.value.code == 2
     assert f"runs_dir expected a sweep folder written by scripts/depth_sweep.py, got {str(path)!r} " \
            f"({'a file' if what == 'file' else 'no such folder'})" in capsys.readouterr().err
+
+
+def test_metrics_with_a_cut_last_line_plot_and_a_corrupt_middle_line_is_named(tmp_path, capsys):
+    """A run killed without checkpoints leaves a half-written last line: plot_runs used to fail
+    with JSONDecodeError. It is left out with a warning; a bad line elsewhere is named."""
+    import plot_runs
+
+    log = tmp_path / "metrics.jsonl"
+    good = [{"step": 0, "loss": 1.5}, {"step": 1, "loss": "nan"}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"step": 2, "lo')
+    assert plot_runs.read_metrics(str(log)) == good
+    assert "last line is incomplete" in capsys.readouterr().err
+    log.write_text(json.dumps(good[0]) + "\n" + '{"step": 1, "lo\n' + json.dumps(good[1]) + "\n")
+    with pytest.raises(SystemExit, match="metrics.jsonl line 2 is not a JSON record"):
+        plot_runs.read_metrics(str(log))

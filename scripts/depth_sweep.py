@@ -50,6 +50,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -219,6 +220,11 @@ def _not_a_folder(path: str) -> str | None:
         return f"but {existing!r} is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"but {existing!r} is not writable"
+    try:  # os.access says yes to root on a read-only filesystem (/proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"but {existing!r} is not writable ({e.strerror})"
     return None
 
 

@@ -410,3 +410,14 @@ def test_metrics_with_a_cut_last_line_plot_and_a_corrupt_middle_line_is_named(tm
     log.write_text(json.dumps(good[0]) + "\n" + '{"step": 1, "lo\n' + json.dumps(good[1]) + "\n")
     with pytest.raises(SystemExit, match="metrics.jsonl line 2 is not a JSON record"):
         plot_runs.read_metrics(str(log))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (a filesystem no one can write)")
+def test_out_on_a_filesystem_nobody_can_write_is_a_usage_error(capsys):
+    """os.access says yes to root on /proc; the sweep then failed in makedirs after loading
+    the backend. A trial file in the nearest existing folder decides."""
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.parse_args(["--out", "/proc/mhc-sweep/out"])
+    assert exc.value.code == 2
+    assert "--out expected a sweep folder (existing, or one to create), got '/proc/mhc-sweep/out', but '/proc' " \
+           "is not writable" in capsys.readouterr().err

@@ -421,3 +421,23 @@ def test_out_on_a_filesystem_nobody_can_write_is_a_usage_error(capsys):
     assert exc.value.code == 2
     assert "--out expected a sweep folder (existing, or one to create), got '/proc/mhc-sweep/out', but '/proc' " \
            "is not writable" in capsys.readouterr().err
+
+
+def test_committed_reference_commands_still_parse(tmp_path):
+    """The stricter checks above refuse nothing a committed reference run was made with: every
+    runs/reference sweep command and every run's rerun line parses (digits / text reruns repeat
+    the vocab and seq_len the task fixes)."""
+    import glob
+    import shlex
+
+    lines = [shlex.split(json.load(open(p))["command"])[1:]
+             for p in glob.glob(os.path.join(ROOT, "runs", "reference", "*", "summary.json"))]
+    lines += [shlex.split(json.load(open(p))["rerun"])[2:]
+              for p in glob.glob(os.path.join(ROOT, "runs", "reference", "*", "*", "config.json"))]
+    if not lines:
+        pytest.skip("no runs/reference in this checkout")
+    for argv in lines:
+        argv[argv.index("--out") + 1] = str(tmp_path / "out")
+        if "--task" in argv and argv[argv.index("--task") + 1] == "digits":
+            pytest.importorskip("sklearn")
+        depth_sweep.parse_args(argv)

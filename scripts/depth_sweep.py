@@ -16,7 +16,8 @@ standard-library sources); mhc_core.experiments.data. Conditions: --norm pre|pos
 
 Writes, per (variant, depth[, seed][, lr]), under OUT/<variant>-L<depth>[-s<seed>][-lr<lr>]/
 (the suffixes only when --seeds / --lrs give more than one value):
-  config.json     everything needed to rerun (model, training, data, backend, versions, command)
+  config.json     everything needed to rerun (model, training, data, backend, versions, command),
+                  and "resumes": each resume from a checkpoint and the settings it changed
   metrics.jsonl   one JSON object per step (see `step_record`); gains every --log-every steps;
                   eval_loss / eval_accuracy (held-out set, weights before that step's update)
                   every --eval-every steps, and eval_loss_final / eval_accuracy_final (after
@@ -49,6 +50,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -141,18 +143,18 @@ def parse_args(argv=None):
                         "transformer, 8 (one token) for the mlp")
     p.add_argument("--init-std", type=positive_float,
                    help="std of the embeddings and sub-layer weights (LMConfig.init_std); default 0.02, digits 0.2")
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--lrs", type=positive_float, nargs="+", help="several learning rates in one sweep (overrides --lr)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lrs", type=positive_float, nargs="+", help="several learning rates in one sweep (instead of --lr)")
     p.add_argument("--seeds", type=int, nargs="+",
-                   help="run every (variant, depth) once per seed (overrides --seed); summary gives mean ± std")
+                   help="run every (variant, depth) once per seed (instead of --seed); summary gives mean ± std")
     p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (>= 1)")
     p.add_argument("--eval-size", type=int,
                    help="held-out examples scored (0 = all 450 digits test images / 256 text windows / 32 synthetic rows)")
     p.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
     p.add_argument("--grad-clip", type=float, default=0.0, help="total-norm clip; 0 = off")
-    p.add_argument("--seed", type=int, default=0, help="weights (same for every variant) and data")
+    p.add_argument("--seed", type=int, help="weights (same for every variant) and data (default 0)")
     p.add_argument("--log-every", type=int, help="steps between gain measurements")
-    p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics")
+    p.add_argument("--metric-rows", type=int, default=2, help="batch rows whose tokens feed the gain metrics (1 .. --batch)")
     p.add_argument("--max-nonfinite", type=int, default=20,
                    help="stop a run after this many consecutive NaN/Inf steps (recorded as diverged)")
     p.add_argument("--threads", type=int, default=1,
@@ -163,6 +165,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     sweep_scale.add_arguments(p)
     args = p.parse_args(argv)
+    args.given = {k: getattr(args, k) for k in ("vocab", "seq_len") if getattr(args, k) is not None}
     for key, value in {**PRESETS["quick" if args.quick else "full"], **TASK_PRESETS.get(args.task, {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -176,10 +179,27 @@ def parse_args(argv=None):
         p.error("--history / --detach-history set the history variant's window, but --variants "
                 f"{' '.join(args.variants)} has no 'history'")
     args.history = 4 if args.history is None else args.history
+    for one, many in (("lr", "lrs"), ("seed", "seeds")):  # the list would silently win over the single value
+        if getattr(args, one) is not None and getattr(args, many) is not None:
+            p.error(f"--{one} and --{many} both given (--{one} {getattr(args, one):g}, --{many} "
+                    f"{' '.join(format(v, 'g') for v in getattr(args, many))}); give one of them")
+    args.lr = 1e-3 if args.lr is None else args.lr
+    args.seed = 0 if args.seed is None else args.seed
     args.lrs = list(args.lrs) if args.lrs else [args.lr]
     args.seeds = list(args.seeds) if args.seeds is not None else [args.seed]
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.lrs)) != len(args.lrs):
         p.error(f"--seeds and --lrs must not repeat a value, got seeds {args.seeds} and lrs {args.lrs}")
+    if len({format(lr, "g") for lr in args.lrs}) != len(args.lrs):  # run folders are named -lr<lr:g>
+        p.error(f"--lrs must differ in their first 6 significant digits (run folders are named -lr<lr:g>), "
+                f"got {' '.join(map(repr, args.lrs))}")
+    for flag, values in (("--depths", args.depths), ("--variants", args.variants)):
+        if len(set(values)) != len(values):  # a repeat would train the same run dir twice
+            p.error(f"{flag} must not repeat a value, got {' '.join(map(str, values))}")
+    if args.metric_rows > args.batch:
+        p.error(f"--metric-rows must be at most --batch ({args.batch}), got {args.metric_rows}")
+    if args.recompute != "0" and "history" in args.variants:
+        p.error(f"--recompute {args.recompute} is not implemented for the history variant; "
+                "use --recompute 0 or drop 'history' from --variants")
     _resolve_task_shape(p, args)
     check_numbers(p, args)
     args.backend = args.backend or default_backend()
@@ -200,6 +220,11 @@ def _not_a_folder(path: str) -> str | None:
         return f"but {existing!r} is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"but {existing!r} is not writable"
+    try:  # os.access says yes to root on a read-only filesystem (/proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"but {existing!r} is not writable ({e.strerror})"
     return None
 
 
@@ -216,10 +241,17 @@ def _resolve_task_shape(p, args) -> None:
             load_digits_arrays()
         except ImportError as e:
             p.error(str(e))
-        args.vocab, args.seq_len = 10, (DIGITS_SIDE // args.patch) ** 2
+        fixed = {"vocab": 10, "seq_len": (DIGITS_SIDE // args.patch) ** 2}
     elif args.task == "text":
-        args.vocab = 256
-    elif args.vocab < 2:
+        fixed = {"vocab": 256}
+    else:
+        fixed = {}
+    for key, value in fixed.items():  # a different value given on the command line was silently replaced
+        if args.given.get(key, value) != value:
+            p.error(f"--{key.replace('_', '-')} is fixed by --task {args.task} to {value}"
+                    + (f" (--patch {args.patch})" if key == "seq_len" else "") + f", got {args.given[key]}")
+        setattr(args, key, value)
+    if not fixed and args.vocab < 2:
         p.error(f"--vocab must be >= 2 (a next-token task over fewer than 2 tokens has nothing to learn), got {args.vocab}")
     if args.seq_len < 1 or args.batch < 1 or args.dim < 1 or args.heads < 1:
         p.error("--seq-len, --batch, --dim and --heads must be >= 1")
@@ -233,7 +265,7 @@ def check_numbers(p, args) -> None:
     if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):
         p.error(f"--grad-clip must be a finite number >= 0 (0 = off), got {args.grad_clip}")
     for flag, value, low in (("--warmup", args.warmup, 0), ("--seed", min(args.seeds), 0),
-                             ("--metric-rows", args.metric_rows, 0), ("--max-nonfinite", args.max_nonfinite, 1),
+                             ("--metric-rows", args.metric_rows, 1), ("--max-nonfinite", args.max_nonfinite, 1),
                              ("--threads", args.threads, 0)):
         if value < low:
             p.error(f"{flag} must be an integer >= {low}, got {value}")
@@ -372,20 +404,49 @@ def planned_runs(args) -> list[tuple[argparse.Namespace, str, int, str]]:
 
 
 def check_resumable(args, runs) -> None:
-    """Before anything is written: every run dir holding a checkpoint must have been
-    written with this run's settings (else SystemExit naming the differing settings)."""
-    if not args.checkpoint_every:
-        return
+    """Before anything is written: every run dir holding a checkpoint must be resumed
+    (--checkpoint-every), with this run's settings, no more steps done than --steps and its
+    metrics.jsonl intact up to the checkpoint (else SystemExit saying what differs)."""
     data = None
     for run_args, variant, depth, run_dir in runs:
         store = CheckpointStore(os.path.join(run_dir, "checkpoints"))
         if not os.path.isdir(store.directory) or not store.steps():
             continue
+        if not args.checkpoint_every:  # a fresh metrics.jsonl beside them: a later resume would mix the two
+            raise SystemExit(f"{store.directory} holds checkpoints of a resumable run, and without --checkpoint-every "
+                             f"this run would start over beside them; pass --checkpoint-every K to resume it, "
+                             f"another --out, or delete {store.directory}")
         loaded = store.load_latest(warn=False)
         if loaded.found:
             data = data or make_data(run_args)
             cfg = model_config(run_args, variant, depth, data)
             sweep_scale.check_fingerprint(loaded, sweep_scale.fingerprint(run_args, cfg), store.directory)
+            sweep_scale.check_not_past_steps(loaded, run_args.steps, store.directory)
+            problem = _log_problem(os.path.join(run_dir, "metrics.jsonl"), int(loaded.meta.get("metrics_lines", 0)))
+            if problem:
+                raise SystemExit(f"{problem}, but {loaded.path} recorded the steps before it: restore the log, "
+                                 f"or delete {store.directory} to start this run over")
+
+
+def _log_problem(path: str, lines: int) -> str | None:
+    """Why metrics.jsonl cannot continue a checkpoint that counted `lines` lines (missing,
+    fewer complete lines, or a line that is not the JSON record of step 0, 1, ...), or None."""
+    if not lines:
+        return None
+    if not os.path.isfile(path):
+        return f"{path} is missing"
+    with open(path, "rb") as f:
+        head = [raw for _, raw in zip(range(lines), f)]
+    for i, raw in enumerate(head):
+        try:
+            ok = raw.endswith(b"\n") and json.loads(raw)["step"] == i
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            return f"{path} line {i + 1} is not the complete record of step {i}"
+    if len(head) < lines:
+        return f"{path} has {len(head)} lines, fewer than the {lines} the checkpoint counted"
+    return None
 
 
 def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress: bool) -> dict:
@@ -399,12 +460,12 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     trainer = lm.Trainer(cfg, init_lm_params(cfg), grad_clip=args.grad_clip)
     hooks = sweep_scale.RunHooks(args, run_dir, cfg, trainer, data)  # dtype, recompute, DDP, checkpoints
     losses, events, streak, diverged, ratio_acc = [], 0, 0, False, []
-    gains_max = {"composite_forward_gain_peak": 0.0, "composite_backward_gain_peak": 0.0}
+    gains_max = {"composite_forward_gain_peak": None, "composite_backward_gain_peak": None}  # None: none finite yet
     acc = lambda: dict(losses=losses, events=events, streak=streak, ratio_acc=ratio_acc, gains_max=gains_max)  # noqa: E731
     start, resumed = hooks.resume(acc())  # refuses a checkpoint of other settings before any write
     if hooks.dist.is_main:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(run_config(args, versions, cfg, data, run_dir), f, indent=2)
+            json.dump({**run_config(args, versions, cfg, data, run_dir), "resumes": hooks.resumes}, f, indent=2)
     losses, events, streak, ratio_acc, gains_max = (resumed[k] for k in sweep_scale.ACC_KEYS)
     trainer, step = hooks.trainer, start - 1
     per_block = len(cfg.sublayers)  # mixing layers per block
@@ -448,7 +509,7 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                 rec.update(gain_summary(report))
                 for k in gains_max:  # NaN gains (a NaN forward) are logged but do not set the max
                     if not np.isnan(rec[k]):
-                        gains_max[k] = max(gains_max[k], rec[k])
+                        gains_max[k] = rec[k] if gains_max[k] is None else max(gains_max[k], rec[k])
                 if step == args.steps - 1:
                     with open(os.path.join(run_dir, "res_final.json"), "w") as f:
                         json.dump(final_res(cfg, res) if res is not None else
@@ -465,9 +526,13 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
     if final_eval is None:  # diverged early, or a finished run resumed: score the weights as they are
         final_eval = hooks.base.evaluate(*eval_set)
     first, last = (np.mean([a for a, _ in ratio_acc]), np.mean([b for _, b in ratio_acc])) if ratio_acc else (0, 0)
-    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    # a diverged run has no final training loss: its last finite losses are from before it
+    # diverged (possibly step 0) and would enter the mean over seeds as if it had trained on
+    tail = losses[-max(1, len(losses) // 10):] if losses and not diverged else [float("nan")]
     return {"run": os.path.basename(run_dir), "variant": variant, "depth": depth, "seed": args.seed, "lr": args.lr,
-            "mixing_layers": cfg.n_mixing_layers, "steps_run": step + 1, "final_loss": losses[-1] if losses else None,
+            "mixing_layers": cfg.n_mixing_layers, "steps_run": step + 1,
+            "final_loss": losses[-1] if losses and not diverged else None,
+            "last_finite_loss": losses[-1] if losses else None,
             "eval_loss_final": final_eval["eval_loss"], "eval_accuracy_final": final_eval["eval_accuracy"],
             "final_loss_avg10pct": float(np.mean(tail)),
             "max_composite_forward_gain": gains_max["composite_forward_gain_peak"],
@@ -541,7 +606,7 @@ def write_summary(out_dir: str, args, versions, rows: list[dict], wall_s: float)
         lines.append(
             f"| {r['variant']} | {r['depth']} | {r['seed']} | {r['lr']:g} | {fmt(r['final_loss'], '.4g')} "
             f"| {r['final_loss_avg10pct']:.4g} | {r['eval_loss_final']:.4g} | {r['eval_accuracy_final']:.3f} "
-            f"| {r['max_composite_forward_gain']:.3g} | {r['max_composite_backward_gain']:.3g} "
+            f"| {fmt(r['max_composite_forward_gain'], '.3g')} | {fmt(r['max_composite_backward_gain'], '.3g')} "
             f"| {r['nan_inf_events']}{' (diverged)' if r['diverged'] else ''} "
             f"| {fmt(r['grad_norm_first_last_ratio'], '.3g')} | {r['wall_s']:.0f} |")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -3,7 +3,8 @@
 
     python scripts/plot_runs.py runs/quick-torch-incrementing
 
-Reads RUNS_DIR/<variant>-L<depth>/{config.json, metrics.jsonl, res_final.json} and writes
+Reads RUNS_DIR/<variant>-L<depth>/{config.json, metrics.jsonl, res_final.json} of the runs
+that RUNS_DIR/summary.json lists (every run folder when there is no summary) and writes
 into RUNS_DIR:
   loss.png            training loss vs step, one panel per depth (log y)
   eval.png            held-out loss and accuracy vs step (after the last update at the end)
@@ -54,16 +55,54 @@ def _num(v):
     return float(v) if isinstance(v, str) else v
 
 
-def load_runs(runs_dir: str) -> list[dict]:
+def sweep_run_names(runs_dir: str) -> list[str] | None:
+    """The run folders of the sweep that last wrote RUNS_DIR/summary.json (None without one).
+
+    Run folders of an earlier sweep into the same --out (another task, seed list, depth...)
+    stay on disk; plotting them beside this sweep's would pool unrelated runs as seeds."""
+    path = os.path.join(runs_dir, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return [r["run"] for r in json.load(f)["runs"]]
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics.jsonl. A last line without its newline (a run killed while
+    writing it) is left out with a warning; any other line that is not JSON is a SystemExit
+    naming the file and line."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    recs = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            recs.append(json.loads(raw))
+        except ValueError:
+            if i == len(lines) - 1:  # no newline after it: cut by a kill
+                print(f"warning: {path}: last line is incomplete (run killed while writing?), left out",
+                      file=sys.stderr)
+                break
+            raise SystemExit(f"{path} line {i + 1} is not a JSON record") from None
+    return recs
+
+
+def load_runs(runs_dir: str, names: list[str] | None = None) -> list[dict]:
+    """The runs in RUNS_DIR: `names` if given, else those summary.json lists, else every
+    subfolder holding config.json and metrics.jsonl."""
     runs = []
-    for name in sorted(os.listdir(runs_dir)):
+    names = names if names is not None else sweep_run_names(runs_dir)
+    for name in sorted(os.listdir(runs_dir)) if names is None else names:
         d = os.path.join(runs_dir, name)
         if not os.path.isfile(os.path.join(d, "metrics.jsonl")) or not os.path.isfile(os.path.join(d, "config.json")):
+            if names is not None:
+                raise SystemExit(f"{runs_dir}/summary.json lists run {name!r}, but {d} has no config.json "
+                                 "and metrics.jsonl")
             continue
         with open(os.path.join(d, "config.json")) as f:
             cfg = json.load(f)
-        with open(os.path.join(d, "metrics.jsonl")) as f:
-            recs = [json.loads(line) for line in f if line.strip()]
+        recs = read_metrics(os.path.join(d, "metrics.jsonl"))
         res = None
         if os.path.isfile(os.path.join(d, "res_final.json")):
             with open(os.path.join(d, "res_final.json")) as f:
@@ -180,12 +219,16 @@ def _legend(fig, axes):
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=len(handles),
-                   fontsize=9, frameon=False)
+    if handles:  # at most 3 a row (5 variants x several lrs overflowed the figure on one row); rows
+        # below the first hang under the figure, which savefig(bbox_inches="tight") keeps
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper center",
+                   bbox_to_anchor=(0.5, LEGEND_ROOM[1]), ncol=min(len(handles), 3), fontsize=9, frameon=False)
 
 
 LEGEND_ROOM = (0, 0.07, 1, 1)  # tight_layout rect leaving the bottom strip to the legend
+
+
+MIN_LOG_SPAN = 1.5  # a log y axis spans at least this factor
 
 
 def _log_y(ax):
@@ -195,6 +238,10 @@ def _log_y(ax):
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     lo, hi = ax.get_ylim()
+    if 0 < lo < hi < lo * MIN_LOG_SPAN:  # e.g. gains 0.999999 .. 1 filled the panel: 1e-6 looked like a drop
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / math.sqrt(MIN_LOG_SPAN), mid * math.sqrt(MIN_LOG_SPAN)
+        ax.set_ylim(lo, hi)
     decades = math.log10(hi) - math.log10(lo) if lo > 0 and hi > 0 else 99
     if math.floor(math.log10(lo)) == math.floor(math.log10(hi)) if decades < 99 else False:
         minor = lambda v, _: f"{v:g}"  # noqa: E731
@@ -223,7 +270,7 @@ def _line_plot(runs, out, key, sub, ylabel, title, log=True, cumulative=False):
     _legend(fig, axes)
     fig.suptitle(f"{title}\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -245,7 +292,7 @@ def plot_eval(runs, out):
     _legend(fig, axes)
     fig.suptitle(f"Held-out loss and accuracy\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -276,7 +323,7 @@ def plot_gain(runs, out):
     fig.suptitle(f"Composite Amax gain of the residual mixing vs training step (1 = no amplification)\n{_subtitle(runs)}",
                  fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -334,7 +381,7 @@ def plot_gain_vs_layer(runs, out):
     _legend(fig, axes)
     fig.suptitle(f"Composite gain through the network at the end of training\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -401,7 +448,7 @@ def plot_grad_vs_layer(runs, out):
     _legend(fig, axes)
     fig.suptitle(f"Gradient norm per block (first / last block ratio: summary.md)\n{_subtitle(runs)}", fontsize=11)
     fig.tight_layout(rect=LEGEND_ROOM)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -440,12 +487,19 @@ def plot_h_res(runs, out):
     plt.close(fig)
 
 
+PLOT_NAMES = ("loss", "eval", "grad_norm", "nan_inf_events", "gain", "depth_scaling", "gain_vs_layer", "grad_heatmap",
+              "grad_vs_layer", "h_res")
+
+
 def plot_runs(runs_dir: str) -> list[str]:
     """Write every plot for the sweep in `runs_dir`; returns the paths written."""
     runs = load_runs(runs_dir)
     if not runs:
         raise SystemExit(f"no runs (subdirectories with config.json and metrics.jsonl) in {runs_dir}")
     p = lambda name: os.path.join(runs_dir, name)  # noqa: E731
+    for name in PLOT_NAMES:  # an earlier sweep's plot this one does not draw (h_res) must not stay
+        if os.path.isfile(p(f"{name}.png")):
+            os.remove(p(f"{name}.png"))
     _PER_BLOCK["value"] = runs[0]["per_block"]
     one = first_seed(runs)
     _line_plot(runs, p("loss.png"), "loss", None, "cross-entropy (nats)", "Training loss")
@@ -458,15 +512,16 @@ def plot_runs(runs_dir: str) -> list[str]:
     plot_grad_heatmap(one, p("grad_heatmap.png"))
     plot_grad_vs_layer(one, p("grad_vs_layer.png"))
     plot_h_res(one, p("h_res.png"))
-    names = ("loss", "eval", "grad_norm", "nan_inf_events", "gain", "depth_scaling", "gain_vs_layer", "grad_heatmap",
-             "grad_vs_layer", "h_res")
-    return [p(f"{n}.png") for n in names if os.path.isfile(p(f"{n}.png"))]
+    return [p(f"{n}.png") for n in PLOT_NAMES if os.path.isfile(p(f"{n}.png"))]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Plot a depth sweep directory.")
     ap.add_argument("runs_dir")
     args = ap.parse_args(argv)
+    if not os.path.isdir(args.runs_dir):
+        ap.error(f"runs_dir expected a sweep folder written by scripts/depth_sweep.py, got {args.runs_dir!r} "
+                 f"({'a file' if os.path.exists(args.runs_dir) else 'no such folder'})")
     for path in plot_runs(args.runs_dir):
         print(path)
     return 0

@@ -8,7 +8,10 @@ depth_sweep.py calls `add_arguments` (flags), `setup` (process group under torch
                            atomic, checksummed, last --keep-checkpoints kept). Rerunning the
                            same command resumes each run from its newest valid checkpoint
                            (a finished run is not retrained) and metrics.jsonl ends up with
-                           every step exactly once.
+                           every step exactly once. Other model / training settings are
+                           refused; --steps (not below the checkpoint), --log-every,
+                           --eval-every, --metric-rows, --max-nonfinite may change: printed
+                           and listed in config.json's "resumes".
     --recompute 0|auto|K   keep only every K mixing layers' input stream, recompute the
                            rest in backward (auto: paper's sqrt(n L / (n + 2))).
     --dtype bfloat16       bf16 weights and activations, mixing weights float32.
@@ -67,8 +70,10 @@ def setup(args) -> Dist:
 
 
 def _setup(args) -> Dist:
-    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
-        raise SystemExit("--checkpoint-every must be >= 0 and --keep-checkpoints >= 1")
+    if args.checkpoint_every < 0:
+        raise SystemExit(f"--checkpoint-every must be an integer >= 0 (0 = off), got {args.checkpoint_every}")
+    if args.keep_checkpoints < 1:
+        raise SystemExit(f"--keep-checkpoints must be an integer >= 1, got {args.keep_checkpoints}")
     if args.recompute not in ("0", "auto") and not (args.recompute.isdigit() and int(args.recompute) > 0):
         raise SystemExit(f"--recompute must be 0, auto or a positive integer, got {args.recompute!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -108,6 +113,32 @@ def fingerprint(args, cfg) -> dict:
     return {"model": cfg.as_dict(), **{k: getattr(args, k, None) for k in FINGERPRINT_ARGS}}
 
 
+SCHEDULE_ARGS = ("steps", "log_every", "eval_every", "metric_rows", "max_nonfinite")
+
+
+def schedule(args) -> dict:
+    """The settings a resume may change (how long to train, what is logged when); a change
+    is announced and recorded in config.json's "resumes", never applied silently."""
+    return {k: getattr(args, k, None) for k in SCHEDULE_ARGS}
+
+
+def check_not_past_steps(loaded, steps: int, directory: str) -> None:
+    """SystemExit when checkpoint `loaded` has more steps done than this run's --steps (the
+    log and weights would belong to a longer run than config.json says)."""
+    if loaded.step > steps:
+        raise SystemExit(f"{loaded.path} has {loaded.step} steps done, more than --steps {steps}: a run cannot be "
+                         f"cut back; pass --steps >= {loaded.step}, another --out, or delete {directory}")
+
+
+def schedule_changes(loaded, want: dict) -> dict:
+    """{setting: [at the checkpoint, now]} of the SCHEDULE_ARGS that differ ({'schedule':
+    ['unrecorded', ...]} for a checkpoint written before they were recorded)."""
+    saved = loaded.meta.get("schedule")
+    if saved is None:
+        return {"schedule": ["unrecorded", want]}
+    return {k: [saved.get(k), v] for k, v in want.items() if saved.get(k) != v}
+
+
 def check_fingerprint(loaded, want: dict, directory: str) -> None:
     """SystemExit naming the settings that differ when checkpoint `loaded` was written by a
     run of other settings than `want`."""
@@ -137,6 +168,7 @@ class RunHooks:
             self.ckpt = RunCheckpointer(ckpt_dir, args.checkpoint_every, keep=args.keep_checkpoints,
                                         readonly=not dist.is_main)
         self.log_path = os.path.join(run_dir, "metrics.jsonl")
+        self.resumes: list[dict] = []  # every resume of this run: step, settings changed
         self.trainer = trainer  # wrapped for DDP after resume (DDP broadcasts rank 0's weights)
         # what must match for a checkpoint to continue this run (steps and logging may change)
         self.fingerprint = fingerprint(args, cfg)
@@ -175,9 +207,13 @@ class RunHooks:
             peek = self.ckpt.store.load_latest(warn=False)  # check before resume() cuts the log back
             if peek.found:
                 check_fingerprint(peek, self.fingerprint, self.ckpt.store.directory)
+                check_not_past_steps(peek, self.args.steps, self.ckpt.store.directory)
             loaded = self.ckpt.resume()
             if loaded.found:
                 check_fingerprint(loaded, self.fingerprint, self.ckpt.store.directory)
+                check_not_past_steps(loaded, self.args.steps, self.ckpt.store.directory)
+                changed = schedule_changes(loaded, schedule(self.args))
+                self.resumes = loaded.meta.get("resumes", []) + [{"step": loaded.step, "changed": changed}]
                 self._checkpoint_module().restore(self.base.model, self.base.opt, loaded.tensors, loaded.meta)
                 self.data.position = loaded.meta["data_position"]
                 acc = {k: loaded.meta["run"][k] for k in ACC_KEYS}
@@ -185,6 +221,9 @@ class RunHooks:
                 if self.dist.is_main:
                     print(f"[resume] {os.path.basename(os.path.dirname(self.ckpt.store.directory))}: "
                           f"step {start} of {self.args.steps} ({loaded.path})", flush=True)
+                    if changed:
+                        print("[resume]   changed since that checkpoint (recorded in config.json 'resumes'): "
+                              + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), flush=True)
         if self.dist.world > 1:
             from mhc_core_torch.training.distributed import DataParallelTrainer
 
@@ -203,7 +242,7 @@ class RunHooks:
 
         def capture():
             meta = {"data_position": self.data.position, "run": {k: acc[k] for k in ACC_KEYS},
-                    "fingerprint": self.fingerprint}
+                    "fingerprint": self.fingerprint, "schedule": schedule(self.args), "resumes": self.resumes}
             return self._checkpoint_module().capture(self.base.model, self.base.opt, meta=meta)
 
         self.ckpt.step_done(steps_done, capture, final=steps_done == self.args.steps)

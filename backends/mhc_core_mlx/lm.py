@@ -213,8 +213,11 @@ def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) ->
 
 
 def correct_and_weight(logits: mx.array, targets: mx.array, mask: mx.array) -> tuple[float, float]:
-    """(mask-weighted count of argmax hits, mask-weighted count of targets)."""
+    """(mask-weighted count of argmax hits, mask-weighted count of targets); the hits are NaN
+    when any logit is NaN/Inf (argmax would pick an arbitrary class, as the loss is NaN)."""
     hit = (mx.argmax(logits, axis=-1) == targets).astype(mx.float32)
+    if not bool(mx.all(mx.isfinite(logits)).item()):
+        hit = mx.full(hit.shape, float("nan"), dtype=mx.float32)
     if logits.ndim == 2:
         return float(hit.sum().item()), float(hit.size)
     return float((hit * mask).sum().item()), float(mask.sum().item() * hit.shape[0])

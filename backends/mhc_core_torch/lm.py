@@ -216,8 +216,11 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torc
 
 
 def correct_and_weight(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-    """(mask-weighted count of argmax hits, mask-weighted count of targets)."""
+    """(mask-weighted count of argmax hits, mask-weighted count of targets); the hits are NaN
+    when any logit is NaN/Inf (argmax would pick an arbitrary class, as the loss is NaN)."""
     hit = (logits.argmax(-1) == targets).float()
+    if not bool(torch.isfinite(logits).all()):
+        hit = torch.full_like(hit, float("nan"))
     if logits.dim() == 2:
         return float(hit.sum()), float(hit.numel())
     return float((hit * mask).sum()), float(mask.sum() * hit.shape[0])

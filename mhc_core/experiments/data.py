@@ -96,7 +96,8 @@ class DataStream:
 
     seq_len: text window length (digits: ignored, T comes from `patch`). eval_size:
     held-out examples scored by `eval_set()` (digits: images, at most DIGITS_TEST; text:
-    windows evenly spaced over the held-out bytes); 0 = every held-out image / 256 windows.
+    windows evenly spaced over the held-out bytes, at most one per distinct start); 0 = every
+    held-out image / 256 windows. A larger eval_size is a ValueError (it used to be cut silently).
     """
 
     task: str = "digits"
@@ -124,6 +125,9 @@ class DataStream:
             train, test = order[:-DIGITS_TEST], order[-DIGITS_TEST:]
             self._arrays = {"x_train": x[train], "y_train": labels[train].astype(np.int32),
                             "x_test": x[test], "y_test": labels[test].astype(np.int32)}
+            if self.eval_size > DIGITS_TEST:
+                raise ValueError(f"eval_size must be at most the {DIGITS_TEST} held-out digits images "
+                                 f"(0 = all of them), got {self.eval_size}")
             self._info = {"source": "sklearn.datasets.load_digits (shipped in scikit-learn's wheel)",
                           "images": int(len(x)), "train": int(len(train)), "heldout": int(len(test)),
                           "split": f"np.random.default_rng({SPLIT_SEED}).permutation; last {DIGITS_TEST} held out",
@@ -136,6 +140,10 @@ class DataStream:
             self._arrays = {"train": arr[:cut], "test": arr[cut:]}
             if len(arr) - cut < self.seq_len + 2:
                 raise ValueError(f"seq_len {self.seq_len} is longer than the held-out text ({len(arr) - cut} bytes)")
+            windows = len(arr) - cut - self.seq_len  # distinct window starts in the held-out bytes
+            if self.eval_size > windows:
+                raise ValueError(f"eval_size must be at most the {windows} distinct held-out text windows of "
+                                 f"seq_len {self.seq_len} (0 = 256 of them), got {self.eval_size}")
             self._info = {**info, "train_bytes": cut, "heldout_bytes": len(arr) - cut,
                           "split": f"first {1 - TEXT_HELDOUT:.0%} of the bytes train, last {TEXT_HELDOUT:.0%} held out"}
 
@@ -174,7 +182,7 @@ class DataStream:
             k = self.eval_size or DIGITS_TEST
             return self._arrays["x_test"][:k], self._arrays["y_test"][:k], np.ones(1, np.float32)
         test = self._arrays["test"]
-        k = self.eval_size or 256
+        k = self.eval_size or min(256, len(test) - self.seq_len)  # distinct starts: linspace step >= 1
         starts = np.linspace(0, len(test) - self.seq_len - 1, k).astype(np.int64)
         return self._windows(test, starts)
 
@@ -188,13 +196,27 @@ class DataStream:
                 "position": self.position, "patch": self.patch, "eval_size": self.eval_size}
 
     def describe(self) -> dict:
-        """What config.json records of the data: source, size, split, held-out set."""
-        return {**self._info, "eval_examples": int(len(self.eval_set()[1]))}
+        """What config.json records of the data: source, size, split, held-out set (text:
+        how many held-out windows, input and target bytes, also occur verbatim in the
+        training bytes; source code repeats lines, so a split by position is not a split
+        by content)."""
+        out = {**self._info, "eval_examples": int(len(self.eval_set()[1]))}
+        if self.task == "text":
+            inputs, targets, _ = self.eval_set()
+            windows = np.concatenate([inputs, targets[:, -1:]], axis=1).astype(np.uint8)
+            train = self._arrays["train"].tobytes()
+            out["eval_windows_in_train"] = int(sum(w.tobytes() in train for w in windows))
+        return out
 
 
 class SyntheticStream(TaskStream):
     """A synthetic task (tasks.TaskStream) with a held-out set: `eval_size` rows (0: 32)
-    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream uses."""
+    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream uses.
+
+    A held-out seed is not held-out data: an incrementing row is fixed by its first token,
+    so the task has only `vocab` distinct sequences and training draws every one of them
+    (the held-out score measures fit, not generalisation); copy has vocab^k (k = half the
+    row) and overlaps only at tiny vocab / seq_len. `describe()` records the count."""
 
     def __init__(self, *args, eval_size: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -206,8 +228,13 @@ class SyntheticStream(TaskStream):
         return held.batch(0)
 
     def describe(self) -> dict:
+        k = self.seq_len + 1 if self.task == "incrementing" else (self.seq_len + 2) // 2
+        distinct = self.vocab if self.task == "incrementing" else self.vocab ** k
         return {"source": f"synthetic task {self.task!r} (mhc_core.experiments.tasks)",
                 "heldout": f"{self.eval_size} rows from seed {SYNTHETIC_EVAL_SEED}",
+                "distinct_sequences": distinct,
+                "heldout_disjoint": "no: incrementing has only vocab distinct sequences, and training draws them too" if self.task == "incrementing"
+                else "not enforced: rows drawn independently of training",
                 "eval_examples": self.eval_size}
 
 

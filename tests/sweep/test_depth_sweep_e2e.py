@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from nan_runs import poison_hc_embedding  # tests/sweep is on pytest's sys.path
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(ROOT, "scripts", "depth_sweep.py")
 TINY = ["--depths", "1", "2", "--steps", "3", "--log-every", "2", "--dim", "8", "--heads", "2",
@@ -94,15 +96,7 @@ def test_nan_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import depth_sweep
-    from mhc_core.experiments.lm_config import init_lm_params
-
-    def poisoned(cfg):
-        p = init_lm_params(cfg)
-        if cfg.variant == "hc":
-            p["embed.weight"][:] = np.nan
-        return p
-
-    monkeypatch.setattr(depth_sweep, "init_lm_params", poisoned)
+    poison_hc_embedding(monkeypatch, depth_sweep)
     out = tmp_path / "nan"
     args = ["--backend", "torch", "--out", str(out), "--variants", "hc", "mhc", "--max-nonfinite", "3",
             "--no-plots", *TINY]

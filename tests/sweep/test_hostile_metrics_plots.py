@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import depth_sweep  # noqa: E402
 
 from mhc_core.experiments.data import make_stream  # noqa: E402
+from nan_runs import poison_hc_embedding  # noqa: E402  (tests/sweep is on pytest's sys.path)
 
 TINY = ["--depths", "1", "--steps", "3", "--dim", "8", "--heads", "2", "--seq-len", "4", "--batch", "2",
         "--vocab", "5", "--n", "2", "--no-progress", "--no-plots"]
@@ -119,15 +120,7 @@ def test_a_run_whose_every_gain_is_nan_reports_no_gain_not_zero(tmp_path, monkey
     """A NaN embedding makes every measured gain NaN: the summary's max composite gain used to
     read 0.0 (the accumulator's start), an amplification below any real network's."""
     pytest.importorskip("torch")
-    from mhc_core.experiments.lm_config import init_lm_params
-
-    def poisoned(cfg):
-        p = init_lm_params(cfg)
-        if cfg.variant == "hc":
-            p["embed.weight"][:] = np.nan
-        return p
-
-    monkeypatch.setattr(depth_sweep, "init_lm_params", poisoned)
+    poison_hc_embedding(monkeypatch, depth_sweep)
     out = tmp_path / "nan"
     assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--variants", "hc", "mhc",
                              "--max-nonfinite", "2", "--log-every", "1"]) == 0

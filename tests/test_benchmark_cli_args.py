@@ -235,6 +235,15 @@ def _gpu_check():
     return gpu_check
 
 
+def _smoke_run(gpu_check, fake_run, monkeypatch, out) -> int:
+    """gpu_check.main's exit status in SMOKE=1 mode writing to `out`, every step run by
+    `fake_run(cmd, log, limit_s, env)` instead of a subprocess."""
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setenv("SMOKE", "1")
+    monkeypatch.setenv("GPU_CHECK_OUT", str(out))
+    return gpu_check.main([])
+
+
 def test_gpu_check_out_that_is_a_file_is_a_usage_error(capsys, monkeypatch, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep")
@@ -322,10 +331,7 @@ def test_gpu_check_interrupted_writes_the_summary_of_finished_steps(monkeypatch,
         log.write_text("ok\n")
         return {"ok": True, "rc": 0, "seconds": 0.1, "log": log.name}
 
-    monkeypatch.setattr(gpu_check, "_run", fake_run)
-    monkeypatch.setenv("SMOKE", "1")
-    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
-    assert gpu_check.main([]) == 130
+    assert _smoke_run(gpu_check, fake_run, monkeypatch, tmp_path) == 130
     import json
 
     info = json.loads((tmp_path / "env.json").read_text())
@@ -344,10 +350,7 @@ def test_gpu_check_exit_status_is_1_when_a_step_fails(monkeypatch, tmp_path):
         ok = log.name != "pytest.txt"
         return {"ok": ok, "rc": 0 if ok else 1, "seconds": 0.1, "log": log.name}
 
-    monkeypatch.setattr(gpu_check, "_run", fake_run)
-    monkeypatch.setenv("SMOKE", "1")
-    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
-    assert gpu_check.main([]) == 1
+    assert _smoke_run(gpu_check, fake_run, monkeypatch, tmp_path) == 1
     summary = (tmp_path / "summary.md").read_text()
     assert "| pytest | NO | 1 |" in summary and "| host | yes | 0 |" in summary
 
@@ -460,9 +463,6 @@ def test_gpu_check_reused_folder_keeps_no_earlier_figures(monkeypatch, tmp_path)
         log.write_text("x\n")
         return {"ok": False, "rc": 1, "seconds": 0.1, "log": log.name}
 
-    monkeypatch.setattr(gpu_check, "_run", fake_run)
-    monkeypatch.setenv("SMOKE", "1")
-    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
-    assert gpu_check.main([]) == 1
+    assert _smoke_run(gpu_check, fake_run, monkeypatch, tmp_path) == 1
     assert not (tmp_path / "bench.json").exists() and not (tmp_path / "sweep_post_residual_bwd.md").exists()
     assert (tmp_path / "my_notes.txt").read_text() == "keep" and (tmp_path / "summary.md").exists()

@@ -91,13 +91,13 @@ def _unshared(out: np.ndarray, saved: tuple) -> np.ndarray:
 
 def _tensors(arrays, dtypes, owned=None) -> tuple:
     """numpy results -> tensors in the given dtypes (zero-copy where the dtype matches);
-    where `owned[i]` is true, in torch-owned memory (see `_leaf_flags`)."""
+    where `owned[i]` is true, in torch-owned memory (see `_parameter_flags`)."""
     owned = owned or (False,) * len(dtypes)
     tensors = (torch.from_numpy(np.ascontiguousarray(a)).to(dt) for a, dt in zip(arrays, dtypes))
     return tuple(_torch_owned(t) if own else t for t, own in zip(tensors, owned))
 
 
-def _leaf_flags(*tensors) -> tuple:
+def _parameter_flags(*tensors) -> tuple:
     """Which inputs are parameters that require grad: autograd may keep the gradient
     tensor itself as a parameter's .grad, which must then be in torch-owned memory (FSDP
     resizes a parameter gradient's storage; a numpy-backed one cannot be resized). Other
@@ -120,7 +120,7 @@ class Coefficients(torch.autograd.Function):
         ctx.variant, ctx.cfg = variant, cfg
         ctx.dtypes = (x.dtype, phi.dtype, bias.dtype, alpha.dtype)
         ctx.on_numpy = _runs_on_numpy(x, phi, bias, alpha)
-        ctx.leaves = _leaf_flags(x) if ctx.on_numpy else None
+        ctx.param_inputs = _parameter_flags(x) if ctx.on_numpy else None
         # the inputs first (x also so an in-place change is caught; all four for a gradient
         # of the gradient, see backward), then what coefficients_backward needs
         if ctx.on_numpy:
@@ -146,7 +146,7 @@ class Coefficients(torch.autograd.Function):
             dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)
             # parameter gradients in torch-owned memory: FSDP and optimizers resize / reuse
             # a .grad's storage, which a numpy-backed tensor does not allow
-            grads = list(_tensors([dx], [ctx.cdt], ctx.leaves)) + [torch.tensor(g) for g in param_grads]
+            grads = list(_tensors([dx], [ctx.cdt], ctx.param_inputs)) + [torch.tensor(g) for g in param_grads]
         else:
             grads = coefficients_backward(mhc_core.namespace(dpre), ctx.saved_tensors[4:], dpre, dpost, dres, **kw)
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
@@ -170,7 +170,7 @@ class PreAggregate(torch.autograd.Function):
     def forward(ctx, x, pre):
         ctx.save_for_backward(x, pre)
         on_numpy = _runs_on_numpy(x, pre)
-        ctx.leaves = _leaf_flags(x, pre) if on_numpy else None
+        ctx.param_inputs = _parameter_flags(x, pre) if on_numpy else None
         if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.pre_aggregate(_np(x, cdt), _np(pre, cdt))], [x.dtype])[0]
@@ -182,7 +182,7 @@ class PreAggregate(torch.autograd.Function):
         if _runs_on_numpy(x, pre, dh) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(x)
             grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
-            return _tensors(grads, (x.dtype, pre.dtype), ctx.leaves)
+            return _tensors(grads, (x.dtype, pre.dtype), ctx.param_inputs)
         dx, dpre = pre_aggregate_backward(mhc_core.namespace(x), x, pre, dh)
         return dx.to(x.dtype), dpre.to(pre.dtype)
 
@@ -194,7 +194,7 @@ class PostResidual(torch.autograd.Function):
     def forward(ctx, x, y, post, res):
         ctx.save_for_backward(x, y, post, res)
         on_numpy = _runs_on_numpy(x, y, post, res)
-        ctx.leaves = _leaf_flags(x, y, post, res) if on_numpy else None
+        ctx.param_inputs = _parameter_flags(x, y, post, res) if on_numpy else None
         if on_numpy:
             cdt = _compute_dtype(x)
             return _tensors([mhc_core.post_residual(*(_np(a, cdt) for a in (x, y, post, res)))], [x.dtype])[0]
@@ -206,7 +206,7 @@ class PostResidual(torch.autograd.Function):
         if _runs_on_numpy(*saved, dout) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
-            return _tensors(grads, [a.dtype for a in saved], ctx.leaves)
+            return _tensors(grads, [a.dtype for a in saved], ctx.param_inputs)
         grads = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
         return tuple(g.to(a.dtype) for g, a in zip(grads, saved))
 

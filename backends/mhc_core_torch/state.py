@@ -56,7 +56,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
 def _read(state) -> dict[str, torch.Tensor]:
     """A state given as a safetensors path or a mapping of numpy arrays / tensors -> tensors."""
     if isinstance(state, (str, os.PathLike)):
-        path = os.fsdecode(os.fspath(state))  # a bytes PathLike as the file system decodes it
+        path = portable.checked_path(state, "load_state")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_state: no safetensors file at {path!r}")
         try:

@@ -82,7 +82,7 @@ def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None
     if checks.variant(variant) == "residual" and n != 1:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
     full = mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
-    layers = _layers(model)
+    layers, readings = _layers(model), []
     for i, block in enumerate(layers):
         if isinstance(block, MHCBlockMixin):
             raise ValueError("convert: this model is already converted to mHC")
@@ -91,12 +91,13 @@ def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None
             raise ValueError(f"convert: layer {i} ({type(block).__name__}) has children {sorted(kids)}; "
                              f"expected exactly {sorted(_CHILDREN)} (a pre-LN decoder block)")
         reading = read_forward(type(block), "__call__")
+        readings.append(reading)
         if reading.problems:
             raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has the children "
                              "of a pre-LN decoder block, but its __call__ does more than the plain residual adds "
                              f"mHC reproduces: {list(reading.problems)}; converting it would change the logits")
-    for i, block in enumerate(layers):
-        if read_forward(type(block), "__call__").scaled:
+    for i, (block, reading) in enumerate(zip(layers, readings)):
+        if reading.scaled:
             block.mhc_branch_scale = float(block.residual_multiplier)
         c = int(block.input_layernorm.weight.shape[-1])
         block.attn_mhc = MHC(_Branch(block, "attn"), n, c, variant=variant, init=init, **full)

@@ -17,6 +17,8 @@ import math
 import os
 from pathlib import Path
 
+from mhc_core.experiments.out_paths import folder_problem
+
 
 def _int(text: str, minimum: int, what: str) -> int:
     try:
@@ -67,30 +69,12 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def _folder_problem(path: Path) -> str | None:
-    """Why `path` cannot be (or become) a writable folder, or None: it is a file, a file
-    stands where one of its parent folders should be, or its nearest existing folder is not
-    writable (missing parent folders are fine: the scripts create them)."""
-    if path.exists() and not path.is_dir():
-        return f"but {str(path)!r} is a file"
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            return None
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"but {str(existing)!r} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"but {str(existing)!r} is not writable"
-    return None
-
-
 def out_folder(text: str) -> Path:
     """A folder for reports: one that exists, or none yet (the script creates it, parents
     included); a file there, a file on its path, or a folder we cannot write is refused now,
     not after a sweep has run for a minute."""
     path = Path(text)
-    problem = _folder_problem(path)
+    problem = folder_problem(path)
     if problem:
         raise argparse.ArgumentTypeError(f"expected a folder for the reports, got {text!r}, {problem}")
     return path
@@ -101,7 +85,7 @@ def out_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a file path for the report, got {text!r}, which is a folder")
-    problem = _folder_problem(path.parent)
+    problem = folder_problem(path.parent)
     if problem:
         raise argparse.ArgumentTypeError(f"expected a file path for the report, got {text!r}, {problem}")
     return path

@@ -50,7 +50,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -64,6 +63,7 @@ from mhc_core.experiments.lm_config import (ARCHS, NORMS, RES_INITS, LMConfig, h
 from mhc_core.metrics import gain_report  # noqa: E402
 from mhc_core.experiments.checkpoints import CheckpointStore  # noqa: E402
 from mhc_core.experiments.data import ALL_TASKS, DIGITS_SIDE, load_digits_arrays, make_stream  # noqa: E402
+from mhc_core.experiments.out_paths import folder_problem  # noqa: E402
 import sweep_scale  # noqa: E402  (--checkpoint-every, --recompute, --dtype, torchrun)
 
 VARIANTS = ("residual", "hc", "mhc", "mhc-lite", "history")
@@ -205,27 +205,10 @@ def parse_args(argv=None):
     args.backend = args.backend or default_backend()
     if args.out is None:
         args.out = os.path.join("runs", f"{'quick' if args.quick else 'full'}-{args.backend}-{args.task}")
-    problem = _not_a_folder(args.out)
+    problem = folder_problem(args.out)
     if problem:
         p.error(f"--out expected a sweep folder (existing, or one to create), got {args.out!r}, {problem}")
     return args
-
-
-def _not_a_folder(path: str) -> str | None:
-    """Why `path` cannot become the sweep folder (a file there or on its path), or None."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"but {existing!r} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"but {existing!r} is not writable"
-    try:  # os.access says yes to root on a read-only filesystem (/proc, a read-only mount)
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        return f"but {existing!r} is not writable ({e.strerror})"
-    return None
 
 
 def _resolve_task_shape(p, args) -> None:

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import cli_args  # noqa: E402
+from mhc_core.experiments import out_paths  # noqa: E402
 
 
 def test_cli_arg_types_accept_good_values():
@@ -153,7 +154,7 @@ def test_out_folder_and_out_file_refuse_a_file_on_the_path(tmp_path, monkeypatch
     with pytest.raises(argparse.ArgumentTypeError, match="expected a file path for the report.*which is a folder"):
         cli_args.out_file(str(tmp_path))
     assert cli_args.out_file(str(tmp_path / "new" / "r.json")) == tmp_path / "new" / "r.json"
-    monkeypatch.setattr(cli_args.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(out_paths.os, "access", lambda path, mode: False)
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"but '{tmp_path}' is not writable")):
         cli_args.out_folder(str(tmp_path / "results"))
 

@@ -28,7 +28,7 @@ import mhc_core
 from mhc_core import checks
 from mhc_core.module_args import head_args, mhc_args
 
-from . import dispatch, triton_gate
+from . import autograd, dispatch, triton_gate
 
 # torch's array types enter mhc_core's namespace cache now, so that even the first trace of
 # a compiled model finds them by a plain dict lookup (mhc_core.xp.namespace).
@@ -122,11 +122,12 @@ class MHC(nn.Module):
 
     def coefficients(self, x: torch.Tensor):
         """(pre [..., n], post [..., n], res [..., n, n]) for x [..., n, C] (reference math),
-        e.g. to feed `mhc_core.gain_report` with each layer's `res`."""
+        e.g. to feed `mhc_core.gain_report` with each layer's `res`. Differentiable, as one
+        autograd node with mhc_core's explicit backward (as the step's coefficients are)."""
         _check_input(x, self.n, self.dim, "MHC")
         if self.variant == "residual":
             raise ValueError("variant 'residual' has no coefficients")
-        return mhc_core.coefficients(x, self.phi, self.bias, self.alpha, variant=self.variant, **self._cfg)
+        return autograd.coefficients(x, self.phi, self.bias, self.alpha, variant=self.variant, **self._cfg)
 
 
 class StreamHead(nn.Module):

@@ -1,0 +1,83 @@
+"""Compiled CPU graphs: matrix products with a narrow operand on numpy's BLAS.
+
+The phi projection and its two backward products are matrix products with one narrow
+side: z = u @ phi ([T, n*C] @ [n*C, m], m = n*n + 2n), dphi = u^T @ w ([n*C, T] @ [T, m])
+and du = w @ phi^T ([T, m] @ [m, n*C]). Under torch.compile on the CPU they are extern
+GEMM calls that inductor cannot fuse, and torch's CPU GEMM runs these shapes at about half
+the speed of the BLAS numpy ships (OpenBLAS, Accelerate): on the 2-core benchmark machine
+u @ phi at [2048, 2048] @ [2048, 24] takes 4.0 ms in torch and 2.0 ms in numpy, u^T @ w
+3.9 vs 2.4 ms, w @ phi^T 3.2 vs 2.6 ms (single-threaded; `benchmarks/bench_cpu_ratios.py`
+times the compiled coefficients both ways in its bandwidth section). The eager CPU path
+already runs these products on numpy (autograd.py).
+
+`blas_matmul` is a torch custom op (opaque to inductor, with a shape-only fake kernel for
+tracing and its own backward), registered with mhc_core's shim, which calls it for 2-D
+float32 / float64 CPU products whose right operand has at most `_TorchOps.NARROW` rows or
+columns while torch.compile traces (mhc_core.xp). numpy reads the tensors and writes the
+result through DLPack: no copy, and the result lives in torch-allocated memory, so a
+parameter's gradient made by it stays resizable (FSDP) and `.numpy()` (which pins a
+storage's size) is never called on a parameter.
+
+Set `ENABLED = False` before compiling to keep these products on torch (e.g. for
+AOTInductor, whose C++ runtime cannot call a Python op); graphs traced earlier keep
+what they were traced with.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mhc_core import xp as _xp
+
+ENABLED = True
+_BLAS_DTYPES = (torch.float32, torch.float64)
+
+
+def _blasable(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.ndim == 2 and b.ndim == 2 and a.device.type == "cpu" and b.device.type == "cpu"
+            and a.dtype == b.dtype and a.dtype in _BLAS_DTYPES and type(a) is torch.Tensor
+            and type(b) is torch.Tensor)
+
+
+@torch.library.custom_op("mhc_core::blas_matmul", mutates_args=())
+def blas_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b [K, N] -> [M, N] on numpy's BLAS (float32 / float64 CPU tensors; any
+    other input runs torch.matmul). The result is a new torch-allocated tensor."""
+    if not _blasable(a, b):
+        return torch.matmul(a, b)
+    out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    np.matmul(np.from_dlpack(a.detach()), np.from_dlpack(b.detach()), out=np.from_dlpack(out))
+    return out
+
+
+@blas_matmul.register_fake
+def _(a, b):
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"blas_matmul expects a [M, K] and b [K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, g):
+    a, b = ctx.saved_tensors
+    ga = blas_matmul(g, b.mT) if ctx.needs_input_grad[0] else None
+    gb = blas_matmul(a.mT, g) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+blas_matmul.register_autograd(_backward, setup_context=_setup_context)
+
+
+def narrow_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The shim's compiled-CPU product for a matrix b with a narrow side: a [..., K] @ b
+    [K, N] -> [..., N], on numpy's BLAS where ENABLED and the dtypes allow."""
+    if not ENABLED or a.dtype != b.dtype or a.dtype not in _BLAS_DTYPES:
+        return torch.matmul(a, b)
+    a2 = a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+    return blas_matmul(a2, b).reshape(a.shape[:-1] + b.shape[-1:])
+
+
+_xp.register_compiled_cpu_matmul(narrow_matmul)

@@ -31,12 +31,13 @@ from mhc_core import xp as _xp
 
 ENABLED = True
 _BLAS_DTYPES = (torch.float32, torch.float64)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not subclasses (DLPack export differs)
 
 
 def _blasable(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (a.ndim == 2 and b.ndim == 2 and a.device.type == "cpu" and b.device.type == "cpu"
-            and a.dtype == b.dtype and a.dtype in _BLAS_DTYPES and type(a) is torch.Tensor
-            and type(b) is torch.Tensor)
+            and a.dtype == b.dtype and a.dtype in _BLAS_DTYPES and type(a) in _PLAIN_TENSORS
+            and type(b) in _PLAIN_TENSORS)
 
 
 @torch.library.custom_op("mhc_core::blas_matmul", mutates_args=())

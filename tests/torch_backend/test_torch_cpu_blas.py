@@ -36,12 +36,33 @@ CASES = ["plain", "a transposed", "b transposed", "a sliced", "a broadcast row",
          "empty contraction"]
 
 
+@pytest.fixture
+def numpy_calls(monkeypatch):
+    """Counts the op's numpy matmul calls (0: it fell back to torch.matmul)."""
+    calls, real = [], cpu_blas.np.matmul
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cpu_blas.np, "matmul", spy)
+    return calls
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_blas_matmul_matches_torch_matmul(case):
+def test_blas_matmul_matches_torch_matmul(case, numpy_calls):
     a, b = _operands(case)
     got = blas_matmul(a, b)
     assert got.shape == (a.shape[0], b.shape[1]) and got.dtype == a.dtype
     torch.testing.assert_close(got, a @ b, rtol=1e-13, atol=1e-13)
+    assert len(numpy_calls) == 1
+
+
+def test_blas_matmul_takes_parameters(numpy_calls):
+    """phi is an nn.Parameter: the forward projection must run on numpy too."""
+    a, b = _operands("plain")
+    got = blas_matmul(a, nn.Parameter(b))
+    torch.testing.assert_close(got, a @ b, rtol=1e-13, atol=1e-13)
+    assert len(numpy_calls) == 1
 
 
 @pytest.mark.parametrize("case", ["plain", "a transposed", "b transposed", "one row"])
@@ -67,9 +88,10 @@ def test_blas_matmul_passes_torch_opcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_blas_matmul_other_dtypes_run_torch(dtype):
+def test_blas_matmul_other_dtypes_run_torch(dtype, numpy_calls):
     a, b = (t.to(dtype) for t in _operands("plain"))
     torch.testing.assert_close(blas_matmul(a, b), a @ b, rtol=0, atol=0)
+    assert not numpy_calls
 
 
 def test_blas_matmul_result_is_torch_memory():
@@ -108,7 +130,7 @@ def test_traced_wide_products_do_not_call_the_op():
     assert not any("blas_matmul" in o for o in ops), ops
 
 
-def test_compiled_step_gradients_match_eager_and_stay_resizable():
+def test_compiled_step_gradients_match_eager_and_stay_resizable(numpy_calls):
     """An MHC step through inductor (its projection on the op) against the eager path, in
     float64 forward and gradients; every parameter and gradient storage stays resizable."""
     torch.manual_seed(0)
@@ -125,7 +147,9 @@ def test_compiled_step_gradients_match_eager_and_stay_resizable():
     torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    numpy_calls.clear()
     out = torch.compile(m, fullgraph=True)(x)
     out.backward(g)
+    assert len(numpy_calls) == 3  # z = u @ phi, dphi = u^T @ w, du = w @ phi^T
     for p in m.parameters():
         assert p.untyped_storage().resizable() and p.grad.untyped_storage().resizable()

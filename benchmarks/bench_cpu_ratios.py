@@ -22,11 +22,20 @@ Sections (the targets of the CPU-speed issue are beside each):
              forward + backward (gradients returned by torch.autograd.grad, not added into
              .grad), as GB/s of their ideal traffic (harness.ideal_bytes) and % of the
              measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time, eager and
-             under torch.compile (the shim's narrow products transposed and plain).
+             under torch.compile (the projection's narrow products on numpy's BLAS, the
+             default, and on torch's GEMM, in the same rounds).
 - mlx:       the same on MLX (CPU backend on Linux): Trainer.step of the sweep model, eager
              and compiled=True, each with MLX autodiff and with the custom vjp; the block
              with an identity layer (MLX's CPU matmul is slow, so the mixing is compared
              with x + x).
+
+Every contender's minor page faults per call are recorded beside its time (median). A
+fault costs ~2 us on this VM, and glibc's malloc returns freed memory at the heap's top to
+the OS once it exceeds a threshold, so a step whose temporaries peak higher can pay a few
+thousand faults (~4096 per fresh 16 MiB buffer) that a smaller step does not. `--malloc keep`
+sets glibc's thresholds (mallopt, as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ would)
+so freed memory stays in the process: the allocator tuning PyTorch's CPU performance guide
+recommends (or a caching allocator: jemalloc, tcmalloc). The report records the mode.
 
 Writes benchmarks/results/cpu_ratios.{json,md}.
 """
@@ -49,6 +58,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import resource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -67,18 +77,47 @@ def uptime() -> str:
         return f"load average {os.getloadavg()}"
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
-    """Median ms per call of each fn, one batch of `inner` calls per fn per round."""
+    """Median ms (and minor page faults) per call of each fn, one batch of `inner` calls
+    per fn per round."""
     for fn in fns.values():
         fn()  # warm-up
-    times = {k: [] for k in fns}
+    times, faults = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            f0, t0 = _minor_faults(), time.perf_counter()
             for _ in range(inner):
                 fn()
             times[k].append((time.perf_counter() - t0) * 1e3 / inner)
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "runs": len(v)} for k, v in times.items()}
+            faults[k].append((_minor_faults() - f0) / inner)
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "runs": len(v),
+                "faults_per_call": statistics.median(faults[k])} for k, v in times.items()}
+
+
+MALLOC_MODES = ("default", "keep")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
+
+
+def set_malloc(mode: str) -> str:
+    """'default': glibc as configured. 'keep': mmap threshold 256 MiB and trim threshold
+    1 GiB, so freed buffers stay in the heap for the next call (no page faults on reuse).
+    Returns the setting in words; SystemExit where the C library is not glibc."""
+    if mode == "default":
+        return "glibc default (dynamic mmap / trim thresholds)"
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError) as e:
+        raise SystemExit(f"--malloc keep needs glibc's mallopt: {e}") from None
+    if not ok:
+        raise SystemExit("--malloc keep: glibc's mallopt refused the thresholds (256 MiB mmap, 1 GiB trim)")
+    return "kept: mallopt M_MMAP_THRESHOLD 256 MiB, M_TRIM_THRESHOLD 1 GiB"
 
 
 def _data(vocab: int, seq: int):
@@ -219,32 +258,31 @@ def bench_bandwidth(rounds: int) -> dict:
             continue
         gb = ideal_bytes(op, mode, n, c, t, 4) / (v["median_ms"] * 1e-3) / 1e9
         v.update(gbps=gb, pct_copy=100 * gb / copy)
-    plain = r["coefficients fwd+bwd compiled, plain orientation"]["median_ms"]
-    r["coefficients compiled: transposed / plain orientation"] = r["coefficients fwd+bwd compiled"]["median_ms"] / plain
+    torch_gemm = r["coefficients fwd+bwd compiled, torch GEMM"]["median_ms"]
+    r["coefficients compiled: numpy BLAS / torch GEMM"] = r["coefficients fwd+bwd compiled"]["median_ms"] / torch_gemm
     r["copy_gbps (read + write, same rounds)"] = copy
     r["shape"] = [t, n, c]
     return r
 
 
 def _compiled_coefficients(torch, coef_fb) -> dict:
-    """The coefficient node's fwd+bwd under torch.compile, with the shim's narrow products
-    ([T, n*C] @ [n*C, m] and the weight gradient) in the transposed orientation it uses
-    (mhc_core.xp._TorchOps.NARROW) and, in the same rounds, as plain torch.matmul (NARROW = 0,
-    set before each call: each compiled function keeps the graph traced with its setting)."""
-    from mhc_core.xp import _TorchOps
+    """The coefficient node's fwd+bwd under torch.compile, with the projection's narrow
+    products ([T, n*C] @ [n*C, m] and its two gradients) on numpy's BLAS as the library runs
+    them (mhc_core_torch.cpu_blas) and, in the same rounds, on torch's GEMM (cpu_blas.ENABLED
+    off, set around each call: each compiled function keeps the graph traced with its setting)."""
+    from mhc_core_torch import cpu_blas
 
-    default = _TorchOps.NARROW
+    default = cpu_blas.ENABLED
     fns = {}
-    for name, narrow in (("coefficients fwd+bwd compiled", default),
-                         ("coefficients fwd+bwd compiled, plain orientation", 0)):
+    for name, enabled in (("coefficients fwd+bwd compiled", True), ("coefficients fwd+bwd compiled, torch GEMM", False)):
         compiled = torch.compile(lambda: coef_fb())
 
-        def run(compiled=compiled, narrow=narrow):
-            _TorchOps.NARROW = narrow
+        def run(compiled=compiled, enabled=enabled):
+            cpu_blas.ENABLED = enabled
             try:
                 compiled()
             finally:
-                _TorchOps.NARROW = default
+                cpu_blas.ENABLED = default
         run()  # traced here, with its setting
         fns[name] = run
     return fns
@@ -326,7 +364,8 @@ def _rows(result: dict, prefix: str = "") -> list[str]:
     for k, v in result.items():
         if isinstance(v, dict) and "median_ms" in v:
             extra = f"{v['gbps']:.1f} GB/s, {v['pct_copy']:.0f}% of copy" if "gbps" in v else ""
-            rows.append(f"| {prefix}{k} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {extra} |")
+            faults = f"{v['faults_per_call']:.0f}" if "faults_per_call" in v else ""
+            rows.append(f"| {prefix}{k} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {faults} | {extra} |")
         elif isinstance(v, dict) and all(isinstance(x, float) for x in v.values()):
             ratios += [f"| {prefix}{k}: {kk} | {x:.2f} |" for kk, x in v.items()]
         elif isinstance(v, dict):
@@ -342,14 +381,15 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = ["# CPU cost ratios: mHC vs HC vs residual (one process, interleaved)", "",
              f"`{env['command']}` - date {env['date']}, commit {env['commit']}{' (+ uncommitted changes)' if env.get('dirty') else ''}, "
-             f"{env['machine']}, torch {env['torch']}, torch threads {env['torch_threads']}, rounds {env['rounds']}.", "",
+             f"{env['machine']}, torch {env['torch']}, torch threads {env['torch_threads']}, rounds {env['rounds']}, "
+             f"malloc: {env.get('malloc', 'glibc default (dynamic mmap / trim thresholds)')}.", "",
              "Medians (and minima) over interleaved rounds, fwd+bwd unless named otherwise; `uptime` before and "
              "after each section is the machine's load (a shared 2-core machine: absolute times are noisy, "
              "ratios of contenders timed in the same rounds much less so). Raw numbers: the .json beside this file.", ""]
     for name, sec in report["sections"].items():
         rows, ratios = _rows(sec["result"])
         lines += [f"## {name}", "", f"load before: `{sec['uptime_before']}`  ", f"load after: `{sec['uptime_after']}`", "",
-                  "| contender | median ms | min ms | |", "|---|---|---|---|", *rows, "",
+                  "| contender | median ms | min ms | page faults / call | |", "|---|---|---|---|---|", *rows, "",
                   "| ratio | value |", "|---|---|", *ratios, ""]
     return "\n".join(lines)
 
@@ -382,6 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=out_file, default=ROOT / "benchmarks" / "results" / "cpu_ratios",
                     help="reports' path without suffix: writes <out>.json and <out>.md")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the .md of an existing results .json")
+    ap.add_argument("--malloc", choices=MALLOC_MODES, default="default",
+                    help="'keep': glibc keeps freed memory (no page faults on reuse; see the module doc)")
     args = ap.parse_args(argv)
     import importlib.util
 
@@ -395,6 +437,7 @@ def main(argv=None) -> int:
         src.with_suffix(".md").write_text(markdown(load_report(src)) + "\n")
         return 0
 
+    malloc = set_malloc(args.malloc)  # before the first large allocation
     import torch
 
     torch.set_num_threads(1)
@@ -402,7 +445,7 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain")), "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}, "sections": {}}
+        "malloc": malloc, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}, "sections": {}}
     runners = {"sweep": lambda: bench_sweep(args.rounds), "block": lambda: bench_block(args.rounds, not args.no_compile),
                "bandwidth": lambda: bench_bandwidth(args.rounds), "mlx": lambda: bench_mlx(args.rounds)}
     out = args.out

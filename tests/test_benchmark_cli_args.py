@@ -184,6 +184,7 @@ def _bench_cpu_ratios():
     (["--rounds", "-2"], "argument --rounds: expected an integer >= 1"),
     (["--rounds", "many"], "argument --rounds: expected an integer >= 1"),
     (["--sections", "gpu"], "argument --sections: invalid choice: 'gpu'"),
+    (["--malloc", "jemalloc"], "argument --malloc: invalid choice: 'jemalloc'"),
 ])
 def test_bench_cpu_ratios_bad_arguments(argv, match, capsys, tmp_path):
     """--rounds 0 used to run the section and fail in statistics.median on no timings."""
@@ -467,3 +468,22 @@ def test_gpu_check_reused_folder_keeps_no_earlier_figures(monkeypatch, tmp_path)
     assert _smoke_run(gpu_check, fake_run, monkeypatch, tmp_path) == 1
     assert not (tmp_path / "bench.json").exists() and not (tmp_path / "sweep_post_residual_bwd.md").exists()
     assert (tmp_path / "my_notes.txt").read_text() == "keep" and (tmp_path / "summary.md").exists()
+
+
+def test_bench_cpu_ratios_interleaved_counts_page_faults():
+    """Each contender's minor page faults per call come from getrusage: a call that writes
+    fresh anonymous memory (8 MiB, mapped anew each call) shows about one fault per 4 KiB
+    page, one that touches nothing shows none."""
+    import mmap
+
+    bench = _bench_cpu_ratios()
+    size = 8 << 20
+
+    def fresh():
+        with mmap.mmap(-1, size) as m:
+            for off in range(0, size, mmap.PAGESIZE):
+                m[off] = 1
+
+    r = bench.interleaved({"fresh": fresh, "none": lambda: None}, rounds=3)
+    assert r["none"]["faults_per_call"] == 0
+    assert r["fresh"]["faults_per_call"] >= 0.9 * size / mmap.PAGESIZE

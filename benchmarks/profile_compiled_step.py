@@ -7,7 +7,8 @@
 x [tokens, n, C] (default 2048 x 4 x 512, the block of bench_cpu_ratios.py), forward +
 backward, torch single-threaded. Inductor's generated C++ kernels are timed one by one
 (torch._inductor.config.cpp.enable_kernel_profile), so every row is one kernel or one ATen
-call: the phi projection's matmuls show as `aten::mm` with m = n*n + 2n columns, the stream
+call: the phi projection's products show as `mhc_core::blas_matmul` (numpy BLAS; `aten::mm` with
+`mhc_core_torch.cpu_blas.ENABLED = False`) with m = n*n + 2n columns, the stream
 mixing, Sinkhorn and the norms as `graph_*_cpp_fused_*` kernels. Prints a markdown table
 (ms per step, share of the step) and writes it with --out.
 """
@@ -27,6 +28,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_cpu_ratios import MALLOC_MODES, set_malloc  # noqa: E402
 from cli_args import non_negative_float, out_file, positive_int  # noqa: E402
 
 
@@ -78,14 +80,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=positive_int, default=10)
     ap.add_argument("--min-ms", type=non_negative_float, default=0.05, help="leave out events below this (ms per step)")
     ap.add_argument("--out", type=out_file, help="also write the table to this .md file")
+    ap.add_argument("--malloc", choices=MALLOC_MODES, default="default",
+                    help="'keep': glibc keeps freed memory, no page faults on reuse (bench_cpu_ratios.py)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    malloc = set_malloc(args.malloc)
     rows, wall = profile_step(args.tokens, args.n, args.dim, args.layer, args.steps, args.min_ms)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     lines = [f"# Compiled mHC step, CPU profile: x [{args.tokens}, {args.n}, {args.dim}], {args.layer} layer, fwd+bwd",
              "", f"`{Path(__file__).name} {' '.join(argv)}` at commit {commit}; {args.steps} profiled steps, "
-             f"{wall:.1f} ms per step under the profiler; load: `{load}`", "",
+             f"{wall:.1f} ms per step under the profiler; malloc: {malloc}; load: `{load}`", "",
              "| event (self time) | ms / step | share |", "|---|---|---|"]
     lines += [f"| `{name[:110]}` | {ms:.2f} | {100 * ms / wall:.0f}% |" for name, ms in rows]
     text = "\n".join(lines) + "\n"

@@ -133,9 +133,14 @@ class Coefficients(torch.autograd.Function):
             # them, memory accounting counts them)
             ctx.save_for_backward(x, phi, bias, alpha, *(torch.from_numpy(np.asarray(a)) for a in saved))
             return tuple(torch.from_numpy(_unshared(o, saved)) for o in outs)
-        outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
+        (pre, post, res), saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant,
+                                                       **cfg)
         ctx.save_for_backward(x, phi, bias, alpha, *saved)
-        return outs
+        # res is a view of Sinkhorn's last iterate, which a compiled graph may save for the
+        # backward: inductor then returned res as a view of the saved buffer, with its own
+        # version counter, so an in-place change of res silently altered the gradient. A
+        # contiguous copy has a layout of its own (a plain clone is dropped as a no-op).
+        return pre, post, res.clone(memory_format=torch.contiguous_format)
 
     @staticmethod
     def backward(ctx, dpre, dpost, dres):

@@ -197,3 +197,67 @@ def test_compiled_float32_mhc_at_huge_scale_matches_float64_oracle(scale):
     for g, w in zip(got, want):
         assert torch.isfinite(g).all()
         np.testing.assert_allclose(g.detach().double().numpy(), w, rtol=2e-5, atol=2e-6)  # as the eager test
+
+
+# ---- MHC.coefficients -----------------------------------------------------------------------
+
+def _oracle_grads(module, x, cots, variant="mhc"):
+    """Gradients w.r.t. (x, phi, bias, alpha) of mhc_core.coefficients by torch autograd."""
+    params = (module.phi, module.bias, module.alpha)
+    outs = mhc_core.coefficients(x, *params, variant=variant, **module._cfg)
+    return outs, torch.autograd.grad(outs, (x, *params), cots)
+
+
+@pytest.mark.parametrize("path", ["eager numpy", "eager torch", "compiled"])
+@pytest.mark.parametrize("tokens", [1, 5])
+@pytest.mark.parametrize("changed", [0, 1, 2])
+def test_coefficients_outputs_do_not_alias_saved_tensors(path, tokens, changed, monkeypatch):
+    """Changing pre, post or res in place after the call leaves the gradient alone (the
+    compiled graph returned res in the saved Sinkhorn iterate's buffer: phi's gradient
+    moved by 0.1 and bias's by 3 after `res += 1`)."""
+    from mhc_core_torch import autograd as torch_autograd
+    module = _module()
+    if path == "eager torch":
+        monkeypatch.setattr(torch_autograd, "NUMPY_MAX_ELEMENTS", 0)
+    fn = module.coefficients
+    if path == "compiled":
+        torch._dynamo.reset()
+        fn = torch.compile(module.coefficients, fullgraph=True)
+    x = torch.randn(tokens, N, C, dtype=torch.float64, requires_grad=True)
+    outs = fn(x)
+    cots = [torch.randn_like(t) for t in outs]
+    want_outs, want = _oracle_grads(module, x, cots)
+    for o, w in zip(outs, want_outs):
+        torch.testing.assert_close(o, w, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        outs[changed].add_(1.0)
+    got = torch.autograd.grad(outs, [x, module.phi, module.bias, module.alpha], cots)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite"])
+def test_coefficients_float64_gradients_match_torch_autograd_of_the_oracle(variant):
+    module = _module(variant)
+    x = torch.randn(2, 3, N, C, dtype=torch.float64, requires_grad=True)
+    outs = module.coefficients(x)
+    cots = [torch.randn_like(t) for t in outs]
+    want_outs, want = _oracle_grads(module, x, cots, variant)
+    got = torch.autograd.grad(outs, [x, module.phi, module.bias, module.alpha], cots)
+    for o, w in zip(outs, want_outs):
+        assert o.dtype == torch.float64
+        torch.testing.assert_close(o, w, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_coefficients_under_no_grad_match_the_numpy_oracle():
+    module = _module()
+    x = torch.randn(2, 3, N, C, dtype=torch.float64)
+    with torch.no_grad():
+        got = module.coefficients(x)
+    params = (p.detach().numpy() for p in (module.phi, module.bias, module.alpha))
+    want = mhc_core.coefficients(x.numpy(), *params, **module._cfg)
+    for g, w in zip(got, want):
+        assert not g.requires_grad
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-13, atol=1e-13)

@@ -50,7 +50,9 @@ def _runs_on_numpy(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether an eager call on x (and the other tensors it reads) runs on numpy views: x
     on the CPU with at most NUMPY_MAX_ELEMENTS elements, not under torch.compile, and every
     tensor a plain one (`.numpy()` refuses subclasses: fake tensors, DTensor, ...)."""
-    return (x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+    # is_compiling first: traced, x's size is symbolic and the size test would add a guard
+    # on it (an exported program with a dynamic token count would refuse T > 2**40 / (n*C))
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS
             and all(type(t) in _PLAIN_TENSORS for t in (x, *others)))
 
 

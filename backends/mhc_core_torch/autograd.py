@@ -50,7 +50,9 @@ def _runs_on_numpy(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether an eager call on x (and the other tensors it reads) runs on numpy views: x
     on the CPU with at most NUMPY_MAX_ELEMENTS elements, not under torch.compile, and every
     tensor a plain one (`.numpy()` refuses subclasses: fake tensors, DTensor, ...)."""
-    return (x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS and not torch.compiler.is_compiling()
+    # is_compiling first: traced, x's size is symbolic and the size test would add a guard
+    # on it (an exported program with a dynamic token count would refuse T > 2**40 / (n*C))
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS
             and all(type(t) in _PLAIN_TENSORS for t in (x, *others)))
 
 
@@ -133,9 +135,14 @@ class Coefficients(torch.autograd.Function):
             # them, memory accounting counts them)
             ctx.save_for_backward(x, phi, bias, alpha, *(torch.from_numpy(np.asarray(a)) for a in saved))
             return tuple(torch.from_numpy(_unshared(o, saved)) for o in outs)
-        outs, saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant, **cfg)
+        (pre, post, res), saved = coefficients_forward(mhc_core.namespace(x), x, phi, bias, alpha, variant=variant,
+                                                       **cfg)
         ctx.save_for_backward(x, phi, bias, alpha, *saved)
-        return outs
+        # res is a view of Sinkhorn's last iterate, which a compiled graph may save for the
+        # backward: inductor then returned res as a view of the saved buffer, with its own
+        # version counter, so an in-place change of res silently altered the gradient. A
+        # contiguous copy has a layout of its own (a plain clone is dropped as a no-op).
+        return pre, post, res.clone(memory_format=torch.contiguous_format)
 
     @staticmethod
     def backward(ctx, dpre, dpost, dres):

@@ -13,9 +13,10 @@ already runs these products on numpy (autograd.py).
 `blas_matmul` is a torch custom op (opaque to inductor, with a shape-only fake kernel for
 tracing and its own backward), registered with mhc_core's shim, which calls it for 2-D
 float32 / float64 CPU products whose right operand has at most `_TorchOps.NARROW` rows or
-columns while torch.compile traces (mhc_core.xp). numpy reads the tensors and writes the
-result through DLPack: no copy, and the result lives in torch-allocated memory, so a
-parameter's gradient made by it stays resizable (FSDP) and `.numpy()` (which pins a
+columns while torch.compile traces (mhc_core.xp). numpy reads the tensors through DLPack
+and writes the result into a torch-allocated tensor through the array interface (a DLPack
+import is read-only before numpy 2.2.5): no copy, and the result lives in torch memory, so
+a parameter's gradient made by it stays resizable (FSDP) and `.numpy()` (which pins a
 storage's size) is never called on a parameter.
 
 Set `ENABLED = False` before compiling to keep these products on torch (e.g. for
@@ -30,7 +31,8 @@ import torch
 from mhc_core import xp as _xp
 
 ENABLED = True
-_BLAS_DTYPES = (torch.float32, torch.float64)
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_BLAS_DTYPES = tuple(_NUMPY_DTYPES)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # not subclasses (DLPack export differs)
 
 
@@ -40,21 +42,41 @@ def _blasable(a: torch.Tensor, b: torch.Tensor) -> bool:
             and type(b) in _PLAIN_TENSORS)
 
 
+class _WritableView:
+    """numpy's writable view of a contiguous float32 / float64 torch tensor, through the
+    array interface (`np.asarray(_WritableView(t))`); it keeps t alive."""
+
+    def __init__(self, t: torch.Tensor):
+        self._tensor = t
+        self.__array_interface__ = {"data": (t.data_ptr(), False), "shape": tuple(t.shape), "version": 3,
+                                    "typestr": _NUMPY_DTYPES[t.dtype].str}
+
+
+def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
+    """The op's contract, the same for the real and the fake kernel: a [M, K] and b [K, N]
+    of one dtype and device."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"blas_matmul expects a [M, K] and b [K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise TypeError(f"blas_matmul expects a and b of one dtype and device, got {a.dtype} on {a.device} "
+                        f"and {b.dtype} on {b.device}")
+
+
 @torch.library.custom_op("mhc_core::blas_matmul", mutates_args=())
 def blas_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, K] @ b [K, N] -> [M, N] on numpy's BLAS (float32 / float64 CPU tensors; any
-    other input runs torch.matmul). The result is a new torch-allocated tensor."""
+    other dtype or device runs torch.matmul). The result is a new torch-allocated tensor."""
+    _check_operands(a, b)
     if not _blasable(a, b):
         return torch.matmul(a, b)
     out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    np.matmul(np.from_dlpack(a.detach()), np.from_dlpack(b.detach()), out=np.from_dlpack(out))
+    np.matmul(np.from_dlpack(a.detach()), np.from_dlpack(b.detach()), out=np.asarray(_WritableView(out)))
     return out
 
 
 @blas_matmul.register_fake
 def _(a, b):
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"blas_matmul expects a [M, K] and b [K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    _check_operands(a, b)
     return a.new_empty((a.shape[0], b.shape[1]))
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from mhc_core import xp as _xp
 
@@ -94,10 +95,20 @@ def _backward(ctx, g):
 blas_matmul.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.compiler.assume_constant_result
+def _transformed() -> bool:
+    """Whether a torch.func transform (jvp, vmap, grad, ...) or a forward-mode AD level is
+    active, also while dynamo traces one: the op has a backward but no forward-mode rule, so
+    under jvp its tangent would be silently wrong. Evaluated in Python at trace time (dynamo
+    would otherwise trace the interpreter-stack query symbolically, and read it as active)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0
+
+
 def narrow_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The shim's compiled-CPU product for a matrix b with a narrow side: a [..., K] @ b
-    [K, N] -> [..., N], on numpy's BLAS where ENABLED and the dtypes allow."""
-    if not ENABLED or a.dtype != b.dtype or a.dtype not in _BLAS_DTYPES:
+    [K, N] -> [..., N], on numpy's BLAS where ENABLED and the dtypes allow, else (and
+    under a torch.func transform or forward-mode AD) torch.matmul."""
+    if not ENABLED or a.dtype != b.dtype or a.dtype not in _BLAS_DTYPES or _transformed():
         return torch.matmul(a, b)
     a2 = a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
     return blas_matmul(a2, b).reshape(a.shape[:-1] + b.shape[-1:])

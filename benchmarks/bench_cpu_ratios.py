@@ -22,8 +22,7 @@ Sections (the targets of the CPU-speed issue are beside each):
              forward + backward (gradients returned by torch.autograd.grad, not added into
              .grad), as GB/s of their ideal traffic (harness.ideal_bytes) and % of the
              measured copy bandwidth (target: >= 40%); coefficients fwd+bwd time, eager and
-             under torch.compile (the projection's narrow products on numpy's BLAS, the
-             default, and on torch's GEMM, in the same rounds).
+             under torch.compile (the shim's narrow products transposed and plain).
 - mlx:       the same on MLX (CPU backend on Linux): Trainer.step of the sweep model, eager
              and compiled=True, each with MLX autodiff and with the custom vjp; the block
              with an identity layer (MLX's CPU matmul is slow, so the mixing is compared
@@ -258,31 +257,32 @@ def bench_bandwidth(rounds: int) -> dict:
             continue
         gb = ideal_bytes(op, mode, n, c, t, 4) / (v["median_ms"] * 1e-3) / 1e9
         v.update(gbps=gb, pct_copy=100 * gb / copy)
-    torch_gemm = r["coefficients fwd+bwd compiled, torch GEMM"]["median_ms"]
-    r["coefficients compiled: numpy BLAS / torch GEMM"] = r["coefficients fwd+bwd compiled"]["median_ms"] / torch_gemm
+    plain = r["coefficients fwd+bwd compiled, plain orientation"]["median_ms"]
+    r["coefficients compiled: transposed / plain orientation"] = r["coefficients fwd+bwd compiled"]["median_ms"] / plain
     r["copy_gbps (read + write, same rounds)"] = copy
     r["shape"] = [t, n, c]
     return r
 
 
 def _compiled_coefficients(torch, coef_fb) -> dict:
-    """The coefficient node's fwd+bwd under torch.compile, with the projection's narrow
-    products ([T, n*C] @ [n*C, m] and its two gradients) on numpy's BLAS as the library runs
-    them (mhc_core_torch.cpu_blas) and, in the same rounds, on torch's GEMM (cpu_blas.ENABLED
-    off, set around each call: each compiled function keeps the graph traced with its setting)."""
-    from mhc_core_torch import cpu_blas
+    """The coefficient node's fwd+bwd under torch.compile, with the shim's narrow products
+    ([T, n*C] @ [n*C, m] and the weight gradient) in the transposed orientation it uses
+    (mhc_core.xp._TorchOps.NARROW) and, in the same rounds, as plain torch.matmul (NARROW = 0,
+    set before each call: each compiled function keeps the graph traced with its setting)."""
+    from mhc_core.xp import _TorchOps
 
-    default = cpu_blas.ENABLED
+    default = _TorchOps.NARROW
     fns = {}
-    for name, enabled in (("coefficients fwd+bwd compiled", True), ("coefficients fwd+bwd compiled, torch GEMM", False)):
+    for name, narrow in (("coefficients fwd+bwd compiled", default),
+                         ("coefficients fwd+bwd compiled, plain orientation", 0)):
         compiled = torch.compile(lambda: coef_fb())
 
-        def run(compiled=compiled, enabled=enabled):
-            cpu_blas.ENABLED = enabled
+        def run(compiled=compiled, narrow=narrow):
+            _TorchOps.NARROW = narrow
             try:
                 compiled()
             finally:
-                cpu_blas.ENABLED = default
+                _TorchOps.NARROW = default
         run()  # traced here, with its setting
         fns[name] = run
     return fns

@@ -7,8 +7,7 @@
 x [tokens, n, C] (default 2048 x 4 x 512, the block of bench_cpu_ratios.py), forward +
 backward, torch single-threaded. Inductor's generated C++ kernels are timed one by one
 (torch._inductor.config.cpp.enable_kernel_profile), so every row is one kernel or one ATen
-call: the phi projection's products show as `mhc_core::blas_matmul` (numpy BLAS; `aten::mm` with
-`mhc_core_torch.cpu_blas.ENABLED = False`) with m = n*n + 2n columns, the stream
+call: the phi projection's matmuls show as `aten::mm` with m = n*n + 2n columns, the stream
 mixing, Sinkhorn and the norms as `graph_*_cpp_fused_*` kernels. Prints a markdown table
 (ms per step, share of the step) and writes it with --out.
 """

@@ -218,17 +218,14 @@ class _TorchOps(Ops):
     """torch: native fused extras (same math, one kernel each). Under torch.compile on the
     CPU, a batched matmul of tiny matrices is written as a broadcast product and sum, which
     inductor fuses into one pass over the large operand (a CPU bmm over thousands of
-    4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth), and a product with a
-    matrix right operand that has at most NARROW rows or columns (the phi projection
-    [T, n*C] @ [n*C, m], its weight gradient [n*C, T] @ [T, m] and input gradient
-    [T, m] @ [m, n*C]) goes to the function `register_compiled_cpu_matmul` installed:
-    mhc_core_torch installs one that runs them on numpy's BLAS, about twice as fast as
-    torch's CPU GEMM for these shapes (mhc_core_torch/cpu_blas.py). Without one they are
-    plain torch.matmul."""
+    4 x 4 or 1 x 4 matrices runs at a fraction of memory bandwidth), and a product with at
+    most NARROW result columns and a matrix right operand (the phi projection
+    [T, n*C] @ [n*C, m] and its weight gradient [n*C, T] @ [T, m]) runs as (b^T @ a^T)^T,
+    the orientation torch's CPU GEMM does fastest for it (benchmarks/bench_cpu_ratios.py
+    times the compiled coefficients in both orientations, bandwidth section)."""
 
     TINY = 8  # a matmul is "tiny" when it contracts over <= TINY or makes <= TINY x TINY matrices
-    NARROW = 32  # a matrix right operand with at most this many rows or columns is "narrow"
-    narrow_matmul = None  # (a [..., K], b [K, N]) -> a @ b for narrow b under compile on the CPU
+    NARROW = 32  # at most this many result columns: the transposed orientation (0: off)
 
     def __init__(self, xp):
         super().__init__(xp, "torch")
@@ -239,8 +236,9 @@ class _TorchOps(Ops):
     def matmul(self, a, b):
         if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
             return self.xp.matmul(a, b)
-        if b.ndim == 2 and a.ndim >= 2 and min(b.shape) <= self.NARROW:
-            return self.xp.matmul(a, b) if self.narrow_matmul is None else self.narrow_matmul(a, b)
+        if b.ndim == 2 and a.ndim >= 2 and b.shape[-1] <= self.NARROW:  # a matrix of <= NARROW columns
+            a2 = a if a.ndim == 2 else a.reshape(-1, a.shape[-1])  # [rows, K]
+            return (b.mT @ a2.mT).mT.reshape(a.shape[:-1] + b.shape[-1:])  # ([m, K] @ [K, rows])^T
         if a.ndim >= 3 and (a.shape[-1] <= self.TINY or (a.shape[-2] <= self.TINY and b.shape[-1] <= self.TINY)):
             return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)  # [..., p, q, 1] * [..., 1, q, C]
         return self.xp.matmul(a, b)
@@ -343,13 +341,6 @@ class _MLXOps(Ops):
             e = self.exp(x - self.xp.max(x, axis=axis, keepdims=True))
             return e / self.xp.sum(e, axis=axis, keepdims=True)
         return self.xp.softmax(x, axis=axis, precise=True)
-
-
-def register_compiled_cpu_matmul(fn) -> None:
-    """Install `fn(a [..., K], b [K, N]) -> a @ b` as the product torch tensors use under
-    torch.compile on the CPU when b is a matrix with at most `_TorchOps.NARROW` rows or
-    columns (None: torch.matmul). Called by mhc_core_torch at import; read at trace time."""
-    _TorchOps.narrow_matmul = None if fn is None else staticmethod(fn)
 
 
 # Ops per array type. `namespace` runs on every call of every mhc_core function, also

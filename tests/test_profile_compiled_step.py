@@ -11,13 +11,12 @@ import profile_compiled_step  # noqa: E402
 
 
 def test_profile_names_the_projection_matmuls_and_the_fused_kernels(tmp_path):
-    """A tiny step: the table has the phi projection's products (the numpy-BLAS op, m =
-    n*n + 2n = 24 columns at n = 4) and inductor's generated kernels, and is written where
-    --out says."""
+    """A tiny step: the table has the phi projection's matmuls (m = n*n + 2n = 24 columns
+    at n = 4) and inductor's generated kernels, and is written where --out says."""
     out = tmp_path / "sub" / "profile.md"
     assert profile_compiled_step.main(["--tokens", "32", "--dim", "16", "--steps", "1", "--min-ms", "0", "--out", str(out)]) == 0
     text = out.read_text()
-    mm_rows = [line for line in text.splitlines() if line.startswith("| `mhc_core::blas_matmul")]
+    mm_rows = [line for line in text.splitlines() if line.startswith("| `aten::mm")]
     assert mm_rows and all("24" in row for row in mm_rows), mm_rows
     assert "cpp_fused" in text
     assert "x [32, 4, 16], identity layer" in text

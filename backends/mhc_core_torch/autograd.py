@@ -36,8 +36,6 @@ from mhc_core import checks
 from mhc_core.coefficients import coefficients_backward, coefficients_forward
 from mhc_core.streams import post_residual_backward, pre_aggregate_backward
 
-from . import cpu_blas  # noqa: F401  (installs the compiled-CPU narrow products: cpu_blas.py)
-
 # Eager CPU calls whose x has at most this many elements run their math on numpy views.
 NUMPY_MAX_ELEMENTS = 1 << 40
 _NUMPY_OPS = mhc_core.namespace(np.zeros(1))

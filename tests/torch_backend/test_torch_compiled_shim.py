@@ -1,14 +1,13 @@
 """Under torch.compile on the CPU the shim writes tiny batched matmuls as a broadcast
-product and sum and sends narrow matrix products to numpy's BLAS (mhc_core.xp._TorchOps,
-mhc_core_torch/cpu_blas.py): the same numbers as torch.matmul, and matmul_concat the same
-as a matmul with the concatenated operand."""
+product and sum and narrow matrix products as (b^T @ a^T)^T (mhc_core.xp._TorchOps): the
+same numbers as torch.matmul, and matmul_concat the same as a matmul with the
+concatenated operand."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import mhc_core
-import mhc_core_torch  # noqa: F401  (installs the compiled-CPU BLAS products)
 
 
 def _traced(fn):
@@ -28,8 +27,8 @@ def test_tiny_matmul_under_compile_matches_matmul(shapes):
 @pytest.mark.parametrize("case", ["2d", "batched a", "transposed a", "wide b", "tiny rows"])
 def test_matrix_products_under_compile_match_matmul(case):
     """Products with a matrix right operand (the projection's, its weight gradient's) are
-    never written as a [.., p, q, C] broadcast product; those with <= NARROW rows or columns
-    run on the BLAS op: the same numbers, in the shape a @ b has, with gradients."""
+    never written as a [.., p, q, C] broadcast product; <= NARROW result columns run as
+    (b^T @ a^T)^T: the same numbers, in the shape a @ b has, with gradients."""
     torch.manual_seed(2)
     shapes = {"2d": ((64, 48), (48, 24)), "batched a": ((3, 5, 48), (48, 24)), "transposed a": ((48, 64), (48, 24)),
               "wide b": ((64, 48), (48, 40)), "tiny rows": ((2, 3, 48), (48, 8))}[case]

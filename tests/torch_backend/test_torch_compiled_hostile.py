@@ -1,8 +1,6 @@
-"""mhc_core_torch.cpu_blas and MHC.coefficients under hostile use.
+"""Compiled MHC steps and MHC.coefficients under hostile use.
 
-The op's real and fake kernels agree on what they accept (odd shapes through opcheck; bad
-operands raise the same clear error eagerly and while tracing); it works on numpy versions
-whose DLPack import is read-only; compiled MHC steps (dynamic token counts, checkpointing,
+Compiled MHC steps (dynamic token counts, checkpointing,
 threads, huge |x|, the hc and mhc-lite variants) match the eager path in float64; and
 MHC.coefficients' outputs are the caller's own (an in-place change after the call leaves
 the gradient alone) with gradients equal to torch autograd through mhc_core.coefficients.
@@ -17,8 +15,7 @@ import torch
 from torch import nn
 
 import mhc_core
-from mhc_core_torch import MHC, cpu_blas
-from mhc_core_torch.cpu_blas import blas_matmul
+from mhc_core_torch import MHC
 
 N, C = 4, 8
 
@@ -43,71 +40,11 @@ def _assert_step_matches_eager(compiled, module, x, tol=1e-11):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-# ---- the op itself ------------------------------------------------------------------------
-
-def test_blas_matmul_writes_through_read_only_dlpack_imports(monkeypatch):
-    """numpy before 2.2.5 imports every DLPack tensor read-only: the result must still be
-    written (it went through np.from_dlpack(out) and raised 'output array is read-only')."""
-    real = np.from_dlpack
-
-    def read_only_from_dlpack(t):
-        arr = real(t)
-        arr.flags.writeable = False
-        return arr
-    monkeypatch.setattr(cpu_blas.np, "from_dlpack", read_only_from_dlpack)
-    a, b = torch.randn(5, 7, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
-    got = blas_matmul(a, b)
-    torch.testing.assert_close(got, a @ b, rtol=1e-13, atol=1e-13)
-    assert got.untyped_storage().resizable()
-
-
-@pytest.mark.parametrize("shapes", [((0, 5), (5, 3)), ((5, 0), (0, 3)), ((1, 1), (1, 1)), ((5, 3), (3, 0)),
-                                    ((0, 0), (0, 0))])
-def test_blas_matmul_opcheck_on_degenerate_shapes(shapes):
-    a, b = (torch.randn(*s, dtype=torch.float64) for s in shapes)
-    torch.library.opcheck(blas_matmul, (a, b))
-    torch.testing.assert_close(blas_matmul(a, b), a @ b, rtol=0, atol=1e-13)
-
-
-def test_blas_matmul_opcheck_on_strided_views():
-    a = torch.randn(4, 6, dtype=torch.float64).mT  # [6, 4], column-major
-    b = torch.randn(4, 6, dtype=torch.float64)[:, ::3]  # [4, 2], step 3
-    torch.library.opcheck(blas_matmul, (a, b))
-    torch.testing.assert_close(blas_matmul(a, b), a @ b, rtol=1e-13, atol=1e-13)
-
-
-BAD_OPERANDS = {
-    "3-D a": ((3, 4, 6), (6, 2), torch.float64, ValueError, "a \\[M, K\\] and b \\[K, N\\]"),
-    "1-D b": ((4, 6), (6,), torch.float64, ValueError, "a \\[M, K\\] and b \\[K, N\\]"),
-    "inner sizes differ": ((4, 6), (5, 2), torch.float64, ValueError, "got \\(4, 6\\) and \\(5, 2\\)"),
-    "dtypes differ": ((4, 6), (6, 2), torch.float32, TypeError, "one dtype and device"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_OPERANDS))
-def test_blas_matmul_rejects_bad_operands_eagerly_and_traced(case):
-    """The eager kernel had run torch.matmul on anything (a 3-D a gave [3, 4, 2]) while the
-    fake kernel raised: the same call must fail the same way in both."""
-    sa, sb, dtype_b, error, match = BAD_OPERANDS[case]
-    a, b = torch.randn(*sa, dtype=torch.float64), torch.randn(*sb, dtype=dtype_b)
-    with pytest.raises(error, match=match):
-        blas_matmul(a, b)
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode() as mode, pytest.raises(error, match=match):
-        blas_matmul(mode.from_tensor(a), mode.from_tensor(b))
-
-
-def test_blas_matmul_second_derivatives():
-    a = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(blas_matmul, (a, b))
-
-
 # ---- compiled modules against the eager path ----------------------------------------------
 
 def test_compiled_mhc_with_symbolic_token_count_matches_eager():
-    """dynamic=True: one graph for every T (the op's fake kernel and the shim's narrowness
-    test see a symbolic T), T = 1 and T = 0 included, x with batch dims [B, T, n, C]."""
+    """dynamic=True: one graph for every T (the shim's matmul rules see a symbolic T),
+    T = 1 and T = 0 included, x with batch dims [B, T, n, C]."""
     from torch._dynamo.utils import counters
     module = _module()
     torch._dynamo.reset()
@@ -154,7 +91,7 @@ def test_compiled_mhc_under_inference_mode_matches_eager():
 
 
 def test_compiled_mhc_from_two_threads_matches_eager():
-    """numpy's BLAS called from several Python threads at once (torch with 2 threads)."""
+    """A compiled MHC called from several Python threads at once (torch with 2 threads)."""
     module = _module()
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True)

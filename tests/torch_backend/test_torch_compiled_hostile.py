@@ -1,8 +1,8 @@
 """Compiled MHC steps and MHC.coefficients under hostile use.
 
-Compiled MHC steps (dynamic token counts, checkpointing,
-threads, huge |x|, the hc and mhc-lite variants) match the eager path in float64; and
-MHC.coefficients' outputs are the caller's own (an in-place change after the call leaves
+Compiled MHC steps (dynamic token counts, checkpointing, threads, huge |x|, the hc and
+mhc-lite variants, torch.export) match the eager path in float64; and MHC.coefficients'
+outputs are the caller's own (an in-place change after the call leaves
 the gradient alone) with gradients equal to torch autograd through mhc_core.coefficients.
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ def test_compiled_mhc_with_symbolic_token_count_matches_eager():
 
 @pytest.mark.parametrize("variant", ["hc", "mhc-lite"])
 def test_compiled_variants_match_eager(variant):
-    """hc's projection and mhc-lite's Birkhoff product [T, n!] @ [n!, n*n] are narrow too."""
+    """hc's projection and mhc-lite's Birkhoff product [T, n!] @ [n!, n*n] take the shim's
+    narrow-product rule too."""
     module = _module(variant)
     torch._dynamo.reset()
     x = torch.randn(5, N, C, dtype=torch.float64, requires_grad=True)

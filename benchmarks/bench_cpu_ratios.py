@@ -50,6 +50,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -57,7 +58,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import resource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -98,6 +98,7 @@ def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
 
 
 MALLOC_MODES = ("default", "keep")
+_DEFAULT_MALLOC = "glibc default (dynamic mmap / trim thresholds)"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 
 
@@ -106,7 +107,7 @@ def set_malloc(mode: str) -> str:
     1 GiB, so freed buffers stay in the heap for the next call (no page faults on reuse).
     Returns the setting in words; SystemExit where the C library is not glibc."""
     if mode == "default":
-        return "glibc default (dynamic mmap / trim thresholds)"
+        return _DEFAULT_MALLOC
     import ctypes
 
     try:
@@ -382,7 +383,7 @@ def markdown(report: dict) -> str:
     lines = ["# CPU cost ratios: mHC vs HC vs residual (one process, interleaved)", "",
              f"`{env['command']}` - date {env['date']}, commit {env['commit']}{' (+ uncommitted changes)' if env.get('dirty') else ''}, "
              f"{env['machine']}, torch {env['torch']}, torch threads {env['torch_threads']}, rounds {env['rounds']}, "
-             f"malloc: {env.get('malloc', 'glibc default (dynamic mmap / trim thresholds)')}.", "",
+             f"malloc: {env.get('malloc', _DEFAULT_MALLOC)}.", "",
              "Medians (and minima) over interleaved rounds, fwd+bwd unless named otherwise; `uptime` before and "
              "after each section is the machine's load (a shared 2-core machine: absolute times are noisy, "
              "ratios of contenders timed in the same rounds much less so). Raw numbers: the .json beside this file.", ""]

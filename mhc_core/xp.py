@@ -14,6 +14,8 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   they are plain expressions and a list that is stacked.
   `matmul_concat` is a matmul with an operand concatenated along the stream axis; numpy
   runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
+  `matmul_concat_t` is the product with such an operand transposed (the backward's
+  <dout[o], x[i]> and <dout[o], y> in one array); no library makes the concatenated copy.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -36,7 +38,7 @@ SUBSET = (
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
-          "equal_all", "matmul_concat")
+          "equal_all", "matmul_concat", "matmul_concat_t")
 
 
 class Ops:
@@ -117,6 +119,12 @@ class Ops:
         """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
         -> [..., p, C]; a and every part share their leading axes [...]."""
         return self.matmul(a, self.concat(list(parts), axis=-2))
+
+    def matmul_concat_t(self, a, parts):
+        """a @ matrix_transpose(concat(parts, axis=-2)): a [..., p, C], parts [..., q_i, C]
+        -> [..., p, sum q_i]; a and every part share their leading axes [...]. One product
+        per part, their small results concatenated (no copy of the parts)."""
+        return self.concat([self.matmul(a, self.matrix_transpose(p_)) for p_ in parts], axis=-1)
 
     def iterates(self, k: int, like):
         """An uninitialised [k, *like.shape] array that `normalize(..., out=buffer[j])`
@@ -252,6 +260,20 @@ class _TorchOps(Ops):
             term = self.matmul(a[..., start : start + q], p_)
             out, start = term if out is None else out + term, start + q
         return out
+
+    def matmul_concat_t(self, a, parts):
+        if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
+            return super().matmul_concat_t(a, parts)
+        # compiled: one reduction over C for every output column (inductor reads a and each
+        # part once per token), the stacked operand written as a sum of zero-padded parts:
+        # a pointwise expression that inductor inlines, where a concatenation is a copy
+        pad, rows = self._torch.nn.functional.pad, sum(p_.shape[-2] for p_ in parts)
+        stacked, start = None, 0
+        for p_ in parts:
+            q = p_.shape[-2]
+            term = pad(p_, (0, 0, start, rows - start - q))  # [..., rows, C], p_ in rows start:start+q
+            stacked, start = term if stacked is None else stacked + term, start + q
+        return (a[..., :, None, :] * stacked[..., None, :, :]).sum(-1)  # [..., p, 1, C] * [..., 1, rows, C]
 
     def sigmoid(self, x):
         return self._torch.sigmoid(x)

@@ -105,6 +105,20 @@ def test_blocked_matmul_concat_matches_one_matmul(monkeypatch, lead):
     np.testing.assert_allclose(GENERIC.matmul_concat(a, parts), want, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("lead", [(37,), (3, 13), ()])
+def test_matmul_concat_t_matches_product_with_concatenation(lead):
+    """a @ concat(parts)^T, written per part, against the product with the concatenated
+    copy (float64); its part boundaries do not move values between columns."""
+    rng = np.random.default_rng(7 + len(lead))
+    parts = [rng.normal(size=lead + (4, 9)), rng.normal(size=lead + (1, 9)), rng.normal(size=lead + (2, 9))]
+    a = rng.normal(size=lead + (3, 9))
+    want = a @ np.swapaxes(np.concatenate(parts, axis=-2), -1, -2)
+    for ops in (FAST, GENERIC):
+        got = ops.matmul_concat_t(a, parts)
+        assert got.shape == lead + (3, 7)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
 def test_post_residual_blocked_matches_naive_loop(monkeypatch):
     """mhc_core.post_residual and its backward on the blocked path, against a loop over
     tokens and streams (float64)."""

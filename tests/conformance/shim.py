@@ -88,6 +88,7 @@ CALLS = {
     "equal_all": lambda o, a: np.array([float(o.equal_all(a["a"], a["a"])), float(o.equal_all(a["a"], a["b"])),
                                         float(o.equal_all(a["inf"], a["inf"]))]),  # [1, 0, 0]: NaN != NaN
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
+    "matmul_concat_t": lambda o, a: o.matmul_concat_t(a["t"], [a["t"][:, 1:], o.abs(a["t"][:, :1])]),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
     "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),

@@ -1,7 +1,7 @@
 """Under torch.compile on the CPU the shim writes tiny batched matmuls as a broadcast
 product and sum and narrow matrix products as (b^T @ a^T)^T (mhc_core.xp._TorchOps): the
-same numbers as torch.matmul, and matmul_concat the same as a matmul with the
-concatenated operand."""
+same numbers as torch.matmul, and matmul_concat / matmul_concat_t the same as a matmul
+with the concatenated operand (transposed)."""
 from __future__ import annotations
 
 import pytest
@@ -63,3 +63,30 @@ def test_matmul_concat_under_compile_matches_concatenated_matmul():
         torch.randn(6, 1, 16, dtype=torch.float64)
     got = _traced(lambda a, x, y: mhc_core.namespace(a).matmul_concat(a, [x, y]))(a, x, y)
     torch.testing.assert_close(got, a @ torch.cat([x, y], dim=-2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lead", [(6,), (2, 3)])
+def test_matmul_concat_t_under_compile_matches_concatenated_matmul(lead):
+    """Traced, the stacked operand is a sum of zero-padded parts: the same numbers as the
+    product with the concatenation, gradients included (float64)."""
+    torch.manual_seed(4)
+    a, x, y = (torch.randn(lead + s, dtype=torch.float64, requires_grad=True) for s in ((4, 16), (4, 16), (1, 16)))
+    got = _traced(lambda a, x, y: mhc_core.namespace(a).matmul_concat_t(a, [x, y]))(a, x, y)
+    want = a @ torch.cat([x, y], dim=-2).mT
+    assert got.shape == lead + (4, 5)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, (a, x, y), g), torch.autograd.grad(want, (a, x, y), g),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_concat_t_under_inductor_matches_matmul():
+    """Through inductor (float32, the backward's shape [T, n, C] against [x; y]): to
+    float32 rounding of the float64 product; a non-finite part stays in its own columns."""
+    torch.manual_seed(5)
+    a, x, y = torch.randn(64, 4, 512), torch.randn(64, 4, 512), torch.randn(64, 1, 512)
+    y[3, 0, 7] = float("inf")
+    got = torch.compile(lambda a, x, y: mhc_core.namespace(a).matmul_concat_t(a, [x, y]), fullgraph=True)(a, x, y)
+    want = (a.double() @ torch.cat([x, y], dim=-2).double().mT).float()
+    assert torch.isinf(got[3, :, 4]).all() and torch.isfinite(got[..., :4]).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)

@@ -41,6 +41,36 @@ EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_ba
           "equal_all", "matmul_concat", "matmul_concat_t")
 
 
+def concat_operands(fn: str, a, parts) -> list:
+    """`parts` as a list, checked for `fn` ('matmul_concat': a [..., p, sum q_i] @
+    concat(parts [..., q_i, C]); 'matmul_concat_t': a [..., p, C] @ concat(parts)^T).
+    Raises ValueError naming the shapes: no parts, an operand of rank < 2, parts of unequal
+    width C (matmul_concat) or unlike a's C (matmul_concat_t), sum q_i unlike a's last axis
+    (matmul_concat). Compares sizes without int(), so traced symbolic sizes stay symbolic.
+    Leading axes are not compared: callers pass equal ones (libraries differ in what they
+    broadcast there)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError(f"{fn} expects at least one part [..., q_i, C], got an empty list")
+    for name, arr in (("a", a), *((f"part {i}", p_) for i, p_ in enumerate(parts))):
+        if len(arr.shape) < 2:
+            raise ValueError(f"{fn}: {name} must have rank >= 2, got shape {tuple(arr.shape)}")
+    if fn == "matmul_concat_t":
+        if any(p_.shape[-1] != a.shape[-1] for p_ in parts):
+            raise ValueError(f"{fn}: every part [..., q_i, C] must have a's last axis C = {a.shape[-1]}: "
+                             f"{_shapes(a, parts)}")
+    else:
+        if any(p_.shape[-1] != parts[0].shape[-1] for p_ in parts):
+            raise ValueError(f"{fn}: every part [..., q_i, C] must have the same width C: {_shapes(a, parts)}")
+        if sum(p_.shape[-2] for p_ in parts) != a.shape[-1]:
+            raise ValueError(f"{fn}: a's last axis must be the parts' total rows sum q_i: {_shapes(a, parts)}")
+    return parts
+
+
+def _shapes(a, parts) -> str:
+    return f"a {tuple(a.shape)}, parts {[tuple(p_.shape) for p_ in parts]}"
+
+
 class Ops:
     """The array functions mhc_core uses, bound to one array library (generic version)."""
 
@@ -117,13 +147,18 @@ class Ops:
 
     def matmul_concat(self, a, parts):
         """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
-        -> [..., p, C]; a and every part share their leading axes [...]."""
-        return self.matmul(a, self.concat(list(parts), axis=-2))
+        -> [..., p, C]; a and every part share their leading axes [...].
+        Raises ValueError for an empty parts list, an operand of rank < 2, parts of
+        different widths C or sum q_i != q."""
+        return self.matmul(a, self.concat(concat_operands("matmul_concat", a, parts), axis=-2))
 
     def matmul_concat_t(self, a, parts):
         """a @ matrix_transpose(concat(parts, axis=-2)): a [..., p, C], parts [..., q_i, C]
         -> [..., p, sum q_i]; a and every part share their leading axes [...]. One product
-        per part, their small results concatenated (no copy of the parts)."""
+        per part, their small results concatenated (no copy of the parts).
+        Raises ValueError for an empty parts list, an operand of rank < 2 or a part whose
+        width is not a's C."""
+        parts = concat_operands("matmul_concat_t", a, parts)
         return self.concat([self.matmul(a, self.matrix_transpose(p_)) for p_ in parts], axis=-1)
 
     def iterates(self, k: int, like):
@@ -205,14 +240,14 @@ class _NumpyOps(Ops):
     def matmul_concat(self, a, parts):
         import numpy as np
 
-        parts = list(parts)
+        parts = concat_operands("matmul_concat", a, parts)
         lead, width = a.shape[:-2], parts[0].shape[-1]
         tokens = math.prod(lead)
         rows = sum(p_.shape[-2] for p_ in parts)
         dtype = np.result_type(a, *parts)
         block = max(1, self.MATMUL_BLOCK_BYTES // (rows * width * dtype.itemsize))
         if tokens <= block:
-            return super().matmul_concat(a, parts)
+            return self.matmul(a, self.concat(parts, axis=-2))
         a2 = a.reshape((tokens,) + a.shape[-2:])
         parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
         out = np.empty((tokens, a.shape[-2], width), dtype=dtype)
@@ -254,6 +289,7 @@ class _TorchOps(Ops):
     def matmul_concat(self, a, parts):
         if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
             return super().matmul_concat(a, parts)
+        parts = concat_operands("matmul_concat", a, parts)
         out, start = None, 0  # compiled: one product per part, no concatenated copy
         for p_ in parts:
             q = p_.shape[-2]
@@ -264,6 +300,7 @@ class _TorchOps(Ops):
     def matmul_concat_t(self, a, parts):
         if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
             return super().matmul_concat_t(a, parts)
+        parts = concat_operands("matmul_concat_t", a, parts)
         # compiled: one reduction over C for every output column (inductor reads a and each
         # part once per token), the stacked operand written as a sum of zero-padded parts:
         # a pointwise expression that inductor inlines, where a concatenation is a copy

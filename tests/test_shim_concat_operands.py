@@ -1,0 +1,116 @@
+"""The shim's products with a concatenated operand (`Ops.matmul_concat`: a @ concat(parts);
+`Ops.matmul_concat_t`: a @ concat(parts)^T) refuse operands that do not fit with a
+ValueError naming the shapes, on every path: numpy (one product and token blocks), torch
+eager, torch's compiled branch (written without a concatenation, where a width C = 1
+broadcast and a short row count sliced silently before) and mlx. Well-formed calls
+under torch.compile(dynamic=True) keep one graph for every token count."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mhc_core
+from mhc_core.xp import _NumpyOps
+
+BAD_CALLS = {  # (function, a shape, part shapes, words the message must hold)
+    "t: no parts": ("matmul_concat_t", (3, 4, 16), [], ["at least one part", "empty"]),
+    "t: rank-1 part": ("matmul_concat_t", (3, 4, 16), [(16,)], ["part 0", "rank >= 2", "(16,)"]),
+    "t: rank-1 a": ("matmul_concat_t", (16,), [(3, 4, 16)], ["a must have rank >= 2", "(16,)"]),
+    "t: part of width 1": ("matmul_concat_t", (3, 4, 16), [(3, 4, 16), (3, 1, 1)], ["C = 16", "(3, 1, 1)"]),
+    "t: a of width 1": ("matmul_concat_t", (3, 4, 1), [(3, 4, 16), (3, 1, 16)], ["C = 1", "(3, 4, 16)"]),
+    "concat: no parts": ("matmul_concat", (3, 4, 5), [], ["at least one part", "empty"]),
+    "concat: rows short of a": ("matmul_concat", (3, 4, 5), [(3, 3, 16), (3, 1, 16)], ["sum q_i", "(3, 4, 5)"]),
+    "concat: rows beyond a": ("matmul_concat", (3, 4, 3), [(3, 3, 16), (3, 1, 16)], ["sum q_i", "(3, 4, 3)"]),
+    "concat: widths differ": ("matmul_concat", (3, 4, 4), [(3, 3, 16), (3, 1, 1)], ["same width", "(3, 1, 1)"]),
+}
+
+
+def _numpy_blocked(monkeypatch):
+    ops = _NumpyOps(np)
+    monkeypatch.setattr(ops, "MATMUL_BLOCK_BYTES", 1)  # one token per block
+    return ops, np.asarray
+
+
+def _torch_compiled_branch(monkeypatch):
+    # the branch taken while torch.compile traces, run eagerly: it writes no concatenation
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return mhc_core.namespace(torch.zeros(1)), torch.from_numpy
+
+
+def _mlx(monkeypatch):
+    mx = pytest.importorskip("mlx.core")
+    return mhc_core.namespace(mx.zeros(1)), mx.array
+
+
+PATHS = {
+    "numpy": lambda mp: (mhc_core.namespace(np.zeros(1)), np.asarray),
+    "numpy blocked": _numpy_blocked,
+    "torch eager": lambda mp: (mhc_core.namespace(torch.zeros(1)), torch.from_numpy),
+    "torch compiled branch": _torch_compiled_branch,
+    "mlx": _mlx,
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_products_with_a_concatenation_reject_operands_that_do_not_fit(path, case, monkeypatch):
+    fn, a_shape, part_shapes, words = BAD_CALLS[case]
+    ops, array = PATHS[path](monkeypatch)
+    rng = np.random.default_rng(0)
+    a, parts = array(rng.normal(size=a_shape)), [array(rng.normal(size=s)) for s in part_shapes]
+    with pytest.raises(ValueError, match=fn) as err:
+        getattr(ops, fn)(a, parts)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["torch eager", "torch compiled branch", "numpy blocked", "mlx"])
+@pytest.mark.parametrize("fn", ["matmul_concat", "matmul_concat_t"])
+def test_products_with_a_concatenation_match_numpy_float64(path, fn, monkeypatch):
+    """A single part and a part with no rows, against numpy's product with the
+    concatenated copy (float64; mlx float32)."""
+    ops, array = PATHS[path](monkeypatch)
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=s) for s in ((3, 4, 7), (3, 0, 7), (3, 2, 7))]
+    for chosen in (parts[:1], parts):
+        stacked = np.concatenate(chosen, axis=-2)
+        if fn == "matmul_concat_t":
+            a = rng.normal(size=(3, 5, 7))
+            want = a @ np.swapaxes(stacked, -1, -2)
+        else:
+            a = rng.normal(size=(3, 5, stacked.shape[-2]))
+            want = a @ stacked
+        got = getattr(ops, fn)(array(a), [array(p_) for p_ in chosen])
+        assert tuple(got.shape) == want.shape
+        tol = 1e-5 if path == "mlx" else 1e-13
+        np.testing.assert_allclose(np.asarray(got), want, rtol=tol, atol=tol)
+
+
+def test_fullgraph_compile_names_the_bad_operand():
+    """Traced with fullgraph=True, dynamo reports the shim's ValueError in its message."""
+    ops = mhc_core.namespace(torch.zeros(1))
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, x, y: ops.matmul_concat_t(a, [x, y]), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"matmul_concat_t: every part .* C = 16"):
+        fn(torch.randn(3, 4, 16), torch.randn(3, 4, 16), torch.randn(3, 1, 1))
+
+
+def test_checked_products_keep_one_graph_for_every_token_count():
+    """The operand checks compare symbolic sizes without specialising them: dynamic=True
+    traces one graph for T = 3, 5, 7 (values against the concatenated product, float64)."""
+    from torch._dynamo.utils import counters
+    ops = mhc_core.namespace(torch.zeros(1))
+    torch._dynamo.reset()
+    counters.clear()
+
+    def both(a, x, y, mix):
+        return ops.matmul_concat_t(a, [x, y]), ops.matmul_concat(mix, [x, y])
+    fn = torch.compile(both, backend="eager", dynamic=True, fullgraph=True)
+    for t in (3, 5, 7):
+        a, x, y, mix = (torch.randn(t, *s, dtype=torch.float64) for s in ((4, 6), (4, 6), (1, 6), (4, 5)))
+        got_t, got = fn(a, x, y, mix)
+        stacked = torch.cat([x, y], dim=-2)
+        torch.testing.assert_close(got_t, a @ stacked.mT, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, mix @ stacked, rtol=1e-12, atol=1e-12)
+    assert counters["stats"]["unique_graphs"] == 1

@@ -214,8 +214,13 @@ class PostResidual(torch.autograd.Function):
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))
             return _tensors(grads, [a.dtype for a in saved], ctx.param_inputs)
-        grads = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
-        return tuple(g.to(a.dtype) for g, a in zip(grads, saved))
+        dx, dy, dpost, dres = post_residual_backward(mhc_core.namespace(dout), *saved, dout)
+        # dpost and dres are views of one [..., n, n+1] product; a leaf keeps a contiguous
+        # gradient as its .grad, so for n = 1 without leading axes post.grad and res.grad
+        # shared one storage (freeing one, as FSDP does, freed the other). dpost [..., n]
+        # gets a buffer of its own (a plain clone is dropped by torch.compile as a no-op).
+        dpost = dpost.clone(memory_format=torch.contiguous_format)
+        return tuple(g.to(a.dtype) for g, a in zip((dx, dy, dpost, dres), saved))
 
 
 def coefficients(x, phi, bias, alpha, *, variant: str = "mhc", **cfg):

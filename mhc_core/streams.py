@@ -50,10 +50,14 @@ def post_residual(x, y, post, res):
     # one matmul over n + 1 "streams": [res^T | post] @ [x ; y]  ([..., n, n+1] @ [..., n+1, C]),
     # cheaper than a matmul plus an x-sized outer product and sum (numpy concatenates a
     # block of tokens at a time, so the stacked copy of x stays in the cache: Ops.matmul_concat)
-    mix = ops.concat([ops.matrix_transpose(ops.astype(res, cdt)), ops.expand_dims(ops.astype(post, cdt), axis=-1)],
-                     axis=-1)
+    mix = _mixing_matrix(ops, ops.astype(post, cdt), ops.astype(res, cdt))
     out = ops.matmul_concat(mix, [ops.astype(x, cdt), ops.expand_dims(ops.astype(y, cdt), axis=-2)])
     return ops.astype(out, x.dtype)
+
+
+def _mixing_matrix(ops, post, res):
+    """[res^T | post] [..., n, n+1]: post_residual's out = [res^T | post] @ [x ; y]."""
+    return ops.concat([ops.matrix_transpose(res), ops.expand_dims(post, axis=-1)], axis=-1)
 
 
 def post_residual_backward(ops, x, y, post, res, dout):
@@ -64,18 +68,14 @@ def post_residual_backward(ops, x, y, post, res, dout):
     cdt = ops.compute_dtype(x)
     x, y, post, res, dout = (ops.astype(a, cdt) for a in (x, y, post, res, dout))
     n = checks.shape_of(res)[-1]
-    # dx and dy read one array [res; post] [..., n+1, n] (the forward's mixing matrix,
-    # transposed). Under torch.compile on the CPU a concatenation is a buffer of its own,
-    # token-major; res alone is a view of Sinkhorn's stream-major iterates, and reading
-    # it made inductor loop over the streams outermost in the x-sized dx pass, re-reading
-    # dout once per stream (2.5x slower).
-    mix_t = ops.concat([res, ops.expand_dims(post, axis=-2)], axis=-2)
-    dx = ops.matmul(mix_t[..., :n, :], dout)  # [..., n, n] @ [..., n, C]
-    dy = ops.matmul(mix_t[..., n:, :], dout)[..., 0, :]  # [..., 1, n] @ [..., n, C]
-    # dout @ [x; y]^T [..., n, n+1]: dres^T, then dpost (one pass over dout, x and y
-    # where the library can fuse it)
-    d_mix = ops.matmul_concat_t(dout, [x, ops.expand_dims(y, axis=-2)])
-    return dx, dy, d_mix[..., n], ops.matrix_transpose(d_mix[..., :n])
+    # Every product reads dout; numpy runs them a block of tokens at a time (dout read
+    # from memory once). mix is a concatenation, a buffer of its own under torch.compile
+    # on the CPU (token-major); res alone is a view of Sinkhorn's stream-major iterates,
+    # and reading it made inductor loop over the streams outermost in the x-sized dx
+    # pass, re-reading dout once per stream (2.5x slower).
+    (dx, dy), d_mix = ops.matmul_concat_backward(_mixing_matrix(ops, post, res), [x, ops.expand_dims(y, axis=-2)],
+                                                 dout)
+    return dx, dy[..., 0, :], d_mix[..., n], ops.matrix_transpose(d_mix[..., :n])
 
 
 def expand_streams(x, n: int):

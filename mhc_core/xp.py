@@ -16,6 +16,9 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
   `matmul_concat_t` is the product with such an operand transposed (the backward's
   <dout[o], x[i]> and <dout[o], y> in one array); no library makes the concatenated copy.
+  `matmul_concat_backward` is `matmul_concat`'s gradient: every product reads the output
+  gradient, and numpy runs them together a block of tokens at a time, so that gradient
+  is read from memory once instead of once per product.
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -38,7 +41,7 @@ SUBSET = (
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
-          "equal_all", "matmul_concat", "matmul_concat_t")
+          "equal_all", "matmul_concat", "matmul_concat_t", "matmul_concat_backward")
 
 
 def concat_operands(fn: str, a, parts) -> list:
@@ -55,7 +58,7 @@ def concat_operands(fn: str, a, parts) -> list:
     for name, arr in (("a", a), *((f"part {i}", p_) for i, p_ in enumerate(parts))):
         if len(arr.shape) < 2:
             raise ValueError(f"{fn}: {name} must have rank >= 2, got shape {tuple(arr.shape)}")
-    if fn == "matmul_concat_t":
+    if fn == "matmul_concat_t":  # else matmul_concat or its backward
         if any(p_.shape[-1] != a.shape[-1] for p_ in parts):
             raise ValueError(f"{fn}: every part [..., q_i, C] must have a's last axis C = {a.shape[-1]}: "
                              f"{_shapes(a, parts)}")
@@ -64,6 +67,18 @@ def concat_operands(fn: str, a, parts) -> list:
             raise ValueError(f"{fn}: every part [..., q_i, C] must have the same width C: {_shapes(a, parts)}")
         if sum(p_.shape[-2] for p_ in parts) != a.shape[-1]:
             raise ValueError(f"{fn}: a's last axis must be the parts' total rows sum q_i: {_shapes(a, parts)}")
+    return parts
+
+
+def backward_operands(a, parts, dout) -> list:
+    """`parts` checked as for `matmul_concat(a, parts)`, and dout checked to be that
+    product's shape [..., p, C] (ValueError naming the shapes)."""
+    parts = concat_operands("matmul_concat_backward", a, parts)
+    ok = len(dout.shape) == len(a.shape) and dout.shape[-2] == a.shape[-2] and dout.shape[-1] == parts[0].shape[-1]
+    if not ok:
+        raise ValueError(f"matmul_concat_backward: dout must have the product's shape [..., p, C] = "
+                         f"[..., {a.shape[-2]}, {parts[0].shape[-1]}], got {tuple(dout.shape)} "
+                         f"({_shapes(a, parts)})")
     return parts
 
 
@@ -161,6 +176,20 @@ class Ops:
         parts = concat_operands("matmul_concat_t", a, parts)
         return self.concat([self.matmul(a, self.matrix_transpose(p_)) for p_ in parts], axis=-1)
 
+    def matmul_concat_backward(self, a, parts, dout):
+        """The gradients of `matmul_concat(a, parts)` for its output gradient dout [..., p, C]:
+        (d_parts, d_a) with d_parts[i] = a[..., :, rows_i]^T @ dout [..., q_i, C] (rows_i: part
+        i's columns of a) and d_a = dout @ concat(parts, axis=-2)^T [..., p, sum q_i].
+        Raises ValueError where `matmul_concat(a, parts)` would, or where dout is not that
+        product's shape."""
+        parts = backward_operands(a, parts, dout)
+        a_t, d_parts, start = self.matrix_transpose(a), [], 0
+        for p_ in parts:
+            q = p_.shape[-2]
+            d_parts.append(self.matmul(a_t[..., start : start + q, :], dout))
+            start += q
+        return d_parts, self.matmul_concat_t(dout, parts)
+
     def iterates(self, k: int, like):
         """An uninitialised [k, *like.shape] array that `normalize(..., out=buffer[j])`
         writes into, or None where arrays are not written in place (then the caller
@@ -255,6 +284,32 @@ class _NumpyOps(Ops):
             b = np.concatenate([p_[s : s + block] for p_ in parts2], axis=-2)
             np.matmul(a2[s : s + block], b, out=out[s : s + block])
         return out.reshape(lead + out.shape[-2:])
+
+    def matmul_concat_backward(self, a, parts, dout):
+        import numpy as np
+
+        parts = backward_operands(a, parts, dout)
+        lead, width = a.shape[:-2], dout.shape[-1]
+        tokens = math.prod(lead)
+        dtype = np.result_type(a, dout, *parts)
+        # a block's output gradient is ~MATMUL_BLOCK_BYTES: every product of the block reads
+        # it from the cache
+        block = max(1, self.MATMUL_BLOCK_BYTES // (a.shape[-2] * width * dtype.itemsize))
+        if tokens <= block or any(p_.shape[:-2] != lead for p_ in parts) or dout.shape[:-2] != lead:
+            return super().matmul_concat_backward(a, parts, dout)
+        a_t = a.reshape((tokens,) + a.shape[-2:]).swapaxes(-1, -2)  # [T, q, p]
+        dout2 = dout.reshape((tokens,) + dout.shape[-2:])
+        parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
+        d_parts = [np.empty(p_.shape, dtype) for p_ in parts2]
+        d_a = np.empty((tokens, a.shape[-2], a.shape[-1]), dtype)
+        for s in range(0, tokens, block):
+            t_, start = slice(s, s + block), 0
+            for p_, d_p in zip(parts2, d_parts):
+                q = p_.shape[-2]
+                np.matmul(a_t[t_, start : start + q], dout2[t_], out=d_p[t_])
+                np.matmul(dout2[t_], p_[t_].swapaxes(-1, -2), out=d_a[t_, :, start : start + q])
+                start += q
+        return [d.reshape(lead + d.shape[-2:]) for d in d_parts], d_a.reshape(lead + d_a.shape[-2:])
 
 
 class _TorchOps(Ops):

@@ -119,6 +119,27 @@ def test_matmul_concat_t_matches_product_with_concatenation(lead):
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("lead", [(37,), (3, 13), (1,), ()])
+def test_blocked_matmul_concat_backward_matches_products_with_the_concatenation(monkeypatch, lead):
+    """matmul_concat's gradients in blocks of a few tokens (uneven last block; one part
+    with no rows) against numpy's products with the concatenated operand (float64), and
+    bit for bit the generic version's (the same per-token products)."""
+    monkeypatch.setattr(type(FAST), "MATMUL_BLOCK_BYTES", 3 * 8 * 8 * 2)  # 2 tokens of dout [3, 8]
+    rng = np.random.default_rng(11 + len(lead))
+    parts = [rng.normal(size=lead + (4, 8)), rng.normal(size=lead + (0, 8)), rng.normal(size=lead + (1, 8))]
+    a, dout = rng.normal(size=lead + (3, 5)), rng.normal(size=lead + (3, 8))
+    stacked = np.concatenate(parts, axis=-2)
+    d_stacked = np.swapaxes(a, -1, -2) @ dout  # [..., 5, 8]
+    want_parts = [d_stacked[..., :4, :], d_stacked[..., 4:4, :], d_stacked[..., 4:, :]]
+    want_a = dout @ np.swapaxes(stacked, -1, -2)
+    got_parts, got_a = FAST.matmul_concat_backward(a, parts, dout)
+    gen_parts, gen_a = GENERIC.matmul_concat_backward(a, parts, dout)
+    for got, gen, want in zip([*got_parts, got_a], [*gen_parts, gen_a], [*want_parts, want_a]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+        np.testing.assert_array_equal(got, gen)
+
+
 def test_post_residual_blocked_matches_naive_loop(monkeypatch):
     """mhc_core.post_residual and its backward on the blocked path, against a loop over
     tokens and streams (float64)."""

@@ -1,5 +1,6 @@
 """The shim's products with a concatenated operand (`Ops.matmul_concat`: a @ concat(parts);
-`Ops.matmul_concat_t`: a @ concat(parts)^T) refuse operands that do not fit with a
+`Ops.matmul_concat_t`: a @ concat(parts)^T; `Ops.matmul_concat_backward`: the first one's
+gradients) refuse operands that do not fit with a
 ValueError naming the shapes, on every path: numpy (one product and token blocks), torch
 eager, torch's compiled branch (written without a concatenation, where a width C = 1
 broadcast and a short row count sliced silently before) and mlx. Well-formed calls
@@ -87,6 +88,50 @@ def test_products_with_a_concatenation_match_numpy_float64(path, fn, monkeypatch
         np.testing.assert_allclose(np.asarray(got), want, rtol=tol, atol=tol)
 
 
+BAD_BACKWARD_CALLS = {  # (a shape, part shapes, dout shape, words the message must hold)
+    "dout rows unlike a's": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 3, 16), ["dout", "[..., 4, 16]", "(3, 3, 16)"]),
+    "dout width unlike the parts'": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 8), ["[..., 4, 16]", "(3, 4, 8)"]),
+    "dout without leading axes": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (4, 16), ["dout", "(4, 16)"]),
+    "parts' rows short of a": ((3, 4, 6), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["sum q_i", "(3, 4, 6)"]),
+    "no parts": ((3, 4, 5), [], (3, 4, 16), ["at least one part"]),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(BAD_BACKWARD_CALLS))
+def test_matmul_concat_backward_rejects_operands_that_do_not_fit(path, case, monkeypatch):
+    a_shape, part_shapes, dout_shape, words = BAD_BACKWARD_CALLS[case]
+    ops, array = PATHS[path](monkeypatch)
+    rng = np.random.default_rng(0)
+    a, dout = array(rng.normal(size=a_shape)), array(rng.normal(size=dout_shape))
+    parts = [array(rng.normal(size=s)) for s in part_shapes]
+    with pytest.raises(ValueError, match="matmul_concat_backward") as err:
+        ops.matmul_concat_backward(a, parts, dout)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["torch eager", "torch compiled branch", "numpy blocked", "mlx"])
+def test_matmul_concat_backward_matches_numpy_float64(path, monkeypatch):
+    """A single part, and parts with one of no rows: the products with the concatenated
+    operand, against numpy (float64; mlx float32)."""
+    ops, array = PATHS[path](monkeypatch)
+    rng = np.random.default_rng(2)
+    parts = [rng.normal(size=s) for s in ((3, 4, 7), (3, 0, 7), (3, 2, 7))]
+    for chosen in (parts[:1], parts):
+        stacked = np.concatenate(chosen, axis=-2)
+        a, dout = rng.normal(size=(3, 5, stacked.shape[-2])), rng.normal(size=(3, 5, 7))
+        d_stacked = np.swapaxes(a, -1, -2) @ dout
+        bounds = np.cumsum([0] + [p_.shape[-2] for p_ in chosen])
+        want = [d_stacked[..., s:e, :] for s, e in zip(bounds[:-1], bounds[1:])] + [dout @ np.swapaxes(stacked, -1, -2)]
+        d_parts, d_a = ops.matmul_concat_backward(array(a), [array(p_) for p_ in chosen], array(dout))
+        tol = 1e-5 if path == "mlx" else 1e-13
+        assert len(d_parts) == len(chosen)
+        for got, w in zip([*d_parts, d_a], want):
+            assert tuple(got.shape) == w.shape
+            np.testing.assert_allclose(np.asarray(got), w, rtol=tol, atol=tol)
+
+
 def test_fullgraph_compile_names_the_bad_operand():
     """Traced with fullgraph=True, dynamo reports the shim's ValueError in its message."""
     ops = mhc_core.namespace(torch.zeros(1))
@@ -105,12 +150,15 @@ def test_checked_products_keep_one_graph_for_every_token_count():
     counters.clear()
 
     def both(a, x, y, mix):
-        return ops.matmul_concat_t(a, [x, y]), ops.matmul_concat(mix, [x, y])
+        (dx, dy), d_mix = ops.matmul_concat_backward(mix, [x, y], a)
+        return ops.matmul_concat_t(a, [x, y]), ops.matmul_concat(mix, [x, y]), dx, dy, d_mix
     fn = torch.compile(both, backend="eager", dynamic=True, fullgraph=True)
     for t in (3, 5, 7):
         a, x, y, mix = (torch.randn(t, *s, dtype=torch.float64) for s in ((4, 6), (4, 6), (1, 6), (4, 5)))
-        got_t, got = fn(a, x, y, mix)
+        got_t, got, dx, dy, d_mix = fn(a, x, y, mix)
         stacked = torch.cat([x, y], dim=-2)
         torch.testing.assert_close(got_t, a @ stacked.mT, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got, mix @ stacked, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.cat([dx, dy], dim=-2), mix.mT @ a, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(d_mix, a @ stacked.mT, rtol=1e-12, atol=1e-12)
     assert counters["stats"]["unique_graphs"] == 1

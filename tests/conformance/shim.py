@@ -50,6 +50,14 @@ def _in_place_normalize_backward(o, a):
     return o.normalize_backward(h, o.abs(o.matrix_transpose(a["t2"])), 1, out=h)
 
 
+def _matmul_concat_backward(o, a):
+    """The gradients of t @ concat([t2[:, :3], t2[:, 3:]]) for an output gradient [2, 3, 3],
+    flattened into one array: d_part0 [2, 3, 3], d_part1 [2, 1, 3], d_a [2, 3, 4]."""
+    dout = o.matmul(a["t"], a["t2"]) - 0.25
+    d_parts, d_a = o.matmul_concat_backward(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]], dout)
+    return o.concat([o.reshape(d, (-1,)) for d in (*d_parts, d_a)], axis=0)
+
+
 CALLS = {
     "abs": lambda o, a: o.abs(a["a"]),
     "astype": lambda o, a: o.astype(a["a"], o.float32),
@@ -89,6 +97,7 @@ CALLS = {
                                         float(o.equal_all(a["inf"], a["inf"]))]),  # [1, 0, 0]: NaN != NaN
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     "matmul_concat_t": lambda o, a: o.matmul_concat_t(a["t"], [a["t"][:, 1:], o.abs(a["t"][:, :1])]),
+    "matmul_concat_backward": lambda o, a: _matmul_concat_backward(o, a),
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
     "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),

@@ -1,7 +1,8 @@
 """Under torch.compile on the CPU the shim writes tiny batched matmuls as a broadcast
 product and sum and narrow matrix products as (b^T @ a^T)^T (mhc_core.xp._TorchOps): the
-same numbers as torch.matmul, and matmul_concat / matmul_concat_t the same as a matmul
-with the concatenated operand (transposed)."""
+same numbers as torch.matmul, matmul_concat / matmul_concat_t the same as a matmul
+with the concatenated operand (transposed), and matmul_concat_backward the same as
+autograd's gradients of that matmul."""
 from __future__ import annotations
 
 import pytest
@@ -90,3 +91,21 @@ def test_matmul_concat_t_under_inductor_matches_matmul():
     want = (a.double() @ torch.cat([x, y], dim=-2).double().mT).float()
     assert torch.isinf(got[3, :, 4]).all() and torch.isfinite(got[..., :4]).all()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("lead", [(6,), (2, 3)])
+def test_matmul_concat_backward_under_inductor_matches_autograd_of_the_matmul(lead):
+    """Through inductor (float32): autograd's gradients of mix @ cat([x, y]) in float64, to
+    float32 rounding."""
+    torch.manual_seed(6)
+    mix, x, y = (torch.randn(lead + s, dtype=torch.float64, requires_grad=True) for s in ((4, 5), (4, 64), (1, 64)))
+    dout = torch.randn(lead + (4, 64), dtype=torch.float64)
+    want = torch.autograd.grad(mix @ torch.cat([x, y], dim=-2), (x, y, mix), dout)
+
+    def grads(mix, x, y, dout):
+        (dx, dy), d_mix = mhc_core.namespace(mix).matmul_concat_backward(mix, [x, y], dout)
+        return dx, dy, d_mix
+    got = torch.compile(grads, fullgraph=True)(*(t.detach().float() for t in (mix, x, y, dout)))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-4)

@@ -274,7 +274,7 @@ class _NumpyOps(Ops):
         tokens = math.prod(lead)
         rows = sum(p_.shape[-2] for p_ in parts)
         dtype = np.result_type(a, *parts)
-        block = max(1, self.MATMUL_BLOCK_BYTES // (rows * width * dtype.itemsize))
+        block = max(1, self.MATMUL_BLOCK_BYTES // max(1, rows * width * dtype.itemsize))  # 0 for an empty C
         if tokens <= block:
             return self.matmul(a, self.concat(parts, axis=-2))
         a2 = a.reshape((tokens,) + a.shape[-2:])
@@ -294,7 +294,7 @@ class _NumpyOps(Ops):
         dtype = np.result_type(a, dout, *parts)
         # a block's output gradient is ~MATMUL_BLOCK_BYTES: every product of the block reads
         # it from the cache
-        block = max(1, self.MATMUL_BLOCK_BYTES // (a.shape[-2] * width * dtype.itemsize))
+        block = max(1, self.MATMUL_BLOCK_BYTES // max(1, a.shape[-2] * width * dtype.itemsize))
         if tokens <= block or any(p_.shape[:-2] != lead for p_ in parts) or dout.shape[:-2] != lead:
             return super().matmul_concat_backward(a, parts, dout)
         a_t = a.reshape((tokens,) + a.shape[-2:]).swapaxes(-1, -2)  # [T, q, p]

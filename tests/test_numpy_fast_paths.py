@@ -140,6 +140,23 @@ def test_blocked_matmul_concat_backward_matches_products_with_the_concatenation(
         np.testing.assert_array_equal(got, gen)
 
 
+@pytest.mark.parametrize("shapes", [((9, 4, 5), [(9, 4, 0), (9, 1, 0)]), ((9, 0, 5), [(9, 4, 7), (9, 1, 7)]),
+                                    ((9, 4, 0), [(9, 0, 7)])])
+def test_blocked_products_with_empty_axes_match_the_generic_ones(monkeypatch, shapes):
+    """An empty C, p or q (no bytes per token) on the blocked numpy path: the shapes and
+    numbers of the generic products (float64)."""
+    monkeypatch.setattr(type(FAST), "MATMUL_BLOCK_BYTES", 64)
+    a_shape, part_shapes = shapes
+    rng = np.random.default_rng(3)
+    a, parts = rng.normal(size=a_shape), [rng.normal(size=s) for s in part_shapes]
+    dout = rng.normal(size=a_shape[:-1] + part_shapes[0][-1:])
+    np.testing.assert_array_equal(FAST.matmul_concat(a, parts), GENERIC.matmul_concat(a, parts))
+    got, want = FAST.matmul_concat_backward(a, parts, dout), GENERIC.matmul_concat_backward(a, parts, dout)
+    for g, w in zip([*got[0], got[1]], [*want[0], want[1]]):
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
 def test_post_residual_blocked_matches_naive_loop(monkeypatch):
     """mhc_core.post_residual and its backward on the blocked path, against a loop over
     tokens and streams (float64)."""

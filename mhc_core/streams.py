@@ -37,7 +37,7 @@ def pre_aggregate_backward(ops, x, pre, dh):
     dx[i] = pre[i] * dh, dpre[i] = <x[i], dh>."""
     cdt = ops.compute_dtype(x)
     pre, x, dh = ops.astype(pre, cdt), ops.astype(x, cdt), ops.astype(dh, cdt)
-    dx = ops.expand_dims(pre, axis=-1) * ops.expand_dims(dh, axis=-2)
+    dx = ops.batched_outer(pre, dh)  # [..., n] x [..., C]
     dpre = ops.matmul(x, ops.expand_dims(dh, axis=-1))[..., 0]  # [..., n, C] @ [..., C, 1]
     return dx, dpre
 

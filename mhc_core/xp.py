@@ -16,6 +16,8 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   runs it a block of tokens at a time, so the concatenated copy never leaves the cache.
   `matmul_concat_t` is the product with such an operand transposed (the backward's
   <dout[o], x[i]> and <dout[o], y> in one array); no library makes the concatenated copy.
+  `batched_outer` is a[..., i] * b[..., j] (numpy: einsum, ~1.5x faster than its broadcast
+  multiply at [1024, 4, 1024], the same products).
   `matmul_concat_backward` is `matmul_concat`'s gradient: every product reads the output
   gradient, and numpy runs them together a block of tokens at a time, so that gradient
   is read from memory once instead of once per product.
@@ -41,7 +43,7 @@ SUBSET = (
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
-          "equal_all", "matmul_concat", "matmul_concat_t", "matmul_concat_backward")
+          "equal_all", "batched_outer", "matmul_concat", "matmul_concat_t", "matmul_concat_backward")
 
 
 def concat_operands(fn: str, a, parts) -> list:
@@ -68,6 +70,13 @@ def concat_operands(fn: str, a, parts) -> list:
         if sum(p_.shape[-2] for p_ in parts) != a.shape[-1]:
             raise ValueError(f"{fn}: a's last axis must be the parts' total rows sum q_i: {_shapes(a, parts)}")
     return parts
+
+
+def outer_operands(a, b) -> None:
+    """ValueError unless a and b both have rank >= 1 (batched_outer: [..., p] and [..., q])."""
+    for name, arr in (("a", a), ("b", b)):
+        if len(arr.shape) < 1:
+            raise ValueError(f"batched_outer: {name} must have shape [..., k] (rank >= 1), got shape {tuple(arr.shape)}")
 
 
 def backward_operands(a, parts, dout) -> list:
@@ -159,6 +168,12 @@ class Ops:
         """True when every element of a equals b's (a NaN equals nothing); a Python bool,
         so on a device it waits for the result: only numpy's Sinkhorn path calls it."""
         return bool(self.xp.all(a == b))
+
+    def batched_outer(self, a, b):
+        """a [..., p], b [..., q] -> [..., p, q] with out[..., i, j] = a[..., i] * b[..., j];
+        leading axes broadcast. Raises ValueError for an operand of rank 0."""
+        outer_operands(a, b)
+        return self.expand_dims(a, axis=-1) * self.expand_dims(b, axis=-2)
 
     def matmul_concat(self, a, parts):
         """a @ concat(parts, axis=-2): a [..., p, q], parts [..., q_i, C] with sum q_i = q
@@ -262,6 +277,12 @@ class _NumpyOps(Ops):
         e = np.subtract(x, np.maximum.reduce(x, axis, None, None, True))
         np.exp(e, out=e)
         return np.divide(e, self._reduce(e, axis, None, None, True), out=e)
+
+    def batched_outer(self, a, b):
+        # einsum: numpy's broadcast multiply [..., p, 1] * [..., 1, q] runs well below memory
+        # speed (2.9 vs 1.9 ms at [1024, 4, 1024] float32); each entry is the same one product
+        outer_operands(a, b)
+        return self._np.einsum("...i,...j->...ij", a, b)
 
     # Tokens per block of `matmul_concat`: the block's concatenated operand is ~1 MB.
     MATMUL_BLOCK_BYTES = 1 << 20

@@ -119,6 +119,30 @@ def test_matmul_concat_t_matches_product_with_concatenation(lead):
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shapes", [((7, 4), (7, 9)), ((4,), (9,)), ((2, 3, 4), (3, 9)), ((2, 1, 4), (1, 5, 9)),
+                                    ((0, 4), (0, 9)), ((5, 0), (5, 3))])
+def test_batched_outer_is_the_broadcast_product_bit_for_bit(shapes, dtype):
+    """numpy's einsum version: every entry the one product a[..., i] * b[..., j] (non-finite
+    entries included), leading axes broadcast, the dtype numpy's multiply gives."""
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=shapes[0]).astype(dtype), rng.normal(size=shapes[1]).astype(np.float64)
+    if a.size and b.size:
+        a.flat[0], b.flat[-1] = np.inf, np.nan
+    want = a[..., :, None] * b[..., None, :]
+    for ops in (FAST, GENERIC):
+        got = ops.batched_outer(a, b)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batched_outer_refuses_a_scalar():
+    for a, b in ((np.float64(2.0), np.ones(3)), (np.ones(3), np.array(2.0))):
+        for ops in (FAST, GENERIC):
+            with pytest.raises(ValueError, match=r"batched_outer: . must have shape \[\.\.\., k\]"):
+                ops.batched_outer(a, b)
+
+
 @pytest.mark.parametrize("lead", [(37,), (3, 13), (1,), ()])
 def test_blocked_matmul_concat_backward_matches_products_with_the_concatenation(monkeypatch, lead):
     """matmul_concat's gradients in blocks of a few tokens (uneven last block; one part

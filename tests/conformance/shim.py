@@ -95,6 +95,8 @@ CALLS = {
     "iterates": _normalized_iterates,
     "equal_all": lambda o, a: np.array([float(o.equal_all(a["a"], a["a"])), float(o.equal_all(a["a"], a["b"])),
                                         float(o.equal_all(a["inf"], a["inf"]))]),  # [1, 0, 0]: NaN != NaN
+    "batched_outer": lambda o, a: o.batched_outer(a["a"], a["big"]),
+    "batched_outer(broadcast leading axes)": lambda o, a: o.batched_outer(a["t"], a["row"][:3]),
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     "matmul_concat_t": lambda o, a: o.matmul_concat_t(a["t"], [a["t"][:, 1:], o.abs(a["t"][:, :1])]),
     "matmul_concat_backward": lambda o, a: _matmul_concat_backward(o, a),

@@ -80,14 +80,22 @@ def outer_operands(a, b) -> None:
 
 
 def backward_operands(a, parts, dout) -> list:
-    """`parts` checked as for `matmul_concat(a, parts)`, and dout checked to be that
-    product's shape [..., p, C] (ValueError naming the shapes)."""
+    """`parts` checked as for `matmul_concat(a, parts)`, every part checked to have a's
+    leading axes, and dout checked to be that product's shape [..., p, C] with those
+    leading axes (ValueError naming the shapes). The leading axes are compared here, not
+    left to broadcasting: a gradient has its operand's shape, and a broadcast operand's
+    would need a sum over the broadcast axes."""
     parts = concat_operands("matmul_concat_backward", a, parts)
-    ok = len(dout.shape) == len(a.shape) and dout.shape[-2] == a.shape[-2] and dout.shape[-1] == parts[0].shape[-1]
+    lead = tuple(a.shape[:-2])
+    if any(tuple(p_.shape[:-2]) != lead for p_ in parts):
+        raise ValueError(f"matmul_concat_backward: every part [..., q_i, C] must have a's leading axes {lead} "
+                         f"(gradients take their operands' shapes, no broadcasting): {_shapes(a, parts)}")
+    ok = (len(dout.shape) == len(a.shape) and tuple(dout.shape[:-2]) == lead and dout.shape[-2] == a.shape[-2]
+          and dout.shape[-1] == parts[0].shape[-1])
     if not ok:
         raise ValueError(f"matmul_concat_backward: dout must have the product's shape [..., p, C] = "
-                         f"[..., {a.shape[-2]}, {parts[0].shape[-1]}], got {tuple(dout.shape)} "
-                         f"({_shapes(a, parts)})")
+                         f"[..., {a.shape[-2]}, {parts[0].shape[-1]}] with a's leading axes {lead}, got "
+                         f"{tuple(dout.shape)} ({_shapes(a, parts)})")
     return parts
 
 
@@ -194,9 +202,10 @@ class Ops:
     def matmul_concat_backward(self, a, parts, dout):
         """The gradients of `matmul_concat(a, parts)` for its output gradient dout [..., p, C]:
         (d_parts, d_a) with d_parts[i] = a[..., :, rows_i]^T @ dout [..., q_i, C] (rows_i: part
-        i's columns of a) and d_a = dout @ concat(parts, axis=-2)^T [..., p, sum q_i].
-        Raises ValueError where `matmul_concat(a, parts)` would, or where dout is not that
-        product's shape."""
+        i's columns of a) and d_a = dout @ concat(parts, axis=-2)^T [..., p, sum q_i]; each
+        gradient has its operand's shape.
+        Raises ValueError where `matmul_concat(a, parts)` would, where a part's leading axes
+        are not a's (no broadcasting), or where dout is not the product's shape."""
         parts = backward_operands(a, parts, dout)
         a_t, d_parts, start = self.matrix_transpose(a), [], 0
         for p_ in parts:
@@ -296,7 +305,7 @@ class _NumpyOps(Ops):
         rows = sum(p_.shape[-2] for p_ in parts)
         dtype = np.result_type(a, *parts)
         block = max(1, self.MATMUL_BLOCK_BYTES // max(1, rows * width * dtype.itemsize))  # 0 for an empty C
-        if tokens <= block:
+        if tokens <= block or any(p_.shape[:-2] != lead for p_ in parts):  # else numpy's broadcasting
             return self.matmul(a, self.concat(parts, axis=-2))
         a2 = a.reshape((tokens,) + a.shape[-2:])
         parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
@@ -309,20 +318,20 @@ class _NumpyOps(Ops):
     def matmul_concat_backward(self, a, parts, dout):
         import numpy as np
 
-        parts = backward_operands(a, parts, dout)
+        parts = backward_operands(a, parts, dout)  # one leading shape for every operand
         lead, width = a.shape[:-2], dout.shape[-1]
         tokens = math.prod(lead)
-        dtype = np.result_type(a, dout, *parts)
         # a block's output gradient is ~MATMUL_BLOCK_BYTES: every product of the block reads
         # it from the cache
-        block = max(1, self.MATMUL_BLOCK_BYTES // max(1, a.shape[-2] * width * dtype.itemsize))
-        if tokens <= block or any(p_.shape[:-2] != lead for p_ in parts) or dout.shape[:-2] != lead:
+        block = max(1, self.MATMUL_BLOCK_BYTES // max(1, a.shape[-2] * width * dout.dtype.itemsize))
+        if tokens <= block:
             return super().matmul_concat_backward(a, parts, dout)
         a_t = a.reshape((tokens,) + a.shape[-2:]).swapaxes(-1, -2)  # [T, q, p]
         dout2 = dout.reshape((tokens,) + dout.shape[-2:])
         parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]
-        d_parts = [np.empty(p_.shape, dtype) for p_ in parts2]
-        d_a = np.empty((tokens, a.shape[-2], a.shape[-1]), dtype)
+        # each gradient in the dtype of its own products, as the generic version's
+        d_parts = [np.empty(p_.shape, np.result_type(a, dout)) for p_ in parts2]
+        d_a = np.empty((tokens, a.shape[-2], a.shape[-1]), np.result_type(dout, *parts))
         for s in range(0, tokens, block):
             t_, start = slice(s, s + block), 0
             for p_, d_p in zip(parts2, d_parts):

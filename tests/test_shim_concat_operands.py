@@ -94,6 +94,14 @@ BAD_BACKWARD_CALLS = {  # (a shape, part shapes, dout shape, words the message m
     "dout without leading axes": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (4, 16), ["dout", "(4, 16)"]),
     "parts' rows short of a": ((3, 4, 6), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["sum q_i", "(3, 4, 6)"]),
     "no parts": ((3, 4, 5), [], (3, 4, 16), ["at least one part"]),
+    # leading axes that broadcast: the gradient of a broadcast operand would have the
+    # broadcast shape, not the operand's
+    "a broadcast over the tokens": ((1, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes (1,)", "(1, 4, 5)"]),
+    "a part broadcast": ((3, 4, 5), [(3, 4, 16), (1, 1, 16)], (3, 4, 16), ["leading axes (3,)", "(1, 1, 16)"]),
+    "a without leading axes": ((4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes ()", "(3, 4, 16)"]),
+    "dout broadcast": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (1, 4, 16), ["dout", "leading axes (3,)", "(1, 4, 16)"]),
+    "same token count, other axes": ((6, 4, 5), [(2, 3, 4, 16), (2, 3, 1, 16)], (6, 4, 16),
+                                     ["leading axes (6,)", "(2, 3, 4, 16)"]),
 }
 
 

@@ -14,7 +14,7 @@ import torch
 import mhc_core
 from mhc_core.xp import _NumpyOps
 
-BAD_CALLS = {  # (function, a shape, part shapes, words the message must hold)
+BAD_CALLS = {  # (function, a shape, part shapes, words the message must hold[, dout shape])
     "t: no parts": ("matmul_concat_t", (3, 4, 16), [], ["at least one part", "empty"]),
     "t: rank-1 part": ("matmul_concat_t", (3, 4, 16), [(16,)], ["part 0", "rank >= 2", "(16,)"]),
     "t: rank-1 a": ("matmul_concat_t", (16,), [(3, 4, 16)], ["a must have rank >= 2", "(16,)"]),
@@ -24,6 +24,26 @@ BAD_CALLS = {  # (function, a shape, part shapes, words the message must hold)
     "concat: rows short of a": ("matmul_concat", (3, 4, 5), [(3, 3, 16), (3, 1, 16)], ["sum q_i", "(3, 4, 5)"]),
     "concat: rows beyond a": ("matmul_concat", (3, 4, 3), [(3, 3, 16), (3, 1, 16)], ["sum q_i", "(3, 4, 3)"]),
     "concat: widths differ": ("matmul_concat", (3, 4, 4), [(3, 3, 16), (3, 1, 1)], ["same width", "(3, 1, 1)"]),
+    "backward: dout rows unlike a's": ("matmul_concat_backward", (3, 4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["dout", "[..., 4, 16]", "(3, 3, 16)"], (3, 3, 16)),
+    "backward: dout width unlike the parts'": ("matmul_concat_backward", (3, 4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["[..., 4, 16]", "(3, 4, 8)"], (3, 4, 8)),
+    "backward: dout without leading axes": ("matmul_concat_backward", (3, 4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["dout", "(4, 16)"], (4, 16)),
+    "backward: parts' rows short of a": ("matmul_concat_backward", (3, 4, 6), [(3, 4, 16), (3, 1, 16)],
+        ["sum q_i", "(3, 4, 6)"], (3, 4, 16)),
+    "backward: no parts": ("matmul_concat_backward", (3, 4, 5), [],
+        ["at least one part"], (3, 4, 16)),
+    "backward: a broadcast over the tokens": ("matmul_concat_backward", (1, 4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["leading axes (1,)", "(1, 4, 5)"], (3, 4, 16)),
+    "backward: a part broadcast": ("matmul_concat_backward", (3, 4, 5), [(3, 4, 16), (1, 1, 16)],
+        ["leading axes (3,)", "(1, 1, 16)"], (3, 4, 16)),
+    "backward: a without leading axes": ("matmul_concat_backward", (4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["leading axes ()", "(3, 4, 16)"], (3, 4, 16)),
+    "backward: dout broadcast": ("matmul_concat_backward", (3, 4, 5), [(3, 4, 16), (3, 1, 16)],
+        ["dout", "leading axes (3,)", "(1, 4, 16)"], (1, 4, 16)),
+    "backward: same token count, other axes": ("matmul_concat_backward", (6, 4, 5), [(2, 3, 4, 16), (2, 3, 1, 16)],
+        ["leading axes (6,)", "(2, 3, 4, 16)"], (6, 4, 16)),
 }
 
 
@@ -56,12 +76,13 @@ PATHS = {
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(BAD_CALLS))
 def test_products_with_a_concatenation_reject_operands_that_do_not_fit(path, case, monkeypatch):
-    fn, a_shape, part_shapes, words = BAD_CALLS[case]
+    fn, a_shape, part_shapes, words, *dout_shape = BAD_CALLS[case]
     ops, array = PATHS[path](monkeypatch)
     rng = np.random.default_rng(0)
     a, parts = array(rng.normal(size=a_shape)), [array(rng.normal(size=s)) for s in part_shapes]
+    dout = [array(rng.normal(size=s)) for s in dout_shape]  # matmul_concat_backward's third operand
     with pytest.raises(ValueError, match=fn) as err:
-        getattr(ops, fn)(a, parts)
+        getattr(ops, fn)(a, parts, *dout)
     for word in words:
         assert word in str(err.value)
 
@@ -88,35 +109,6 @@ def test_products_with_a_concatenation_match_numpy_float64(path, fn, monkeypatch
         np.testing.assert_allclose(np.asarray(got), want, rtol=tol, atol=tol)
 
 
-BAD_BACKWARD_CALLS = {  # (a shape, part shapes, dout shape, words the message must hold)
-    "dout rows unlike a's": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 3, 16), ["dout", "[..., 4, 16]", "(3, 3, 16)"]),
-    "dout width unlike the parts'": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 8), ["[..., 4, 16]", "(3, 4, 8)"]),
-    "dout without leading axes": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (4, 16), ["dout", "(4, 16)"]),
-    "parts' rows short of a": ((3, 4, 6), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["sum q_i", "(3, 4, 6)"]),
-    "no parts": ((3, 4, 5), [], (3, 4, 16), ["at least one part"]),
-    # leading axes that broadcast: the gradient of a broadcast operand would have the
-    # broadcast shape, not the operand's
-    "a broadcast over the tokens": ((1, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes (1,)", "(1, 4, 5)"]),
-    "a part broadcast": ((3, 4, 5), [(3, 4, 16), (1, 1, 16)], (3, 4, 16), ["leading axes (3,)", "(1, 1, 16)"]),
-    "a without leading axes": ((4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes ()", "(3, 4, 16)"]),
-    "dout broadcast": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (1, 4, 16), ["dout", "leading axes (3,)", "(1, 4, 16)"]),
-    "same token count, other axes": ((6, 4, 5), [(2, 3, 4, 16), (2, 3, 1, 16)], (6, 4, 16),
-                                     ["leading axes (6,)", "(2, 3, 4, 16)"]),
-}
-
-
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("case", list(BAD_BACKWARD_CALLS))
-def test_matmul_concat_backward_rejects_operands_that_do_not_fit(path, case, monkeypatch):
-    a_shape, part_shapes, dout_shape, words = BAD_BACKWARD_CALLS[case]
-    ops, array = PATHS[path](monkeypatch)
-    rng = np.random.default_rng(0)
-    a, dout = array(rng.normal(size=a_shape)), array(rng.normal(size=dout_shape))
-    parts = [array(rng.normal(size=s)) for s in part_shapes]
-    with pytest.raises(ValueError, match="matmul_concat_backward") as err:
-        ops.matmul_concat_backward(a, parts, dout)
-    for word in words:
-        assert word in str(err.value)
 
 
 @pytest.mark.parametrize("path", ["torch eager", "torch compiled branch", "numpy blocked", "mlx"])

@@ -76,7 +76,8 @@ def outer_operands(a, b) -> None:
     """ValueError unless a and b both have rank >= 1 (batched_outer: [..., p] and [..., q])."""
     for name, arr in (("a", a), ("b", b)):
         if len(arr.shape) < 1:
-            raise ValueError(f"batched_outer: {name} must have shape [..., k] (rank >= 1), got shape {tuple(arr.shape)}")
+            raise ValueError(f"batched_outer: {name} must have shape [..., k] (rank >= 1), "
+                             f"got shape {tuple(arr.shape)}")
 
 
 def backward_operands(a, parts, dout) -> list:

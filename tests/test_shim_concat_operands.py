@@ -96,7 +96,8 @@ BAD_BACKWARD_CALLS = {  # (a shape, part shapes, dout shape, words the message m
     "no parts": ((3, 4, 5), [], (3, 4, 16), ["at least one part"]),
     # leading axes that broadcast: the gradient of a broadcast operand would have the
     # broadcast shape, not the operand's
-    "a broadcast over the tokens": ((1, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes (1,)", "(1, 4, 5)"]),
+    "a broadcast over the tokens": ((1, 4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16),
+                                    ["leading axes (1,)", "(1, 4, 5)"]),
     "a part broadcast": ((3, 4, 5), [(3, 4, 16), (1, 1, 16)], (3, 4, 16), ["leading axes (3,)", "(1, 1, 16)"]),
     "a without leading axes": ((4, 5), [(3, 4, 16), (3, 1, 16)], (3, 4, 16), ["leading axes ()", "(3, 4, 16)"]),
     "dout broadcast": ((3, 4, 5), [(3, 4, 16), (3, 1, 16)], (1, 4, 16), ["dout", "leading axes (3,)", "(1, 4, 16)"]),

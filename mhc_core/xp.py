@@ -343,6 +343,23 @@ class _NumpyOps(Ops):
         return [d.reshape(lead + d.shape[-2:]) for d in d_parts], d_a.reshape(lead + d_a.shape[-2:])
 
 
+_OWN_BUFFER = []  # the custom op once registered
+
+
+def _register_own_buffer(torch) -> None:
+    """Registers `mhc_core::own_buffer`, a copy of x as a torch custom op: torch.compile
+    calls it as an opaque kernel, so its input and output are buffers of their own.
+    Gradient: the identity. Registered outside tracing (dynamo cannot trace a
+    registration): when the torch namespace is first built eagerly, as importing
+    mhc_core_torch does."""
+    if not _OWN_BUFFER and not torch.compiler.is_compiling():
+        op = torch.library.custom_op("mhc_core::own_buffer", lambda x: x.clone(), mutates_args=(),
+                                     schema="(Tensor x) -> Tensor")
+        op.register_fake(lambda x: torch.empty_like(x))
+        op.register_autograd(lambda ctx, grad: grad, setup_context=lambda ctx, inputs, output: None)
+        _OWN_BUFFER.append(op)
+
+
 class _TorchOps(Ops):
     """torch: native fused extras (same math, one kernel each). Under torch.compile on the
     CPU, a batched matmul of tiny matrices is written as a broadcast product and sum, which
@@ -361,6 +378,7 @@ class _TorchOps(Ops):
         import torch
 
         self._torch = torch
+        _register_own_buffer(torch)
 
     def matmul(self, a, b):
         if not (a.device.type == "cpu" and self._torch.compiler.is_compiling()):
@@ -398,6 +416,20 @@ class _TorchOps(Ops):
             stacked, start = term if stacked is None else stacked + term, start + q
         return (a[..., :, None, :] * stacked[..., None, :, :]).sum(-1)  # [..., p, 1, C] * [..., 1, rows, C]
 
+    def sum(self, x, axis=None, keepdims: bool = False):
+        return self.xp.sum(self._own_buffer(x, axis), axis=axis, keepdims=keepdims)
+
+    def _own_buffer(self, x, axis):
+        """x, or under torch.compile a copy of it inductor cannot fuse (a custom op) when
+        the reduced axis has one entry. Inductor turns such a reduction into a pointwise
+        expression and inlines chains of them; Sinkhorn's normalisations for n = 1 read
+        their input twice each (m / (sum(m) + eps), h - sum(h) * m), and lowering that
+        chain took time exponential in its length (64 s at 7 iterations, none finished
+        at 20). Sizes 0 and 1 are never symbolic, so the test does not guard."""
+        if _OWN_BUFFER and isinstance(axis, int) and x.shape[axis] == 1 and self._torch.compiler.is_compiling():
+            return _OWN_BUFFER[0](x)
+        return x
+
     def sigmoid(self, x):
         return self._torch.sigmoid(x)
 
@@ -405,7 +437,7 @@ class _TorchOps(Ops):
         return self._torch.rsqrt(x)
 
     def logsumexp(self, x, axis: int, keepdims: bool = False):
-        return self._torch.logsumexp(x, dim=axis, keepdim=keepdims)
+        return self._torch.logsumexp(self._own_buffer(x, axis), dim=axis, keepdim=keepdims)
 
     def softmax(self, x, axis: int):
         return self._torch.softmax(x, dim=axis)

@@ -39,6 +39,8 @@ from mhc_core.streams import post_residual_backward, pre_aggregate_backward
 # Eager CPU calls whose x has at most this many elements run their math on numpy views.
 NUMPY_MAX_ELEMENTS = 1 << 40
 _NUMPY_OPS = mhc_core.namespace(np.zeros(1))
+mhc_core.namespace(torch.zeros(1))  # the torch namespace built eagerly: it registers the shim's
+# custom op (mhc_core.xp._register_own_buffer) before torch.compile traces anything
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)

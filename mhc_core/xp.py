@@ -368,7 +368,9 @@ class _TorchOps(Ops):
     most NARROW result columns and a matrix right operand (the phi projection
     [T, n*C] @ [n*C, m] and its weight gradient [n*C, T] @ [T, m]) runs as (b^T @ a^T)^T,
     the orientation torch's CPU GEMM does fastest for it (benchmarks/bench_cpu_ratios.py
-    times the compiled coefficients in both orientations, bandwidth section)."""
+    times the compiled coefficients in both orientations, bandwidth section). On every
+    device under torch.compile, `sum` / `logsumexp` over an axis of one entry (n = 1)
+    read their input from a buffer of its own (`_own_buffer`)."""
 
     TINY = 8  # a matmul is "tiny" when it contracts over <= TINY or makes <= TINY x TINY matrices
     NARROW = 32  # at most this many result columns: the transposed orientation (0: off)

@@ -207,7 +207,10 @@ class Ops:
         gradient has its operand's shape.
         Raises ValueError where `matmul_concat(a, parts)` would, where a part's leading axes
         are not a's (no broadcasting), or where dout is not the product's shape."""
-        parts = backward_operands(a, parts, dout)
+        return self._matmul_concat_grads(a, backward_operands(a, parts, dout), dout)
+
+    def _matmul_concat_grads(self, a, parts, dout):
+        """`matmul_concat_backward` on operands already checked: one product per part."""
         a_t, d_parts, start = self.matrix_transpose(a), [], 0
         for p_ in parts:
             q = p_.shape[-2]
@@ -326,7 +329,7 @@ class _NumpyOps(Ops):
         # it from the cache
         block = max(1, self.MATMUL_BLOCK_BYTES // max(1, a.shape[-2] * width * dout.dtype.itemsize))
         if tokens <= block:
-            return super().matmul_concat_backward(a, parts, dout)
+            return self._matmul_concat_grads(a, parts, dout)
         a_t = a.reshape((tokens,) + a.shape[-2:]).swapaxes(-1, -2)  # [T, q, p]
         dout2 = dout.reshape((tokens,) + dout.shape[-2:])
         parts2 = [p_.reshape((tokens,) + p_.shape[-2:]) for p_ in parts]

@@ -16,6 +16,8 @@ Sections (the targets of the CPU-speed issue are beside each):
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
              torch.compile (and around an identity layer: the mixing alone), lucidrains'
              hyper-connections mHC (targets: eager <= 1.35x residual, compiled <= 1.10x).
+             Ratios of medians, and of minima (each contender's least-disturbed call:
+             steadier from run to run on a shared machine).
              Every .grad (parameters and x) is set to None before each call, as a training
              step's zero_grad does, so no contender adds into a previous call's gradients.
 - bandwidth: eager pre_aggregate and post_residual at n 4, C 1024, 1024 tokens, forward and
@@ -208,10 +210,14 @@ def bench_block(rounds: int, compile_: bool) -> dict:
         fwd_bwd(ci, xn, gn)()
         fns["mhc identity compiled"] = fwd_bwd(ci, xn, gn)
     r = interleaved(fns, rounds)
-    base = r["residual"]["median_ms"]
-    r["ratios_vs_residual"] = {k: v["median_ms"] / base for k, v in r.items() if isinstance(v, dict)}
+    times = {k: v for k, v in r.items() if isinstance(v, dict)}
+    base, base_min = r["residual"]["median_ms"], r["residual"]["min_ms"]
+    r["ratios_vs_residual"] = {k: v["median_ms"] / base for k, v in times.items()}
+    # minima: each contender's least-disturbed call, steadier than medians on a shared machine
+    r["ratios_of_minima_vs_residual"] = {k: v["min_ms"] / base_min for k, v in times.items()}
     if compile_:
         r["mhc compiled / residual compiled"] = r["mhc compiled"]["median_ms"] / r["residual compiled"]["median_ms"]
+        r["mhc compiled / residual compiled, minima"] = r["mhc compiled"]["min_ms"] / r["residual compiled"]["min_ms"]
         r["compile_s"] = compile_s
     r["shape"] = [t, n, c]
     return r

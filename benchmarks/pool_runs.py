@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Per-run and pooled CPU ratios from bench_cpu_ratios.py's runs log.
+
+    python benchmarks/pool_runs.py                                   # every run in the log
+    python benchmarks/pool_runs.py --from "full run 1 at 5a37974" --skip "malloc keep"
+
+The log (benchmarks/results/cpu_ratios_runs.log) holds one run per `# label` line, followed
+by that run's `[section] {json}` lines (the `result` of each section of a report .json).
+`# round ...` lines head a round and carry no run. For every run with a block or sweep
+section this prints one row of the ratios the CPU-speed targets name, then, over the
+selected runs, each ratio's median, range and how many runs meet its target:
+
+- sweep d12 / d24 / d48: mHC / HC `Trainer.step`, medians (target <= 1.3);
+- eager: MHC eager / residual block, medians (<= 1.35);
+- compiled / eager res, compiled / compiled res: MHC under torch.compile against the eager
+  and the compiled residual block, as ratios of medians and of minima (<= 1.10);
+- pre-agg / post-res fwd+bwd: % of the copy bandwidth measured in the same rounds (>= 40).
+
+A run that lacks a section (block-only runs, runs from before a contender was added) has
+no value in that column and is not counted for it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG = ROOT / "benchmarks" / "results" / "cpu_ratios_runs.log"
+
+# column -> (target, True when a value <= target meets it / False when >= target does)
+TARGETS = {
+    "sweep d12": (1.3, True), "sweep d24": (1.3, True), "sweep d48": (1.3, True),
+    "eager": (1.35, True),
+    "compiled / eager res": (1.10, True), "compiled / eager res, minima": (1.10, True),
+    "compiled / compiled res": (1.10, True), "compiled / compiled res, minima": (1.10, True),
+    "pre-agg fwd+bwd %": (40.0, False), "post-res fwd+bwd %": (40.0, False),
+}
+
+
+def parse_log(text: str) -> list[tuple[str, dict]]:
+    """[(label, {section: result})] in log order: one entry per `# label` line that is
+    followed by at least one `[section] {json}` line. ValueError names a malformed line."""
+    runs: list[tuple[str, dict]] = []
+    label, sections = None, {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("# "):
+            if sections:
+                runs.append((label, sections))
+            label, sections = line[2:].strip(), {}
+        elif line.startswith("["):
+            name, _, payload = line.partition("] ")
+            if label is None:
+                raise ValueError(f"line {number}: a section before any '# label' line")
+            try:
+                sections[name[1:]] = json.loads(payload)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"line {number}: expected '[section] {{json}}', {e}") from None
+        elif line.strip():
+            raise ValueError(f"line {number}: expected '# label' or '[section] {{json}}', got {line[:60]!r}")
+    if sections:
+        runs.append((label, sections))
+    return runs
+
+
+def run_ratios(sections: dict) -> dict:
+    """The target ratios of one run (only those its sections allow)."""
+    out = {}
+    sweep = sections.get("sweep", {})
+    for depth in (12, 24, 48):
+        s = sweep.get(f"depth{depth}")
+        if s and "mhc" in s and "hc" in s:
+            out[f"sweep d{depth}"] = s["mhc"]["median_ms"] / s["hc"]["median_ms"]
+    block = sections.get("block", {})
+    res = block.get("residual")
+    if res and "mhc eager" in block:
+        out["eager"] = block["mhc eager"]["median_ms"] / res["median_ms"]
+    comp, comp_res = block.get("mhc compiled"), block.get("residual compiled")
+    if res and comp:
+        out["compiled / eager res"] = comp["median_ms"] / res["median_ms"]
+        out["compiled / eager res, minima"] = comp["min_ms"] / res["min_ms"]
+    if comp and comp_res:
+        out["compiled / compiled res"] = comp["median_ms"] / comp_res["median_ms"]
+        out["compiled / compiled res, minima"] = comp["min_ms"] / comp_res["min_ms"]
+    bandwidth = sections.get("bandwidth", {})
+    for key, column in (("pre_aggregate fwd+bwd", "pre-agg fwd+bwd %"), ("post_residual fwd+bwd", "post-res fwd+bwd %")):
+        if key in bandwidth:
+            out[column] = bandwidth[key]["pct_copy"]
+    return out
+
+
+def select(runs: list, start: str | None, skip: list[str]) -> list:
+    """The runs from the first whose label contains `start` on, without those whose label
+    contains any of `skip`. ValueError when no label contains `start`."""
+    if start is not None:
+        first = next((i for i, (label, _) in enumerate(runs) if start in label), None)
+        if first is None:
+            raise ValueError(f"--from: no run label contains {start!r}")
+        runs = runs[first:]
+    return [(label, s) for label, s in runs if not any(word in label for word in skip)]
+
+
+def pooled(rows: list[dict]) -> dict:
+    """column -> (median, min, max, runs meeting the target, runs with a value)."""
+    out = {}
+    for column, (target, at_most) in TARGETS.items():
+        values = [r[column] for r in rows if column in r]
+        if values:
+            met = sum((v <= target) if at_most else (v >= target) for v in values)
+            out[column] = (statistics.median(values), min(values), max(values), met, len(values))
+    return out
+
+
+def markdown(selected: list) -> str:
+    rows = [run_ratios(s) for _, s in selected]
+    columns = [c for c in TARGETS if any(c in r for r in rows)]
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for (label, _), r in zip(selected, rows):
+        cells = [f"{r[c]:.{1 if c.endswith('%') else 3}f}" if c in r else "" for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | target | median | range | runs meeting the target |", "|---|---|---|---|---|"]
+    for column, (median, low, high, met, count) in pooled(rows).items():
+        target, at_most = TARGETS[column]
+        digits = 1 if column.endswith("%") else 3
+        lines.append(f"| {column} | {'<=' if at_most else '>='} {target:g} | {median:.{digits}f} | "
+                     f"{low:.{digits}f}-{high:.{digits}f} | {met} of {count} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("log", nargs="?", default=str(LOG), help="the runs log (default: %(default)s)")
+    ap.add_argument("--from", dest="start", metavar="TEXT", help="start at the first run whose label contains TEXT")
+    ap.add_argument("--skip", metavar="TEXT", action="append", default=[],
+                    help="leave out runs whose label contains TEXT (repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        text = Path(args.log).read_text()
+        selected = select(parse_log(text), args.start, args.skip)
+    except (OSError, ValueError) as e:
+        ap.error(f"{args.log}: {e}")
+    if not selected:
+        ap.error("no run selected")
+    print(markdown(selected))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""benchmarks/pool_runs.py: the per-run ratios it reads from the runs log are the ones
+bench_cpu_ratios.py computed for the same run, and its pooled counts follow the targets."""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import pool_runs  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _timing(median, minimum):
+    return {"median_ms": median, "min_ms": minimum, "runs": 3, "faults_per_call": 0.0}
+
+
+def _block(res, comp, comp_res, eager):
+    return {"residual": _timing(*res), "mhc compiled": _timing(*comp), "residual compiled": _timing(*comp_res),
+            "mhc eager": _timing(*eager)}
+
+
+def _log(*runs):
+    lines = ["# round of a test"]
+    for label, sections in runs:
+        lines.append(f"# {label}")
+        lines += [f"[{name}] {json.dumps(result)}" for name, result in sections.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_ratios_of_the_committed_run_match_the_report():
+    """The log's copy of the committed run gives the ratios the report .json holds."""
+    report = json.loads((RESULTS / "cpu_ratios.json").read_text())
+    block = report["sections"]["block"]["result"]
+    runs = pool_runs.parse_log((RESULTS / "cpu_ratios_runs.log").read_text())
+    committed = [s for label, s in runs if s.get("block") == block]
+    assert committed, "the committed run's block section is not in the runs log"
+    got = pool_runs.run_ratios(committed[-1])
+    assert got["compiled / eager res"] == block["ratios_vs_residual"]["mhc compiled"]
+    assert got["eager"] == block["ratios_vs_residual"]["mhc eager"]
+    assert got["compiled / compiled res"] == block["mhc compiled / residual compiled"]
+    assert got["compiled / eager res, minima"] == block["ratios_of_minima_vs_residual"]["mhc compiled"]
+    assert got["compiled / compiled res, minima"] == block["mhc compiled / residual compiled, minima"]
+    sweep = report["sections"]["sweep"]["result"]
+    for depth in (12, 24, 48):
+        assert got[f"sweep d{depth}"] == sweep[f"depth{depth}"]["mhc/hc"]
+
+
+def test_pooled_medians_and_counts():
+    runs = [("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))}),
+            ("run b", {"block": _block((100, 80), (112, 90), (110, 85), (130, 100))}),
+            ("run c (malloc keep)", {"block": _block((100, 100), (150, 150), (100, 100), (200, 200))}),
+            ("run d", {"block": _block((200, 190), (218, 200), (190, 180), (250, 240))})]
+    selected = pool_runs.select(pool_runs.parse_log(_log(*runs)), "run b", ["malloc keep"])
+    assert [label for label, _ in selected] == ["run b", "run d"]
+    rows = [pool_runs.run_ratios(s) for _, s in selected]
+    pooled = pool_runs.pooled(rows)
+    comp = [112 / 100, 218 / 200]
+    assert pooled["compiled / eager res"] == (statistics.median(comp), min(comp), max(comp), 1, 2)
+    minima = [90 / 80, 200 / 190]
+    assert pooled["compiled / eager res, minima"] == (statistics.median(minima), min(minima), max(minima), 1, 2)
+    assert "sweep d12" not in pooled  # no run has a sweep section
+    text = pool_runs.markdown(selected)
+    assert (f"| compiled / eager res | <= 1.1 | {statistics.median(comp):.3f} | {min(comp):.3f}-{max(comp):.3f} "
+            "| 1 of 2 |") in text
+
+
+def test_bandwidth_target_is_a_floor():
+    bandwidth = {"pre_aggregate fwd+bwd": {"pct_copy": 39.9}, "post_residual fwd+bwd": {"pct_copy": 40.0}}
+    rows = [pool_runs.run_ratios({"bandwidth": bandwidth})]
+    pooled = pool_runs.pooled(rows)
+    assert pooled["pre-agg fwd+bwd %"][3:] == (0, 1)
+    assert pooled["post-res fwd+bwd %"][3:] == (1, 1)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[block] {}\n", "before any '# label'"),
+    ("# run\n[block] {not json\n", "expected '\\[section\\] {json}'"),
+    ("# run\nstray text\n", "expected '# label' or"),
+])
+def test_malformed_log_lines_are_named(text, match):
+    with pytest.raises(ValueError, match=match):
+        pool_runs.parse_log(text)
+
+
+def test_cli_errors_are_usage_errors(tmp_path, capsys):
+    log = tmp_path / "runs.log"
+    log.write_text(_log(("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))})))
+    with pytest.raises(SystemExit) as e:
+        pool_runs.main([str(log), "--from", "no such run"])
+    assert e.value.code == 2 and "no run label contains 'no such run'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        pool_runs.main([str(tmp_path / "missing.log")])
+    assert e.value.code == 2
+    assert pool_runs.main([str(log)]) == 0
+    assert "| run a |" in capsys.readouterr().out

@@ -38,7 +38,8 @@ sets glibc's thresholds (mallopt, as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESH
 so freed memory stays in the process: the allocator tuning PyTorch's CPU performance guide
 recommends (or a caching allocator: jemalloc, tcmalloc). The report records the mode.
 
-Writes benchmarks/results/cpu_ratios.{json,md}.
+Writes benchmarks/results/cpu_ratios.{json,md}. Runs appended to cpu_ratios_runs.log (one
+`# label` line, then each section's `[name] {result json}` line) are pooled by pool_runs.py.
 """
 from __future__ import annotations
 

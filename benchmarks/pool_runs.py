@@ -40,19 +40,22 @@ TARGETS = {
 }
 
 
-def parse_log(text: str) -> list[tuple[str, dict]]:
-    """[(label, {section: result})] in log order: one entry per `# label` line that is
-    followed by at least one `[section] {json}` line. ValueError names a malformed line."""
-    runs: list[tuple[str, dict]] = []
-    label, sections = None, {}
+def parse_log(text: str) -> list[tuple[str, dict, tuple]]:
+    """[(label, {section: result}, notes)] in log order: one entry per `# label` line that is
+    followed by at least one `[section] {json}` line; notes are the `# ...` lines between the
+    previous run and this label (round headers). ValueError names a malformed line."""
+    runs: list[tuple[str, dict, tuple]] = []
+    comments: list[str] = []
+    sections: dict = {}
     for number, line in enumerate(text.splitlines(), 1):
         if line.startswith("# "):
             if sections:
-                runs.append((label, sections))
-            label, sections = line[2:].strip(), {}
+                runs.append((comments[-1], sections, tuple(comments[:-1])))
+                comments, sections = [], {}
+            comments.append(line[2:].strip())
         elif line.startswith("["):
             name, _, payload = line.partition("] ")
-            if label is None:
+            if not comments:
                 raise ValueError(f"line {number}: a section before any '# label' line")
             try:
                 sections[name[1:]] = json.loads(payload)
@@ -61,7 +64,7 @@ def parse_log(text: str) -> list[tuple[str, dict]]:
         elif line.strip():
             raise ValueError(f"line {number}: expected '# label' or '[section] {{json}}', got {line[:60]!r}")
     if sections:
-        runs.append((label, sections))
+        runs.append((comments[-1], sections, tuple(comments[:-1])))
     return runs
 
 
@@ -92,14 +95,16 @@ def run_ratios(sections: dict) -> dict:
 
 
 def select(runs: list, start: str | None, skip: list[str]) -> list:
-    """The runs from the first whose label contains `start` on, without those whose label
-    contains any of `skip`. ValueError when no label contains `start`."""
+    """(label, sections) of the runs from the first whose label, or a `# ...` line before it
+    (a round header), contains `start`, without those whose label contains any of `skip`.
+    ValueError when no such line contains `start`."""
     if start is not None:
-        first = next((i for i, (label, _) in enumerate(runs) if start in label), None)
+        first = next((i for i, (label, _, notes) in enumerate(runs)
+                      if any(start in line for line in (label, *notes))), None)
         if first is None:
-            raise ValueError(f"--from: no run label contains {start!r}")
+            raise ValueError(f"--from: no run label or round header contains {start!r}")
         runs = runs[first:]
-    return [(label, s) for label, s in runs if not any(word in label for word in skip)]
+    return [(label, s) for label, s, _ in runs if not any(word in label for word in skip)]
 
 
 def pooled(rows: list[dict]) -> dict:
@@ -132,7 +137,8 @@ def markdown(selected: list) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("log", nargs="?", default=str(LOG), help="the runs log (default: %(default)s)")
-    ap.add_argument("--from", dest="start", metavar="TEXT", help="start at the first run whose label contains TEXT")
+    ap.add_argument("--from", dest="start", metavar="TEXT",
+                    help="start at the first run whose label or round header contains TEXT")
     ap.add_argument("--skip", metavar="TEXT", action="append", default=[],
                     help="leave out runs whose label contains TEXT (repeatable)")
     args = ap.parse_args(argv)

@@ -37,7 +37,7 @@ def test_ratios_of_the_committed_run_match_the_report():
     report = json.loads((RESULTS / "cpu_ratios.json").read_text())
     block = report["sections"]["block"]["result"]
     runs = pool_runs.parse_log((RESULTS / "cpu_ratios_runs.log").read_text())
-    committed = [s for label, s in runs if s.get("block") == block]
+    committed = [s for _, s, _ in runs if s.get("block") == block]
     assert committed, "the committed run's block section is not in the runs log"
     got = pool_runs.run_ratios(committed[-1])
     assert got["compiled / eager res"] == block["ratios_vs_residual"]["mhc compiled"]
@@ -69,6 +69,17 @@ def test_pooled_medians_and_counts():
             "| 1 of 2 |") in text
 
 
+def test_from_a_round_header():
+    runs = [("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))}),
+            ("run b", {"block": _block((100, 80), (112, 90), (110, 85), (130, 100))})]
+    text = _log(*runs).replace("# run b", "# round two: a header line\n# run b")
+    parsed = pool_runs.parse_log(text)
+    assert [(label, notes) for label, _, notes in parsed] == [("run a", ("round of a test",)),
+                                                             ("run b", ("round two: a header line",))]
+    assert [label for label, _ in pool_runs.select(parsed, "round two", [])] == ["run b"]
+    assert [label for label, _ in pool_runs.select(parsed, "round of a test", [])] == ["run a", "run b"]
+
+
 def test_bandwidth_target_is_a_floor():
     bandwidth = {"pre_aggregate fwd+bwd": {"pct_copy": 39.9}, "post_residual fwd+bwd": {"pct_copy": 40.0}}
     rows = [pool_runs.run_ratios({"bandwidth": bandwidth})]
@@ -92,7 +103,7 @@ def test_cli_errors_are_usage_errors(tmp_path, capsys):
     log.write_text(_log(("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))})))
     with pytest.raises(SystemExit) as e:
         pool_runs.main([str(log), "--from", "no such run"])
-    assert e.value.code == 2 and "no run label contains 'no such run'" in capsys.readouterr().err
+    assert e.value.code == 2 and "no run label or round header contains 'no such run'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         pool_runs.main([str(tmp_path / "missing.log")])
     assert e.value.code == 2

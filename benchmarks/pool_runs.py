@@ -5,8 +5,9 @@
     python benchmarks/pool_runs.py --from "full run 1 at 5a37974" --skip "malloc keep"
 
 The log (benchmarks/results/cpu_ratios_runs.log) holds one run per `# label` line, followed
-by that run's `[section] {json}` lines (the `result` of each section of a report .json).
-`# round ...` lines head a round and carry no run. For every run with a block or sweep
+by that run's `[section] {json}` lines (the `result` of each section of a report .json);
+`# ...` lines with no section after them are a round's header or notes (`--from` matches them
+too). For every run with a block, sweep or bandwidth
 section this prints one row of the ratios the CPU-speed targets name, then, over the
 selected runs, each ratio's median, range and how many runs meet its target:
 
@@ -119,7 +120,15 @@ def pooled(rows: list[dict]) -> dict:
 
 
 def markdown(selected: list) -> str:
-    rows = [run_ratios(s) for _, s in selected]
+    """The per-run table and the pooled one. ValueError names a run whose sections lack a
+    field the ratios need."""
+    rows = []
+    for label, sections in selected:
+        try:
+            rows.append(run_ratios(sections))
+        except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
+            raise ValueError(f"run {label!r}: its sections are not bench_cpu_ratios.py results "
+                             f"({type(e).__name__}: {e})") from None
     columns = [c for c in TARGETS if any(c in r for r in rows)]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for (label, _), r in zip(selected, rows):
@@ -145,11 +154,12 @@ def main(argv=None) -> int:
     try:
         text = Path(args.log).read_text()
         selected = select(parse_log(text), args.start, args.skip)
+        if not selected:
+            raise ValueError("no run selected")
+        table = markdown(selected)
     except (OSError, ValueError) as e:
         ap.error(f"{args.log}: {e}")
-    if not selected:
-        ap.error("no run selected")
-    print(markdown(selected))
+    print(table)
     return 0
 
 

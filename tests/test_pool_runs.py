@@ -98,6 +98,12 @@ def test_malformed_log_lines_are_named(text, match):
         pool_runs.parse_log(text)
 
 
+def test_a_run_without_the_fields_is_named():
+    runs = pool_runs.parse_log(_log(("run x", {"block": {"residual": {"median_ms": 1.0}, "mhc eager": {}}})))
+    with pytest.raises(ValueError, match="run 'run x': its sections are not bench_cpu_ratios.py results"):
+        pool_runs.markdown(pool_runs.select(runs, None, []))
+
+
 def test_cli_errors_are_usage_errors(tmp_path, capsys):
     log = tmp_path / "runs.log"
     log.write_text(_log(("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))})))

@@ -11,7 +11,12 @@ does: on a shared 2-core machine a second intra-op thread only waits for the sch
 
 Sections (the targets of the CPU-speed issue are beside each):
 - sweep:     torch `Trainer.step` of the quick depth-sweep model (dim 32, n 4, batch 8 x 16
-             tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc).
+             tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc):
+             each contender trains through the quick sweep's 120 steps on its task stream
+             (`incrementing`, as scripts/depth_sweep.py --quick), timed in 12 interleaved
+             chunks of 10 steps (--rounds does not apply). Its whole run matters: Sinkhorn's
+             fixed-point stop (mhc_core.sinkhorn) ends most calls within a few iterations in
+             the first steps and few of them later, so early steps alone understate mHC's cost.
 - block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
              torch.compile (and around an identity layer: the mixing alone), lucidrains'
@@ -84,8 +89,8 @@ def _minor_faults() -> int:
 
 
 def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
-    """Median ms (and minor page faults) per call of each fn, one batch of `inner` calls
-    per fn per round."""
+    """Median, minimum and mean ms (and median minor page faults) per call of each fn, one
+    batch of `inner` calls per fn per round, after one warm-up call of each."""
     for fn in fns.values():
         fn()  # warm-up
     times, faults = {k: [] for k in fns}, {k: [] for k in fns}
@@ -96,7 +101,7 @@ def interleaved(fns: dict, rounds: int, inner: int = 1) -> dict:
                 fn()
             times[k].append((time.perf_counter() - t0) * 1e3 / inner)
             faults[k].append((_minor_faults() - f0) / inner)
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "runs": len(v),
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "mean_ms": statistics.fmean(v), "runs": len(v),
                 "faults_per_call": statistics.median(faults[k])} for k, v in times.items()}
 
 
@@ -131,24 +136,32 @@ def _data(vocab: int, seq: int):
 # ----------------------------------------------------------------------------------------
 # torch
 # ----------------------------------------------------------------------------------------
-def bench_sweep(rounds: int) -> dict:
+SWEEP_STEPS, SWEEP_CHUNK = 120, 10  # scripts/depth_sweep.py PRESETS['quick'] steps; steps per timed chunk
+
+
+def bench_sweep() -> dict:
     import torch
 
-    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core.experiments.data import make_stream
+    from mhc_core.experiments.lm_config import LMConfig, init_lm_params
     from mhc_core_torch.lm import Trainer
 
-    inputs, targets, mask = _data(QUICK["vocab"], QUICK["seq_len"])
     out = {}
     for depth in (12, 24, 48):
         fns = {}
         for v in ("residual", "hc", "mhc"):
-            tr = Trainer(LMConfig(variant=v, n_layers=depth, n=1 if v == "residual" else 4, **QUICK))
-            fns[v] = lambda tr=tr: tr.step(inputs, targets, mask, lr=1e-3)
-        r = interleaved(fns, rounds, inner=3)
+            cfg = LMConfig(variant=v, n_layers=depth, n=1 if v == "residual" else 4, **QUICK)
+            tr = Trainer(cfg, init_lm_params(cfg))
+            data = make_stream("incrementing", vocab=QUICK["vocab"], seq_len=QUICK["seq_len"], batch_size=BATCH, seed=1)
+            fns[v] = lambda tr=tr, data=data: tr.step(*data.next(), lr=1e-3)
+        # one warm-up step, then the rest of the run in interleaved chunks
+        r = interleaved(fns, SWEEP_STEPS // SWEEP_CHUNK, inner=SWEEP_CHUNK)
         r["mhc/hc"] = r["mhc"]["median_ms"] / r["hc"]["median_ms"]
+        r["mhc/hc, mean over the run"] = r["mhc"]["mean_ms"] / r["hc"]["mean_ms"]
         r["hc/residual"] = r["hc"]["median_ms"] / r["residual"]["median_ms"]
         out[f"depth{depth}"] = r
     out["torch_threads"] = torch.get_num_threads()
+    out["steps"] = {"per_contender": SWEEP_STEPS + 1, "chunk": SWEEP_CHUNK, "task": "incrementing"}
     return out
 
 
@@ -454,7 +467,7 @@ def main(argv=None) -> int:
         "dirty": bool(_git("status", "--porcelain")), "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
         "malloc": malloc, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}, "sections": {}}
-    runners = {"sweep": lambda: bench_sweep(args.rounds), "block": lambda: bench_block(args.rounds, not args.no_compile),
+    runners = {"sweep": bench_sweep, "block": lambda: bench_block(args.rounds, not args.no_compile),
                "bandwidth": lambda: bench_bandwidth(args.rounds), "mlx": lambda: bench_mlx(args.rounds)}
     out = args.out
     for name in args.sections:

@@ -12,9 +12,9 @@ does: on a shared 2-core machine a second intra-op thread only waits for the sch
 Sections (the targets of the CPU-speed issue are beside each):
 - sweep:     torch `Trainer.step` of the quick depth-sweep model (dim 32, n 4, batch 8 x 16
              tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc):
-             each contender trains through the quick sweep's 120 steps on its task stream
-             (`incrementing`, as scripts/depth_sweep.py --quick), timed in 12 interleaved
-             chunks of 10 steps (--rounds does not apply). Its whole run matters: Sinkhorn's
+             each contender trains on its task stream (`incrementing`, as
+             scripts/depth_sweep.py --quick) for one untimed warm-up step, then the quick
+             sweep's 120 steps timed in 12 interleaved chunks of 10 (--rounds does not apply). Its whole run matters: Sinkhorn's
              fixed-point stop (mhc_core.sinkhorn) ends most calls within a few iterations in
              the first steps and few of them later, so early steps alone understate mHC's cost.
 - block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
@@ -154,7 +154,7 @@ def bench_sweep() -> dict:
             tr = Trainer(cfg, init_lm_params(cfg))
             data = make_stream("incrementing", vocab=QUICK["vocab"], seq_len=QUICK["seq_len"], batch_size=BATCH, seed=1)
             fns[v] = lambda tr=tr, data=data: tr.step(*data.next(), lr=1e-3)
-        # one warm-up step, then the rest of the run in interleaved chunks
+        # one untimed warm-up step, then SWEEP_STEPS timed in interleaved chunks
         r = interleaved(fns, SWEEP_STEPS // SWEEP_CHUNK, inner=SWEEP_CHUNK)
         r["mhc/hc"] = r["mhc"]["median_ms"] / r["hc"]["median_ms"]
         r["mhc/hc, mean over the run"] = r["mhc"]["mean_ms"] / r["hc"]["mean_ms"]

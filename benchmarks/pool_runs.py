@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -44,54 +45,81 @@ TARGETS = {
 def parse_log(text: str) -> list[tuple[str, dict, tuple]]:
     """[(label, {section: result}, notes)] in log order: one entry per `# label` line that is
     followed by at least one `[section] {json}` line; notes are the `# ...` lines between the
-    previous run and this label (round headers). ValueError names a malformed line."""
+    previous run and this label (round headers). A section that repeats under one label
+    starts a further run of that label ("label [2]", ...): several runs logged under one
+    comment. ValueError names a malformed line."""
     runs: list[tuple[str, dict, tuple]] = []
     comments: list[str] = []
     sections: dict = {}
+    repeat = 1
     for number, line in enumerate(text.splitlines(), 1):
         if line.startswith("# "):
             if sections:
-                runs.append((comments[-1], sections, tuple(comments[:-1])))
-                comments, sections = [], {}
+                runs.append((_numbered(comments[-1], repeat), sections, tuple(comments[:-1])))
+                comments, sections, repeat = [], {}, 1
             comments.append(line[2:].strip())
         elif line.startswith("["):
             name, _, payload = line.partition("] ")
             if not comments:
                 raise ValueError(f"line {number}: a section before any '# label' line")
             try:
-                sections[name[1:]] = json.loads(payload)
+                result = json.loads(payload)
             except json.JSONDecodeError as e:
                 raise ValueError(f"line {number}: expected '[section] {{json}}', {e}") from None
+            if name[1:] in sections:  # the same section again: the label's next run
+                runs.append((_numbered(comments[-1], repeat), sections, tuple(comments[:-1])))
+                sections, repeat = {}, repeat + 1
+            sections[name[1:]] = result
         elif line.strip():
             raise ValueError(f"line {number}: expected '# label' or '[section] {{json}}', got {line[:60]!r}")
     if sections:
-        runs.append((comments[-1], sections, tuple(comments[:-1])))
+        runs.append((_numbered(comments[-1], repeat), sections, tuple(comments[:-1])))
     return runs
 
 
+def _numbered(label: str, repeat: int) -> str:
+    return label if repeat == 1 else f"{label} [{repeat}]"
+
+
+def _ms(entry: dict, key: str) -> float:
+    """A time field of one contender: a finite number > 0, else ValueError."""
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{key} = {value!r}, expected a finite time > 0")
+    return float(value)
+
+
+def _ratio(a: dict, b: dict, key: str) -> float:
+    ratio = _ms(a, key) / _ms(b, key)
+    if not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"{key} ratio {ratio!r} is not a finite positive number")
+    return ratio
+
+
 def run_ratios(sections: dict) -> dict:
-    """The target ratios of one run (only those its sections allow)."""
+    """The target ratios of one run (only those its sections allow). ValueError / KeyError /
+    TypeError for sections that are not bench_cpu_ratios.py results."""
     out = {}
     sweep = sections.get("sweep", {})
     for depth in (12, 24, 48):
         s = sweep.get(f"depth{depth}")
         if s and "mhc" in s and "hc" in s:
-            out[f"sweep d{depth}"] = s["mhc"]["median_ms"] / s["hc"]["median_ms"]
+            out[f"sweep d{depth}"] = _ratio(s["mhc"], s["hc"], "median_ms")
     block = sections.get("block", {})
     res = block.get("residual")
     if res and "mhc eager" in block:
-        out["eager"] = block["mhc eager"]["median_ms"] / res["median_ms"]
+        out["eager"] = _ratio(block["mhc eager"], res, "median_ms")
     comp, comp_res = block.get("mhc compiled"), block.get("residual compiled")
     if res and comp:
-        out["compiled / eager res"] = comp["median_ms"] / res["median_ms"]
-        out["compiled / eager res, minima"] = comp["min_ms"] / res["min_ms"]
+        out["compiled / eager res"] = _ratio(comp, res, "median_ms")
+        out["compiled / eager res, minima"] = _ratio(comp, res, "min_ms")
     if comp and comp_res:
-        out["compiled / compiled res"] = comp["median_ms"] / comp_res["median_ms"]
-        out["compiled / compiled res, minima"] = comp["min_ms"] / comp_res["min_ms"]
+        out["compiled / compiled res"] = _ratio(comp, comp_res, "median_ms")
+        out["compiled / compiled res, minima"] = _ratio(comp, comp_res, "min_ms")
     bandwidth = sections.get("bandwidth", {})
     for key, column in (("pre_aggregate fwd+bwd", "pre-agg fwd+bwd %"), ("post_residual fwd+bwd", "post-res fwd+bwd %")):
         if key in bandwidth:
-            out[column] = bandwidth[key]["pct_copy"]
+            out[column] = _ms(bandwidth[key], "pct_copy")
     return out
 
 
@@ -103,7 +131,7 @@ def select(runs: list, start: str | None, skip: list[str]) -> list:
         first = next((i for i, (label, _, notes) in enumerate(runs)
                       if any(start in line for line in (label, *notes))), None)
         if first is None:
-            raise ValueError(f"--from: no run label or round header contains {start!r}")
+            raise ValueError(f"--from: no run has a label or a round header before it containing {start!r}")
         runs = runs[first:]
     return [(label, s) for label, s, _ in runs if not any(word in label for word in skip)]
 
@@ -126,9 +154,11 @@ def markdown(selected: list) -> str:
     for label, sections in selected:
         try:
             rows.append(run_ratios(sections))
-        except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"run {label!r}: its sections are not bench_cpu_ratios.py results "
                              f"({type(e).__name__}: {e})") from None
+    if not any(rows):
+        raise ValueError("no selected run has a sweep, block or bandwidth result to take a ratio of")
     columns = [c for c in TARGETS if any(c in r for r in rows)]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for (label, _), r in zip(selected, rows):

@@ -54,19 +54,38 @@ def test_pooled_medians_and_counts():
     runs = [("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))}),
             ("run b", {"block": _block((100, 80), (112, 90), (110, 85), (130, 100))}),
             ("run c (malloc keep)", {"block": _block((100, 100), (150, 150), (100, 100), (200, 200))}),
-            ("run d", {"block": _block((200, 190), (218, 200), (190, 180), (250, 240))})]
+            ("run d", {"block": _block((200, 190), (220, 200), (190, 180), (250, 240))}),
+            ("run e", {"block": _block((100, 100), (150, 104), (100, 100), (120, 110))})]
     selected = pool_runs.select(pool_runs.parse_log(_log(*runs)), "run b", ["malloc keep"])
-    assert [label for label, _ in selected] == ["run b", "run d"]
+    assert [label for label, _ in selected] == ["run b", "run d", "run e"]
     rows = [pool_runs.run_ratios(s) for _, s in selected]
     pooled = pool_runs.pooled(rows)
-    comp = [112 / 100, 218 / 200]
-    assert pooled["compiled / eager res"] == (statistics.median(comp), min(comp), max(comp), 1, 2)
-    minima = [90 / 80, 200 / 190]
-    assert pooled["compiled / eager res, minima"] == (statistics.median(minima), min(minima), max(minima), 1, 2)
+    comp = [112 / 100, 220 / 200, 150 / 100]  # 220 / 200 is the target itself: met (<=)
+    assert statistics.median(comp) != statistics.fmean(comp)
+    assert pooled["compiled / eager res"] == (statistics.median(comp), min(comp), max(comp), 1, 3)
+    minima = [90 / 80, 200 / 190, 104 / 100]
+    assert pooled["compiled / eager res, minima"] == (statistics.median(minima), min(minima), max(minima), 2, 3)
     assert "sweep d12" not in pooled  # no run has a sweep section
     text = pool_runs.markdown(selected)
     assert (f"| compiled / eager res | <= 1.1 | {statistics.median(comp):.3f} | {min(comp):.3f}-{max(comp):.3f} "
-            "| 1 of 2 |") in text
+            "| 1 of 3 |") in text
+
+
+def test_a_repeated_section_is_a_further_run():
+    text = _log(("runs", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))}))
+    text += "[block] " + json.dumps(_block((100, 90), (120, 99), (100, 100), (120, 110))) + "\n"
+    parsed = pool_runs.parse_log(text)
+    assert [label for label, _, _ in parsed] == ["runs", "runs [2]"]
+    assert [pool_runs.run_ratios(s)["compiled / eager res"] for _, s, _ in parsed] == [105 / 100, 120 / 100]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0, True, "3"])
+def test_a_time_that_is_not_a_positive_number_is_named(bad):
+    block = _block((100, 90), (105, 99), (100, 100), (120, 110))
+    block["mhc compiled"]["median_ms"] = bad
+    runs = pool_runs.parse_log(_log(("run x", {"block": block})))  # json writes NaN / Infinity, and reads them
+    with pytest.raises(ValueError, match="run 'run x'.*median_ms"):
+        pool_runs.markdown(pool_runs.select(runs, None, []))
 
 
 def test_from_a_round_header():
@@ -109,9 +128,19 @@ def test_cli_errors_are_usage_errors(tmp_path, capsys):
     log.write_text(_log(("run a", {"block": _block((100, 90), (105, 99), (100, 100), (120, 110))})))
     with pytest.raises(SystemExit) as e:
         pool_runs.main([str(log), "--from", "no such run"])
-    assert e.value.code == 2 and "no run label or round header contains 'no such run'" in capsys.readouterr().err
+    assert e.value.code == 2 and "containing 'no such run'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         pool_runs.main([str(tmp_path / "missing.log")])
     assert e.value.code == 2
+    empty = tmp_path / "empty.log"
+    empty.write_text("# a round header and no run\n")
+    with pytest.raises(SystemExit) as e:
+        pool_runs.main([str(empty)])
+    assert e.value.code == 2 and "no run selected" in capsys.readouterr().err
+    other = tmp_path / "other.log"
+    other.write_text("# run\n[foo] {}\n")
+    with pytest.raises(SystemExit) as e:
+        pool_runs.main([str(other)])
+    assert e.value.code == 2 and "no selected run has a sweep, block or bandwidth result" in capsys.readouterr().err
     assert pool_runs.main([str(log)]) == 0
     assert "| run a |" in capsys.readouterr().out

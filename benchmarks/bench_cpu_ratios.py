@@ -14,9 +14,10 @@ Sections (the targets of the CPU-speed issue are beside each):
              tokens) for residual / hc / mhc at depths 12, 24, 48 (target: mhc <= 1.3x hc):
              each contender trains on its task stream (`incrementing`, as
              scripts/depth_sweep.py --quick) for one untimed warm-up step, then the quick
-             sweep's 120 steps timed in 12 interleaved chunks of 10 (--rounds does not apply). Its whole run matters: Sinkhorn's
-             fixed-point stop (mhc_core.sinkhorn) ends most calls within a few iterations in
-             the first steps and few of them later, so early steps alone understate mHC's cost.
+             sweep's 120 steps timed in 12 interleaved chunks of 10 (--rounds does not
+             apply). The whole run matters: Sinkhorn's fixed-point stop (mhc_core.sinkhorn)
+             ends most calls within a few iterations in the first steps and few of them
+             later, so early steps alone understate mHC's cost.
 - block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
              torch.compile (and around an identity layer: the mixing alone), lucidrains'

@@ -81,16 +81,16 @@ def _numbered(label: str, repeat: int) -> str:
     return label if repeat == 1 else f"{label} [{repeat}]"
 
 
-def _ms(entry: dict, key: str) -> float:
-    """A time field of one contender: a finite number > 0, else ValueError."""
+def _positive(entry: dict, key: str) -> float:
+    """A time or percentage field of one result: a finite number > 0, else ValueError."""
     value = entry[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{key} = {value!r}, expected a finite time > 0")
+        raise ValueError(f"{key} = {value!r}, expected a finite number > 0")
     return float(value)
 
 
 def _ratio(a: dict, b: dict, key: str) -> float:
-    ratio = _ms(a, key) / _ms(b, key)
+    ratio = _positive(a, key) / _positive(b, key)
     if not math.isfinite(ratio) or ratio <= 0:
         raise ValueError(f"{key} ratio {ratio!r} is not a finite positive number")
     return ratio
@@ -119,7 +119,7 @@ def run_ratios(sections: dict) -> dict:
     bandwidth = sections.get("bandwidth", {})
     for key, column in (("pre_aggregate fwd+bwd", "pre-agg fwd+bwd %"), ("post_residual fwd+bwd", "post-res fwd+bwd %")):
         if key in bandwidth:
-            out[column] = _ms(bandwidth[key], "pct_copy")
+            out[column] = _positive(bandwidth[key], "pct_copy")
     return out
 
 

@@ -109,8 +109,6 @@ def test_products_with_a_concatenation_match_numpy_float64(path, fn, monkeypatch
         np.testing.assert_allclose(np.asarray(got), want, rtol=tol, atol=tol)
 
 
-
-
 @pytest.mark.parametrize("path", ["torch eager", "torch compiled branch", "numpy blocked", "mlx"])
 def test_matmul_concat_backward_matches_numpy_float64(path, monkeypatch):
     """A single part, and parts with one of no rows: the products with the concatenated

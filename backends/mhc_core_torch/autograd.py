@@ -46,14 +46,20 @@ mhc_core.namespace(torch.zeros(1))  # the torch namespace built eagerly: it regi
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+def _numpy_viewable(t) -> bool:
+    """Whether `.numpy()` takes t: a plain tensor (not a subclass: fake tensors, DTensor,
+    ...) without the negative bit (`z.conj().imag` of a complex z is such a float view)."""
+    return type(t) in _PLAIN_TENSORS and not t.is_neg()
+
+
 def _runs_on_numpy(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether an eager call on x (and the other tensors it reads) runs on numpy views: x
     on the CPU with at most NUMPY_MAX_ELEMENTS elements, not under torch.compile, and every
-    tensor a plain one (`.numpy()` refuses subclasses: fake tensors, DTensor, ...)."""
+    tensor one `.numpy()` takes (`_numpy_viewable`)."""
     # is_compiling first: traced, x's size is symbolic and the size test would add a guard
     # on it (an exported program with a dynamic token count would refuse T > 2**40 / (n*C))
     return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() <= NUMPY_MAX_ELEMENTS
-            and all(type(t) in _PLAIN_TENSORS for t in (x, *others)))
+            and all(_numpy_viewable(t) for t in (x, *others)))
 
 
 def _transformed() -> bool:
@@ -149,7 +155,7 @@ class Coefficients(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
             return (*_differentiable_coefficient_grads(ctx, dpre, dpost, dres), None, None)
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.cfg["sinkhorn_eps"], "post_scale": ctx.cfg["post_scale"]}
-        if ctx.on_numpy and all(type(g) in _PLAIN_TENSORS for g in (dpre, dpost, dres)):
+        if ctx.on_numpy and all(_numpy_viewable(g) for g in (dpre, dpost, dres)):
             saved = tuple(t.numpy() for t in ctx.saved_tensors[4:])  # [0] is x: raises if modified in place
             cots = (_np(g, ctx.cdt) for g in (dpre, dpost, dres))
             dx, *param_grads = coefficients_backward(_NUMPY_OPS, saved, *cots, **kw)

@@ -69,10 +69,14 @@ def _projection_backward(ops, saved, dz):
     u, phi, s, r, z = saved
     width = checks.shape_of(u)[-1]
     w = r * dz  # [..., m]
-    k_s = r * r * ops.sum(dz * z, axis=-1, keepdims=True) / (width * s)  # k / s [..., 1]
+    # dz / s before anything else multiplies it: dz grows with |x| (through the
+    # pre-aggregate), so r * dz, dz * z and width * s overflowed float32 from |x| ~ 1e37
+    # (inf / inf: a NaN gradient for the token) though dv stays O(1)
+    dz_s = dz / s  # [..., m]
+    k_s = r * r * ops.sum(dz_s * z, axis=-1, keepdims=True) / width  # k / s [..., 1]
     m = checks.shape_of(dz)[-1]
     dphi = ops.matmul(ops.matrix_transpose(ops.reshape(u, (-1, width))), ops.reshape(w, (-1, m)))
-    return ops.matmul(w / s, ops.matrix_transpose(phi)) - k_s * u, dphi
+    return ops.matmul(r * dz_s, ops.matrix_transpose(phi)) - k_s * u, dphi
 
 
 def coefficients(

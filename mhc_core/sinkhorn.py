@@ -107,7 +107,7 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     g = (g' - sum_a(g' * m')) / d. The loop carries h = g * m instead of g, which with
     m = m' * d is h = h' - sum_a(h') * m': no division and no denominators to save.
     Through the first normalisation g = h / (p + eps), and the softmax p pulls back g
-    as p * (g - sum(g * p)). The log-domain step l' = l - logsumexp_a(l) pulls back g'
+    as p * (g - sum(g * p)) = q h - p sum(q h), q = p / (p + eps) (no huge quotient). The log-domain step l' = l - logsumexp_a(l) pulls back g'
     as g' - exp(l') * sum_a(g').
     """
     g = dm
@@ -124,8 +124,11 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     h, step = g * ms[_stored(k - 1, last)], ops.normalize_backward  # h: a new array, so
     for j, axis in zip(range(k - 1, -1, -1), _linear_axes(k)[::-1]):  # updated in place
         h = step(h, ms[_stored(j, last)], axis, h)  # h - sum_axis(h) * m_j, into h
-    g = h / (p + eps)
-    return p * (g - ops.sum(g * p, axis=_ROWS, keepdims=True))
+    # g = h / (p + eps), pulled back through the softmax as p * (g - sum(g * p)), written
+    # with q = p / (p + eps) in [0, 1): h / (p + eps) overflows float32 where p is tiny and
+    # the cotangent huge (|x| ~ 1e37 makes dres ~ 1e37), though the result is finite
+    qh = p / (p + eps) * h
+    return qh - p * ops.sum(qh, axis=_ROWS, keepdims=True)
 
 
 def _stored(j: int, last: int) -> int:

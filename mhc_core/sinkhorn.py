@@ -107,8 +107,8 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     g = (g' - sum_a(g' * m')) / d. The loop carries h = g * m instead of g, which with
     m = m' * d is h = h' - sum_a(h') * m': no division and no denominators to save.
     Through the first normalisation g = h / (p + eps), and the softmax p pulls back g
-    as p * (g - sum(g * p)) = q h - p sum(q h), q = p / (p + eps) (no huge quotient). The log-domain step l' = l - logsumexp_a(l) pulls back g'
-    as g' - exp(l') * sum_a(g').
+    as p * (g - sum(g * p)) = q h - p sum(q h) with q = p / (p + eps) (no huge quotient).
+    The log-domain step l' = l - logsumexp_a(l) pulls back g' as g' - exp(l') * sum_a(g').
     """
     g = dm
     if eps == 0.0:

@@ -70,8 +70,8 @@ def _projection_backward(ops, saved, dz):
     width = checks.shape_of(u)[-1]
     w = r * dz  # [..., m]
     # dz / s before anything else multiplies it: dz grows with |x| (through the
-    # pre-aggregate), so r * dz, dz * z and width * s overflowed float32 from |x| ~ 1e37
-    # (inf / inf: a NaN gradient for the token) though dv stays O(1)
+    # pre-aggregate), and r * dz, dz * z and width * s would overflow float32 from
+    # |x| ~ 1e37 (inf / inf: a NaN gradient for the token) though dv stays O(1)
     dz_s = dz / s  # [..., m]
     k_s = r * r * ops.sum(dz_s * z, axis=-1, keepdims=True) / width  # k / s [..., 1]
     m = checks.shape_of(dz)[-1]

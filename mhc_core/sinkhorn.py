@@ -125,8 +125,8 @@ def sinkhorn_backward(ops, saved: tuple, dm, eps: float):
     for j, axis in zip(range(k - 1, -1, -1), _linear_axes(k)[::-1]):  # updated in place
         h = step(h, ms[_stored(j, last)], axis, h)  # h - sum_axis(h) * m_j, into h
     # g = h / (p + eps), pulled back through the softmax as p * (g - sum(g * p)), written
-    # with q = p / (p + eps) in [0, 1): h / (p + eps) overflows float32 where p is tiny and
-    # the cotangent huge (|x| ~ 1e37 makes dres ~ 1e37), though the result is finite
+    # with q = p / (p + eps) in [0, 1): h / (p + eps) would overflow float32 where p is tiny
+    # and the cotangent huge (|x| ~ 1e37 makes dres ~ 1e37), though the result is finite
     qh = p / (p + eps) * h
     return qh - p * ops.sum(qh, axis=_ROWS, keepdims=True)
 

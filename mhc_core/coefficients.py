@@ -37,17 +37,21 @@ def _projection(ops, x, phi, rms_eps):
     u = v / s, t = sqrt(eps) / s, s = max|v| + sqrt(eps): the same value for any s > 0,
     but v**2 never overflows (float32 mean(v**2) is inf once |v| > 1.8e19, which made
     v_hat = 0) and eps / s**2 never does (t <= 1). |u| <= 1, so the sum is exact enough.
-    The result does not depend on s, so its gradient through s is zero in exact math
-    (`_projection_backward` holds s fixed). The per-token scale r = 1 / sqrt(...) is
-    applied after the matmul (paper Eq. 14-15) and sum(u**2) is a batched dot, so the
-    only x-sized array made is u. saved = (u [..., n*C], phi [n*C, m], s, r [..., 1], z).
+    The result does not depend on s, so its gradient through s is zero in exact math:
+    `_projection_backward` holds s fixed, and autodiff does too (`ops.stop_gradient`),
+    whose terms through s would only cancel, or overflow first (in float32 the derivative
+    of v / s forms s**2, inf from |s| ~ 1.8e19: a NaN gradient). The per-token scale
+    r = 1 / sqrt(...) is applied after the matmul (paper Eq. 14-15) and sum(u**2) is a
+    batched dot, so the only x-sized array made is u.
+    saved = (u [..., n*C], phi [n*C, m], s, r [..., 1], z).
     """
     n, c = checks.shape_of(x)[-2:]
     cdt = ops.compute_dtype(x)
     v = ops.reshape(ops.astype(x, cdt), checks.shape_of(x)[:-2] + (n * c,))  # [..., n*C]
     root_eps = math.sqrt(rms_eps)
     top, neg = ops.max(v, axis=-1, keepdims=True), -ops.min(v, axis=-1, keepdims=True)
-    s = ops.where(top >= neg, top, neg) + root_eps  # max|v| + sqrt(eps) [..., 1], no |v| temporary
+    # max|v| + sqrt(eps) [..., 1], no |v| temporary; a constant under autodiff (above)
+    s = ops.stop_gradient(ops.where(top >= neg, top, neg) + root_eps)
     u, t = v / s, root_eps / s
     sum_sq = ops.matmul(ops.expand_dims(u, axis=-2), ops.expand_dims(u, axis=-1))[..., 0]  # [..., 1]
     r = ops.rsqrt(sum_sq / (n * c) + t * t)  # [..., 1]
@@ -63,8 +67,8 @@ def _projection_backward(ops, saved, dz):
     du = w @ phi^T - k * u,  k = r**2 * sum(dz * z) / (n*C)
     (sum((w @ phi^T) * u) = sum(dz * z), so the norm's term needs no pass over x),
     dv = du / s (folded into the per-token factors), dphi = sum over tokens of u w^T.
-    u is in [-1, 1] and 1 / s only scales per-token factors, so nothing overflows or
-    underflows before the result does at any |x|.
+    u is in [-1, 1], and dz (which grows with |x| through the pre-aggregate) is divided
+    by s before anything else multiplies it, so dv overflows only where its value does.
     """
     u, phi, s, r, z = saved
     width = checks.shape_of(u)[-1]

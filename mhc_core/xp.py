@@ -21,6 +21,9 @@ mlx, anything array-api-compat knows). mhc_core calls only the methods listed in
   `matmul_concat_backward` is `matmul_concat`'s gradient: every product reads the output
   gradient, and numpy runs them together a block of tokens at a time, so that gradient
   is read from memory once instead of once per product.
+  `stop_gradient` is its input, held constant under the library's autodiff (torch:
+  detach, mlx: stop_gradient; numpy has none): for a value the spec's result does not
+  depend on, whose derivative terms would only cancel (or overflow first).
 
 MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, `concat`
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
@@ -43,7 +46,8 @@ SUBSET = (
     "sqrt", "squeeze", "stack", "sum", "tanh", "where", "zeros_like",
 )
 EXTRAS = ("sigmoid", "rsqrt", "logsumexp", "softmax", "normalize", "normalize_backward", "iterates",
-          "equal_all", "batched_outer", "matmul_concat", "matmul_concat_t", "matmul_concat_backward")
+          "equal_all", "batched_outer", "matmul_concat", "matmul_concat_t", "matmul_concat_backward",
+          "stop_gradient")
 
 
 def concat_operands(fn: str, a, parts) -> list:
@@ -172,6 +176,10 @@ class Ops:
         carried form, `sinkhorn_backward`); `out` (an array the caller owns, h itself
         allowed) may receive it."""
         return h - self.sum(h, axis=axis, keepdims=True) * m
+
+    def stop_gradient(self, x):
+        """x, its derivative zero under autodiff; a library without autodiff returns x."""
+        return x
 
     def equal_all(self, a, b) -> bool:
         """True when every element of a equals b's (a NaN equals nothing); a Python bool,
@@ -438,6 +446,9 @@ class _TorchOps(Ops):
     def sigmoid(self, x):
         return self._torch.sigmoid(x)
 
+    def stop_gradient(self, x):
+        return x.detach()
+
     def rsqrt(self, x):
         return self._torch.rsqrt(x)
 
@@ -472,6 +483,9 @@ class _MLXOps(Ops):
 
     def is_floating(self, x) -> bool:
         return self.xp.issubdtype(x.dtype, self.xp.floating)
+
+    def stop_gradient(self, x):
+        return self.xp.stop_gradient(x)
 
     def eye_like(self, x, n: int):
         return self.xp.eye(n, dtype=x.dtype)

@@ -47,7 +47,13 @@ def _custom(variant: str, cfg: tuple) -> Callable:
     @saved_of.vjp
     def saved_of_vjp(inputs, cotangents, outputs):
         primals, saved = inputs
-        _, dprimals = mx.vjp(saved_values, list(primals), list(cotangents))
+
+        def paired(*p):  # <saved values, cotangents>: one scalar output. mx.vjp of the saved
+            # values themselves misaligns cotangents when one of them (s) does not depend on
+            # the primals (mlx 0.32 drops such an output)
+            return sum((a * c).sum() for a, c in zip(saved_values(*p), cotangents))
+
+        dprimals = mx.grad(paired, argnums=tuple(range(len(primals))))(*primals)
         return tuple(dprimals), tuple(mx.zeros_like(a) for a in saved)
 
     @coefficients_node.vjp

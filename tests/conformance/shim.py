@@ -100,6 +100,7 @@ CALLS = {
     "matmul_concat": lambda o, a: o.matmul_concat(a["t"], [a["t2"][:, :3], a["t2"][:, 3:]]),
     "matmul_concat_t": lambda o, a: o.matmul_concat_t(a["t"], [a["t"][:, 1:], o.abs(a["t"][:, :1])]),
     "matmul_concat_backward": lambda o, a: _matmul_concat_backward(o, a),
+    "stop_gradient": lambda o, a: o.stop_gradient(a["inf"]),  # the value itself, inf and NaN included
     # more call patterns mhc_core uses
     "logsumexp(keepdims, -inf rows)": lambda o, a: o.logsumexp(a["neginf"], axis=-1, keepdims=True),
     "softmax(axis=-2)": lambda o, a: o.softmax(a["t"], axis=-2),

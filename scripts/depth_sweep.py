@@ -341,7 +341,11 @@ def run_config(args, versions, cfg: LMConfig, data, run_dir: str) -> dict:
              "--grad-clip", repr(args.grad_clip), "--seed", str(args.seed), "--steps", str(args.steps),
              "--log-every", str(args.log_every), "--eval-every", str(args.eval_every),
              "--eval-size", str(args.eval_size), "--metric-rows", str(args.metric_rows),
-             "--threads", str(args.threads), "--out", os.path.dirname(run_dir) or "."]
+             "--max-nonfinite", str(args.max_nonfinite), "--threads", str(args.threads),
+             # a folder of its own: rerun into the sweep folder, it would replace the sweep's
+             # summary and plots with this one run's (and, with several seeds or lrs, write
+             # <variant>-L<depth> beside <variant>-L<depth>-s<seed>)
+             "--out", os.path.join(os.path.dirname(run_dir) or ".", "reruns", os.path.basename(run_dir))]
     if cfg.variant == "history":
         rerun += ["--history", str(args.history)] + (["--detach-history"] if args.detach_history else [])
     return {"run": os.path.basename(run_dir), "backend": args.backend, "versions": versions,

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from finetune_data import (  # noqa: E402
     MIXING_LR, batch_at, load_text, load_tokenizer, non_negative, positive, vocab_size)
+from mhc_core.experiments.out_paths import folder_problem  # noqa: E402
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -79,6 +80,9 @@ def parse(argv=None) -> argparse.Namespace:
         except ValueError:
             raise ValueError(f"--pre-init takes comma-separated numbers, got {args.pre_init!r}") from None
     non_negative("--weight-decay", args.weight_decay)
+    problem = folder_problem(args.out)
+    if problem:  # else os.makedirs fails with a traceback, after the model has been loaded
+        raise ValueError(f"--out expected a folder (existing, or one to create), got {args.out!r}, {problem}")
     return args
 
 
@@ -146,6 +150,9 @@ def main(argv=None) -> dict:
         if loaded.meta.get("run") != settings:
             raise ValueError(f"{args.out} holds a run with other settings {loaded.meta.get('run')}; "
                              f"this command has {settings}: use another --out")
+        if loaded.step > args.steps:  # no step would run, and the longer run's model would be saved as this one
+            raise ValueError(f"{args.out} holds a run with {loaded.step} steps done, more than --steps {args.steps}: "
+                             f"a run cannot be cut back; pass --steps >= {loaded.step}, or another --out")
         engine.restore(loaded.tensors, loaded.meta)
         print(f"[finetune] resumed at step {loaded.step}", file=sys.stderr)
     else:

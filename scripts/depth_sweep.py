@@ -477,7 +477,8 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                    "layer_grad_norm": out["layer_grad_norm"], "nan_inf_event": event,
                    "nonfinite_loss": int(out["nonfinite_loss"]),
                    "nonfinite_grad_tensors": out["nonfinite_grad_tensors"], "nan_inf_events_total": events,
-                   "tokens_per_sec": inputs.size / dt, "step_time_s": dt}
+                   # tokens = batch x sequence: digits inputs are [B, T, patch_dim] pixel values
+                   "tokens_per_sec": int(np.prod(inputs.shape[:2])) / dt, "step_time_s": dt}
             if step % args.eval_every == 0:  # held-out, weights before this step's update
                 rec.update(ev)
             if step == args.steps - 1:  # and after the last update

@@ -3,6 +3,7 @@
 - depth_sweep: each run's `rerun` line (config.json) must repeat every training setting the
   run used (config.json's own "train" record is the reference), and running it must give
   the same losses without overwriting the sweep it came from (summary.json, other runs);
+- depth_sweep's tokens_per_sec counts batch x sequence tokens, not digits' pixel values;
 - finetune: an --out that is a file is a usage error, not a FileExistsError traceback after
   the model has loaded; a rerun with fewer --steps than its checkpoint has done is refused
   (it used to run no step, re-save the longer run's model and report its step count).
@@ -105,3 +106,24 @@ def test_finetune_rerun_with_fewer_steps_than_done_is_refused(tmp_path):
         finetune.main([*base, "--steps", "2"])
     assert json.loads((out / "summary.json").read_text())["steps"] == first["steps"] == 3
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir() if p.is_file()} == saved
+
+
+@pytest.mark.parametrize("task", ["incrementing", "digits"])
+def test_tokens_per_sec_counts_tokens_not_pixels(task, tmp_path):
+    """tokens_per_sec was inputs.size / step time: for digits ([B, T, patch_dim] pixel
+    values) that counts pixels, patch_dim times the tokens (64x with --model mlp)."""
+    pytest.importorskip("torch")
+    if task == "digits":
+        pytest.importorskip("sklearn")
+    import depth_sweep
+
+    out = tmp_path / task
+    shape = (["--model", "mlp"] if task == "digits" else ["--seq-len", "6", "--vocab", "7"])
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), "--task", task, *shape, "--depths", "1",
+                             "--dim", "8", "--heads", "2", "--batch", "3", "--n", "2", "--steps", "2",
+                             "--variants", "residual", "--no-progress", "--no-plots"]) == 0
+    cfg = json.loads((out / "residual-L1" / "config.json").read_text())
+    tokens = cfg["train"]["batch"] * cfg["model"]["seq_len"]
+    with open(out / "residual-L1" / "metrics.jsonl") as f:
+        for rec in map(json.loads, f):
+            assert rec["tokens_per_sec"] * rec["step_time_s"] == pytest.approx(tokens, rel=1e-9)

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from finetune_data import (  # noqa: E402
-    MIXING_LR, batch_at, load_text, load_tokenizer, non_negative, positive, vocab_size)
+    MIXING_LR, batch_at, load_text, load_tokenizer, non_negative, positive, read_config, vocab_size)
 from mhc_core.experiments.out_paths import folder_problem  # noqa: E402
 
 
@@ -132,6 +132,11 @@ def main(argv=None) -> dict:
     args = parse(argv)
     from mhc_core.experiments.checkpoints import RunCheckpointer
 
+    if args.convert is not None and read_config(args.convert).get("mhc"):
+        # converting it again would load it as the plain model, drop its trained phi / bias /
+        # alpha and start the mixing over from the warm start
+        raise ValueError(f"{args.convert!r} is already a converted mHC checkpoint (config.json has an 'mhc' "
+                         f"entry): pass it as --model to fine-tune it further")
     b = backend(args.backend)
     source = args.model or args.convert
     text = load_text(args.text, args.max_chars)

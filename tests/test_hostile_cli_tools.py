@@ -4,7 +4,8 @@
   run used (config.json's own "train" record is the reference), and running it must give
   the same losses without overwriting the sweep it came from (summary.json, other runs);
 - depth_sweep's tokens_per_sec counts batch x sequence tokens, not digits' pixel values;
-- finetune: an --out that is a file is a usage error, not a FileExistsError traceback after
+- finetune: --convert of a checkpoint convert already made is refused (it dropped the trained
+  mixing); an --out that is a file is a usage error, not a FileExistsError traceback after
   the model has loaded; a rerun with fewer --steps than its checkpoint has done is refused
   (it used to run no step, re-save the longer run's model and report its step count).
 
@@ -127,3 +128,25 @@ def test_tokens_per_sec_counts_tokens_not_pixels(task, tmp_path):
     with open(out / "residual-L1" / "metrics.jsonl") as f:
         for rec in map(json.loads, f):
             assert rec["tokens_per_sec"] * rec["step_time_s"] == pytest.approx(tokens, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [4, 2])
+def test_finetune_convert_of_a_converted_checkpoint_is_refused(n, tmp_path):
+    """--convert on a checkpoint convert already made loaded it as the plain model
+    (transformers drops phi / bias / alpha as 'unexpected keys'): with the default --n 4
+    the trained mixing was silently reset to the warm start, with another n the error
+    said the model family is not supported by convert."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import finetune
+    import mhc_core_torch
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   max_position_embeddings=32, tie_word_embeddings=False)
+    mhc_core_torch.convert(transformers.Qwen3ForCausalLM(cfg), n=n).save_pretrained(tmp_path / "converted")
+    with pytest.raises(ValueError, match="already a converted mHC checkpoint.*--model"):
+        finetune.main(["--convert", str(tmp_path / "converted"), "--out", str(tmp_path / "ft"), "--steps", "1",
+                       "--quiet"])
+    assert not (tmp_path / "ft").exists()

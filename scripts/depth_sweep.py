@@ -481,7 +481,8 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
                    "tokens_per_sec": int(np.prod(inputs.shape[:2])) / dt, "step_time_s": dt}
             if step % args.eval_every == 0:  # held-out, weights before this step's update
                 rec.update(ev)
-            if step == args.steps - 1:  # and after the last update
+            stop = streak >= args.max_nonfinite  # diverged: this is the run's last step
+            if step == args.steps - 1 or stop:  # and after the last update
                 final_eval = hooks.base.evaluate(*eval_set)
                 rec.update({f"{key}_final": v for key, v in final_eval.items()})
             if not event:
@@ -507,11 +508,11 @@ def run_one(args, lm, versions, variant: str, depth: int, run_dir: str, progress
             hooks.step_done(step + 1, acc())
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4g}", nan=events)
-            if streak >= args.max_nonfinite:
+            if stop:
                 diverged = True
                 break
     bar.close()
-    if final_eval is None:  # diverged early, or a finished run resumed: score the weights as they are
+    if final_eval is None:  # a finished run resumed: score the weights as they are
         final_eval = hooks.base.evaluate(*eval_set)
     first, last = (np.mean([a for a, _ in ratio_acc]), np.mean([b for _, b in ratio_acc])) if ratio_acc else (0, 0)
     # a diverged run has no final training loss: its last finite losses are from before it

@@ -3,6 +3,7 @@
 - depth_sweep: each run's `rerun` line (config.json) must repeat every training setting the
   run used (config.json's own "train" record is the reference), and running it must give
   the same losses without overwriting the sweep it came from (summary.json, other runs);
+- a diverged run logs its final held-out eval in metrics.jsonl, as the summary reports it;
 - depth_sweep's tokens_per_sec counts batch x sequence tokens, not digits' pixel values;
 - finetune: --convert of a checkpoint convert already made is refused (it dropped the trained
   mixing); an --out that is a file is a usage error, not a FileExistsError traceback after
@@ -150,3 +151,27 @@ def test_finetune_convert_of_a_converted_checkpoint_is_refused(n, tmp_path):
         finetune.main(["--convert", str(tmp_path / "converted"), "--out", str(tmp_path / "ft"), "--steps", "1",
                        "--quiet"])
     assert not (tmp_path / "ft").exists()
+
+
+def test_diverged_run_logs_its_final_eval(tmp_path, monkeypatch):
+    """summary.json gives a diverged run's held-out eval after its last update; its
+    metrics.jsonl had no eval_loss_final at all (only the run that reached --steps wrote
+    one), so the log and the summary disagreed on what the run ended with."""
+    pytest.importorskip("torch")
+    import depth_sweep
+
+    sys.path.append(os.path.join(ROOT, "tests", "sweep"))
+    from nan_runs import poison_hc_embedding
+
+    poison_hc_embedding(monkeypatch, depth_sweep)
+    out = tmp_path / "nan"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--steps", "6",
+                             "--variants", "hc", "mhc", "--max-nonfinite", "2"]) == 0
+    rows = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert rows["hc-L1"]["diverged"] and not rows["mhc-L1"]["diverged"]
+    for name, row in rows.items():
+        with open(out / name / "metrics.jsonl") as f:
+            last = [json.loads(line) for line in f][-1]
+        assert last["step"] == row["steps_run"] - 1
+        for key in ("eval_loss_final", "eval_accuracy_final"):
+            assert key in last and last[key] == row[key], (name, key)

@@ -63,8 +63,22 @@ def sweep_run_names(runs_dir: str) -> list[str] | None:
     path = os.path.join(runs_dir, "summary.json")
     if not os.path.isfile(path):
         return None
+    summary = read_json(path)
+    try:
+        return [r["run"] for r in summary["runs"]]
+    except (KeyError, TypeError):
+        raise SystemExit(f"{path} has no list of runs (a 'runs' entry of records with 'run'): not a depth "
+                         "sweep summary") from None
+
+
+def read_json(path: str):
+    """The JSON in `path`; a file that is not JSON (cut short by a kill, edited) is a SystemExit
+    naming it, instead of a JSONDecodeError traceback without the file's name."""
     with open(path) as f:
-        return [r["run"] for r in json.load(f)["runs"]]
+        try:
+            return json.load(f)
+        except ValueError as err:
+            raise SystemExit(f"{path} is not valid JSON ({err})") from None
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -100,13 +114,11 @@ def load_runs(runs_dir: str, names: list[str] | None = None) -> list[dict]:
                 raise SystemExit(f"{runs_dir}/summary.json lists run {name!r}, but {d} has no config.json "
                                  "and metrics.jsonl")
             continue
-        with open(os.path.join(d, "config.json")) as f:
-            cfg = json.load(f)
+        cfg = read_json(os.path.join(d, "config.json"))
         recs = read_metrics(os.path.join(d, "metrics.jsonl"))
         res = None
         if os.path.isfile(os.path.join(d, "res_final.json")):
-            with open(os.path.join(d, "res_final.json")) as f:
-                res = json.load(f)
+            res = read_json(os.path.join(d, "res_final.json"))
         model = cfg["model"]
         runs.append({"name": name, "variant": model["variant"], "depth": model["n_layers"], "n": model["n"],
                      "seed": model.get("seed", 0), "lr": cfg["train"]["lr"],

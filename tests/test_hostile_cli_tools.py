@@ -5,6 +5,7 @@
   the same losses without overwriting the sweep it came from (summary.json, other runs);
 - a diverged run logs its final held-out eval in metrics.jsonl, as the summary reports it;
 - depth_sweep's tokens_per_sec counts batch x sequence tokens, not digits' pixel values;
+- plot_runs names a summary.json / config.json / res_final.json that is not JSON;
 - finetune: --convert of a checkpoint convert already made is refused (it dropped the trained
   mixing); an --out that is a file is a usage error, not a FileExistsError traceback after
   the model has loaded; a rerun with fewer --steps than its checkpoint has done is refused
@@ -175,3 +176,21 @@ def test_diverged_run_logs_its_final_eval(tmp_path, monkeypatch):
         assert last["step"] == row["steps_run"] - 1
         for key in ("eval_loss_final", "eval_accuracy_final"):
             assert key in last and last[key] == row[key], (name, key)
+
+
+@pytest.mark.parametrize("damaged", ["summary.json", "mhc-L1-s0/config.json", "mhc-L1-s0/res_final.json"])
+def test_plot_runs_names_a_damaged_json_file(damaged, sweep, tmp_path, capsys):
+    """A summary.json / config.json / res_final.json cut short (a sweep killed while writing
+    it) gave a bare JSONDecodeError traceback naming no file; metrics.jsonl's bad lines were
+    already reported by file and line."""
+    import shutil
+
+    import plot_runs
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    text = (copy / damaged).read_text()
+    (copy / damaged).write_text(text[: len(text) // 2])
+    with pytest.raises(SystemExit) as exc:
+        plot_runs.main([str(copy)])
+    assert str(copy / damaged) in str(exc.value) and "not valid JSON" in str(exc.value)

@@ -86,6 +86,10 @@ def load_sweep_run(path: str, args):
         raise SystemExit(f"{path}: neither weights (*.safetensors) nor res_final.json to analyse")
     with open(res_path) as f:
         res = json.load(f)
+    if "res_mean" not in res:  # the history variant records its skip weights there, no res matrices
+        raise SystemExit(f"{path}: a {config['model'].get('variant')!r} run has no residual-mixing matrices to "
+                         f"analyse ({res_path} holds its final skip weights); analyse a residual / hc / mhc / "
+                         "mhc-lite run")
     stats = stats_from_res(res["names"], res["res_mean"])
     info["composite_mean"] = res.get("composite_mean")
     info["batch"] = "none: res_final.json (token-averaged res of the final gain measurement)"

@@ -6,6 +6,7 @@
 - a diverged run logs its final held-out eval in metrics.jsonl, as the summary reports it;
 - depth_sweep's tokens_per_sec counts batch x sequence tokens, not digits' pixel values;
 - plot_runs names a summary.json / config.json / res_final.json that is not JSON;
+- analyze_model on a history-variant sweep run says why it cannot (was KeyError: res_mean);
 - finetune: --convert of a checkpoint convert already made is refused (it dropped the trained
   mixing); an --out that is a file is a usage error, not a FileExistsError traceback after
   the model has loaded; a rerun with fewer --steps than its checkpoint has done is refused
@@ -194,3 +195,19 @@ def test_plot_runs_names_a_damaged_json_file(damaged, sweep, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         plot_runs.main([str(copy)])
     assert str(copy / damaged) in str(exc.value) and "not valid JSON" in str(exc.value)
+
+
+def test_analyze_model_on_a_history_run_says_why_not(tmp_path):
+    """README: `analyze_model.py runs/<sweep>/<run>`. On a history-variant run (its
+    res_final.json holds skip weights, no res matrices) it died with KeyError: 'res_mean'."""
+    pytest.importorskip("torch")
+    import analyze_model
+    import depth_sweep
+
+    out = tmp_path / "hist"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), *TINY, "--steps", "1",
+                             "--variants", "history", "mhc"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        analyze_model.main([str(out / "history-L1")])
+    assert "'history' run has no residual-mixing matrices" in str(exc.value)
+    assert analyze_model.main([str(out / "mhc-L1")]) == 0  # the same sweep's mHC run is analysed

@@ -38,7 +38,8 @@ def _to_numpy(a: mx.array, name: str, dtypes: dict) -> np.ndarray:
 
 
 def _to_mlx(a: np.ndarray, name: str, dtypes: dict) -> mx.array:
-    out = mx.array(a)
+    # mx.array(float64 ndarray) rounds to float32 unless the dtype is given
+    out = mx.array(a, dtype=mx.float64) if a.dtype == np.float64 else mx.array(a)
     want = _DTYPES.get(dtypes.get(name, ""))
     return out.astype(want) if want is not None and out.dtype != want else out
 

@@ -43,3 +43,18 @@ def test_float64_checkpoint_restores_float64_values(tmp_path):
         x = np.random.default_rng(2).normal(size=(2, 3, 4))
         out = np.array(dst(mx.array(x, dtype=mx.float64)))
     assert_close(out, oracle_step("mhc", "mlp", state, x), TOL["float64"], "float64 checkpoint")
+
+
+def test_checkpoint_restore_refuses_a_model_of_other_shapes():
+    """restore into a model whose parameters have the same names but other shapes raises
+    and names them (as torch's load_state_dict does), instead of swapping the model's
+    arrays for ones of the wrong shape and failing later in a forward."""
+    src = mhc_core_mlx.MHC(MLP(4), 3, 4)
+    dst = mhc_core_mlx.MHC(MLP(5), 3, 5)
+    before = mhc_core_mlx.module_state(dst)
+    tensors, meta = checkpoint.capture(src)
+    with pytest.raises(ValueError, match="phi"):
+        checkpoint.restore(dst, None, tensors, meta)
+    after = mhc_core_mlx.module_state(dst)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)

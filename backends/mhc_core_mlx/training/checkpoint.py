@@ -59,11 +59,16 @@ def restore(model: nn.Module, optimizer, tensors: dict, meta: dict) -> None:
     """Put back what `capture` took (strict: the model's parameter names must match)."""
     dtypes = meta.get("dtypes", {})
     params = [(k[len("model/"):], _to_mlx(v, k, dtypes)) for k, v in tensors.items() if k.startswith("model/")]
-    have = {k for k, _ in tree_flatten(model.parameters())}
+    current = dict(tree_flatten(model.parameters()))
+    have = set(current)
     got = {k for k, _ in params}
     if have != got:
         raise ValueError(f"checkpoint does not match the model: missing {sorted(have - got)}, "
                          f"unexpected {sorted(got - have)}")
+    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(current[k].shape)}"
+              for k, v in params if tuple(v.shape) != tuple(current[k].shape)]
+    if shapes:
+        raise ValueError(f"checkpoint does not match the model: shape mismatch {shapes}")
     model.update(tree_unflatten(params))
     if optimizer is not None:
         if not meta.get("has_optimizer"):

@@ -112,11 +112,20 @@ def check_settings(n, variant, reduce, cfg: dict) -> tuple[int, dict]:
     return n, mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
 
 
-def _converted_here(model: nn.Module, settings: dict) -> bool:
-    """Whether every block `settings` (a config.mhc) lists is converted in this model."""
+def _listed_blocks(segments) -> list[str]:
+    return [b for segment in segments for b in segment.get("blocks", [])]
+
+
+def _converted_here(model: nn.Module, settings: dict, just_converted=()) -> bool:
+    """Whether every block `settings` (a config.mhc) lists was converted in this model
+    before the blocks in `just_converted` were: all listed blocks are converted now and
+    none of them is one of `just_converted` (convert_block refuses a converted block, so
+    an entry naming a block converted just now is not this model's earlier record but one
+    it was built or loaded with, e.g. a converted checkpoint read with the plain class)."""
     modules = dict(model.named_modules())
-    blocks = [b for segment in settings.get("segments", []) for b in segment.get("blocks", [])]
-    return bool(blocks) and all(name in modules and is_converted(modules[name]) for name in blocks)
+    blocks = _listed_blocks(settings.get("segments", []))
+    return (bool(blocks) and not set(blocks) & set(just_converted)
+            and all(name in modules and is_converted(modules[name]) for name in blocks))
 
 
 def _own_config(model: nn.Module):
@@ -135,10 +144,11 @@ def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
     if config is None:
         return
     previous = getattr(config, "mhc", None) or {}
-    if not (previous and _converted_here(model, previous)):
+    if not (previous and _converted_here(model, previous, _listed_blocks(segments))):
         # a first conversion: the config object may be shared with other models (two models
-        # built from one config, an original and its copy.copy); give this model its own
-        # before writing config.mhc, and ignore an entry another model wrote there
+        # built from one config, an original and its copy.copy, a model built from a
+        # converted model's config); give this model its own before writing config.mhc,
+        # and ignore an entry another model or a loaded checkpoint put there
         previous, config = {}, _own_config(model)
     settings = {"format": FORMAT_VERSION, "n": n, "variant": variant, "reduce": reduce, "config": cfg,
                 "segments": list(previous.get("segments", [])) + segments}

@@ -68,3 +68,60 @@ def test_fresh_model_from_a_converted_models_config(decoder, token_ids, tmp_path
     for name, model in (("first", first), ("second", second)):
         loaded = load_converted(tmp_path / name).eval()
         assert torch.equal(logits(loaded, token_ids), logits(model, token_ids)), name
+
+
+def _pickled(model, tmp_path, name):
+    """torch.save of the whole module and torch.load back (pickle finds classes by name)."""
+    torch.save(model, tmp_path / name)
+    return torch.load(tmp_path / name, weights_only=False).eval()
+
+
+def test_whole_model_torch_save_of_converted_and_loaded_models(decoder, token_ids, tmp_path):
+    """torch.save(model) pickles the module tree: the run-time classes MHC<Layer> and
+    load_converted's subclass could not be found by name (PicklingError), and Branch.call
+    is a lambda. The unpickled models give the same logits and stay converted."""
+    model = convert(decoder("qwen3"), n=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(2):  # streams no longer equal, so the mixing matters
+        model(token_ids, labels=token_ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    back = _pickled(model, tmp_path, "converted.pt")
+    assert type(back.model.layers[0]) is type(model.model.layers[0])
+    assert torch.equal(logits(back, token_ids), logits(model, token_ids))
+    assert back.model.layers[0].attn_mhc.layer._block is back.model.layers[0]
+
+    model.save_pretrained(tmp_path / "saved")
+    loaded = load_converted(tmp_path / "saved").eval()
+    again = _pickled(loaded, tmp_path, "loaded.pt")
+    assert type(again) is type(loaded)
+    assert torch.equal(logits(again, token_ids), logits(model, token_ids))
+    again.save_pretrained(tmp_path / "saved-again")
+    assert torch.equal(logits(load_converted(tmp_path / "saved-again"), token_ids), logits(model, token_ids))
+
+
+def test_whole_model_torch_save_of_a_patched_deepseek_v4(tmp_path, assert_close):
+    from mhc_core_torch.integrations import patch_deepseek_v4
+
+    pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
+    config = transformers.DeepseekV4Config(
+        vocab_size=64, hidden_size=32, moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, q_lora_rank=16, num_experts_per_tok=2, n_routed_experts=4,
+        n_shared_experts=1, sliding_window=8, o_groups=2, o_lora_rank=16, index_n_heads=2, index_head_dim=16,
+        index_topk=4, hc_mult=4, initializer_range=0.2,
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+        layer_types=["sliding_attention", "compressed_sparse_attention"], mlp_layer_types=["moe", "moe"])
+    torch.manual_seed(0)
+    original = transformers.DeepseekV4ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in original.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("fn", "hc_fn"):
+                p.normal_(0.0, 0.1)
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(3))
+    patched = patch_deepseek_v4(copy.deepcopy(original))
+    back = _pickled(patched, tmp_path, "patched.pt")
+    assert type(back.model.layers[1].attn_hc) is type(patched.model.layers[1].attn_hc)
+    assert torch.equal(logits(back, ids), logits(patched, ids))
+    assert_close(logits(back, ids), logits(original, ids), 1e-5, "unpickled patched deepseek-v4")

@@ -32,7 +32,7 @@ from torch import nn
 import mhc_core
 
 from ..modules import MHC, StreamHead
-from .recipes import Branch, Recipe, resolve
+from .recipes import RECIPES, Branch, Recipe, resolve
 
 REDUCTIONS = ("mean", "head")
 
@@ -51,6 +51,20 @@ class BranchLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._branch.call(self._block, h, kwargs)
+
+    def __getstate__(self):
+        # Branch.call may be a lambda, which pickle cannot write: store the branch's name and
+        # take the Branch from the converted block's recipe again when unpickling
+        state = super().__getstate__()
+        state["_branch"] = self._branch.name
+        return state
+
+    def __setstate__(self, state):
+        name = state["_branch"]
+        if isinstance(name, str):
+            branches = type(state["_block"])._mhc_recipe.branches
+            state = {**state, "_branch": next(b for b in branches if b.name == name)}
+        super().__setstate__(state)
 
     def extra_repr(self) -> str:
         return self._branch.describe
@@ -78,6 +92,11 @@ class MHCBlockMixin:
             else:
                 out[name] = value
         return out
+
+    def __reduce_ex__(self, protocol):
+        # MHC<cls> is made at run time, so pickle (torch.save(model), multiprocessing) cannot
+        # find it by name: rebuild it from the original class and the recipe's name
+        return _new_converted_block, (self._mhc_base, self._mhc_recipe.name), self.__getstate__()
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         recipe, n, c = self._mhc_recipe, self.mhc_n, self.mhc_dim
@@ -111,10 +130,17 @@ def mhc_class(cls: type, recipe: Recipe) -> type:
     if key not in _CLASSES:
         _CLASSES[key] = type(f"MHC{cls.__name__}", (MHCBlockMixin, cls), {
             "_mhc_recipe": recipe,
+            "_mhc_base": cls,
             "_mhc_signature": inspect.signature(cls.forward),
             "__module__": __name__,
         })
     return _CLASSES[key]
+
+
+def _new_converted_block(cls: type, recipe_name: str) -> nn.Module:
+    """An empty MHC<cls> instance (its state is set by pickle afterwards)."""
+    swapped = mhc_class(cls, RECIPES[recipe_name])
+    return swapped.__new__(swapped)
 
 
 def is_converted(block: nn.Module) -> bool:

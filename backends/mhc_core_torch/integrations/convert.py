@@ -109,8 +109,19 @@ def converted_class(base: type) -> type:
             if settings:
                 apply_settings(self, settings, impl=getattr(type(self), "_mhc_impl", "auto"))
 
-        _LOADERS[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
+        def __reduce_ex__(self, protocol):
+            # made at run time, so pickle cannot find it by name: rebuild it from `base`
+            return _new_loaded, (base,), self.__getstate__()
+
+        _LOADERS[base] = type(base.__name__, (base,), {"__init__": __init__, "__reduce_ex__": __reduce_ex__,
+                                                      "__module__": __name__})
     return _LOADERS[base]
+
+
+def _new_loaded(base: type) -> nn.Module:
+    """An empty converted_class(base) instance (its state is set by pickle afterwards)."""
+    cls = converted_class(base)
+    return cls.__new__(cls)
 
 
 def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):

@@ -89,11 +89,28 @@ class MHCDecoderLayerMixin:
 _CLASSES: dict[type, type] = {}
 
 
-def _swap(module: nn.Module, mixin: type) -> None:
-    cls = type(module)
+def _swapped_class(cls: type, mixin: type) -> type:
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"MHC{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    module.__class__ = _CLASSES[cls]
+        _CLASSES[cls] = type(f"MHC{cls.__name__}", (mixin, cls), {"__module__": __name__,
+                                                                   "__reduce_ex__": _reduce_swapped})
+    return _CLASSES[cls]
+
+
+def _reduce_swapped(self, protocol):
+    # MHC<cls> is made at run time, so pickle (torch.save(model)) cannot find it by name:
+    # rebuild it from the mixin and the original class
+    mixin, cls = type(self).__mro__[1:3]
+    return _new_swapped, (cls, mixin), self.__getstate__()
+
+
+def _new_swapped(cls: type, mixin: type) -> nn.Module:
+    """An empty MHC<cls> instance (its state is set by pickle afterwards)."""
+    swapped = _swapped_class(cls, mixin)
+    return swapped.__new__(swapped)
+
+
+def _swap(module: nn.Module, mixin: type) -> None:
+    module.__class__ = _swapped_class(type(module), mixin)
 
 
 def patch_deepseek_v4(model: nn.Module, *, impl: str = "auto") -> nn.Module:

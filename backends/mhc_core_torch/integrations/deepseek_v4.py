@@ -92,15 +92,15 @@ _CLASSES: dict[type, type] = {}
 def _swapped_class(cls: type, mixin: type) -> type:
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"MHC{cls.__name__}", (mixin, cls), {"__module__": __name__,
-                                                                   "__reduce_ex__": _reduce_swapped})
+                                                                   "__reduce_ex__": _reduce_swapped,
+                                                                   "_mhc_swap": (cls, mixin)})
     return _CLASSES[cls]
 
 
 def _reduce_swapped(self, protocol):
     # MHC<cls> is made at run time, so pickle (torch.save(model)) cannot find it by name:
     # rebuild it from the mixin and the original class
-    mixin, cls = type(self).__mro__[1:3]
-    return _new_swapped, (cls, mixin), self.__getstate__()
+    return _new_swapped, type(self)._mhc_swap, self.__getstate__()
 
 
 def _new_swapped(cls: type, mixin: type) -> nn.Module:

@@ -137,3 +137,19 @@ def test_history_injected_model_round_trips_through_save_pretrained(decoder, tok
     model.save_pretrained(tmp_path)
     loaded = load_converted(tmp_path).eval()
     assert torch.equal(logits(loaded, token_ids), logits(model, token_ids))
+
+
+def test_history_injected_model_round_trips_through_its_state_dict(decoder, token_ids, tmp_path):
+    """The way the README gives for now: save the state_dict, inject the same history into a
+    fresh model and load it back: the same logits, bit for bit."""
+    from mhc_core_torch.integrations import inject
+
+    model = inject(decoder("llama"), "LlamaDecoderLayer", history=2).eval()
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    fresh = inject(decoder("llama"), "LlamaDecoderLayer", history=2).eval()
+    with torch.no_grad():  # other weights everywhere, so only the load can restore them
+        for p in fresh.parameters():
+            p.add_(1.0)
+    assert not torch.equal(logits(fresh, token_ids), logits(model, token_ids))
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt"))
+    assert torch.equal(logits(fresh, token_ids), logits(model, token_ids))

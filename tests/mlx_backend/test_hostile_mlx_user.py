@@ -84,3 +84,28 @@ def test_seeded_stochastic_history_under_mx_compile_draws_fresh_noise():
     got = [np.array(forward(x)) for _ in range(3)]
     for i in range(3):
         assert_close(got[i], want[i], TOL["float32"], "seeded stochastic history compiled", f"call {i}")
+
+
+def test_unseeded_stochastic_history_under_mx_compile_draws_fresh_noise():
+    """The README's way under mx.compile: seed=None and mx.random.state among the compiled
+    function's inputs and outputs. The compiled calls then give the eager model's sequence
+    of Gumbel samples from the same global seed."""
+    def build():
+        layers = [nn.Linear(4, 4) for _ in range(2)]
+        model = mhc_core_mlx.HistorySequential(layers, history=2, stochastic=True, seed=None, init="uniform")
+        mhc_core_mlx.load_state(model, {k: np.full(v.shape, 0.1, v.dtype)
+                                        for k, v in mhc_core_mlx.module_state(model).items()})
+        return model.train()
+
+    x = mx.array(np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32))
+    eager = build()
+    mx.random.seed(7)
+    want = [np.array(eager(x)) for _ in range(3)]
+    assert not np.allclose(want[0], want[1])  # fresh noise per call
+    model = build()
+    state = [model.state, mx.random.state]
+    forward = mx.compile(lambda a: model(a), inputs=state, outputs=state)
+    mx.random.seed(7)
+    got = [np.array(forward(x)) for _ in range(3)]
+    for i in range(3):
+        assert_close(got[i], want[i], TOL["float32"], "unseeded stochastic history compiled", f"call {i}")

@@ -13,9 +13,11 @@ Tiles are [BT, R, R] (tokens, input stream i, output stream o) with R = max(4, n
 entries with i >= n or o >= n are held at 0 (log domain: a large negative number).
 
 Backward: exact gradient of the unrolled iteration. Each step `M' = M / d`,
-`d = M.sum(axis) + eps`, has `dM = (dM' - sum_axis(dM' * M')) / d`, which needs that step's
-output and denominator. Rather than store 2*iters iterates per token (O(iters n^2) memory
-traffic, or registers Triton cannot index at run time), the backward recomputes the
+`d = M.sum(axis) + eps`, has `dM = (dM' - sum_axis(dM' * M')) / d`; the linear-domain
+backward carries `H = dM * M` instead, `H = H' - sum_axis(H') * M'`, which needs only that
+step's output (no division: dM' / d overflowed float32 for huge cotangents). Rather
+than store 2*iters iterates per token (O(iters n^2) memory traffic, or registers Triton
+cannot index at run time), the backward recomputes the
 iterates from the logits for each round it unwinds: O(iters^2) half-steps on n^2 values
 per token, bitwise the forward's iterates, no memory. At n = 4, iters = 20 that is about
 50 kflop per token, small beside the 4*n*C*(n^2 + 2n) flops of the coefficient matmuls'
@@ -56,10 +58,11 @@ def _div_sum(M, eps, AXIS: tl.constexpr):
 
 
 @triton.jit
-def _div_sum_bwd(G, M_out, d, valid, AXIS: tl.constexpr):
-    """Gradient through M_out = M / (M.sum(AXIS) + eps)."""
-    G = (G - tl.sum(G * M_out, axis=AXIS, keep_dims=True)) / d
-    return tl.where(valid, G, 0.0)
+def _h_bwd(H, M_out, valid, AXIS: tl.constexpr):
+    """Through M_out = M / (M.sum(AXIS) + eps) for H = dL/dM_out * M_out: returns
+    dL/dM * M = H - sum_AXIS(H) * M_out (no division by the denominator)."""
+    H = H - tl.sum(H, axis=AXIS, keep_dims=True) * M_out
+    return tl.where(valid, H, 0.0)
 
 
 @triton.jit
@@ -137,15 +140,21 @@ def sinkhorn_tile_bwd(L, G, valid, iters, eps, LOG: tl.constexpr):
         G = _log_norm_bwd(G, Y, valid, 2)
         return G
     else:
+        # carries H = G * M (G: the gradient w.r.t. a step's output M) instead of G, as
+        # mhc_core.sinkhorn_backward does: through M' = M / d it is H = H' - sum(H') M', with
+        # no division by d, which overflowed float32 where dres is huge (|x| ~ 3e37) and d small
         P, M0, X0, d0 = _lin_first(L, valid, eps)
+        H = G * _lin_rounds(X0, eps, iters - 1)
         for rr in range(0, iters - 1):
             Xr = _lin_rounds(X0, eps, iters - 2 - rr)
-            Y, d_row = _div_sum(Xr, eps, 2)
-            Z, d_col = _div_sum(Y, eps, 1)
-            G = _div_sum_bwd(G, Z, d_col, valid, 1)
-            G = _div_sum_bwd(G, Y, d_row, valid, 2)
-        G = _div_sum_bwd(G, X0, d0, valid, 1)  # first column step
-        return P * (G - tl.sum(G * P, axis=2, keep_dims=True))  # through softmax (+eps const)
+            Y, _d_row = _div_sum(Xr, eps, 2)
+            Z, _d_col = _div_sum(Y, eps, 1)
+            H = _h_bwd(H, Z, valid, 1)
+            H = _h_bwd(H, Y, valid, 2)
+        H = _h_bwd(H, X0, valid, 1)  # first column step: now H = dL/dM0 * M0, M0 = P + eps
+        # through the softmax: P (g - sum(g P)) with g = H / M0, written with q = P / M0 in [0, 1]
+        QH = tl.where(valid, P / tl.where(valid, M0, 1.0), 0.0) * H
+        return QH - P * tl.sum(QH, axis=2, keep_dims=True)
 
 
 # ----------------------------------------------------------------------------------------

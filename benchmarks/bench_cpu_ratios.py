@@ -429,10 +429,19 @@ def load_report(path: str) -> dict:
     return report
 
 
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """<out>.json and <out>.md. The suffixes are appended to the whole name (a dot inside it,
+    as in `run_2026.11.29`, stays); an --out already ending in .json or .md names the pair."""
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
+
+
 def write_reports(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    out.with_suffix(".md").write_text(markdown(report) + "\n")
+    json_path, md_path = report_paths(out)
+    json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    md_path.write_text(markdown(report) + "\n")
 
 
 def main(argv=None) -> int:
@@ -447,6 +456,9 @@ def main(argv=None) -> int:
     ap.add_argument("--malloc", choices=MALLOC_MODES, default="default",
                     help="'keep': glibc keeps freed memory (no page faults on reuse; see the module doc)")
     args = ap.parse_args(argv)
+    folders = [p for p in report_paths(args.out) if p.is_dir()]
+    if folders and not args.render:
+        ap.error(f"--out {args.out}: {folders[0]} is a folder, where a report file goes")
     import importlib.util
 
     has_mlx = importlib.util.find_spec("mlx") is not None
@@ -480,7 +492,7 @@ def main(argv=None) -> int:
         print(f"[{name}] {json.dumps(result, default=float)}", flush=True)
         # rewritten after every section: a run stopped early (Ctrl-C) keeps the sections it finished
         write_reports(report, out)
-    print(f"wrote {out.with_suffix('.json')} and .md")
+    print(f"wrote {report_paths(out)[0]} and .md")
     return 0
 
 

@@ -58,3 +58,66 @@ def test_bench_cpu_ratios_out_whose_json_is_a_folder_is_refused_before_running(m
         mod.main(["--sections", "sweep", "--out", str(tmp_path / "r")])
     assert info.value.code == 2 and not ran
     assert "r.json" in capsys.readouterr().err
+
+
+# README "Correctness: the conformance table": row label -> the check scripts/conformance.py
+# names it by (per backend where it differs); header group -> backend.
+_README_ROWS = {
+    "Sinkhorn": "forward.sinkhorn",
+    "coefficients (pre, post, res)": "forward.coefficients",
+    "pre-aggregate": "forward.pre_aggregate",
+    "post + residual": "forward.post_residual",
+    "whole MHC step (linear, MLP)": "forward.step",
+    "gradients, float64 vs finite differences": "grad.fd",
+    "gradients vs float64 gradients": {"torch-triton": "grad.vs.torch", None: "grad"},
+    "torch vs mlx, same weights (outputs + grads)": {"torch": "cross.mlx"},
+}
+_DTYPES = {"f64": "float64", "f32": "float32", "bf16": "bfloat16"}
+
+
+def _readme_conformance_cells() -> dict:
+    """{(backend, check, dtype): the README's figure} of the table under "Correctness"."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Correctness: the conformance table", 1)[1].split("\n## ", 1)[0]
+    table = section[section.index("\n|"):].lstrip("\n")
+    lines = table.split("\n\n", 1)[0].splitlines()  # the first table only
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    columns = []  # (backend, dtype) per cell after the row label
+    for group in header[1:]:
+        backend, dtypes = group.split(" ", 1)
+        columns.append([(backend, _DTYPES[d.strip()]) for d in dtypes.split("/")])
+    cells = {}
+    for line in lines[2:]:
+        label, *groups = [c.strip() for c in line.strip("|").split("|")]
+        check = _README_ROWS[label]
+        for group, cols in zip(groups, columns):
+            if not group:
+                continue
+            for value, (backend, dtype) in zip(group.split("/"), cols):
+                name = check.get(backend, check.get(None)) if isinstance(check, dict) else check
+                if value.strip() != "-" and name is not None:
+                    cells[(backend, name, dtype)] = float(value)
+    return cells
+
+
+def test_readme_conformance_table_is_what_the_script_reports(tmp_path):
+    """The README shows the table `python scripts/conformance.py` writes, as measured on the
+    CI machine. Every figure it shows for a backend that runs here must be the script's worst
+    rel error for that check and dtype, to the README's two digits (25% leaves room for
+    another machine's rounding; the table was left from an earlier case list and code, up to
+    6x off)."""
+    pytest.importorskip("torch")
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "conformance.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "conformance.json").read_text())
+    measured = {(r["backend"], r["check"], r["dtype"]): r["worst_rel"] for r in report["rows"]}
+    readme = _readme_conformance_cells()
+    compared = {k: v for k, v in readme.items() if k[0] in report["backends"]}
+    assert compared, "no README figure of a backend that runs here"
+    wrong = {k: (v, measured.get(k)) for k, v in compared.items()
+             if measured.get(k) is None or abs(v - measured[k]) > 0.25 * max(v, measured[k])}
+    assert not wrong, "README figure vs scripts/conformance.py: " + ", ".join(
+        f"{b} {c} {d}: {v:.1e} vs {'missing' if m is None else f'{m:.1e}'}" for (b, c, d), (v, m) in wrong.items())

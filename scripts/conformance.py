@@ -153,9 +153,22 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default=None, help="comma-separated backend names (default: all available)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "conformance"))
     args = p.parse_args(argv)
+    from mhc_core.experiments.out_paths import folder_problem
+
+    problem = folder_problem(args.out)  # checked now, not after every check has run
+    if problem:
+        p.error(f"--out: expected a folder for conformance.md / .json, got {args.out!r}, {problem}")
+    names = backends.selected_names(args.backends)
+    try:
+        loaded = backends.load(names)
+    except ValueError as err:  # a name the registry does not know
+        p.error(f"--backends: {err}")
+    missing = sorted(set(names or ()) - {a.name for a in loaded})
+    if missing:
+        p.error(f"--backends: {missing} cannot run here (not installed); runnable: "
+                f"{[b.name for b in backends.registry.available()]}")
 
     t0 = time.perf_counter()
-    loaded = backends.load(backends.selected_names(args.backends))
     broken = [b for b in loaded if isinstance(b, backends.Broken)]
     adapters = [a for a in loaded if not isinstance(a, backends.Broken)]
     results, errors = run_all(adapters)

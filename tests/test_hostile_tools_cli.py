@@ -121,3 +121,50 @@ def test_readme_conformance_table_is_what_the_script_reports(tmp_path):
              if measured.get(k) is None or abs(v - measured[k]) > 0.25 * max(v, measured[k])}
     assert not wrong, "README figure vs scripts/conformance.py: " + ", ".join(
         f"{b} {c} {d}: {v:.1e} vs {'missing' if m is None else f'{m:.1e}'}" for (b, c, d), (v, m) in wrong.items())
+
+
+def _conformance_script(monkeypatch):
+    """scripts/conformance.py as a module, its checks replaced by a recorder (no check runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("conformance_script", ROOT / "scripts" / "conformance.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ran = []
+    monkeypatch.setattr(mod, "run_all", lambda adapters: ran.append([a.name for a in adapters]) or ([], []))
+    return mod, ran
+
+
+def test_conformance_out_that_is_a_file_is_a_usage_error_before_the_checks(monkeypatch, tmp_path, capsys):
+    """It ran every check (~25 s with the Triton interpreter), printed the table, then ended
+    in FileExistsError from os.makedirs, writing nothing."""
+    mod, ran = _conformance_script(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit) as info:
+            mod.main(["--backends", "numpy", "--out", str(out)])
+        assert info.value.code == 2 and "is a file" in capsys.readouterr().err
+    assert not ran and blocker.read_text() == "keep"
+
+
+def test_conformance_unknown_backend_is_a_usage_error(monkeypatch, tmp_path, capsys):
+    """It ended in a ValueError traceback from the test helpers."""
+    mod, ran = _conformance_script(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        mod.main(["--backends", "numpy,nosuch", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "nosuch" in capsys.readouterr().err and not ran
+
+
+def test_conformance_backend_that_cannot_run_here_is_not_passed_silently(monkeypatch, tmp_path, capsys):
+    """A registered backend that is not installed was dropped from the selection without a
+    word: `--backends mlx` on a machine without MLX checked nothing and exited 0 ("pass")."""
+    mod, ran = _conformance_script(monkeypatch)
+    registry = mod.backends.registry
+    runnable = [b for b in registry.BACKENDS if b.name == "numpy"]
+    absent = next(b.name for b in registry.BACKENDS if b.name != "numpy")
+    monkeypatch.setattr(registry, "available", lambda: runnable)
+    with pytest.raises(SystemExit) as info:
+        mod.main(["--backends", f"numpy,{absent}", "--out", str(tmp_path)])
+    assert info.value.code == 2 and absent in capsys.readouterr().err and not ran
+    assert mod.main(["--backends", "numpy", "--out", str(tmp_path)]) == 0 and ran == [["numpy"]]

@@ -168,3 +168,59 @@ def test_conformance_backend_that_cannot_run_here_is_not_passed_silently(monkeyp
         mod.main(["--backends", f"numpy,{absent}", "--out", str(tmp_path)])
     assert info.value.code == 2 and absent in capsys.readouterr().err and not ran
     assert mod.main(["--backends", "numpy", "--out", str(tmp_path)]) == 0 and ran == [["numpy"]]
+
+
+def _pooled(argv: list[str], capsys) -> dict:
+    """pool_runs.py's pooled table for `argv`: {ratio: (median, met, count)}."""
+    import pool_runs
+
+    assert pool_runs.main(argv) == 0
+    rows = {}
+    for line in capsys.readouterr().out.split("| ratio | target |", 1)[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        met, _, count = cells[4].split(" ")
+        rows[cells[0]] = (float(cells[2]), int(met), int(count))
+    return rows
+
+
+def _readme_command(anchor: str) -> tuple[str, list[str]]:
+    """The README paragraph holding `anchor`, and the pool_runs.py arguments of the last
+    command it names before `anchor` (`pool_runs.py ARGS` or `--from ...`)."""
+    import re
+    import shlex
+
+    paragraph = next(p.replace("\n", " ") for p in (ROOT / "README.md").read_text().split("\n\n")
+                     if anchor in p.replace("\n", " "))
+    before = paragraph[:paragraph.index(anchor)]
+    command = re.findall(r"`(?:python benchmarks/)?(?:pool_runs\.py )?(--from [^`]*)`", before)[-1]
+    return paragraph, shlex.split(command)
+
+
+def test_readme_compiled_block_pool_command_gives_its_counts(capsys):
+    """README "The compiled block": "over the 25 of them (`pool_runs.py --from ... --skip
+    "malloc keep"`) ... pooled median 1.09, <= 1.10 in 18 of 25 runs". Round (5)'s runs,
+    logged after, made the same command pool 28; the figures must be what the named command
+    prints."""
+    paragraph, argv = _readme_command("block took")
+    median, met, count = _pooled(argv, capsys)["compiled / eager res"]
+    assert f"pooled median {median:.2f}, <= 1.10 in {met} of {count} runs" in paragraph, (argv, median, met, count)
+
+
+def test_readme_current_code_pool_command_gives_its_medians(capsys):
+    """README: "Over the twelve runs of the current code alone (`--from "full run 6 at
+    d266670"`) the pooled medians are 1.099 / 1.104"."""
+    paragraph, argv = _readme_command("the pooled medians are")
+    pooled = _pooled(argv, capsys)
+    a, b = pooled["compiled / eager res"][0], pooled["compiled / compiled res"][0]
+    assert f"the pooled medians are {a:.3f} / {b:.3f}" in paragraph, (argv, a, b)
+
+
+def test_readme_session_pool_command_gives_its_counts(capsys):
+    """README's speed table row "met in 5 / 3 of 9 runs" is what `pool_runs.py --from "round of
+    2026-11-29 (3)"` ("prints this session's runs with their pooled medians") prints."""
+    _, argv = _readme_command("prints this session's runs")
+    pooled = _pooled(argv, capsys)
+    (_, a, count), (_, b, _) = pooled["compiled / eager res"], pooled["compiled / compiled res"]
+    text = (ROOT / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| same, mHC `torch.compile` / eager residual"))
+    assert f"met in {a} / {b} of {count} runs" in row, (argv, a, b, count)

@@ -5,10 +5,10 @@ tests/test_hostile_cpu_paths.py checks the reference path:
 - one element of x near float32's limit: the forward and the true gradients are finite
   (the cotangent of res grows with |x| through post_residual); the kernels' Sinkhorn
   backward divided it by each step's denominator and gave NaN for the token's dx and for
-  phi / bias / alpha from |x| ~ 3e37. Still open (strict xfail): the projection backward's
-  u = rho * dz and c = rho^2 / K * sum(dz * z) overflow before the 1/m scale is applied,
-  so dx is NaN for 'hc' at 3e37 and for 'mhc' at 1e38, where the reference path's dx is
-  finite. A gradient whose float64 value is past float32's range is not compared.
+  phi / bias / alpha from |x| ~ 3e37; and the projection backward's u = rho * dz and
+  c = rho^2 / K * sum(dz * z) overflowed before the 1/m scale was applied (dx NaN for 'hc'
+  at 3e37 and for 'mhc' at 1e38). A gradient whose float64 value is past float32's range
+  is not compared.
 """
 from __future__ import annotations
 
@@ -44,13 +44,8 @@ def _oracle(module: MHC, x: torch.Tensor, cot: torch.Tensor):
     return out.detach(), {"x": x64.grad, **{k: v.grad for k, v in p.items()}}
 
 
-_OPEN = "projection backward overflows before its 1/m scale (module docstring)"
-
-
-@pytest.mark.parametrize("variant,magnitude", [
-    ("mhc", 1e30), ("mhc", 3e37), ("hc", 1e30),
-    pytest.param("hc", 3e37, marks=pytest.mark.xfail(strict=True, reason=_OPEN)),
-    pytest.param("mhc", 1e38, marks=pytest.mark.xfail(strict=True, reason=_OPEN))])
+@pytest.mark.parametrize("variant,magnitude", [("mhc", 1e30), ("mhc", 3e37), ("mhc", 1e38), ("hc", 1e30),
+                                               ("hc", 3e37)])
 def test_one_huge_element_gives_finite_oracle_gradients(variant, magnitude, device, assert_close):
     torch.manual_seed(0)
     module = MHC(torch.nn.Linear(C, C), N, C, variant=variant, init=_init(variant), impl="triton").to(device)

@@ -25,17 +25,21 @@ eps/m^2), and z = (v/m) @ phi * rho. m is floored at ~sqrt(eps) (eps/m^2 < 4, th
 Scaling by powers of two is exact, so at ordinary magnitudes the results are those of the
 unscaled formula up to rounding. The fast sweep ends with a power of two m, too, with
 max|v| < 2m (from sum(v^2)), so rs = (rho, 1/m) serves the backward whichever sweep ran:
-the backward works with v/m and rho (all O(1)) and multiplies by 1/m last, because r itself
-is subnormal for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
+the backward works with v/m and rho (all O(1)) rather than r, because r itself is subnormal
+for |v| > ~1e38 and r^2 (in c below) underflows to 0 once |v| > ~1e19.
 
 Backward (two kernels):
 1. `_gate_bwd_kernel` (token blocks, reads only the [T, W] arrays): through Sinkhorn (on-chip
-   recompute, sinkhorn.py), the sigmoids / tanh, alpha and bias; writes u = rho * dL/dz and
-   c = rho^2/K * sum_w dL/dz_w z_w, plus per-program partial sums for dbias and dalpha.
+   recompute, sinkhorn.py), the sigmoids / tanh, alpha and bias; writes u = rho * dL/dz / m
+   and c = rho^2/K * sum_w (dL/dz_w / m) z_w, plus per-program partial sums for dbias and
+   dalpha. dL/dz is divided by m first: it grows with |x| (through the pre-aggregate), and
+   rho * dL/dz or its product with z overflowed float32 from |x| ~ 3e37 where dx is O(1).
 2. `_x_bwd_kernel` (grid over K blocks x token splits, one pass over x): through RMS and
    the matmul, Eq. 14-15 differentiated:
-       dx  = (u @ phi^T - c * v/m) / m  (z = p r, dr/dv = -r^3 v / K, r = rho/m)
-       dphi = (v/m)^T @ u               (accumulated per program, partial sums over splits)
+       dx  = u @ phi^T - c * v/m        (z = p r, dr/dv = -r^3 v / K, r = rho/m)
+       dphi = (v/m)^T @ (m u)           (accumulated per program, partial sums over splits)
+   m is a power of two, so these are the unscaled formulas' numbers bit for bit wherever
+   no intermediate overflows or goes subnormal.
 
 Padding: streams to R = max(4, next_pow2(n)); the [pre | post] columns form a gate tile of
 GP = max(16, 2R) columns (pre in [0, R), post in [R, 2R)), the res columns an R*R tile, so
@@ -79,7 +83,8 @@ def _gate_bwd_kernel(
     # masked tokens load zeros everywhere, so they contribute exactly 0 below
     zg = tl.load(z_ptr + t[:, None] * W + gcol[None, :], mask=tg, other=0.0)
     zr = tl.load(z_ptr + t[:, None] * W + rcol[None, :], mask=tr, other=0.0)
-    rho = tl.load(rs_ptr + 2 * t, mask=tmask, other=0.0)  # r = rho / m; _x_bwd_kernel applies the 1/m
+    rho = tl.load(rs_ptr + 2 * t, mask=tmask, other=0.0)  # r = rho / m
+    inv_m = tl.load(rs_ptr + 2 * t + 1, mask=tmask, other=0.0)
     dg = tl.load(dpre_ptr + t[:, None] * n + gidx[None, :], mask=tg & is_pre[None, :], other=0.0).to(ACC)
     dg += tl.load(dpost_ptr + t[:, None] * n + gidx[None, :], mask=tg & ~is_pre[None, :], other=0.0).to(ACC)
     dr = tl.load(dres_ptr + t[:, None] * n * n + (ri * n + ro)[None, :], mask=tr, other=0.0).to(ACC)
@@ -106,6 +111,8 @@ def _gate_bwd_kernel(
         dzr = dlog_r * a2
         da_r = tl.sum(tl.sum(dlog_r * zr, axis=1), axis=0)
 
+    dzg = dzg * inv_m[:, None]  # dL/dz / m before anything else multiplies it (module doc)
+    dzr = dzr * inv_m[:, None]
     tl.store(u_ptr + t[:, None] * W + gcol[None, :], dzg * rho[:, None], mask=tg)
     tl.store(u_ptr + t[:, None] * W + rcol[None, :], dzr * rho[:, None], mask=tr)
     c = rho * rho / K * (tl.sum(dzg * zg, axis=1) + tl.sum(dzr * zr, axis=1))
@@ -135,10 +142,10 @@ def _res_chunk(phi_ptr, k, kmask, n, W, R: tl.constexpr, J: tl.constexpr, RC: tl
 
 
 @triton.jit
-def _res_chunk_step(u_blk, tmask, valid, col, prT, xT, dx, dphi, PREC: tl.constexpr):
-    """One token block through res chunk: dx += u_chunk @ phi_chunk^T, dphi += (x/m)^T @ u_chunk."""
+def _res_chunk_step(u_blk, tmask, valid, col, prT, xT, m, dx, dphi, PREC: tl.constexpr):
+    """One token block through res chunk: dx += u_chunk @ phi_chunk^T, dphi += (x/m)^T @ (m u_chunk)."""
     ur = tl.load(u_blk + col[None, :], mask=tmask[:, None] & valid[None, :], other=0.0)
-    return dx + tl.dot(ur, prT, input_precision=PREC), dphi + tl.dot(xT, ur, input_precision=PREC)
+    return dx + tl.dot(ur, prT, input_precision=PREC), dphi + tl.dot(xT, ur * m[:, None], input_precision=PREC)
 
 
 @triton.jit
@@ -190,7 +197,8 @@ def _x_bwd_kernel(
         u_blk = u_ptr + t0 * W + tt[:, None] * W
         ug = tl.load(u_blk + gcol[None, :], mask=tmask[:, None] & gvalid[None, :], other=0.0)
         c = tl.load(c_ptr + t0 + tt, mask=tmask, other=0.0)
-        inv_m = tl.load(rs_ptr + 2 * t0 + 2 * tt + 1, mask=tmask, other=0.0)
+        inv_m = tl.load(rs_ptr + 2 * t0 + 2 * tt + 1, mask=tmask, other=1.0)
+        m = 1.0 / inv_m                      # a power of two: exact
         xs = xt * inv_m[:, None]             # x/m as in the forward: O(1) at any |x|
         if RES_CHUNKS == 1:  # (this order compiles to fewer registers at n <= 8)
             ur = tl.load(u_blk + q0[None, :], mask=tmask[:, None] & v0[None, :], other=0.0)
@@ -198,12 +206,11 @@ def _x_bwd_kernel(
         else:
             xT = tl.trans(xs)
             dx = tl.dot(ug, pgT, input_precision=PREC) - c[:, None] * xs
-            dx, dphi0 = _res_chunk_step(u_blk, tmask, v0, q0, prT0, xT, dx, dphi0, PREC)
-            dx, dphi1 = _res_chunk_step(u_blk, tmask, v1, q1, prT1, xT, dx, dphi1, PREC)
+            dx, dphi0 = _res_chunk_step(u_blk, tmask, v0, q0, prT0, xT, m, dx, dphi0, PREC)
+            dx, dphi1 = _res_chunk_step(u_blk, tmask, v1, q1, prT1, xT, m, dx, dphi1, PREC)
         if RES_CHUNKS > 2:
-            dx, dphi2 = _res_chunk_step(u_blk, tmask, v2, q2, prT2, xT, dx, dphi2, PREC)
-            dx, dphi3 = _res_chunk_step(u_blk, tmask, v3, q3, prT3, xT, dx, dphi3, PREC)
-        dx = dx * inv_m[:, None]
+            dx, dphi2 = _res_chunk_step(u_blk, tmask, v2, q2, prT2, xT, m, dx, dphi2, PREC)
+            dx, dphi3 = _res_chunk_step(u_blk, tmask, v3, q3, prT3, xT, m, dx, dphi3, PREC)
         if ADD_DX_IN:  # the post_residual term, accumulated here instead of by a torch add
             dx += tl.load(dx_in_ptr + t0 * K + x_off, mask=xmask, other=0.0).to(ACC)
         if ADD_PRE:    # the pre_aggregate term pre[stream] * dh[channel]
@@ -213,10 +220,10 @@ def _x_bwd_kernel(
         tl.store(dx_ptr + t0 * K + x_off, cast_for_store(dx, dx_ptr), mask=xmask)
         if RES_CHUNKS == 1:
             xT = tl.trans(xs)
-            dphi_g += tl.dot(xT, ug, input_precision=PREC)
-            dphi0 += tl.dot(xT, ur, input_precision=PREC)
+            dphi_g += tl.dot(xT, ug * m[:, None], input_precision=PREC)
+            dphi0 += tl.dot(xT, ur * m[:, None], input_precision=PREC)
         else:
-            dphi_g += tl.dot(xT, ug, input_precision=PREC)
+            dphi_g += tl.dot(xT, ug * m[:, None], input_precision=PREC)
     base = dphi_part_ptr + split.to(tl.int64) * K * W + k[:, None] * W
     tl.store(base + gcol[None, :], dphi_g, mask=kmask[:, None] & gvalid[None, :])
     tl.store(base + q0[None, :], dphi0, mask=kmask[:, None] & v0[None, :])

@@ -52,9 +52,8 @@ def _softmax_rows(L, valid):
 
 @triton.jit
 def _div_sum(M, eps, AXIS: tl.constexpr):
-    """M / (M.sum(AXIS) + eps), and the denominator. eps > 0 here, so no 0/0."""
-    d = tl.sum(M, axis=AXIS, keep_dims=True) + eps
-    return M / d, d
+    """M / (M.sum(AXIS) + eps). eps > 0 here, so no 0/0."""
+    return M / (tl.sum(M, axis=AXIS, keep_dims=True) + eps)
 
 
 @triton.jit
@@ -83,19 +82,17 @@ def _log_norm_bwd(G, lg_out, valid, AXIS: tl.constexpr):
 
 @triton.jit
 def _lin_first(L, valid, eps):
-    """Round 0 (linear): softmax rows + eps, then columns. Returns (P, M0, X0, d0)."""
+    """Round 0 (linear): softmax rows + eps, then columns. Returns (P, M0, X0)."""
     P = _softmax_rows(L, valid)
     M0 = tl.where(valid, P + eps, 0.0)
-    X0, d0 = _div_sum(M0, eps, 1)
-    return P, M0, X0, d0
+    return P, M0, _div_sum(M0, eps, 1)
 
 
 @triton.jit
 def _lin_rounds(X, eps, rounds):
     """`rounds` more rounds of rows-then-columns normalisation."""
     for _ in range(rounds):
-        X, _d = _div_sum(X, eps, 2)
-        X, _d = _div_sum(X, eps, 1)
+        X = _div_sum(_div_sum(X, eps, 2), eps, 1)
     return X
 
 
@@ -118,7 +115,7 @@ def sinkhorn_tile(L, valid, iters, eps, LOG: tl.constexpr):
         X = _log_rounds(_log_first(L, valid), valid, iters - 1)
         return tl.where(valid, tl.exp(X), 0.0)
     else:
-        _P, _M0, X, _d = _lin_first(L, valid, eps)
+        _P, _M0, X = _lin_first(L, valid, eps)
         return _lin_rounds(X, eps, iters - 1)
 
 
@@ -143,12 +140,12 @@ def sinkhorn_tile_bwd(L, G, valid, iters, eps, LOG: tl.constexpr):
         # carries H = G * M (G: the gradient w.r.t. a step's output M) instead of G, as
         # mhc_core.sinkhorn_backward does: through M' = M / d it is H = H' - sum(H') M', with
         # no division by d, which overflowed float32 where dres is huge (|x| ~ 3e37) and d small
-        P, M0, X0, d0 = _lin_first(L, valid, eps)
+        P, M0, X0 = _lin_first(L, valid, eps)
         H = G * _lin_rounds(X0, eps, iters - 1)
         for rr in range(0, iters - 1):
             Xr = _lin_rounds(X0, eps, iters - 2 - rr)
-            Y, _d_row = _div_sum(Xr, eps, 2)
-            Z, _d_col = _div_sum(Y, eps, 1)
+            Y = _div_sum(Xr, eps, 2)
+            Z = _div_sum(Y, eps, 1)
             H = _h_bwd(H, Z, valid, 1)
             H = _h_bwd(H, Y, valid, 2)
         H = _h_bwd(H, X0, valid, 1)  # first column step: now H = dL/dM0 * M0, M0 = P + eps

@@ -65,3 +65,57 @@ def test_no_match_and_self_match():
         inject(nn.Sequential(nn.ReLU()), nn.Linear, history=2)
     with pytest.raises(ValueError, match="matches the model itself"):
         inject(nn.Linear(4, 4), nn.Linear, history=2)
+
+
+class Attention(nn.Module):
+    """Returns (hidden, weights) as transformers' attention does; `extra` keeps a tuple type."""
+
+    def __init__(self, container=tuple):
+        super().__init__()
+        self.lin, self.container = nn.Linear(4, 4), container
+
+    def forward(self, hidden_states, scale=1.0):
+        return self.container([self.lin(hidden_states) * scale, hidden_states.sum()])
+
+
+class CallsByName(nn.Module):
+    """Calls its attention twice, by keyword (transformers' `self_attn(hidden_states=...)`)."""
+
+    def __init__(self, container=tuple):
+        super().__init__()
+        self.attn = Attention(container)
+
+    def forward(self, x):
+        h, _ = self.attn(hidden_states=x, scale=2.0)
+        return self.attn(hidden_states=h)[0]
+
+
+Pair = __import__("collections").namedtuple("Pair", "hidden weights")
+
+
+@pytest.mark.parametrize("container", [tuple, list, Pair._make])
+def test_module_called_by_name_returning_a_tuple(container):
+    """The window is seeded from the input given by name, the tuple's first item mixes and
+    the rest passes through: against the formula with uniform weights."""
+    torch.manual_seed(0)
+    model = CallsByName(container)
+    w, b = model.attn.lin.weight.detach().clone(), model.attn.lin.bias.detach().clone()
+    inject(model, Attention, history=3, init="uniform")
+    x = torch.randn(2, 4)
+    f = lambda t, s=1.0: (t @ w.T + b) * s  # noqa: E731
+    x1 = f(x, 2.0) + x
+    want = f(x1) + 0.5 * (x + x1)
+    torch.testing.assert_close(model(x), want, rtol=1e-6, atol=1e-6)
+    out = model.attn(hidden_states=x)
+    assert type(out) is type(container([0, 0])) and torch.equal(out[1], x.sum())
+
+
+def test_module_returning_no_tensor_is_refused():
+    class Dicty(nn.Module):
+        def forward(self, x):
+            return {"h": x}
+
+    model = nn.Sequential(Dicty())
+    inject(model, Dicty, history=2)
+    with pytest.raises(TypeError, match="around Dicty: it returned dict; expected a tensor, or a tuple"):
+        model(torch.randn(2, 4))

@@ -15,7 +15,7 @@ float32 rounding. Integrations default to sinkhorn_eps = 0 (exactly doubly stoch
 res; DeepSeek's 1e-6 makes each column sum to 1 - 1e-6, a drift that grows with depth).
 
 Loading: `config.mhc` records n, the variant, the MHCConfig and which blocks were
-converted. `load_converted(path, **kwargs)` makes a subclass of the class named in
+converted (and which modules `inject(..., history=K)` wrapped, with their options). `load_converted(path, **kwargs)` makes a subclass of the class named in
 `config.architectures` (same name, so a second save_pretrained writes the same config)
 whose __init__ re-applies the conversion, and calls its `from_pretrained`: dtype,
 device_map and sharded checkpoints work as usual (mHC parameters stay float32 under
@@ -37,7 +37,8 @@ from torch import nn
 from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
-from .inject import check_settings, convert_segments, record
+from .history_inject import inject_history
+from .inject import FORMATS, check_settings, convert_segments, record
 from .recipes import PRE_NORM_DECODER, RECIPES
 
 
@@ -84,16 +85,36 @@ def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str =
 
 
 def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.Module:
-    """Re-apply a recorded conversion (config.mhc) to a freshly built model."""
-    if settings.get("format") != 1:
-        raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads format 1")
-    cfg = settings["config"]
-    for segment in settings["segments"]:
-        convert_segments(model, [segment["blocks"]], RECIPES[segment["recipe"]], n=settings["n"],
-                         variant=settings["variant"], reduce=settings["reduce"], impl=impl, init=None, cfg=cfg)
-    record(model, n=settings["n"], variant=settings["variant"], reduce=settings["reduce"], cfg=cfg, segments=[])
+    """Re-apply a recorded conversion (config.mhc) to a freshly built model: the stream
+    segments, and the history injections each at its recorded place among them."""
+    if settings.get("format") not in FORMATS:
+        raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads formats {list(FORMATS)}")
+    segments, entries = settings.get("segments", []), settings.get("history", [])
+    for i in range(len(segments) + 1):
+        for entry in entries:
+            if entry["after_segments"] == i:
+                _rewrap_history(model, entry)
+        if i < len(segments):
+            convert_segments(model, [segments[i]["blocks"]], RECIPES[segments[i]["recipe"]], n=settings["n"],
+                             variant=settings["variant"], reduce=settings["reduce"], impl=impl, init=None,
+                             cfg=settings["config"])
+    if segments:
+        record(model, n=settings["n"], variant=settings["variant"], reduce=settings["reduce"],
+               cfg=settings["config"], segments=[])
     model.config.mhc = settings
     return model
+
+
+def _rewrap_history(model: nn.Module, entry: dict) -> None:
+    """Wrap the modules a config.mhc history entry names, with its options."""
+    modules = dict(model.named_modules())
+    absent = [name for name in entry["modules"] if name not in modules]
+    if absent:
+        raise ValueError(f"config.mhc's history entry names modules this model does not have: {absent[:3]}")
+    chosen = {id(modules[name]) for name in entry["modules"]}
+    options = dict(entry["options"])
+    inject_history(model, lambda m: id(m) in chosen, options.pop("history"), "the modules config.mhc names",
+                   **options)
 
 
 _LOADERS: dict[type, type] = {}
@@ -125,7 +146,9 @@ def _new_loaded(base: type) -> nn.Module:
 
 
 def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
-    """Load a model saved after `convert` / `inject` (a save_pretrained directory).
+    """Load a model saved after `convert` / `inject` (a save_pretrained directory),
+    history mixing (`inject(..., history=K)`) included; a torch.Generator given to
+    stochastic history mixing is not saved (the loaded model draws from torch's global RNG).
 
     kwargs go to `from_pretrained` (dtype, device_map, ...). The class is the one named
     in config.json's `architectures`, looked up in transformers.

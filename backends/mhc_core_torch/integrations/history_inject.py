@@ -9,11 +9,16 @@ outputs (one buffer per wrapped module, as the `mhc` package's default "module" 
                   otherwise keep out as is and start the window from it
     out = skip(out, window); window += [out]            (last K kept; detached if asked)
 
+x is the module's first input, given by position or by name (transformers calls
+`self_attn(hidden_states=...)`). A module returning a tuple / list (transformers'
+attention: hidden state, weights) has its first item mixed and the rest passed through.
 A window whose states no longer match out's shape is cleared first. Every window is
 cleared when the model's forward starts, so calls in one forward share it and separate
 forwards do not. A module called once per forward thus gets `m(x) + g * x`.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -21,6 +26,8 @@ from torch import nn
 from mhc_core import history as hist
 
 from ..history import HistorySkip
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 HISTORY_OPTIONS = ("constraint", "temperature", "epsilon", "init", "gate", "prune_threshold",
                    "stochastic", "detach_history", "mixing", "iters", "sinkhorn_eps", "generator")
@@ -35,6 +42,7 @@ class HistoryInjected(nn.Module):
         self.skip = HistorySkip(history, **skip_kwargs)
         self.detach_history = hist.check_flag(detach_history, "detach_history")
         self.window: list[torch.Tensor] = []
+        self._input_name: str | None = None  # the module's first forward parameter, found on first use
 
     def clear_history(self) -> None:
         self.window = []
@@ -42,8 +50,29 @@ class HistoryInjected(nn.Module):
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.detach_history else x
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.module(x, *args, **kwargs)
+    def _input(self, args, kwargs):
+        """The module's first input, given by position or by its name (transformers calls
+        `self_attn(hidden_states=...)`); None when the call gives neither."""
+        if args:
+            return args[0]
+        if self._input_name is None:
+            params = list(inspect.signature(self.module.forward).parameters.values())
+            self._input_name = params[0].name if params and params[0].kind in _NAMED else ""
+        return kwargs.get(self._input_name)
+
+    def forward(self, *args, **kwargs):
+        x = self._input(args, kwargs)
+        out = self.module(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return self._mixed(x, out)
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            # (hidden, extras...) as transformers' attention returns: the hidden state mixes
+            items = [self._mixed(x, out[0]), *out[1:]]
+            return out._make(items) if hasattr(out, "_make") else type(out)(items)
+        raise TypeError(f"history mixing around {type(self.module).__name__}: it returned "
+                        f"{type(out).__name__}; expected a tensor, or a tuple / list whose first item is one")
+
+    def _mixed(self, x, out: torch.Tensor) -> torch.Tensor:
         if self.window and any(s.shape != out.shape for s in self.window):
             self.window = []
         if not self.window:
@@ -58,36 +87,49 @@ class HistoryInjected(nn.Module):
         return out
 
 
-def _clear_all(model: nn.Module) -> None:
+def _clear_all(model: nn.Module, _inputs=None) -> None:
+    """Empty every HistoryInjected window in `model` (its forward pre-hook: a module-level
+    function, so the model still pickles)."""
     for m in model.modules():
         if isinstance(m, HistoryInjected):
             m.clear_history()
 
 
-def inject_history(model: nn.Module, match, history: int, target, **options) -> nn.Module:
-    """Wrap every module for which `match(module)` holds in a HistoryInjected, in place."""
+def history_settings(wrapped: HistoryInjected, init: str = "identity") -> dict:
+    """The JSON-ready options that rebuild `wrapped`'s skip (config.mhc's history entries;
+    a generator is run-time state and is not among them)."""
+    skip = wrapped.skip
+    return {"history": skip.history, "constraint": skip.constraint, "temperature": float(skip.temperature),
+            "epsilon": float(skip.epsilon), "init": init, "gate": skip.gated,
+            "prune_threshold": float(skip.prune_threshold), "stochastic": skip.stochastic,
+            "detach_history": wrapped.detach_history, "mixing": skip.mixing, "iters": skip.iters,
+            "sinkhorn_eps": float(skip.sinkhorn_eps)}
+
+
+def inject_history(model: nn.Module, match, history: int, target, **options) -> list[str]:
+    """Wrap every module for which `match(module)` holds in a HistoryInjected, in place;
+    returns the wrapped modules' names (as `model.named_modules()` gave them before)."""
     unknown = sorted(set(options) - set(HISTORY_OPTIONS))
     if unknown:
         raise TypeError(f"unknown history-mixing options {unknown}; expected some of {list(HISTORY_OPTIONS)}")
     if match(model):
         raise ValueError(f"inject(history=...): target {target!r} matches the model itself; wrap its children")
-    wrapped = 0
+    wrapped: list[str] = []
 
-    def replace(parent: nn.Module) -> None:
-        nonlocal wrapped
+    def replace(parent: nn.Module, prefix: str) -> None:
         for name, child in parent.named_children():
             if isinstance(child, HistoryInjected):
                 continue
             if match(child):
                 setattr(parent, name, HistoryInjected(child, history, **options))
-                wrapped += 1
+                wrapped.append(prefix + name)
             else:
-                replace(child)
+                replace(child, f"{prefix}{name}.")
 
-    replace(model)
+    replace(model, "")
     if not wrapped:
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     if not getattr(model, "_history_clear_hook", False):
-        model.register_forward_pre_hook(lambda m, _inputs: _clear_all(m))
+        model.register_forward_pre_hook(_clear_all)
         model._history_clear_hook = True
-    return model
+    return wrapped

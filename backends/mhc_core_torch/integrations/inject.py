@@ -7,7 +7,10 @@ streams flow through every block in between. A matching block on its own is a se
 of one. The rest of the model sees [B, T, C] as before.
 
 The settings are written to `model.config.mhc` (when the model has a config) so that a
-saved model can be rebuilt by `mhc_core_torch.load_converted` (see convert.py).
+saved model can be rebuilt by `mhc_core_torch.load_converted` (see convert.py): format 1
+holds the stream conversion ("n", "variant", "reduce", "config", "segments"); a model that
+`inject(..., history=K)` wrapped is written as format 2, which adds "history": the wrapped
+modules and their options, in the order they were applied relative to the segments.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from torch import nn
 import mhc_core
 from mhc_core import checks
 
-from .history_inject import inject_history
+from .history_inject import HistoryInjected, history_settings, inject_history
 from .blocks import REDUCTIONS, convert_block, is_converted
 from .recipes import RECIPES, Recipe, recipe_for
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # stream conversion only: what readers of format 1 rebuild
+HISTORY_FORMAT = 2  # adds "history" entries
+FORMATS = (FORMAT_VERSION, HISTORY_FORMAT)
 
 
 def _matcher(target):
@@ -116,16 +121,43 @@ def _listed_blocks(segments) -> list[str]:
     return [b for segment in segments for b in segment.get("blocks", [])]
 
 
-def _converted_here(model: nn.Module, settings: dict, just_converted=()) -> bool:
-    """Whether every block `settings` (a config.mhc) lists was converted in this model
-    before the blocks in `just_converted` were: all listed blocks are converted now and
-    none of them is one of `just_converted` (convert_block refuses a converted block, so
-    an entry naming a block converted just now is not this model's earlier record but one
-    it was built or loaded with, e.g. a converted checkpoint read with the plain class)."""
+def _listed_wrapped(entries) -> list[str]:
+    return [name for entry in entries for name in entry.get("modules", [])]
+
+
+def _unwrapped(module: nn.Module | None) -> nn.Module | None:
+    return module.module if isinstance(module, HistoryInjected) else module
+
+
+def _converted_here(model: nn.Module, settings: dict, just_changed=()) -> bool:
+    """Whether everything `settings` (a config.mhc) lists was done to this model before
+    the blocks / modules in `just_changed` were: every listed block is converted, every
+    listed module is history-wrapped, and none of them is one of `just_changed` (converting
+    or wrapping refuses a block done already, so an entry naming one done just now is not
+    this model's earlier record but one it was built or loaded with, e.g. a converted
+    checkpoint read with the plain class)."""
     modules = dict(model.named_modules())
     blocks = _listed_blocks(settings.get("segments", []))
-    return (bool(blocks) and not set(blocks) & set(just_converted)
-            and all(name in modules and is_converted(modules[name]) for name in blocks))
+    wrapped = _listed_wrapped(settings.get("history", []))
+    return (bool(blocks or wrapped) and not set(blocks + wrapped) & set(just_changed)
+            and all(is_converted(_unwrapped(modules.get(name)) or nn.Module()) for name in blocks)
+            and all(isinstance(modules.get(name), HistoryInjected) for name in wrapped))
+
+
+def _earlier_record(model: nn.Module, just_changed):
+    """(this model's earlier config.mhc or {}, the config to write to), or (None, None)
+    for a model without a config."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None, None
+    previous = getattr(config, "mhc", None) or {}
+    if not (previous and _converted_here(model, previous, just_changed)):
+        # a first conversion: the config object may be shared with other models (two models
+        # built from one config, an original and its copy.copy, a model built from a
+        # converted model's config); give this model its own before writing config.mhc,
+        # and ignore an entry another model or a loaded checkpoint put there
+        previous, config = {}, _own_config(model)
+    return previous, config
 
 
 def _own_config(model: nn.Module):
@@ -140,27 +172,30 @@ def _own_config(model: nn.Module):
 
 def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
     """Append the conversion to model.config.mhc (used by load_converted to rebuild the model)."""
-    config = getattr(model, "config", None)
+    previous, config = _earlier_record(model, _listed_blocks(segments))
     if config is None:
         return
-    previous = getattr(config, "mhc", None) or {}
-    if not (previous and _converted_here(model, previous, _listed_blocks(segments))):
-        # a first conversion: the config object may be shared with other models (two models
-        # built from one config, an original and its copy.copy, a model built from a
-        # converted model's config); give this model its own before writing config.mhc,
-        # and ignore an entry another model or a loaded checkpoint put there
-        previous, config = {}, _own_config(model)
-    settings = {"format": FORMAT_VERSION, "n": n, "variant": variant, "reduce": reduce, "config": cfg,
-                "segments": list(previous.get("segments", [])) + segments}
-    if previous and any(previous.get(k) != settings[k] for k in ("n", "variant", "reduce", "config")):
+    stream = {"n": n, "variant": variant, "reduce": reduce, "config": cfg}
+    if previous.get("segments") and any(previous.get(k) != v for k, v in stream.items()):
         raise ValueError(f"model was already converted with different settings {previous}")
-    config.mhc = settings
+    config.mhc = {**previous, "format": previous.get("format", FORMAT_VERSION), **stream,
+                  "segments": list(previous.get("segments", [])) + segments}
     # from_pretrained(dtype=bf16) keeps these float32; device_map must not split a block.
     for attr, add in (("_keep_in_fp32_modules_strict", {"attn_mhc", "mlp_mhc", "mhc_head"}),
                       ("_no_split_modules", {type(m).__name__ for m in model.modules() if is_converted(m)})):
         current = getattr(model, attr, None)
         if isinstance(current, set):
             current.update(add)
+
+
+def record_history(model: nn.Module, wrapped: list[str], options: dict) -> None:
+    """Append a history injection (the wrapped modules' names and their options) to
+    model.config.mhc, so load_converted wraps the same modules again."""
+    previous, config = _earlier_record(model, wrapped)
+    if config is None:
+        return
+    entry = {"modules": wrapped, "options": options, "after_segments": len(previous.get("segments", []))}
+    config.mhc = {**previous, "format": HISTORY_FORMAT, "history": list(previous.get("history", [])) + [entry]}
 
 
 def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce: str = "mean",
@@ -193,7 +228,10 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
                              f"settings {given} do not apply to it (drop them, or drop history for mHC)")
         if init is not None:  # the skip logits' init name ('identity' | 'uniform')
             cfg["init"] = init
-        return inject_history(model, _matcher(target), history, target, **cfg)
+        wrapped = inject_history(model, _matcher(target), history, target, **cfg)
+        first = model.get_submodule(wrapped[0])
+        record_history(model, wrapped, history_settings(first, init=cfg.get("init", "identity")))
+        return model
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")

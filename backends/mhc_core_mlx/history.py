@@ -6,8 +6,9 @@ The torch backend's `HistorySequential` / `HistorySkip` with the same arguments 
 same parameter names (`layers.{i}.*`, `skips.{i}.logits` float32 [K] or [K, K],
 `skips.{i}.gate` float32 [] when gated), so one state loads into both.
 detach_history=True stores the window through `mx.stop_gradient`. stochastic=True draws
-Gumbel noise in training mode from `seed` (a key split at every draw: reproducible), or
-from MLX's global RNG (`mx.random.seed`) when seed is None.
+Gumbel noise in training mode from `seed` (a key split at every draw: reproducible; the
+key is part of `model.state`, so `mx.compile(f, inputs=model.state, outputs=model.state)`
+draws the eager sequence), or from MLX's global RNG (`mx.random.seed`) when seed is None.
 """
 from __future__ import annotations
 
@@ -28,19 +29,6 @@ def check_seed(seed) -> int:
     return checks.integer(seed, "seed", minimum=0, meaning="of the Gumbel noise")
 
 
-class _KeyChain:
-    """A PRNG key split at every draw (a plain object, so nn.Module does not treat it as a parameter)."""
-
-    def __init__(self, seed: int | None):
-        self.key = None if seed is None else mx.random.key(check_seed(seed))
-
-    def next(self):
-        if self.key is None:
-            return None
-        self.key, sub = mx.random.split(self.key)
-        return sub
-
-
 class HistorySkip(nn.Module):
     """One layer's skip: `y + g * sum_k w_k states[k]` (see mhc_core_torch.HistorySkip)."""
 
@@ -54,7 +42,11 @@ class HistorySkip(nn.Module):
                                       mixing=mixing, prune_threshold=prune_threshold, stochastic=stochastic,
                                       gate=gate, iters=iters, sinkhorn_eps=sinkhorn_eps)
         settings.store_on(self)
-        self._keys = _KeyChain(seed)
+        if seed is not None:
+            # an array member named with "_": in `model.state` (so mx.compile with the model's
+            # state as inputs / outputs carries each split key to the next call), not among
+            # the parameters (no gradient, not saved with the weights)
+            self._gumbel_key = mx.random.key(check_seed(seed))
         self.logits = mx.array(hist.init_skip_logits(self.history, init=init, mixing=self.mixing))
         if self.gated:
             self.gate = mx.array(hist.GATE_INIT, dtype=mx.float32)
@@ -69,10 +61,17 @@ class HistorySkip(nn.Module):
         noise = None
         if self.stochastic and self.training:
             shape = (k,) if self.mixing == "vector" else (k, k)
-            noise = mx.random.gumbel(shape, key=self._keys.next())
+            noise = mx.random.gumbel(shape, key=self._next_key())
         return mhc_core.skip_weights(self.logits, k, mixing=self.mixing, constraint=self.constraint,
                                      temperature=self.temperature, epsilon=self.epsilon, noise=noise,
                                      iters=self.iters, sinkhorn_eps=self.sinkhorn_eps)
+
+    def _next_key(self):
+        """A fresh key split off this skip's chain; None draws from MLX's global RNG."""
+        if "_gumbel_key" not in self:
+            return None
+        self._gumbel_key, sub = mx.random.split(self._gumbel_key)
+        return sub
 
     def __call__(self, y: mx.array, states: list) -> mx.array:
         window = list(states)[-self.history:]

@@ -27,6 +27,8 @@ BUILDS = {
     "simplex, attention": lambda m: inject(m, "LlamaAttention", history=2, constraint="simplex", epsilon=0.2),
     "streams, then history on the mlps": lambda m: inject(convert(m, n=2), "LlamaMLP", history=2),
     "history on the mlps, then streams": lambda m: convert(inject(m, "LlamaMLP", history=2), n=2),
+    "streams, then history on the converted layers": lambda m: inject(
+        convert(m, n=2), transformers.models.llama.modeling_llama.LlamaDecoderLayer, history=2),
     "history, streams, history": lambda m: inject(convert(inject(m, "LlamaMLP", history=2), n=2),
                                                   "LlamaAttention", history=3, gate=True),
 }

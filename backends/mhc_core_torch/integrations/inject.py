@@ -129,29 +129,30 @@ def _unwrapped(module: nn.Module | None) -> nn.Module | None:
     return module.module if isinstance(module, HistoryInjected) else module
 
 
-def _converted_here(model: nn.Module, settings: dict, just_changed=()) -> bool:
+def _converted_here(model: nn.Module, settings: dict, just_converted=(), just_wrapped=()) -> bool:
     """Whether everything `settings` (a config.mhc) lists was done to this model before
-    the blocks / modules in `just_changed` were: every listed block is converted, every
-    listed module is history-wrapped, and none of them is one of `just_changed` (converting
-    or wrapping refuses a block done already, so an entry naming one done just now is not
-    this model's earlier record but one it was built or loaded with, e.g. a converted
-    checkpoint read with the plain class)."""
+    the blocks in `just_converted` were converted / the modules in `just_wrapped` were
+    history-wrapped: every listed block is converted, every listed module is wrapped, and
+    none of them is one done just now (converting or wrapping refuses a module done already,
+    so an entry naming one done just now is not this model's earlier record but one it was
+    built or loaded with, e.g. a converted checkpoint read with the plain class)."""
     modules = dict(model.named_modules())
     blocks = _listed_blocks(settings.get("segments", []))
     wrapped = _listed_wrapped(settings.get("history", []))
-    return (bool(blocks or wrapped) and not set(blocks + wrapped) & set(just_changed)
+    return (bool(blocks or wrapped) and not set(blocks) & set(just_converted)
+            and not set(wrapped) & set(just_wrapped)
             and all(is_converted(_unwrapped(modules.get(name)) or nn.Module()) for name in blocks)
             and all(isinstance(modules.get(name), HistoryInjected) for name in wrapped))
 
 
-def _earlier_record(model: nn.Module, just_changed):
+def _earlier_record(model: nn.Module, just_converted=(), just_wrapped=()):
     """(this model's earlier config.mhc or {}, the config to write to), or (None, None)
     for a model without a config."""
     config = getattr(model, "config", None)
     if config is None:
         return None, None
     previous = getattr(config, "mhc", None) or {}
-    if not (previous and _converted_here(model, previous, just_changed)):
+    if not (previous and _converted_here(model, previous, just_converted, just_wrapped)):
         # a first conversion: the config object may be shared with other models (two models
         # built from one config, an original and its copy.copy, a model built from a
         # converted model's config); give this model its own before writing config.mhc,
@@ -172,7 +173,7 @@ def _own_config(model: nn.Module):
 
 def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
     """Append the conversion to model.config.mhc (used by load_converted to rebuild the model)."""
-    previous, config = _earlier_record(model, _listed_blocks(segments))
+    previous, config = _earlier_record(model, just_converted=_listed_blocks(segments))
     if config is None:
         return
     stream = {"n": n, "variant": variant, "reduce": reduce, "config": cfg}
@@ -191,7 +192,7 @@ def record(model: nn.Module, *, n, variant, reduce, cfg, segments) -> None:
 def record_history(model: nn.Module, wrapped: list[str], options: dict) -> None:
     """Append a history injection (the wrapped modules' names and their options) to
     model.config.mhc, so load_converted wraps the same modules again."""
-    previous, config = _earlier_record(model, wrapped)
+    previous, config = _earlier_record(model, just_wrapped=wrapped)
     if config is None:
         return
     entry = {"modules": wrapped, "options": options, "after_segments": len(previous.get("segments", []))}

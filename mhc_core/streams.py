@@ -137,8 +137,8 @@ def step(
 ):
     """One residual step of `variant` ('mhc', 'hc', 'residual', 'mhc-lite') around layer f.
 
-    x [..., n, C] -> [..., n, C]; f maps [..., C] -> [..., C]. 'residual' ignores the
-    parameters (and needs n = 1).
+    x [..., n, C] -> [..., n, C] in x's dtype; f maps [..., C] -> [..., C]. 'residual'
+    ignores the parameters (and needs n = 1). Parameters and errors as `coefficients`.
     """
     if checks.variant(variant) == "residual":
         return residual_step(x, f)

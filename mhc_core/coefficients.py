@@ -100,6 +100,10 @@ def coefficients(
 
     phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are
     float32 (float64 when x is float64) whatever x's dtype, as in DeepSeek-V4.
+
+    Raises TypeError for integer arrays or arrays from two libraries, ValueError naming
+    the expected shape (phi, bias, alpha against x's n and C) or range (iters an integer
+    >= 1, eps and scales finite and >= 0, a known variant).
     """
     ops = namespace(x, phi, bias, alpha)
     n, c, variant, cfg = checks.coefficient_inputs(ops, x, phi, bias, alpha, variant, dict(

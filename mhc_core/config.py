@@ -29,4 +29,6 @@ class MHCConfig:
             object.__setattr__(self, name, value)
 
     def as_dict(self) -> dict:
+        """{'iters', 'rms_eps', 'pre_eps', 'sinkhorn_eps', 'post_scale'}: the keyword
+        arguments of `mhc_core.coefficients` / `step` (other than `variant`)."""
         return asdict(self)

@@ -102,7 +102,8 @@ def init_params(
 
 
 def head_param_shapes(n: int, c: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of the learned stream head (DeepSeek-V4 `hc_head`)."""
+    """Shapes of the learned stream head (DeepSeek-V4 `hc_head`):
+    {'phi': (n*C, n), 'bias': (n,), 'alpha': (1,)}."""
     n, c = checks.streams(n), checks.channels(c)
     return {"phi": (n * c, n), "bias": (n,), "alpha": (1,)}
 

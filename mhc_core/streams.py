@@ -81,9 +81,10 @@ def post_residual_backward(ops, x, y, post, res, dout):
 def expand_streams(x, n: int):
     """`x [..., C]` as n identical streams -> [..., n, C].
 
-    A broadcast view of x, not a copy (no memory per stream): numpy's is read-only and
-    torch's refuses in-place writes, and an in-place change of x shows in every stream.
-    Copy it (`.copy()`, `.clone()`) to write into one stream."""
+    A broadcast view of x, not a copy (no memory per stream): numpy's is read-only;
+    torch's refuses in-place ops on the whole view, but a write through one stream
+    (`s[..., 0, :] += 1`) writes x, so every stream changes, as does any in-place change
+    of x. Copy it (`.copy()`, `.clone()`) to write into one stream."""
     ops = namespace(x)
     checks.float_array(ops, x, "x")
     n = checks.streams(n)
@@ -137,8 +138,8 @@ def step(
 ):
     """One residual step of `variant` ('mhc', 'hc', 'residual', 'mhc-lite') around layer f.
 
-    x [..., n, C] -> [..., n, C]; f maps [..., C] -> [..., C]. 'residual' ignores the
-    parameters (and needs n = 1).
+    x [..., n, C] -> [..., n, C] in x's dtype; f maps [..., C] -> [..., C]. 'residual'
+    ignores the parameters (and needs n = 1). Parameters and errors as `coefficients`.
     """
     if checks.variant(variant) == "residual":
         return residual_step(x, f)

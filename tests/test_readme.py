@@ -170,3 +170,53 @@ def test_markers_are_parsed_strictly():
     cpu = for_cpu("n, C = 4, 4096\nm = f().cuda()\nb = MHC(mlp, n=n, dim=C).cuda()\n"
                   'x = torch.randn(8, 1024, C, device="cuda")')
     assert "cuda" not in cpu and 'impl="reference"' in cpu and "(2, 16, C" in cpu
+
+
+def _attribute_roots(code: str) -> list[tuple[str, str]]:
+    """(module path, attribute) for every `alias.attr` in `code` whose alias is one of our
+    packages (by name) or was bound by an import in `code` to one of them or a submodule."""
+    import ast
+
+    tree = ast.parse(code)  # a SyntaxError here fails the test
+    ours = ("mhc_core", "mhc_core_torch", "mhc_core_mlx")
+    aliases = {name: name for name in ours}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ours:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in ours:
+                    aliases[a.asname or a.name] = a.name
+    return [(aliases[n.value.id], n.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases]
+
+
+def _resolve(path: str):
+    """The module or attribute at dotted `path` (a submodule is imported)."""
+    import importlib
+
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError:
+        parent, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(parent), name)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.skip], ids=[b.id for b in BLOCKS if b.skip])
+def test_skipped_block_parses_and_names_what_exists(block):
+    """A block the README marks skip still parses, and every `pkg.name` it uses from our
+    packages exists, so a renamed function cannot hide in an example that never runs."""
+    for needle, module in NEEDS:
+        if needle in block.code:
+            pytest.importorskip(module)
+    pytest.importorskip("torch")
+    roots = _attribute_roots(block.code)
+    missing = [f"{path}.{attr}" for path, attr in roots if not hasattr(_resolve(path), attr)]
+    assert roots, f"README.md:{block.line}: no names of ours found to check"
+    assert not missing, f"README.md:{block.line} uses names that do not exist: {missing}"
+
+
+def test_attribute_roots_follow_imports():
+    code = "from mhc_core_torch.training import distributed as D\nimport mhc_core_mlx\nD.wrap_ddp(m)\nmhc_core_mlx.MHC\nx.y\n"
+    assert sorted(_attribute_roots(code)) == [("mhc_core_mlx", "MHC"), ("mhc_core_torch.training.distributed", "wrap_ddp")]

@@ -1,5 +1,9 @@
 """mhc_core_mlx: Manifold-Constrained Hyper-Connections as mlx.nn modules (mhc_core math).
 
+The same modules, parameter names and shapes as mhc_core_torch: `MHC` (x [..., n, C] ->
+[..., n, C]), `StreamHead` ([..., n, C] -> [..., C]), `HistorySequential`; weights move as
+numpy dicts or safetensors files in torch's state_dict names (`module_state`, `load_state`,
+`save_state`); `convert` / `load_converted` for mlx-lm Llama-family models.
 float64 needs the CPU (Metal has none): use `with mx.stream(mx.cpu):` on a Mac.
 """
 from mhc_core import __version__, expand_streams, reduce_streams

@@ -116,6 +116,7 @@ class HistorySequential(nn.Module):
         return mx.stop_gradient(x) if self.detach_history else x
 
     def __call__(self, x: mx.array) -> mx.array:
+        """x [...] -> [...] (each layer keeps the shape); TypeError for a non-mlx x."""
         if not isinstance(x, mx.array):
             raise TypeError(f"HistorySequential expects an mlx.core.array, got {type(x).__module__}.{type(x).__name__}")
         return hist.run_history_stack(x, self.layers, self.skips, self.history, self._keep)

@@ -138,6 +138,9 @@ class MHC(nn.Module):
         return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, compiled={self.compiled}"
 
     def __call__(self, x: mx.array) -> mx.array:
+        """x [..., n, C] -> [..., n, C] in x's dtype (the coefficients in float32, float64
+        for float64 x). TypeError for a non-mlx or integer x, ValueError naming the
+        expected shape when x is not [..., n, C] with this module's n and C."""
         _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
         if self.variant == "residual":
             return mhc_core.residual_step(x, self.layer)
@@ -170,5 +173,6 @@ class StreamHead(nn.Module):
         return f"n={self.n}, dim={self.dim}"
 
     def __call__(self, x: mx.array) -> mx.array:
+        """x [..., n, C] -> [..., C] in x's dtype. TypeError / ValueError as `MHC`."""
         _check_input(x, self.n, self.dim, "StreamHead")  # [..., n, C]
         return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)

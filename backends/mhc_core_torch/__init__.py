@@ -4,7 +4,10 @@
 learned stream reduction (DeepSeek-V4 hc_head), `HistorySequential` mixes a window of
 earlier states into each layer's output (the `mhc` package's design); weights move
 between backends as numpy dicts or safetensors files (`module_state`, `load_state`,
-`save_state`).
+`save_state`). Shapes: x [..., n, C] -> MHC -> [..., n, C] -> StreamHead -> [..., C];
+`expand_streams` / `reduce_streams` go [..., C] <-> [..., n, C]. Hugging Face models:
+`convert` / `load_converted` (Llama-family decoders), `inject` (any block class),
+`MHCSequential` (a stack of blocks), `patch_deepseek_v4`.
 """
 from mhc_core import __version__, expand_streams, reduce_streams
 

@@ -124,6 +124,7 @@ class HistorySequential(nn.Module):
         return x.detach() if self.detach_history else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [...] -> [...] (each layer keeps the shape); TypeError for a non-tensor x."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"HistorySequential expects a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
         return hist.run_history_stack(x, self.layers, self.skips, self.history, self._keep)

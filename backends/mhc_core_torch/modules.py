@@ -115,6 +115,10 @@ class MHC(nn.Module):
         return self.phi, self.bias, self.alpha
 
     def forward(self, x: torch.Tensor, **layer_kwargs) -> torch.Tensor:
+        """x [..., n, C] -> [..., n, C] in x's dtype (float32, bfloat16, float16 or float64;
+        the coefficients are computed in float32, float64 for float64 x). `layer_kwargs`
+        go to the wrapped layer. TypeError for a non-tensor or integer x, ValueError
+        naming the expected shape when x is not [..., n, C] with this module's n and C."""
         _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
         phi, bias, alpha = self._mixing()
         return dispatch.mhc_step(x, self.layer, phi, bias, alpha, variant=self.variant, cfg=self._cfg,
@@ -149,6 +153,8 @@ class StreamHead(nn.Module):
         return f"n={self.n}, dim={self.dim}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., n, C] -> [..., C] in x's dtype (weights computed in float32, also under
+        autocast). TypeError / ValueError as `MHC.forward`."""
         _check_input(x, self.n, self.dim, "StreamHead")  # [..., n, C]
         with torch.autocast(x.device.type, enabled=False):  # float32 weights even under autocast
             return mhc_core.head(x, self.phi, self.bias, self.alpha, rms_eps=self.rms_eps, eps=self.eps)

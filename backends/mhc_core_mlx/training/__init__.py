@@ -4,4 +4,5 @@
 - `distributed`: the group from `mlx.launch`, batch sharding, gradient averaging.
 - `recompute`:   keep each block of layers' input only (mlx.nn.utils.checkpoint).
 - `checkpoint`:  atomic safetensors + JSON checkpoints of model, optimizer, RNG, data.
+- `precision`:   `cast_except_mixing`: the model in bf16 (or another dtype), mHC parameters float32.
 """

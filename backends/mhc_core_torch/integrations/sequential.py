@@ -66,6 +66,8 @@ class MHCSequential(nn.Module):
         return f"n={self.n}, dim={self.dim}, reduce={'head' if self.head is not None else 'mean'!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., C] -> [..., C]: expand to n streams, run every block, reduce (mean or
+        the learned head). ValueError when x's last axis is not C."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"MHCSequential expects x [..., C={self.dim}], got shape {list(x.shape)}")
         s = mhc_core.expand_streams(x, self.n).contiguous()  # [..., n, C]

@@ -148,7 +148,9 @@ class MHC(nn.Module):
             return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
         mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())), custom_vjp)
         h, post, res = mix_in(x, self.phi, self.bias, self.alpha)  # [..., C], [..., n], [..., n, n]
-        return mix_out(x, self.layer(h), post, res)  # [..., n, C]
+        y = self.layer(h)  # [..., C]
+        checks.layer_output(x, y)
+        return mix_out(x, y, post, res)  # [..., n, C]
 
 
 class StreamHead(nn.Module):

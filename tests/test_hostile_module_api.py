@@ -1,0 +1,97 @@
+"""The public module API of both backends as a researcher dropping it into a model uses it.
+
+- a wrapped layer that returns several values (an attention block's (output, weights)),
+  a list or None gets one error naming the layer's output, on every path;
+- `MHC.coefficients(x)` exists on both backends and gives the float64 oracle's numbers
+  (tests/naive_oracle.py) and torch's gradients;
+- `init_params(dtype=...)` and `MHC(init=...)` refuse what is not real floating data
+  (an integer dtype rounded the biases, a complex init dropped its imaginary part).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mhc_core
+import naive_oracle as naive
+
+torch = pytest.importorskip("torch")
+mx = pytest.importorskip("mlx.core")
+import mlx.nn as mnn  # noqa: E402
+import mhc_core_mlx  # noqa: E402
+import mhc_core_torch  # noqa: E402
+
+N, C = 3, 4
+LAYER_OUTPUT = r"y must be a floating-point array of one library with x \(the layer's output"
+
+
+def _run_step(backend: str, f, variant: str):
+    """One step of `variant` around f on `backend`, on x of ones [2, n, C]."""
+    n = 1 if variant == "residual" else N
+    if backend == "numpy":
+        return mhc_core.step(np.ones((2, n, C)), f, **mhc_core.init_params(n, C, variant=variant), variant=variant)
+    if backend == "torch":
+        return mhc_core_torch.MHC(f, n=n, dim=C, variant=variant)(torch.ones(2, n, C))
+    module = mhc_core_mlx.MHC(f, n=n, dim=C, variant=variant, compiled=backend == "mlx-compiled")
+    return module(mx.ones((2, n, C)))
+
+
+@pytest.mark.parametrize("variant", ["mhc", "residual"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "mlx", "mlx-compiled"])
+@pytest.mark.parametrize("output,hint", [
+    (lambda h: (h, None), "returned a tuple: a layer returning several values"),
+    (lambda h: [h], "returned a list: a layer returning several values"),
+    (lambda h: None, "got NoneType"),
+], ids=["tuple", "list", "None"])
+def test_a_layer_returning_several_values_or_nothing_is_named(backend, variant, output, hint):
+    with pytest.raises(TypeError, match=LAYER_OUTPUT) as err:
+        _run_step(backend, output, variant)
+    assert hint in str(err.value)
+
+
+def _coefficient_params(rng, n: int, variant: str) -> dict:
+    width = mhc_core.param_shapes(n, C, variant)["phi"][1]
+    return {"phi": rng.normal(0.0, 0.5, (n * C, width)), "bias": rng.normal(0.0, 1.0, width),
+            "alpha": rng.normal(0.0, 1.0, 3)}
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite"])
+def test_mlx_mhc_coefficients_match_the_oracle_and_torch_gradients(variant):
+    rng = np.random.default_rng(1)
+    p = _coefficient_params(rng, N, variant)
+    x = rng.normal(size=(2, 5, N, C))
+    cfg = {"iters": 7, "sinkhorn_eps": 1e-3, "post_scale": 1.5, "pre_eps": 1e-4}
+    module = mhc_core_mlx.MHC(mnn.Linear(C, C), n=N, dim=C, variant=variant, **cfg)
+    with mx.stream(mx.cpu):
+        module.set_dtype(mx.float64)
+        module.update({k: mx.array(v, dtype=mx.float64) for k, v in p.items()})
+        got = module.coefficients(mx.array(x, dtype=mx.float64))
+        want = naive.coefficients(x, **p, variant=variant, **cfg)
+        for name, g, w in zip(("pre", "post", "res"), got, want):
+            assert g.dtype == mx.float64, name
+            np.testing.assert_allclose(np.array(g), w, rtol=1e-10, atol=1e-10, err_msg=name)
+
+        # gradients of a weighted sum of the three outputs, against torch's float64 autograd
+        weights = [rng.normal(size=w.shape) for w in want]
+
+        def loss(model, xx):
+            return sum((o * mx.array(w, dtype=mx.float64)).sum() for o, w in zip(model.coefficients(xx), weights))
+
+        _, grads = mnn.value_and_grad(module, loss)(module, mx.array(x, dtype=mx.float64))
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    outs = mhc_core.coefficients(torch.tensor(x), tp["phi"], tp["bias"], tp["alpha"], variant=variant, **cfg)
+    sum((o * torch.tensor(w)).sum() for o, w in zip(outs, weights)).backward()
+    for k in p:
+        np.testing.assert_allclose(np.array(grads[k]), tp[k].grad.numpy(), rtol=1e-9, atol=1e-10, err_msg=k)
+
+
+def test_mlx_mhc_coefficients_refuses_residual_and_bad_input_as_torch_does():
+    for module, x in ((mhc_core_torch.MHC(torch.nn.Identity(), n=1, dim=C, variant="residual"), torch.ones(2, 1, C)),
+                      (mhc_core_mlx.MHC(mnn.Identity(), n=1, dim=C, variant="residual"), mx.ones((2, 1, C)))):
+        with pytest.raises(ValueError, match="variant 'residual' has no coefficients"):
+            module.coefficients(x)
+    module = mhc_core_mlx.MHC(mnn.Identity(), n=N, dim=C)
+    with pytest.raises(ValueError, match=r"x must have shape \[2, 3, 4\] \(\[\.\.\., n, C\] with n=3, C=4"):
+        module.coefficients(mx.ones((2, N + 1, C)))
+    with pytest.raises(TypeError, match="MHC expects an mlx.core.array x"):
+        module.coefficients(np.ones((2, N, C), np.float32))

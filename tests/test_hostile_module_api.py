@@ -55,13 +55,14 @@ def _coefficient_params(rng, n: int, variant: str) -> dict:
             "alpha": rng.normal(0.0, 1.0, 3)}
 
 
-@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite"])
-def test_mlx_mhc_coefficients_match_the_oracle_and_torch_gradients(variant):
+@pytest.mark.parametrize("variant,impl", [("mhc", "reference"), ("mhc", "custom_vjp"), ("hc", "custom_vjp"),
+                                          ("mhc-lite", "auto")])
+def test_mlx_mhc_coefficients_match_the_oracle_and_torch_gradients(variant, impl):
     rng = np.random.default_rng(1)
     p = _coefficient_params(rng, N, variant)
     x = rng.normal(size=(2, 5, N, C))
     cfg = {"iters": 7, "sinkhorn_eps": 1e-3, "post_scale": 1.5, "pre_eps": 1e-4}
-    module = mhc_core_mlx.MHC(mnn.Linear(C, C), n=N, dim=C, variant=variant, **cfg)
+    module = mhc_core_mlx.MHC(mnn.Linear(C, C), n=N, dim=C, variant=variant, impl=impl, **cfg)
     with mx.stream(mx.cpu):
         module.set_dtype(mx.float64)
         module.update({k: mx.array(v, dtype=mx.float64) for k, v in p.items()})

@@ -137,12 +137,16 @@ class MHC(nn.Module):
     def _extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, compiled={self.compiled}"
 
+    def _custom_vjp(self, x: mx.array) -> bool:
+        """Whether x's coefficients take the explicit vjp (impl, and x's size under 'auto')."""
+        return self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
+
     def __call__(self, x: mx.array) -> mx.array:
         _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
         if self.variant == "residual":
             return mhc_core.residual_step(x, self.layer)
         cfg = self.config.as_dict()
-        custom_vjp = self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
+        custom_vjp = self._custom_vjp(x)
         if not self.compiled:
             step = mlx_autograd.step if custom_vjp else mhc_core.step
             return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
@@ -151,6 +155,16 @@ class MHC(nn.Module):
         y = self.layer(h)  # [..., C]
         checks.layer_output(x, y)
         return mix_out(x, y, post, res)  # [..., n, C]
+
+    def coefficients(self, x: mx.array):
+        """(pre [..., n], post [..., n], res [..., n, n]) for x [..., n, C] (reference math),
+        e.g. to feed `mhc_core.gain_report` with each layer's `res`; differentiable, with the
+        same path as the step (`impl`: MLX's autodiff or the explicit vjp)."""
+        _check_input(x, self.n, self.dim, "MHC")
+        if self.variant == "residual":
+            raise ValueError("variant 'residual' has no coefficients")
+        coefficients = mlx_autograd.coefficients if self._custom_vjp(x) else mhc_core.coefficients
+        return coefficients(x, self.phi, self.bias, self.alpha, variant=self.variant, **self.config.as_dict())
 
 
 class StreamHead(nn.Module):

@@ -96,3 +96,51 @@ def test_mlx_mhc_coefficients_refuses_residual_and_bad_input_as_torch_does():
         module.coefficients(mx.ones((2, N + 1, C)))
     with pytest.raises(TypeError, match="MHC expects an mlx.core.array x"):
         module.coefficients(np.ones((2, N, C), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.complex64, "int64"])
+def test_init_params_refuses_a_dtype_that_is_not_real_floating(dtype):
+    with pytest.raises(TypeError, match=r"init_params: dtype must be a real floating-point dtype \(float16, "
+                                        r"float32, float64\), got"):
+        mhc_core.init_params(N, C, dtype=dtype)
+    with pytest.raises(TypeError, match="init_head_params: dtype must be a real floating-point dtype"):
+        mhc_core.init_head_params(N, C, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, "float32"])
+def test_init_params_in_each_floating_dtype_are_the_float64_values_rounded(dtype):
+    want = mhc_core.init_params(N, C, variant="mhc-lite", phi_std=0.1, seed=3, dtype=np.float64)
+    got = mhc_core.init_params(N, C, variant="mhc-lite", phi_std=0.1, seed=3, dtype=dtype)
+    for k in want:
+        assert got[k].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got[k], want[k].astype(dtype), err_msg=k)
+
+
+def _init(n: int, phi) -> dict:
+    width = mhc_core.param_shapes(n, C)["phi"][1]
+    return {"phi": phi, "bias": np.zeros(width), "alpha": np.zeros(3)}
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("phi,words", [
+    (lambda: np.full((N * C, 15), 1 + 1j), "complex128"),
+    (lambda: np.full((N * C, 15), "a"), "<U1"),
+    (lambda: np.ones((N * C, 15), dtype=bool), "bool"),
+], ids=["complex", "strings", "bool"])
+def test_module_init_refuses_what_is_not_real_numbers(backend, phi, words):
+    layer = torch.nn.Identity() if backend == "torch" else mnn.Identity()
+    cls = mhc_core_torch.MHC if backend == "torch" else mhc_core_mlx.MHC
+    with pytest.raises(TypeError, match=rf"MHC init\['phi'\] must be an array of real numbers, got dtype {words}"):
+        cls(layer, n=N, dim=C, init=_init(N, phi()))
+
+
+def test_module_init_of_another_library_is_checked_too_and_integers_are_numbers():
+    with pytest.raises(TypeError, match=r"MHC init\['phi'\] must be an array of real numbers, got dtype torch.complex64"):
+        mhc_core_torch.MHC(torch.nn.Identity(), n=N, dim=C, init=_init(N, torch.ones(N * C, 15, dtype=torch.complex64)))
+    with pytest.raises(TypeError, match=r"MHC init\['phi'\] must be an array of real numbers, got dtype mlx.core.bool"):
+        mhc_core_mlx.MHC(mnn.Identity(), n=N, dim=C, init=_init(N, mx.ones((N * C, 15), dtype=mx.bool_)))
+    phi = np.arange(N * C * 15).reshape(N * C, 15) % 3 - 1  # integers: exact in float32
+    t = mhc_core_torch.MHC(torch.nn.Identity(), n=N, dim=C, init=_init(N, torch.tensor(phi)))
+    m = mhc_core_mlx.MHC(mnn.Identity(), n=N, dim=C, init=_init(N, mx.array(phi)))
+    np.testing.assert_array_equal(t.phi.detach().numpy(), phi.astype(np.float32))
+    np.testing.assert_array_equal(np.array(m.phi), phi.astype(np.float32))

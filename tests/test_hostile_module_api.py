@@ -144,3 +144,48 @@ def test_module_init_of_another_library_is_checked_too_and_integers_are_numbers(
     m = mhc_core_mlx.MHC(mnn.Identity(), n=N, dim=C, init=_init(N, mx.array(phi)))
     np.testing.assert_array_equal(t.phi.detach().numpy(), phi.astype(np.float32))
     np.testing.assert_array_equal(np.array(m.phi), phi.astype(np.float32))
+
+
+# --- a weight file remembers each MHC's variant ----------------------------------------------
+# mhc and hc have the same parameter shapes but read them differently (hc's biases are its
+# static pre / post / res, mhc's are logits): a file of one loaded into the other computed
+# other numbers without a word.
+
+
+def _torch_stack(variant: str):
+    return torch.nn.Sequential(*(mhc_core_torch.MHC(torch.nn.Linear(C, C), n=N, dim=C, variant=v)
+                                 for v in ("mhc", variant)))
+
+
+def _mlx_stack(variant: str):
+    return mnn.Sequential(*(mhc_core_mlx.MHC(mnn.Linear(C, C), n=N, dim=C, variant=v) for v in ("mhc", variant)))
+
+
+@pytest.mark.parametrize("writer,reader", [("torch", "torch"), ("torch", "mlx"), ("mlx", "torch"), ("mlx", "mlx")])
+def test_a_weight_file_of_one_variant_is_refused_by_an_mhc_of_another(tmp_path, writer, reader):
+    backends = {"torch": (_torch_stack, mhc_core_torch), "mlx": (_mlx_stack, mhc_core_mlx)}
+    path = tmp_path / "w.safetensors"
+    make, lib = backends[writer]
+    lib.save_state(make("hc"), path)
+    make, lib = backends[reader]
+    with pytest.raises(ValueError, match=r"load_state: .*w.safetensors' holds an MHC of variant 'hc' at '1', "
+                                         r"but this Sequential's MHC there is variant 'mhc'"):
+        lib.load_state(make("mhc"), path)
+    same = lib.load_state(make("hc"), path)  # the same variants load, with the writer's numbers
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, N, C)).astype(np.float32)
+    state = {k: v.astype(np.float64) for k, v in lib.module_state(same).items()}
+    want = x.astype(np.float64)
+    for i, v in enumerate(("mhc", "hc")):
+        w, b = state[f"{i}.layer.weight"], state[f"{i}.layer.bias"]
+        want = naive.step(want, lambda h: h @ w.T + b, state[f"{i}.phi"], state[f"{i}.bias"], state[f"{i}.alpha"],
+                          variant=v)
+    got = same(torch.from_numpy(x)).detach().numpy() if reader == "torch" else np.array(same(mx.array(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dict_state_and_a_file_without_variants_still_load(tmp_path):
+    """Only files that record the variants are checked: numpy dicts carry none."""
+    state = mhc_core_torch.module_state(_torch_stack("hc"))
+    module = mhc_core_torch.load_state(_torch_stack("mhc"), state)
+    np.testing.assert_array_equal(module[1].bias.detach().numpy(), state["1.bias"])

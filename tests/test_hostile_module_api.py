@@ -189,3 +189,32 @@ def test_a_dict_state_and_a_file_without_variants_still_load(tmp_path):
     state = mhc_core_torch.module_state(_torch_stack("hc"))
     module = mhc_core_torch.load_state(_torch_stack("mhc"), state)
     np.testing.assert_array_equal(module[1].bias.detach().numpy(), state["1.bias"])
+
+
+# --- keyword arguments reach the wrapped layer on both backends --------------------------------
+
+
+class _TorchScaled(torch.nn.Module):
+    def forward(self, h, *, scale, shift=0.0):
+        return torch.tanh(h) * scale + shift
+
+
+class _MLXScaled(mnn.Module):
+    def __call__(self, h, *, scale, shift=0.0):
+        return mx.tanh(h) * scale + shift
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite", "residual"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_forward_keyword_arguments_reach_the_layer_on_both_backends(variant, compiled):
+    n = 1 if variant == "residual" else N
+    rng = np.random.default_rng(4)
+    p = {} if variant == "residual" else _coefficient_params(rng, n, variant)
+    x = rng.normal(size=(2, 3, n, C)).astype(np.float32)
+    want = naive.step(x.astype(np.float64), lambda h: np.tanh(h) * 0.5 - 1.0, **p, variant=variant)
+    init = {k: v.astype(np.float32) for k, v in p.items()} or None
+    t = mhc_core_torch.MHC(_TorchScaled(), n=n, dim=C, variant=variant, init=init)
+    m = mhc_core_mlx.MHC(_MLXScaled(), n=n, dim=C, variant=variant, init=init, compiled=compiled)
+    np.testing.assert_allclose(t(torch.from_numpy(x), scale=0.5, shift=-1.0).detach().numpy(), want, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.array(m(mx.array(x), scale=0.5, shift=-1.0)), want, rtol=1e-5, atol=1e-5)

@@ -208,7 +208,8 @@ def check_variants(state, mine: dict[str, str], owner: str) -> None:
     theirs = json.loads(recorded)
     wrong = [(path, theirs[path], mine[path]) for path in sorted(set(theirs) & set(mine)) if theirs[path] != mine[path]]
     if wrong:
-        what = "; ".join(f"an MHC of variant {t!r} at {path or '<root>'!r}, but this {owner}'s MHC there is variant {m!r}"
+        what = "; ".join(f"an MHC of variant {t!r} at {path or '<root>'!r}, but this "
+                         + (f"{owner}'s MHC there is" if path else f"{owner} is") + f" variant {m!r}"
                          for path, t, m in wrong)
         raise ValueError(f"load_state: {os.fspath(state)!r} holds {what}. The variants read the same parameters "
                          "differently (hc's biases are static coefficients, mhc's and mhc-lite's are logits): "

@@ -218,3 +218,10 @@ def test_forward_keyword_arguments_reach_the_layer_on_both_backends(variant, com
     np.testing.assert_allclose(t(torch.from_numpy(x), scale=0.5, shift=-1.0).detach().numpy(), want, rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(np.array(m(mx.array(x), scale=0.5, shift=-1.0)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_single_mhc_file_of_another_variant_is_refused(tmp_path):
+    path = tmp_path / "one.safetensors"
+    mhc_core_mlx.save_state(mhc_core_mlx.MHC(mnn.Linear(C, C), n=N, dim=C, variant="hc"), path)
+    with pytest.raises(ValueError, match=r"holds an MHC of variant 'hc' at '<root>', but this MHC is variant 'mhc'\."):
+        mhc_core_torch.load_state(mhc_core_torch.MHC(torch.nn.Linear(C, C), n=N, dim=C), path)

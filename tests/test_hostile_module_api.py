@@ -5,7 +5,10 @@
 - `MHC.coefficients(x)` exists on both backends and gives the float64 oracle's numbers
   (tests/naive_oracle.py) and torch's gradients;
 - `init_params(dtype=...)` and `MHC(init=...)` refuse what is not real floating data
-  (an integer dtype rounded the biases, a complex init dropped its imaginary part).
+  (an integer dtype rounded the biases, a complex init dropped its imaginary part);
+- a weight file records each MHC's variant, and a module with another variant there
+  refuses it on both backends (mhc and hc have the same shapes);
+- keyword arguments of a call reach the wrapped layer on both backends, compiled or not.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from .xp import Ops
+from .xp import Ops, namespace
 
 VARIANTS = ("mhc", "hc", "residual", "mhc-lite")
 
@@ -163,6 +163,25 @@ def layer(f, name: str = "f", framework: str | None = None) -> None:
             raise TypeError(f"{name} is a module of {other[0]} ({type(f).__module__}.{type(f).__name__}), but "
                             f"this is the {framework} backend: wrap a layer of {framework} (arrays and modules "
                             "of two libraries do not mix)")
+
+
+def layer_output(x, y) -> None:
+    """y, what the wrapped layer returned for x's aggregate, must be one array of x's
+    library: a tuple (an attention block's (output, weights)), a list or None is named as
+    the layer's mistake here, not as a mix of array libraries inside the mixing math."""
+    try:
+        same = namespace(y) is namespace(x)
+    except TypeError:
+        same = False
+    if same:
+        return
+    kind = f"{type(y).__module__}.{type(y).__name__}" if y is not None else "NoneType"
+    hint = ""
+    if isinstance(y, (tuple, list)):
+        hint = (f"; it returned a {type(y).__name__}: a layer returning several values (e.g. an attention "
+                "block's (output, weights)) needs a wrapper returning the output alone")
+    raise TypeError(f"y must be a floating-point array of one library with x (the layer's output, "
+                    f"[..., C], a {type(x).__module__}.{type(x).__name__}), got {kind}{hint}")
 
 
 def variant(value: str) -> str:

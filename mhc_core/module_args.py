@@ -63,6 +63,9 @@ def _initial_params(init, shapes: dict, n: int, dim: int, variant: str, pre_eps:
             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
     for name, shape in shapes.items():  # phi [n*C, n*n+2n], bias [n*n+2n], alpha [3]
+        if not _real_numbers(init[name]):
+            raise TypeError(f"{owner} init[{name!r}] must be an array of real numbers, got dtype "
+                            f"{_dtype(init[name])}")
         got = _shape(init[name])
         if got != shape:
             raise ValueError(f"{owner} init[{name!r}] must have shape {list(shape)}, got {list(got)}")
@@ -70,6 +73,18 @@ def _initial_params(init, shapes: dict, n: int, dim: int, variant: str, pre_eps:
             raise ValueError(f"{owner} init[{name!r}] must hold finite numbers (a NaN or inf parameter "
                              "makes every output NaN), got a non-finite entry")
     return dict(init)
+
+
+def _dtype(value):
+    return value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+
+
+def _real_numbers(value) -> bool:
+    """Whether an array of any library (or a nested list) holds real floating or integer
+    numbers (bools, complex numbers and strings are not parameter values)."""
+    if hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        return namespace(value).is_real_number(value)
+    return np.asarray(value).dtype.kind in "iuf"
 
 
 def _all_finite(value) -> bool:

@@ -17,7 +17,11 @@ name. Layers known to differ (convolutions, batch norm, multi-head attention, re
 and quantized layers) are refused by name: see `unportable`.
 
 The files' metadata record the writer: {"library": "mhc-core", "backend": "torch" | "mlx",
-"naming": NAMING}.
+"naming": NAMING}, and, when the module holds MHC steps, "variants": a JSON object of each
+one's canonical path -> variant. mhc and hc have the same parameter shapes but read them
+differently (hc's biases are its static pre / post / res, mhc's are logits), so a file
+loads only into a module whose MHC steps at those paths have the same variants
+(`check_variants`); numpy dicts carry no variants and are not checked.
 """
 from __future__ import annotations
 
@@ -183,6 +187,30 @@ def writable_path(path, fn: str) -> str:
     return path
 
 
-def metadata(backend: str, version: str) -> dict[str, str]:
-    """What `save_state` writes into a file's metadata."""
-    return {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}
+def metadata(backend: str, version: str, variants: dict[str, str] | None = None) -> dict[str, str]:
+    """What `save_state` writes into a file's metadata; variants: canonical path of each MHC
+    step -> its variant ('' for the module itself)."""
+    out = {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}
+    if variants:
+        out["variants"] = json.dumps(variants, sort_keys=True)
+    return out
+
+
+def check_variants(state, mine: dict[str, str], owner: str) -> None:
+    """A file whose metadata records its MHC steps' variants loads only into a module whose
+    MHC steps at those paths (`mine`: canonical path -> variant) have the same ones; one
+    ValueError names every difference. Mappings and files without the record pass."""
+    if not mine or not isinstance(state, (str, os.PathLike)):
+        return
+    recorded = file_metadata(state).get("variants")
+    if not recorded:
+        return
+    theirs = json.loads(recorded)
+    wrong = [(path, theirs[path], mine[path]) for path in sorted(set(theirs) & set(mine)) if theirs[path] != mine[path]]
+    if wrong:
+        what = "; ".join(f"an MHC of variant {t!r} at {path or '<root>'!r}, but this "
+                         + (f"{owner}'s MHC there is" if path else f"{owner} is") + f" variant {m!r}"
+                         for path, t, m in wrong)
+        raise ValueError(f"load_state: {os.fspath(state)!r} holds {what}. The variants read the same parameters "
+                         "differently (hc's biases are static coefficients, mhc's and mhc-lite's are logits): "
+                         "build the module with the file's variants.")

@@ -114,6 +114,7 @@ def residual_step(x, f: Callable):
     if n != 1:
         raise ValueError(f"the residual variant has one stream: x must be [..., 1, C], got n={n}")
     y = f(x[..., 0, :])
+    checks.layer_output(x, y)
     # y must be x's library, floating and exactly [..., C]: a [C] or [1, C] output would
     # otherwise broadcast over the tokens, and an integer one be silently cast
     ops = namespace(x, y)
@@ -149,6 +150,7 @@ def step(
         pre_eps=pre_eps, sinkhorn_eps=sinkhorn_eps, post_scale=post_scale,
     )
     y = f(pre_aggregate(x, pre))
+    checks.layer_output(x, y)
     return post_residual(x, y, post, res)
 
 

@@ -130,6 +130,10 @@ class Ops:
     def is_floating(self, x) -> bool:
         return self.xp.isdtype(x.dtype, "real floating")
 
+    def is_real_number(self, x) -> bool:
+        """Real floating or integer (not bool, not complex)."""
+        return self.xp.isdtype(x.dtype, ("real floating", "integral"))
+
     def astype(self, x, dtype):
         """x itself when it already has `dtype` (no copy), else a converted copy."""
         return x if x.dtype == dtype else self.xp.astype(x, dtype)
@@ -483,6 +487,9 @@ class _MLXOps(Ops):
 
     def is_floating(self, x) -> bool:
         return self.xp.issubdtype(x.dtype, self.xp.floating)
+
+    def is_real_number(self, x) -> bool:
+        return self.xp.issubdtype(x.dtype, self.xp.floating) or self.xp.issubdtype(x.dtype, self.xp.integer)
 
     def stop_gradient(self, x):
         return self.xp.stop_gradient(x)

@@ -85,4 +85,5 @@ def step(x, f: Callable, phi=None, bias=None, alpha=None, *, variant: str = "mhc
     checks.layer(f)
     pre, post, res = coefficients(x, phi, bias, alpha, variant=variant, **cfg)
     y = f(mhc_core.pre_aggregate(x, pre))
+    checks.layer_output(x, y)
     return mhc_core.post_residual(x, y, post, res)

@@ -103,7 +103,8 @@ class MHC(nn.Module):
             AUTO_CUSTOM_VJP_MIN_ELEMENTS up; benchmarks/results/cpu_ratios.md). Same math.
         compiled: run the mixing math through `mx.compile` (same numbers as eager).
 
-    Forward: x [..., n, C] -> [..., n, C].
+    Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments are passed to `layer`
+    (attention masks, a KV cache, ...), as on the torch backend.
     """
 
     def __init__(
@@ -137,21 +138,39 @@ class MHC(nn.Module):
     def _extra_repr(self) -> str:
         return f"n={self.n}, dim={self.dim}, variant={self.variant!r}, compiled={self.compiled}"
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def _custom_vjp(self, x: mx.array) -> bool:
+        """Whether x's coefficients take the explicit vjp (impl, and x's size under 'auto')."""
+        return self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
+
+    def __call__(self, x: mx.array, **layer_kwargs) -> mx.array:
         """x [..., n, C] -> [..., n, C] in x's dtype (the coefficients in float32, float64
-        for float64 x). TypeError for a non-mlx or integer x, ValueError naming the
-        expected shape when x is not [..., n, C] with this module's n and C."""
+        for float64 x); `layer_kwargs` go to the wrapped layer. TypeError for a non-mlx or
+        integer x, ValueError naming the expected shape when x is not [..., n, C] with this
+        module's n and C."""
         _check_input(x, self.n, self.dim, "MHC")  # [..., n, C]
+        f = (lambda h: self.layer(h, **layer_kwargs)) if layer_kwargs else self.layer
         if self.variant == "residual":
-            return mhc_core.residual_step(x, self.layer)
+            return mhc_core.residual_step(x, f)
         cfg = self.config.as_dict()
-        custom_vjp = self.impl == "custom_vjp" or (self.impl == "auto" and x.size >= AUTO_CUSTOM_VJP_MIN_ELEMENTS)
+        custom_vjp = self._custom_vjp(x)
         if not self.compiled:
             step = mlx_autograd.step if custom_vjp else mhc_core.step
-            return step(x, self.layer, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
+            return step(x, f, self.phi, self.bias, self.alpha, variant=self.variant, **cfg)
         mix_in, mix_out = _compiled_mixing(self.variant, tuple(sorted(cfg.items())), custom_vjp)
         h, post, res = mix_in(x, self.phi, self.bias, self.alpha)  # [..., C], [..., n], [..., n, n]
-        return mix_out(x, self.layer(h), post, res)  # [..., n, C]
+        y = f(h)  # [..., C]
+        checks.layer_output(x, y)
+        return mix_out(x, y, post, res)  # [..., n, C]
+
+    def coefficients(self, x: mx.array):
+        """(pre [..., n], post [..., n], res [..., n, n]) for x [..., n, C] (reference math),
+        e.g. to feed `mhc_core.gain_report` with each layer's `res`; differentiable, with the
+        same path as the step (`impl`: MLX's autodiff or the explicit vjp)."""
+        _check_input(x, self.n, self.dim, "MHC")
+        if self.variant == "residual":
+            raise ValueError("variant 'residual' has no coefficients")
+        coefficients = mlx_autograd.coefficients if self._custom_vjp(x) else mhc_core.coefficients
+        return coefficients(x, self.phi, self.bias, self.alpha, variant=self.variant, **self.config.as_dict())
 
 
 class StreamHead(nn.Module):

@@ -36,6 +36,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 import mhc_core
 from mhc_core import portable
 
+from .modules import MHC
+
 
 def _native(module: nn.Module) -> dict[str, mx.array]:
     """Every parameter under its MLX name (tree_flatten of `parameters()`)."""
@@ -56,6 +58,12 @@ def canonical_name(module: nn.Module, name: str) -> str:
         out.append(part)
         obj = obj[int(part)] if isinstance(obj, (list, tuple)) else obj[part]
     return ".".join(out)
+
+
+def _variants(module: nn.Module) -> dict[str, str]:
+    """Canonical path -> variant of every MHC step in `module`."""
+    return {canonical_name(module, name) if name else "": m.variant
+            for name, m in module.named_modules() if isinstance(m, MHC)}
 
 
 def _params(module: nn.Module) -> dict[str, mx.array]:
@@ -87,9 +95,6 @@ def _refuse_mixed_f64_bf16(dtypes, where: str) -> None:
                          "and numpy cannot hold bfloat16; cast the module to one of them first")
 
 
-_METADATA = portable.metadata("mlx", mhc_core.__version__)
-
-
 def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     """Write every parameter of `module` to a safetensors file at exactly `path` (any name, as
     the torch backend's save_state)."""
@@ -97,6 +102,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
     params = _params(module)
+    metadata = portable.metadata("mlx", mhc_core.__version__, _variants(module))
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
         # mx.save_safetensors appends '.safetensors' to a path without it: write a temporary
@@ -104,7 +110,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
         # the file system's length limit), then move it to the path asked for
         tmp = os.path.join(os.path.dirname(path), f".{uuid.uuid4().hex}.tmp.safetensors")
         try:
-            mx.save_safetensors(tmp, params, metadata=_METADATA)
+            mx.save_safetensors(tmp, params, metadata=metadata)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -112,7 +118,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
         return
     _refuse_mixed_f64_bf16(dtypes, f"save_state({type(module).__name__})")
     _safetensors_numpy("save float64 tensors").save_file({k: np.array(v) for k, v in params.items()}, path,
-                                                          metadata=_METADATA)
+                                                          metadata=metadata)
 
 
 def _read(state) -> dict[str, mx.array]:
@@ -164,6 +170,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
         incoming = {canonical_name(module, k): v for k, v in incoming.items()}
     current = {c: native[k] for c, k in to_native.items()}
     portable.check_incoming(current, incoming, type(module).__name__, module.named_modules(), state, "torch")
+    portable.check_variants(state, _variants(module), type(module).__name__)
     for k, v in incoming.items():
         if not mx.issubdtype(v.dtype, mx.floating):
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

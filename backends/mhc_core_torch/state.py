@@ -27,6 +27,8 @@ from torch import nn
 import mhc_core
 from mhc_core import portable
 
+from .modules import MHC
+
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     if not isinstance(module, nn.Module):
@@ -50,7 +52,12 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
-    save_file(tensors, path, metadata=portable.metadata("torch", mhc_core.__version__))
+    save_file(tensors, path, metadata=portable.metadata("torch", mhc_core.__version__, _variants(module)))
+
+
+def _variants(module: nn.Module) -> dict[str, str]:
+    """Canonical path -> variant of every MHC step in `module`."""
+    return {name: m.variant for name, m in module.named_modules() if isinstance(m, MHC)}
 
 
 def _read(state) -> dict[str, torch.Tensor]:
@@ -99,6 +106,7 @@ def load_state(module: nn.Module, state) -> nn.Module:
                              "(MLX's 'layers.N' and 'N' both given); pass one naming")
         incoming = translated
     portable.check_incoming(current, incoming, type(module).__name__, module.named_modules(), state, "mlx")
+    portable.check_variants(state, _variants(module), type(module).__name__)
     for k, v in incoming.items():
         if current[k].is_floating_point() and not v.is_floating_point():
             raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")

@@ -109,6 +109,8 @@ CALLS = {
     "eye_like": lambda o, a: o.eye_like(a["a"], 3),
     "constant_like": lambda o, a: o.constant_like(a["a"], np.arange(6.0).reshape(2, 3)),
     "is_floating": lambda o, a: np.array(float(o.is_floating(a["a"]))),
+    "is_real_number(float, bool)": lambda o, a: np.array([float(o.is_real_number(a["a"])),
+                                                          float(o.is_real_number(o.isfinite(a["a"])))]),
     "compute_dtype": lambda o, a: o.zeros_like(o.astype(a["a"], o.compute_dtype(a["a"]))) + 1.0,
 }
 
@@ -142,7 +144,7 @@ def shim(adapter, dtype: str) -> list[Result]:
         r_, a_ = TOLERANCES[tol_dtype]
         res = compare(val, np.asarray(want, dtype=np.float64), rtol=r_, atol=a_, **labels)
         expected_dtype = {"astype": "float32", "compute_dtype": "float64" if dtype == "float64" else "float32",
-                          "isfinite": "bool"}.get(name, None if name in ("is_floating", "equal_all") else dtype)
+                          "isfinite": "bool"}.get(name, None if name in ("is_floating", "is_real_number(float, bool)", "equal_all") else dtype)
         if expected_dtype and _dtype_name(got) != expected_dtype:
             res.abs, res.note = float("inf"), f"result dtype {got.dtype}, expected {expected_dtype}"
         out.append(res)

@@ -115,11 +115,13 @@ def test_kernel_device_errors_name_each_argument(mixing_params, device):
     (lambda x, y, pre, res, p: ops.coefficients(x, p[0][:-1], *p[1:]), ValueError, r"phi must have shape \[24, 15\]"),
     (lambda x, y, pre, res, p: ops.step(x, lambda h: h[..., :4], *p), ValueError, r"y must have shape \[4, 8\]"),
     (lambda x, y, pre, res, p: ops.step(x, lambda h: h.int(), *p), TypeError, "y must be a floating-point array"),
+    (lambda x, y, pre, res, p: ops.step(x, lambda h: (h, None), *p), TypeError,
+     r"y must be a floating-point array of one library with x \(the layer's output.*returned a tuple"),
     (lambda x, y, pre, res, p: ops.step(x, torch.tanh, *p, variant="residual"), ValueError,
      "the residual variant has one stream"),
     (lambda x, y, pre, res, p: ops.step(x.int(), torch.tanh, *p), TypeError, "x must be a floating-point array"),
 ], ids=["pre-n", "pre-lead", "y-C", "post-lead", "res-n", "res-complex", "x-n", "phi-rows", "layer-C",
-        "layer-int", "residual-n", "x-int"])
+        "layer-int", "layer-tuple", "residual-n", "x-int"])
 def test_public_ops_bad_shapes_and_dtypes(call, error, message, mixing_params, device):
     x = torch.randn(T, N, C, device=device)
     y, pre, res = torch.randn(T, C, device=device), torch.rand(T, N, device=device), torch.rand(T, N, N, device=device)

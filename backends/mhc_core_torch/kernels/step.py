@@ -109,4 +109,5 @@ def step(x, f, phi=None, bias=None, alpha=None, *, variant="mhc", iters=_DEFAULT
     else:
         h, post, res, x_again = StepInFunction.apply(*args)
     y = f(h.reshape(lead + (c,)))
+    checks.layer_output(x, y)
     return post_residual(x_again.reshape(lead + (n, c)), y, post.reshape(lead + (n,)), res.reshape(lead + (n, n)))

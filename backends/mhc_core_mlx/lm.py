@@ -19,7 +19,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 import mhc_core
-from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+from mhc_core.experiments.lm_config import (LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices,
+                                            squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -260,9 +261,12 @@ class Trainer:
         m = mx.array(mask.astype(np.float32))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
-        sq = mx.stack([(g.astype(mx.float32) ** 2).sum() for _, g in flat])
-        mx.eval(loss, sq, recorded)
-        sq = np.array(sq).astype(np.float64)
+        amax = [mx.abs(g.astype(mx.float32)).max() for _, g in flat]
+        scaled = [((g.astype(mx.float32) / mx.where(a > 0, a, 1.0)) ** 2).sum() for (_, g), a in zip(flat, amax)]
+        finite = [mx.all(mx.isfinite(g)) for _, g in flat]
+        parts = [mx.stack(v) for v in (amax, scaled, finite)]
+        mx.eval(loss, parts, recorded)
+        sq = squared_norms(*(np.array(v) for v in parts))
         out = grad_norms([k for k, _ in flat], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_core
-from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+from mhc_core.experiments.lm_config import (LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices,
+                                            squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -263,7 +264,10 @@ class Trainer:
         loss = masked_cross_entropy(logits, y, m)
         loss.backward()
         grads = [(k, p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in self.params]
-        sq = torch.stack([g.float().pow(2).sum() for _, g in grads]).numpy().astype(np.float64)
+        amax = [g.float().abs().amax() for _, g in grads]
+        scaled = [(g.float() / torch.where(a > 0, a, 1.0)).pow(2).sum() for (_, g), a in zip(grads, amax)]
+        finite = [torch.isfinite(g).all() for _, g in grads]
+        sq = squared_norms(*(torch.stack(v).numpy() for v in (amax, scaled, finite)))
         out = grad_norms([k for k, _ in grads], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])

@@ -301,6 +301,17 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
     return out
 
 
+def squared_norms(amax, scaled, finite) -> np.ndarray:
+    """Per-tensor squared L2 norms in float64, from what a backend reduces in float32:
+    amax[k] = max |g_k|, scaled[k] = sum (g_k / amax[k])^2 (g_k / 1 when amax[k] = 0) and
+    finite[k] = every entry of g_k finite. The squares of gradients above ~1.8e19 overflow
+    float32, so each tensor is summed scaled to at most 1 and the scale is put back in
+    float64; a tensor holding NaN / Inf gives NaN (counted by `grad_norms`)."""
+    amax = np.asarray(amax, dtype=np.float64)
+    scaled = np.asarray(scaled, dtype=np.float64)
+    return np.where(np.asarray(finite, dtype=bool), amax * amax * scaled, np.nan)
+
+
 def grad_norms(names: list[str], sq, layers: list[str]) -> dict:
     """Gradient norms from per-parameter squared L2 norms (both backends call this).
 

@@ -117,28 +117,43 @@ class LMConfig:
     res_init: str = "identity"
 
     def __post_init__(self):
+        """Validate every field and store numbers as Python int / float / bool (numpy scalars
+        and 0-d arrays are accepted: a numpy seed would overflow `seed * 100_003` and stop
+        `to_json`)."""
         if self.variant not in LM_VARIANTS:
             raise ValueError(f"variant must be one of {LM_VARIANTS}, got {self.variant!r}")
         for name, allowed in (("arch", ARCHS), ("norm", NORMS), ("inputs", INPUTS), ("res_init", RES_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.inputs == "patches" and (isinstance(self.patch_dim, bool) or not isinstance(self.patch_dim, int)
-                                         or self.patch_dim < 1):
-            raise ValueError(f"LMConfig.patch_dim must be an integer >= 1 for inputs 'patches', got {self.patch_dim!r}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
+        for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
+            set_(name, checks.integer(getattr(self, name), f"LMConfig.{name}"))
+        set_("seed", checks.integer(self.seed, "LMConfig.seed", minimum=0))
+        if self.inputs == "patches":
+            try:
+                set_("patch_dim", checks.integer(self.patch_dim, "LMConfig.patch_dim"))
+            except ValueError:
+                raise ValueError(f"LMConfig.patch_dim must be an integer >= 1 for inputs 'patches', "
+                                 f"got {self.patch_dim!r}") from None
+        else:
+            set_("patch_dim", checks.integer(self.patch_dim, "LMConfig.patch_dim", minimum=0))
+        for name in ("init_std", "norm_eps", "phi_std"):
+            set_(name, checks.non_negative(getattr(self, name), f"LMConfig.{name}"))
+        for name in ("alpha_init", "res_logit_gap"):
+            set_(name, checks.real(getattr(self, name), f"LMConfig.{name}"))
+        for name in ("scale_out_init", "history_gate", "detach_history"):
+            set_(name, checks.flag(getattr(self, name), f"LMConfig.{name}"))
         if self.variant in ("residual", "history") and self.n != 1:
-            object.__setattr__(self, "n", 1)  # one stream: the baseline, and the history design
-        checks.streams(self.n)
+            set_("n", 1)  # one stream: the baseline, and the history design
+        set_("n", checks.streams(self.n))
         if self.variant == "mhc-lite":
             checks.res_width(self.n, self.variant)  # n <= 6
-        hist.check_history(self.history)
+        set_("history", hist.check_history(self.history))
         hist.check_constraint(self.history_constraint)
-        for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LMConfig.{name} must be an integer >= 1, got {value!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"LMConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        self.mhc_config()  # validates iters and the eps values
+        for name, value in self.mhc_config().as_dict().items():  # validates iters and the eps values
+            set_(name, value)
 
     @property
     def hidden(self) -> int:

@@ -58,3 +58,41 @@ def test_nan_and_zero_gradients_are_still_told_apart(lm):
     params["head.weight"][0, 0] = np.nan
     out = lm.Trainer(cfg, params).step(*batch, lr=1e-3)
     assert out["skipped"] and out["nonfinite_grad_tensors"] > 0
+
+
+NUMPY_INTS = [np.int64, np.int32, np.uint16]
+
+
+@pytest.mark.parametrize("kind", NUMPY_INTS, ids=lambda k: k.__name__)
+def test_numpy_integer_settings_give_the_python_int_model(kind):
+    """Seeds and sizes drawn from numpy (e.g. np.arange) build the model a Python int
+    builds: the same weights (np.int32 seed * 100_003 used to wrap around) and a config
+    that writes to JSON (config.json of a run)."""
+    sizes = dict(vocab=5, dim=4, n_layers=2, n_heads=2, mlp_ratio=2, seq_len=3, n=2, history=2, iters=3)
+    want = LMConfig(seed=30000, **sizes)
+    got = LMConfig(seed=kind(30000), **{k: kind(v) for k, v in sizes.items()})
+    assert got == want and json.loads(got.to_json()) == json.loads(want.to_json())
+    a, b = init_lm_params(got), init_lm_params(want)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    floats = dict(init_std=0.1, norm_eps=1e-5, alpha_init=0.02, phi_std=0.01, res_logit_gap=3.0, rms_eps=1e-5)
+    assert LMConfig(**{k: np.float32(v) for k, v in floats.items()}).to_json() == \
+        LMConfig(**{k: float(np.float32(v)) for k, v in floats.items()}).to_json()
+
+
+@pytest.mark.parametrize("task", ["incrementing", "copy", "text"])
+def test_numpy_integer_seeds_and_sizes_give_the_same_stream(task):
+    from mhc_core.experiments.data import make_stream
+
+    kw = dict(vocab=7, seq_len=4, batch_size=3, seed=2, eval_size=5)
+    want = make_stream(task, **kw)
+    got = make_stream(task, **{k: np.int64(v) for k, v in kw.items()})
+    for a, b in zip(want.batch(3) + want.eval_set(), got.batch(3) + got.eval_set()):
+        np.testing.assert_array_equal(a, b)
+    assert json.dumps(got.state()) == json.dumps(want.state())
+
+
+@pytest.mark.parametrize("field, value", [("seed", -1), ("seed", 1.0), ("seed", True), ("init_std", float("nan")),
+                                          ("init_std", -0.1), ("phi_std", float("inf")), ("scale_out_init", "no")])
+def test_bad_lm_settings_are_named(field, value):
+    with pytest.raises((ValueError, TypeError), match=rf"LMConfig\.{field} must be"):
+        LMConfig(**{field: value})

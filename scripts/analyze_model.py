@@ -99,8 +99,9 @@ def load_sweep_run(path: str, args):
             rec = json.loads(line)
             if "per_layer" in rec:
                 last = rec
-    if last is not None:
-        info["per_layer"] = {"step": last["step"], **last["per_layer"]}
+    if last is not None:  # the sweep writes NaN / Inf as the strings 'nan' / 'inf' / '-inf'
+        info["per_layer"] = {"step": last["step"],
+                             **{k: [float(v) for v in vals] for k, vals in last["per_layer"].items()}}
     return stats, info
 
 

@@ -96,3 +96,38 @@ def test_numpy_integer_seeds_and_sizes_give_the_same_stream(task):
 def test_bad_lm_settings_are_named(field, value):
     with pytest.raises((ValueError, TypeError), match=rf"LMConfig\.{field} must be"):
         LMConfig(**{field: value})
+
+
+def test_analyze_model_reads_a_run_whose_numbers_are_all_nan(tmp_path, monkeypatch):
+    """A sweep run that was NaN from its first step (metrics.jsonl writes NaN as 'nan'):
+    analyze_model tabulates it, NaN where the log has NaN, instead of a format error."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    monkeypatch.syspath_prepend(os.path.join(root, "scripts"))
+    import analyze_model
+    import depth_sweep
+    from nan_runs import poison_hc_embedding
+
+    poison_hc_embedding(monkeypatch, depth_sweep)
+    out = tmp_path / "sweep"
+    assert depth_sweep.main(["--backend", "torch", "--variants", "hc", "--depths", "1", "--steps", "2", "--dim", "8",
+                             "--heads", "2", "--seq-len", "4", "--batch", "2", "--vocab", "5", "--n", "2",
+                             "--log-every", "1", "--no-progress", "--no-plots", "--out", str(out)]) == 0
+    run = out / "hc-L1"
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["per_layer"]["forward_gain_max"] == ["nan", "nan"]  # what the sweep logged
+    assert analyze_model.main([str(run)]) == 0
+    text = (run / "analysis" / "analysis.txt").read_text()
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert [r[:1] + r[1:] for r in rows] == [[str(l)] + ["nan"] * 5 for l in (0, 1)]
+
+
+def test_ascii_heatmap_shows_nan_and_inf_cells():
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    from analysis_plots import ascii_heatmap
+
+    h = np.array([[np.nan, 0.25], [np.inf, 1.0]])
+    rows = ascii_heatmap(h).splitlines()
+    for row, values in zip(rows, h):
+        cells = row.split(":", 1)[1].split()
+        assert [float(c.rstrip(" .:-=+*#%@?")) for c in cells] == pytest.approx(list(values), nan_ok=True)

@@ -19,8 +19,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices,
-                                            squared_norms)
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, grad_norms, init_lm_params, layer_names,
+                                            mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -151,6 +151,13 @@ class TinyLM(nn.Module):
         t = tokens.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        if self.cfg.inputs == "tokens" and tokens.size:  # mx.take would gather some row for an id outside
+            try:
+                lo, hi = mx.min(tokens).item(), mx.max(tokens).item()
+            except ValueError:  # traced by mx.compile / vmap: nothing can be evaluated, so no check
+                lo, hi = 0, 0
+            if lo < 0 or hi >= self.cfg.vocab:
+                check_ids(np.array(tokens), self.cfg.vocab)
         embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
         h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
@@ -200,8 +207,18 @@ def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
 
 
 def _inputs(cfg: LMConfig, x) -> mx.array:
-    """numpy inputs as the model's array: token ids (int32) or patches (float32)."""
-    return mx.array(np.asarray(x, dtype=np.int32 if cfg.inputs == "tokens" else np.float32))
+    """numpy inputs as the model's array: token ids (int32, each in [0, vocab)) or patches (float32)."""
+    x = np.asarray(x)
+    if cfg.inputs == "tokens":
+        check_ids(x, cfg.vocab)
+    return mx.array(x.astype(np.int32 if cfg.inputs == "tokens" else np.float32))
+
+
+def _targets(cfg: LMConfig, y) -> mx.array:
+    """numpy targets (next tokens or class labels, each in [0, vocab)) as an int32 array."""
+    y = np.asarray(y)
+    check_ids(y, cfg.vocab, "targets")
+    return mx.array(y.astype(np.int32))
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
@@ -257,7 +274,7 @@ class Trainer:
         skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
         as they were for this forward (before the update).
         """
-        x, y = _inputs(self.cfg, inputs), mx.array(np.asarray(targets).astype(np.int32))
+        x, y = _inputs(self.cfg, inputs), _targets(self.cfg, targets)
         m = mx.array(mask.astype(np.float32))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
@@ -289,7 +306,7 @@ class Trainer:
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):
-            x, y = _inputs(self.cfg, inputs[s:s + chunk]), mx.array(np.asarray(targets[s:s + chunk]).astype(np.int32))
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), _targets(self.cfg, targets[s:s + chunk])
             logits = self.model.forward_recording(x, 0)[0].astype(mx.float32)
             loss_sum += float(masked_cross_entropy(logits, y, m).item()) * int(y.shape[0])
             h, w = correct_and_weight(logits, y, m)

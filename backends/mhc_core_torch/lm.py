@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices,
-                                            squared_norms)
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, grad_norms, init_lm_params, layer_names,
+                                            mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -203,8 +203,18 @@ def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
 
 
 def _inputs(cfg: LMConfig, x) -> torch.Tensor:
-    """numpy inputs as the model's tensor: token ids (long) or patches (float32)."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.long if cfg.inputs == "tokens" else torch.float32)
+    """numpy inputs as the model's tensor: token ids (long, each in [0, vocab)) or patches (float32)."""
+    x = np.asarray(x)
+    if cfg.inputs == "tokens":
+        check_ids(x, cfg.vocab)
+    return torch.as_tensor(x, dtype=torch.long if cfg.inputs == "tokens" else torch.float32)
+
+
+def _targets(cfg: LMConfig, y) -> torch.Tensor:
+    """numpy targets (next tokens or class labels, each in [0, vocab)) as a long tensor."""
+    y = np.asarray(y)
+    check_ids(y, cfg.vocab, "targets")
+    return torch.as_tensor(y, dtype=torch.long)
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -257,7 +267,7 @@ class Trainer:
         as they were for this forward (before the update).
         """
         x = _inputs(self.cfg, inputs)
-        y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        y = _targets(self.cfg, targets)
         m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
         self.opt.zero_grad(set_to_none=True)
         logits, recorded = self.forward(x, record_rows)
@@ -292,7 +302,7 @@ class Trainer:
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):
-            x, y = _inputs(self.cfg, inputs[s:s + chunk]), torch.as_tensor(np.asarray(targets[s:s + chunk]), dtype=torch.long)
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), _targets(self.cfg, targets[s:s + chunk])
             logits = self.model.forward_recording(x, 0)[0].float()
             loss_sum += float(masked_cross_entropy(logits, y, m)) * len(y)
             h, w = correct_and_weight(logits, y, m)

@@ -316,6 +316,15 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
     return out
 
 
+def check_ids(ids, vocab: int, what: str = "token ids") -> None:
+    """ValueError unless every id (token ids, or targets: next tokens / class labels) lies in
+    [0, vocab): an id outside is an IndexError in torch, but MLX gathers some row silently."""
+    a = np.asarray(ids)
+    outside = (a < 0) | (a >= vocab)
+    if outside.any():
+        raise ValueError(f"{what} must be in [0, {vocab}) (vocab {vocab}), got {a[outside].flat[0]}")
+
+
 def squared_norms(amax, scaled, finite) -> np.ndarray:
     """Per-tensor squared L2 norms in float64, from what a backend reduces in float32:
     amax[k] = max |g_k|, scaled[k] = sum (g_k / amax[k])^2 (g_k / 1 when amax[k] = 0) and

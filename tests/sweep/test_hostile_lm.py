@@ -131,3 +131,40 @@ def test_ascii_heatmap_shows_nan_and_inf_cells():
     for row, values in zip(rows, h):
         cells = row.split(":", 1)[1].split()
         assert [float(c.rstrip(" .:-=+*#%@?")) for c in cells] == pytest.approx(list(values), nan_ok=True)
+
+
+@pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
+@pytest.mark.parametrize("bad", [5, -1, 1000])
+def test_ids_outside_the_vocabulary_are_refused(lm, bad):
+    """torch's embedding and cross-entropy raise on an id outside [0, vocab) (except the
+    target -100, which it ignores); MLX gathers some row and trains on it. Both backends
+    refuse such token ids and targets, naming the range."""
+    cfg = LMConfig(vocab=5, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2)
+    good, mask = np.array([[0, 1, 4]]), np.ones(3, np.float32)
+    bad_ids = np.array([[0, bad, 1]])
+    trainer = lm.Trainer(cfg)
+    for inputs, targets, what in ((bad_ids, good, "token ids"), (good, bad_ids, "targets")):
+        with pytest.raises(ValueError, match=rf"{what} must be in \[0, 5\) \(vocab 5\), got {bad}"):
+            trainer.step(inputs, targets, mask, lr=1e-3)
+        with pytest.raises(ValueError, match=rf"{what} must be in \[0, 5\) \(vocab 5\), got {bad}"):
+            trainer.evaluate(inputs, targets, mask)
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, 5\) \(vocab 5\), got {bad}"):
+        trainer.model.res_matrices(bad_ids)
+    assert np.isfinite(trainer.step(good, good, mask, lr=1e-3)["loss"])
+
+
+def test_mlx_model_called_on_an_out_of_vocabulary_id_raises_like_torch():
+    cfg = LMConfig(vocab=5, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2)
+    with pytest.raises(IndexError):
+        tlm.TinyLM(cfg)(torch.tensor([[0, 5, 1]]))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 5\) \(vocab 5\), got 5"):
+        mlm.TinyLM(cfg)(mx.array([[0, 5, 1]]))
+
+
+def test_mlx_model_compiled_whole_still_runs_and_matches_eager():
+    """The id check cannot evaluate inside mx.compile; a compiled TinyLM still gives the eager logits."""
+    cfg = LMConfig(vocab=5, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2, phi_std=0.1)
+    model = mlm.TinyLM(cfg)
+    tokens = mx.array([[0, 1, 4], [3, 2, 1]])
+    compiled = mx.compile(model, inputs=model.state)
+    np.testing.assert_allclose(np.array(compiled(tokens)), np.array(model(tokens)), rtol=1e-6, atol=1e-7)

@@ -161,6 +161,24 @@ def test_mlx_model_called_on_an_out_of_vocabulary_id_raises_like_torch():
         mlm.TinyLM(cfg)(mx.array([[0, 5, 1]]))
 
 
+def test_sweep_stats_counts_numpy_numbers_like_python_numbers():
+    """Rows whose metrics are numpy scalars (np.float32 losses, np.int64 counts) used to be
+    dropped from the mean as if they were NaN. Reference: numpy on the Python floats."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    import sweep_stats
+
+    values = [np.float32(1.5), np.float64(2.25), np.int64(3), float("nan"), None]
+    got = sweep_stats.spread(values)
+    plain = [1.5, 2.25, 3.0]
+    assert got["n"] == 3 and got["mean"] == pytest.approx(np.mean(plain)) and got["std"] == pytest.approx(np.std(plain, ddof=1))
+    assert json.loads(json.dumps(got["values"][:3])) == plain  # summary.json can hold them
+    rows = [{"variant": "mhc", "depth": 1, "lr": 1e-3, "seed": s, "diverged": False, "eval_loss_final": np.float32(v)}
+            for s, v in enumerate((0.5, 0.75))]
+    (group,) = sweep_stats.aggregate(rows)
+    assert group["eval_loss_final"]["mean"] == pytest.approx(0.625) and group["eval_loss_final"]["n"] == 2
+
+
 def test_mlx_model_compiled_whole_still_runs_and_matches_eager():
     """The id check cannot evaluate inside mx.compile; a compiled TinyLM still gives the eager logits."""
     cfg = LMConfig(vocab=5, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2, phi_std=0.1)

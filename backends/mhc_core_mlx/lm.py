@@ -19,7 +19,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, check_ids, grad_norms, init_lm_params, layer_names,
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_mask, grad_norms, init_lm_params, layer_names,
                                             mixing_matrices, squared_norms)
 
 from .history import HistorySkip
@@ -275,7 +275,7 @@ class Trainer:
         as they were for this forward (before the update).
         """
         x, y = _inputs(self.cfg, inputs), _targets(self.cfg, targets)
-        m = mx.array(mask.astype(np.float32))
+        m = mx.array(check_mask(mask, targets))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
         amax = [mx.abs(g.astype(mx.float32)).max() for _, g in flat]
@@ -302,7 +302,7 @@ class Trainer:
     def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
         """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
         (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
-        m = mx.array(np.asarray(mask, dtype=np.float32))
+        m = mx.array(check_mask(mask, targets))
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):

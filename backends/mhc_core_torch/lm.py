@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, check_ids, grad_norms, init_lm_params, layer_names,
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_mask, grad_norms, init_lm_params, layer_names,
                                             mixing_matrices, squared_norms)
 
 from .history import HistorySkip
@@ -268,7 +268,7 @@ class Trainer:
         """
         x = _inputs(self.cfg, inputs)
         y = _targets(self.cfg, targets)
-        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        m = torch.as_tensor(check_mask(mask, targets))
         self.opt.zero_grad(set_to_none=True)
         logits, recorded = self.forward(x, record_rows)
         loss = masked_cross_entropy(logits, y, m)
@@ -298,7 +298,7 @@ class Trainer:
     def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
         """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
         (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
-        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        m = torch.as_tensor(check_mask(mask, targets))
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):

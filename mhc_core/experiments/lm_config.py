@@ -325,6 +325,17 @@ def check_ids(ids, vocab: int, what: str = "token ids") -> None:
         raise ValueError(f"{what} must be in [0, {vocab}) (vocab {vocab}), got {a[outside].flat[0]}")
 
 
+def check_mask(mask, targets) -> np.ndarray:
+    """The loss mask as float32: one weight per position, [T] for targets [B, T] (class
+    targets [B] do not use it). A [B, T] mask would broadcast against the per-token loss
+    while the mean still divides by B * mask.sum(): ValueError naming the shape."""
+    mask = np.asarray(mask, dtype=np.float32)
+    t = np.shape(targets)
+    if len(t) == 2 and mask.shape != (t[1],):
+        raise ValueError(f"mask must have shape [T] = [{t[1]}] (one weight per position), got {list(mask.shape)}")
+    return mask
+
+
 def squared_norms(amax, scaled, finite) -> np.ndarray:
     """Per-tensor squared L2 norms in float64, from what a backend reduces in float32:
     amax[k] = max |g_k|, scaled[k] = sum (g_k / amax[k])^2 (g_k / 1 when amax[k] = 0) and

@@ -186,3 +186,28 @@ def test_mlx_model_compiled_whole_still_runs_and_matches_eager():
     tokens = mx.array([[0, 1, 4], [3, 2, 1]])
     compiled = mx.compile(model, inputs=model.state)
     np.testing.assert_allclose(np.array(compiled(tokens)), np.array(model(tokens)), rtol=1e-6, atol=1e-7)
+
+
+def test_mask_as_a_list_gives_the_numpy_mask_loss_on_both_backends():
+    cfg = LMConfig(vocab=7, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="mhc", n=2, phi_std=0.1)
+    params = init_lm_params(cfg)
+    inputs, targets, mask = TaskStream("copy", vocab=7, seq_len=4, batch_size=3, seed=0).batch(0)
+    import sweep_oracle
+
+    want = sweep_oracle.eval_loss(cfg, params, inputs, targets, mask)
+    for lm in (tlm, mlm):
+        assert lm.Trainer(cfg, params).step(inputs, targets, mask.tolist(), lr=1e-3)["loss"] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
+def test_a_per_row_mask_is_refused_not_divided_by_the_batch_twice(lm):
+    """The mask is one weight per position, [T]; a [B, T] mask broadcast against the loss and
+    the mean divided by B * mask.sum(), B times too small."""
+    cfg = LMConfig(vocab=7, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="mhc", n=2)
+    inputs, targets, mask = TaskStream("copy", vocab=7, seq_len=4, batch_size=3, seed=0).batch(0)
+    rows = np.tile(mask, (3, 1))
+    trainer = lm.Trainer(cfg)
+    with pytest.raises(ValueError, match=r"mask must have shape \[T\] = \[4\] \(one weight per position\), got \[3, 4\]"):
+        trainer.step(inputs, targets, rows, lr=1e-3)
+    with pytest.raises(ValueError, match=r"mask must have shape \[T\] = \[4\] \(one weight per position\), got \[3, 4\]"):
+        trainer.evaluate(inputs, targets, rows)

@@ -19,8 +19,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_mask, grad_norms, init_lm_params, layer_names,
-                                            mixing_matrices, squared_norms)
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_input_shape, check_mask, grad_norms,
+                                            init_lm_params, layer_names, mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -148,9 +148,8 @@ class TinyLM(nn.Module):
         """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
         the stream state entering mixing layer l for the first `rows` batch rows,
         [rows, T, n, C] (empty list when rows = 0)."""
+        check_input_shape(self.cfg, tokens.shape)
         t = tokens.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         if self.cfg.inputs == "tokens" and tokens.size:  # mx.take would gather some row for an id outside
             try:
                 lo, hi = mx.min(tokens).item(), mx.max(tokens).item()

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_core
-from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_mask, grad_norms, init_lm_params, layer_names,
-                                            mixing_matrices, squared_norms)
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_input_shape, check_mask, grad_norms,
+                                            init_lm_params, layer_names, mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -147,9 +147,8 @@ class TinyLM(nn.Module):
         """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
         the stream state entering mixing layer l for the first `rows` batch rows,
         [rows, T, n, C] (empty list when rows = 0)."""
+        check_input_shape(self.cfg, tokens.shape)
         t = tokens.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
         h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]

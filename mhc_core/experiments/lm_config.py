@@ -316,6 +316,18 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
     return out
 
 
+def check_input_shape(cfg: LMConfig, shape) -> None:
+    """ValueError unless `shape` is what the model takes: tokens [B, T] with T <= seq_len,
+    or patches [B, T, patch_dim] with 1 <= T <= seq_len (mean pooling needs a token)."""
+    shape = tuple(shape)
+    if cfg.inputs == "patches":
+        if len(shape) != 3 or shape[2] != cfg.patch_dim or not 1 <= shape[1] <= cfg.seq_len:
+            raise ValueError(f"patches must be [B, T, {cfg.patch_dim}] with 1 <= T <= {cfg.seq_len}, got {list(shape)}")
+        return
+    if len(shape) >= 2 and shape[1] > cfg.seq_len:
+        raise ValueError(f"sequence length {shape[1]} exceeds the model's seq_len {cfg.seq_len}")
+
+
 def check_ids(ids, vocab: int, what: str = "token ids") -> None:
     """ValueError unless every id (token ids, or targets: next tokens / class labels) lies in
     [0, vocab): an id outside is an IndexError in torch, but MLX gathers some row silently."""

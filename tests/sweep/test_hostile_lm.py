@@ -211,3 +211,19 @@ def test_a_per_row_mask_is_refused_not_divided_by_the_batch_twice(lm):
         trainer.step(inputs, targets, rows, lr=1e-3)
     with pytest.raises(ValueError, match=r"mask must have shape \[T\] = \[4\] \(one weight per position\), got \[3, 4\]"):
         trainer.evaluate(inputs, targets, rows)
+
+
+@pytest.mark.parametrize("lm, array", [(tlm, torch.as_tensor), (mlm, mx.array)], ids=["torch", "mlx"])
+def test_patch_inputs_of_the_wrong_shape_are_named(lm, array):
+    """An image with no patch tokens used to give NaN class logits (mean pooling over
+    nothing); a wrong patch size or a missing axis failed inside a matmul."""
+    cfg = LMConfig(vocab=10, dim=4, n_layers=1, n_heads=1, seq_len=4, variant="mhc", n=2, inputs="patches", patch_dim=3)
+    model = lm.TinyLM(cfg)
+    for shape, match in (((2, 0, 3), r"patches must be \[B, T, 3\] with 1 <= T <= 4, got \[2, 0, 3\]"),
+                         ((2, 4, 2), r"patches must be \[B, T, 3\] with 1 <= T <= 4, got \[2, 4, 2\]"),
+                         ((2, 5, 3), r"patches must be \[B, T, 3\] with 1 <= T <= 4, got \[2, 5, 3\]"),
+                         ((4, 3), r"patches must be \[B, T, 3\] with 1 <= T <= 4, got \[4, 3\]")):
+        with pytest.raises(ValueError, match=match):
+            model(array(np.zeros(shape, np.float32)))
+    logits = model(array(np.ones((2, 4, 3), np.float32)))
+    assert np.isfinite(logits.detach().numpy() if hasattr(logits, "detach") else np.array(logits)).all()

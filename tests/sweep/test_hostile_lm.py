@@ -227,3 +227,43 @@ def test_patch_inputs_of_the_wrong_shape_are_named(lm, array):
             model(array(np.zeros(shape, np.float32)))
     logits = model(array(np.ones((2, 4, 3), np.float32)))
     assert np.isfinite(logits.detach().numpy() if hasattr(logits, "detach") else np.array(logits)).all()
+
+
+@pytest.mark.parametrize("task", ["digits", "text", "copy"])
+def test_analyze_model_runs_a_saved_sweep_model_on_a_batch_of_its_task(task, tmp_path, monkeypatch):
+    """A run folder with weights is rebuilt and run on a batch of its own task: digits
+    (float patches) and text used to be refused ('task must be one of (incrementing, copy)').
+    Reference: the model's res matrices on that batch through mhc_core.gain_report."""
+    if task == "digits":
+        pytest.importorskip("sklearn")
+    from safetensors.numpy import save_file
+
+    import mhc_core
+    from mhc_core.experiments.data import make_stream
+
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    monkeypatch.syspath_prepend(os.path.join(root, "scripts"))
+    import analyze_model
+    import depth_sweep
+
+    out = tmp_path / "sweep"
+    shape = [] if task == "digits" else ["--seq-len", "4"] + (["--vocab", "5"] if task == "copy" else [])
+    assert depth_sweep.main(["--backend", "torch", "--task", task, "--variants", "mhc", "--depths", "1", "--steps", "1",
+                             "--dim", "8", "--heads", "2", "--batch", "2", "--n", "2", "--eval-size", "3",
+                             "--no-progress", "--no-plots", "--out", str(out), *shape]) == 0
+    run = out / "mhc-L1"
+    config = json.loads((run / "config.json").read_text())
+    cfg = LMConfig(**{**config["model"], "phi_std": 0.3})  # coefficients that differ per token
+    params = init_lm_params(cfg)
+    save_file(params, str(run / "model.safetensors"))
+    assert analyze_model.main([str(run), "--batch", "3", "--seed", "4"]) == 0
+    steps = json.loads((run / "analysis" / "analysis.json").read_text())["steps"]
+    d = config["data"]
+    inputs = make_stream(task, vocab=cfg.vocab, seq_len=d["seq_len"], batch_size=3, seed=4,
+                         patch=d.get("patch", 2)).batch(0)[0]
+    report = mhc_core.gain_report(tlm.TinyLM(cfg, params).res_matrices(inputs))
+    assert len(steps) == len(report) == 2
+    for s, r in zip(steps, report):
+        assert s["forward_gain"] == pytest.approx(r["forward_gain"]["max"], rel=1e-6)
+        assert s["composite_backward_gain"] == pytest.approx(r["composite_backward_gain"]["max"], rel=1e-6)
+        assert s["identity_distance"] == pytest.approx(r["identity_distance"]["mean"], rel=1e-6)

@@ -210,7 +210,7 @@ class DataStream:
 
 class SyntheticStream(TaskStream):
     """A synthetic task (tasks.TaskStream) with a held-out set: `eval_size` rows (0: 32)
-    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream uses.
+    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream may use (ValueError).
 
     A held-out seed is not held-out data: an incrementing row is fixed by its first token,
     so the task has only `vocab` distinct sequences and training draws every one of them
@@ -219,6 +219,9 @@ class SyntheticStream(TaskStream):
 
     def __init__(self, *args, eval_size: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.seed == SYNTHETIC_EVAL_SEED:  # its batch 0 would be the held-out rows
+            raise ValueError(f"training seed {self.seed} is SYNTHETIC_EVAL_SEED, the seed the held-out rows are "
+                             "drawn from: a stream from it trains on them; use another seed")
         self.eval_size = checks.integer(eval_size, "eval_size", minimum=0) or 32
 
     def eval_set(self):

@@ -267,3 +267,34 @@ def test_analyze_model_runs_a_saved_sweep_model_on_a_batch_of_its_task(task, tmp
         assert s["forward_gain"] == pytest.approx(r["forward_gain"]["max"], rel=1e-6)
         assert s["composite_backward_gain"] == pytest.approx(r["composite_backward_gain"]["max"], rel=1e-6)
         assert s["identity_distance"] == pytest.approx(r["identity_distance"]["mean"], rel=1e-6)
+
+
+@pytest.mark.parametrize("task", ["incrementing", "copy"])
+def test_a_training_stream_never_draws_the_held_out_rows_of_its_seed(task):
+    """Held-out rows of a synthetic task come from SYNTHETIC_EVAL_SEED; a training stream with
+    that seed drew exactly those rows as its first batch."""
+    from mhc_core.experiments.data import SYNTHETIC_EVAL_SEED, make_stream
+
+    held = make_stream(task, vocab=50, seq_len=8, batch_size=4, seed=0).eval_set()[0]
+    clash = TaskStream(task, vocab=50, seq_len=8, batch_size=4, seed=SYNTHETIC_EVAL_SEED).batch(0)[0]
+    np.testing.assert_array_equal(clash, held[:4])  # why that seed cannot train
+    with pytest.raises(ValueError, match=rf"training seed {SYNTHETIC_EVAL_SEED} is SYNTHETIC_EVAL_SEED"):
+        make_stream(task, vocab=50, seq_len=8, batch_size=4, seed=SYNTHETIC_EVAL_SEED)
+
+
+@pytest.mark.parametrize("seeds", [["--seed", "10006"], ["--seeds", "0", "10006"]])
+def test_depth_sweep_seed_whose_data_is_the_held_out_set_is_a_usage_error(seeds, tmp_path, capsys):
+    """depth_sweep's training data use --seed + 1: --seed 10006 trained on the held-out rows,
+    and within --seeds it would have stopped the sweep after the earlier seeds trained."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    import depth_sweep
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        depth_sweep.main(["--backend", "torch", "--depths", "1", "--steps", "1", "--dim", "8", "--heads", "2",
+                          "--seq-len", "4", "--batch", "2", "--vocab", "5", "--no-progress", "--no-plots",
+                          "--out", str(out), *seeds])
+    assert exc.value.code == 2
+    assert "--seed 10006: training seed 10007 is SYNTHETIC_EVAL_SEED" in capsys.readouterr().err
+    assert not out.exists()

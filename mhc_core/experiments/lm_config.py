@@ -339,12 +339,18 @@ def check_ids(ids, vocab: int, what: str = "token ids") -> None:
 
 def check_mask(mask, targets) -> np.ndarray:
     """The loss mask as float32: one weight per position, [T] for targets [B, T] (class
-    targets [B] do not use it). A [B, T] mask would broadcast against the per-token loss
-    while the mean still divides by B * mask.sum(): ValueError naming the shape."""
+    targets [B] do not use it). The loss is a mean over rows and weighted positions, so
+    ValueError for no row, a mask of another shape (a [B, T] mask would broadcast against
+    the per-token loss while the mean still divides by B * mask.sum()) or no weight."""
     mask = np.asarray(mask, dtype=np.float32)
     t = np.shape(targets)
-    if len(t) == 2 and mask.shape != (t[1],):
-        raise ValueError(f"mask must have shape [T] = [{t[1]}] (one weight per position), got {list(mask.shape)}")
+    if not t or t[0] == 0:
+        raise ValueError(f"targets must hold at least one row, got shape {list(t)}")
+    if len(t) == 2:
+        if mask.shape != (t[1],):
+            raise ValueError(f"mask must have shape [T] = [{t[1]}] (one weight per position), got {list(mask.shape)}")
+        if not mask.sum() > 0:
+            raise ValueError(f"mask must weight at least one position, got {mask.tolist()}")
     return mask
 
 

@@ -298,3 +298,17 @@ def test_depth_sweep_seed_whose_data_is_the_held_out_set_is_a_usage_error(seeds,
     assert exc.value.code == 2
     assert "--seed 10006: training seed 10007 is SYNTHETIC_EVAL_SEED" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
+def test_an_empty_batch_or_an_all_zero_mask_is_refused_not_a_nan_event(lm):
+    """The loss of no rows / no weighted position is 0 / 0: torch logged it as a NaN/Inf
+    event (update skipped), MLX failed in logsumexp, evaluate divided by zero."""
+    cfg = LMConfig(vocab=5, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2)
+    trainer = lm.Trainer(cfg)
+    none, ones, zeros = np.zeros((0, 3), np.int64), np.ones(3, np.float32), np.zeros(3, np.float32)
+    for call in (lambda *a: trainer.step(*a, lr=1e-3), trainer.evaluate):
+        with pytest.raises(ValueError, match=r"targets must hold at least one row, got shape \[0, 3\]"):
+            call(none, none, ones)
+        with pytest.raises(ValueError, match=r"mask must weight at least one position, got \[0.0, 0.0, 0.0\]"):
+            call(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64), zeros)

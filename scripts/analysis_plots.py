@@ -38,10 +38,12 @@ def ascii_heatmap(h: np.ndarray) -> str:
 
 
 def divergence(s) -> float:
-    """1 - mean cosine similarity over pairs of different streams (0 while they are copies)."""
+    """1 - mean cosine similarity over pairs of different streams (0 while they are copies,
+    floored at 1e-16 for a log axis; NaN when the similarities are)."""
     c = np.asarray(s.stream_cos)
     n = c.shape[0]
-    return max(1e-16, 1.0 - float((c.sum() - np.trace(c)) / max(1, n * n - n)))
+    d = 1.0 - float((c.sum() - np.trace(c)) / max(1, n * n - n))
+    return d if math.isnan(d) else max(1e-16, d)
 
 
 def _gain_scale(ax, values) -> None:

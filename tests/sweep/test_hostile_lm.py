@@ -312,3 +312,18 @@ def test_an_empty_batch_or_an_all_zero_mask_is_refused_not_a_nan_event(lm):
             call(none, none, ones)
         with pytest.raises(ValueError, match=r"mask must weight at least one position, got \[0.0, 0.0, 0.0\]"):
             call(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64), zeros)
+
+
+def test_stream_divergence_of_nan_streams_is_nan_not_identical():
+    """divergence = 1 - mean off-diagonal cosine similarity (floored at 1e-16 for the log
+    axis); NaN similarities (a NaN forward) read 1e-16, 'identical copies'."""
+    from types import SimpleNamespace
+
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    from analysis_plots import divergence
+
+    c = np.array([[1.0, 0.25, 0.5], [0.25, 1.0, 0.75], [0.5, 0.75, 1.0]])
+    assert divergence(SimpleNamespace(stream_cos=c.tolist())) == pytest.approx(1 - c[~np.eye(3, dtype=bool)].mean())
+    assert divergence(SimpleNamespace(stream_cos=np.ones((3, 3)).tolist())) == 1e-16
+    assert np.isnan(divergence(SimpleNamespace(stream_cos=np.full((3, 3), np.nan).tolist())))

@@ -18,22 +18,32 @@ SHADES = " .:-=+*#%@"
 
 
 def ascii_heatmap(h: np.ndarray) -> str:
-    """A small matrix as rows of numbers plus a shade bar per cell (darker = larger)."""
+    """A small matrix as rows of numbers plus a shade bar per cell (darker = larger; '?' for
+    NaN / Inf cells, which the shade scale leaves out)."""
     h = np.asarray(h, dtype=float)
-    lo, hi = min(0.0, float(h.min())), max(1.0, float(h.max()))
+    finite = h[np.isfinite(h)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    hi = max(1.0, float(finite.max())) if finite.size else 1.0
+
+    def shade(v: float) -> str:
+        if not np.isfinite(v):
+            return "?"
+        return SHADES[min(len(SHADES) - 1, int((v - lo) / (hi - lo + 1e-12) * len(SHADES)))]
+
     rows = []
     for o, row in enumerate(h):
-        cells = " ".join(f"{v:6.3f}{SHADES[min(len(SHADES) - 1, int((v - lo) / (hi - lo + 1e-12) * len(SHADES)))]}"
-                         for v in row)
+        cells = " ".join(f"{v:6.3f}{shade(v)}" for v in row)
         rows.append(f"  to {o}: {cells}")
     return "\n".join(rows)
 
 
 def divergence(s) -> float:
-    """1 - mean cosine similarity over pairs of different streams (0 while they are copies)."""
+    """1 - mean cosine similarity over pairs of different streams (0 while they are copies,
+    floored at 1e-16 for a log axis; NaN when the similarities are)."""
     c = np.asarray(s.stream_cos)
     n = c.shape[0]
-    return max(1e-16, 1.0 - float((c.sum() - np.trace(c)) / max(1, n * n - n)))
+    d = 1.0 - float((c.sum() - np.trace(c)) / max(1, n * n - n))
+    return d if math.isnan(d) else max(1e-16, d)
 
 
 def _gain_scale(ax, values) -> None:

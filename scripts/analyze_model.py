@@ -65,20 +65,20 @@ def load_sweep_run(path: str, args):
     if weights:
         from safetensors.numpy import load_file
 
+        from mhc_core.experiments.data import make_stream
         from mhc_core.experiments.lm_config import LMConfig
-        from mhc_core.experiments.tasks import TaskStream
         from mhc_core_torch.integrations.analysis import analyze
-        from mhc_core_torch.lm import TinyLM
-        import torch
+        from mhc_core_torch.lm import TinyLM, _inputs
 
         cfg = LMConfig(**config["model"])
         model = TinyLM(cfg, load_file(weights[0]))
-        train = config.get("train", {})
-        data = TaskStream(train.get("task", "incrementing"), vocab=cfg.vocab, seq_len=cfg.seq_len,
-                          batch_size=args.batch, seed=args.seed)
-        tokens = torch.as_tensor(np.asarray(data.next()[0]), dtype=torch.long)
-        info.update(weights=os.path.basename(weights[0]), batch=f"{train.get('task')} task batch {list(tokens.shape)}")
-        return analyze(model, lambda: model(tokens)), info
+        task = config.get("train", {}).get("task", "incrementing")
+        data = config.get("data", {})  # the run's text window / digits patch size
+        stream = make_stream(task, vocab=cfg.vocab, seq_len=data.get("seq_len", cfg.seq_len), batch_size=args.batch,
+                             seed=args.seed, patch=data.get("patch", 2))
+        inputs = _inputs(cfg, stream.batch(0)[0])  # token ids, or digits patches
+        info.update(weights=os.path.basename(weights[0]), batch=f"{task} task batch {list(inputs.shape)}")
+        return analyze(model, lambda: model(inputs)), info
     from mhc_core_torch.integrations.analysis import stats_from_res
 
     res_path = os.path.join(path, "res_final.json")
@@ -99,8 +99,9 @@ def load_sweep_run(path: str, args):
             rec = json.loads(line)
             if "per_layer" in rec:
                 last = rec
-    if last is not None:
-        info["per_layer"] = {"step": last["step"], **last["per_layer"]}
+    if last is not None:  # the sweep writes NaN / Inf as the strings 'nan' / 'inf' / '-inf'
+        info["per_layer"] = {"step": last["step"],
+                             **{k: [float(v) for v in vals] for k, vals in last["per_layer"].items()}}
     return stats, info
 
 

@@ -252,10 +252,13 @@ def check_numbers(p, args) -> None:
                              ("--threads", args.threads, 0)):
         if value < low:
             p.error(f"{flag} must be an integer >= {low}, got {value}")
-    try:
-        data = make_data(args)
-    except ValueError as e:
-        p.error(f"task {args.task}: {e}")
+    for seed in args.seeds:  # every run's data (the training stream's seed is --seed + 1)
+        seed_args = copy.copy(args)
+        seed_args.seed = seed
+        try:
+            data = make_data(seed_args)
+        except ValueError as e:
+            p.error(f"task {args.task} with --seed {seed}: {e}")
     for variant in args.variants:  # every run's model settings, checked up front
         try:
             model_config(args, variant, min(args.depths), data)

@@ -18,14 +18,21 @@ METRICS = ("eval_loss_final", "eval_accuracy_final", "final_loss_avg10pct", "gra
            "max_composite_forward_gain", "nan_inf_events")
 
 
+def _plain(v):
+    """A numpy scalar as the Python number it holds (np.float32 is no `float`); else v."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def spread(values) -> dict:
-    """{'values', 'mean', 'std', 'n'} over the finite values (mean / std None when none are)."""
+    """{'values', 'mean', 'std', 'n'} over the finite values (mean / std None when none are);
+    numpy scalars count as the Python numbers they hold."""
+    values = [_plain(v) for v in values]
     ok = [float(v) for v in values if _finite(v)]
-    return {"values": list(values), "n": len(ok),
+    return {"values": values, "n": len(ok),
             "mean": float(np.mean(ok)) if ok else None,
             "std": float(np.std(ok, ddof=1)) if len(ok) > 1 else (0.0 if ok else None)}
 

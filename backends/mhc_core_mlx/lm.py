@@ -19,7 +19,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 import mhc_core
-from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_input_shape, check_mask, grad_norms,
+                                            init_lm_params, layer_names, mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -147,9 +148,15 @@ class TinyLM(nn.Module):
         """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
         the stream state entering mixing layer l for the first `rows` batch rows,
         [rows, T, n, C] (empty list when rows = 0)."""
+        check_input_shape(self.cfg, tokens.shape)
         t = tokens.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        if self.cfg.inputs == "tokens" and tokens.size:  # mx.take would gather some row for an id outside
+            try:
+                lo, hi = mx.min(tokens).item(), mx.max(tokens).item()
+            except ValueError:  # traced by mx.compile / vmap: nothing can be evaluated, so no check
+                lo, hi = 0, 0
+            if lo < 0 or hi >= self.cfg.vocab:
+                check_ids(np.array(tokens), self.cfg.vocab)
         embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
         h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
@@ -199,8 +206,18 @@ def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
 
 
 def _inputs(cfg: LMConfig, x) -> mx.array:
-    """numpy inputs as the model's array: token ids (int32) or patches (float32)."""
-    return mx.array(np.asarray(x, dtype=np.int32 if cfg.inputs == "tokens" else np.float32))
+    """numpy inputs as the model's array: token ids (int32, each in [0, vocab)) or patches (float32)."""
+    x = np.asarray(x)
+    if cfg.inputs == "tokens":
+        check_ids(x, cfg.vocab)
+    return mx.array(x.astype(np.int32 if cfg.inputs == "tokens" else np.float32))
+
+
+def _targets(cfg: LMConfig, y) -> mx.array:
+    """numpy targets (next tokens or class labels, each in [0, vocab)) as an int32 array."""
+    y = np.asarray(y)
+    check_ids(y, cfg.vocab, "targets")
+    return mx.array(y.astype(np.int32))
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
@@ -256,13 +273,16 @@ class Trainer:
         skipped; with record_rows > 0 also layer_inputs (numpy) and mixing_state, both
         as they were for this forward (before the update).
         """
-        x, y = _inputs(self.cfg, inputs), mx.array(np.asarray(targets).astype(np.int32))
-        m = mx.array(mask.astype(np.float32))
+        x, y = _inputs(self.cfg, inputs), _targets(self.cfg, targets)
+        m = mx.array(check_mask(mask, targets))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
-        sq = mx.stack([(g.astype(mx.float32) ** 2).sum() for _, g in flat])
-        mx.eval(loss, sq, recorded)
-        sq = np.array(sq).astype(np.float64)
+        amax = [mx.abs(g.astype(mx.float32)).max() for _, g in flat]
+        scaled = [((g.astype(mx.float32) / mx.where(a > 0, a, 1.0)) ** 2).sum() for (_, g), a in zip(flat, amax)]
+        finite = [mx.all(mx.isfinite(g)) for _, g in flat]
+        parts = [mx.stack(v) for v in (amax, scaled, finite)]
+        mx.eval(loss, parts, recorded)
+        sq = squared_norms(*(np.array(v) for v in parts))
         out = grad_norms([k for k, _ in flat], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])
@@ -281,11 +301,11 @@ class Trainer:
     def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
         """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
         (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
-        m = mx.array(np.asarray(mask, dtype=np.float32))
+        m = mx.array(check_mask(mask, targets))
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):
-            x, y = _inputs(self.cfg, inputs[s:s + chunk]), mx.array(np.asarray(targets[s:s + chunk]).astype(np.int32))
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), _targets(self.cfg, targets[s:s + chunk])
             logits = self.model.forward_recording(x, 0)[0].astype(mx.float32)
             loss_sum += float(masked_cross_entropy(logits, y, m).item()) * int(y.shape[0])
             h, w = correct_and_weight(logits, y, m)

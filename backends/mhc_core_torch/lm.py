@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_core
-from mhc_core.experiments.lm_config import LMConfig, grad_norms, init_lm_params, layer_names, mixing_matrices
+from mhc_core.experiments.lm_config import (LMConfig, check_ids, check_input_shape, check_mask, grad_norms,
+                                            init_lm_params, layer_names, mixing_matrices, squared_norms)
 
 from .history import HistorySkip
 from .modules import MHC
@@ -146,9 +147,8 @@ class TinyLM(nn.Module):
         """(logits, inputs): logits [B, T, V] (tokens) or [B, V] (patches); inputs[l] is
         the stream state entering mixing layer l for the first `rows` batch rows,
         [rows, T, n, C] (empty list when rows = 0)."""
+        check_input_shape(self.cfg, tokens.shape)
         t = tokens.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
         embed = self.embed if self.cfg.inputs == "tokens" else self.patch_embed
         h = embed(tokens) + self.pos_embed.weight[:t]  # [B, T, C]
         x = mhc_core.expand_streams(h, self.cfg.n)  # [B, T, n, C]
@@ -202,8 +202,18 @@ def mixing_state(model: TinyLM) -> dict[str, np.ndarray]:
 
 
 def _inputs(cfg: LMConfig, x) -> torch.Tensor:
-    """numpy inputs as the model's tensor: token ids (long) or patches (float32)."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.long if cfg.inputs == "tokens" else torch.float32)
+    """numpy inputs as the model's tensor: token ids (long, each in [0, vocab)) or patches (float32)."""
+    x = np.asarray(x)
+    if cfg.inputs == "tokens":
+        check_ids(x, cfg.vocab)
+    return torch.as_tensor(x, dtype=torch.long if cfg.inputs == "tokens" else torch.float32)
+
+
+def _targets(cfg: LMConfig, y) -> torch.Tensor:
+    """numpy targets (next tokens or class labels, each in [0, vocab)) as a long tensor."""
+    y = np.asarray(y)
+    check_ids(y, cfg.vocab, "targets")
+    return torch.as_tensor(y, dtype=torch.long)
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -256,14 +266,17 @@ class Trainer:
         as they were for this forward (before the update).
         """
         x = _inputs(self.cfg, inputs)
-        y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        y = _targets(self.cfg, targets)
+        m = torch.as_tensor(check_mask(mask, targets))
         self.opt.zero_grad(set_to_none=True)
         logits, recorded = self.forward(x, record_rows)
         loss = masked_cross_entropy(logits, y, m)
         loss.backward()
         grads = [(k, p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in self.params]
-        sq = torch.stack([g.float().pow(2).sum() for _, g in grads]).numpy().astype(np.float64)
+        amax = [g.float().abs().amax() for _, g in grads]
+        scaled = [(g.float() / torch.where(a > 0, a, 1.0)).pow(2).sum() for (_, g), a in zip(grads, amax)]
+        finite = [torch.isfinite(g).all() for _, g in grads]
+        sq = squared_norms(*(torch.stack(v).numpy() for v in (amax, scaled, finite)))
         out = grad_norms([k for k, _ in grads], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])
@@ -284,11 +297,11 @@ class Trainer:
     def evaluate(self, inputs, targets, mask, *, chunk: int = 256) -> dict:
         """Held-out eval_loss (the training loss's mean over every row) and eval_accuracy
         (argmax hits / targets, masked positions only) on numpy arrays, `chunk` rows at a time."""
-        m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        m = torch.as_tensor(check_mask(mask, targets))
         loss_sum = hits = total = 0.0
         rows = len(targets)
         for s in range(0, rows, chunk):
-            x, y = _inputs(self.cfg, inputs[s:s + chunk]), torch.as_tensor(np.asarray(targets[s:s + chunk]), dtype=torch.long)
+            x, y = _inputs(self.cfg, inputs[s:s + chunk]), _targets(self.cfg, targets[s:s + chunk])
             logits = self.model.forward_recording(x, 0)[0].float()
             loss_sum += float(masked_cross_entropy(logits, y, m)) * len(y)
             h, w = correct_and_weight(logits, y, m)

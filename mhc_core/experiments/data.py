@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import checks
 from .tasks import TASKS as SYNTHETIC_TASKS
 from .tasks import TaskStream
 
@@ -112,12 +113,10 @@ class DataStream:
     def __post_init__(self):
         if self.task not in REAL_TASKS:
             raise ValueError(f"DataStream task must be one of {REAL_TASKS}, got {self.task!r}")
-        for name in ("seq_len", "batch_size", "patch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DataStream.{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.eval_size, bool) or not isinstance(self.eval_size, int) or self.eval_size < 0:
-            raise ValueError(f"DataStream.eval_size must be an integer >= 0, got {self.eval_size!r}")
+        for name, low in (("seq_len", 1), ("batch_size", 1), ("patch", 1), ("eval_size", 0), ("seed", 0),
+                          ("position", 0)):
+            # numpy integers are accepted and stored as int (state() is written to JSON)
+            setattr(self, name, checks.integer(getattr(self, name), f"DataStream.{name}", minimum=low))
         if self.task == "digits":
             images, labels = load_digits_arrays()
             x = patchify(images, self.patch).astype(np.float32)
@@ -211,7 +210,7 @@ class DataStream:
 
 class SyntheticStream(TaskStream):
     """A synthetic task (tasks.TaskStream) with a held-out set: `eval_size` rows (0: 32)
-    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream uses.
+    drawn from seed SYNTHETIC_EVAL_SEED, which no training stream may use (ValueError).
 
     A held-out seed is not held-out data: an incrementing row is fixed by its first token,
     so the task has only `vocab` distinct sequences and training draws every one of them
@@ -220,7 +219,10 @@ class SyntheticStream(TaskStream):
 
     def __init__(self, *args, eval_size: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_size = eval_size or 32
+        if self.seed == SYNTHETIC_EVAL_SEED:  # its batch 0 would be the held-out rows
+            raise ValueError(f"training seed {self.seed} is SYNTHETIC_EVAL_SEED, the seed the held-out rows are "
+                             "drawn from: a stream from it trains on them; use another seed")
+        self.eval_size = checks.integer(eval_size, "eval_size", minimum=0) or 32
 
     def eval_set(self):
         held = TaskStream(self.task, vocab=self.vocab, seq_len=self.seq_len, batch_size=self.eval_size,

@@ -117,28 +117,43 @@ class LMConfig:
     res_init: str = "identity"
 
     def __post_init__(self):
+        """Validate every field and store numbers as Python int / float / bool (numpy scalars
+        and 0-d arrays are accepted: a numpy seed would overflow `seed * 100_003` and stop
+        `to_json`)."""
         if self.variant not in LM_VARIANTS:
             raise ValueError(f"variant must be one of {LM_VARIANTS}, got {self.variant!r}")
         for name, allowed in (("arch", ARCHS), ("norm", NORMS), ("inputs", INPUTS), ("res_init", RES_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.inputs == "patches" and (isinstance(self.patch_dim, bool) or not isinstance(self.patch_dim, int)
-                                         or self.patch_dim < 1):
-            raise ValueError(f"LMConfig.patch_dim must be an integer >= 1 for inputs 'patches', got {self.patch_dim!r}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
+        for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
+            set_(name, checks.integer(getattr(self, name), f"LMConfig.{name}"))
+        set_("seed", checks.integer(self.seed, "LMConfig.seed", minimum=0))
+        if self.inputs == "patches":
+            try:
+                set_("patch_dim", checks.integer(self.patch_dim, "LMConfig.patch_dim"))
+            except ValueError:
+                raise ValueError(f"LMConfig.patch_dim must be an integer >= 1 for inputs 'patches', "
+                                 f"got {self.patch_dim!r}") from None
+        else:
+            set_("patch_dim", checks.integer(self.patch_dim, "LMConfig.patch_dim", minimum=0))
+        for name in ("init_std", "norm_eps", "phi_std"):
+            set_(name, checks.non_negative(getattr(self, name), f"LMConfig.{name}"))
+        for name in ("alpha_init", "res_logit_gap"):
+            set_(name, checks.real(getattr(self, name), f"LMConfig.{name}"))
+        for name in ("scale_out_init", "history_gate", "detach_history"):
+            set_(name, checks.flag(getattr(self, name), f"LMConfig.{name}"))
         if self.variant in ("residual", "history") and self.n != 1:
-            object.__setattr__(self, "n", 1)  # one stream: the baseline, and the history design
-        checks.streams(self.n)
+            set_("n", 1)  # one stream: the baseline, and the history design
+        set_("n", checks.streams(self.n))
         if self.variant == "mhc-lite":
             checks.res_width(self.n, self.variant)  # n <= 6
-        hist.check_history(self.history)
+        set_("history", hist.check_history(self.history))
         hist.check_constraint(self.history_constraint)
-        for name in ("vocab", "dim", "n_layers", "n_heads", "mlp_ratio", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LMConfig.{name} must be an integer >= 1, got {value!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"LMConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        self.mhc_config()  # validates iters and the eps values
+        for name, value in self.mhc_config().as_dict().items():  # validates iters and the eps values
+            set_(name, value)
 
     @property
     def hidden(self) -> int:
@@ -299,6 +314,55 @@ def mixing_matrices(cfg: LMConfig, layer_inputs: list, state: dict[str, np.ndarr
         _, _, res = coefficients(x, phi, bias, alpha, variant=cfg.variant, **cfg.mhc_kwargs())
         out.append(res)
     return out
+
+
+def check_input_shape(cfg: LMConfig, shape) -> None:
+    """ValueError unless `shape` is what the model takes: tokens [B, T] with T <= seq_len,
+    or patches [B, T, patch_dim] with 1 <= T <= seq_len (mean pooling needs a token)."""
+    shape = tuple(shape)
+    if cfg.inputs == "patches":
+        if len(shape) != 3 or shape[2] != cfg.patch_dim or not 1 <= shape[1] <= cfg.seq_len:
+            raise ValueError(f"patches must be [B, T, {cfg.patch_dim}] with 1 <= T <= {cfg.seq_len}, got {list(shape)}")
+        return
+    if len(shape) >= 2 and shape[1] > cfg.seq_len:
+        raise ValueError(f"sequence length {shape[1]} exceeds the model's seq_len {cfg.seq_len}")
+
+
+def check_ids(ids, vocab: int, what: str = "token ids") -> None:
+    """ValueError unless every id (token ids, or targets: next tokens / class labels) lies in
+    [0, vocab): an id outside is an IndexError in torch, but MLX gathers some row silently."""
+    a = np.asarray(ids)
+    outside = (a < 0) | (a >= vocab)
+    if outside.any():
+        raise ValueError(f"{what} must be in [0, {vocab}) (vocab {vocab}), got {a[outside].flat[0]}")
+
+
+def check_mask(mask, targets) -> np.ndarray:
+    """The loss mask as float32: one weight per position, [T] for targets [B, T] (class
+    targets [B] do not use it). The loss is a mean over rows and weighted positions, so
+    ValueError for no row, a mask of another shape (a [B, T] mask would broadcast against
+    the per-token loss while the mean still divides by B * mask.sum()) or no weight."""
+    mask = np.asarray(mask, dtype=np.float32)
+    t = np.shape(targets)
+    if not t or t[0] == 0:
+        raise ValueError(f"targets must hold at least one row, got shape {list(t)}")
+    if len(t) == 2:
+        if mask.shape != (t[1],):
+            raise ValueError(f"mask must have shape [T] = [{t[1]}] (one weight per position), got {list(mask.shape)}")
+        if not mask.sum() > 0:
+            raise ValueError(f"mask must weight at least one position, got {mask.tolist()}")
+    return mask
+
+
+def squared_norms(amax, scaled, finite) -> np.ndarray:
+    """Per-tensor squared L2 norms in float64, from what a backend reduces in float32:
+    amax[k] = max |g_k|, scaled[k] = sum (g_k / amax[k])^2 (g_k / 1 when amax[k] = 0) and
+    finite[k] = every entry of g_k finite. The squares of gradients above ~1.8e19 overflow
+    float32, so each tensor is summed scaled to at most 1 and the scale is put back in
+    float64; a tensor holding NaN / Inf gives NaN (counted by `grad_norms`)."""
+    amax = np.asarray(amax, dtype=np.float64)
+    scaled = np.asarray(scaled, dtype=np.float64)
+    return np.where(np.asarray(finite, dtype=bool), amax * amax * scaled, np.nan)
 
 
 def grad_norms(names: list[str], sq, layers: list[str]) -> dict:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import checks
+
 TASKS = ("incrementing", "copy")
 
 
@@ -60,10 +62,9 @@ class TaskStream:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        for name in ("vocab", "seq_len", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TaskStream.{name} must be an integer >= 1, got {value!r}")
+        for name, low in (("vocab", 1), ("seq_len", 1), ("batch_size", 1), ("seed", 0), ("position", 0)):
+            # numpy integers are accepted and stored as int (state() is written to JSON)
+            setattr(self, name, checks.integer(getattr(self, name), f"TaskStream.{name}", minimum=low))
         if self.task == "copy" and self.seq_len < 2:
             raise ValueError(f"the copy task needs seq_len >= 2, got {self.seq_len}")
         self._mask = loss_mask(self.task, self.seq_len)

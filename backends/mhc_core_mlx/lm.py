@@ -220,6 +220,13 @@ def _targets(cfg: LMConfig, y) -> mx.array:
     return mx.array(y.astype(np.int32))
 
 
+def _rescaled(g: mx.array) -> tuple[float, float, bool]:
+    """(max |g|, sum (g / max |g|)^2, all finite) of one gradient: `squared_norms`' second pass."""
+    g = g.astype(mx.float32)
+    amax = mx.abs(g).max().item() if g.size else 0.0
+    return amax, ((g / amax) ** 2).sum().item() if amax > 0 else 0.0, bool(mx.all(mx.isfinite(g)).item())
+
+
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
     """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T];
     class logits [B, V] with targets [B]: the plain mean (mask unused)."""
@@ -277,12 +284,9 @@ class Trainer:
         m = mx.array(check_mask(mask, targets))
         (loss, recorded), grads = self._value_and_grad(x, y, m, record_rows)
         flat = tree_flatten(grads)
-        amax = [mx.abs(g.astype(mx.float32)).max() for _, g in flat]
-        scaled = [((g.astype(mx.float32) / mx.where(a > 0, a, 1.0)) ** 2).sum() for (_, g), a in zip(flat, amax)]
-        finite = [mx.all(mx.isfinite(g)) for _, g in flat]
-        parts = [mx.stack(v) for v in (amax, scaled, finite)]
-        mx.eval(loss, parts, recorded)
-        sq = squared_norms(*(np.array(v) for v in parts))
+        sq = mx.stack([(g.astype(mx.float32) ** 2).sum() for _, g in flat])
+        mx.eval(loss, sq, recorded)
+        sq = squared_norms(np.array(sq), lambda k: _rescaled(flat[k][1]))
         out = grad_norms([k for k, _ in flat], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])

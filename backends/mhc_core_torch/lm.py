@@ -216,6 +216,14 @@ def _targets(cfg: LMConfig, y) -> torch.Tensor:
     return torch.as_tensor(y, dtype=torch.long)
 
 
+@torch.no_grad()
+def _rescaled(g: torch.Tensor) -> tuple[float, float, bool]:
+    """(max |g|, sum (g / max |g|)^2, all finite) of one gradient: `squared_norms`' second pass."""
+    g = g.float()
+    amax = float(g.abs().amax()) if g.numel() else 0.0
+    return amax, float((g / amax).pow(2).sum()) if amax > 0 else 0.0, bool(torch.isfinite(g).all())
+
+
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over batch rows and masked positions: logits [B, T, V], targets [B, T], mask [T];
     class logits [B, V] with targets [B]: the plain mean (mask unused)."""
@@ -273,10 +281,8 @@ class Trainer:
         loss = masked_cross_entropy(logits, y, m)
         loss.backward()
         grads = [(k, p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in self.params]
-        amax = [g.float().abs().amax() for _, g in grads]
-        scaled = [(g.float() / torch.where(a > 0, a, 1.0)).pow(2).sum() for (_, g), a in zip(grads, amax)]
-        finite = [torch.isfinite(g).all() for _, g in grads]
-        sq = squared_norms(*(torch.stack(v).numpy() for v in (amax, scaled, finite)))
+        sq = squared_norms(torch.stack([g.float().pow(2).sum() for _, g in grads]).numpy(),
+                           lambda k: _rescaled(grads[k][1]))
         out = grad_norms([k for k, _ in grads], sq, self.names)
         out["loss"] = float(loss.item())
         out["nonfinite_loss"] = not math.isfinite(out["loss"])

@@ -354,15 +354,23 @@ def check_mask(mask, targets) -> np.ndarray:
     return mask
 
 
-def squared_norms(amax, scaled, finite) -> np.ndarray:
-    """Per-tensor squared L2 norms in float64, from what a backend reduces in float32:
-    amax[k] = max |g_k|, scaled[k] = sum (g_k / amax[k])^2 (g_k / 1 when amax[k] = 0) and
-    finite[k] = every entry of g_k finite. The squares of gradients above ~1.8e19 overflow
-    float32, so each tensor is summed scaled to at most 1 and the scale is put back in
-    float64; a tensor holding NaN / Inf gives NaN (counted by `grad_norms`)."""
-    amax = np.asarray(amax, dtype=np.float64)
-    scaled = np.asarray(scaled, dtype=np.float64)
-    return np.where(np.asarray(finite, dtype=bool), amax * amax * scaled, np.nan)
+TINY_SQUARES = 1e-30  # a float32 sum of squares below this may have lost terms to underflow
+
+
+def squared_norms(sq, rescaled) -> np.ndarray:
+    """Per-tensor squared L2 norms in float64 (both backends call this).
+
+    sq[k] is a backend's float32 sum of squares of gradient k. Squares overflow float32
+    above ~1.8e19 and underflow below ~1e-19, so a sum that is not finite or is below
+    TINY_SQUARES is taken again from `rescaled(k) -> (amax, scaled, finite)`: amax = max |g|,
+    scaled = sum (g / amax)^2 (0 when amax = 0), finite = every entry finite; the norm is
+    amax^2 * scaled in float64, NaN for a tensor holding NaN / Inf (counted by `grad_norms`).
+    Only those tensors pay for the second pass."""
+    out = np.asarray(sq, dtype=np.float64).copy()
+    for k in np.flatnonzero(~(out >= TINY_SQUARES) | ~np.isfinite(out)):
+        amax, scaled, finite = rescaled(int(k))
+        out[k] = float(amax) ** 2 * float(scaled) if finite else np.nan
+    return out
 
 
 def grad_norms(names: list[str], sq, layers: list[str]) -> dict:

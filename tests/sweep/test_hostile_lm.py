@@ -47,6 +47,22 @@ def test_large_finite_gradients_are_not_reported_as_nonfinite(lm):
 
 
 @pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
+def test_tiny_gradients_keep_their_norms(lm):
+    """Layer gradients near 1e-22 are normal float32 numbers, but their squares underflow:
+    the per-layer norms must still be the float64 autograd ones (not 0)."""
+    cfg = LMConfig(vocab=11, dim=8, n_layers=2, n_heads=2, seq_len=4, variant="residual", norm="none", arch="mlp")
+    params = init_lm_params(cfg)
+    params["embed.weight"] = params["embed.weight"] * np.float32(1e-20)
+    params["pos_embed.weight"] = params["pos_embed.weight"] * np.float32(1e-20)
+    batch = TaskStream("incrementing", vocab=11, seq_len=4, batch_size=2, seed=0).batch(0)
+    total, layers = _float64_grad_norms(cfg, params, batch)
+    assert 0 < max(layers) < 1e-19  # each square underflows float32
+    out = lm.Trainer(cfg, params).step(*batch, lr=1e-3)
+    assert out["grad_norm"] == pytest.approx(total, rel=1e-4)
+    np.testing.assert_allclose(out["layer_grad_norm"], layers, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
 def test_nan_and_zero_gradients_are_still_told_apart(lm):
     """A NaN gradient is still a non-finite tensor; an all-zero gradient has norm 0."""
     cfg = LMConfig(vocab=7, dim=4, n_layers=1, n_heads=1, seq_len=3, variant="mhc", n=2)

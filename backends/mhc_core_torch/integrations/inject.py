@@ -125,8 +125,11 @@ def _listed_wrapped(entries) -> list[str]:
     return [name for entry in entries for name in entry.get("modules", [])]
 
 
-def _unwrapped(module: nn.Module | None) -> nn.Module | None:
-    return module.module if isinstance(module, HistoryInjected) else module
+def _converted_at(modules: dict, name: str) -> bool:
+    """Whether the block at `name` is converted (seen through a history wrap around it)."""
+    module = modules.get(name)
+    module = module.module if isinstance(module, HistoryInjected) else module
+    return module is not None and is_converted(module)
 
 
 def _converted_here(model: nn.Module, settings: dict, just_converted=(), just_wrapped=()) -> bool:
@@ -141,7 +144,7 @@ def _converted_here(model: nn.Module, settings: dict, just_converted=(), just_wr
     wrapped = _listed_wrapped(settings.get("history", []))
     return (bool(blocks or wrapped) and not set(blocks) & set(just_converted)
             and not set(wrapped) & set(just_wrapped)
-            and all(is_converted(_unwrapped(modules.get(name)) or nn.Module()) for name in blocks)
+            and all(_converted_at(modules, name) for name in blocks)
             and all(isinstance(modules.get(name), HistoryInjected) for name in wrapped))
 
 

@@ -20,12 +20,22 @@ def paper_block_size(n: int, layers: int) -> int:
     return min(layers, max(1, round(math.sqrt(n * layers / (n + 2)))))
 
 
+def block_size(block) -> int:
+    """`run_layers`' block: None (off) or an integer >= 0 (0: off; Python or numpy, floats,
+    bools and strings refused); 'auto' is resolved by `resolve_block`, which knows n and L."""
+    if block is None:
+        return 0
+    return checks.integer(block, "block", minimum=0, meaning="layers per recomputed block; 0 = off")
+
+
 def resolve_block(block, n: int, layers: int) -> int:
     """0 / None / False: no recompute; 'auto' / True: the paper's size; an int: that size."""
-    if block is None or block is False or block == 0:
+    if block is None or block is False or (not isinstance(block, str) and block == 0):
         return 0
     if block is True or block == "auto":
         return paper_block_size(n, layers)
-    if isinstance(block, int) and block >= 1:
-        return min(block, layers)
-    raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")
+    try:
+        size = checks.integer(block, "block", minimum=1)
+    except ValueError:
+        raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}") from None
+    return min(size, layers)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from mhc_core.recompute import paper_block_size, resolve_block  # noqa: F401 (re-exported)
+from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
 
 class _Group(nn.Module):
@@ -41,10 +41,11 @@ def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
                record_rows: int = 0) -> tuple[mx.array, list[mx.array]]:
     """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
 
-    block = 0: plain. block = k >= 1: groups of k layers, each under nn.utils.checkpoint.
+    block = 0 (or None): plain. block = k >= 1: groups of k layers, each under nn.utils.checkpoint
+    (an integer: negative, float or string blocks are a ValueError).
     record_rows > 0: also each layer's input for the first rows (stop_gradient), as in torch.
     """
-    layers = list(layers)
+    layers, block = list(layers), block_size(block)
     if not block:
         out = _Group(layers, record_rows)(x)
         return out[0], list(out[1:])

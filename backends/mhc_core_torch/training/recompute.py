@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mhc_core.recompute import paper_block_size, resolve_block  # noqa: F401 (re-exported)
+from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
 
 def _segment(layers: Sequence[Callable], record_rows: int):
@@ -49,12 +49,12 @@ def run_layers(layers: Sequence[Callable], x: torch.Tensor, *, block: int = 0,
                record_rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
 
-    block = 0: plain forward (every activation kept for backward). block = k >= 1: layers
+    block = 0 (or None): plain forward (every activation kept for backward). block = k >= 1: layers
     run in groups of k under non-reentrant checkpointing; only each group's input is kept.
     record_rows > 0: also return each layer's input for the first `record_rows` batch rows,
     detached (the depth sweep's metrics), identical with or without recompute.
     """
-    layers = list(layers)
+    layers, block = list(layers), block_size(block)
     if not block or not torch.is_grad_enabled():
         out = _segment(layers, record_rows)(x)
         return out[0], list(out[1:])

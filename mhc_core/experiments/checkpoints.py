@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 
+from .. import checks
+
 FORMAT = "mhc-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
 
@@ -107,15 +109,17 @@ class CheckpointStore:
         the JSON path. Older checkpoints beyond `keep` are deleted afterwards."""
         from safetensors.numpy import save as st_save
 
-        os.makedirs(self.directory, exist_ok=True)
+        step = checks.integer(step, "step", minimum=0, meaning="steps done")
         arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # keeps 0-d shapes
         blob = st_save(arrays, metadata={"format": FORMAT, "step": str(step)})
         st_path, js_path = self._paths(step)
-        atomic_write(st_path, blob)
-        record = {"format": FORMAT, "step": int(step), "tensors_file": os.path.basename(st_path),
+        record = {"format": FORMAT, "step": step, "tensors_file": os.path.basename(st_path),
                   "tensors_bytes": len(blob), "tensors_sha256": hashlib.sha256(blob).hexdigest(),
                   "meta_sha256": _meta_digest(meta), "meta": meta}
-        atomic_write(js_path, json.dumps(record, indent=1, sort_keys=True).encode())
+        text = json.dumps(record, indent=1, sort_keys=True).encode()  # a meta that is not JSON fails before any write
+        os.makedirs(self.directory, exist_ok=True)
+        atomic_write(st_path, blob)
+        atomic_write(js_path, text)
         self._prune()
         return js_path
 
@@ -140,6 +144,9 @@ class CheckpointStore:
             raise ValueError(f"{js_path}: unreadable JSON ({err})") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("step") != step:
             raise ValueError(f"{js_path}: not a {FORMAT} record for step {step}")
+        missing = [k for k in ("tensors_bytes", "tensors_sha256", "meta_sha256", "meta") if k not in record]
+        if missing:
+            raise ValueError(f"{js_path}: the record lacks {', '.join(missing)}")
         if _meta_digest(record.get("meta")) != record.get("meta_sha256"):
             raise ValueError(f"{js_path}: meta checksum mismatch (the JSON was altered)")
         try:

@@ -82,3 +82,52 @@ def test_mlx_run_layers_refuses_a_block_that_is_not_a_count(block):
     layers = [mhc_core_mlx.MHC(mnn.Linear(C, C), N, C, init=mhc_core.init_params(N, C, seed=i)) for i in range(L)]
     with pytest.raises(ValueError, match=r"block \(layers per recomputed block; 0 = off\) must be an integer >= 0"):
         run_layers(layers, mx.zeros((2, 3, N, C)), block=block)
+
+
+# -- run checkpoints: damaged records, bad steps, meta that is not JSON -------------------
+
+def _two_checkpoints(tmp_path) -> CheckpointStore:
+    store = CheckpointStore(str(tmp_path))
+    for step in (1, 2):
+        store.save(step, {"w": np.full(3, step, np.float32)}, {"k": step})
+    return store
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda r: r.pop("tensors_bytes"), id="no-tensors_bytes"),
+    pytest.param(lambda r: r.pop("tensors_sha256"), id="no-tensors_sha256"),
+    pytest.param(lambda r: r.update(tensors_bytes="123"), id="tensors_bytes-a-string"),
+    pytest.param(lambda r: r.update(tensors_sha256=None), id="tensors_sha256-null"),
+])
+def test_a_record_with_missing_or_mistyped_fields_is_skipped_not_a_crash(tmp_path, edit):
+    """A commit record that parses but lacks a field (hand-edited, written by another tool)
+    is a damaged checkpoint: reported, and the previous one used."""
+    store = _two_checkpoints(tmp_path)
+    path = str(tmp_path / "ckpt-00000002.json")
+    record = json.load(open(path))
+    edit(record)
+    open(path, "w").write(json.dumps(record))
+    loaded = store.load_latest(warn=False)
+    assert loaded.step == 1 and loaded.meta == {"k": 1}, loaded
+    assert np.array_equal(loaded.tensors["w"], np.full(3, 1, np.float32))
+    assert len(loaded.problems) == 1 and "checkpoint 2 skipped" in loaded.problems[0], loaded.problems
+
+
+@pytest.mark.parametrize("step", [-1, True, 2.0, "3"], ids=repr)
+def test_save_refuses_a_step_that_is_not_a_count(tmp_path, step):
+    """ckpt--0000001.json (step -1) was written and then never found again by load_latest."""
+    store = CheckpointStore(str(tmp_path))
+    with pytest.raises(ValueError, match=r"step \(steps done\) must be an integer >= 0"):
+        store.save(step, {"w": np.zeros(2, np.float32)}, {})
+    assert not os.path.exists(tmp_path) or os.listdir(tmp_path) == []
+
+
+def test_meta_that_is_not_json_leaves_no_file_behind(tmp_path):
+    """The tensors file used to be written before the JSON failed, leaving an orphan
+    ckpt-*.safetensors that no prune ever removes."""
+    store = _two_checkpoints(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(TypeError, match="float32 is not JSON serializable"):
+        store.save(3, {"w": np.zeros(2, np.float32)}, {"loss": np.float32(1.5)})
+    assert sorted(os.listdir(tmp_path)) == before
+    assert store.load_latest(warn=False).step == 2

@@ -131,3 +131,43 @@ def test_meta_that_is_not_json_leaves_no_file_behind(tmp_path):
         store.save(3, {"w": np.zeros(2, np.float32)}, {"loss": np.float32(1.5)})
     assert sorted(os.listdir(tmp_path)) == before
     assert store.load_latest(warn=False).step == 2
+
+
+def _train(model, opt, steps: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(3, 4, generator=gen)).square().sum().backward()
+        opt.step()
+
+
+def test_torch_optimizer_with_tensor_hyperparameters_resumes_bitwise(tmp_path):
+    """torch optimizers take lr (and betas) as tensors (for capturable / compiled steps);
+    capture died with 'Object of type Tensor is not JSON serializable'."""
+    from mhc_core_torch.training import checkpoint as ckpt
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+        lr, betas = torch.tensor(0.01), (torch.tensor(0.9), torch.tensor(0.99))
+        return model, torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+
+    ref_model, ref_opt = build()
+    _train(ref_model, ref_opt, 2, seed=1)
+    _train(ref_model, ref_opt, 3, seed=2)
+
+    model, opt = build()
+    _train(model, opt, 2, seed=1)
+    store = CheckpointStore(str(tmp_path))
+    store.save(2, *ckpt.capture(model, opt))
+    fresh, fresh_opt = build()
+    for group in fresh_opt.param_groups:
+        group["lr"] = torch.tensor(0.5)  # the checkpoint's value must win
+    loaded = store.load_latest()
+    ckpt.restore(fresh, fresh_opt, loaded.tensors, loaded.meta)
+    group, ref_group = fresh_opt.param_groups[0], ref_opt.param_groups[0]
+    assert isinstance(group["lr"], torch.Tensor) and torch.equal(group["lr"], ref_group["lr"])
+    assert all(isinstance(b, torch.Tensor) and torch.equal(b, r) for b, r in zip(group["betas"], ref_group["betas"]))
+    _train(fresh, fresh_opt, 3, seed=2)
+    for (name, a), b in zip(ref_model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), f"{name}: resumed run differs by {(a - b).abs().max():.3e}"

@@ -7,6 +7,8 @@ so that training continues bit for bit as if never stopped (on a deterministic b
     tensors  model/<name>            every state_dict entry (bfloat16 stored as float32,
                                      exact; its dtype is in meta["dtypes"])
              optim/<index>/<key>     optimizer state tensors (Adam: step, exp_avg, exp_avg_sq)
+             optim_group/<i>/<key>   tensor-valued param-group settings (a tensor lr, betas
+                                     of tensors: .../betas/<j>); meta holds {"tensor": name}
              rng/torch, rng/cuda/<i>, rng/numpy
     meta     optim_param_groups, optim_scalars, rng_python, rng_numpy, dtypes
 
@@ -44,6 +46,25 @@ def _to_torch(a: np.ndarray, name: str, dtypes: dict) -> torch.Tensor:
     return t.to(_DTYPES[want]) if want in _DTYPES else t
 
 
+def _encode(value, name: str, tensors: dict, dtypes: dict):
+    """A param-group value as JSON: tensors (a tensor lr, betas of tensors) go to `tensors`
+    under `name` and leave {"tensor": name} in their place."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = _to_numpy(value, name, dtypes)
+        return {"tensor": name}
+    if isinstance(value, (tuple, list)):
+        return [_encode(v, f"{name}/{j}", tensors, dtypes) for j, v in enumerate(value)]
+    return value
+
+
+def _decode(value, tensors: dict, dtypes: dict):
+    if isinstance(value, dict) and set(value) == {"tensor"}:
+        return _to_torch(tensors[value["tensor"]], value["tensor"], dtypes)
+    if isinstance(value, list):
+        return [_decode(v, tensors, dtypes) for v in value]
+    return value
+
+
 def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None):
     """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
     dtypes: dict[str, str] = {}
@@ -59,7 +80,8 @@ def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, me
                     tensors[name] = _to_numpy(value, name, dtypes)
                 else:
                     scalars[name] = value
-        out_meta["optim_param_groups"] = sd["param_groups"]
+        out_meta["optim_param_groups"] = [{k: _encode(v, f"optim_group/{i}/{k}", tensors, dtypes) for k, v in group.items()}
+                                          for i, group in enumerate(sd["param_groups"])]
         out_meta["optim_scalars"] = scalars
     tensors["rng/torch"] = torch.get_rng_state().numpy().copy()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -90,8 +112,8 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: 
         for k, v in meta.get("optim_scalars", {}).items():
             _, pid, key = k.split("/", 2)
             opt_state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": dict(sorted(opt_state.items())),
-                                   "param_groups": meta["optim_param_groups"]})
+        groups = [{k: _decode(v, tensors, dtypes) for k, v in group.items()} for group in meta["optim_param_groups"]]
+        optimizer.load_state_dict({"state": dict(sorted(opt_state.items())), "param_groups": groups})
     torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"], dtype=np.uint8)))
     cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
     if cuda and torch.cuda.is_available():

@@ -14,7 +14,8 @@ depth_sweep.py calls `add_arguments` (flags), `setup` (process group under torch
                            and listed in config.json's "resumes".
     --recompute 0|auto|K   keep only every K mixing layers' input stream, recompute the
                            rest in backward (auto: paper's sqrt(n L / (n + 2))).
-    --dtype bfloat16       bf16 weights and activations, mixing weights float32.
+    --dtype bfloat16       bf16 weights and activations, mixing weights float32 (phi, bias,
+                           alpha; the history variant's logits and gate).
     torchrun --nproc_per_node N scripts/depth_sweep.py ...
                            DDP data parallel (torch backend): each rank trains on its slice
                            of every global batch; rank 0 writes the files (the other ranks
@@ -39,7 +40,7 @@ def add_arguments(p) -> None:
     g.add_argument("--recompute", default="0",
                    help="recompute blocks: 0 (off), auto (paper: sqrt(n L / (n + 2)) mixing layers) or a block size")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: weights and activations in bf16, mixing weights (phi, bias, alpha) float32")
+                   help="bfloat16: weights and activations in bf16, mixing weights (phi, bias, alpha; history: logits, gate) float32")
 
 
 class Dist:

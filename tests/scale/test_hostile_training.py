@@ -171,3 +171,49 @@ def test_torch_optimizer_with_tensor_hyperparameters_resumes_bitwise(tmp_path):
     _train(fresh, fresh_opt, 3, seed=2)
     for (name, a), b in zip(ref_model.named_parameters(), fresh.parameters()):
         assert torch.equal(a, b), f"{name}: resumed run differs by {(a - b).abs().max():.3e}"
+
+
+# -- bf16: every mixing weight stays float32 ----------------------------------------------
+
+HISTORY_CFG = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="history", history_gate=True)
+
+
+def _split(named: dict) -> tuple[dict, dict]:
+    """(history skip weights: logits / gate, every other weight)."""
+    mixing = {k: v for k, v in named.items() if k.rsplit(".", 1)[-1] in ("logits", "gate")}
+    assert len(mixing) == 2 * 2 * HISTORY_CFG.n_layers, sorted(named)
+    return mixing, {k: v for k, v in named.items() if k not in mixing}
+
+
+def test_torch_cast_except_mixing_keeps_history_skip_weights_float32():
+    """The history variant's mixing weights (skip logits, gate) were cast to bf16 with the
+    layers, so `--dtype bfloat16` trained them in bf16."""
+    from mhc_core_torch.lm import TinyLM
+    from mhc_core_torch.training.precision import cast_except_mixing
+
+    params = init_lm_params(HISTORY_CFG)
+    want = dict(TinyLM(HISTORY_CFG, params).named_parameters())
+    got = dict(cast_except_mixing(TinyLM(HISTORY_CFG, params), torch.bfloat16).named_parameters())
+    mixing, rest = _split(got)
+    for k, v in mixing.items():
+        assert v.dtype == torch.float32 and torch.equal(v, want[k]), f"{k}: {v.dtype}"
+    for k, v in rest.items():
+        assert v.dtype == torch.bfloat16 and torch.equal(v, want[k].to(torch.bfloat16)), f"{k}: {v.dtype}"
+
+
+def test_mlx_cast_except_mixing_keeps_history_skip_weights_float32():
+    mx = pytest.importorskip("mlx.core")
+    from mlx.utils import tree_flatten
+
+    from mhc_core_mlx.lm import TinyLM
+    from mhc_core_mlx.training.precision import cast_except_mixing
+
+    params = init_lm_params(HISTORY_CFG)
+    want = dict(tree_flatten(TinyLM(HISTORY_CFG, params).parameters()))
+    got = dict(tree_flatten(cast_except_mixing(TinyLM(HISTORY_CFG, params), mx.bfloat16).parameters()))
+    mixing, rest = _split(got)
+    for k, v in mixing.items():
+        assert v.dtype == mx.float32 and np.array_equal(np.array(v), np.array(want[k])), f"{k}: {v.dtype}"
+    for k, v in rest.items():
+        assert v.dtype == mx.bfloat16, f"{k}: {v.dtype}"
+        assert np.array_equal(np.array(v.astype(mx.float32)), np.array(want[k].astype(mx.bfloat16).astype(mx.float32)))

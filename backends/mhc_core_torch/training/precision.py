@@ -5,7 +5,7 @@ pre/post mixing in float32 whatever the stream's dtype, and casts the result bac
 Two ways to get bf16 activations around it:
 
 1. `cast_except_mixing(model, torch.bfloat16)`: every weight in bf16 except the mixing
-   parameters (phi, bias, alpha of MHC and StreamHead), as DeepSeek-V4 keeps its hc_*
+   parameters (phi, bias, alpha of MHC and StreamHead; logits, gate of HistorySkip), as DeepSeek-V4 keeps its hc_*
    weights in float32. The stream and the layers then run in bf16.
 2. `torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)` with float32 weights: the
    layers run in bf16; MHC turns autocast off around the mixing (dispatch._reference_step;
@@ -17,13 +17,17 @@ import torch
 from torch import nn
 
 MIXING = ("phi", "bias", "alpha")
+HISTORY_MIXING = ("logits", "gate")  # HistorySkip: the skip weights' logits and the gate
 
 
 def is_mixing(name: str, module: nn.Module) -> bool:
-    """Whether parameter `name` of `module` is an MHC / StreamHead mixing parameter."""
+    """Whether parameter `name` of `module` is a mixing parameter: phi / bias / alpha of an
+    MHC or StreamHead, logits / gate of a HistorySkip (the 'history' variant)."""
+    from ..history import HistorySkip
     from ..modules import MHC, StreamHead
 
-    return isinstance(module, (MHC, StreamHead)) and name in MIXING
+    return ((isinstance(module, (MHC, StreamHead)) and name in MIXING)
+            or (isinstance(module, HistorySkip) and name in HISTORY_MIXING))
 
 
 def cast_except_mixing(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

@@ -90,14 +90,28 @@ def shard_batch(arrays, info) -> list:
 
     `info` has `.rank` and `.world` (each backend's `training.distributed.DistInfo`). The
     global batch must split evenly over the ranks (otherwise the averaged gradient would
-    weight the ranks' rows unequally): ValueError naming both sizes.
+    weight the ranks' rows unequally): ValueError naming both sizes. `arrays` is a sequence
+    (`(x, y)`; `(x,)` for one array) whose arrays all have the same number of rows.
     """
+    if hasattr(arrays, "shape"):
+        raise TypeError(f"shard_batch takes a sequence of arrays (e.g. (x, y)), got one array of shape "
+                        f"{tuple(arrays.shape)}; pass (x,) for a single array")
+    world = checks.integer(info.world, "world", meaning="number of ranks")
+    rank = checks.integer(info.rank, "rank", minimum=0)
+    if rank >= world:
+        raise ValueError(f"rank must be in [0, world) = [0, {world}), got {rank}")
+    arrays = list(arrays)
+    if any(len(a.shape) == 0 for a in arrays):
+        raise ValueError("every array must have the same number of rows (axis 0), got a 0-d array")
+    rows = [a.shape[0] for a in arrays]
+    if len(set(rows)) > 1:
+        raise ValueError(f"every array must have the same number of rows (axis 0), got {rows}")
     out = []
     for a in arrays:
         b = a.shape[0]
-        if b % info.world:
-            raise ValueError(f"global batch of {b} rows cannot be split evenly over {info.world} ranks; "
+        if b % world:
+            raise ValueError(f"global batch of {b} rows cannot be split evenly over {world} ranks; "
                              f"use a batch size divisible by the world size")
-        k = b // info.world
-        out.append(a[info.rank * k:(info.rank + 1) * k])
+        k = b // world
+        out.append(a[rank * k:(rank + 1) * k])
     return out

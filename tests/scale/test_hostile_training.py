@@ -217,3 +217,39 @@ def test_mlx_cast_except_mixing_keeps_history_skip_weights_float32():
     for k, v in rest.items():
         assert v.dtype == mx.bfloat16, f"{k}: {v.dtype}"
         assert np.array_equal(np.array(v.astype(mx.float32)), np.array(want[k].astype(mx.bfloat16).astype(mx.float32)))
+
+
+# -- data parallel helpers ----------------------------------------------------------------
+
+def test_shard_batch_of_an_empty_batch_gives_each_rank_empty_slices():
+    x, y = np.zeros((0, 4)), np.zeros(0, np.int64)
+    for rank in range(2):
+        got = shard_batch((torch.as_tensor(x), y), SimpleNamespace(rank=rank, world=2))
+        assert tuple(got[0].shape) == (0, 4) and got[1].shape == (0,)
+
+
+@pytest.mark.parametrize("batch,info,error,message", [
+    # one array instead of a sequence: each *row* was sliced along its columns
+    (np.arange(8).reshape(4, 2), (1, 2), TypeError, r"a sequence of arrays \(e\.g\. \(x, y\)\), got one array of shape \(4, 2\)"),
+    # x and y of different row counts: the ranks' x and y rows no longer belonged together
+    ((np.zeros((4, 3)), np.zeros(6)), (0, 2), ValueError, r"every array must have the same number of rows \(axis 0\), got \[4, 6\]"),
+    ((np.float32(1.0),), (0, 2), ValueError, r"every array must have the same number of rows \(axis 0\), got a 0-d array"),
+    ((np.zeros(4),), (2, 2), ValueError, r"rank must be in \[0, world\) = \[0, 2\), got 2"),
+    ((np.zeros(4),), (0, 0), ValueError, r"world \(number of ranks\) must be an integer >= 1, got 0"),
+], ids=["one-array", "unequal-rows", "0-d", "rank-out-of-range", "world-0"])
+def test_shard_batch_refuses_what_it_cannot_split(batch, info, error, message):
+    with pytest.raises(error, match=message):
+        shard_batch(batch, SimpleNamespace(rank=info[0], world=info[1]))
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE must be an integer, got 'two'"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "first"}, "environment variable LOCAL_RANK must be an integer, got 'first'"),
+])
+def test_torch_init_from_env_names_the_bad_variable(monkeypatch, env, message):
+    from mhc_core_torch.training import distributed as D
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        D.init_from_env()

@@ -45,9 +45,19 @@ class DistInfo:
         return self.world > 1
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher) set WORLD_SIZE > 1 for this process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _env_int("WORLD_SIZE", 1) > 1
 
 
 def init_from_env(backend: str | None = None) -> DistInfo:
@@ -60,7 +70,7 @@ def init_from_env(backend: str | None = None) -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo(device="cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = _env_int("LOCAL_RANK", 0)
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():

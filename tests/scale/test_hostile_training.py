@@ -253,3 +253,21 @@ def test_torch_init_from_env_names_the_bad_variable(monkeypatch, env, message):
         monkeypatch.setenv(k, v)
     with pytest.raises(ValueError, match=message):
         D.init_from_env()
+
+
+def test_torch_apply_fsdp_alone_is_the_model_itself_as_wrap_ddp_is(monkeypatch):
+    """A script run with plain `python` (world 1) died in torch's env:// rendezvous
+    ('environment variable RANK expected') when it took the README's apply_fsdp branch."""
+    from mhc_core_torch.lm import TinyLM
+    from mhc_core_torch.training import distributed as D
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, n=2)
+    model = TinyLM(cfg, init_lm_params(cfg))
+    tokens = torch.arange(8).reshape(1, 8) % 16
+    want = TinyLM(cfg, init_lm_params(cfg))(tokens)
+    info = D.init_from_env()
+    assert D.wrap_ddp(model, info) is model
+    assert D.apply_fsdp(model, info) is model
+    assert not any(hasattr(p, "full_tensor") for p in model.parameters())
+    assert torch.equal(model(tokens), want)

@@ -111,7 +111,12 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
     param_dtype=bfloat16 would also cast phi / bias / alpha; mhc_core computes the
     coefficients in float32 either way, but keep those weights float32 by passing
     per-unit policies if their precision matters to you.
+
+    With a single-process `info` (world 1, a plain `python script.py`) the model itself is
+    returned unsharded, as `wrap_ddp` does; without `info`, the current process group is used.
     """
+    if info is not None and not info.distributed:
+        return model
     from torch.distributed.fsdp import fully_shard
 
     if info is not None and info.device.startswith("cuda"):

@@ -84,6 +84,38 @@ def test_mlx_run_layers_refuses_a_block_that_is_not_a_count(block):
         run_layers(layers, mx.zeros((2, 3, N, C)), block=block)
 
 
+
+def test_mlx_recompute_with_dropout_gradients_bitwise_and_rng_untouched():
+    """mx.checkpoint reruns the group in backward; dropout there drew fresh masks from the
+    global key, so the gradients were those of another function and the key moved on.
+    Block recompute must give the plain run's gradients bitwise and leave the same key."""
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    from mlx.utils import tree_flatten
+    from mhc_core_mlx.training.recompute import run_layers
+
+    class Stack(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [mhc_core_mlx.MHC(mnn.Sequential(mnn.Linear(C, C), mnn.Dropout(0.3)), N, C,
+                                            init=mhc_core.init_params(N, C, phi_std=0.1, seed=i)) for i in range(L)]
+
+    model = Stack()
+    x = mx.array(np.random.default_rng(0).normal(size=(2, 3, N, C)).astype(np.float32))
+    runs = {}
+    for block in (0, 2, L):
+        mx.random.seed(5)
+        loss = lambda m, x: (run_layers(m.layers, x, block=block)[0] ** 2).sum()  # noqa: E731
+        value, grads = mnn.value_and_grad(model, loss)(model, x)
+        mx.eval(value, grads)
+        runs[block] = ([np.array(value)] + [np.array(g) for _, g in tree_flatten(grads)], np.array(mx.random.state[0]))
+    for block in (2, L):
+        for i, (a, b) in enumerate(zip(runs[block][0], runs[0][0])):
+            assert np.array_equal(a, b), f"block {block}: output/gradient #{i} differs by {np.abs(a - b).max():.3e}"
+        assert np.array_equal(runs[block][1], runs[0][1]), f"block {block}: the global random key differs after the step"
+
+
 # -- run checkpoints: damaged records, bad steps, meta that is not JSON -------------------
 
 def _two_checkpoints(tmp_path) -> CheckpointStore:

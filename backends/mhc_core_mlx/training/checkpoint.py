@@ -21,6 +21,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mhc_core.experiments.checkpoints import CheckpointStore, Loaded, RunCheckpointer  # noqa: F401 (re-export)
 
+from .recompute import key_seed
+
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16, "float64": mx.float64,
            "int32": mx.int32, "int64": mx.int64, "uint32": mx.uint32, "uint64": mx.uint64, "bool": mx.bool_}
 
@@ -75,6 +77,5 @@ def restore(model: nn.Module, optimizer, tensors: dict, meta: dict) -> None:
             raise ValueError("this checkpoint holds no optimizer state (captured without an optimizer)")
         state = [(k[len("optim/"):], _to_mlx(v, k, dtypes)) for k, v in tensors.items() if k.startswith("optim/")]
         optimizer.state = tree_unflatten(state)
-    hi, lo = (int(v) for v in np.asarray(tensors["rng/mlx"], dtype=np.uint64))
-    mx.random.seed((hi << 32) | lo)
+    mx.random.seed(key_seed(np.asarray(tensors["rng/mlx"], dtype=np.uint32)))
     mx.eval(model.parameters(), optimizer.state if optimizer is not None else [])

@@ -8,7 +8,10 @@ recomputes its intermediates when the gradient is taken.
 
 MLX is lazy: nothing is computed until `mx.eval`, and the graph it evaluates holds
 whatever the transforms keep; `mx.checkpoint` marks the group so its VJP recomputes the
-forward instead of holding its intermediates.
+forward instead of holding its intermediates. The recomputation reruns the group's Python
+code, so each group starts from the global random key it had in the forward (the same
+dropout masks; torch's checkpoint does this with preserve_rng_state) and leaves the key
+where the plain run would.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
@@ -36,6 +40,33 @@ class _Group(nn.Module):
             x = layer(x)
         return (x, *recorded)
 
+    def seeded(self, x: mx.array, seed: int):
+        """self(x) drawing its random numbers (dropout, ...) from the global key `seed`
+        stands for; the global key is put back as it was, and the key the group left is
+        kept in `self.key_after`.
+
+        mx.checkpoint calls this again in backward to recompute the group: starting from the
+        same key draws the same dropout masks as the forward did (so the gradient is the
+        plain run's), and putting the key back keeps the recomputation from consuming
+        random numbers the rest of the program would have drawn. `seed` is a Python int,
+        not an input array: in backward the inputs are tied to the incoming gradient, and
+        reading one there would evaluate the whole backward at once."""
+        before = key_seed(mx.random.state[0])
+        mx.random.seed(seed)
+        try:
+            out = self(x)
+            self.key_after = mx.random.state[0]
+        finally:
+            mx.random.seed(before)
+        return out
+
+
+def key_seed(key) -> int:
+    """The seed s with mx.random.seed(s) setting the global key to `key` ([2] uint32, mlx or
+    numpy): MLX's key cannot be assigned, but seed(s) sets it to [s >> 32, s & 0xffffffff]."""
+    hi, lo = (int(v) for v in np.array(key).astype(np.uint64))
+    return (hi << 32) | lo
+
 
 def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
                record_rows: int = 0) -> tuple[mx.array, list[mx.array]]:
@@ -52,6 +83,8 @@ def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
     recorded: list[mx.array] = []
     for start in range(0, len(layers), block):
         group = _Group(layers[start:start + block], record_rows)
-        out = nn.utils.checkpoint(group)(x)
+        seed = key_seed(mx.random.state[0])
+        out = nn.utils.checkpoint(group, lambda x, group=group, seed=seed: group.seeded(x, seed))(x)
+        mx.random.seed(key_seed(group.key_after))  # where the plain run's key would be now
         x, recorded = out[0], recorded + list(out[1:])
     return x, recorded

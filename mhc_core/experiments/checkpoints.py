@@ -89,9 +89,7 @@ class CheckpointStore:
     """Atomic, checksummed checkpoints in `directory`, keeping the newest `keep`."""
 
     def __init__(self, directory: str, keep: int = 2):
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
-        self.directory, self.keep = directory, keep
+        self.directory, self.keep = directory, checks.integer(keep, "keep")
 
     def _paths(self, step: int) -> tuple[str, str]:
         base = os.path.join(self.directory, f"ckpt-{step:08d}")
@@ -204,9 +202,7 @@ class RunCheckpointer:
 
     def __init__(self, run_dir: str, every: int, *, keep: int = 2, log_name: str = "metrics.jsonl",
                  subdir: str = "checkpoints", readonly: bool = False):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"checkpoint every must be an integer >= 1, got {every!r}")
-        self.every = every
+        self.every = checks.integer(every, "checkpoint every")
         self.store = CheckpointStore(os.path.join(run_dir, subdir), keep=keep)
         self.log_path = os.path.join(run_dir, log_name)
         self.lines = 0

@@ -116,6 +116,18 @@ def test_mlx_recompute_with_dropout_gradients_bitwise_and_rng_untouched():
         assert np.array_equal(runs[block][1], runs[0][1]), f"block {block}: the global random key differs after the step"
 
 
+
+@pytest.mark.parametrize("rows", [-1, 1.5], ids=repr)
+def test_run_layers_refuses_a_record_rows_that_is_not_a_count(rows):
+    """record_rows=-1 recorded every row but the last (x[:-1]) instead of refusing."""
+    from mhc_core_torch.training.recompute import run_layers
+
+    x = torch.randn(3, 2, N, C)
+    for block in (0, 2):
+        with pytest.raises(ValueError, match=r"record_rows must be an integer >= 0"):
+            run_layers(_torch_layers(), x, block=block, record_rows=rows)
+
+
 # -- run checkpoints: damaged records, bad steps, meta that is not JSON -------------------
 
 def _two_checkpoints(tmp_path) -> CheckpointStore:
@@ -143,6 +155,26 @@ def test_a_record_with_missing_or_mistyped_fields_is_skipped_not_a_crash(tmp_pat
     assert loaded.step == 1 and loaded.meta == {"k": 1}, loaded
     assert np.array_equal(loaded.tensors["w"], np.full(3, 1, np.float32))
     assert len(loaded.problems) == 1 and "checkpoint 2 skipped" in loaded.problems[0], loaded.problems
+
+
+
+def test_numpy_integers_are_counts_for_keep_and_every(tmp_path):
+    """'keep must be an integer >= 1, got np.int64(2)': numpy integers are numbers (DESIGN §1)."""
+    from mhc_core.experiments.checkpoints import RunCheckpointer
+
+    store = CheckpointStore(str(tmp_path / "store"), keep=np.int64(2))
+    for step in (1, 2, 3):
+        store.save(step, {"w": np.full(2, step, np.float32)}, {})
+    assert store.steps() == [3, 2]
+    ckpt = RunCheckpointer(str(tmp_path), every=np.int32(2), keep=np.int64(1))
+    ckpt.resume()
+    saved = [s for s in range(1, 6) if ckpt.step_done(s, lambda: ({"w": np.zeros(1, np.float32)}, {}))]
+    assert saved == [2, 4] and ckpt.store.steps() == [4]
+    with pytest.raises(ValueError, match=r"keep must be an integer >= 1, got 0"):
+        CheckpointStore(str(tmp_path), keep=0)
+    with pytest.raises(ValueError, match=r"checkpoint every must be an integer >= 1, got 2.0"):
+        RunCheckpointer(str(tmp_path), every=2.0)
+
 
 
 @pytest.mark.parametrize("step", [-1, True, 2.0, "3"], ids=repr)

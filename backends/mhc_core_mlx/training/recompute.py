@@ -21,6 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mhc_core import checks
 from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
 
@@ -77,6 +78,7 @@ def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
     record_rows > 0: also each layer's input for the first rows (stop_gradient), as in torch.
     """
     layers, block = list(layers), block_size(block)
+    record_rows = checks.integer(record_rows, "record_rows", minimum=0)
     if not block:
         out = _Group(layers, record_rows)(x)
         return out[0], list(out[1:])

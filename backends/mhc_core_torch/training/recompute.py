@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from mhc_core import checks
 from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
 
 
@@ -55,6 +56,7 @@ def run_layers(layers: Sequence[Callable], x: torch.Tensor, *, block: int = 0,
     detached (the depth sweep's metrics), identical with or without recompute.
     """
     layers, block = list(layers), block_size(block)
+    record_rows = checks.integer(record_rows, "record_rows", minimum=0)
     if not block or not torch.is_grad_enabled():
         out = _segment(layers, record_rows)(x)
         return out[0], list(out[1:])

@@ -227,6 +227,7 @@ class RunCheckpointer:
     def _truncate_log(self, keep: int) -> int:
         """Keep the first `keep` complete lines of the log (atomically); returns how many."""
         lines = []
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)  # a new run's directory
         if os.path.exists(self.log_path):
             with open(self.log_path, "rb") as f:
                 for raw in f:

@@ -177,6 +177,23 @@ def test_numpy_integers_are_counts_for_keep_and_every(tmp_path):
 
 
 
+def test_resume_in_a_run_directory_that_does_not_exist_yet_starts_fresh(tmp_path):
+    """The docstring's loop on a new run_dir died in resume() (FileNotFoundError writing
+    metrics.jsonl.tmp) before the first step."""
+    from mhc_core.experiments.checkpoints import RunCheckpointer
+
+    run_dir = tmp_path / "new" / "run"
+    ckpt = RunCheckpointer(str(run_dir), every=1)
+    loaded = ckpt.resume()
+    assert not loaded.found and loaded.step == 0
+    with ckpt.open_log() as log:
+        log.write(json.dumps({"step": 0}) + "\n")
+        ckpt.step_done(1, lambda: ({"w": np.ones(2, np.float32)}, {"position": 7}))
+    again = RunCheckpointer(str(run_dir), every=1).resume()
+    assert again.step == 1 and again.meta["position"] == 7 and np.array_equal(again.tensors["w"], np.ones(2, np.float32))
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 0}\n'
+
+
 @pytest.mark.parametrize("step", [-1, True, 2.0, "3"], ids=repr)
 def test_save_refuses_a_step_that_is_not_a_count(tmp_path, step):
     """ckpt--0000001.json (step -1) was written and then never found again by load_latest."""

@@ -155,6 +155,22 @@ def test_bf16_sweep_finite_where_float32_is_and_recompute_is_exact(tmp_path):
     assert cfg["scale"]["dtype"] == "bfloat16" and "--dtype bfloat16" in cfg["rerun"]
 
 
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_bf16_sweep_of_the_history_variant_keeps_its_skip_weights_float32(tmp_path, backend):
+    """`--dtype bfloat16 --variants history` died recording the mixing state (numpy has no
+    bfloat16: the skip logits had been cast with the layers); they stay float32 now, and
+    the run ends near the float32 one."""
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    base = ["--variants", "history", "--steps", "12", "--backend", backend]
+    _run_inprocess(tmp_path / "f32", *base)
+    _run_inprocess(tmp_path / "bf16", *base, "--dtype", "bfloat16")
+    f32, bf16 = _records(tmp_path / "f32" / "history-L2"), _records(tmp_path / "bf16" / "history-L2")
+    assert all(r["nan_inf_event"] == 0 and np.isfinite(r["loss"]) for r in bf16), "bf16 history not finite"
+    l32, l16 = f32[-1]["loss"], bf16[-1]["loss"]
+    assert abs(l16 - l32) < 0.15 * l32 + 0.1, f"bf16 history final loss {l16} vs float32 {l32}"
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     out = tmp_path / "s"
     _run_inprocess(out, "--variants", "mhc", "--steps", "4", "--checkpoint-every", "2")

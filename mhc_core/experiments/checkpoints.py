@@ -95,8 +95,14 @@ class CheckpointStore:
         base = os.path.join(self.directory, f"ckpt-{step:08d}")
         return base + ".safetensors", base + ".json"
 
+    def _check_directory(self) -> None:
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"checkpoint directory {self.directory} is not a directory")
+
     def steps(self) -> list[int]:
-        """Steps with a commit record (JSON), newest first; validity is not checked here."""
+        """Steps with a commit record (JSON), newest first; validity is not checked here.
+        NotADirectoryError when the directory's path is a file."""
+        self._check_directory()
         if not os.path.isdir(self.directory):
             return []
         found = (_NAME.match(f) for f in os.listdir(self.directory))
@@ -115,6 +121,7 @@ class CheckpointStore:
                   "tensors_bytes": len(blob), "tensors_sha256": hashlib.sha256(blob).hexdigest(),
                   "meta_sha256": _meta_digest(meta), "meta": meta}
         text = json.dumps(record, indent=1, sort_keys=True).encode()  # a meta that is not JSON fails before any write
+        self._check_directory()
         os.makedirs(self.directory, exist_ok=True)
         atomic_write(st_path, blob)
         atomic_write(js_path, text)

@@ -194,6 +194,23 @@ def test_resume_in_a_run_directory_that_does_not_exist_yet_starts_fresh(tmp_path
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 0}\n'
 
 
+def test_a_checkpoint_directory_that_is_a_file_is_an_error_not_a_fresh_start(tmp_path):
+    """load_latest saw no checkpoints in a path that is a file, so resume() started the run
+    afresh and emptied metrics.jsonl before the first save failed."""
+    from mhc_core.experiments.checkpoints import RunCheckpointer
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 0}\n{"step": 1}\n')
+    (tmp_path / "checkpoints").write_text("not a directory")
+    ckpt = RunCheckpointer(str(tmp_path), every=1)
+    with pytest.raises(NotADirectoryError, match="checkpoints is not a directory"):
+        ckpt.resume()
+    assert log.read_text() == '{"step": 0}\n{"step": 1}\n'
+    with pytest.raises(NotADirectoryError, match="checkpoints is not a directory"):
+        ckpt.store.save(1, {"w": np.zeros(1, np.float32)}, {})
+
+
+
 @pytest.mark.parametrize("step", [-1, True, 2.0, "3"], ids=repr)
 def test_save_refuses_a_step_that_is_not_a_count(tmp_path, step):
     """ckpt--0000001.json (step -1) was written and then never found again by load_latest."""

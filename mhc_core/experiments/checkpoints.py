@@ -12,7 +12,8 @@ atomic), the JSON last: it is the commit record, so a kill at any instant leaves
 a complete checkpoint or none. Loading checks the JSON parses, the tensor file exists and
 has the recorded size and SHA-256, the meta has its recorded SHA-256, and the safetensors
 header parses; a checkpoint failing any check is reported (`Loaded.problems`, and a
-warning) and the previous one is used. The newest `keep` (default 2) are kept.
+warning) and the previous one is used. The newest `keep` (default 2) are kept; saving
+step s removes any checkpoint newer than s (a run resumed from before it).
 
 `RunCheckpointer` adds the bookkeeping of a training loop that logs `metrics.jsonl`:
 each checkpoint records how many metric lines were written when it was taken, and
@@ -125,11 +126,17 @@ class CheckpointStore:
         os.makedirs(self.directory, exist_ok=True)
         atomic_write(st_path, blob)
         atomic_write(js_path, text)
-        self._prune()
+        self._prune(step)
         return js_path
 
-    def _prune(self) -> None:
-        for step in self.steps()[self.keep:]:
+    def _prune(self, saved: int) -> None:
+        """Keep the newest `keep` checkpoints up to `saved`, the one just written. Newer ones
+        are removed: a run saving step `saved` resumed from before them (they were damaged,
+        and the metrics log was cut back past them), and kept they would push out the
+        checkpoints the run is now writing."""
+        steps = self.steps()
+        older = [s for s in steps if s <= saved]
+        for step in [s for s in steps if s > saved] + older[self.keep:]:
             for p in self._paths(step):
                 if os.path.exists(p):
                     os.remove(p)

@@ -211,6 +211,21 @@ def test_a_checkpoint_directory_that_is_a_file_is_an_error_not_a_fresh_start(tmp
 
 
 
+def test_a_damaged_newer_checkpoint_does_not_push_out_the_one_just_written(tmp_path):
+    """keep=1 with checkpoint 12 damaged: the run restarts and saves step 4, which pruning
+    deleted at once (12 is newer), so every later resume started from scratch again."""
+    store = CheckpointStore(str(tmp_path), keep=1)
+    store.save(12, {"w": np.full(2, 12, np.float32)}, {})
+    with open(tmp_path / "ckpt-00000012.safetensors", "r+b") as f:
+        f.truncate(10)
+    assert not store.load_latest(warn=False).found
+    store.save(4, {"w": np.full(2, 4, np.float32)}, {"k": 4})
+    loaded = store.load_latest(warn=False)
+    assert loaded.step == 4 and loaded.meta == {"k": 4} and np.array_equal(loaded.tensors["w"], np.full(2, 4, np.float32))
+    assert store.steps() == [4] and loaded.problems == []
+
+
+
 @pytest.mark.parametrize("step", [-1, True, 2.0, "3"], ids=repr)
 def test_save_refuses_a_step_that_is_not_a_count(tmp_path, step):
     """ckpt--0000001.json (step -1) was written and then never found again by load_latest."""

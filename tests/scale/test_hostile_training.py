@@ -286,6 +286,42 @@ def test_torch_optimizer_with_tensor_hyperparameters_resumes_bitwise(tmp_path):
         assert torch.equal(a, b), f"{name}: resumed run differs by {(a - b).abs().max():.3e}"
 
 
+def test_torch_lbfgs_state_of_tensor_lists_resumes_bitwise(tmp_path):
+    """LBFGS keeps lists of tensors (old_dirs, old_stps, ro, al) in its state: saving died
+    with 'Tensor is not JSON serializable'."""
+    from mhc_core_torch.training import checkpoint as ckpt
+
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+        return model, torch.optim.LBFGS(model.parameters(), lr=0.5, history_size=3, max_iter=4)
+
+    def run(model, opt, steps):
+        def closure():
+            opt.zero_grad()
+            loss = model(x).square().sum()
+            loss.backward()
+            return loss
+        for _ in range(steps):
+            opt.step(closure)
+
+    ref_model, ref_opt = build()
+    run(ref_model, ref_opt, 5)
+    model, opt = build()
+    run(model, opt, 2)
+    store = CheckpointStore(str(tmp_path))
+    store.save(2, *ckpt.capture(model, opt))
+    fresh, fresh_opt = build()
+    loaded = store.load_latest()
+    ckpt.restore(fresh, fresh_opt, loaded.tensors, loaded.meta)
+    run(fresh, fresh_opt, 3)
+    for (name, a), b in zip(ref_model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), f"{name}: resumed LBFGS run differs by {(a - b).abs().max():.3e}"
+
+
+
 # -- bf16: every mixing weight stays float32 ----------------------------------------------
 
 HISTORY_CFG = LMConfig(vocab=16, dim=16, n_layers=2, n_heads=2, seq_len=8, variant="history", history_gate=True)

@@ -9,6 +9,7 @@ so that training continues bit for bit as if never stopped (on a deterministic b
              optim/<index>/<key>     optimizer state tensors (Adam: step, exp_avg, exp_avg_sq)
              optim_group/<i>/<key>   tensor-valued param-group settings (a tensor lr, betas
                                      of tensors: .../betas/<j>); meta holds {"tensor": name}
+             optim_value/<index>/<key>/<j>  tensors inside list-valued optimizer state (LBFGS)
              rng/torch, rng/cuda/<i>, rng/numpy
     meta     optim_param_groups, optim_scalars, rng_python, rng_numpy, dtypes
 
@@ -47,8 +48,9 @@ def _to_torch(a: np.ndarray, name: str, dtypes: dict) -> torch.Tensor:
 
 
 def _encode(value, name: str, tensors: dict, dtypes: dict):
-    """A param-group value as JSON: tensors (a tensor lr, betas of tensors) go to `tensors`
-    under `name` and leave {"tensor": name} in their place."""
+    """A param-group or optimizer-state value as JSON: tensors (a tensor lr, betas of
+    tensors, LBFGS's lists of tensors) go to `tensors` under `name` and leave
+    {"tensor": name} in their place."""
     if isinstance(value, torch.Tensor):
         tensors[name] = _to_numpy(value, name, dtypes)
         return {"tensor": name}
@@ -78,8 +80,8 @@ def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, me
                 name = f"optim/{pid}/{key}"
                 if isinstance(value, torch.Tensor):
                     tensors[name] = _to_numpy(value, name, dtypes)
-                else:
-                    scalars[name] = value
+                else:  # numbers, None, or lists of tensors (LBFGS's history)
+                    scalars[name] = _encode(value, f"optim_value/{pid}/{key}", tensors, dtypes)
         out_meta["optim_param_groups"] = [{k: _encode(v, f"optim_group/{i}/{k}", tensors, dtypes) for k, v in group.items()}
                                           for i, group in enumerate(sd["param_groups"])]
         out_meta["optim_scalars"] = scalars
@@ -111,7 +113,7 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: 
                 opt_state.setdefault(int(pid), {})[key] = _to_torch(v, k, dtypes)
         for k, v in meta.get("optim_scalars", {}).items():
             _, pid, key = k.split("/", 2)
-            opt_state.setdefault(int(pid), {})[key] = v
+            opt_state.setdefault(int(pid), {})[key] = _decode(v, tensors, dtypes)
         groups = [{k: _decode(v, tensors, dtypes) for k, v in group.items()} for group in meta["optim_param_groups"]]
         optimizer.load_state_dict({"state": dict(sorted(opt_state.items())), "param_groups": groups})
     torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"], dtype=np.uint8)))

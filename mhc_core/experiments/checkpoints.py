@@ -111,17 +111,20 @@ class CheckpointStore:
 
     def save(self, step: int, tensors: dict[str, np.ndarray], meta: dict) -> str:
         """Write checkpoint `step` (tensors: name -> numpy array; meta: JSON-able); returns
-        the JSON path. Older checkpoints beyond `keep` are deleted afterwards."""
+        the JSON path. Older checkpoints beyond `keep` are deleted afterwards. The meta is
+        stored as JSON reads it back (integer keys become strings, tuples lists), and its
+        checksum is taken over that form."""
         from safetensors.numpy import save as st_save
 
         step = checks.integer(step, "step", minimum=0, meaning="steps done")
+        meta = json.loads(json.dumps(meta))  # a meta that is not JSON fails here, before any write
         arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # keeps 0-d shapes
         blob = st_save(arrays, metadata={"format": FORMAT, "step": str(step)})
         st_path, js_path = self._paths(step)
         record = {"format": FORMAT, "step": step, "tensors_file": os.path.basename(st_path),
                   "tensors_bytes": len(blob), "tensors_sha256": hashlib.sha256(blob).hexdigest(),
                   "meta_sha256": _meta_digest(meta), "meta": meta}
-        text = json.dumps(record, indent=1, sort_keys=True).encode()  # a meta that is not JSON fails before any write
+        text = json.dumps(record, indent=1, sort_keys=True).encode()
         self._check_directory()
         os.makedirs(self.directory, exist_ok=True)
         atomic_write(st_path, blob)

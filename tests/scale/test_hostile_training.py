@@ -254,6 +254,19 @@ def _train(model, opt, steps: int, seed: int) -> None:
         opt.step()
 
 
+def test_meta_with_integer_keys_loads_as_json_reads_it_back(tmp_path):
+    """JSON turns integer keys into strings; the checksum was taken over the integer keys'
+    sort order (9 < 10, but "10" < "9"), so every such checkpoint read back as 'altered'
+    and was skipped: a silent fresh start. Mixed int / str keys failed sort_keys in save."""
+    meta = {"per_layer": {9: 1.5, 10: 2.5}, "mixed": {1: "a", "b": 2}, "pair": (1, 2)}
+    store = CheckpointStore(str(tmp_path))
+    store.save(1, {"w": np.zeros(2, np.float32)}, meta)
+    loaded = store.load_latest(warn=False)
+    assert loaded.found and loaded.problems == [], loaded.problems
+    assert loaded.meta == json.loads(json.dumps(meta))
+
+
+
 def test_torch_optimizer_with_tensor_hyperparameters_resumes_bitwise(tmp_path):
     """torch optimizers take lr (and betas) as tensors (for capturable / compiled steps);
     capture died with 'Object of type Tensor is not JSON serializable'."""

@@ -117,6 +117,45 @@ def test_mlx_recompute_with_dropout_gradients_bitwise_and_rng_untouched():
 
 
 
+def _mlx_compiled_dropout_grads(block: int):
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    from mlx.utils import tree_flatten
+    from mhc_core_mlx.training.recompute import run_layers
+
+    class Stack(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [mhc_core_mlx.MHC(mnn.Sequential(mnn.Linear(C, C), mnn.Dropout(0.3)), N, C,
+                                            init=mhc_core.init_params(N, C, phi_std=0.1, seed=i)) for i in range(L)]
+
+    mx.random.seed(5)
+    model = Stack()
+    x = mx.array(np.random.default_rng(0).normal(size=(2, 3, N, C)).astype(np.float32))
+    step = mnn.value_and_grad(model, lambda x: (run_layers(model.layers, x, block=block)[0] ** 2).sum())
+    state = [model.state, mx.random.state]
+    value, grads = mx.compile(step, inputs=state, outputs=state)(x)
+    mx.eval(value, grads)
+    return [np.array(value)] + [np.array(g) for _, g in tree_flatten(grads)]
+
+
+def test_mlx_recompute_runs_under_mx_compile_with_the_random_state_as_input():
+    """The key cannot be read while mx.compile traces with mx.random.state as an input:
+    recompute falls back to plain checkpointing there instead of failing to evaluate."""
+    got, want = _mlx_compiled_dropout_grads(2), _mlx_compiled_dropout_grads(0)
+    assert np.array_equal(got[0], want[0]), "the compiled forward's loss differs with recompute"
+
+
+@pytest.mark.xfail(strict=True, reason="under mx.compile with mx.random.state as an input the key is a placeholder "
+                   "that cannot be read while tracing, so the recomputed group draws fresh dropout masks")
+def test_mlx_compiled_recompute_with_dropout_gradients_bitwise():
+    got, want = _mlx_compiled_dropout_grads(2), _mlx_compiled_dropout_grads(0)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert np.array_equal(a, b), f"compiled block 2: output/gradient #{i} differs by {np.abs(a - b).max():.3e}"
+
+
+
 @pytest.mark.parametrize("rows", [-1, 1.5], ids=repr)
 def test_run_layers_refuses_a_record_rows_that_is_not_a_count(rows):
     """record_rows=-1 recorded every row but the last (x[:-1]) instead of refusing."""

@@ -69,12 +69,23 @@ def key_seed(key) -> int:
     return (hi << 32) | lo
 
 
+def _current_seed() -> int | None:
+    """key_seed of the global random key, or None where it cannot be read: inside mx.compile
+    with `mx.random.state` among the compiled function's inputs, the key is a placeholder."""
+    try:
+        return key_seed(mx.random.state[0])
+    except ValueError:  # "[eval] Attempting to eval an array during function transformations ..."
+        return None
+
+
 def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
                record_rows: int = 0) -> tuple[mx.array, list[mx.array]]:
     """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
 
     block = 0 (or None): plain. block = k >= 1: groups of k layers, each under nn.utils.checkpoint
-    (an integer: negative, float or string blocks are a ValueError).
+    (an integer: negative, float or string blocks are a ValueError). Random layers (dropout)
+    draw the same numbers in the recomputation as in the forward, except under mx.compile with
+    `mx.random.state` as an input, where the key cannot be read while tracing.
     record_rows > 0: also each layer's input for the first rows (stop_gradient), as in torch.
     """
     layers, block = list(layers), block_size(block)
@@ -85,8 +96,11 @@ def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
     recorded: list[mx.array] = []
     for start in range(0, len(layers), block):
         group = _Group(layers[start:start + block], record_rows)
-        seed = key_seed(mx.random.state[0])
-        out = nn.utils.checkpoint(group, lambda x, group=group, seed=seed: group.seeded(x, seed))(x)
-        mx.random.seed(key_seed(group.key_after))  # where the plain run's key would be now
+        seed = _current_seed()
+        if seed is None:  # the recomputation draws afresh (random layers: not the forward's masks)
+            out = nn.utils.checkpoint(group)(x)
+        else:
+            out = nn.utils.checkpoint(group, lambda x, group=group, seed=seed: group.seeded(x, seed))(x)
+            mx.random.seed(key_seed(group.key_after))  # where the plain run's key would be now
         x, recorded = out[0], recorded + list(out[1:])
     return x, recorded

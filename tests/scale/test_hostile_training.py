@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import mhc_core_torch
 from mhc_core.experiments.checkpoints import CheckpointStore
 from mhc_core.experiments.lm_config import LMConfig, init_lm_params
 from mhc_core.experiments.tasks import shard_batch
@@ -271,6 +272,38 @@ def test_mlx_cast_except_mixing_keeps_history_skip_weights_float32():
     for k, v in rest.items():
         assert v.dtype == mx.bfloat16, f"{k}: {v.dtype}"
         assert np.array_equal(np.array(v.astype(mx.float32)), np.array(want[k].astype(mx.bfloat16).astype(mx.float32)))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, "bfloat16"], ids=str)
+def test_torch_cast_except_mixing_refuses_a_dtype_that_is_not_floating(dtype):
+    """int8 died in the middle ('data set to a tensor that requires gradients must be
+    floating point'), "bfloat16" with 'Invalid device string'."""
+    from mhc_core_torch.training.precision import cast_except_mixing
+
+    model = mhc_core_torch.MHC(nn.Linear(8, 8), 2, 8)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype \(e.g. torch.bfloat16\), got"):
+        cast_except_mixing(model, dtype)
+    assert all(torch.equal(v, want[k]) and v.dtype == want[k].dtype for k, v in model.state_dict().items())
+
+
+def test_mlx_cast_except_mixing_refuses_a_dtype_that_is_not_floating():
+    """mx.int32 silently turned the layer's weights into integers."""
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    from mlx.utils import tree_flatten
+
+    from mhc_core_mlx.training.precision import cast_except_mixing
+
+    model = mhc_core_mlx.MHC(mnn.Linear(8, 8), 2, 8)
+    want = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    for dtype in (mx.int32, "bfloat16"):
+        with pytest.raises(TypeError, match=r"dtype must be a floating mlx.core.Dtype \(e.g. mx.bfloat16\), got"):
+            cast_except_mixing(model, dtype)
+    got = dict(tree_flatten(model.parameters()))
+    assert all(got[k].dtype == mx.float32 and np.array_equal(np.array(got[k]), v) for k, v in want.items())
+
 
 
 # -- data parallel helpers ----------------------------------------------------------------

@@ -23,6 +23,8 @@ def cast_except_mixing(model: nn.Module, dtype=mx.bfloat16) -> nn.Module:
     from ..history import HistorySkip
     from ..modules import MHC, StreamHead
 
+    if not (isinstance(dtype, mx.Dtype) and mx.issubdtype(dtype, mx.floating)):
+        raise TypeError(f"cast_except_mixing: dtype must be a floating mlx.core.Dtype (e.g. mx.bfloat16), got {dtype!r}")
     mixing = set()
     for prefix, module in model.named_modules():
         names = MIXING if isinstance(module, (MHC, StreamHead)) else HISTORY_MIXING if isinstance(module, HistorySkip) else ()

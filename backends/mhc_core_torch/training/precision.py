@@ -34,6 +34,8 @@ def cast_except_mixing(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
     """Cast every floating parameter and buffer to `dtype`, except the mixing parameters
     (which stay float32). In place (parameters keep their identity, so an optimizer built
     before still holds them); returns the model."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"cast_except_mixing: dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if p.is_floating_point() and not is_mixing(name, module):

@@ -139,6 +139,70 @@ def test_mlx_compiled_recompute_with_dropout_gradients_bitwise():
         assert np.array_equal(a, b), f"compiled block 2: output/gradient #{i} differs by {np.abs(a - b).max():.3e}"
 
 
+class _TorchBatchNormLayer(nn.Module):
+    """Linear then BatchNorm over the tokens: [..., C] -> [..., C], with running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(C, C), nn.BatchNorm1d(C)
+
+    def forward(self, h):
+        return self.bn(self.lin(h).reshape(-1, C)).reshape(h.shape)
+
+
+def test_torch_recompute_updates_running_statistics_once():
+    """Rerunning a block in backward ran its BatchNorm's update a second time: running
+    mean / var and num_batches_tracked drifted from the plain run's (gradients were equal)."""
+    from mhc_core_torch.training.recompute import run_layers
+
+    x = torch.randn(4, 3, N, C)
+    runs = {}
+    for block in (0, 2, L):
+        torch.manual_seed(0)
+        layers = nn.ModuleList(mhc_core_torch.MHC(_TorchBatchNormLayer(), N, C) for _ in range(L))
+        out, _ = run_layers(layers, x.clone().requires_grad_(True), block=block)
+        out.square().sum().backward()
+        runs[block] = [p.grad for p in layers.parameters()] + list(layers.buffers())
+    for block in (2, L):
+        for i, (a, b) in enumerate(zip(runs[block], runs[0])):
+            assert torch.equal(a, b), f"block {block}: gradient / buffer #{i} differs from the plain run's"
+
+
+def test_mlx_recompute_updates_running_statistics_once():
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import mhc_core_mlx
+    from mlx.utils import tree_flatten
+    from mhc_core_mlx.training.recompute import run_layers
+
+    class BatchNormLayer(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = mnn.Linear(C, C), mnn.BatchNorm(C)
+
+        def __call__(self, h):
+            return self.bn(self.lin(h).reshape(-1, C)).reshape(h.shape)
+
+    class Stack(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [mhc_core_mlx.MHC(BatchNormLayer(), N, C) for _ in range(L)]
+
+    x = mx.array(np.random.default_rng(0).normal(size=(4, 3, N, C)).astype(np.float32))
+    runs = {}
+    for block in (0, 2, L):
+        mx.random.seed(0)
+        model = Stack()
+        loss = lambda m, x: (run_layers(m.layers, x, block=block)[0] ** 2).sum()  # noqa: E731
+        _, grads = mnn.value_and_grad(model, loss)(model, x)
+        mx.eval(grads, model.parameters())
+        runs[block] = [np.array(g) for _, g in tree_flatten(grads)] + [np.array(v) for _, v in tree_flatten(model.parameters())]
+    for block in (2, L):
+        for i, (a, b) in enumerate(zip(runs[block], runs[0])):
+            assert np.array_equal(a, b), f"block {block}: gradient / parameter #{i} differs from the plain run's"
+
+
+
 @pytest.mark.parametrize("rows", [-1, 1.5], ids=repr)
 def test_run_layers_refuses_a_record_rows_that_is_not_a_count(rows):
     """record_rows=-1 recorded every row but the last (x[:-1]) instead of refusing."""

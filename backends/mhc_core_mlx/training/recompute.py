@@ -15,11 +15,13 @@ where the plain run would.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mhc_core import checks
 from mhc_core.recompute import block_size, paper_block_size, resolve_block  # noqa: F401 (re-exported)
@@ -32,6 +34,7 @@ class _Group(nn.Module):
         super().__init__()
         self.layers = list(layers)
         self.record_rows = record_rows
+        self.run = SimpleNamespace(calls=0, key_after=None)  # not an array: no parameter of the group
 
     def __call__(self, x: mx.array):
         recorded = []
@@ -41,24 +44,36 @@ class _Group(nn.Module):
             x = layer(x)
         return (x, *recorded)
 
+    def _untrainable(self) -> list[tuple[str, mx.array]]:
+        """The frozen arrays of the layers (BatchNorm's running statistics, ...)."""
+        trainable = {k for k, _ in tree_flatten(self.trainable_parameters())}
+        return [(k, v) for k, v in tree_flatten(self.parameters()) if k not in trainable]
+
     def seeded(self, x: mx.array, seed: int):
         """self(x) drawing its random numbers (dropout, ...) from the global key `seed`
-        stands for; the global key is put back as it was, and the key the group left is
-        kept in `self.key_after`.
+        stands for; the global key is put back as it was, and the key the group left in
+        the forward is kept in `self.run.key_after`.
 
         mx.checkpoint calls this again in backward to recompute the group: starting from the
         same key draws the same dropout masks as the forward did (so the gradient is the
         plain run's), and putting the key back keeps the recomputation from consuming
         random numbers the rest of the program would have drawn. `seed` is a Python int,
         not an input array: in backward the inputs are tied to the incoming gradient, and
-        reading one there would evaluate the whole backward at once."""
+        reading one there would evaluate the whole backward at once. The recomputation also
+        leaves the frozen arrays as the forward left them (running statistics update once)."""
+        recomputing = self.run.calls > 0
+        self.run.calls += 1
+        frozen = self._untrainable() if recomputing else []
         before = key_seed(mx.random.state[0])
         mx.random.seed(seed)
         try:
             out = self(x)
-            self.key_after = mx.random.state[0]
+            if not recomputing:
+                self.run.key_after = mx.random.state[0]
         finally:
             mx.random.seed(before)
+            if frozen:
+                self.update(tree_unflatten(frozen))
         return out
 
 
@@ -101,6 +116,6 @@ def run_layers(layers: Sequence[Callable], x: mx.array, *, block: int = 0,
             out = nn.utils.checkpoint(group)(x)
         else:
             out = nn.utils.checkpoint(group, lambda x, group=group, seed=seed: group.seeded(x, seed))(x)
-            mx.random.seed(key_seed(group.key_after))  # where the plain run's key would be now
+            mx.random.seed(key_seed(group.run.key_after))  # where the plain run's key would be now
         x, recorded = out[0], recorded + list(out[1:])
     return x, recorded

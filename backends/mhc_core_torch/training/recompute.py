@@ -20,9 +20,11 @@ with deterministic algorithms). torch.compile, DDP and FSDP2 compose with it.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mhc_core import checks
@@ -46,12 +48,35 @@ def _segment(layers: Sequence[Callable], record_rows: int):
     return run
 
 
+def _buffer_slots(layers: Sequence[Callable]) -> list[tuple[nn.Module, str]]:
+    """(module, name) of every buffer inside the layers that are modules (BatchNorm's
+    running statistics, ...)."""
+    return [(m, name) for layer in layers if isinstance(layer, nn.Module)
+            for m in layer.modules() for name, b in m.named_buffers(recurse=False) if b is not None]
+
+
+@contextlib.contextmanager
+def _buffers_kept(slots: list[tuple[nn.Module, str]]):
+    """The buffers as they were on entry when the block exits, whatever it did to them:
+    the recomputation in backward must not update running statistics a second time."""
+    saved = [(m, name, m._buffers[name], m._buffers[name].detach().clone()) for m, name in slots]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, name, tensor, values in saved:
+                m._buffers[name] = tensor  # the object the forward left, should the block have replaced it
+                tensor.copy_(values)
+
+
 def run_layers(layers: Sequence[Callable], x: torch.Tensor, *, block: int = 0,
                record_rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Apply `layers` in order to x [..., n, C]; returns (output, recorded inputs).
 
     block = 0 (or None): plain forward (every activation kept for backward). block = k >= 1: layers
     run in groups of k under non-reentrant checkpointing; only each group's input is kept.
+    The recomputation draws the forward's random numbers (checkpoint's preserve_rng_state) and
+    leaves the layers' buffers as the forward left them (running statistics update once).
     record_rows > 0: also return each layer's input for the first `record_rows` batch rows,
     detached (the depth sweep's metrics), identical with or without recompute.
     """
@@ -62,7 +87,10 @@ def run_layers(layers: Sequence[Callable], x: torch.Tensor, *, block: int = 0,
         return out[0], list(out[1:])
     recorded: list[torch.Tensor] = []
     for start in range(0, len(layers), block):
-        out = checkpoint(_segment(layers[start:start + block], record_rows), x, use_reentrant=False)
+        group = layers[start:start + block]
+        slots = _buffer_slots(group)
+        keep = {"context_fn": lambda slots=slots: (contextlib.nullcontext(), _buffers_kept(slots))} if slots else {}
+        out = checkpoint(_segment(group, record_rows), x, use_reentrant=False, **keep)
         x, recorded = out[0], recorded + list(out[1:])
     return x, recorded
 

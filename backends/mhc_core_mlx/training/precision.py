@@ -3,9 +3,8 @@
 mhc_core computes the coefficients and the pre/post mixing in float32 whatever the
 stream's dtype (paper Eq. 10-19). `cast_except_mixing(model, mx.bfloat16)` casts every
 weight except the mixing parameters (phi, bias, alpha of MHC and StreamHead; logits, gate
-of HistorySkip), so the
-stream and the layers run in bf16 while the mixing weights stay float32. MLX has no
-autocast: the weights' dtype decides.
+of HistorySkip), so the stream and the layers run in bf16 while the mixing weights stay
+float32. MLX has no autocast: the weights' dtype decides.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ pre/post mixing in float32 whatever the stream's dtype, and casts the result bac
 Two ways to get bf16 activations around it:
 
 1. `cast_except_mixing(model, torch.bfloat16)`: every weight in bf16 except the mixing
-   parameters (phi, bias, alpha of MHC and StreamHead; logits, gate of HistorySkip), as DeepSeek-V4 keeps its hc_*
-   weights in float32. The stream and the layers then run in bf16.
+   parameters (phi, bias, alpha of MHC and StreamHead; logits, gate of HistorySkip), as
+   DeepSeek-V4 keeps its hc_* weights in float32. The stream and the layers then run in bf16.
 2. `torch.autocast("cuda" | "cpu", dtype=torch.bfloat16)` with float32 weights: the
    layers run in bf16; MHC turns autocast off around the mixing (dispatch._reference_step;
    autocast would otherwise run its matmuls in bf16), so the coefficients stay float32.

@@ -27,6 +27,17 @@ def float_array(ops: Ops, a, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
 
 
+def same_device(fn: str, *named) -> None:
+    """Every array of one call of `fn` on one device; `named` is (array, name) pairs.
+    Only torch tensors can differ (numpy's are all on 'cpu', MLX arrays have no device).
+    Checked here rather than left to torch: its CPU matmul with a 'meta' tensor returns
+    uninitialised memory instead of raising, and elementwise ops name no argument."""
+    devices = [getattr(a, "device", None) for a, _ in named]
+    if any(d != devices[0] for d in devices[1:]):
+        where = ", ".join(f"{name} on {d}" for (_, name), d in zip(named, devices))
+        raise ValueError(f"{fn}: all inputs must be on one device, got {where}")
+
+
 def stream_input(ops: Ops, x, name: str = "x") -> tuple[int, int]:
     """x must be [..., n, C] and floating; returns (n, C)."""
     float_array(ops, x, name)
@@ -210,6 +221,7 @@ def coefficient_inputs(ops: Ops, x, phi, bias, alpha, variant_name: str, fields:
     if variant(variant_name) == "residual":
         raise ValueError("variant 'residual' has no coefficients; use residual_step")
     mixing_params(ops, phi, bias, alpha, n, c, variant=variant_name)
+    same_device("coefficients", (x, "x"), (phi, "phi"), (bias, "bias"), (alpha, "alpha"))
     return n, c, variant_name, config_fields(fields)
 
 
@@ -233,6 +245,7 @@ def pre_aggregate_inputs(ops: Ops, x, pre) -> tuple[int, int, tuple[int, ...]]:
     float_array(ops, pre, "pre")
     lead = shape_of(x)[:-2]
     expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
+    same_device("pre_aggregate", (x, "x"), (pre, "pre"))
     return n, c, lead
 
 
@@ -245,6 +258,7 @@ def post_residual_inputs(ops: Ops, x, y, post, res) -> tuple[int, int, tuple[int
     expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
     expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
     expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    same_device("post_residual", (x, "x"), (y, "y"), (post, "post"), (res, "res"))
     return n, c, lead
 
 

@@ -200,6 +200,7 @@ def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps:
     checks.expect_shape(phi, (n * c, n), "phi", f"n*C x n for n={n}, C={c}")
     checks.expect_shape(bias, (n,), "bias", f"n for n={n}")
     checks.expect_shape(alpha, (1,), "alpha", "one scale")
+    checks.same_device("head_weights", (x, "x"), (phi, "phi"), (bias, "bias"), (alpha, "alpha"))
     checks.non_negative(rms_eps, "rms_eps")
     checks.non_negative(eps, "eps")
     z, cdt, _ = _projection(ops, x, phi, rms_eps)

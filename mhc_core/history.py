@@ -207,6 +207,7 @@ def history_weights(logits, *, constraint: str = "softmax", temperature: float =
     if noise is not None:
         checks.float_array(ops, noise, "noise")
         checks.expect_shape(noise, shape, "noise", "one Gumbel sample per logit")
+        checks.same_device("history_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
     z = z / temperature
     if constraint == "simplex":
@@ -255,6 +256,7 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
     if noise is not None:
         checks.float_array(ops, noise, "noise")
         checks.expect_shape(noise, (k, k), "noise", "one Gumbel sample per logit of the window")
+        checks.same_device("skip_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
     w = sinkhorn(z / temperature, iters=iters, eps=sinkhorn_eps)[k - 1]  # [k]
     if constraint == "identity":
@@ -286,6 +288,8 @@ def history_mix(states: Sequence, weights, *, gate=None, prune_threshold: float 
             raise ValueError(f"every state of the window must have one shape: states[0] is {list(first)}, "
                              f"states[{i}] is {list(checks.shape_of(s))}")
     prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
+    named = [(weights, "weights")] + [(s, f"states[{i}]") for i, s in enumerate(states)]
+    checks.same_device("history_mix", *named, *([] if gate is None else [(gate, "gate")]))
     cdt = ops.compute_dtype(states[-1])
     w = ops.astype(weights, cdt)
     if prune_threshold > 0.0:
@@ -321,6 +325,7 @@ def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: fl
         raise ValueError(f"states must be a non-empty list of arrays (the window), got {type(states).__name__}")
     ops = namespace(y, weights, *states)  # one library (TypeError naming them otherwise)
     checks.float_array(ops, y, "y")
+    checks.same_device("history_skip", (y, "y"), *((s, f"states[{i}]") for i, s in enumerate(states)))
     mix = history_mix(states, weights, gate=gate, prune_threshold=prune_threshold)
     if checks.shape_of(y) != checks.shape_of(mix):
         raise ValueError(f"the layer output y {list(checks.shape_of(y))} must have the shape of the "
@@ -400,6 +405,7 @@ def history_composite(weights_per_layer: Sequence, history: int) -> list:
         ops = namespace(w) if first is None else namespace(first, w)  # one library throughout
         first = w if first is None else first
         checks.float_array(ops, w, f"weights_per_layer[{l}]")
+        checks.same_device("history_composite", (first, "weights_per_layer[0]"), (w, f"weights_per_layer[{l}]"))
         shape = checks.shape_of(w)
         k = min(history, len(coeffs))
         if shape != (k,):

@@ -54,6 +54,7 @@ def composite(res_layers: Iterable):
                              f"like the layers before it, got {checks.shape_of(res)}")
         if acc is not None:
             _same_tokens(checks.shape_of(acc)[:-2], checks.shape_of(res)[:-2], l)
+            checks.same_device("composite", (acc, f"res_layers[{l - 1}]"), (res, f"res_layers[{l}]"))
         res = ops.astype(res, ops.compute_dtype(res))
         if acc is not None and acc.dtype != res.dtype:  # float32 and float64 layers: both float64
             acc, res = ops.astype(acc, ops.float64), ops.astype(res, ops.float64)

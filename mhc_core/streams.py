@@ -103,6 +103,7 @@ def reduce_streams(x, weights=None):
         return ops.mean(x, axis=-2)
     checks.float_array(ops, weights, "weights")  # named here: pre_aggregate would call them "pre"
     checks.expect_trailing(weights, (n,), checks.shape_of(x)[:-2], "weights", "one weight per stream of x")
+    checks.same_device("reduce_streams", (x, "x"), (weights, "weights"))
     return pre_aggregate(x, weights)
 
 

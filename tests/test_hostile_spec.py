@@ -1,0 +1,70 @@
+"""The functional spec API (`mhc_core` called on arrays, as a researcher's own model code
+calls it) at the edges the other files do not reach.
+
+- arrays of one call on two torch devices are refused, naming each argument's device:
+  torch's CPU matmul with a `meta` tensor returns uninitialised memory instead of an error,
+  so `coefficients`, `pre_aggregate`, `head` and `composite` gave garbage numbers.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import mhc_core as mc
+
+torch = pytest.importorskip("torch")
+
+N, C, T = 3, 2, 4
+
+
+def _mixing():
+    p = mc.init_params(N, C, phi_std=0.5, seed=0)
+    return [torch.tensor(p[k]) for k in ("phi", "bias", "alpha")]
+
+
+def _device_cases():
+    x = torch.randn(T, N, C)
+    phi, bias, alpha = _mixing()
+    pre, post, y, res = torch.rand(T, N), torch.rand(T, N), torch.randn(T, C), torch.rand(T, N, N)
+    hp = {k: torch.tensor(v) for k, v in mc.init_head_params(N, C).items()}
+    meta = lambda a: a.to("meta")  # noqa: E731
+    s = [torch.randn(C), torch.randn(C)]
+    w = torch.tensor([0.5, 0.5])
+    return [
+        ("coefficients", "phi", lambda: mc.coefficients(x, meta(phi), bias, alpha)),
+        ("coefficients", "x", lambda: mc.coefficients(meta(x), phi, bias, alpha)),
+        ("coefficients", "alpha", lambda: mc.step(x, torch.tanh, phi, bias, meta(alpha))),
+        ("pre_aggregate", "pre", lambda: mc.pre_aggregate(x, meta(pre))),
+        ("post_residual", "res", lambda: mc.post_residual(x, y, post, meta(res))),
+        ("post_residual", "y", lambda: mc.step(x, lambda h: meta(h), phi, bias, alpha)),
+        ("head_weights", "phi", lambda: mc.head(x, meta(hp["phi"]), hp["bias"], hp["alpha"])),
+        ("reduce_streams", "weights", lambda: mc.reduce_streams(x, meta(pre))),
+        ("composite", "res_layers[1]", lambda: mc.composite([res, meta(res)])),
+        ("composite", "res_layers[1]", lambda: mc.gain_report([res, meta(res)])),  # gain_report's composite
+        ("history_mix", "states[1]", lambda: mc.history_mix([s[0], meta(s[1])], w)),
+        ("history_skip", "y", lambda: mc.history_skip(meta(s[0]), s, w)),
+        ("history_weights", "noise", lambda: mc.history_weights(w, noise=meta(w))),
+        ("skip_weights", "noise", lambda: mc.skip_weights(torch.zeros(2, 2), 2, mixing="matrix",
+                                                          noise=meta(torch.zeros(2, 2)))),
+        ("history_composite", "weights_per_layer[1]",
+         lambda: mc.history_composite([torch.ones(1), meta(w)], 2)),
+    ]
+
+
+@pytest.mark.parametrize("fn,name,call", _device_cases(), ids=[f"{c[0]}-{c[1]}" for c in _device_cases()])
+def test_arrays_on_two_devices_are_refused_naming_each(fn, name, call):
+    with pytest.raises(ValueError, match=rf"{fn}: all inputs must be on one device, got .*{re.escape(name)} on meta"):
+        call()
+
+
+def test_one_device_still_runs_and_numpy_arrays_pass():
+    """The check compares devices only: numpy arrays (device 'cpu') and CPU tensors of
+    different dtypes run as before."""
+    p = mc.init_params(N, C, phi_std=0.5, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(T, N, C))
+    want = mc.coefficients(x, p["phi"], p["bias"], p["alpha"])
+    got = mc.coefficients(torch.tensor(x), *(torch.tensor(p[k], dtype=torch.float32) for k in ("phi", "bias", "alpha")))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-6)

@@ -3,7 +3,9 @@ calls it) at the edges the other files do not reach.
 
 - arrays of one call on two torch devices are refused, naming each argument's device:
   torch's CPU matmul with a `meta` tensor returns uninitialised memory instead of an error,
-  so `coefficients`, `pre_aggregate`, `head` and `composite` gave garbage numbers.
+  so `coefficients`, `pre_aggregate`, `head` and `composite` gave garbage numbers;
+- `recompute.resolve_block` takes numpy and 0-d array integers like every other count
+  (DESIGN §1) and checks n and the layer count whatever the block.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import mhc_core as mc
+from mhc_core import recompute
 
 torch = pytest.importorskip("torch")
 
@@ -68,3 +71,36 @@ def test_one_device_still_runs_and_numpy_arrays_pass():
     got = mc.coefficients(torch.tensor(x), *(torch.tensor(p[k], dtype=torch.float32) for k in ("phi", "bias", "alpha")))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w, atol=1e-6)
+
+
+# --- recompute.resolve_block --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [2, np.int64(2), np.array(2), torch.tensor(2)], ids=["int", "np-int", "np-0d", "torch-0d"])
+def test_resolve_block_takes_numpy_and_0d_integers(block):
+    assert recompute.resolve_block(block, 4, 8) == 2
+    assert type(recompute.resolve_block(block, 4, 8)) is int
+
+
+@pytest.mark.parametrize("block", [None, False, np.False_, 0, np.int64(0)], ids=["None", "False", "np-False", "0", "np-0"])
+def test_resolve_block_off(block):
+    assert recompute.resolve_block(block, 4, 8) == 0
+
+
+@pytest.mark.parametrize("block", ["auto", True, np.True_], ids=["auto", "True", "np-True"])
+def test_resolve_block_auto_is_the_paper_size(block):
+    assert recompute.resolve_block(block, 4, 96) == recompute.paper_block_size(4, 96) == 8
+
+
+@pytest.mark.parametrize("block", [2.0, -1, "Auto", np.array([2])], ids=["float", "negative", "Auto", "1-elem"])
+def test_resolve_block_refuses(block):
+    with pytest.raises(ValueError, match=r"recompute block must be 0/None \(off\), 'auto' or an integer >= 1, got"):
+        recompute.resolve_block(block, 4, 8)
+
+
+@pytest.mark.parametrize("block", [3, 0, "auto"])
+def test_resolve_block_checks_n_and_layers_whatever_the_block(block):
+    with pytest.raises(ValueError, match=r"layers must be an integer >= 1, got 0"):
+        recompute.resolve_block(block, 4, 0)
+    with pytest.raises(ValueError, match=r"n \(number of streams\) must be an integer >= 1, got 0"):
+        recompute.resolve_block(block, 0, 5)

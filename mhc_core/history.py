@@ -387,7 +387,8 @@ def history_gain_report(weights_per_layer: Sequence, history: int) -> list[dict]
         d = w - ops.eye_like(w, k)[k - 1]
         values = {"forward_gain": ops.sum(a), "backward_gain": ops.max(a), "composite_forward_gain": c,
                   "composite_backward_gain": c, "identity_distance": ops.sqrt(ops.sum(d * d))}
-        report.append({"layer": l, **{key: {s: float(v) for s in ("max", "mean", "min")} for key, v in values.items()}})
+        values = {key: float(ops.stop_gradient(v)) for key, v in values.items()}  # numbers: no autograd history
+        report.append({"layer": l, **{key: {s: v for s in ("max", "mean", "min")} for key, v in values.items()}})
     return report
 
 

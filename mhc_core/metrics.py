@@ -88,7 +88,7 @@ def aggregate(values) -> dict[str, float]:
     if math.prod(checks.shape_of(values)) == 0:  # max / min of nothing is undefined
         raise ValueError(f"values must hold at least one element (one per token) to aggregate, "
                          f"got shape {list(checks.shape_of(values))}")
-    flat = ops.reshape(values, (-1,))
+    flat = ops.reshape(ops.stop_gradient(values), (-1,))  # read as numbers: no autograd history
     return {
         "max": float(ops.max(flat)),
         "mean": float(ops.mean(flat)),

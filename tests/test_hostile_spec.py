@@ -5,11 +5,15 @@ calls it) at the edges the other files do not reach.
   torch's CPU matmul with a `meta` tensor returns uninitialised memory instead of an error,
   so `coefficients`, `pre_aggregate`, `head` and `composite` gave garbage numbers;
 - `recompute.resolve_block` takes numpy and 0-d array integers like every other count
-  (DESIGN §1) and checks n and the layer count whatever the block.
+  (DESIGN §1) and checks n and the layer count whatever the block;
+- the reports (`gain_report`, `aggregate`, `history_gain_report`) read tensors that
+  require grad (res straight from a forward pass) without torch's warning about
+  converting them to Python numbers.
 """
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -104,3 +108,25 @@ def test_resolve_block_checks_n_and_layers_whatever_the_block(block):
         recompute.resolve_block(block, 4, 0)
     with pytest.raises(ValueError, match=r"n \(number of streams\) must be an integer >= 1, got 0"):
         recompute.resolve_block(block, 0, 5)
+
+
+# --- reports on tensors that require grad --------------------------------------------------
+
+
+def test_reports_read_tensors_that_require_grad_without_warnings():
+    x = torch.randn(T, N, C)
+    phi, bias, alpha = (a.requires_grad_() for a in _mixing())
+    res = mc.coefficients(x, phi, bias, alpha)[2]  # requires grad, as in a training step
+    want = mc.gain_report([res.detach().numpy().astype(np.float64)] * 2)
+    w = torch.tensor([0.3, 0.7], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = mc.gain_report([res, res])
+        agg = mc.aggregate(mc.amax_gain(res)[0])
+        hist = mc.history_gain_report([torch.ones(1, requires_grad=True), w], 2)
+    for g_layer, w_layer in zip(got, want):
+        for key in ("forward_gain", "composite_forward_gain", "identity_distance"):
+            for s in ("max", "mean", "min"):
+                assert g_layer[key][s] == pytest.approx(w_layer[key][s], rel=1e-5)
+    assert agg == pytest.approx(mc.aggregate(mc.amax_gain(res.detach().numpy())[0]), rel=1e-6)
+    assert hist == mc.history_gain_report([np.ones(1, np.float32), np.array([0.3, 0.7], np.float32)], 2)

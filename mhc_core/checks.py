@@ -268,6 +268,8 @@ def sinkhorn_inputs(ops: Ops, logits, iters_value, eps) -> tuple[tuple[int, ...]
     shape = shape_of(logits)
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(f"logits must have shape [..., n, n] (square last two axes), got {shape}")
+    if shape[-1] < 1:
+        raise ValueError(f"logits must have shape [..., n, n] with n >= 1, got {shape}")
     return shape, iters(iters_value), non_negative(eps, "eps")
 
 

@@ -24,6 +24,8 @@ def _square(ops, res, name="res"):
     shape = checks.shape_of(res)
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(f"{name} must have shape [..., n, n], got {shape}")
+    if shape[-1] < 1:
+        raise ValueError(f"{name} must have shape [..., n, n] with n >= 1, got {shape}")
     return shape[-1]
 
 

@@ -130,3 +130,22 @@ def test_reports_read_tensors_that_require_grad_without_warnings():
                 assert g_layer[key][s] == pytest.approx(w_layer[key][s], rel=1e-5)
     assert agg == pytest.approx(mc.aggregate(mc.amax_gain(res.detach().numpy())[0]), rel=1e-6)
     assert hist == mc.history_gain_report([np.ones(1, np.float32), np.array([0.3, 0.7], np.float32)], 2)
+
+
+# --- n = 0: no matrix to normalise -----------------------------------------------------------
+
+
+def _libraries():
+    mx = pytest.importorskip("mlx.core")
+    return {"numpy": np.zeros, "torch": torch.zeros, "mlx": mx.zeros}
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "mlx"])
+@pytest.mark.parametrize("fn,name", [(mc.sinkhorn, "logits"), (mc.amax_gain, "res"), (mc.identity_distance, "res"),
+                                     (lambda r: mc.composite([r]), r"res_layers\[0\]")],
+                         ids=["sinkhorn", "amax_gain", "identity_distance", "composite"])
+def test_zero_by_zero_matrices_are_refused(lib, fn, name):
+    """[..., 0, 0] is no mixing matrix (n >= 1 streams); it crashed in a reshape or a
+    reduction with no identity (numpy, torch), or gave a distance of 0."""
+    with pytest.raises(ValueError, match=rf"{name} must have shape \[..., n, n\] with n >= 1, got \(2, 0, 0\)"):
+        fn(_libraries()[lib]((2, 0, 0)))

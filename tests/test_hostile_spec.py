@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import mhc_core as mc
+import naive_oracle as naive
 from mhc_core import recompute
 
 torch = pytest.importorskip("torch")
@@ -149,3 +150,18 @@ def test_zero_by_zero_matrices_are_refused(lib, fn, name):
     reduction with no identity (numpy, torch), or gave a distance of 0."""
     with pytest.raises(ValueError, match=rf"{name} must have shape \[..., n, n\] with n >= 1, got \(2, 0, 0\)"):
         fn(_libraries()[lib]((2, 0, 0)))
+
+
+# --- Sinkhorn's column sums after few rounds (the docstring's figure is for iters = 20) -----
+
+
+@pytest.mark.parametrize("n", [2, 4, 16])
+def test_one_round_leaves_a_column_no_row_favours_at_n_over_n_plus_one(n):
+    """iters = 1, every row's logits putting all its mass on column 0: columns 1.. had
+    s = n * eps before their normalisation, so they sum to n eps / (n eps + eps)."""
+    logits = np.zeros((1, n, n))
+    logits[..., 0] = 1e3  # exp(-1e3) = 0 in float64: the other columns' softmax entries are 0
+    got = mc.sinkhorn(logits, iters=1)
+    np.testing.assert_allclose(got, naive.sinkhorn(logits, iters=1), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got.sum(-2)[0, 1:], n / (n + 1), rtol=1e-12)
+    assert "n / (n + 1)" in mc.sinkhorn.__doc__ and "after iters=20" in mc.sinkhorn.__doc__

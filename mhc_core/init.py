@@ -82,7 +82,9 @@ def init_params(
     seed: int | None = None,
     dtype=np.float32,
 ) -> dict[str, np.ndarray]:
-    """{'phi': [n*C, n*n+2n], 'bias': [n*n+2n], 'alpha': [3]} as numpy arrays."""
+    """{'phi': [n*C, R + 2n], 'bias': [R + 2n], 'alpha': [3]} as numpy arrays of `dtype`,
+    R = n*n (n! for 'mhc-lite', n <= 6); {} for 'residual' (n = 1), which has none.
+    `param_shapes` gives the shapes; the values are the warm start (module doc)."""
     dtype = _floating_dtype(dtype, "init_params")
     shapes = param_shapes(n, c, variant)
     if not shapes:

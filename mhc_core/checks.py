@@ -96,12 +96,21 @@ def _scalar(value):
     if type(value) in (int, float):  # the common case, and the only one a tracer sees often
         return value
     if hasattr(value, "shape") and hasattr(value, "item"):
-        if tuple(value.shape) != ():
-            return None
+        if tuple(value.shape) != () or getattr(value, "requires_grad", False):
+            return None  # a tensor with autograd history: its gradient would be dropped (`_got`)
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None  # numbers.Real covers numpy's integer and floating scalars, not np.bool_
     return value
+
+
+def _got(value) -> str:
+    """`value` as an error message shows what arrived, with why a tensor that requires grad
+    is refused as a number."""
+    if getattr(value, "requires_grad", False):
+        return (f"{value!r}: settings are read as plain numbers, so a tensor that requires grad would get "
+                "no gradient")
+    return repr(value)
 
 
 def _finite(v) -> bool:
@@ -118,7 +127,7 @@ def integer(value, name: str, minimum: int = 1, meaning: str = "") -> int:
     v = _scalar(value)
     if not isinstance(v, numbers.Integral) or v < minimum:
         label = f"{name} ({meaning})" if meaning else name
-        raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{label} must be an integer >= {minimum}, got {_got(value)}")
     return int(v)
 
 
@@ -126,7 +135,7 @@ def real(value, name: str) -> float:
     """float(value) for a finite real number (Python, numpy, or a 0-d array); bools refused."""
     v = _scalar(value)
     if v is None or not _finite(v):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {_got(value)}")
     return float(v)
 
 
@@ -135,7 +144,7 @@ def non_negative(value, name: str) -> float:
     inf and nan are refused: as an eps or a scale they make the coefficients inf / nan."""
     v = _scalar(value)
     if v is None or not _finite(v) or not v >= 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {_got(value)}")
     return float(v)
 
 

@@ -70,7 +70,7 @@ def check_temperature(value) -> float:
     """A finite number > 0."""
     v = checks._scalar(value)
     if v is None or not math.isfinite(v) or not v > 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+        raise ValueError(f"temperature must be a finite number > 0, got {checks._got(value)}")
     return float(v)
 
 
@@ -78,7 +78,7 @@ def check_epsilon(value) -> float:
     """A number in [0, 1)."""
     v = checks._scalar(value)
     if v is None or not 0.0 <= v < 1.0:
-        raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {value!r}")
+        raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {checks._got(value)}")
     return float(v)
 
 

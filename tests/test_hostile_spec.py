@@ -165,3 +165,42 @@ def test_one_round_leaves_a_column_no_row_favours_at_n_over_n_plus_one(n):
     np.testing.assert_allclose(got, naive.sinkhorn(logits, iters=1), rtol=1e-12, atol=0)
     np.testing.assert_allclose(got.sum(-2)[0, 1:], n / (n + 1), rtol=1e-12)
     assert "n / (n + 1)" in mc.sinkhorn.__doc__ and "after iters=20" in mc.sinkhorn.__doc__
+
+
+# --- a setting that requires grad ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda v: mc.coefficients(*_coefficient_args(), post_scale=v), "post_scale"),
+    (lambda v: mc.step(_coefficient_args()[0], torch.tanh, *_coefficient_args()[1:], pre_eps=v), "pre_eps"),
+    (lambda v: mc.sinkhorn(torch.zeros(2, 2), eps=v), "eps"),
+    (lambda v: mc.head(torch.zeros(1, 1, 2), torch.zeros(2, 1), torch.zeros(1), torch.ones(1), rms_eps=v), "rms_eps"),
+], ids=["coefficients-post_scale", "step-pre_eps", "sinkhorn-eps", "head-rms_eps"])
+def test_a_setting_that_requires_grad_is_refused(call, name):
+    """Settings are read as Python numbers: a 0-d tensor that requires grad (a post_scale
+    one means to learn) ran with its gradient silently dropped (no grad_fn on the output)."""
+    value = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number >= 0, got tensor\(0.5000, dtype=torch.float64, "
+                                         r"requires_grad=True\): settings are read as plain numbers, so a tensor that "
+                                         r"requires grad would get no gradient"):
+        call(value)
+    call(value.detach())  # the same value without autograd history: accepted, as every 0-d array
+
+
+def test_history_settings_that_require_grad_are_refused():
+    value = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    for kw, words in (({"temperature": value}, "temperature must be a finite number > 0"),
+                      ({"epsilon": value}, r"epsilon \(the newest state's minimum weight\) must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=rf"{words}, got tensor\(.*requires_grad=True\): settings are read as "
+                                             r"plain numbers"):
+            mc.history_weights(torch.zeros(3), constraint="identity", **kw)
+        np.testing.assert_allclose(mc.history_weights(torch.zeros(3), constraint="identity",
+                                                      **{k: v.detach() for k, v in kw.items()}).numpy(),
+                                   mc.history_weights(np.zeros(3), constraint="identity",
+                                                      **{k: 0.5 for k in kw}), rtol=1e-6)
+
+
+def _coefficient_args():
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    p = mc.init_params(N, C, phi_std=0.5, seed=0, dtype=np.float64)
+    return (x, *(torch.tensor(p[k]) for k in ("phi", "bias", "alpha")))

@@ -99,7 +99,8 @@ def coefficients(
     """(pre [..., n], post [..., n], res [..., n, n]) for `x [..., n, C]`.
 
     phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are
-    float32 (float64 when x is float64) whatever x's dtype, as in DeepSeek-V4.
+    float32 (float64 when x is float64, or numpy's wider long double) whatever x's dtype, as
+    in DeepSeek-V4.
 
     Raises TypeError for integer arrays or arrays from two libraries, ValueError naming
     the expected shape (phi, bias, alpha against x's n and C) or range (iters an integer

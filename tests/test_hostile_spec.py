@@ -204,3 +204,23 @@ def _coefficient_args():
     x = torch.randn(T, N, C, dtype=torch.float64)
     p = mc.init_params(N, C, phi_std=0.5, seed=0, dtype=np.float64)
     return (x, *(torch.tensor(p[k]) for k in ("phi", "bias", "alpha")))
+
+
+# --- numpy's long double -------------------------------------------------------------------
+
+
+def test_numpy_longdouble_computes_in_float64_not_float32():
+    """np.longdouble (80-bit extended on x86 Linux) is a real floating dtype the checks
+    accept; it was computed in float32 (everything but float64 was), 1e-7 from the oracle."""
+    rng = np.random.default_rng(3)
+    p = mc.init_params(N, C, phi_std=0.5, seed=3, dtype=np.float64)
+    x, logits = rng.normal(size=(T, N, C)), rng.normal(size=(T, N, N))
+    got = mc.coefficients(x.astype(np.longdouble), *(p[k].astype(np.longdouble) for k in ("phi", "bias", "alpha")))
+    for g, w in zip(got, naive.coefficients(x, p["phi"], p["bias"], p["alpha"])):
+        np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(mc.sinkhorn(logits.astype(np.longdouble)), np.float64), naive.sinkhorn(logits),
+                               rtol=1e-12, atol=1e-14)
+    step = mc.step(x.astype(np.longdouble), np.tanh, *(p[k] for k in ("phi", "bias", "alpha")))
+    assert step.dtype == np.longdouble
+    np.testing.assert_allclose(np.asarray(step, np.float64), naive.step(x, np.tanh, p["phi"], p["bias"], p["alpha"]),
+                               rtol=1e-12, atol=1e-14)

@@ -224,3 +224,28 @@ def test_numpy_longdouble_computes_in_float64_not_float32():
     assert step.dtype == np.longdouble
     np.testing.assert_allclose(np.asarray(step, np.float64), naive.step(x, np.tanh, p["phi"], p["bias"], p["alpha"]),
                                rtol=1e-12, atol=1e-14)
+
+
+# --- expand_streams: what its docstring says a write does, per library ------------------------
+
+
+def test_expand_streams_writes_behave_as_documented():
+    base = np.arange(6.0).reshape(2, 3)
+    view = mc.expand_streams(base, 4)
+    np.testing.assert_array_equal(view, np.broadcast_to(base[:, None], (2, 4, 3)))
+    with pytest.raises(ValueError, match="read-only"):  # numpy: read-only
+        view[..., 0, :] += 1
+    x = torch.tensor(base)
+    s = mc.expand_streams(x, 4)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        s += 1  # torch: no in-place op on the whole view
+    s[..., 0, :] += 1  # one stream: writes x, so every stream changes
+    np.testing.assert_array_equal(x.numpy(), base + 1)
+    np.testing.assert_array_equal(s.numpy(), np.broadcast_to(base[:, None] + 1, (2, 4, 3)))
+    mx = pytest.importorskip("mlx.core")
+    xm = mx.array(base.astype(np.float32))
+    sm = mc.expand_streams(xm, 4)
+    sm[..., 0, :] = 7.0  # MLX: a value; neither x nor the other streams change
+    np.testing.assert_array_equal(np.array(xm), base)
+    np.testing.assert_array_equal(np.array(sm)[..., 1:, :], np.broadcast_to(base[:, None], (2, 3, 3)))
+    np.testing.assert_array_equal(np.array(sm)[..., 0, :], np.full((2, 3), 7.0))

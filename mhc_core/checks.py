@@ -148,6 +148,20 @@ def non_negative(value, name: str) -> float:
     return float(v)
 
 
+def floating_dtype(dtype, fn: str) -> np.dtype:
+    """`dtype` as a numpy real floating dtype, for the functions making fresh parameters
+    (`fn` names it in the error): an integer one would round them (logit(1/n) to -1, the
+    -10 skip logits to integers history_weights refuses), a complex or bool one is no
+    parameter type."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{fn}: dtype must be a real floating-point dtype (float16, float32, float64), got {dtype!r}")
+    return dt
+
+
 def flag(value, name: str) -> bool:
     """A switch: True or False (numpy bools too). Strings and numbers are refused, since
     bool('no') would be True."""

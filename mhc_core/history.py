@@ -130,6 +130,7 @@ def init_skip_logits(history: int, *, init: str = "identity", mixing: str = "vec
     """
     history = check_history(history)
     mixing = check_mixing(mixing)
+    dtype = checks.floating_dtype(dtype, "init_skip_logits")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     shape = (history,) if mixing == "vector" else (history, history)

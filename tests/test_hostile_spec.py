@@ -249,3 +249,26 @@ def test_expand_streams_writes_behave_as_documented():
     np.testing.assert_array_equal(np.array(xm), base)
     np.testing.assert_array_equal(np.array(sm)[..., 1:, :], np.broadcast_to(base[:, None], (2, 3, 3)))
     np.testing.assert_array_equal(np.array(sm)[..., 0, :], np.full((2, 3), 7.0))
+
+
+# --- init_skip_logits' dtype -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int32, torch.float32, "bfloat16", bool], ids=["int32", "torch", "bf16-str", "bool"])
+def test_init_skip_logits_refuses_a_non_floating_dtype(dtype):
+    """An integer dtype gave integer logits (which history_weights then refuses), a torch
+    dtype numpy's 'Cannot interpret' error: the check of init_params."""
+    with pytest.raises(TypeError, match=r"init_skip_logits: dtype must be a real floating-point dtype \(float16, "
+                                        r"float32, float64\), got"):
+        mc.init_skip_logits(3, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("mixing", ["vector", "matrix"])
+def test_init_skip_logits_in_each_floating_dtype(dtype, mixing):
+    got = mc.init_skip_logits(4, mixing=mixing, dtype=dtype)
+    want = np.full(4, -10.0) if mixing == "vector" else -10.0 * (1.0 - np.eye(4))
+    if mixing == "vector":
+        want[-1] = 0.0
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want.astype(dtype))

@@ -537,6 +537,9 @@ class _MLXOps(Ops):
         return self.xp.rsqrt(x)
 
     def logsumexp(self, x, axis: int, keepdims: bool = False):
+        if x.size == 0:  # native logsumexp and max refuse empty arrays: -inf over an empty axis, else no values
+            out = self.xp.sum(x, axis=axis, keepdims=keepdims)
+            return out - math.inf if x.shape[axis] == 0 else out
         if self._f64(x):
             m = self.xp.max(x, axis=axis, keepdims=True)
             m = self.xp.where(self.xp.isfinite(m), m, self.xp.zeros_like(m))

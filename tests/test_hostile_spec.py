@@ -272,3 +272,38 @@ def test_init_skip_logits_in_each_floating_dtype(dtype, mixing):
         want[-1] = 0.0
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, want.astype(dtype))
+
+
+# --- empty batches on MLX's log-domain Sinkhorn ---------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_mlx_eps0_sinkhorn_and_step_take_an_empty_batch(dtype):
+    """sinkhorn_eps = 0 runs in the log domain; MLX's logsumexp refuses empty arrays
+    ('[logsumexp] Received empty array'), so an empty batch failed where numpy and torch
+    return empty outputs."""
+    mx = pytest.importorskip("mlx.core")
+    dt = getattr(mx, dtype)
+    with mx.stream(mx.cpu):
+        assert mc.sinkhorn(mx.zeros((0, 3, 3), dtype=dt), eps=0.0).shape == (0, 3, 3)
+        p = mc.init_params(N, C, dtype=np.float32)
+        x = mx.zeros((2, 0, N, C), dtype=dt)
+        args = [mx.array(p[k]) for k in ("phi", "bias", "alpha")]
+        out = mc.step(x, mx.tanh, *args, sinkhorn_eps=0.0)
+        assert out.shape == (2, 0, N, C) and out.dtype == dt
+        grad = mx.grad(lambda phi: mc.step(x, mx.tanh, phi, *args[1:], sinkhorn_eps=0.0).astype(mx.float32).sum())(args[0])
+        np.testing.assert_array_equal(np.array(grad), np.zeros(p["phi"].shape))  # no tokens, no gradient
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mlx_shim_logsumexp_of_empty_arrays_is_numpys(dtype):
+    mx = pytest.importorskip("mlx.core")
+    ops = mc.namespace(mx.zeros(1))
+    with mx.stream(mx.cpu):
+        for shape in ((3, 0), (0, 3)):
+            for axis in (0, 1):
+                for keepdims in (False, True):
+                    got = np.array(ops.logsumexp(mx.zeros(shape, dtype=getattr(mx, dtype)), axis, keepdims=keepdims))
+                    want = np.logaddexp.reduce(np.zeros(shape), axis=axis, keepdims=keepdims)
+                    assert got.shape == want.shape
+                    np.testing.assert_array_equal(got, want)

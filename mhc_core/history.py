@@ -187,6 +187,23 @@ def simplex_projection(v, axis: int = -1):
     return ops.where(support, z - tau, ops.where(z == z, zero, z))
 
 
+def _tempered(ops, z, temperature: float):
+    """z / temperature shifted by each row's maximum (last axis): what softmax, the simplex
+    projection and Sinkhorn (whose first step is a row softmax) see of it, as each is
+    unchanged by a shift of a row, but finite at any temperature. Unshifted, z / temperature
+    overflows to inf once it passes the dtype's range and inf - inf made every weight NaN.
+    Where it stays in range this is z / T - max(z) / T, bit for bit the shift softmax makes
+    itself; elsewhere (z - max(z)) / T, whose largest entry is 0; where 1 / T overflows the
+    dtype (T may not even be representable), its limit: -inf below the maximum, 0 at it.
+    The shift is held constant under autodiff (the weights do not depend on it)."""
+    m = ops.stop_gradient(ops.max(z, axis=-1, keepdims=True))
+    largest = 1.7976931348623157e308 if z.dtype == ops.float64 else 3.4028234663852886e38
+    if temperature * largest < 1.0:
+        return ops.where(z < m, ops.zeros_like(z) - math.inf, z - m)
+    r = z / temperature - m / temperature
+    return ops.where(ops.isfinite(r), r, (z - m) / temperature)
+
+
 def history_weights(logits, *, constraint: str = "softmax", temperature: float = 1.0,
                     epsilon: float = 0.1, noise=None):
     """Mixing weights [..., K] on the simplex from `logits [..., K]` (oldest state first).
@@ -210,7 +227,7 @@ def history_weights(logits, *, constraint: str = "softmax", temperature: float =
         checks.expect_shape(noise, shape, "noise", "one Gumbel sample per logit")
         checks.same_device("history_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
-    z = z / temperature
+    z = _tempered(ops, z, temperature)
     if constraint == "simplex":
         return simplex_projection(z)
     w = ops.softmax(z, axis=-1)
@@ -259,7 +276,7 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
         checks.expect_shape(noise, (k, k), "noise", "one Gumbel sample per logit of the window")
         checks.same_device("skip_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
-    w = sinkhorn(z / temperature, iters=iters, eps=sinkhorn_eps)[k - 1]  # [k]
+    w = sinkhorn(_tempered(ops, z, temperature), iters=iters, eps=sinkhorn_eps)[k - 1]  # [k]
     if constraint == "identity":
         w = (1.0 - epsilon) * w + epsilon * ops.eye_like(z, k)[k - 1]
     return w

@@ -307,3 +307,68 @@ def test_mlx_shim_logsumexp_of_empty_arrays_is_numpys(dtype):
                     want = np.logaddexp.reduce(np.zeros(shape), axis=axis, keepdims=keepdims)
                     assert got.shape == want.shape
                     np.testing.assert_array_equal(got, want)
+
+
+# --- a small temperature: the hard limit, not NaN -------------------------------------------
+
+
+def _to_numpy(a):
+    return a.detach().numpy() if isinstance(a, torch.Tensor) else np.array(a)
+
+
+def _hard_limit(logits, constraint, epsilon=0.1):
+    """temperature -> 0: every weight on the largest logit (ties shared by a softmax)."""
+    w = (logits == logits.max()).astype(np.float64)
+    w = w / w.sum()
+    if constraint == "identity":
+        w = (1.0 - epsilon) * w + epsilon * np.eye(len(logits))[-1]
+    return w
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "mlx"])
+@pytest.mark.parametrize("constraint", ["softmax", "simplex", "identity"])
+@pytest.mark.parametrize("temperature", [1e-39, 1e-300])
+def test_a_tiny_temperature_gives_the_hard_limit(lib, constraint, temperature):
+    """logits / temperature overflowed to inf (float32 from temperature ~1e-38; float64
+    from 1e-308 / |logit|), and inf - inf made every weight NaN; the limit is one-hot on
+    the largest logit, which the shifted form (logits - max) / temperature reaches."""
+    logits = np.array([1.0, 2.0, 0.5, -3.0], np.float32)
+    conv = {"numpy": lambda a: a, "torch": torch.tensor, "mlx": lambda a: pytest.importorskip("mlx.core").array(a)}[lib]
+    got = _to_numpy(mc.history_weights(conv(logits), constraint=constraint, temperature=temperature))
+    np.testing.assert_allclose(got, _hard_limit(logits.astype(np.float64), constraint), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_matrix_skip_weights_at_a_tiny_temperature_are_finite_and_match_a_small_one(lib):
+    """Sinkhorn of (logits / T) is shift-invariant per row; the per-row shift keeps a tiny T
+    finite. T = 1e-39 must give what T = 1e-3 gives for these logits (both saturated)."""
+    logits = np.array([[0.0, 1.0, -2.0], [2.0, 0.5, 0.0], [1.0, -1.0, 3.0]], np.float32)
+    conv = torch.tensor if lib == "torch" else (lambda a: a)
+    tiny = _to_numpy(mc.skip_weights(conv(logits), 3, mixing="matrix", temperature=1e-39))
+    small = mc.skip_weights(logits.astype(np.float64), 3, mixing="matrix", temperature=1e-3)
+    np.testing.assert_allclose(tiny, small, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("constraint", ["softmax", "simplex", "identity"])
+def test_shifted_temperature_gradients_match_finite_differences(constraint):
+    """The shift is held constant under autodiff (weights do not depend on it): torch
+    float64 gradients against central differences of the numpy float64 function."""
+    rng = np.random.default_rng(7)
+    logits, cot, d = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    t = torch.tensor(logits, requires_grad=True)
+    (mc.history_weights(t, constraint=constraint, temperature=0.7) * torch.tensor(cot)).sum().backward()
+    f = lambda v: float(np.sum(mc.history_weights(v, constraint=constraint, temperature=0.7) * cot))  # noqa: E731
+    h = 1e-6
+    fd = (f(logits + h * d) - f(logits - h * d)) / (2 * h)
+    assert float((t.grad.numpy() * d).sum()) == pytest.approx(fd, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "mlx"])
+@pytest.mark.parametrize("constraint", ["softmax", "simplex", "identity"])
+def test_huge_logits_over_a_small_temperature_give_the_hard_limit(lib, constraint):
+    """1 / temperature in range, but logits / temperature past float32's: (logits - max) / T."""
+    logits = np.array([3e30, -1e30, 2e30, 0.0], np.float32)
+    conv = {"numpy": lambda a: a, "torch": torch.tensor, "mlx": lambda a: pytest.importorskip("mlx.core").array(a)}[lib]
+    with np.errstate(over="ignore"):
+        got = _to_numpy(mc.history_weights(conv(logits), constraint=constraint, temperature=1e-10))
+    np.testing.assert_allclose(got, _hard_limit(logits.astype(np.float64), constraint), rtol=1e-6, atol=1e-7)

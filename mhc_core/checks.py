@@ -27,6 +27,17 @@ def float_array(ops: Ops, a, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
 
 
+def same_device(fn: str, *named) -> None:
+    """Every array of one call of `fn` on one device; `named` is (array, name) pairs.
+    Only torch tensors can differ (numpy's are all on 'cpu', MLX arrays have no device).
+    Checked here rather than left to torch: its CPU matmul with a 'meta' tensor returns
+    uninitialised memory instead of raising, and elementwise ops name no argument."""
+    devices = [getattr(a, "device", None) for a, _ in named]
+    if any(d != devices[0] for d in devices[1:]):
+        where = ", ".join(f"{name} on {d}" for (_, name), d in zip(named, devices))
+        raise ValueError(f"{fn}: all inputs must be on one device, got {where}")
+
+
 def stream_input(ops: Ops, x, name: str = "x") -> tuple[int, int]:
     """x must be [..., n, C] and floating; returns (n, C)."""
     float_array(ops, x, name)
@@ -85,12 +96,21 @@ def _scalar(value):
     if type(value) in (int, float):  # the common case, and the only one a tracer sees often
         return value
     if hasattr(value, "shape") and hasattr(value, "item"):
-        if tuple(value.shape) != ():
-            return None
+        if tuple(value.shape) != () or getattr(value, "requires_grad", False):
+            return None  # a tensor with autograd history: its gradient would be dropped (`_got`)
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None  # numbers.Real covers numpy's integer and floating scalars, not np.bool_
     return value
+
+
+def _got(value) -> str:
+    """`value` as an error message shows what arrived, with why a tensor that requires grad
+    is refused as a number."""
+    if getattr(value, "requires_grad", False):
+        return (f"{value!r}: settings are read as plain numbers, so a tensor that requires grad would get "
+                "no gradient")
+    return repr(value)
 
 
 def _finite(v) -> bool:
@@ -107,7 +127,7 @@ def integer(value, name: str, minimum: int = 1, meaning: str = "") -> int:
     v = _scalar(value)
     if not isinstance(v, numbers.Integral) or v < minimum:
         label = f"{name} ({meaning})" if meaning else name
-        raise ValueError(f"{label} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{label} must be an integer >= {minimum}, got {_got(value)}")
     return int(v)
 
 
@@ -115,7 +135,7 @@ def real(value, name: str) -> float:
     """float(value) for a finite real number (Python, numpy, or a 0-d array); bools refused."""
     v = _scalar(value)
     if v is None or not _finite(v):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {_got(value)}")
     return float(v)
 
 
@@ -124,8 +144,22 @@ def non_negative(value, name: str) -> float:
     inf and nan are refused: as an eps or a scale they make the coefficients inf / nan."""
     v = _scalar(value)
     if v is None or not _finite(v) or not v >= 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {_got(value)}")
     return float(v)
+
+
+def floating_dtype(dtype, fn: str) -> np.dtype:
+    """`dtype` as a numpy real floating dtype, for the functions making fresh parameters
+    (`fn` names it in the error): an integer one would round them (logit(1/n) to -1, the
+    -10 skip logits to integers history_weights refuses), a complex or bool one is no
+    parameter type."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{fn}: dtype must be a real floating-point dtype (float16, float32, float64), got {dtype!r}")
+    return dt
 
 
 def flag(value, name: str) -> bool:
@@ -210,6 +244,7 @@ def coefficient_inputs(ops: Ops, x, phi, bias, alpha, variant_name: str, fields:
     if variant(variant_name) == "residual":
         raise ValueError("variant 'residual' has no coefficients; use residual_step")
     mixing_params(ops, phi, bias, alpha, n, c, variant=variant_name)
+    same_device("coefficients", (x, "x"), (phi, "phi"), (bias, "bias"), (alpha, "alpha"))
     return n, c, variant_name, config_fields(fields)
 
 
@@ -233,6 +268,7 @@ def pre_aggregate_inputs(ops: Ops, x, pre) -> tuple[int, int, tuple[int, ...]]:
     float_array(ops, pre, "pre")
     lead = shape_of(x)[:-2]
     expect_trailing(pre, (n,), lead, "pre", "one weight per stream of x")
+    same_device("pre_aggregate", (x, "x"), (pre, "pre"))
     return n, c, lead
 
 
@@ -245,6 +281,7 @@ def post_residual_inputs(ops: Ops, x, y, post, res) -> tuple[int, int, tuple[int
     expect_trailing(y, (c,), lead, "y", "the layer output, one C-vector per token")
     expect_trailing(post, (n,), lead, "post", "one weight per stream of x")
     expect_trailing(res, (n, n), lead, "res", "an n x n mixing matrix per token")
+    same_device("post_residual", (x, "x"), (y, "y"), (post, "post"), (res, "res"))
     return n, c, lead
 
 
@@ -254,6 +291,8 @@ def sinkhorn_inputs(ops: Ops, logits, iters_value, eps) -> tuple[tuple[int, ...]
     shape = shape_of(logits)
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(f"logits must have shape [..., n, n] (square last two axes), got {shape}")
+    if shape[-1] < 1:
+        raise ValueError(f"logits must have shape [..., n, n] with n >= 1, got {shape}")
     return shape, iters(iters_value), non_negative(eps, "eps")
 
 

@@ -99,7 +99,8 @@ def coefficients(
     """(pre [..., n], post [..., n], res [..., n, n]) for `x [..., n, C]`.
 
     phi [n*C, R + 2n], bias [R + 2n], alpha [3]; R = n*n (n! for 'mhc-lite'). Outputs are
-    float32 (float64 when x is float64) whatever x's dtype, as in DeepSeek-V4.
+    float32 (float64 when x is float64, or numpy's wider long double) whatever x's dtype, as
+    in DeepSeek-V4.
 
     Raises TypeError for integer arrays or arrays from two libraries, ValueError naming
     the expected shape (phi, bias, alpha against x's n and C) or range (iters an integer
@@ -200,6 +201,7 @@ def head_weights(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps:
     checks.expect_shape(phi, (n * c, n), "phi", f"n*C x n for n={n}, C={c}")
     checks.expect_shape(bias, (n,), "bias", f"n for n={n}")
     checks.expect_shape(alpha, (1,), "alpha", "one scale")
+    checks.same_device("head_weights", (x, "x"), (phi, "phi"), (bias, "bias"), (alpha, "alpha"))
     checks.non_negative(rms_eps, "rms_eps")
     checks.non_negative(eps, "eps")
     z, cdt, _ = _projection(ops, x, phi, rms_eps)

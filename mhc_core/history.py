@@ -70,7 +70,7 @@ def check_temperature(value) -> float:
     """A finite number > 0."""
     v = checks._scalar(value)
     if v is None or not math.isfinite(v) or not v > 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {value!r}")
+        raise ValueError(f"temperature must be a finite number > 0, got {checks._got(value)}")
     return float(v)
 
 
@@ -78,7 +78,7 @@ def check_epsilon(value) -> float:
     """A number in [0, 1)."""
     v = checks._scalar(value)
     if v is None or not 0.0 <= v < 1.0:
-        raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {value!r}")
+        raise ValueError(f"epsilon (the newest state's minimum weight) must be in [0, 1), got {checks._got(value)}")
     return float(v)
 
 
@@ -130,6 +130,7 @@ def init_skip_logits(history: int, *, init: str = "identity", mixing: str = "vec
     """
     history = check_history(history)
     mixing = check_mixing(mixing)
+    dtype = checks.floating_dtype(dtype, "init_skip_logits")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     shape = (history,) if mixing == "vector" else (history, history)
@@ -186,6 +187,23 @@ def simplex_projection(v, axis: int = -1):
     return ops.where(support, z - tau, ops.where(z == z, zero, z))
 
 
+def _tempered(ops, z, temperature: float):
+    """z / temperature shifted by each row's maximum (last axis): what softmax, the simplex
+    projection and Sinkhorn (whose first step is a row softmax) see of it, as each is
+    unchanged by a shift of a row, but finite at any temperature. Unshifted, z / temperature
+    overflows to inf once it passes the dtype's range and inf - inf made every weight NaN.
+    Where it stays in range this is z / T - max(z) / T, bit for bit the shift softmax makes
+    itself; elsewhere (z - max(z)) / T, whose largest entry is 0; where 1 / T overflows the
+    dtype (T may not even be representable), its limit: -inf below the maximum, 0 at it.
+    The shift is held constant under autodiff (the weights do not depend on it)."""
+    m = ops.stop_gradient(ops.max(z, axis=-1, keepdims=True))
+    largest = 1.7976931348623157e308 if z.dtype == ops.float64 else 3.4028234663852886e38
+    if temperature * largest < 1.0:
+        return ops.where(z < m, ops.zeros_like(z) - math.inf, z - m)
+    r = z / temperature - m / temperature
+    return ops.where(ops.isfinite(r), r, (z - m) / temperature)
+
+
 def history_weights(logits, *, constraint: str = "softmax", temperature: float = 1.0,
                     epsilon: float = 0.1, noise=None):
     """Mixing weights [..., K] on the simplex from `logits [..., K]` (oldest state first).
@@ -207,8 +225,9 @@ def history_weights(logits, *, constraint: str = "softmax", temperature: float =
     if noise is not None:
         checks.float_array(ops, noise, "noise")
         checks.expect_shape(noise, shape, "noise", "one Gumbel sample per logit")
+        checks.same_device("history_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
-    z = z / temperature
+    z = _tempered(ops, z, temperature)
     if constraint == "simplex":
         return simplex_projection(z)
     w = ops.softmax(z, axis=-1)
@@ -255,8 +274,9 @@ def skip_weights(logits, k: int, *, mixing: str = "vector", constraint: str = "s
     if noise is not None:
         checks.float_array(ops, noise, "noise")
         checks.expect_shape(noise, (k, k), "noise", "one Gumbel sample per logit of the window")
+        checks.same_device("skip_weights", (logits, "logits"), (noise, "noise"))
         z = z + ops.astype(noise, cdt)
-    w = sinkhorn(z / temperature, iters=iters, eps=sinkhorn_eps)[k - 1]  # [k]
+    w = sinkhorn(_tempered(ops, z, temperature), iters=iters, eps=sinkhorn_eps)[k - 1]  # [k]
     if constraint == "identity":
         w = (1.0 - epsilon) * w + epsilon * ops.eye_like(z, k)[k - 1]
     return w
@@ -286,6 +306,8 @@ def history_mix(states: Sequence, weights, *, gate=None, prune_threshold: float 
             raise ValueError(f"every state of the window must have one shape: states[0] is {list(first)}, "
                              f"states[{i}] is {list(checks.shape_of(s))}")
     prune_threshold = checks.non_negative(prune_threshold, "prune_threshold")
+    named = [(weights, "weights")] + [(s, f"states[{i}]") for i, s in enumerate(states)]
+    checks.same_device("history_mix", *named, *([] if gate is None else [(gate, "gate")]))
     cdt = ops.compute_dtype(states[-1])
     w = ops.astype(weights, cdt)
     if prune_threshold > 0.0:
@@ -321,6 +343,7 @@ def history_skip(y, states: Sequence, weights, *, gate=None, prune_threshold: fl
         raise ValueError(f"states must be a non-empty list of arrays (the window), got {type(states).__name__}")
     ops = namespace(y, weights, *states)  # one library (TypeError naming them otherwise)
     checks.float_array(ops, y, "y")
+    checks.same_device("history_skip", (y, "y"), *((s, f"states[{i}]") for i, s in enumerate(states)))
     mix = history_mix(states, weights, gate=gate, prune_threshold=prune_threshold)
     if checks.shape_of(y) != checks.shape_of(mix):
         raise ValueError(f"the layer output y {list(checks.shape_of(y))} must have the shape of the "
@@ -382,7 +405,8 @@ def history_gain_report(weights_per_layer: Sequence, history: int) -> list[dict]
         d = w - ops.eye_like(w, k)[k - 1]
         values = {"forward_gain": ops.sum(a), "backward_gain": ops.max(a), "composite_forward_gain": c,
                   "composite_backward_gain": c, "identity_distance": ops.sqrt(ops.sum(d * d))}
-        report.append({"layer": l, **{key: {s: float(v) for s in ("max", "mean", "min")} for key, v in values.items()}})
+        values = {key: float(ops.stop_gradient(v)) for key, v in values.items()}  # numbers: no autograd history
+        report.append({"layer": l, **{key: {s: v for s in ("max", "mean", "min")} for key, v in values.items()}})
     return report
 
 
@@ -400,6 +424,7 @@ def history_composite(weights_per_layer: Sequence, history: int) -> list:
         ops = namespace(w) if first is None else namespace(first, w)  # one library throughout
         first = w if first is None else first
         checks.float_array(ops, w, f"weights_per_layer[{l}]")
+        checks.same_device("history_composite", (first, "weights_per_layer[0]"), (w, f"weights_per_layer[{l}]"))
         shape = checks.shape_of(w)
         k = min(history, len(coeffs))
         if shape != (k,):

@@ -37,18 +37,6 @@ def _below_one_over_n(value, n: int, name: str) -> float:
     return value
 
 
-def _floating_dtype(dtype, fn: str) -> np.dtype:
-    """`dtype` as a numpy real floating dtype; an integer one would round the biases
-    (logit(1/n) to -1), a complex or bool one is no parameter type."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.kind != "f":
-        raise TypeError(f"{fn}: dtype must be a real floating-point dtype (float16, float32, float64), got {dtype!r}")
-    return dt
-
-
 def _lite_res_bias(n: int, gap: float) -> np.ndarray:
     """mhc-lite res logits [n!]: 0 for the identity (p = 0), -g for the others, with g
     chosen so the identity's weight equals mhc's init diagonal 1 / (1 + (n-1) e^-gap)."""
@@ -82,8 +70,10 @@ def init_params(
     seed: int | None = None,
     dtype=np.float32,
 ) -> dict[str, np.ndarray]:
-    """{'phi': [n*C, n*n+2n], 'bias': [n*n+2n], 'alpha': [3]} as numpy arrays."""
-    dtype = _floating_dtype(dtype, "init_params")
+    """{'phi': [n*C, R + 2n], 'bias': [R + 2n], 'alpha': [3]} as numpy arrays of `dtype`,
+    R = n*n (n! for 'mhc-lite', n <= 6); {} for 'residual' (n = 1), which has none.
+    `param_shapes` gives the shapes; the values are the warm start (module doc)."""
+    dtype = checks.floating_dtype(dtype, "init_params")
     shapes = param_shapes(n, c, variant)
     if not shapes:
         return {}
@@ -123,7 +113,7 @@ def head_param_shapes(n: int, c: int) -> dict[str, tuple[int, ...]]:
 
 def init_head_params(n: int, c: int, *, eps: float = 1e-6, dtype=np.float32) -> dict[str, np.ndarray]:
     """A head that starts as the mean over streams: phi = 0, weights 1/n exactly."""
-    dtype = _floating_dtype(dtype, "init_head_params")
+    dtype = checks.floating_dtype(dtype, "init_head_params")
     shapes = head_param_shapes(n, c)
     n = checks.streams(n)
     b = _logit(1.0 / n - _below_one_over_n(eps, n, "eps"))

@@ -24,6 +24,8 @@ def _square(ops, res, name="res"):
     shape = checks.shape_of(res)
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(f"{name} must have shape [..., n, n], got {shape}")
+    if shape[-1] < 1:
+        raise ValueError(f"{name} must have shape [..., n, n] with n >= 1, got {shape}")
     return shape[-1]
 
 
@@ -54,6 +56,7 @@ def composite(res_layers: Iterable):
                              f"like the layers before it, got {checks.shape_of(res)}")
         if acc is not None:
             _same_tokens(checks.shape_of(acc)[:-2], checks.shape_of(res)[:-2], l)
+            checks.same_device("composite", (acc, f"res_layers[{l - 1}]"), (res, f"res_layers[{l}]"))
         res = ops.astype(res, ops.compute_dtype(res))
         if acc is not None and acc.dtype != res.dtype:  # float32 and float64 layers: both float64
             acc, res = ops.astype(acc, ops.float64), ops.astype(res, ops.float64)
@@ -87,7 +90,7 @@ def aggregate(values) -> dict[str, float]:
     if math.prod(checks.shape_of(values)) == 0:  # max / min of nothing is undefined
         raise ValueError(f"values must hold at least one element (one per token) to aggregate, "
                          f"got shape {list(checks.shape_of(values))}")
-    flat = ops.reshape(values, (-1,))
+    flat = ops.reshape(ops.stop_gradient(values), (-1,))  # read as numbers: no autograd history
     return {
         "max": float(ops.max(flat)),
         "mean": float(ops.mean(flat)),

@@ -7,6 +7,9 @@ size L_r, minimised at L_r* = sqrt(n L / (n + 2)).
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
 
 from . import checks
 
@@ -29,13 +32,19 @@ def block_size(block) -> int:
 
 
 def resolve_block(block, n: int, layers: int) -> int:
-    """0 / None / False: no recompute; 'auto' / True: the paper's size; an int: that size."""
-    if block is None or block is False or (not isinstance(block, str) and block == 0):
+    """0 / None / False: no recompute; 'auto' / True: the paper's size; an integer (Python,
+    numpy or a 0-d array): that size, at most `layers`. n and layers are checked whatever
+    the block (integers >= 1)."""
+    n, layers = checks.streams(n), checks.integer(layers, "layers")
+    if block is None:
         return 0
-    if block is True or block == "auto":
-        return paper_block_size(n, layers)
-    try:
-        size = checks.integer(block, "block", minimum=1)
-    except ValueError:
-        raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}") from None
-    return min(size, layers)
+    if isinstance(block, str):
+        if block == "auto":
+            return paper_block_size(n, layers)
+    elif isinstance(block, (bool, np.bool_)):
+        return paper_block_size(n, layers) if block else 0
+    else:
+        value = checks._scalar(block)  # Python, numpy or 0-d array integers; None for the rest
+        if isinstance(value, numbers.Integral) and value >= 0:
+            return min(int(value), layers)
+    raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")

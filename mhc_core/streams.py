@@ -23,7 +23,9 @@ _DEFAULT = MHCConfig()
 
 
 def pre_aggregate(x, pre):
-    """h = sum_i pre[..., i] * x[..., i, :] -> [..., C] in x's dtype (paper H_pre x)."""
+    """h = sum_i pre[..., i] * x[..., i, :] -> [..., C] in x's dtype (paper H_pre x).
+
+    pre [..., n] has x's leading axes exactly (no broadcasting: a [n] pre is a ValueError)."""
     ops = namespace(x, pre)
     checks.pre_aggregate_inputs(ops, x, pre)
     cdt = ops.compute_dtype(x)
@@ -43,7 +45,11 @@ def pre_aggregate_backward(ops, x, pre, dh):
 
 
 def post_residual(x, y, post, res):
-    """out[..., o, :] = sum_i res[..., i, o] * x[..., i, :] + post[..., o] * y -> [..., n, C]."""
+    """out[..., o, :] = sum_i res[..., i, o] * x[..., i, :] + post[..., o] * y -> [..., n, C]
+    in x's dtype (computed in float32; float64 stays float64).
+
+    y [..., C], post [..., n], res [..., n, n], each with x's leading axes exactly (no
+    broadcasting: a res of another token count is a ValueError naming the shape)."""
     ops = namespace(x, y, post, res)
     checks.post_residual_inputs(ops, x, y, post, res)
     cdt = ops.compute_dtype(x)
@@ -84,7 +90,8 @@ def expand_streams(x, n: int):
     A broadcast view of x, not a copy (no memory per stream): numpy's is read-only;
     torch's refuses in-place ops on the whole view, but a write through one stream
     (`s[..., 0, :] += 1`) writes x, so every stream changes, as does any in-place change
-    of x. Copy it (`.copy()`, `.clone()`) to write into one stream."""
+    of x. Copy it (`.copy()`, `.clone()`) to write into one stream. MLX arrays are values:
+    an update of one stream changes neither x nor the other streams."""
     ops = namespace(x)
     checks.float_array(ops, x, "x")
     n = checks.streams(n)
@@ -103,6 +110,7 @@ def reduce_streams(x, weights=None):
         return ops.mean(x, axis=-2)
     checks.float_array(ops, weights, "weights")  # named here: pre_aggregate would call them "pre"
     checks.expect_trailing(weights, (n,), checks.shape_of(x)[:-2], "weights", "one weight per stream of x")
+    checks.same_device("reduce_streams", (x, "x"), (weights, "weights"))
     return pre_aggregate(x, weights)
 
 
@@ -155,5 +163,6 @@ def step(
 
 
 def head(x, phi, bias, alpha, *, rms_eps: float = _DEFAULT.rms_eps, eps: float = _DEFAULT.pre_eps):
-    """Learned reduction (DeepSeek-V4 `hc_head`): x [..., n, C] -> [..., C]."""
+    """Learned reduction (DeepSeek-V4 `hc_head`): x [..., n, C] -> [..., C] in x's dtype,
+    `sum_i w[i] x[i]` with w = `head_weights(x, phi [n*C, n], bias [n], alpha [1])`."""
     return reduce_streams(x, head_weights(x, phi, bias, alpha, rms_eps=rms_eps, eps=eps))

@@ -254,6 +254,11 @@ class _NumpyOps(Ops):
     # Recycled iterate buffers: at most this many bytes kept, none larger than the second.
     POOL_BYTES, POOL_BUFFER_BYTES = 64 << 20, 4 << 20
 
+    def compute_dtype(self, x):
+        """float32 for bf16 / fp16 / fp32; float64 for float64 and for the wider long double
+        (80-bit extended on x86), which float32 would truncate below the oracle's precision."""
+        return self.float64 if x.dtype.itemsize >= 8 else self.float32
+
     def __init__(self, xp):
         super().__init__(xp, "numpy")
         import numpy
@@ -532,6 +537,9 @@ class _MLXOps(Ops):
         return self.xp.rsqrt(x)
 
     def logsumexp(self, x, axis: int, keepdims: bool = False):
+        if x.size == 0:  # native logsumexp and max refuse empty arrays: -inf over an empty axis, else no values
+            out = self.xp.sum(x, axis=axis, keepdims=keepdims)
+            return out - math.inf if x.shape[axis] == 0 else out
         if self._f64(x):
             m = self.xp.max(x, axis=axis, keepdims=True)
             m = self.xp.where(self.xp.isfinite(m), m, self.xp.zeros_like(m))

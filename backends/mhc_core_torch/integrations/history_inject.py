@@ -19,6 +19,7 @@ forwards do not. A module called once per forward thus gets `m(x) + g * x`.
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -95,6 +96,36 @@ def _clear_all(model: nn.Module, _inputs=None) -> None:
             m.clear_history()
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def _retarget_tied_keys(holders, wrapped: list[str]) -> None:
+    """Rename the tied-parameter names transformers keeps (`_tied_weights_keys`,
+    `all_tied_weights_keys`: {target: source}, relative to the module holding them) through
+    the new wraps: a parameter of a wrapped module `w` is now `w.module.<name>`, so
+    save_pretrained still stores a tied pair once and from_pretrained ties it again.
+    Regular-expression entries are left as they are."""
+    def renamed(full: str) -> str:
+        for w in sorted(wrapped, key=len, reverse=True):
+            if full.startswith(w + "."):
+                return f"{w}.module.{full[len(w) + 1:]}"
+        return full
+
+    def through(prefix: str, name: str) -> str:
+        if not _PLAIN_NAME.match(name):
+            return name
+        if not prefix:
+            return renamed(name)
+        # a holder inside a wrapped module moves with it: names stay relative to its new place
+        return renamed(f"{prefix}.{name}")[len(renamed(prefix + ".")):]
+
+    for prefix, holder in holders:
+        for attr in ("_tied_weights_keys", "all_tied_weights_keys"):
+            keys = getattr(holder, attr, None)
+            if isinstance(keys, dict) and keys:
+                setattr(holder, attr, {through(prefix, k): through(prefix, v) for k, v in keys.items()})
+
+
 def history_settings(wrapped: HistoryInjected, init: str = "identity") -> dict:
     """The JSON-ready options that rebuild `wrapped`'s skip (config.mhc's history entries;
     a generator is run-time state and is not among them)."""
@@ -115,6 +146,9 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
     if match(model):
         raise ValueError(f"inject(history=...): target {target!r} matches the model itself; wrap its children")
     wrapped: list[str] = []
+    holders = [(prefix, m) for prefix, m in model.named_modules()
+               if isinstance(getattr(m, "_tied_weights_keys", None), dict)
+               or isinstance(getattr(m, "all_tied_weights_keys", None), dict)]
 
     def replace(parent: nn.Module, prefix: str) -> None:
         for name, child in parent.named_children():
@@ -129,6 +163,7 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
     replace(model, "")
     if not wrapped:
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
+    _retarget_tied_keys(holders, wrapped)
     if not getattr(model, "_history_clear_hook", False):
         model.register_forward_pre_hook(_clear_all)
         model._history_clear_hook = True

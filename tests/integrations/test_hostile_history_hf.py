@@ -42,3 +42,35 @@ def test_tied_lm_head_wrapped_round_trips(token_ids, tmp_path):
         assert torch.equal(loaded(token_ids).logits, model(token_ids).logits)
         loaded.model.embed_tokens.weight.add_(1.0)  # still one tensor after loading
         assert torch.equal(loaded.lm_head.module.weight, loaded.model.embed_tokens.weight)
+
+
+def _logits_with_skips(model, ids, values: dict):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".skip." in name:
+                p.copy_(values[name.replace(".module.", ".")])
+        return model(ids).logits
+
+
+def test_history_inside_wrapped_modules(decoder, token_ids, tmp_path):
+    """Wrapping the decoder layers, then their MLPs, wraps the MLPs inside the wrapped layers
+    (it said no module matches 'LlamaMLP'): the same model as MLPs first, then layers, and it
+    round-trips through save_pretrained / load_converted."""
+    outer_first = inject(inject(decoder("llama"), "LlamaDecoderLayer", history=2), "LlamaMLP", history=3)
+    inner_first = inject(inject(decoder("llama"), "LlamaMLP", history=3), "LlamaDecoderLayer", history=2)
+    gen = torch.Generator().manual_seed(5)
+    values = {name.replace(".module.", "."): 0.3 * torch.randn(p.shape, generator=gen)
+              for name, p in inner_first.named_parameters() if ".skip." in name}
+    assert len(values) == 4
+    expected = _logits_with_skips(inner_first.eval(), token_ids, values)
+    got = _logits_with_skips(outer_first.eval(), token_ids, values)
+    assert torch.equal(got, expected)
+    outer_first.save_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(load_converted(tmp_path / "saved").eval()(token_ids).logits, expected)
+
+
+def test_same_target_twice_is_named(decoder):
+    model = inject(decoder("llama"), "LlamaMLP", history=2)
+    with pytest.raises(ValueError, match=r"every module matching target 'LlamaMLP' is history-wrapped already"):
+        inject(model, "LlamaMLP", history=3)

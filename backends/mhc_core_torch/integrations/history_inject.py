@@ -152,7 +152,8 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
 
     def replace(parent: nn.Module, prefix: str) -> None:
         for name, child in parent.named_children():
-            if isinstance(child, HistoryInjected):
+            if isinstance(child, HistoryInjected):  # not wrapped twice; its module's children may be
+                replace(child.module, f"{prefix}{name}.module.")
                 continue
             if match(child):
                 setattr(parent, name, HistoryInjected(child, history, **options))
@@ -162,6 +163,9 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
 
     replace(model, "")
     if not wrapped:
+        if any(isinstance(m, HistoryInjected) and match(m.module) for m in model.modules()):
+            raise ValueError(f"inject(history=...): every module matching target {target!r} is history-wrapped "
+                             "already; a module gets one window")
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     _retarget_tied_keys(holders, wrapped)
     if not getattr(model, "_history_clear_hook", False):

@@ -6,6 +6,8 @@ Same file format and contract as `mhc_core_torch.training.checkpoint` (see `mhc_
                                      float32, exact; dtype in meta["dtypes"])
              optim/<name>            the optimizer's state tree (Adam: step, learning_rate,
                                      <param>.m, <param>.v)
+             state/<name>            model.state's arrays that are not parameters (a seeded
+                                     HistorySkip's Gumbel key); restored where the model has them
              rng/mlx                 the global PRNG key [2] uint32
     meta     dtypes
 
@@ -46,11 +48,19 @@ def _to_mlx(a: np.ndarray, name: str, dtypes: dict) -> mx.array:
     return out.astype(want) if want is not None and out.dtype != want else out
 
 
+def _private_arrays(model: nn.Module) -> dict[str, mx.array]:
+    """The arrays of model.state that are not parameters (members named with '_', such as
+    a seeded HistorySkip's Gumbel key): run-time state a resume must put back."""
+    params = {k for k, _ in tree_flatten(model.parameters())}
+    return {k: v for k, v in tree_flatten(model.state) if isinstance(v, mx.array) and k not in params}
+
+
 def capture(model: nn.Module, optimizer=None, meta: dict | None = None):
     """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
     dtypes: dict[str, str] = {}
     mx.eval(model.parameters(), optimizer.state if optimizer is not None else [])
     tensors = {f"model/{k}": _to_numpy(v, f"model/{k}", dtypes) for k, v in tree_flatten(model.parameters())}
+    tensors.update({f"state/{k}": _to_numpy(v, f"state/{k}", dtypes) for k, v in _private_arrays(model).items()})
     if optimizer is not None:
         tensors.update({f"optim/{k}": _to_numpy(v, f"optim/{k}", dtypes) for k, v in tree_flatten(optimizer.state)})
     tensors["rng/mlx"] = np.array(mx.random.state[0]).astype(np.uint32)
@@ -72,6 +82,11 @@ def restore(model: nn.Module, optimizer, tensors: dict, meta: dict) -> None:
     if shapes:
         raise ValueError(f"checkpoint does not match the model: shape mismatch {shapes}")
     model.update(tree_unflatten(params))
+    private = _private_arrays(model)
+    saved = [(k[len("state/"):], _to_mlx(v, k, dtypes)) for k, v in tensors.items()
+             if k.startswith("state/") and k[len("state/"):] in private]
+    if saved:
+        model.update(tree_unflatten(saved), strict=False)
     if optimizer is not None:
         if not meta.get("has_optimizer"):
             raise ValueError("this checkpoint holds no optimizer state (captured without an optimizer)")

@@ -11,6 +11,8 @@ so that training continues bit for bit as if never stopped (on a deterministic b
                                      of tensors: .../betas/<j>); meta holds {"tensor": name}
              optim_value/<index>/<key>/<j>  tensors inside list-valued optimizer state (LBFGS)
              rng/torch, rng/cuda/<i>, rng/numpy
+             rng/generator/<module>  the torch.Generator a module draws from (a stochastic
+                                     HistorySkip's generator); restored where the model has one
     meta     optim_param_groups, optim_scalars, rng_python, rng_numpy, dtypes
 
 Data position, step counters and anything else of the caller's go in the meta it passes.
@@ -67,6 +69,13 @@ def _decode(value, tensors: dict, dtypes: dict):
     return value
 
 
+def _generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """Module name -> the torch.Generator a module draws from (a stochastic HistorySkip's
+    `generator`): run-time RNG state the state_dict does not hold."""
+    return {name: m.generator for name, m in model.named_modules()
+            if isinstance(getattr(m, "generator", None), torch.Generator)}
+
+
 def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None):
     """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
     dtypes: dict[str, str] = {}
@@ -86,6 +95,8 @@ def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, me
                                           for i, group in enumerate(sd["param_groups"])]
         out_meta["optim_scalars"] = scalars
     tensors["rng/torch"] = torch.get_rng_state().numpy().copy()
+    for name, generator in _generators(model).items():
+        tensors[f"rng/generator/{name}"] = generator.get_state().numpy().copy()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = s.numpy().copy()
@@ -117,6 +128,9 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: 
         groups = [{k: _decode(v, tensors, dtypes) for k, v in group.items()} for group in meta["optim_param_groups"]]
         optimizer.load_state_dict({"state": dict(sorted(opt_state.items())), "param_groups": groups})
     torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"], dtype=np.uint8)))
+    for name, generator in _generators(model).items():
+        if f"rng/generator/{name}" in tensors:
+            generator.set_state(torch.from_numpy(np.array(tensors[f"rng/generator/{name}"], dtype=np.uint8)))
     cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.from_numpy(np.array(tensors[k], dtype=np.uint8)) for k in cuda])

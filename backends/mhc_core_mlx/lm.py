@@ -259,7 +259,7 @@ class Trainer:
         self.cfg = cfg
         self.model = TinyLM(cfg, params, compiled=compiled)
         self.opt = optim.Adam(learning_rate=lr, betas=list(betas), eps=eps, bias_correction=True)
-        self.grad_clip = float(grad_clip)
+        self.grad_clip = mhc_core.checks.non_negative(grad_clip, "grad_clip")  # nan would switch clipping off
         self.names = layer_names(cfg)
 
         def loss_fn(inputs, targets, mask, rows):

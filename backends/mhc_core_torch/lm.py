@@ -257,7 +257,7 @@ class Trainer:
         self.model = TinyLM(cfg, params)
         self.params = list(self.model.named_parameters())
         self.opt = torch.optim.Adam([p for _, p in self.params], lr=lr, betas=tuple(betas), eps=eps)
-        self.grad_clip = float(grad_clip)
+        self.grad_clip = mhc_core.checks.non_negative(grad_clip, "grad_clip")  # nan would switch clipping off
         self.names = layer_names(cfg)
         self.forward = self.model.forward_recording  # training.distributed routes this through DDP
 

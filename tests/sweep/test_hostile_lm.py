@@ -343,3 +343,12 @@ def test_stream_divergence_of_nan_streams_is_nan_not_identical():
     assert divergence(SimpleNamespace(stream_cos=c.tolist())) == pytest.approx(1 - c[~np.eye(3, dtype=bool)].mean())
     assert divergence(SimpleNamespace(stream_cos=np.ones((3, 3)).tolist())) == 1e-16
     assert np.isnan(divergence(SimpleNamespace(stream_cos=np.full((3, 3), np.nan).tolist())))
+
+
+@pytest.mark.parametrize("lm", [tlm, mlm], ids=["torch", "mlx"])
+@pytest.mark.parametrize("clip", [float("nan"), -1.0, float("inf")])
+def test_trainer_refuses_a_grad_clip_that_is_not_a_finite_number_ge_0(lm, clip):
+    """grad_clip = nan switched clipping off in silence (nan > 0 is False)."""
+    cfg = LMConfig(vocab=7, dim=4, n_layers=1, n_heads=1, seq_len=3)
+    with pytest.raises(ValueError, match="grad_clip must be a finite number >= 0"):
+        lm.Trainer(cfg, init_lm_params(cfg), grad_clip=clip)

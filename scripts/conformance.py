@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -83,20 +84,26 @@ def _check_family(r: Result) -> str:
     return r.check
 
 
+def _worst(value: float) -> float:
+    """A sort key for errors: NaN (an error that could not be measured) counts as +inf, as
+    compare() counts a NaN element; max() with a NaN key keeps whichever item came first."""
+    return math.inf if math.isnan(value) else value
+
+
 def summarise(results: list[Result]) -> list[dict]:
     groups: dict[tuple, list[Result]] = defaultdict(list)
     for r in results:
         groups[(r.backend, _check_family(r), r.dtype)].append(r)
     rows = []
     for (backend, check, dtype), rs in groups.items():
-        worst_abs = max(rs, key=lambda r: r.abs)
-        worst_rel = max(rs, key=lambda r: r.rel)
-        worst_ratio = max(rs, key=lambda r: r.abs / max(r.tol, 1e-300))
+        worst_abs = max(rs, key=lambda r: _worst(r.abs))
+        worst_rel = max(rs, key=lambda r: _worst(r.rel))
+        worst_ratio = max(rs, key=lambda r: _worst(r.abs) / max(r.tol, 1e-300))
         failed = [r for r in rs if not r.passed]
         rows.append({
             "backend": backend, "check": check, "dtype": dtype,
-            "worst_abs": worst_abs.abs, "worst_rel": worst_rel.rel,
-            "rtol": worst_rel.rtol, "worst_of_tol": worst_ratio.abs / max(worst_ratio.tol, 1e-300),
+            "worst_abs": _worst(worst_abs.abs), "worst_rel": _worst(worst_rel.rel),
+            "rtol": worst_rel.rtol, "worst_of_tol": _worst(worst_ratio.abs) / max(worst_ratio.tol, 1e-300),
             "compared": len(rs), "failed": len(failed), "passed": not failed,
             "worst_case": f"{worst_rel.case}/{worst_rel.quantity}",
         })

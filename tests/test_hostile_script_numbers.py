@@ -1,0 +1,111 @@
+"""The numbers the user-facing scripts print, against an independent recomputation:
+scripts/conformance.py's summary rows, scripts/sweep_stats.py's mean ± sample std,
+scripts/int8_quantize.py's error / size figures and scripts/plot_runs.py's NaN/Inf note."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "conformance"))
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---- scripts/conformance.py: summary rows ------------------------------------------------
+
+@pytest.mark.parametrize("nan_at", [0, 1, 2])
+def test_conformance_row_shows_a_nan_error_wherever_it_comes(nan_at):
+    """A NaN error (a directional derivative of NaN gradients in grad.fd) is a failure, and
+    the row's worst abs / rel must say so wherever it sits among the row's results. max()
+    with a NaN key keeps whatever it met first: the NaN stayed hidden behind a small finite
+    'worst abs' unless it came first."""
+    from compare import Result
+
+    conformance = _script("conformance")
+    errs = [1e-9, 3e-9, 2e-9]
+    errs[nan_at] = float("nan")
+    results = [Result(backend="numpy", check="grad.fd", quantity=f"q{i}", dtype="float64", case="c",
+                      abs=e, rel=e, tol=1e-6, rtol=1e-6) for i, e in enumerate(errs)]
+    (row,) = conformance.summarise(results)
+    # the independent reading: a NaN error counts as the worst (compare() maps NaN to inf)
+    assert row["failed"] == 1 and not row["passed"]
+    assert not math.isfinite(row["worst_abs"]) and not math.isfinite(row["worst_rel"]), row
+    assert not math.isfinite(row["worst_of_tol"]), row
+    assert row["worst_case"] == f"c/q{nan_at}"
+    assert "FAIL" in conformance.pivot([row])[-1]
+
+
+def test_conformance_row_figures_match_a_recomputation():
+    from compare import Result
+
+    conformance = _script("conformance")
+    rng = np.random.default_rng(0)
+    results = [Result(backend="torch", check="forward.step", quantity=f"q{i}", dtype="float32", case=f"c{i % 3}",
+                      abs=float(a), rel=float(a) / s, tol=float(t), rtol=1e-5)
+               for i, (a, s, t) in enumerate(zip(rng.uniform(0, 1e-5, 12), rng.uniform(0.5, 2, 12),
+                                                 rng.uniform(2e-6, 2e-5, 12)))]
+    (row,) = conformance.summarise(results)
+    assert row["worst_abs"] == max(r.abs for r in results)
+    assert row["worst_rel"] == max(r.rel for r in results)
+    assert row["worst_of_tol"] == max(r.abs / r.tol for r in results)
+    assert row["failed"] == sum(r.abs > r.tol for r in results) and row["compared"] == 12
+
+
+# ---- scripts/sweep_stats.py: mean ± sample std -----------------------------------------
+
+@pytest.mark.parametrize("values", [
+    [0.9999990000000001, 0.9999990000000002],   # a max gain of 1 in two seeds, one ulp apart
+    [1.0, float(np.nextafter(1.0, 2.0))],
+    [3.0, 3.0, float(np.nextafter(3.0, 4.0))],
+    [1e9 + 0.1, 1e9 + 0.2, 1e9 + 0.3],
+    [0.1, 0.2, 0.3, 0.4],
+])
+def test_sweep_stats_spread_is_the_exact_sample_std(values):
+    """Against the exact mean and sample variance of the floats (fractions): np.mean's
+    rounded sum was 2 ulps off at 1e9, and np.std(ddof=1) subtracted that rounded mean, so
+    one-ulp spreads came out 41% high (2.2e-16 for 1.6e-16; a reference summary.md printed
+    '1 ± 1.1e-16' where the exact std of those two gains is 7.9e-17)."""
+    import sweep_stats
+
+    exact = [Fraction(v) for v in values]
+    mean = sum(exact) / len(exact)
+    variance = sum((v - mean) ** 2 for v in exact) / (len(exact) - 1)
+    got = sweep_stats.spread(values)
+    assert got["mean"] == float(mean)
+    assert got["std"] == pytest.approx(math.sqrt(variance), rel=1e-15, abs=0)
+
+
+REFERENCE_SWEEPS = sorted(p.parent for p in (ROOT / "runs" / "reference").glob("*/summary.json")
+                          if "## Mean ± sample std over seeds" in (p.parent / "summary.md").read_text())
+
+
+@pytest.mark.parametrize("sweep", REFERENCE_SWEEPS, ids=lambda p: p.name)
+def test_reference_summary_tables_are_what_sweep_stats_prints_from_their_runs(sweep):
+    """Each committed summary.md's mean ± std table, and summary.json's groups, recomputed
+    from the per-run rows summary.json holds."""
+    import json
+
+    import sweep_stats
+
+    summary = json.loads((sweep / "summary.json").read_text())
+    groups = sweep_stats.aggregate(summary["runs"])
+    table = (sweep / "summary.md").read_text().splitlines()
+    missing = [line for line in sweep_stats.markdown_table(groups) if line not in table]
+    assert not missing, missing
+    for want, got in zip(groups, summary["groups"], strict=True):
+        for m in sweep_stats.METRICS:
+            assert (got[m]["mean"], got[m]["std"], got[m]["n"]) == (want[m]["mean"], want[m]["std"], want[m]["n"]), \
+                (want["variant"], want["depth"], m)

@@ -109,3 +109,55 @@ def test_reference_summary_tables_are_what_sweep_stats_prints_from_their_runs(sw
         for m in sweep_stats.METRICS:
             assert (got[m]["mean"], got[m]["std"], got[m]["n"]) == (want[m]["mean"], want[m]["std"], want[m]["n"]), \
                 (want["variant"], want["depth"], m)
+
+
+# ---- scripts/int8_quantize.py: error and size figures ------------------------------------
+
+def test_int8_report_figures_match_a_numpy_recomputation(tmp_path):
+    """Each row's figures recomputed in float64 numpy from the two models' logits, and the
+    size column in the unit its header names: the script divides by 2**20, which is MiB
+    (its header said MB: 13.78 'MB' is 14.45 MB)."""
+    import copy
+    import io
+    import json
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if torch.backends.quantized.engine == "none":
+        pytest.skip("no quantized engine in this torch build")
+    script = _script("int8_quantize")
+    out = tmp_path / "int8"
+    argv = ["--out", str(out), "--hidden", "32", "--layers", "1", "--vocab", "64", "--steps", "2"]
+    assert script.main(argv) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert "| model | state_dict MiB |" in out.with_suffix(".md").read_text()
+
+    args = script.argparse.Namespace(seed=0, vocab=64, hidden=32, layers=1, steps=2, lr=5e-3)
+    model = script.build(args)  # the same seeds: the same trained model
+    ids = script.task_batch(torch.Generator().manual_seed(1), 4, 32, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        q = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.no_grad():
+        ref = model(ids).logits.double().numpy()
+        got = q(ids).logits.double().numpy()
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    base = io.BytesIO()
+    torch.save(model.state_dict(), base)
+    row = report["rows"][1]
+    err = np.abs(got - ref)
+    targets = ids[:, 1:].numpy()
+    assert row["max_abs_logit_err"] == pytest.approx(err.max(), rel=1e-6)
+    assert row["mean_abs_logit_err"] == pytest.approx(err.mean(), rel=1e-5)
+    assert row["logit_std"] == pytest.approx(ref.std(ddof=1), rel=1e-5)
+    assert row["top1_agreement"] == pytest.approx(np.mean(got.argmax(-1) == ref.argmax(-1)), rel=1e-6)
+    assert row["task_accuracy"] == pytest.approx(np.mean(got[:, :-1].argmax(-1) == targets), rel=1e-6)
+    assert row["state_dict_MiB"] == pytest.approx(buf.getbuffer().nbytes / 2**20, rel=1e-3)
+    assert row["compression"] == pytest.approx(base.getbuffer().nbytes / buf.getbuffer().nbytes, rel=1e-3)
+    mhc = sum(p.numel() for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("phi", "bias", "alpha")
+              and "_mhc" in n)
+    assert report["model"]["mhc_params_float32"] == mhc > 0

@@ -17,8 +17,9 @@ into RUNS_DIR:
   grad_vs_layer.png   per-block gradient norm averaged over training vs block index
   h_res.png           final H_res (mean over tokens) of a few layers and the composite
 
-Several seeds (--seeds): loss, grad_norm, eval and depth_scaling draw the mean over seeds
-with a band from the lowest to the highest seed; the per-run views (gain, heatmap, per
+Several seeds (--seeds): loss, grad_norm, eval, nan_inf_events and depth_scaling draw the
+mean over seeds with a band from the lowest to the highest seed (nan_inf_events' title counts
+the steps of every run); the per-run views (gain, heatmap, per
 layer, H_res) show the first seed. Several learning rates (--lrs): one line style per lr.
 """
 from __future__ import annotations
@@ -517,7 +518,7 @@ def plot_runs(runs_dir: str) -> list[str]:
     _line_plot(runs, p("loss.png"), "loss", None, "cross-entropy (nats)", "Training loss")
     plot_eval(runs, p("eval.png"))
     _line_plot(runs, p("grad_norm.png"), "grad_norm", None, "total gradient L2 norm", "Gradient norm")
-    plot_nan_events(one, p("nan_inf_events.png"))
+    plot_nan_events(runs, p("nan_inf_events.png"))
     plot_gain(one, p("gain.png"))
     plot_depth_scaling(runs, p("depth_scaling.png"))
     plot_gain_vs_layer(one, p("gain_vs_layer.png"))

@@ -161,3 +161,38 @@ def test_int8_report_figures_match_a_numpy_recomputation(tmp_path):
     mhc = sum(p.numel() for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("phi", "bias", "alpha")
               and "_mhc" in n)
     assert report["model"]["mhc_params_float32"] == mhc > 0
+
+
+# ---- scripts/plot_runs.py: the NaN/Inf plot's count ---------------------------------------
+
+def test_nan_plot_counts_the_events_of_every_seed(tmp_path, monkeypatch):
+    """Two seeds, NaN/Inf steps only in seed 1 (its log edited after a clean tiny sweep):
+    the plot's title said 'no NaN/Inf step in any run', as it counted the first seed only
+    while claiming 'all runs together'. Recomputed here from every run's metrics.jsonl."""
+    import json
+
+    pytest.importorskip("torch")
+    import depth_sweep
+    import plot_runs
+
+    out = tmp_path / "sweep"
+    assert depth_sweep.main(["--backend", "torch", "--out", str(out), "--depths", "1", "--steps", "3", "--dim", "8",
+                             "--heads", "2", "--seq-len", "4", "--batch", "2", "--vocab", "5", "--n", "2",
+                             "--variants", "mhc", "--seeds", "0", "1", "--no-progress", "--no-plots"]) == 0
+    log = out / "mhc-L1-s1" / "metrics.jsonl"
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    total = 0
+    for r, event in zip(recs, (0, 1, 1)):
+        total += event
+        r["nan_inf_event"], r["nan_inf_events_total"] = event, total
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    want = sum(json.loads(p.read_text().splitlines()[-1])["nan_inf_events_total"]
+               for p in out.glob("*/metrics.jsonl"))
+    assert want == 2
+    titles = {}
+    real = plot_runs._line_plot
+    monkeypatch.setattr(plot_runs, "_line_plot",
+                        lambda runs, path, key, *a, **k: titles.setdefault(key, a[2]) and real(runs, path, key, *a, **k))
+    plot_runs.plot_runs(str(out))
+    assert titles["nan_inf_event"] == f"NaN/Inf events ({want} NaN/Inf steps in all runs together)"
+    assert (out / "nan_inf_events.png").stat().st_size > 0

@@ -59,7 +59,16 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+        """UTF-8 text of the byte ids; an id that is no byte (a vocabulary above 256) shows
+        as <id>, so every generated token appears in the text."""
+        parts, run = [], bytearray()
+        for i in map(int, ids):
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            parts += [run.decode("utf-8", errors="replace"), f"<{i}>"]
+            run = bytearray()
+        return "".join([*parts, run.decode("utf-8", errors="replace")])
 
 
 def load_tokenizer(model_dir: str, vocab_size: int):

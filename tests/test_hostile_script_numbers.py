@@ -196,3 +196,101 @@ def test_nan_plot_counts_the_events_of_every_seed(tmp_path, monkeypatch):
     plot_runs.plot_runs(str(out))
     assert titles["nan_inf_event"] == f"NaN/Inf events ({want} NaN/Inf steps in all runs together)"
     assert (out / "nan_inf_events.png").stat().st_size > 0
+
+
+# ---- scripts/compare_generation.py: the texts it prints --------------------------------
+
+def test_byte_tokenizer_decode_keeps_every_token():
+    """A model saved without a tokenizer and a vocabulary above 256 (the README's tiny
+    Qwen3 has 300) generates ids 256..299 that are no byte: decode dropped them, so
+    compare_generation printed five tokens as two characters, and two different
+    continuations of such ids as the same (empty) text beside 'same text: no'."""
+    from finetune_data import ByteTokenizer
+
+    tok = ByteTokenizer(300)
+    ids = [*"héllo".encode(), 290, 104, 257]
+    assert tok.decode(ids) == "héllo<290>h<257>"
+    assert tok.decode(list("plain".encode())) == "plain"
+    assert tok.decode([256, 299]) != tok.decode([299, 256])
+
+
+# ---- benchmarks/pool_runs.py: pooled statistics of the runs log ---------------------------
+
+def _independent_pool(text: str, start: str | None, skip: list[str]) -> dict:
+    """The log read afresh: a run per label (a repeated section starts the label's next run),
+    its ratios, then per column the median, range and count meeting the target."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pool_runs import TARGETS  # the targets only
+
+    runs, comments, current, label = [], [], None, None
+    for line in text.splitlines():
+        if line.startswith("# "):
+            current = None
+            comments.append(line[2:].strip())
+        elif line.startswith("["):
+            name, payload = line[1:line.index("]")], json.loads(line[line.index("]") + 2:])
+            if current is None or name in current["s"]:
+                if current is None:
+                    label, notes, k, comments = comments[-1], comments[:-1], 1, []
+                else:
+                    notes, k = [], k + 1
+                current = {"label": label if k == 1 else f"{label} [{k}]", "notes": notes, "s": {}}
+                runs.append(current)
+            current["s"][name] = payload
+    if start is not None:
+        runs = runs[next(i for i, r in enumerate(runs) if start in r["label"] or any(start in n for n in r["notes"])):]
+    runs = [r for r in runs if not any(w in r["label"] for w in skip)]
+    cols: dict[str, list[float]] = {}
+    for r in runs:
+        s = r["s"]
+        sweep, block, bw = s.get("sweep", {}), s.get("block", {}), s.get("bandwidth", {})
+        for d in (12, 24, 48):
+            if {"mhc", "hc"} <= set(sweep.get(f"depth{d}", {})):
+                cols.setdefault(f"sweep d{d}", []).append(
+                    sweep[f"depth{d}"]["mhc"]["median_ms"] / sweep[f"depth{d}"]["hc"]["median_ms"])
+        pairs = {"eager": ("mhc eager", "residual", "median_ms"),
+                 "compiled / eager res": ("mhc compiled", "residual", "median_ms"),
+                 "compiled / eager res, minima": ("mhc compiled", "residual", "min_ms"),
+                 "compiled / compiled res": ("mhc compiled", "residual compiled", "median_ms"),
+                 "compiled / compiled res, minima": ("mhc compiled", "residual compiled", "min_ms")}
+        for col, (a, b, key) in pairs.items():
+            if a in block and b in block:
+                cols.setdefault(col, []).append(block[a][key] / block[b][key])
+        for key, col in (("pre_aggregate fwd+bwd", "pre-agg fwd+bwd %"), ("post_residual fwd+bwd", "post-res fwd+bwd %")):
+            if key in bw:
+                cols.setdefault(col, []).append(bw[key]["pct_copy"])
+    out = {}
+    for col, v in cols.items():
+        target, at_most = TARGETS[col]
+        v = sorted(v)
+        mid = len(v) // 2
+        median = v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+        out[col] = (median, v[0], v[-1], sum((x <= target) if at_most else (x >= target) for x in v), len(v))
+    return out
+
+
+@pytest.mark.parametrize("start, skip", [
+    (None, []),
+    ("round of 2026-11-29 (3)", ["e8dff7d", "b1997a4"]),
+    ("sweep-section run at fc36397", ["e8dff7d", "b1997a4"]),
+    ("round of 2026-11-29 (5)", ["b1997a4"]),
+    ("round of 2026-11-29 (6)", []),
+    ("full run 1 at 5a37974", ["malloc keep"]),
+    ("full run 1 at 5a37974", ["malloc keep", "e8dff7d", "b1997a4"]),
+    ("full run 6 at d266670", ["e8dff7d", "b1997a4"]),
+])
+def test_pool_runs_statistics_match_an_independent_reading_of_the_log(start, skip):
+    """The selections the README quotes: pooled median, range and runs meeting each target."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pool_runs
+
+    text = pool_runs.LOG.read_text()
+    selected = pool_runs.select(pool_runs.parse_log(text), start, skip)
+    got = pool_runs.pooled([pool_runs.run_ratios(s) for _, s in selected])
+    want = _independent_pool(text, start, skip)
+    assert got.keys() == want.keys()
+    for col in want:
+        assert got[col][3:] == want[col][3:], col
+        np.testing.assert_allclose(got[col][:3], want[col][:3], rtol=1e-12, err_msg=col)

@@ -341,7 +341,9 @@ def plot_gain(runs, out):
 
 
 def _max_over_steps(recs, key):
-    vals = [_num(r[key]) for r in recs if key in r]
+    """Max of `key` over the records, NaN values left out (as the summary's max gain);
+    NaN when no record has a non-NaN value."""
+    vals = [v for v in (_num(r[key]) for r in recs if key in r) if not math.isnan(v)]
     return max(vals) if vals else float("nan")
 
 

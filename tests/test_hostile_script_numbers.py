@@ -294,3 +294,16 @@ def test_pool_runs_statistics_match_an_independent_reading_of_the_log(start, ski
     for col in want:
         assert got[col][3:] == want[col][3:], col
         np.testing.assert_allclose(got[col][:3], want[col][:3], rtol=1e-12, err_msg=col)
+
+
+@pytest.mark.parametrize("gains", [["nan", 2.0, 3.0], [2.0, "nan", 3.0], [3.0, 2.0, "nan"]])
+def test_depth_scaling_gain_skips_nan_wherever_it_is_logged(gains):
+    """depth_scaling.png's point for a run is its max composite gain over the logged steps;
+    the summary leaves NaN gains out (depth_sweep's gains_max), and so must the plot: max()
+    returned NaN when the NaN came first (the run's point then vanished under nanmean)."""
+    import plot_runs
+
+    recs = [{"step": i, "composite_forward_gain_peak": g} for i, g in enumerate(gains)]
+    finite = [float(g) for g in gains if g != "nan"]
+    assert plot_runs._max_over_steps(recs, "composite_forward_gain_peak") == max(finite)
+    assert math.isnan(plot_runs._max_over_steps([{"k": "nan"}], "k"))

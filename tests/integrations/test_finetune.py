@@ -194,6 +194,52 @@ def test_compare_fine_tuned_model_reports_a_distance(models, straight):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_first_loss_is_the_original_models_loss_on_batch_0(backend, models, straight):
+    """The warm start is exact, so step 1's logged loss is the unconverted model's next-token
+    cross-entropy on batch 0 (float64 log-softmax here); summary.json's first / last loss are
+    the log's first and last."""
+    out = straight(backend)
+    recs = records(out)
+    tokens = np.frombuffer(load_text("stdlib", 20000).encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    ids = torch.as_tensor(batch_at(tokens, 0, 2, 24, 0))
+    original = transformers.AutoModelForCausalLM.from_pretrained(models["hf"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(original(input_ids=ids[:, :-1]).logits.double(), -1)
+    want = float(-logp.gather(-1, ids[:, 1:, None]).mean())
+    assert recs[1]["loss"] == pytest.approx(want, rel=1e-5)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert (summary["first_loss"], summary["last_loss"]) == (losses[0], losses[-1])
+
+
+def test_compare_logit_distance_and_continuations_against_a_recomputation(models, straight):
+    """The reported distance (max |mhc - original| / max |original| on the prompt and the
+    original's continuation) and both greedy continuations, recomputed with the two models."""
+    import mhc_core_torch
+
+    model_dir = os.path.join(straight("torch"), "model")
+    (row,) = compare_generation.main(["--original", models["hf"], "--mhc", model_dir, "--max-new-tokens", "4",
+                                      "--prompt", "def f(x):"])
+    original = transformers.AutoModelForCausalLM.from_pretrained(models["hf"], dtype=torch.float32).eval()
+    mhc = mhc_core_torch.load_converted(model_dir, dtype=torch.float32).eval()
+    prompt = list("def f(x):".encode())
+
+    def greedy(model):
+        ids = list(prompt)
+        for _ in range(4):
+            with torch.no_grad():
+                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        return ids[len(prompt):]
+
+    assert (row["original_ids"], row["mhc_ids"]) == (greedy(original), greedy(mhc))
+    seq = torch.tensor([prompt + row["original_ids"][:-1]])
+    with torch.no_grad():
+        a, b = original(seq).logits.double(), mhc(seq).logits.double()
+    assert row["logit_distance"] == pytest.approx(float((b - a).abs().max() / a.abs().max()), rel=1e-6)
+    assert row["same_tokens"] == (row["original_ids"] == row["mhc_ids"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_analyze_model_reads_the_fine_tuned_checkpoint(backend, straight, tmp_path):
     """analyze_model.py (torch) on the fine-tuned model, whichever backend saved it."""
     import analyze_model

@@ -119,6 +119,20 @@ def mhc_steps(model) -> list[tuple[str, MHC]]:
             for i, block in enumerate(_layers(model)) for b in ("attn", "mlp")]
 
 
+def _rope_settings(raw: dict) -> dict:
+    """mlx-lm's `rope_theta` / `rope_scaling` from transformers' `rope_parameters`
+    (transformers >= 5 writes the rotary settings there; mlx-lm's Llama-family ModelArgs
+    read only the top-level keys and fall back to their own defaults, e.g. Qwen2's 1e6)."""
+    rope = raw.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" not in rope:
+        return {}
+    out = {} if "rope_theta" in raw else {"rope_theta": rope["rope_theta"]}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default" and raw.get("rope_scaling") is None:
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return out
+
+
 def load_converted(path):
     """An mlx-lm model from a directory written by `save_pretrained` after
     `mhc_core_torch.convert` (config.json with an "mhc" entry, model*.safetensors): the
@@ -132,7 +146,8 @@ def load_converted(path):
     from mlx_lm.utils import load_model
 
     with open(os.path.join(os.fspath(path), "config.json")) as fh:
-        settings = json.load(fh).get("mhc")
+        raw = json.load(fh)
+    settings = raw.get("mhc")
     if not settings:
         raise ValueError(f"load_converted: {path}/config.json has no 'mhc' entry")
     if settings.get("format") != 1 or settings.get("reduce") != "mean":
@@ -140,7 +155,7 @@ def load_converted(path):
     blocks = [b for seg in settings.get("segments", []) for b in seg["blocks"]]
     if any(not b.startswith("model.layers.") for b in blocks):
         raise ValueError(f"load_converted: mlx converts decoder layers only, the file converted {blocks}")
-    model, _ = load_model(Path(os.fspath(path)), strict=False)
+    model, _ = load_model(Path(os.fspath(path)), model_config=_rope_settings(raw), strict=False)
     convert(model, settings["n"], variant=settings["variant"], **settings["config"])
     weights = {}
     for f in sorted(glob.glob(os.path.join(os.fspath(path), "model*.safetensors"))):

@@ -1,0 +1,50 @@
+"""mhc_core_mlx.integrations on odd but legal inputs: torch-converted checkpoints whose
+rotary settings transformers writes as `rope_parameters` (Qwen2, a Llama-3-style scaled
+rope), and convert's argument errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+pytest.importorskip("mlx_lm")
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from mhc_core_mlx.integrations import convert, load_converted  # noqa: E402
+from mhc_core_torch.integrations import convert as torch_convert  # noqa: E402
+
+
+def _moved(model):
+    """Every mHC parameter moved off its warm start, so the streams differ."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_mhc." in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def _llama3_rope():
+    """A tiny Llama with rope_theta 500000 and llama3 rope scaling (as Llama 3.1 ships)."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8})
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("build", ["qwen2", "llama3_rope"])
+def test_torch_checkpoint_rope_settings_reach_mlx(build, decoder, tmp_path, assert_close):
+    """transformers writes rope_theta (and any scaling) inside `rope_parameters`; mlx-lm
+    reads `rope_theta` / `rope_scaling` and otherwise takes its own defaults (Qwen2: 1e6),
+    which changed the logits by 1.2 on a Qwen2 saved with rope_theta 10000."""
+    model = _moved(torch_convert(decoder("qwen2") if build == "qwen2" else _llama3_rope(), n=4))
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids).logits.numpy()
+    got = np.array(load_converted(tmp_path)(mx.array(ids.numpy())))
+    assert_close(got, want, 1e-5, f"torch-converted {build} on mlx-lm")

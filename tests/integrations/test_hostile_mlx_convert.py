@@ -48,3 +48,25 @@ def test_torch_checkpoint_rope_settings_reach_mlx(build, decoder, tmp_path, asse
         want = model(ids).logits.numpy()
     got = np.array(load_converted(tmp_path)(mx.array(ids.numpy())))
     assert_close(got, want, 1e-5, f"torch-converted {build} on mlx-lm")
+
+
+def _mlx_llama():
+    from mlx_lm.models import llama
+
+    return llama.Model(llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                       vocab_size=64, tie_word_embeddings=False))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"reduce": "head"}, ValueError, r"reduce='head' .*mlx.*'mean'"),
+    ({"reduce": "sum"}, ValueError, r"reduce must be one of \('mean', 'head'\), got 'sum'"),
+    ({"sinkhorn_iters": 5}, TypeError, r"unknown mHC settings \['sinkhorn_iters'\]; expected some of \['iters'"),
+])
+def test_convert_argument_errors_name_what_is_expected(kwargs, error, message):
+    """As mhc_core_torch.convert: an unknown setting is named with the known ones, and
+    reduce='head' (torch only) says so; the model is left unconverted."""
+    model = _mlx_llama()
+    with pytest.raises(error, match=message):
+        convert(model, n=4, **kwargs)
+    assert not hasattr(model, "mhc") and type(model.model.layers[0]).__name__ == "TransformerBlock"

@@ -75,12 +75,20 @@ def _layers(model) -> list:
     return layers
 
 
-def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None, **cfg):
+def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", init: dict | None = None, **cfg):
     """Convert an mlx-lm decoder model in place; returns it. Settings as mhc_core_torch.convert
-    (reduce is the mean; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
+    (reduce: only the mean here; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
     n = checks.streams(n)
     if checks.variant(variant) == "residual" and n != 1:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
+    if reduce not in ("mean", "head"):
+        raise ValueError(f"reduce must be one of ('mean', 'head'), got {reduce!r}")
+    if reduce != "mean":
+        raise ValueError(f"reduce={reduce!r} (a learned StreamHead) is torch only; mlx convert reduces with 'mean'")
+    known = sorted(mhc_core.MHCConfig().as_dict())
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise TypeError(f"unknown mHC settings {sorted(unknown)}; expected some of {known}")
     full = mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
     layers, readings = _layers(model), []
     for i, block in enumerate(layers):

@@ -135,3 +135,14 @@ def test_block_with_another_forward_is_refused():
     with pytest.raises(ValueError, match=r"minicpm.*scale_depth"):
         convert(model, n=4)
     assert np.array_equal(np.array(model(ids())), want)
+
+
+def test_block_without_its_own_call_is_refused():
+    """mlx-lm's IQuestLoopCoder has Llama's four children but no __call__: its model runs
+    the children itself, so converted blocks would never run (the mHC parameters would
+    have no effect). Refused by name, model untouched."""
+    model = built("iquestloopcoder", head_dim=8)
+    want = np.array(model(ids()))
+    with pytest.raises(ValueError, match=r"layer 0 \(.*iquestloopcoder\.TransformerBlock\) has no __call__"):
+        convert(model, n=4)
+    assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)

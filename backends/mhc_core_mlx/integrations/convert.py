@@ -98,6 +98,9 @@ def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", in
         if kids != _CHILDREN:
             raise ValueError(f"convert: layer {i} ({type(block).__name__}) has children {sorted(kids)}; "
                              f"expected exactly {sorted(_CHILDREN)} (a pre-LN decoder block)")
+        if not callable(block):
+            raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has no __call__: "
+                             "the model runs its children itself, so a converted block would never run")
         reading = read_forward(type(block), "__call__")
         readings.append(reading)
         if reading.problems:

@@ -70,3 +70,21 @@ def test_convert_argument_errors_name_what_is_expected(kwargs, error, message):
     with pytest.raises(error, match=message):
         convert(model, n=4, **kwargs)
     assert not hasattr(model, "mhc") and type(model.model.layers[0]).__name__ == "TransformerBlock"
+
+
+@pytest.mark.parametrize("segments", [
+    [["model.layers.0"], ["model.layers.1"]],  # each layer expands and reduces on its own
+    [["model.layers.1"]],  # layer 0 left a plain block
+])
+def test_checkpoint_with_other_segments_is_refused(segments, decoder, tmp_path):
+    """mlx convert makes one stream segment over every decoder layer; a checkpoint whose
+    config.mhc records other segments ran with different streams on torch (the logits
+    differed by 0.016 once the mixing had moved): refused, naming the segments."""
+    import json
+
+    _moved(torch_convert(decoder("llama"), n=4)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mhc"]["segments"] = [{"blocks": blocks, "recipe": "pre_norm_decoder"} for blocks in segments]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"one segment of every decoder layer \['model.layers.0', 'model.layers.1'\]"):
+        load_converted(tmp_path)

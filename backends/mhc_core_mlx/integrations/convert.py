@@ -163,10 +163,14 @@ def load_converted(path):
         raise ValueError(f"load_converted: {path}/config.json has no 'mhc' entry")
     if settings.get("format") != 1 or settings.get("reduce") != "mean":
         raise ValueError(f"load_converted: mlx supports format 1 with reduce='mean', got {settings}")
-    blocks = [b for seg in settings.get("segments", []) for b in seg["blocks"]]
-    if any(not b.startswith("model.layers.") for b in blocks):
-        raise ValueError(f"load_converted: mlx converts decoder layers only, the file converted {blocks}")
     model, _ = load_model(Path(os.fspath(path)), model_config=_rope_settings(raw), strict=False)
+    # convert makes one stream segment over all decoder layers (expand at the first, reduce
+    # at the last); a file that converted other blocks or several segments mixes differently
+    segments = [list(seg.get("blocks", [])) for seg in settings.get("segments", [])]
+    every = [f"model.layers.{i}" for i in range(len(_layers(model)))]
+    if segments != [every]:
+        raise ValueError(f"load_converted: mlx converts one segment of every decoder layer {every}; "
+                         f"{path}/config.json records the segments {segments}")
     convert(model, settings["n"], variant=settings["variant"], **settings["config"])
     weights = {}
     for f in sorted(glob.glob(os.path.join(os.fspath(path), "model*.safetensors"))):

@@ -1,6 +1,6 @@
 """mhc_core_mlx.integrations on odd but legal inputs: torch-converted checkpoints whose
-rotary settings transformers writes as `rope_parameters` (Qwen2, a Llama-3-style scaled
-rope), and convert's argument errors."""
+settings transformers names otherwise than mlx-lm (`rope_parameters`, `num_local_experts`),
+checkpoints mlx cannot convert alike, and convert's argument errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,12 +36,14 @@ def _llama3_rope():
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("build", ["qwen2", "llama3_rope"])
-def test_torch_checkpoint_rope_settings_reach_mlx(build, decoder, tmp_path, assert_close):
+@pytest.mark.parametrize("build", ["qwen2", "llama3_rope", "qwen3_moe"])
+def test_torch_checkpoint_settings_reach_mlx(build, decoder, tmp_path, assert_close):
     """transformers writes rope_theta (and any scaling) inside `rope_parameters`; mlx-lm
     reads `rope_theta` / `rope_scaling` and otherwise takes its own defaults (Qwen2: 1e6),
-    which changed the logits by 1.2 on a Qwen2 saved with rope_theta 10000."""
-    model = _moved(torch_convert(decoder("qwen2") if build == "qwen2" else _llama3_rope(), n=4))
+    which changed the logits by 1.2 on a Qwen2 saved with rope_theta 10000. transformers
+    names Qwen3-MoE's expert count `num_local_experts`, mlx-lm `num_experts` (it could
+    not build the model)."""
+    model = _moved(torch_convert(_llama3_rope() if build == "llama3_rope" else decoder(build), n=4))
     model.save_pretrained(tmp_path)
     ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

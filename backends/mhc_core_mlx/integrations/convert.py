@@ -130,17 +130,21 @@ def mhc_steps(model) -> list[tuple[str, MHC]]:
             for i, block in enumerate(_layers(model)) for b in ("attn", "mlp")]
 
 
-def _rope_settings(raw: dict) -> dict:
-    """mlx-lm's `rope_theta` / `rope_scaling` from transformers' `rope_parameters`
-    (transformers >= 5 writes the rotary settings there; mlx-lm's Llama-family ModelArgs
-    read only the top-level keys and fall back to their own defaults, e.g. Qwen2's 1e6)."""
+def _mlx_lm_settings(raw: dict) -> dict:
+    """config.json entries transformers (>= 5) names otherwise than mlx-lm's Llama-family
+    ModelArgs, under mlx-lm's names: `rope_parameters` -> `rope_theta` / `rope_scaling`
+    (mlx-lm reads only the top-level keys and falls back to its own defaults, e.g. Qwen2's
+    1e6) and `num_local_experts` -> `num_experts` (Qwen3-MoE)."""
+    out = {}
     rope = raw.get("rope_parameters")
-    if not isinstance(rope, dict) or "rope_theta" not in rope:
-        return {}
-    out = {} if "rope_theta" in raw else {"rope_theta": rope["rope_theta"]}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default" and raw.get("rope_scaling") is None:
-        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        if "rope_theta" not in raw:
+            out["rope_theta"] = rope["rope_theta"]
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default" and raw.get("rope_scaling") is None:
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if "num_local_experts" in raw and "num_experts" not in raw:
+        out["num_experts"] = raw["num_local_experts"]
     return out
 
 
@@ -163,7 +167,7 @@ def load_converted(path):
         raise ValueError(f"load_converted: {path}/config.json has no 'mhc' entry")
     if settings.get("format") != 1 or settings.get("reduce") != "mean":
         raise ValueError(f"load_converted: mlx supports format 1 with reduce='mean', got {settings}")
-    model, _ = load_model(Path(os.fspath(path)), model_config=_rope_settings(raw), strict=False)
+    model, _ = load_model(Path(os.fspath(path)), model_config=_mlx_lm_settings(raw), strict=False)
     # convert makes one stream segment over all decoder layers (expand at the first, reduce
     # at the last); a file that converted other blocks or several segments mixes differently
     segments = [list(seg.get("blocks", [])) for seg in settings.get("segments", [])]

@@ -146,3 +146,17 @@ def test_block_without_its_own_call_is_refused():
     with pytest.raises(ValueError, match=r"layer 0 \(.*iquestloopcoder\.TransformerBlock\) has no __call__"):
         convert(model, n=4)
     assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)
+
+
+def test_block_with_other_call_arguments_is_refused():
+    """mlx-lm's Hunyuan block takes (x, mask, cache, shared_kv_states) and returns a pair:
+    it was converted, then every call failed with a TypeError. Refused by name, model
+    untouched."""
+    model = built("hunyuan", moe_topk=2, num_experts=4, num_shared_expert=1, use_mixed_mlp_moe=True,
+                  use_qk_norm=True, use_cla=True, cla_share_factor=2, attention_bias=False, head_dim=8,
+                  rope_scaling={"alpha": 1.0, "factor": 1.0, "type": "dynamic"})
+    want = np.array(model(ids()))
+    with pytest.raises(ValueError, match=r"layer 0 \(.*hunyuan\.DecoderLayer\) is called with "
+                                         r"\['x', 'mask', 'cache', 'shared_kv_states'\].*\(x, mask, cache\)"):
+        convert(model, n=4)
+    assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)

@@ -19,6 +19,8 @@ cache of the current call.
 """
 from __future__ import annotations
 
+import inspect
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -75,6 +77,13 @@ def _layers(model) -> list:
     return layers
 
 
+def _call_parameters(cls: type) -> list[str]:
+    """The names of cls.__call__'s parameters after self (*args / **kwargs as '*name' / '**name')."""
+    marks = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    params = list(inspect.signature(cls.__call__).parameters.values())[1:]
+    return [marks.get(p.kind, "") + p.name for p in params]
+
+
 def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", init: dict | None = None, **cfg):
     """Convert an mlx-lm decoder model in place; returns it. Settings as mhc_core_torch.convert
     (reduce: only the mean here; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
@@ -101,6 +110,10 @@ def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", in
         if not callable(block):
             raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has no __call__: "
                              "the model runs its children itself, so a converted block would never run")
+        called_with = _call_parameters(type(block))
+        if called_with[1:] != ["mask", "cache"][:len(called_with) - 1]:
+            raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) is called with "
+                             f"{called_with}; a converted block takes (x, mask, cache) and returns the hidden state")
         reading = read_forward(type(block), "__call__")
         readings.append(reading)
         if reading.problems:

@@ -160,3 +160,19 @@ def test_block_with_other_call_arguments_is_refused():
                                          r"\['x', 'mask', 'cache', 'shared_kv_states'\].*\(x, mask, cache\)"):
         convert(model, n=4)
     assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)
+
+
+def test_unreadable_call_converts_with_the_structure_warning():
+    """A block whose __call__ has no source (built by exec) cannot be read: as on torch,
+    convert goes by the structure and warns (here the exec'd block scales its residuals,
+    so the warm start is off: exactly what the warning is for)."""
+    namespace = {}
+    exec("def __call__(self, x, mask=None, cache=None):\n"
+         "    h = x + 0.5 * self.self_attn(self.input_layernorm(x), mask, cache)\n"
+         "    return h + 0.5 * self.mlp(self.post_attention_layernorm(h))\n", {}, namespace)
+    _, model = pair()
+    cls = type("GeneratedBlock", (llama.TransformerBlock,), {"__call__": namespace["__call__"]})
+    for block in model.model.layers:
+        block.__class__ = cls
+    with pytest.warns(UserWarning, match=r"GeneratedBlock.*no readable source.*by structure only"):
+        convert(model, n=4)

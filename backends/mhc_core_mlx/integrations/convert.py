@@ -20,6 +20,7 @@ cache of the current call.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -120,6 +121,10 @@ def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", in
             raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has the children "
                              "of a pre-LN decoder block, but its __call__ does more than the plain residual adds "
                              f"mHC reproduces: {list(reading.problems)}; converting it would change the logits")
+    unread = sorted({type(b).__name__ for b, r in zip(layers, readings) if not r.readable})
+    if unread:
+        warnings.warn(f"mHC: {unread}: __call__ has no readable source, so these blocks are converted by structure "
+                      "only; check the warm start, e.g. compare logits with the original", stacklevel=2)
     for i, (block, reading) in enumerate(zip(layers, readings)):
         if reading.scaled:
             block.mhc_branch_scale = float(block.residual_multiplier)

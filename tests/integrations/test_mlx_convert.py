@@ -135,3 +135,44 @@ def test_block_with_another_forward_is_refused():
     with pytest.raises(ValueError, match=r"minicpm.*scale_depth"):
         convert(model, n=4)
     assert np.array_equal(np.array(model(ids())), want)
+
+
+def test_block_without_its_own_call_is_refused():
+    """mlx-lm's IQuestLoopCoder has Llama's four children but no __call__: its model runs
+    the children itself, so converted blocks would never run (the mHC parameters would
+    have no effect). Refused by name, model untouched."""
+    model = built("iquestloopcoder", head_dim=8)
+    want = np.array(model(ids()))
+    with pytest.raises(ValueError, match=r"layer 0 \(.*iquestloopcoder\.TransformerBlock\) has no __call__"):
+        convert(model, n=4)
+    assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)
+
+
+def test_block_with_other_call_arguments_is_refused():
+    """mlx-lm's Hunyuan block takes (x, mask, cache, shared_kv_states) and returns a pair:
+    it was converted, then every call failed with a TypeError. Refused by name, model
+    untouched."""
+    model = built("hunyuan", moe_topk=2, num_experts=4, num_shared_expert=1, use_mixed_mlp_moe=True,
+                  use_qk_norm=True, use_cla=True, cla_share_factor=2, attention_bias=False, head_dim=8,
+                  rope_scaling={"alpha": 1.0, "factor": 1.0, "type": "dynamic"})
+    want = np.array(model(ids()))
+    with pytest.raises(ValueError, match=r"layer 0 \(.*hunyuan\.DecoderLayer\) is called with "
+                                         r"\['x', 'mask', 'cache', 'shared_kv_states'\].*\(x, mask, cache\)"):
+        convert(model, n=4)
+    assert not hasattr(model, "mhc") and np.array_equal(np.array(model(ids())), want)
+
+
+def test_unreadable_call_converts_with_the_structure_warning():
+    """A block whose __call__ has no source (built by exec) cannot be read: as on torch,
+    convert goes by the structure and warns (here the exec'd block scales its residuals,
+    so the warm start is off: exactly what the warning is for)."""
+    namespace = {}
+    exec("def __call__(self, x, mask=None, cache=None):\n"
+         "    h = x + 0.5 * self.self_attn(self.input_layernorm(x), mask, cache)\n"
+         "    return h + 0.5 * self.mlp(self.post_attention_layernorm(h))\n", {}, namespace)
+    _, model = pair()
+    cls = type("GeneratedBlock", (llama.TransformerBlock,), {"__call__": namespace["__call__"]})
+    for block in model.model.layers:
+        block.__class__ = cls
+    with pytest.warns(UserWarning, match=r"GeneratedBlock.*no readable source.*by structure only"):
+        convert(model, n=4)

@@ -19,6 +19,9 @@ cache of the current call.
 """
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -75,12 +78,27 @@ def _layers(model) -> list:
     return layers
 
 
-def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None, **cfg):
+def _call_parameters(cls: type) -> list[str]:
+    """The names of cls.__call__'s parameters after self (*args / **kwargs as '*name' / '**name')."""
+    marks = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    params = list(inspect.signature(cls.__call__).parameters.values())[1:]
+    return [marks.get(p.kind, "") + p.name for p in params]
+
+
+def convert(model, n: int = 4, *, variant: str = "mhc", reduce: str = "mean", init: dict | None = None, **cfg):
     """Convert an mlx-lm decoder model in place; returns it. Settings as mhc_core_torch.convert
-    (reduce is the mean; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
+    (reduce: only the mean here; sinkhorn_eps defaults to 0 for an exact warm start at any depth)."""
     n = checks.streams(n)
     if checks.variant(variant) == "residual" and n != 1:
         raise ValueError(f"variant 'residual' keeps one stream: n must be 1, got n={n}")
+    if reduce not in ("mean", "head"):
+        raise ValueError(f"reduce must be one of ('mean', 'head'), got {reduce!r}")
+    if reduce != "mean":
+        raise ValueError(f"reduce={reduce!r} (a learned StreamHead) is torch only; mlx convert reduces with 'mean'")
+    known = sorted(mhc_core.MHCConfig().as_dict())
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise TypeError(f"unknown mHC settings {sorted(unknown)}; expected some of {known}")
     full = mhc_core.MHCConfig(**{"sinkhorn_eps": 0.0, **cfg}).as_dict()
     layers, readings = _layers(model), []
     for i, block in enumerate(layers):
@@ -90,12 +108,23 @@ def convert(model, n: int = 4, *, variant: str = "mhc", init: dict | None = None
         if kids != _CHILDREN:
             raise ValueError(f"convert: layer {i} ({type(block).__name__}) has children {sorted(kids)}; "
                              f"expected exactly {sorted(_CHILDREN)} (a pre-LN decoder block)")
+        if not callable(block):
+            raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has no __call__: "
+                             "the model runs its children itself, so a converted block would never run")
+        called_with = _call_parameters(type(block))
+        if called_with[1:] != ["mask", "cache"][:len(called_with) - 1]:
+            raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) is called with "
+                             f"{called_with}; a converted block takes (x, mask, cache) and returns the hidden state")
         reading = read_forward(type(block), "__call__")
         readings.append(reading)
         if reading.problems:
             raise ValueError(f"convert: layer {i} ({type(block).__module__}.{type(block).__name__}) has the children "
                              "of a pre-LN decoder block, but its __call__ does more than the plain residual adds "
                              f"mHC reproduces: {list(reading.problems)}; converting it would change the logits")
+    unread = sorted({type(b).__name__ for b, r in zip(layers, readings) if not r.readable})
+    if unread:
+        warnings.warn(f"mHC: {unread}: __call__ has no readable source, so these blocks are converted by structure "
+                      "only; check the warm start, e.g. compare logits with the original", stacklevel=2)
     for i, (block, reading) in enumerate(zip(layers, readings)):
         if reading.scaled:
             block.mhc_branch_scale = float(block.residual_multiplier)
@@ -119,6 +148,24 @@ def mhc_steps(model) -> list[tuple[str, MHC]]:
             for i, block in enumerate(_layers(model)) for b in ("attn", "mlp")]
 
 
+def _mlx_lm_settings(raw: dict) -> dict:
+    """config.json entries transformers (>= 5) names otherwise than mlx-lm's Llama-family
+    ModelArgs, under mlx-lm's names: `rope_parameters` -> `rope_theta` / `rope_scaling`
+    (mlx-lm reads only the top-level keys and falls back to its own defaults, e.g. Qwen2's
+    1e6) and `num_local_experts` -> `num_experts` (Qwen3-MoE)."""
+    out = {}
+    rope = raw.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        if "rope_theta" not in raw:
+            out["rope_theta"] = rope["rope_theta"]
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default" and raw.get("rope_scaling") is None:
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if "num_local_experts" in raw and "num_experts" not in raw:
+        out["num_experts"] = raw["num_local_experts"]
+    return out
+
+
 def load_converted(path):
     """An mlx-lm model from a directory written by `save_pretrained` after
     `mhc_core_torch.convert` (config.json with an "mhc" entry, model*.safetensors): the
@@ -132,15 +179,20 @@ def load_converted(path):
     from mlx_lm.utils import load_model
 
     with open(os.path.join(os.fspath(path), "config.json")) as fh:
-        settings = json.load(fh).get("mhc")
+        raw = json.load(fh)
+    settings = raw.get("mhc")
     if not settings:
         raise ValueError(f"load_converted: {path}/config.json has no 'mhc' entry")
     if settings.get("format") != 1 or settings.get("reduce") != "mean":
         raise ValueError(f"load_converted: mlx supports format 1 with reduce='mean', got {settings}")
-    blocks = [b for seg in settings.get("segments", []) for b in seg["blocks"]]
-    if any(not b.startswith("model.layers.") for b in blocks):
-        raise ValueError(f"load_converted: mlx converts decoder layers only, the file converted {blocks}")
-    model, _ = load_model(Path(os.fspath(path)), strict=False)
+    model, _ = load_model(Path(os.fspath(path)), model_config=_mlx_lm_settings(raw), strict=False)
+    # convert makes one stream segment over all decoder layers (expand at the first, reduce
+    # at the last); a file that converted other blocks or several segments mixes differently
+    segments = [list(seg.get("blocks", [])) for seg in settings.get("segments", [])]
+    every = [f"model.layers.{i}" for i in range(len(_layers(model)))]
+    if segments != [every]:
+        raise ValueError(f"load_converted: mlx converts one segment of every decoder layer {every}; "
+                         f"{path}/config.json records the segments {segments}")
     convert(model, settings["n"], variant=settings["variant"], **settings["config"])
     weights = {}
     for f in sorted(glob.glob(os.path.join(os.fspath(path), "model*.safetensors"))):

@@ -197,7 +197,7 @@ def _tempered(ops, z, temperature: float):
     dtype (T may not even be representable), its limit: -inf below the maximum, 0 at it.
     The shift is held constant under autodiff (the weights do not depend on it)."""
     m = ops.stop_gradient(ops.max(z, axis=-1, keepdims=True))
-    largest = 1.7976931348623157e308 if z.dtype == ops.float64 else 3.4028234663852886e38
+    largest = float(np.finfo(np.float64 if z.dtype == ops.float64 else np.float32).max)
     if temperature * largest < 1.0:
         return ops.where(z < m, ops.zeros_like(z) - math.inf, z - m)
     r = z / temperature - m / temperature

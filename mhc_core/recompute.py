@@ -7,7 +7,6 @@ size L_r, minimised at L_r* = sqrt(n L / (n + 2)).
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -36,15 +35,14 @@ def resolve_block(block, n: int, layers: int) -> int:
     numpy or a 0-d array): that size, at most `layers`. n and layers are checked whatever
     the block (integers >= 1)."""
     n, layers = checks.streams(n), checks.integer(layers, "layers")
-    if block is None:
-        return 0
     if isinstance(block, str):
         if block == "auto":
             return paper_block_size(n, layers)
     elif isinstance(block, (bool, np.bool_)):
         return paper_block_size(n, layers) if block else 0
     else:
-        value = checks._scalar(block)  # Python, numpy or 0-d array integers; None for the rest
-        if isinstance(value, numbers.Integral) and value >= 0:
-            return min(int(value), layers)
+        try:
+            return min(block_size(block), layers)  # None (off) or an integer >= 0
+        except ValueError:
+            pass
     raise ValueError(f"recompute block must be 0/None (off), 'auto' or an integer >= 1, got {block!r}")

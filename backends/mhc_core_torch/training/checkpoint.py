@@ -71,9 +71,15 @@ def _decode(value, tensors: dict, dtypes: dict):
 
 def _generators(model: nn.Module) -> dict[str, torch.Generator]:
     """Module name -> the torch.Generator a module draws from (a stochastic HistorySkip's
-    `generator`): run-time RNG state the state_dict does not hold."""
-    return {name: m.generator for name, m in model.named_modules()
-            if isinstance(getattr(m, "generator", None), torch.Generator)}
+    `generator`): run-time RNG state the state_dict does not hold. A generator shared by
+    several modules (HistorySequential gives its skips one) is listed once, under the
+    first module's name."""
+    found: dict[str, torch.Generator] = {}
+    for name, m in model.named_modules():
+        g = getattr(m, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not seen for seen in found.values()):
+            found[name] = g
+    return found
 
 
 def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None):

@@ -21,7 +21,9 @@ Sections (the targets of the CPU-speed issue are beside each):
 - block:     x [2048, 4, 512] around an MLP sub-layer (RMSNorm, 512 -> 2048 -> 512),
              forward + backward: residual, MHC eager (impl='auto'), HC eager, MHC under
              torch.compile (and around an identity layer: the mixing alone), lucidrains'
-             hyper-connections mHC (targets: eager <= 1.35x residual, compiled <= 1.10x).
+             hyper-connections mHC (targets: eager <= 1.35x residual, compiled <= 1.10x),
+             and, as a floor for the compiled block, a 4-stream mixing with fixed
+             coefficients (no projection, no Sinkhorn) around the same MLP, compiled.
              Ratios of medians, and of minima (each contender's least-disturbed call:
              steadier from run to run on a shared machine).
              Every .grad (parameters and x) is set to None before each call, as a training
@@ -172,6 +174,29 @@ def _mlp(torch, c: int):
     return nn.Sequential(nn.RMSNorm(c), nn.Linear(c, 4 * c, bias=False), nn.SiLU(), nn.Linear(4 * c, c, bias=False))
 
 
+def _static_mixing(torch):
+    from torch import nn
+
+    class StaticMixing(nn.Module):
+        """The mixing with fixed coefficients (learned, not input-dependent): h = pre^T x,
+        out = res x + post f(h); x [T, n, C]. Under torch.compile its passes over x, the
+        output and their gradients are what every n-stream block pays before mHC's
+        projection and Sinkhorn: a floor for the compiled mHC block."""
+
+        def __init__(self, layer, n):
+            super().__init__()
+            self.layer = layer
+            self.res = nn.Parameter(torch.eye(n) * 0.9 + 0.1 / n)
+            self.pre = nn.Parameter(torch.full((n,), 1.0 / n))
+            self.post = nn.Parameter(torch.ones(n))
+
+        def forward(self, x):
+            y = self.layer(torch.einsum("tnc,n->tc", x, self.pre))
+            return torch.einsum("mn,tnc->tmc", self.res, x) + self.post[:, None] * y[:, None, :]
+
+    return StaticMixing
+
+
 def bench_block(rounds: int, compile_: bool) -> dict:
     import torch
     from torch import nn
@@ -189,6 +214,7 @@ def bench_block(rounds: int, compile_: bool) -> dict:
         return x + mlp(x)
 
     mods = {v: MHC(mlp, n, c, variant=v, seed=0) for v in ("mhc", "hc")}
+    StaticMixing = _static_mixing(torch)
 
     def fwd_bwd(fn, x, g):
         params = [x] + list(fn.parameters() if isinstance(fn, nn.Module) else mlp.parameters())
@@ -224,6 +250,10 @@ def bench_block(rounds: int, compile_: bool) -> dict:
         ci = torch.compile(MHC(nn.Identity(), n, c, seed=0))
         fwd_bwd(ci, xn, gn)()
         fns["mhc identity compiled"] = fwd_bwd(ci, xn, gn)
+        # the floor of any 4-stream mixing: fixed res / pre / post, no projection, no Sinkhorn
+        cs = torch.compile(StaticMixing(mlp, n))
+        fwd_bwd(cs, xn, gn)()
+        fns["static mixing compiled"] = fwd_bwd(cs, xn, gn)
     r = interleaved(fns, rounds)
     times = {k: v for k, v in r.items() if isinstance(v, dict)}
     base, base_min = r["residual"]["median_ms"], r["residual"]["min_ms"]
@@ -233,6 +263,8 @@ def bench_block(rounds: int, compile_: bool) -> dict:
     if compile_:
         r["mhc compiled / residual compiled"] = r["mhc compiled"]["median_ms"] / r["residual compiled"]["median_ms"]
         r["mhc compiled / residual compiled, minima"] = r["mhc compiled"]["min_ms"] / r["residual compiled"]["min_ms"]
+        r["mhc compiled / static mixing compiled"] = (r["mhc compiled"]["median_ms"]
+                                                      / r["static mixing compiled"]["median_ms"])
         r["compile_s"] = compile_s
     r["shape"] = [t, n, c]
     return r

@@ -15,7 +15,10 @@ selected runs, each ratio's median, range and how many runs meet its target:
 - eager: MHC eager / residual block, medians (<= 1.35);
 - compiled / eager res, compiled / compiled res: MHC under torch.compile against the eager
   and the compiled residual block, as ratios of medians and of minima (<= 1.10);
-- pre-agg / post-res fwd+bwd: % of the copy bandwidth measured in the same rounds (>= 40).
+- pre-agg / post-res fwd+bwd: % of the copy bandwidth measured in the same rounds (>= 40);
+- static / eager res (no target): a 4-stream mixing with fixed coefficients around the same
+  MLP under torch.compile, against the eager residual block, ratio of medians: the floor of
+  the compiled block's ratio (runs since the contender was added).
 
 A run that lacks a section (block-only runs, runs from before a contender was added) has
 no value in that column and is not counted for it.
@@ -40,6 +43,8 @@ TARGETS = {
     "compiled / compiled res": (1.10, True), "compiled / compiled res, minima": (1.10, True),
     "pre-agg fwd+bwd %": (40.0, False), "post-res fwd+bwd %": (40.0, False),
 }
+# columns reported beside the targets, with no target of their own
+UNTARGETED = ("static / eager res",)
 
 
 def parse_log(text: str) -> list[tuple[str, dict, tuple]]:
@@ -113,6 +118,8 @@ def run_ratios(sections: dict) -> dict:
     if res and comp:
         out["compiled / eager res"] = _ratio(comp, res, "median_ms")
         out["compiled / eager res, minima"] = _ratio(comp, res, "min_ms")
+    if res and "static mixing compiled" in block:
+        out["static / eager res"] = _ratio(block["static mixing compiled"], res, "median_ms")
     if comp and comp_res:
         out["compiled / compiled res"] = _ratio(comp, comp_res, "median_ms")
         out["compiled / compiled res, minima"] = _ratio(comp, comp_res, "min_ms")
@@ -137,12 +144,17 @@ def select(runs: list, start: str | None, skip: list[str]) -> list:
 
 
 def pooled(rows: list[dict]) -> dict:
-    """column -> (median, min, max, runs meeting the target, runs with a value)."""
+    """column -> (median, min, max, runs meeting the target, runs with a value); runs meeting
+    the target is None for an UNTARGETED column."""
     out = {}
-    for column, (target, at_most) in TARGETS.items():
+    for column in (*TARGETS, *UNTARGETED):
         values = [r[column] for r in rows if column in r]
         if values:
-            met = sum((v <= target) if at_most else (v >= target) for v in values)
+            if column in TARGETS:
+                target, at_most = TARGETS[column]
+                met = sum((v <= target) if at_most else (v >= target) for v in values)
+            else:
+                met = None
             out[column] = (statistics.median(values), min(values), max(values), met, len(values))
     return out
 
@@ -159,17 +171,21 @@ def markdown(selected: list) -> str:
                              f"({type(e).__name__}: {e})") from None
     if not any(rows):
         raise ValueError("no selected run has a sweep, block or bandwidth result to take a ratio of")
-    columns = [c for c in TARGETS if any(c in r for r in rows)]
+    columns = [c for c in (*TARGETS, *UNTARGETED) if any(c in r for r in rows)]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for (label, _), r in zip(selected, rows):
         cells = [f"{r[c]:.{1 if c.endswith('%') else 3}f}" if c in r else "" for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| ratio | target | median | range | runs meeting the target |", "|---|---|---|---|---|"]
     for column, (median, low, high, met, count) in pooled(rows).items():
-        target, at_most = TARGETS[column]
         digits = 1 if column.endswith("%") else 3
-        lines.append(f"| {column} | {'<=' if at_most else '>='} {target:g} | {median:.{digits}f} | "
-                     f"{low:.{digits}f}-{high:.{digits}f} | {met} of {count} |")
+        if column in TARGETS:
+            target, at_most = TARGETS[column]
+            target_cell, met_cell = f"{'<=' if at_most else '>='} {target:g}", f"{met} of {count}"
+        else:
+            target_cell, met_cell = "none", f"({count} runs)"
+        lines.append(f"| {column} | {target_cell} | {median:.{digits}f} | "
+                     f"{low:.{digits}f}-{high:.{digits}f} | {met_cell} |")
     return "\n".join(lines)
 
 

@@ -144,3 +144,21 @@ def test_cli_errors_are_usage_errors(tmp_path, capsys):
     assert e.value.code == 2 and "no selected run has a sweep, block or bandwidth result" in capsys.readouterr().err
     assert pool_runs.main([str(log)]) == 0
     assert "| run a |" in capsys.readouterr().out
+
+
+def test_static_floor_column_is_reported_without_a_target():
+    """The fixed-coefficient mixing's ratio is a per-run column and a pooled row with no
+    target; runs from before the contender was added have no value in it."""
+    def block(static_ms):
+        b = {k: {"median_ms": 100.0, "min_ms": 100.0} for k in ("residual", "mhc eager", "mhc compiled")}
+        if static_ms is not None:
+            b["static mixing compiled"] = {"median_ms": static_ms, "min_ms": static_ms}
+        return {"block": b}
+
+    selected = pool_runs.select(pool_runs.parse_log(_log(("old", block(None)), ("new 1", block(105.0)),
+                                                       ("new 2", block(109.0)))), None, [])
+    rows = [pool_runs.run_ratios(s) for _, s in selected]
+    assert "static / eager res" not in rows[0] and rows[2]["static / eager res"] == 109.0 / 100.0
+    assert pool_runs.pooled(rows)["static / eager res"] == (1.07, 1.05, 1.09, None, 2)
+    table = pool_runs.markdown(selected)
+    assert "| static / eager res | none | 1.070 | 1.050-1.090 | (2 runs) |" in table

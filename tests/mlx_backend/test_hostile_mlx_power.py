@@ -1,0 +1,59 @@
+"""mhc_core_mlx modules inside MLX training code (transformations, quantization, weight
+files, optimizers), each checked against the numpy float64 oracle, MLX's own autodiff of
+the spec, or the module it was copied from."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+nn = pytest.importorskip("mlx.nn")
+
+import mhc_core_mlx  # noqa: E402
+from mlx_cases import assert_close  # noqa: E402
+
+
+def _quantized_mhc(seed: int):
+    module = mhc_core_mlx.MHC(nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64)), 2, 64, seed=seed)
+    nn.quantize(module, group_size=64, bits=8)  # the Linears become QuantizedLinear (uint32 weights)
+    mx.eval(module.parameters())
+    return module
+
+
+@pytest.mark.parametrize("through", ["file", "module_state"])
+def test_quantized_layer_inside_mhc_round_trips(tmp_path, through):
+    """save_state / module_state of an MHC whose layer nn.quantize packed into uint32 loads
+    back into the same quantized layout: the same parameters, the same outputs."""
+    src, dst = _quantized_mhc(seed=1), _quantized_mhc(seed=2)
+    if through == "file":
+        state = tmp_path / "quantized.safetensors"
+        mhc_core_mlx.save_state(src, state)
+    else:
+        state = mhc_core_mlx.module_state(src)
+    mhc_core_mlx.load_state(dst, state)
+    want = mhc_core_mlx.module_state(src)
+    for name, value in mhc_core_mlx.module_state(dst).items():
+        assert value.dtype == want[name].dtype, name
+        assert np.array_equal(value, want[name]), name
+    x = mx.array(np.random.default_rng(0).normal(size=(2, 3, 2, 64)).astype(np.float32))
+    assert_close(np.array(dst(x)), np.array(src(x)), 0.0, "quantized round trip")
+
+
+def test_integer_values_into_a_floating_parameter_are_refused():
+    """An integer array still cannot stand in for a floating parameter."""
+    module = mhc_core_mlx.MHC(nn.Linear(4, 4), 2, 4)
+    state = mhc_core_mlx.module_state(module)
+    state["layer.weight"] = state["layer.weight"].astype(np.int32)
+    with pytest.raises(TypeError, match=r"load_state: 'layer.weight' must be floating point, got dtype mlx.core.int32"):
+        mhc_core_mlx.load_state(module, state)
+
+
+def test_floating_values_into_a_quantized_weight_are_refused():
+    """The packed uint32 weight of a quantized layer takes only uint32 values, not a float
+    array of the same shape cast into it."""
+    module = _quantized_mhc(seed=1)
+    state = mhc_core_mlx.module_state(module)
+    state["layer.0.weight"] = state["layer.0.weight"].astype(np.float32)
+    with pytest.raises(TypeError, match=r"load_state: 'layer.0.weight' must have dtype mlx.core.uint32 "
+                                        r"\(as the module's\), got dtype mlx.core.float32"):
+        mhc_core_mlx.load_state(module, state)

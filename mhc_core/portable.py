@@ -17,8 +17,10 @@ name. Layers known to differ (convolutions, batch norm, multi-head attention, re
 and quantized layers) are refused by name: see `unportable`.
 
 The files' metadata record the writer: {"library": "mhc-core", "backend": "torch" | "mlx",
-"naming": NAMING}, and, when the module holds MHC steps, "variants": a JSON object of each
-one's canonical path -> variant. mhc and hc have the same parameter shapes but read them
+"naming": NAMING}, when the module holds layers of `DIFFERS`, "unportable": a JSON list of
+them (so the other backend refuses the file even where a packed or reordered weight has
+the shape of a plain one there), and, when the module holds MHC steps, "variants": a JSON
+object of each one's canonical path -> variant. mhc and hc have the same parameter shapes but read them
 differently (hc's biases are its static pre / post / res, mhc's are logits), so a file
 loads only into a module whose MHC steps at those paths have the same variants
 (`check_variants`); numpy dicts carry no variants and are not checked.
@@ -78,13 +80,20 @@ def refusal(owner: str, layers: list[str]) -> str:
 
 
 def check_incoming(current: dict, incoming: dict, owner: str, named_modules, state, other: str) -> None:
-    """`checks.state_matches(current, incoming, owner)`, with this module's unportable
-    layers (if any) named: a file written by the `other` backend ('torch' | 'mlx') into a
-    module that holds them is refused outright, and a mismatch names them."""
+    """`checks.state_matches(current, incoming, owner)`, with the unportable layers named:
+    a file written by the `other` backend ('torch' | 'mlx') is refused outright when this
+    module holds such layers or the writer's module did (its metadata lists them: a packed
+    or reordered weight can have the shape of a plain one here), and a mismatch names them."""
     layers = unportable(named_modules)
-    if layers and isinstance(state, (str, os.PathLike)) and file_metadata(state).get("backend") == other:
+    meta = file_metadata(state) if isinstance(state, (str, os.PathLike)) else {}
+    if meta.get("backend") == other:
         writer = {"torch": "torch", "mlx": "MLX"}[other]
-        raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, but " + refusal(owner, layers))
+        if layers:
+            raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, but " + refusal(owner, layers))
+        theirs = json.loads(meta.get("unportable") or "[]")
+        if theirs:
+            raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, and "
+                             + refusal(f"the {writer} module", theirs))
     try:
         state_matches(current, incoming, owner)
     except ValueError as err:
@@ -187,12 +196,16 @@ def writable_path(path, fn: str) -> str:
     return path
 
 
-def metadata(backend: str, version: str, variants: dict[str, str] | None = None) -> dict[str, str]:
+def metadata(backend: str, version: str, variants: dict[str, str] | None = None,
+             unportable_layers: list[str] | None = None) -> dict[str, str]:
     """What `save_state` writes into a file's metadata; variants: canonical path of each MHC
-    step -> its variant ('' for the module itself)."""
+    step -> its variant ('' for the module itself); unportable_layers: `unportable` of the
+    module (with canonical paths), which the other backend refuses to load."""
     out = {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}
     if variants:
         out["variants"] = json.dumps(variants, sort_keys=True)
+    if unportable_layers:
+        out["unportable"] = json.dumps(list(unportable_layers))
     return out
 
 

@@ -57,3 +57,43 @@ def test_floating_values_into_a_quantized_weight_are_refused():
     with pytest.raises(TypeError, match=r"load_state: 'layer.0.weight' must have dtype mlx.core.uint32 "
                                         r"\(as the module's\), got dtype mlx.core.float32"):
         mhc_core_mlx.load_state(module, state)
+
+
+class _MatmulLayer(nn.Module):
+    """tanh(h @ w): a layer MLX can compile shapeless (no reshape of its own)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.w = mx.array(np.random.default_rng(c).normal(0.0, 0.3, (c, c)).astype(np.float32))
+
+    def __call__(self, h):
+        return mx.tanh(h @ self.w)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: mhc_core_mlx.MHC(_MatmulLayer(8), 3, 8),
+    lambda: mhc_core_mlx.MHC(_MatmulLayer(8), 3, 8, variant="hc", impl="custom_vjp", compiled=True),
+    lambda: mhc_core_mlx.MHC(_MatmulLayer(8), 3, 8, variant="mhc-lite", compiled=True),
+    lambda: mhc_core_mlx.StreamHead(3, 8),
+    lambda: mhc_core_mlx.HistorySequential([_MatmulLayer(8) for _ in range(3)], history=2),
+], ids=["mhc", "hc-custom-vjp-compiled", "mhc-lite-compiled", "stream-head", "history"])
+def test_shapeless_compile_never_reuses_a_wrong_shape(build):
+    """mx.compile(module, shapeless=True) over changing batch and token counts (the same
+    element count in another shape included): every call either raises MLX's ValueError
+    (the coefficient math slices and reshapes by the token count, which a shapeless graph
+    cannot re-infer) or returns the eager module's output; never a stale shape or value."""
+    module = build()
+    mx.eval(module.parameters())
+    compiled = mx.compile(module, shapeless=True)
+    rng = np.random.default_rng(0)
+    tail = (8,) if isinstance(module, mhc_core_mlx.HistorySequential) else (3, 8)
+    for lead in [(2, 3), (3, 2), (6, 1), (4, 5), (2, 3)]:
+        x = mx.array(rng.normal(size=lead + tail).astype(np.float32))
+        try:
+            got = compiled(x)
+            mx.eval(got)
+        except ValueError:
+            continue
+        want = module(x)
+        assert got.shape == want.shape, f"{lead}: shapeless compile returned {got.shape}, eager {want.shape}"
+        assert_close(np.array(got), np.array(want), 1e-6, "shapeless", str(lead))

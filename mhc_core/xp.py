@@ -29,9 +29,9 @@ MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, 
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
 MLX's float64 `exp` (and sigmoid / softmax / logsumexp / logaddexp built on it) is only
 float32-accurate (~1e-7 relative, 2e-6 at |x| ~ 30; mlx 0.32), so `_MLXOps` computes
-float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that; a custom
-function whose derivative is itself, since MLX's derivative of power(a, x) in x is wrong
-from the third order (`_mlx_float64_exp`).
+float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that, with the
+derivatives taken through MLX's own exp at 0 (MLX's derivative of power(a, x) in x is wrong
+from the third order: `_mlx_float64_exp`).
 
 `namespace` asks array_api_compat once per array type and then answers from a dict, so
 that code traced by torch.compile meets no `functools.lru_cache` (dynamo warns on each).
@@ -558,25 +558,19 @@ class _MLXOps(Ops):
 
 
 def _mlx_float64_exp(mx):
-    """exp of a float64 mlx array as power(e, x), with exp itself as its derivative.
+    """exp of a float64 mlx array: power(e, x) in value, with true derivatives of every order.
 
     MLX's derivative of power(a, x) in x is right to the second order and wrong from the
-    third (mlx 0.32: 2 exp(x) for d^3/dx^3 exp), so the function is a custom one whose vjp
-    and jvp call it again: every order of derivative is exp."""
+    third (mlx 0.32: 2 exp(x) for d^3/dx^3 exp). So the value is power(e, x0) with x0 = x
+    held constant, times MLX's own exp of x - x0 (exactly exp(0) = 1), whose derivatives
+    are right at every order and are all taken at 0, where the native exp is exact: each
+    derivative is power(e, x) * 1. For infinite x, x0 = 0 and the native exp gives
+    exp(+-inf) (x - x would be NaN). Plain primitives only (no custom function), so it
+    also exports (`mx.export_function`)."""
 
-    @mx.custom_function
     def exp64(x):
-        return mx.power(mx.array(math.e, dtype=mx.float64), x)
-
-    # one input and one output: MLX passes the arrays themselves, not tuples. The vjp
-    # recomputes exp64(x) instead of reading `output`, so its own derivative is exp64's again.
-    @exp64.vjp
-    def exp64_vjp(x, cotangent, output):
-        return cotangent * exp64(x)
-
-    @exp64.jvp
-    def exp64_jvp(x, tangent):
-        return tangent * exp64(x)
+        x0 = mx.stop_gradient(mx.where(mx.isinf(x), mx.zeros_like(x), x))
+        return mx.power(mx.array(math.e, dtype=mx.float64), x0) * mx.exp(x - x0)
 
     return exp64
 

@@ -143,3 +143,12 @@ def test_exported_step_gives_the_module_output(tmp_path, dtype):
         mx.export_function(path, module, x)
         (got,) = mx.import_function(path)(x)
         assert_close(np.array(got), np.array(module(x)), 0.0, f"exported-{dtype}")
+
+
+def test_export_of_the_custom_vjp_is_refused_by_mlx(tmp_path):
+    """What the README says of impl='custom_vjp' (and 'auto' from 2**20 elements): MLX
+    cannot serialize the custom function, an error rather than a file; 'reference' exports."""
+    module = mhc_core_mlx.MHC(nn.Linear(4, 4), 3, 4, impl="custom_vjp")
+    x = mx.array(np.random.default_rng(2).normal(size=(2, 3, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match="Unable to serialize primitive CustomTransforms"):
+        mx.export_function(str(tmp_path / "step.mlxfn"), module, x)

@@ -152,3 +152,26 @@ def test_export_of_the_custom_vjp_is_refused_by_mlx(tmp_path):
     x = mx.array(np.random.default_rng(2).normal(size=(2, 3, 4)).astype(np.float32))
     with pytest.raises(ValueError, match="Unable to serialize primitive CustomTransforms"):
         mx.export_function(str(tmp_path / "step.mlxfn"), module, x)
+
+
+def _history_stack(backend: str, mixing: str):
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        import mhc_core_torch
+
+        model = mhc_core_torch.HistorySequential([torch.nn.Linear(4, 4) for _ in range(3)], history=2, mixing=mixing)
+        return model, lambda logits: setattr(model.skips[1], "logits", torch.nn.Parameter(torch.zeros(logits))), \
+            lambda: model(torch.ones(2, 4))
+    model = mhc_core_mlx.HistorySequential([nn.Linear(4, 4) for _ in range(3)], history=2, mixing=mixing)
+    return model, lambda logits: model.skips[1].update({"logits": mx.zeros(logits)}), lambda: model(mx.ones((2, 4)))
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("mixing, logits, want", [("vector", (5,), r"\[2\]"), ("matrix", (5, 5), r"\[2, 2\]")])
+def test_history_skip_with_logits_of_another_history_is_refused(backend, mixing, logits, want):
+    """A skip of history K = 2 given logits of another history (model.update, or a
+    parameter swapped in) refuses them by name, instead of mixing with the last 2."""
+    _, set_logits, run = _history_stack(backend, mixing)
+    set_logits(logits)
+    with pytest.raises(ValueError, match=rf"logits must have shape {want} \(one per state of the window, history=2\)"):
+        run()

@@ -175,3 +175,40 @@ def test_history_skip_with_logits_of_another_history_is_refused(backend, mixing,
     set_logits(logits)
     with pytest.raises(ValueError, match=rf"logits must have shape {want} \(one per state of the window, history=2\)"):
         run()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("impl", ["reference", "custom_vjp"])
+def test_frozen_mixing_parameters_get_no_update(compiled, impl):
+    """freeze(keys=[phi, bias, alpha]) + nn.value_and_grad + AdamW (weight decay moves any
+    parameter it is handed): the mixing parameters stay bit for bit, only the layer's are
+    trainable, and its gradients equal those of the eager reference module."""
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    def build():
+        module = mhc_core_mlx.MHC(nn.Linear(8, 8), 3, 8, seed=1, impl=impl, compiled=compiled)
+        module.layer.update({"weight": mx.array(np.random.default_rng(3).normal(0, 0.3, (8, 8)).astype(np.float32)),
+                             "bias": mx.zeros((8,))})
+        module.update({"phi": mx.array(np.random.default_rng(4).normal(0, 0.3, module.phi.shape).astype(np.float32))})
+        module.freeze(keys=["phi", "bias", "alpha"], recurse=False)
+        return module
+
+    module, reference = build(), build()
+    reference.impl, reference.compiled = "reference", False
+    assert sorted(k for k, _ in tree_flatten(module.trainable_parameters())) == ["layer.bias", "layer.weight"]
+    mixing = {k: np.array(getattr(module, k)) for k in ("phi", "bias", "alpha")}
+    x = mx.array(np.random.default_rng(5).normal(size=(2, 4, 3, 8)).astype(np.float32))
+    loss = lambda m, x: (m(x) ** 2).mean()  # noqa: E731
+    opt = optim.AdamW(learning_rate=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        _, grads = nn.value_and_grad(module, loss)(module, x)
+        _, want = nn.value_and_grad(reference, loss)(reference, x)
+        assert sorted(k for k, _ in tree_flatten(grads)) == ["layer.bias", "layer.weight"]
+        for (name, g), (_, w) in zip(tree_flatten(grads), tree_flatten(want)):
+            assert_close(np.array(g), np.array(w), 1e-5, f"{impl}-compiled={compiled}", f"d/d{name}")
+        opt.update(module, grads)
+        reference.update(module.parameters())
+        mx.eval(module.parameters(), opt.state)
+    for k, v in mixing.items():
+        assert np.array_equal(np.array(getattr(module, k)), v), f"frozen {k} moved"

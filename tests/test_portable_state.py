@@ -256,6 +256,25 @@ def test_file_from_a_conv_with_matching_shapes_is_refused_by_the_other_backend(t
         mhc_core_mlx.load_state(m, tmp_path / "conv.safetensors")
 
 
+def test_file_from_an_unportable_layer_still_loads_where_names_and_layouts_match(tmp_path):
+    """MLX's MultiHeadAttention keeps query_proj / key_proj / value_proj / out_proj Linears
+    ([out, in], as torch's): its file loads into a torch module of those Linears (the layer
+    is unportable only into torch's packed nn.MultiheadAttention), weights unchanged."""
+    m = mnn.MultiHeadAttention(C, 2)
+
+    class Projections(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ("query_proj", "key_proj", "value_proj", "out_proj"):
+                setattr(self, name, tnn.Linear(C, C, bias=False))
+
+    mhc_core_mlx.save_state(m, tmp_path / "mha.safetensors")
+    t = mhc_core_torch.load_state(Projections(), tmp_path / "mha.safetensors")
+    want = mhc_core_mlx.module_state(m)
+    for name, value in mhc_core_torch.module_state(t).items():
+        assert np.array_equal(value, want[name]), name
+
+
 def test_unportable_layer_in_a_mismatched_dict_is_named():
     """Without a file's metadata, the strict mismatch error also names the layers that
     cannot move (MultiHeadAttention: torch packs q/k/v, MLX does not)."""

@@ -105,7 +105,7 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
         raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
     params = _params(module)
     canonical_modules = [(canonical_name(module, k) if k else k, m) for k, m in module.named_modules()]
-    metadata = portable.metadata("mlx", mhc_core.__version__, _variants(module), portable.unportable(canonical_modules))
+    metadata = portable.metadata("mlx", mhc_core.__version__, _variants(module), portable.unportable_classes(canonical_modules))
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
         # mx.save_safetensors appends '.safetensors' to a path without it: write a temporary

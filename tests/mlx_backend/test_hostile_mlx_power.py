@@ -212,3 +212,20 @@ def test_frozen_mixing_parameters_get_no_update(compiled, impl):
         mx.eval(module.parameters(), opt.state)
     for k, v in mixing.items():
         assert np.array_equal(np.array(getattr(module, k)), v), f"frozen {k} moved"
+
+
+def test_freezing_the_mixing_of_each_mhc_leaves_the_layers_biases_trainable():
+    """The README's recipe (freeze each MHC with recurse=False) leaves every layer parameter
+    trainable; model.freeze(keys=[...'bias'...]) matches at every depth and freezes the
+    Linears' biases as well."""
+    from mlx.utils import tree_flatten
+
+    model = nn.Sequential(*(mhc_core_mlx.MHC(nn.Linear(4, 4), 3, 4) for _ in range(2)))
+    layer_names = sorted(f"layers.{i}.layer.{p}" for i in range(2) for p in ("bias", "weight"))
+    for module in model.modules():
+        if isinstance(module, mhc_core_mlx.MHC):
+            module.freeze(keys=["phi", "bias", "alpha"], recurse=False)
+    assert sorted(k for k, _ in tree_flatten(model.trainable_parameters())) == layer_names
+    model.unfreeze()
+    model.freeze(keys=["phi", "bias", "alpha"])
+    assert sorted(k for k, _ in tree_flatten(model.trainable_parameters())) == [k for k in layer_names if "weight" in k]

@@ -104,6 +104,14 @@ class SkipSettings:
             setattr(module, f.name, getattr(self, f.name))
 
 
+def check_skip_logits(logits, history: int, mixing: str) -> None:
+    """A skip's logits must be [K] (vector) or [K, K] (matrix) for its own history K: a
+    parameter swapped in from another history (MLX's `model.update` checks no shapes)
+    would otherwise mix the window with its last K logits."""
+    want = (history,) if mixing == "vector" else (history, history)
+    checks.expect_shape(logits, want, "logits", f"one per state of the window, history={history}")
+
+
 def skip_settings(history, *, constraint, temperature, epsilon, mixing, prune_threshold, stochastic, gate,
                   iters, sinkhorn_eps) -> SkipSettings:
     """The arguments of a backend's `HistorySkip`, checked once for both backends."""

@@ -17,8 +17,10 @@ name. Layers known to differ (convolutions, batch norm, multi-head attention, re
 and quantized layers) are refused by name: see `unportable`.
 
 The files' metadata record the writer: {"library": "mhc-core", "backend": "torch" | "mlx",
-"naming": NAMING}, and, when the module holds MHC steps, "variants": a JSON object of each
-one's canonical path -> variant. mhc and hc have the same parameter shapes but read them
+"naming": NAMING}, when the module holds layers of `DIFFERS`, "unportable": a JSON object
+of their canonical paths -> classes (the other backend names them when the file does not
+match, and refuses a matching file of a reordered layout), and, when the module holds MHC
+steps, "variants": a JSON object of each one's canonical path -> variant. mhc and hc have the same parameter shapes but read them
 differently (hc's biases are its static pre / post / res, mhc's are logits), so a file
 loads only into a module whose MHC steps at those paths have the same variants
 (`check_variants`); numpy dicts carry no variants and are not checked.
@@ -59,15 +61,29 @@ DIFFERS = {
 }
 
 
+# Of those, the layers whose parameters keep their names across the frameworks but not
+# their layout: a file of one loads into a same-named layer of the other without any
+# mismatch, transposed. (The others' names differ, so strict loading catches them.)
+REORDERED = tuple(name for name in DIFFERS if name.startswith("Conv"))
+
+
+def unportable_classes(named_modules) -> dict[str, str]:
+    """path -> 'module.Class' of every module of a known non-portable class, given
+    (path, module) pairs: what `save_state` records in a file's metadata."""
+    return {path: f"{type(module).__module__}.{type(module).__name__}" for path, module in named_modules
+            if type(module).__name__ in DIFFERS}
+
+
+def _described(classes: dict[str, str]) -> list[str]:
+    """'path (module.Class: why)' for each entry of `unportable_classes`."""
+    return [f"{path or '<root>'!r} ({cls}: {DIFFERS.get(cls.rsplit('.', 1)[-1], 'no portable mapping')})"
+            for path, cls in classes.items()]
+
+
 def unportable(named_modules) -> list[str]:
     """'path (Class: why)' for every module of a known non-portable class, given
     (path, module) pairs."""
-    out = []
-    for path, module in named_modules:
-        cls = type(module).__name__
-        if cls in DIFFERS:
-            out.append(f"{path or '<root>'!r} ({type(module).__module__}.{cls}: {DIFFERS[cls]})")
-    return out
+    return _described(unportable_classes(named_modules))
 
 
 def refusal(owner: str, layers: list[str]) -> str:
@@ -78,13 +94,26 @@ def refusal(owner: str, layers: list[str]) -> str:
 
 
 def check_incoming(current: dict, incoming: dict, owner: str, named_modules, state, other: str) -> None:
-    """`checks.state_matches(current, incoming, owner)`, with this module's unportable
-    layers (if any) named: a file written by the `other` backend ('torch' | 'mlx') into a
-    module that holds them is refused outright, and a mismatch names them."""
+    """`checks.state_matches(current, incoming, owner)`, with the unportable layers named.
+
+    A file written by the `other` backend ('torch' | 'mlx') is refused outright when this
+    module holds such layers. When the writer's module held them (the file's metadata
+    lists them), a mismatch names them as its reason, and a file that matches is still
+    refused where one of them keeps its names but not its layout (`REORDERED`: a
+    convolution's kernel would load transposed)."""
     layers = unportable(named_modules)
-    if layers and isinstance(state, (str, os.PathLike)) and file_metadata(state).get("backend") == other:
+    meta = file_metadata(state) if isinstance(state, (str, os.PathLike)) else {}
+    theirs: dict[str, str] = {}
+    if meta.get("backend") == other:
         writer = {"torch": "torch", "mlx": "MLX"}[other]
-        raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, but " + refusal(owner, layers))
+        if layers:
+            raise ValueError(f"load_state: {os.fspath(state)!r} was written by {writer}, but " + refusal(owner, layers))
+        theirs = json.loads(meta.get("unportable") or "{}")
+
+    def written_by(classes: dict[str, str]) -> str:
+        return (f"{os.fspath(state)!r} was written by {writer}, and "
+                + refusal(f"the {writer} module", _described(classes)))
+
     try:
         state_matches(current, incoming, owner)
     except ValueError as err:
@@ -92,9 +121,14 @@ def check_incoming(current: dict, incoming: dict, owner: str, named_modules, sta
         message = f"{err}{hint}"
         if layers:
             raise ValueError(f"{message}. {refusal(owner, layers)}") from None
+        if theirs:
+            raise ValueError(f"{message}: {written_by(theirs)}") from None
         if hint:
             raise ValueError(message) from None
         raise
+    reordered = {path: cls for path, cls in theirs.items() if cls.rsplit(".", 1)[-1] in REORDERED}
+    if reordered:
+        raise ValueError(f"load_state: {written_by(reordered)}")
 
 
 def _sizes(phi_shape, alpha_shape) -> tuple[int, int] | None:
@@ -187,12 +221,16 @@ def writable_path(path, fn: str) -> str:
     return path
 
 
-def metadata(backend: str, version: str, variants: dict[str, str] | None = None) -> dict[str, str]:
+def metadata(backend: str, version: str, variants: dict[str, str] | None = None,
+             unportable_layers: dict[str, str] | None = None) -> dict[str, str]:
     """What `save_state` writes into a file's metadata; variants: canonical path of each MHC
-    step -> its variant ('' for the module itself)."""
+    step -> its variant ('' for the module itself); unportable_layers: `unportable_classes`
+    of the module (canonical paths), which the other backend names or refuses."""
     out = {"library": "mhc-core", "backend": backend, "naming": NAMING, "version": version}
     if variants:
         out["variants"] = json.dumps(variants, sort_keys=True)
+    if unportable_layers:
+        out["unportable"] = json.dumps(unportable_layers, sort_keys=True)
     return out
 
 

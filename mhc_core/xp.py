@@ -29,7 +29,9 @@ MLX: `array_namespace` returns bare `mlx.core`, which lacks `matrix_transpose`, 
 and `isdtype`, and has no float64 on the GPU; `_MLXOps` fills those gaps. On the CPU,
 MLX's float64 `exp` (and sigmoid / softmax / logsumexp / logaddexp built on it) is only
 float32-accurate (~1e-7 relative, 2e-6 at |x| ~ 30; mlx 0.32), so `_MLXOps` computes
-float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that.
+float64 exponentials as `power(e, x)` (~1e-15) and builds the extras on that, with the
+derivatives taken through MLX's own exp at 0 (MLX's derivative of power(a, x) in x is wrong
+from the third order: `_mlx_float64_exp`).
 
 `namespace` asks array_api_compat once per array type and then answers from a dict, so
 that code traced by torch.compile meets no `functools.lru_cache` (dynamo warns on each).
@@ -488,6 +490,7 @@ class _MLXOps(Ops):
         self.astype = lambda x, dtype: x.astype(dtype)
         self.isfinite = xp.isfinite
         self.cumulative_sum = lambda x, axis: xp.cumsum(x, axis=axis)
+        self._exp64 = _mlx_float64_exp(xp)
         super().__init__(xp, "mlx")
 
     def is_floating(self, x) -> bool:
@@ -514,7 +517,7 @@ class _MLXOps(Ops):
 
     def exp(self, x):
         if self._f64(x):
-            return self.xp.power(self.xp.array(math.e, dtype=self.xp.float64), x)
+            return self._exp64(x)
         return self.xp.exp(x)
 
     def logaddexp(self, a, b):
@@ -552,6 +555,24 @@ class _MLXOps(Ops):
             e = self.exp(x - self.xp.max(x, axis=axis, keepdims=True))
             return e / self.xp.sum(e, axis=axis, keepdims=True)
         return self.xp.softmax(x, axis=axis, precise=True)
+
+
+def _mlx_float64_exp(mx):
+    """exp of a float64 mlx array: power(e, x) in value, with true derivatives of every order.
+
+    MLX's derivative of power(a, x) in x is right to the second order and wrong from the
+    third (mlx 0.32: 2 exp(x) for d^3/dx^3 exp). So the value is power(e, x0) with x0 = x
+    held constant, times MLX's own exp of x - x0 (exactly exp(0) = 1), whose derivatives
+    are right at every order and are all taken at 0, where the native exp is exact: each
+    derivative is power(e, x) * 1. For infinite x, x0 = 0 and the native exp gives
+    exp(+-inf) (x - x would be NaN). Plain primitives only (no custom function), so it
+    also exports (`mx.export_function`)."""
+
+    def exp64(x):
+        x0 = mx.stop_gradient(mx.where(mx.isinf(x), mx.zeros_like(x), x))
+        return mx.power(mx.array(math.e, dtype=mx.float64), x0) * mx.exp(x - x0)
+
+    return exp64
 
 
 # Ops per array type. `namespace` runs on every call of every mhc_core function, also

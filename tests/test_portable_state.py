@@ -223,6 +223,58 @@ def test_unportable_layer_mlx_to_torch_names_it(tmp_path):
         mhc_core_torch.load_state(t, tmp_path / "conv.safetensors")
 
 
+def test_file_from_an_unportable_layer_is_refused_by_the_other_backend(tmp_path):
+    """A layer nn.quantize packed (MLX's QuantizedLinear, uint32 weights with scales and
+    biases) inside an MHC: its file is refused by the torch module built with a plain
+    Linear there, naming the quantized layer and why, not only as unexpected names."""
+    m = mhc_core_mlx.MHC(mlx_mlp(mnn.GELU), n=N, dim=C)
+    mnn.quantize(m, group_size=64, bits=8,  # layer.3 (Linear(4C, C)): the Linear whose input width is 64
+                 class_predicate=lambda _, layer: isinstance(layer, mnn.Linear) and layer.weight.shape[-1] % 64 == 0)
+    mhc_core_mlx.save_state(m, tmp_path / "quantized.safetensors")
+    t = mhc_core_torch.MHC(torch_mlp(tnn.GELU), n=N, dim=C)
+    with pytest.raises(ValueError, match=r"written by MLX, and the MLX module holds layers with no portable mapping "
+                                         r"between torch and MLX: 'layer\.3' \(mlx\.nn\.layers\.quantized\."
+                                         r"QuantizedLinear: MLX packs the weight into uint32"):
+        mhc_core_torch.load_state(t, tmp_path / "quantized.safetensors")
+
+
+def test_file_from_a_conv_with_matching_shapes_is_refused_by_the_other_backend(tmp_path):
+    """torch Conv1d(4, 4, 4) has weight [4, 4, 4] as MLX's does, in another order: a torch
+    file of a Conv1d is refused by an MLX module that holds a plain parameter of that shape,
+    not loaded transposed."""
+    t = tnn.Sequential(tnn.Conv1d(4, 4, 4))
+
+    class Plain(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = mx.zeros((4, 4, 4)), mx.zeros((4,))
+
+    m = mnn.Sequential(Plain())
+    mhc_core_torch.save_state(t, tmp_path / "conv.safetensors")
+    with pytest.raises(ValueError, match=r"written by torch, and the torch module holds layers with no portable "
+                                         r"mapping between torch and MLX: '0' \(torch\.nn\.modules\.conv\.Conv1d"):
+        mhc_core_mlx.load_state(m, tmp_path / "conv.safetensors")
+
+
+def test_file_from_an_unportable_layer_still_loads_where_names_and_layouts_match(tmp_path):
+    """MLX's MultiHeadAttention keeps query_proj / key_proj / value_proj / out_proj Linears
+    ([out, in], as torch's): its file loads into a torch module of those Linears (the layer
+    is unportable only into torch's packed nn.MultiheadAttention), weights unchanged."""
+    m = mnn.MultiHeadAttention(C, 2)
+
+    class Projections(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ("query_proj", "key_proj", "value_proj", "out_proj"):
+                setattr(self, name, tnn.Linear(C, C, bias=False))
+
+    mhc_core_mlx.save_state(m, tmp_path / "mha.safetensors")
+    t = mhc_core_torch.load_state(Projections(), tmp_path / "mha.safetensors")
+    want = mhc_core_mlx.module_state(m)
+    for name, value in mhc_core_torch.module_state(t).items():
+        assert np.array_equal(value, want[name]), name
+
+
 def test_unportable_layer_in_a_mismatched_dict_is_named():
     """Without a file's metadata, the strict mismatch error also names the layers that
     cannot move (MultiHeadAttention: torch packs q/k/v, MLX does not)."""

@@ -58,6 +58,7 @@ class HistorySkip(nn.Module):
     def weights(self, k: int) -> mx.array:
         """Weights [k] of the k newest states (oldest first); Gumbel-perturbed in training
         when stochastic."""
+        hist.check_skip_logits(self.logits, self.history, self.mixing)
         noise = None
         if self.stochastic and self.training:
             shape = (k,) if self.mixing == "vector" else (k, k)

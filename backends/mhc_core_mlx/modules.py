@@ -101,6 +101,7 @@ class MHC(nn.Module):
             coefficients as one `mx.custom_function` with mhc_core's explicit backward) or
             'auto': whichever measured faster for x's size (custom_vjp from
             AUTO_CUSTOM_VJP_MIN_ELEMENTS up; benchmarks/results/cpu_ratios.md). Same math.
+            `mx.export_function` cannot serialize the custom function: export with 'reference'.
         compiled: run the mixing math through `mx.compile` (same numbers as eager).
 
     Forward: `x [..., n, C] -> [..., n, C]`; extra keyword arguments are passed to `layer`

@@ -20,7 +20,9 @@ through the `safetensors` package's numpy functions instead. numpy has no bfloat
 single file holding both float64 and bfloat16 tensors is refused with a clear error.
 - `load_state(m, state_or_path)` is strict: missing names, unexpected names and shape
   mismatches raise one ValueError listing all of them. Values are cast to the dtype the
-  module's parameter has (so a float32 file loads into a float64 module).
+  module's parameter has (so a float32 file loads into a float64 module); integer values
+  load only into integer parameters of their own dtype (the uint32 weights of
+  `nn.quantize`'s layers, so a quantized model round-trips).
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be an mlx.nn.Module, got {type(module).__name__}")
     params = _params(module)
-    metadata = portable.metadata("mlx", mhc_core.__version__, _variants(module))
+    canonical_modules = [(canonical_name(module, k) if k else k, m) for k, m in module.named_modules()]
+    metadata = portable.metadata("mlx", mhc_core.__version__, _variants(module), portable.unportable_classes(canonical_modules))
     dtypes = {v.dtype for v in params.values()}
     if mx.float64 not in dtypes:
         # mx.save_safetensors appends '.safetensors' to a path without it: write a temporary
@@ -172,8 +175,13 @@ def load_state(module: nn.Module, state) -> nn.Module:
     portable.check_incoming(current, incoming, type(module).__name__, module.named_modules(), state, "torch")
     portable.check_variants(state, _variants(module), type(module).__name__)
     for k, v in incoming.items():
-        if not mx.issubdtype(v.dtype, mx.floating):
-            raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
+        # a floating parameter takes any floating dtype (cast below); an integer one (the
+        # uint32 weights nn.quantize packs) only its own dtype
+        if mx.issubdtype(current[k].dtype, mx.floating):
+            if not mx.issubdtype(v.dtype, mx.floating):
+                raise TypeError(f"load_state: {k!r} must be floating point, got dtype {v.dtype}")
+        elif v.dtype != current[k].dtype:
+            raise TypeError(f"load_state: {k!r} must have dtype {current[k].dtype} (as the module's), got dtype {v.dtype}")
     with mx.stream(mx.cpu):  # float64 casts need the CPU (Metal has no float64)
         cast = [(to_native[k], v.astype(current[k].dtype)) for k, v in incoming.items()]
         mx.eval([v for _, v in cast])

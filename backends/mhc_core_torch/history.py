@@ -68,6 +68,7 @@ class HistorySkip(nn.Module):
     def weights(self, k: int) -> torch.Tensor:
         """Weights [k] of the k newest states (oldest first); Gumbel-perturbed in training
         when stochastic."""
+        hist.check_skip_logits(self.logits, self.history, self.mixing)
         noise = None
         if self.stochastic and self.training:
             if self.generator is not None and torch.compiler.is_compiling():

@@ -52,7 +52,8 @@ def save_state(module: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"save_state: module must be a torch.nn.Module, got {type(module).__name__}")
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in _tensors(module).items()}
-    save_file(tensors, path, metadata=portable.metadata("torch", mhc_core.__version__, _variants(module)))
+    save_file(tensors, path, metadata=portable.metadata("torch", mhc_core.__version__, _variants(module),
+                                                        portable.unportable_classes(module.named_modules())))
 
 
 def _variants(module: nn.Module) -> dict[str, str]:

@@ -324,7 +324,9 @@ def check_input_shape(cfg: LMConfig, shape) -> None:
         if len(shape) != 3 or shape[2] != cfg.patch_dim or not 1 <= shape[1] <= cfg.seq_len:
             raise ValueError(f"patches must be [B, T, {cfg.patch_dim}] with 1 <= T <= {cfg.seq_len}, got {list(shape)}")
         return
-    if len(shape) >= 2 and shape[1] > cfg.seq_len:
+    if len(shape) != 2:
+        raise ValueError(f"token ids must be [B, T] with T <= {cfg.seq_len}, got {list(shape)}")
+    if shape[1] > cfg.seq_len:
         raise ValueError(f"sequence length {shape[1]} exceeds the model's seq_len {cfg.seq_len}")
 
 

@@ -48,3 +48,21 @@ def test_float64_extras_are_finite_with_true_gradients_at_the_edges():
     g = mx.grad(lambda t: OPS.logaddexp(t, mx.zeros_like(t)).sum())(v)  # = sigmoid(t)
     assert_close(np.array(g), [0.0, 0.5, 1.0, sig], 1e-15, "logaddexp-grad")
     assert_close(np.array(OPS.logaddexp(v, mx.zeros_like(v))), np.logaddexp(np.array(v), 0.0), 1e-15, "logaddexp-edges")
+
+
+def _derivative(f, order: int):
+    """x -> d^order f / dx^order for an elementwise f: the gradient of sum(f) is f', nested."""
+    for _ in range(order):
+        f = (lambda g: mx.grad(lambda t: g(t).sum()))(f)
+    return f
+
+
+def test_float64_exp_and_sigmoid_have_true_derivatives_of_every_order():
+    """d^k/dx^k exp = exp (k <= 4) and sigmoid''' = s (1 - s) (1 - 6 s + 6 s^2) in float64
+    (MLX's power(a, x), which float64 exp is made of, has a wrong 3rd derivative in x)."""
+    x = np.linspace(-3.0, 3.0, 7)
+    a = mx.array(x, dtype=mx.float64)
+    for order in range(1, 5):
+        assert_close(np.array(_derivative(OPS.exp, order)(a)) / np.exp(x), np.ones_like(x), 1e-14, f"exp-d{order}")
+    s = 1.0 / (1.0 + np.exp(-x))
+    assert_close(np.array(_derivative(OPS.sigmoid, 3)(a)), s * (1 - s) * (1 - 6 * s + 6 * s * s), 1e-14, "sigmoid-d3")

@@ -3,6 +3,7 @@ gradients (against float64 autograd), numpy-integer seeds and sizes (against Pyt
 and analyze_model on a run whose every number is NaN."""
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -243,6 +244,19 @@ def test_patch_inputs_of_the_wrong_shape_are_named(lm, array):
             model(array(np.zeros(shape, np.float32)))
     logits = model(array(np.ones((2, 4, 3), np.float32)))
     assert np.isfinite(logits.detach().numpy() if hasattr(logits, "detach") else np.array(logits)).all()
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mlp"])
+@pytest.mark.parametrize("lm, array", [(tlm, torch.as_tensor), (mlm, mx.array)], ids=["torch", "mlx"])
+def test_token_ids_of_another_rank_are_named(lm, array, arch):
+    """Tokens [T] (one sequence without its batch axis, or the model under mx.vmap), a
+    scalar, or [B, T, X]: one ValueError naming [B, T], not an IndexError from the shape
+    or (arch 'mlp', no attention to trip on) logits with an extra axis."""
+    cfg = LMConfig(vocab=10, dim=4, n_layers=1, n_heads=1, seq_len=4, variant="mhc", n=2, arch=arch)
+    model = lm.TinyLM(cfg)
+    for shape in ((4,), (), (2, 4, 4)):
+        with pytest.raises(ValueError, match=r"token ids must be \[B, T\] with T <= 4, got " + re.escape(str(list(shape)))):
+            model(array(np.zeros(shape, np.int32)))
 
 
 @pytest.mark.parametrize("task", ["digits", "text", "copy"])

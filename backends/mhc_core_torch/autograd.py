@@ -170,12 +170,17 @@ class Coefficients(torch.autograd.Function):
 def _differentiable_coefficient_grads(ctx, dpre, dpost, dres) -> tuple:
     """Gradients w.r.t. (x, phi, bias, alpha) as a differentiable function of the inputs:
     mhc_core.coefficients is recomputed on the saved inputs with autograd on and
-    differentiated with create_graph=True (only when a gradient of the gradient is asked for)."""
+    differentiated with create_graph=True (only when a gradient of the gradient is asked for),
+    w.r.t. the inputs that require grad (data x or frozen mixing weights do not: autograd
+    refuses to differentiate w.r.t. them); None for the others."""
     inputs = ctx.saved_tensors[:4]
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
     with torch.enable_grad():
         outs = mhc_core.coefficients(*inputs, variant=ctx.variant, **ctx.cfg)
-        grads = torch.autograd.grad(outs, inputs, (dpre, dpost, dres), create_graph=True, allow_unused=True)
-    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, inputs))
+        found = iter(torch.autograd.grad(outs, wanted, (dpre, dpost, dres), create_graph=True, allow_unused=True))
+    grads = (next(found) if need else None for need in ctx.needs_input_grad[:4])
+    return tuple(None if not need else torch.zeros_like(t) if g is None else g.to(t.dtype)
+                 for g, t, need in zip(grads, inputs, ctx.needs_input_grad[:4]))
 
 
 class PreAggregate(torch.autograd.Function):

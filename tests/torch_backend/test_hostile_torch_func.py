@@ -1,0 +1,90 @@
+"""MHC modules in training code that differentiates twice or transforms the forward:
+gradient penalties and Hessian-vector products with only some inputs requiring grad
+(data x, frozen mixing), torch.func and forward-mode AD, export / trace / compile, casts,
+autocast, hooks and parametrizations. Every number is compared with float64 torch autograd
+through the spec's plain ops (mhc_core on torch tensors) or with the eager module."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mhc_core
+from mhc_core_torch import MHC
+from mhc_core_torch import autograd as ag
+
+N, C = 3, 4
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def where(request, monkeypatch):
+    """The nodes' math on numpy views (eager CPU default) or on torch tensors."""
+    monkeypatch.setattr(ag, "NUMPY_MAX_ELEMENTS", 1 << 40 if request.param == "numpy" else 0)
+    return request.param
+
+
+def _module(variant="mhc", seed=0):
+    """A float64 MHC around Linear + tanh with mixing weights far from the init."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 1 if variant == "residual" else N
+    module = MHC(torch.nn.Sequential(torch.nn.Linear(C, C), torch.nn.Tanh()), n=n, dim=C, variant=variant,
+                 impl="reference").double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
+
+
+def _spec(module, x, params=None):
+    """The module's step through mhc_core's plain torch ops (torch autograd differentiates
+    it), with `params` (a name -> tensor dict) in place of the module's own."""
+    p = dict(module.named_parameters()) if params is None else params
+    layer_p = {k[len("layer."):]: v for k, v in p.items() if k.startswith("layer.")}
+
+    def layer(h):
+        return torch.func.functional_call(module.layer, layer_p, (h,))
+
+    if module.variant == "residual":
+        return mhc_core.residual_step(x, layer)
+    return mhc_core.step(x, layer, p["phi"], p["bias"], p["alpha"], variant=module.variant, **module._cfg)
+
+
+def _x(module, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, module.n, C, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite"])
+def test_parameter_hvp_with_data_x_matches_the_spec(variant, where, assert_close):
+    """Hessian-vector product of a loss w.r.t. the parameters with x plain data (no grad):
+    the coefficients node's double backward must not differentiate w.r.t. x."""
+    module = _module(variant)
+    x = _x(module)
+    names = [k for k, _ in module.named_parameters()]
+    p0 = tuple(p.detach() for _, p in module.named_parameters())
+    gen = torch.Generator().manual_seed(5)
+    v = tuple(torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in p0)
+
+    def loss(run):
+        return lambda *ps: run(dict(zip(names, ps))).pow(2).sum()
+
+    got = torch.autograd.functional.hvp(loss(lambda p: torch.func.functional_call(module, p, (x,))), p0, v)[1]
+    want = torch.autograd.functional.hvp(loss(lambda p: _spec(module, x, p)), p0, v)[1]
+    for g, w, name in zip(got, want, names):
+        assert_close(g, w, 1e-10, case=f"hvp {variant} {where} d/d{name}")
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite"])
+def test_gradient_penalty_with_frozen_mixing_matches_the_spec(variant, where, assert_close):
+    """|d loss / dx|^2 differentiated again w.r.t. the layer's weights, with phi / bias /
+    alpha frozen (requires_grad_(False))."""
+    module = _module(variant)
+    for name in ("phi", "bias", "alpha"):
+        getattr(module, name).requires_grad_(False)
+    layer_params = list(module.layer.parameters())
+    results = []
+    for run in (module, lambda x_: _spec(module, x_)):
+        x = _x(module).requires_grad_()
+        (gx,) = torch.autograd.grad(run(x).pow(2).sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum(), [x, *layer_params]))
+    for g, w, name in zip(*results, ("x", "layer.weight", "layer.bias")):
+        assert_close(g, w, 1e-10, case=f"penalty {variant} {where} d/d{name}")

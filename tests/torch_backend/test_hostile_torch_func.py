@@ -88,3 +88,34 @@ def test_gradient_penalty_with_frozen_mixing_matches_the_spec(variant, where, as
         results.append(torch.autograd.grad(gx.pow(2).sum(), [x, *layer_params]))
     for g, w, name in zip(*results, ("x", "layer.weight", "layer.bias")):
         assert_close(g, w, 1e-10, case=f"penalty {variant} {where} d/d{name}")
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite", "residual"])
+def test_non_strict_export_with_a_dynamic_token_count_matches_eager(variant, assert_close):
+    """torch.export.export's non-strict mode (the default) with the token axis dynamic: the
+    shape checks must not fix it to the example's size; the program runs other token counts."""
+    module = _module(variant)
+    tokens = torch.export.Dim("T", min=2)
+    x = torch.randn(5, module.n, C, dtype=torch.float64)
+    program = torch.export.export(module, (x,), dynamic_shapes={"x": {0: tokens}}, strict=False)
+    for t in (2, 9):
+        x = torch.randn(t, module.n, C, dtype=torch.float64)
+        assert_close(program.module()(x), module(x), 1e-12, case=f"export {variant} T={t}")
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite", "residual"])
+def test_compile_dynamic_fullgraph_with_changing_token_counts_matches_eager(variant, assert_close):
+    """torch.compile(dynamic=True, fullgraph=True): every size is symbolic, the stream count
+    too (mhc-lite's n! must not need a Python int); output and dx equal eager's. The
+    aot_eager backend: dynamo and AOTAutograd trace as for inductor, without its codegen."""
+    torch._dynamo.reset()
+    module = _module(variant)
+    compiled = torch.compile(module, dynamic=True, fullgraph=True, backend="aot_eager")
+    for t in (2, 3, 7):
+        x = torch.randn(t, 2, module.n, C, dtype=torch.float64, requires_grad=True)
+        x_eager = x.detach().clone().requires_grad_()
+        out, want = compiled(x), module(x_eager)
+        assert_close(out, want, 1e-12, case=f"compiled {variant} T={t}")
+        out.pow(2).sum().backward()
+        want.pow(2).sum().backward()
+        assert_close(x.grad, x_eager.grad, 1e-12, case=f"compiled {variant} T={t} dx")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mhc_core
-from mhc_core_torch import MHC
+from mhc_core_torch import MHC, HistorySequential
 from mhc_core_torch import autograd as ag
 
 N, C = 3, 4
@@ -119,3 +119,27 @@ def test_compile_dynamic_fullgraph_with_changing_token_counts_matches_eager(vari
         out.pow(2).sum().backward()
         want.pow(2).sum().backward()
         assert_close(x.grad, x_eager.grad, 1e-12, case=f"compiled {variant} T={t} dx")
+
+
+@pytest.mark.parametrize("settings", [{}, {"constraint": "simplex", "init": "uniform"},
+                                      {"constraint": "identity", "gate": True}, {"mixing": "matrix"}],
+                         ids=["softmax", "simplex", "identity-gated", "matrix"])
+def test_history_sequential_compiles_dynamic_fullgraph(settings, assert_close):
+    """HistorySequential under torch.compile(dynamic=True, fullgraph=True), which traces its
+    float settings (temperature, epsilon) as symbolic floats: output and dx equal eager's."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    model = HistorySequential([torch.nn.Sequential(torch.nn.Linear(C, C), torch.nn.Tanh()) for _ in range(3)],
+                              history=2, temperature=0.7, **settings).double()
+    with torch.no_grad():
+        for skip in model.skips:
+            skip.logits.add_(torch.randn(skip.logits.shape, generator=gen, dtype=torch.float64))
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    for t in (2, 5):
+        x = torch.randn(t, 3, C, generator=gen, dtype=torch.float64, requires_grad=True)
+        x_eager = x.detach().clone().requires_grad_()
+        out, want = compiled(x), model(x_eager)
+        assert_close(out, want, 1e-12, case=f"history {settings} T={t}")
+        out.pow(2).sum().backward()
+        want.pow(2).sum().backward()
+        assert_close(x.grad, x_eager.grad, 1e-12, case=f"history {settings} T={t} dx")

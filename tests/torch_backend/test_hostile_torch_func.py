@@ -143,3 +143,38 @@ def test_history_sequential_compiles_dynamic_fullgraph(settings, assert_close):
         out.pow(2).sum().backward()
         want.pow(2).sum().backward()
         assert_close(x.grad, x_eager.grad, 1e-12, case=f"history {settings} T={t} dx")
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc"])
+def test_vectorized_jacobian_and_hessian_match_the_spec(variant, where, assert_close):
+    """torch.autograd.functional.jacobian / hessian with vectorize=True run the nodes'
+    backward on batched gradients (autograd.grad(is_grads_batched=True))."""
+    module = _module(variant)
+    x = _x(module)[:1]
+
+    def loss(run):
+        return lambda x_: run(x_).pow(2).sum()
+
+    jac = torch.autograd.functional.jacobian
+    assert_close(jac(module, x, vectorize=True), jac(lambda x_: _spec(module, x_), x), 1e-10,
+                 case=f"jacobian {variant} {where}")
+    got = torch.autograd.functional.hessian(loss(module), x, vectorize=True)
+    want = torch.autograd.functional.hessian(loss(lambda x_: _spec(module, x_)), x)
+    assert_close(got, want, 1e-10, case=f"hessian {variant} {where}")
+
+
+@pytest.mark.parametrize("variant", ["mhc", "hc"])
+def test_weight_tied_create_graph_gradients_match_the_spec(variant, where, assert_close):
+    """One module applied twice (weight tying): its mixing weights are also upstream of the
+    second call's x. Parameter gradients with create_graph=True (MAML inner steps, gradient
+    penalties) and their gradient must count each path once."""
+    module = _module(variant)
+    x = _x(module)
+    mixing = [module.phi, module.bias, module.alpha]
+    results = []
+    for run in (module, lambda x_: _spec(module, x_)):
+        firsts = torch.autograd.grad(run(run(x)).pow(2).sum(), mixing, create_graph=True)
+        results.append((firsts, torch.autograd.grad(sum(g.pow(2).sum() for g in firsts), mixing)))
+    for order, got, want in zip(("first", "second"), *results):
+        for g, w, name in zip(got, want, ("phi", "bias", "alpha")):
+            assert_close(g, w, 1e-10, case=f"tied {variant} {where} {order} d/d{name}")

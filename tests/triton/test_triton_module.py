@@ -167,3 +167,14 @@ def test_func_transforms_and_forward_ad_on_the_triton_path(transform, mixing_par
         _transformed_run(transform, tri, x)
     tri.impl = "auto"
     assert_close(_transformed_run(transform, tri, x), _transformed_run(transform, ref, x), 1e-6, transform)
+
+
+def test_batched_gradients_through_the_kernels_are_a_clear_error(mixing_params, assert_close, device):
+    """jacobian(vectorize=True) runs the backward on legacy-vmap batched gradients, which have
+    no storage for the kernels to read: an error naming impl='reference', where it works."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(2, 2, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"batched gradients .*vectorize=True.* impl='reference'"):
+        torch.autograd.functional.jacobian(tri, x, vectorize=True)
+    jac = torch.autograd.functional.jacobian
+    assert_close(jac(ref, x, vectorize=True), jac(tri, x), 1e-5, "reference vectorized vs triton jacobian")

@@ -9,9 +9,9 @@ fallback; only `impl="auto"` falls back.
     "reference" reference                         reference
     "triton"    triton                            RuntimeError (says why)
 
-Under forward-mode AD or a torch.func transform (grad, vmap, jvp, ...) the kernels cannot run
-(their autograd Functions have no rules for them): "auto" takes the reference path there,
-"triton" is a RuntimeError.
+Under forward-mode AD, a torch.func transform (grad, vmap, jvp, ...) or torch.jit.trace the
+kernels cannot run (their autograd Functions have no rules for them; tracing hands the
+launchers traced sizes): "auto" takes the reference path there, "triton" is a RuntimeError.
 
 Whether the kernels can run, and on what, is `triton_gate`'s answer. The kernels
 (`mhc_core_torch.kernels`, which imports Triton) are imported here where they can run, so a
@@ -98,11 +98,11 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     """
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     if _resolved_impl(impl, x, variant, phi, bias, alpha) == "triton":
-        if not _transformed():
+        if not (_transformed() or torch.jit.is_tracing()):
             return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
-        if impl == "triton":  # the kernels' autograd Functions have no jvp / vmap rules
+        if impl == "triton":  # no jvp / vmap rules; traced sizes the launchers cannot take
             raise RuntimeError(
-                "impl='triton' cannot run under forward-mode AD or a torch.func transform (grad, vmap, jvp, "
-                "jacrev, ...): the Triton kernels have no rules for them. Use impl='reference' (or impl='auto', "
-                "which runs the reference path there).")
+                "impl='triton' cannot run under forward-mode AD, a torch.func transform (grad, vmap, jvp, "
+                "jacrev, ...) or torch.jit.trace: the Triton kernels have no rules for them. Use "
+                "impl='reference' (or impl='auto', which runs the reference path there).")
     return _reference_step(x, f, phi, bias, alpha, variant=variant, cfg=cfg)

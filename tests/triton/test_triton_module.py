@@ -162,7 +162,7 @@ def test_func_transforms_and_forward_ad_on_the_triton_path(transform, mixing_par
     path there (on CUDA too), with the reference's numbers."""
     tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
     x = torch.randn(3, 2, 2, 4, device=device)
-    with pytest.raises(RuntimeError, match=r"impl='triton' cannot run under forward-mode AD or a torch\.func "
+    with pytest.raises(RuntimeError, match=r"impl='triton' cannot run under forward-mode AD, a torch\.func "
                                            r"transform.*impl='reference'"):
         _transformed_run(transform, tri, x)
     tri.impl = "auto"
@@ -178,3 +178,19 @@ def test_batched_gradients_through_the_kernels_are_a_clear_error(mixing_params, 
         torch.autograd.functional.jacobian(tri, x, vectorize=True)
     jac = torch.autograd.functional.jacobian
     assert_close(jac(ref, x, vectorize=True), jac(tri, x), 1e-5, "reference vectorized vs triton jacobian")
+
+
+# torch.jit.trace is deprecated in this torch (it still works and warns)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_jit_trace_on_the_triton_path(mixing_params, assert_close, device):
+    """torch.jit.trace hands the launchers traced sizes the kernels cannot take: impl='triton'
+    is an error naming impl='reference'; impl='auto' traces the reference path, whose
+    traced module runs other token counts with the reference's numbers."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(3, 2, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"impl='triton' cannot run under .*torch\.jit\.trace.*impl='reference'"):
+        torch.jit.trace(tri, (x,), check_trace=False)
+    tri.impl = "auto"
+    traced = torch.jit.trace(tri, (x,), check_trace=False)
+    x5 = torch.randn(5, 2, 4, device=device)
+    assert_close(traced(x5), ref(x5), 1e-6, "traced auto vs reference")

@@ -178,3 +178,30 @@ def test_weight_tied_create_graph_gradients_match_the_spec(variant, where, asser
     for order, got, want in zip(("first", "second"), *results):
         for g, w, name in zip(got, want, ("phi", "bias", "alpha")):
             assert_close(g, w, 1e-10, case=f"tied {variant} {where} {order} d/d{name}")
+
+
+# torch's own forward-AD decompositions call torch.jit.script, which warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("node", ["coefficients-mhc", "coefficients-hc", "pre_aggregate", "post_residual"])
+def test_nodes_pass_gradcheck_with_forward_ad_and_batched_grads(node, where):
+    """gradcheck's forward-mode, batched-gradient and forward-over-reverse checks (float64
+    finite differences) on each autograd node's entry point."""
+    gen = torch.Generator().manual_seed(3)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    if node.startswith("coefficients"):
+        variant = node.split("-")[1]
+        p = mhc_core.init_params(N, 2, variant=variant, phi_std=0.5, seed=0)
+        inputs = (rand(2, N, 2), *(torch.tensor(p[k], dtype=torch.float64) + rand(*p[k].shape)
+                                   for k in ("phi", "bias", "alpha")))
+        fn = lambda *a: ag.coefficients(*a, variant=variant, iters=4)  # noqa: E731
+    elif node == "pre_aggregate":
+        inputs, fn = (rand(2, N, 2), rand(2, N)), ag.pre_aggregate
+    else:
+        inputs, fn = (rand(2, N, 2), rand(2, 2), rand(2, N), rand(2, N, N)), ag.post_residual
+    inputs = tuple(t.detach().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True, check_batched_grad=True,
+                                    check_batched_forward_grad=True)
+    assert torch.autograd.gradgradcheck(fn, inputs, check_fwd_over_rev=True, check_batched_grad=True)

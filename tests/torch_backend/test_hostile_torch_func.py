@@ -1,8 +1,9 @@
-"""MHC modules in training code that differentiates twice or transforms the forward:
-gradient penalties and Hessian-vector products with only some inputs requiring grad
-(data x, frozen mixing), torch.func and forward-mode AD, export / trace / compile, casts,
-autocast, hooks and parametrizations. Every number is compared with float64 torch autograd
-through the spec's plain ops (mhc_core on torch tensors) or with the eager module."""
+"""MHC modules in training code that differentiates twice or traces the forward: gradient
+penalties and Hessian-vector products with only some inputs requiring grad (data x, frozen
+mixing) or with tied weights, vectorized jacobian / hessian, gradcheck's forward-AD and
+batched checks, non-strict torch.export and torch.compile(dynamic=True, fullgraph=True) of
+MHC and HistorySequential. Every number is compared with float64 torch autograd through the
+spec's plain ops (mhc_core on torch tensors), finite differences, or the eager module."""
 from __future__ import annotations
 
 import pytest

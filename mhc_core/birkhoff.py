@@ -73,7 +73,7 @@ def birkhoff_res(logits, n: int):
     checks.float_array(ops, logits, "logits")
     n = check_streams(n)
     shape = checks.shape_of(logits)
-    count = math.factorial(n)
+    count = checks.factorial(n)
     if len(shape) < 1 or shape[-1] != count:
         raise ValueError(f"logits must have shape [..., n!] = [..., {count}] for n={n}, got {list(shape)}")
     cdt = ops.compute_dtype(logits)

@@ -17,7 +17,10 @@ VARIANTS = ("mhc", "hc", "residual", "mhc-lite")
 
 
 def shape_of(a) -> tuple[int, ...]:
-    return tuple(int(s) for s in a.shape)
+    """a's shape as Python ints; a size that is not an integer (torch's symbolic SymInt
+    while torch.export traces a dynamic axis) stays as it is: int() would fix it to the
+    example's value."""
+    return tuple(int(s) if isinstance(s, numbers.Integral) else s for s in a.shape)
 
 
 def float_array(ops: Ops, a, name: str) -> None:
@@ -75,8 +78,17 @@ def res_width(n: int, variant: str = "mhc") -> int:
     if variant == "mhc-lite":
         if n > 6:
             raise ValueError(f"mhc-lite mixes the n! permutation matrices and supports n <= 6 streams, got n={n}")
-        return math.factorial(n)
+        return factorial(n)
     return n * n
+
+
+def factorial(n) -> int:
+    """n! as a product, so that a traced symbolic n (torch.compile(dynamic=True) reads n from
+    x's shape) stays traceable: math.factorial takes only a Python int."""
+    out = 1
+    for k in range(2, n + 1):
+        out *= k
+    return out
 
 
 def mixing_params(ops: Ops, phi, bias, alpha, n: int, c: int, n_alpha: int = 3, variant: str = "mhc") -> None:

@@ -69,7 +69,7 @@ def check_flag(value, name: str) -> bool:
 def check_temperature(value) -> float:
     """A finite number > 0."""
     v = checks._scalar(value)
-    if v is None or not math.isfinite(v) or not v > 0:
+    if v is None or not checks._finite(v) or not v > 0:
         raise ValueError(f"temperature must be a finite number > 0, got {checks._got(value)}")
     return float(v)
 

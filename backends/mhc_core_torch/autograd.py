@@ -152,8 +152,9 @@ class Coefficients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dpre, dpost, dres):
-        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
-            return (*_differentiable_coefficient_grads(ctx, dpre, dpost, dres), None, None)
+        if torch.is_grad_enabled() or _batched(dpre, dpost, dres):  # see _spec_grads
+            spec = lambda *a: mhc_core.coefficients(*a, variant=ctx.variant, **ctx.cfg)
+            return (*_spec_grads(ctx, spec, ctx.saved_tensors[:4], (dpre, dpost, dres)), None, None)
         kw = {"variant": ctx.variant, "sinkhorn_eps": ctx.cfg["sinkhorn_eps"], "post_scale": ctx.cfg["post_scale"]}
         if ctx.on_numpy and all(_numpy_viewable(g) for g in (dpre, dpost, dres)):
             saved = tuple(t.numpy() for t in ctx.saved_tensors[4:])  # [0] is x: raises if modified in place
@@ -167,15 +168,38 @@ class Coefficients(torch.autograd.Function):
         return (*(g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None, None)
 
 
-def _differentiable_coefficient_grads(ctx, dpre, dpost, dres) -> tuple:
-    """Gradients w.r.t. (x, phi, bias, alpha) as a differentiable function of the inputs:
-    mhc_core.coefficients is recomputed on the saved inputs with autograd on and
-    differentiated with create_graph=True (only when a gradient of the gradient is asked for)."""
-    inputs = ctx.saved_tensors[:4]
+def _batched(*grads) -> bool:
+    """Whether the incoming gradients carry a batch axis of autograd.grad(is_grads_batched=True)
+    (torch.autograd.functional.jacobian / hessian with vectorize=True): legacy-vmap tensors,
+    which numpy cannot view and several ops of the explicit backward have no batching rule for.
+    Never while torch.compile traces (dynamo cannot trace the test; it batches nothing there)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads)
+
+
+def _spec_grads(ctx, spec: Callable, inputs: tuple, cotangents: tuple) -> tuple:
+    """The node's input gradients by torch autograd through `spec` (mhc_core's plain ops,
+    recomputed on the saved inputs), for what the explicit backward cannot do: a gradient
+    that must itself be differentiable (create_graph=True, grad mode on in backward) and
+    batched gradients (`_batched`). Only the inputs that require grad are differentiated
+    (autograd refuses the others: data x, frozen mixing weights); None for the others.
+
+    The recomputation reads fresh aliases (`view_as`) of the inputs and differentiates w.r.t.
+    them: w.r.t. the inputs themselves, autograd would also follow paths from one input back
+    to another (a weight-tied module's phi is upstream of its second call's x) and count
+    them here as well as in the outer backward. The aliases keep the result differentiable
+    w.r.t. the inputs for create_graph=True."""
+    needs = ctx.needs_input_grad[: len(inputs)]
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        outs = mhc_core.coefficients(*inputs, variant=ctx.variant, **ctx.cfg)
-        grads = torch.autograd.grad(outs, inputs, (dpre, dpost, dres), create_graph=True, allow_unused=True)
-    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, inputs))
+        aliases = [t.view_as(t) if need else t for t, need in zip(inputs, needs)]
+        wanted = [a for a, need in zip(aliases, needs) if need]
+        found = iter(torch.autograd.grad(spec(*aliases), wanted, cotangents, create_graph=create_graph,
+                                         allow_unused=True))
+    grads = [next(found) if need else None for need in needs]
+    return tuple(None if not need else torch.zeros_like(t) if g is None else g.to(t.dtype)
+                 for g, t, need in zip(grads, inputs, needs))
 
 
 class PreAggregate(torch.autograd.Function):
@@ -194,6 +218,8 @@ class PreAggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         x, pre = ctx.saved_tensors
+        if _batched(dh):
+            return _spec_grads(ctx, mhc_core.pre_aggregate, (x, pre), (dh,))
         if _runs_on_numpy(x, pre, dh) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(x)
             grads = pre_aggregate_backward(_NUMPY_OPS, _np(x, cdt), _np(pre, cdt), _np(dh, cdt))
@@ -218,6 +244,8 @@ class PostResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
+        if _batched(dout):
+            return _spec_grads(ctx, mhc_core.post_residual, saved, (dout,))
         if _runs_on_numpy(*saved, dout) and not torch.is_grad_enabled():  # create_graph=True: torch ops below
             cdt = _compute_dtype(saved[0])
             grads = post_residual_backward(_NUMPY_OPS, *(_np(a, cdt) for a in saved), _np(dout, cdt))

@@ -9,6 +9,10 @@ fallback; only `impl="auto"` falls back.
     "reference" reference                         reference
     "triton"    triton                            RuntimeError (says why)
 
+Under forward-mode AD, a torch.func transform (grad, vmap, jvp, ...) or torch.jit.trace the
+kernels cannot run (their autograd Functions have no rules for them; tracing hands the
+launchers traced sizes): "auto" takes the reference path there, "triton" is a RuntimeError.
+
 Whether the kernels can run, and on what, is `triton_gate`'s answer. The kernels
 (`mhc_core_torch.kernels`, which imports Triton) are imported here where they can run, so a
 compiled model never traces an import.
@@ -23,6 +27,7 @@ from typing import Callable
 import torch
 
 from . import triton_gate
+from .autograd import _transformed
 from .autograd import step as _coefficient_node_step
 
 if triton_gate.runnable():
@@ -93,5 +98,11 @@ def mhc_step(x, layer: Callable, phi, bias, alpha, *, variant: str, cfg: dict, i
     """
     f = (lambda h: layer(h, **layer_kwargs)) if layer_kwargs else layer
     if _resolved_impl(impl, x, variant, phi, bias, alpha) == "triton":
-        return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+        if not (_transformed() or torch.jit.is_tracing()):
+            return triton_ops.step(x, f, phi, bias, alpha, variant=variant, **cfg)
+        if impl == "triton":  # no jvp / vmap rules; traced sizes the launchers cannot take
+            raise RuntimeError(
+                "impl='triton' cannot run under forward-mode AD, a torch.func transform (grad, vmap, jvp, "
+                "jacrev, ...) or torch.jit.trace: the Triton kernels have no rules for them. Use "
+                "impl='reference' (or impl='auto', which runs the reference path there).")
     return _reference_step(x, f, phi, bias, alpha, variant=variant, cfg=cfg)

@@ -77,7 +77,9 @@ class MHC(nn.Module):
     asked for, its nodes recompute mhc_core's ops under autograd). The
     Triton path computes first derivatives only: a gradient of a gradient (backward of
     a `create_graph=True` gradient, e.g. a gradient penalty) raises a RuntimeError saying
-    so; use impl='reference' for it.
+    so; use impl='reference' for it. Under forward-mode AD, torch.func transforms and
+    torch.jit.trace the kernels cannot run: impl='auto' takes the reference path there,
+    impl='triton' raises.
     """
 
     def __init__(

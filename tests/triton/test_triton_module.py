@@ -136,3 +136,61 @@ def test_registry_record_and_adapter():
     m = ad.make_mhc(2, 4, "mhc", "linear", {"phi": np.zeros((8, 8)), "bias": np.zeros(8), "alpha": np.ones(3),
                                             "layer.weight": np.eye(4), "layer.bias": np.zeros(4)}, "float32")
     assert m.impl == "triton"
+
+
+def _transformed_run(transform: str, m, x):
+    """What a torch.func / forward-mode AD user computes with module m at x."""
+    from torch.autograd import forward_ad
+
+    tangent = torch.linspace(-1.0, 1.0, x.numel(), device=x.device).reshape(x.shape)
+    if transform == "func.grad":
+        return torch.func.grad(lambda x_: m(x_).square().sum())(x)
+    if transform == "vmap":
+        return torch.func.vmap(m)(x)
+    if transform == "jvp":
+        return torch.func.jvp(m, (x,), (tangent,))[1]
+    with forward_ad.dual_level():
+        return forward_ad.unpack_dual(m(forward_ad.make_dual(x, tangent))).tangent
+
+
+# torch's own forward-AD decompositions call torch.jit.script, which warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("transform", ["func.grad", "vmap", "jvp", "forward-ad"])
+def test_func_transforms_and_forward_ad_on_the_triton_path(transform, mixing_params, assert_close, device):
+    """The kernels' autograd Functions have no forward-mode or functorch rules: impl='triton'
+    under a transform is an error naming impl='reference'; impl='auto' runs the reference
+    path there (on CUDA too), with the reference's numbers."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(3, 2, 2, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"impl='triton' cannot run under forward-mode AD, a torch\.func "
+                                           r"transform.*impl='reference'"):
+        _transformed_run(transform, tri, x)
+    tri.impl = "auto"
+    assert_close(_transformed_run(transform, tri, x), _transformed_run(transform, ref, x), 1e-6, transform)
+
+
+def test_batched_gradients_through_the_kernels_are_a_clear_error(mixing_params, assert_close, device):
+    """jacobian(vectorize=True) runs the backward on legacy-vmap batched gradients, which have
+    no storage for the kernels to read: an error naming impl='reference', where it works."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(2, 2, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"batched gradients .*vectorize=True.* impl='reference'"):
+        torch.autograd.functional.jacobian(tri, x, vectorize=True)
+    jac = torch.autograd.functional.jacobian
+    assert_close(jac(ref, x, vectorize=True), jac(tri, x), 1e-5, "reference vectorized vs triton jacobian")
+
+
+# torch.jit.trace is deprecated in this torch (it still works and warns)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_jit_trace_on_the_triton_path(mixing_params, assert_close, device):
+    """torch.jit.trace hands the launchers traced sizes the kernels cannot take: impl='triton'
+    is an error naming impl='reference'; impl='auto' traces the reference path, whose
+    traced module runs other token counts with the reference's numbers."""
+    tri, ref = _pair("mhc", 2, 4, torch.float32, mixing_params, device)
+    x = torch.randn(3, 2, 4, device=device)
+    with pytest.raises(RuntimeError, match=r"impl='triton' cannot run under .*torch\.jit\.trace.*impl='reference'"):
+        torch.jit.trace(tri, (x,), check_trace=False)
+    tri.impl = "auto"
+    traced = torch.jit.trace(tri, (x,), check_trace=False)
+    x5 = torch.randn(5, 2, 4, device=device)
+    assert_close(traced(x5), ref(x5), 1e-6, "traced auto vs reference")

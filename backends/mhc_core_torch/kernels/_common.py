@@ -41,6 +41,19 @@ def torch_acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def refuse_batched_grads(op: str, *grads) -> None:
+    """RuntimeError where a backward receives gradients batched by
+    autograd.grad(is_grads_batched=True) (jacobian / hessian with vectorize=True): legacy-vmap
+    tensors have no storage for the kernels to read. Not checked while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return
+    if any(g is not None and torch._C._functorch.is_legacy_batchedtensor(g) for g in grads):
+        raise RuntimeError(
+            f"batched gradients (autograd.grad(is_grads_batched=True), jacobian / hessian with vectorize=True) "
+            f"cannot run through the Triton kernels ({op}). Use vectorize=False, or impl='reference' "
+            "(MHC(..., impl='reference')), whose backward takes them.")
+
+
 def first_order_only(op: str):
     """An autograd formula for a backward custom op that raises a clear error: the backward
     kernels have no derivative of their own, so a gradient of a gradient (double backward,

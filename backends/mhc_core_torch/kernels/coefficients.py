@@ -55,8 +55,8 @@ from mhc_core import checks
 
 from ..triton_gate import INTERPRETED
 from ._checked import coefficient_args
-from ._common import (call_launcher, capability, cast_for_store, first_order_only, gate_pad, num_programs_hint, stream_pad,
-                      untracked)
+from ._common import (call_launcher, capability, cast_for_store, first_order_only, gate_pad, num_programs_hint,
+                      refuse_batched_grads, stream_pad, untracked)
 from .coefficient_tiles import _gate_cols, _gate_params, _res_cols, _tanh
 from .coefficients_fwd import coefficients_fwd
 from .sinkhorn import sinkhorn_tile_bwd
@@ -358,6 +358,7 @@ class CoefficientsFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dpre, dpost, dres):
+        refuse_batched_grads("coefficients", dpre, dpost, dres)
         x, phi, bias, alpha, z, rs = ctx.saved_tensors
         T, n, _ = x.shape
         zeros = lambda *s: z.new_zeros(s)  # noqa: E731  (an output that did not reach the loss)

@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from ._checked import post_residual_args
-from ._common import call_launcher, cast_for_store, first_order_only, next_pow2, torch_acc_dtype, untracked
+from ._common import (call_launcher, cast_for_store, first_order_only, next_pow2, refuse_batched_grads, torch_acc_dtype,
+                      untracked)
 
 
 # ----------------------------------------------------------------------------------------
@@ -285,6 +286,7 @@ class PostResidualFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        refuse_batched_grads("post_residual", dout)
         x, y, post, res = ctx.saved_tensors
         dx, dy, dpost, dres = call_launcher(_bwd_op, post_residual_bwd, x, y, post, res, dout)
         return dx, dy, dpost.to(post.dtype), dres.to(res.dtype)

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from ._checked import pre_aggregate_args
-from ._common import call_launcher, cast_for_store, first_order_only, next_pow2, torch_acc_dtype, untracked
+from ._common import (call_launcher, cast_for_store, first_order_only, next_pow2, refuse_batched_grads, torch_acc_dtype,
+                      untracked)
 
 
 # ----------------------------------------------------------------------------------------
@@ -134,6 +135,7 @@ class PreAggregateFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh):
+        refuse_batched_grads("pre_aggregate", dh)
         x, pre = ctx.saved_tensors
         dx, dpre = call_launcher(_bwd_op, pre_aggregate_bwd, x, pre, dh)
         return dx, dpre.to(pre.dtype)

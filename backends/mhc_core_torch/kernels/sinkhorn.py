@@ -33,7 +33,7 @@ import triton.language as tl
 from mhc_core import checks, namespace
 
 from ..triton_gate import check_kernel_inputs
-from ._common import call_launcher, cast_for_store, first_order_only, stream_pad
+from ._common import call_launcher, cast_for_store, first_order_only, refuse_batched_grads, stream_pad
 
 NEG = tl.constexpr(-1.0e30)  # "log 0" for padded entries: finite, so masked arithmetic never makes NaN
 
@@ -244,6 +244,7 @@ class SinkhornFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_batched_grads("sinkhorn", grad)
         (logits,) = ctx.saved_tensors
         return call_launcher(_sinkhorn_bwd_op, sinkhorn_bwd, logits, grad, ctx.iters, ctx.eps), None, None
 

@@ -25,7 +25,7 @@ from mhc_core import checks
 from mhc_core.config import MHCConfig
 
 from ._checked import coefficient_args
-from ._common import call_launcher, first_order_only, untracked
+from ._common import call_launcher, first_order_only, refuse_batched_grads, untracked
 from .coefficients import _fwd_op as _coefficients_fwd_op
 from .coefficients import coefficients_bwd, coefficients_fwd
 from .post_residual import post_residual
@@ -79,6 +79,7 @@ class StepInFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dpost, dres, dx_in):
+        refuse_batched_grads("step", dh, dpost, dres, dx_in)
         x, phi, bias, alpha, z, rs, pre = ctx.saved_tensors
         T, n, _ = x.shape
         dpost = z.new_zeros((T, n)) if dpost is None else dpost.contiguous()

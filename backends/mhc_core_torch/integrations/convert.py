@@ -38,7 +38,7 @@ from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
 from .history_inject import inject_history
-from .inject import FORMATS, check_settings, convert_segments, record
+from .inject import FORMATS, check_model, check_settings, convert_segments, record
 from .recipes import PRE_NORM_DECODER, RECIPES
 
 
@@ -76,6 +76,7 @@ def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str =
     'triton'; init: {'phi','bias','alpha'} for every step (default: exact warm start);
     cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
     """
+    check_model(model, "convert")
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     names = _decoder_stack(model)
     segments = convert_segments(model, [names], PRE_NORM_DECODER, n=n, variant=variant, reduce=reduce,
@@ -155,6 +156,8 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
     """
     import transformers
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_converted: expected the path of a save_pretrained directory, got {type(path).__name__}")
     config_path = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"load_converted: no config.json in {os.fspath(path)!r}")
@@ -162,6 +165,13 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
         raw = json.load(fh)
     if not raw.get("mhc"):
         raise ValueError(f"load_converted: {config_path} has no 'mhc' entry; was the model converted before saving?")
+    given = kwargs.get("config")
+    if isinstance(given, transformers.PretrainedConfig) and not getattr(given, "mhc", None):
+        # from_pretrained builds the model from this config: without 'mhc' the unconverted model,
+        # which would drop the saved mixing as unexpected tensors
+        raise ValueError("load_converted: the config passed to load_converted has no 'mhc' entry, so the model "
+                         f"built from it would not be converted; pass {config_path}'s own config "
+                         "(AutoConfig.from_pretrained(path) keeps 'mhc') or set config.mhc from it")
     arch = (raw.get("architectures") or [None])[0]
     base = getattr(transformers, arch, None) if arch else None
     if base is None:

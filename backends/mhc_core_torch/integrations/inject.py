@@ -31,6 +31,16 @@ HISTORY_FORMAT = 2  # adds "history" entries
 FORMATS = (FORMAT_VERSION, HISTORY_FORMAT)
 
 
+def check_model(model, caller: str) -> None:
+    """TypeError naming what was given unless `model` is an nn.Module instance (a class, a
+    path or a config is the usual mistake: from_pretrained builds the model first)."""
+    if isinstance(model, nn.Module):
+        return
+    given = f"the class {model.__name__}" if isinstance(model, type) else type(model).__name__
+    raise TypeError(f"{caller}: expected a torch.nn.Module instance (e.g. the model "
+                    f"AutoModelForCausalLM.from_pretrained returns), got {given}")
+
+
 def _matcher(target):
     if isinstance(target, str):
         return lambda m: type(m).__name__ == target
@@ -220,6 +230,7 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     their defaults (a ValueError names any that do not: they have no meaning there).
     Returns `model`.
     """
+    check_model(model, "inject")
     if history is not None:
         from mhc_core import history as hist
 
@@ -241,6 +252,12 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
     match = _matcher(target)
     names = [name for name, m in model.named_modules() if match(m) and not is_converted(m)]
+    # a converted block is MHC<Original>: it matches a class target (a subclass) or the original's name
+    done = [name for name, m in model.named_modules()
+            if is_converted(m) and (match(m) or (isinstance(target, str) and type(m)._mhc_base.__name__ == target))]
+    if not names and done:
+        raise ValueError(f"inject: every module of {model.__class__.__name__} matching target {target!r} is "
+                         f"already converted to mHC: {done[:3]}{' ...' if len(done) > 3 else ''}")
     if not names:
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     nested = [b for b in names if any(b.startswith(a + ".") for a in names if a != b)]

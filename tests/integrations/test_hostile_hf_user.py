@@ -58,3 +58,16 @@ def test_load_converted_refuses_a_model_in_place_of_a_path(decoder):
     with pytest.raises(TypeError, match=r"load_converted: expected the path of a save_pretrained directory, "
                                         r"got LlamaForCausalLM"):
         load_converted(decoder("llama"))
+
+
+def test_load_converted_impl_does_not_stay_on_the_class(decoder, tmp_path):
+    """impl is an option of one load: the class load_converted builds is shared by every
+    model of that architecture, and building one from a config later (type(model)(config))
+    must not pick up the impl of the last load, nor fail on a bad impl a failed load was given."""
+    convert(decoder("llama"), n=4).save_pretrained(tmp_path)
+    loaded = load_converted(tmp_path)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        load_converted(tmp_path, impl="cuda")
+    load_converted(tmp_path, impl="reference")
+    fresh = type(loaded)(loaded.config)
+    assert {step.impl for _, step in mhc_core_torch.integrations.mhc_steps(fresh)} == {"auto"}

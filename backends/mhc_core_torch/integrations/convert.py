@@ -177,9 +177,13 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
     if base is None:
         raise ValueError(f"load_converted: config.json names architecture {arch!r}, which transformers does not have")
     cls = converted_class(base)
-    cls._mhc_impl = impl
     want_info = kwargs.pop("output_loading_info", False)
-    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    # impl belongs to this load only: the class is shared by every model of this architecture
+    cls._mhc_impl = impl
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        del cls._mhc_impl
     # ignore_mismatched_sizes=True leaves mismatched tensors uninitialised as well
     absent = [*info.get("missing_keys", ()), *(m[0] if isinstance(m, (tuple, list)) else m
                                                for m in info.get("mismatched_keys", ()))]

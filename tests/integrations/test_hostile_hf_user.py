@@ -1,7 +1,10 @@
 """A transformers user's mistakes with convert / inject / load_converted (tiny models built
 locally, nothing downloaded): each gets an error that names what was expected, and none
-silently gives a model without its trained mixing."""
+silently gives a model without its trained mixing; gradient checkpointing around history-mixed
+sub-layers gives the unchecked gradients."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -71,3 +74,54 @@ def test_load_converted_impl_does_not_stay_on_the_class(decoder, tmp_path):
     load_converted(tmp_path, impl="reference")
     fresh = type(loaded)(loaded.config)
     assert {step.impl for _, step in mhc_core_torch.integrations.mhc_steps(fresh)} == {"auto"}
+
+
+def _perturbed(model):
+    """Mixing moved off its start, so every skip and stream weight matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_mhc." in name or ".skip." in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+@pytest.mark.parametrize("make", [
+    lambda m: mhc_core_torch.inject(m, "LlamaDecoderLayer", history=2),
+    lambda m: mhc_core_torch.inject(m, "LlamaMLP", history=3, gate=True),
+    lambda m: mhc_core_torch.inject(convert(m, n=2), "LlamaMLP", history=2),
+    lambda m: convert(mhc_core_torch.inject(m, "LlamaAttention", history=2), n=3),
+], ids=["history on the layers", "history on the mlps", "streams, then history on the mlps", "history on the attentions, then streams"])
+def test_gradient_checkpointing_recomputes_history_mixed_sublayers(make, reentrant, decoder, token_ids,
+                                                                   assert_close):
+    """gradient_checkpointing_enable reruns each decoder layer in backward, and with it the
+    history-mixed module inside: the rerun must mix the window that module had when the
+    forward called it (empty, so seeded with its input), not the window the forward left."""
+    model = _perturbed(make(decoder("llama"))).train()
+    twin = copy.deepcopy(model)
+    twin.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    for m in (model, twin):
+        m(token_ids, labels=token_ids).loss.backward()
+    want = dict(model.named_parameters())
+    for name, p in twin.named_parameters():
+        assert (p.grad is None) == (want[name].grad is None), name
+        if p.grad is not None:
+            assert_close(p.grad, want[name].grad, 1e-5, f"checkpointed grad {name}")
+    with torch.no_grad():  # the window a checkpointed backward leaves does not leak into the next forward
+        assert torch.equal(twin.eval()(token_ids).logits, model.eval()(token_ids).logits)
+
+
+def test_a_history_mixed_module_run_twice_in_a_checkpointed_layer_is_refused_in_backward():
+    """Which of its two forward calls the rerun repeats (so which window it mixed) is unknown."""
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.utils.checkpoint.checkpoint(lambda y: self.lin(self.lin(y)), x, use_reentrant=False)
+
+    model = mhc_core_torch.inject(Twice(), "Linear", history=2)
+    loss = model(torch.randn(3, 4, requires_grad=True)).sum()
+    with pytest.raises(RuntimeError, match=r"history mixing around Linear: backward reran it .* after 2 calls"):
+        loss.backward()

@@ -15,6 +15,12 @@ attention: hidden state, weights) has its first item mixed and the rest passed t
 A window whose states no longer match out's shape is cleared first. Every window is
 cleared when the model's forward starts, so calls in one forward share it and separate
 forwards do not. A module called once per forward thus gets `m(x) + g * x`.
+
+Gradient checkpointing reruns a checkpointed layer in backward, and with it a wrapped module
+inside that layer: the rerun mixes the window the module had when the forward called it
+(kept for its first call) and leaves the window as the forward left it, so it computes what the forward
+computed. Which forward call a rerun repeats is known only for a module called once per
+forward; a module called more often inside a checkpointed layer is refused in backward.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ HISTORY_OPTIONS = ("constraint", "temperature", "epsilon", "init", "gate", "prun
 class HistoryInjected(nn.Module):
     """`module` followed by a HistorySkip over its own window of earlier outputs."""
 
+    _calls, _first_window = 0, ()  # calls in this forward, the window the first one had
+
     def __init__(self, module: nn.Module, history: int, *, detach_history: bool = False, **skip_kwargs):
         super().__init__()
         self.module = module
@@ -47,6 +55,7 @@ class HistoryInjected(nn.Module):
 
     def clear_history(self) -> None:
         self.window = []
+        self._calls, self._first_window = 0, []
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.detach_history else x
@@ -74,6 +83,26 @@ class HistoryInjected(nn.Module):
                         f"{type(out).__name__}; expected a tensor, or a tuple / list whose first item is one")
 
     def _mixed(self, x, out: torch.Tensor) -> torch.Tensor:
+        if torch._C._current_graph_task_id() == -1:  # a forward, not a rerun inside backward
+            if self._calls == 0:
+                self._first_window = list(self.window)
+            self._calls += 1
+            return self._mix(x, out)
+        # gradient checkpointing reruns this call in backward: mix the window it had then
+        if self._calls != 1:
+            raise RuntimeError(
+                f"history mixing around {type(self.module).__name__}: backward reran it (gradient "
+                f"checkpointing) after {self._calls} calls in the forward, and which call it repeats, "
+                "so which window it mixed, is unknown; wrap the checkpointed layers themselves "
+                "(e.g. the decoder layers) or turn gradient checkpointing off")
+        left = self.window
+        self.window = list(self._first_window)
+        try:
+            return self._mix(x, out)
+        finally:
+            self.window = left
+
+    def _mix(self, x, out: torch.Tensor) -> torch.Tensor:
         if self.window and any(s.shape != out.shape for s in self.window):
             self.window = []
         if not self.window:

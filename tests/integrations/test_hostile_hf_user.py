@@ -125,3 +125,15 @@ def test_a_history_mixed_module_run_twice_in_a_checkpointed_layer_is_refused_in_
     loss = model(torch.randn(3, 4, requires_grad=True)).sum()
     with pytest.raises(RuntimeError, match=r"history mixing around Linear: backward reran it .* after 2 calls"):
         loss.backward()
+
+
+@pytest.mark.parametrize("target", ["LlamaMLP", "LlamaDecoderLayer"])
+def test_history_windows_start_empty_when_the_inner_model_is_called(target, decoder, token_ids):
+    """model.model(...) / model.get_decoder()(...) (hidden states without the LM head) is a
+    forward of its own: it must not mix the states an earlier forward left in the windows."""
+    model = _perturbed(mhc_core_torch.inject(decoder("llama"), target, history=2))
+    with torch.no_grad():
+        want = model(token_ids, output_hidden_states=True).hidden_states[-1]
+        for call in (model.model, model.get_decoder(), model.model):
+            assert torch.equal(call(token_ids).last_hidden_state, want)
+        assert torch.equal(model(token_ids, output_hidden_states=True).hidden_states[-1], want)

@@ -137,3 +137,18 @@ def test_history_windows_start_empty_when_the_inner_model_is_called(target, deco
         for call in (model.model, model.get_decoder(), model.model):
             assert torch.equal(call(token_ids).last_hidden_state, want)
         assert torch.equal(model(token_ids, output_hidden_states=True).hidden_states[-1], want)
+
+
+def test_load_converted_in_bfloat16_keeps_the_history_gate_float32(decoder, token_ids, tmp_path):
+    """The skip gate is a mixing weight (float32, like the skip logits and phi / bias / alpha):
+    from_pretrained(dtype=bfloat16) builds the model under that default dtype, and a gate made
+    in it was bfloat16, rounding the trained value."""
+    model = _perturbed(mhc_core_torch.inject(decoder("llama"), "LlamaMLP", history=2, gate=True))
+    model.save_pretrained(tmp_path)
+    loaded = load_converted(tmp_path, dtype=torch.bfloat16)
+    saved = dict(model.named_parameters())
+    skips = {name: p for name, p in loaded.named_parameters() if ".skip." in name}
+    assert len(skips) == 4
+    for name, p in skips.items():
+        assert p.dtype == torch.float32, name
+        assert torch.equal(p, saved[name]), name

@@ -152,3 +152,14 @@ def test_load_converted_in_bfloat16_keeps_the_history_gate_float32(decoder, toke
     for name, p in skips.items():
         assert p.dtype == torch.float32, name
         assert torch.equal(p, saved[name]), name
+
+
+def test_history_mixed_model_compiles_with_fullgraph(decoder, token_ids, assert_close):
+    """torch.compile(fullgraph=True) traces the window bookkeeping (and the clearing hook):
+    nothing in it may break the graph. Two calls: the second must not see the first's windows."""
+    model = _perturbed(mhc_core_torch.inject(decoder("llama"), "LlamaMLP", history=2, gate=True))
+    with torch.no_grad():
+        want = model(token_ids).logits
+        compiled = torch.compile(model, fullgraph=True)
+        for _ in range(2):
+            assert_close(compiled(token_ids).logits, want, 1e-5, "compiled history-mixed llama")

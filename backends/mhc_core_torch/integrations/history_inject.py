@@ -42,6 +42,12 @@ HISTORY_OPTIONS = ("constraint", "temperature", "epsilon", "init", "gate", "prun
                    "stochastic", "detach_history", "mixing", "iters", "sinkhorn_eps", "generator")
 
 
+def _in_backward() -> bool:
+    """Whether autograd's backward is running (gradient checkpointing reruns layers there).
+    Traced code (torch.compile) is a forward: the graph does not rerun this Python."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 class HistoryInjected(nn.Module):
     """`module` followed by a HistorySkip over its own window of earlier outputs."""
 
@@ -85,7 +91,7 @@ class HistoryInjected(nn.Module):
                         f"{type(out).__name__}; expected a tensor, or a tuple / list whose first item is one")
 
     def _mixed(self, x, out: torch.Tensor) -> torch.Tensor:
-        if torch._C._current_graph_task_id() == -1:  # a forward, not a rerun inside backward
+        if not _in_backward():  # a forward, not a rerun inside backward
             if self._calls == 0:
                 self._first_window = list(self.window)
             self._calls += 1
@@ -123,7 +129,7 @@ def _clear_all(model: nn.Module, _inputs=None) -> None:
     """Empty every HistoryInjected window in `model` (its forward pre-hook: a module-level
     function, so the model still pickles). Not while backward runs: gradient checkpointing
     reruns a layer there, and its wrapped modules need the windows of the forward."""
-    if torch._C._current_graph_task_id() != -1:
+    if _in_backward():
         return
     for m in model.modules():
         if isinstance(m, HistoryInjected):

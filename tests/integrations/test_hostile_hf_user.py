@@ -5,6 +5,7 @@ sub-layers gives the unchecked gradients."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -163,3 +164,39 @@ def test_history_mixed_model_compiles_with_fullgraph(decoder, token_ids, assert_
         compiled = torch.compile(model, fullgraph=True)
         for _ in range(2):
             assert_close(compiled(token_ids).logits, want, 1e-5, "compiled history-mixed llama")
+
+
+@pytest.mark.parametrize("how", ["streams", "history"])
+def test_converting_a_compiled_model_records_the_models_own_names(how, decoder, token_ids, tmp_path):
+    """torch.compile(model) wraps the model (its modules under `_orig_mod.`), while
+    save_pretrained (reached through the wrapper) writes the model's own names: config.mhc
+    must name the blocks as the model does, or the checkpoint does not load."""
+    model = decoder("llama")
+    compiled = torch.compile(model)
+    if how == "streams":
+        assert convert(compiled, n=4) is compiled
+        names = [b for segment in model.config.mhc["segments"] for b in segment["blocks"]]
+        assert names == ["model.layers.0", "model.layers.1"]
+    else:
+        assert mhc_core_torch.inject(compiled, "LlamaMLP", history=2) is compiled
+        assert model.config.mhc["history"][0]["modules"] == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    _perturbed(model)
+    compiled.save_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load_converted(tmp_path)(token_ids).logits, model(token_ids).logits)
+
+
+def test_load_converted_names_blocks_the_model_does_not_have(decoder, tmp_path):
+    convert(decoder("llama"), n=4).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mhc"]["segments"][0]["blocks"][1] = "model.layers.7"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.mhc's segment names blocks this model does not have: "
+                                        r"\['model\.layers\.7'\]"):
+        load_converted(tmp_path)
+    config["mhc"]["segments"][0]["blocks"][1] = "model.layers.1"
+    config["mhc"]["segments"][0]["recipe"] = "gpt2"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.mhc's segment names recipe 'gpt2'; this mhc_core_torch has "
+                                        r"\['bert_post_norm', "):
+        load_converted(tmp_path)

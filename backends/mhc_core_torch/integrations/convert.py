@@ -38,7 +38,7 @@ from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
 from .history_inject import inject_history
-from .inject import FORMATS, check_model, check_settings, convert_segments, record
+from .inject import FORMATS, check_model, check_settings, compiled_inner, convert_segments, record
 from .recipes import PRE_NORM_DECODER, RECIPES
 
 
@@ -74,15 +74,17 @@ def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str =
     n: streams (paper's expansion rate); variant 'mhc' | 'hc'; reduce 'mean' (default) or
     'head' (a learned StreamHead, starting as the mean); impl 'auto' | 'reference' |
     'triton'; init: {'phi','bias','alpha'} for every step (default: exact warm start);
-    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
+    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale). A torch.compile
+    wrapper is returned as given, the model inside it converted.
     """
     check_model(model, "convert")
+    wrapper, model = model, compiled_inner(model)
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     names = _decoder_stack(model)
     segments = convert_segments(model, [names], PRE_NORM_DECODER, n=n, variant=variant, reduce=reduce,
                                 impl=impl, init=init, cfg=full_cfg)
     record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
-    return model
+    return wrapper
 
 
 def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.Module:
@@ -91,6 +93,14 @@ def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.M
     if settings.get("format") not in FORMATS:
         raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads formats {list(FORMATS)}")
     segments, entries = settings.get("segments", []), settings.get("history", [])
+    modules = dict(model.named_modules())
+    for segment in segments:
+        if segment.get("recipe") not in RECIPES:
+            raise ValueError(f"config.mhc's segment names recipe {segment.get('recipe')!r}; this mhc_core_torch "
+                             f"has {sorted(RECIPES)}")
+        absent = [name for name in segment.get("blocks", []) if name not in modules]
+        if absent:
+            raise ValueError(f"config.mhc's segment names blocks this model does not have: {absent[:3]}")
     for i in range(len(segments) + 1):
         for entry in entries:
             if entry["after_segments"] == i:

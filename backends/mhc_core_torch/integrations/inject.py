@@ -41,6 +41,15 @@ def check_model(model, caller: str) -> None:
                     f"AutoModelForCausalLM.from_pretrained returns), got {given}")
 
 
+def compiled_inner(model: nn.Module) -> nn.Module:
+    """The model a torch.compile wrapper holds (its `_orig_mod`), else `model`: conversions
+    work on it, so config.mhc names its blocks as save_pretrained (reached through the
+    wrapper) writes them, without the wrapper's `_orig_mod.` prefix."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def _matcher(target):
     if isinstance(target, str):
         return lambda m: type(m).__name__ == target
@@ -228,9 +237,10 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     stochastic, detach_history, mixing, iters, sinkhorn_eps, generator), init names the
     skip logits' init ('identity' | 'uniform'); n / variant / reduce / impl / recipe must keep
     their defaults (a ValueError names any that do not: they have no meaning there).
-    Returns `model`.
+    Returns `model` (a torch.compile wrapper as given; the model inside it is converted).
     """
     check_model(model, "inject")
+    wrapper, model = model, compiled_inner(model)
     if history is not None:
         from mhc_core import history as hist
 
@@ -246,7 +256,7 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
         wrapped = inject_history(model, _matcher(target), history, target, **cfg)
         first = model.get_submodule(wrapped[0])
         record_history(model, wrapped, history_settings(first, init=cfg.get("init", "identity")))
-        return model
+        return wrapper
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
@@ -266,4 +276,4 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     segments = convert_segments(model, _segments(model, names), RECIPES.get(recipe), n=n, variant=variant,
                                 reduce=reduce, impl=impl, init=init, cfg=full_cfg)
     record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
-    return model
+    return wrapper

@@ -52,6 +52,9 @@ def test_load_converted_refuses_a_config_without_the_mhc_entry(decoder, token_id
     plain = transformers.LlamaConfig(**{k: v for k, v in model.config.to_dict().items() if k != "mhc"})
     with pytest.raises(ValueError, match=r"config passed to load_converted has no 'mhc' entry"):
         load_converted(tmp_path, config=plain)
+    plain.save_pretrained(tmp_path / "plain")  # the same, given as a directory to read the config from
+    with pytest.raises(ValueError, match=r"config passed to load_converted has no 'mhc' entry"):
+        load_converted(tmp_path, config=str(tmp_path / "plain"))
     # the checkpoint's own config (AutoConfig keeps 'mhc') loads the converted model
     own = transformers.AutoConfig.from_pretrained(tmp_path)
     with torch.no_grad():

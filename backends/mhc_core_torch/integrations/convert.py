@@ -176,6 +176,9 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
     if not raw.get("mhc"):
         raise ValueError(f"load_converted: {config_path} has no 'mhc' entry; was the model converted before saving?")
     given = kwargs.get("config")
+    if isinstance(given, (str, os.PathLike)):
+        given = transformers.AutoConfig.from_pretrained(given)
+        kwargs["config"] = given
     if isinstance(given, transformers.PretrainedConfig) and not getattr(given, "mhc", None):
         # from_pretrained builds the model from this config: without 'mhc' the unconverted model,
         # which would drop the saved mixing as unexpected tensors

@@ -131,10 +131,11 @@ def test_a_history_mixed_module_run_twice_in_a_checkpointed_layer_is_refused_in_
         loss.backward()
 
 
-@pytest.mark.parametrize("target", ["LlamaMLP", "LlamaDecoderLayer"])
+@pytest.mark.parametrize("target", ["LlamaMLP", "LlamaDecoderLayer", torch.nn.Linear], ids=["mlps", "layers", "linears"])
 def test_history_windows_start_empty_when_the_inner_model_is_called(target, decoder, token_ids):
     """model.model(...) / model.get_decoder()(...) (hidden states without the LM head) is a
-    forward of its own: it must not mix the states an earlier forward left in the windows."""
+    forward of its own: it must not mix the states an earlier forward left in the windows
+    (every Linear: the LM head's window is outside the inner model)."""
     model = _perturbed(mhc_core_torch.inject(decoder("llama"), target, history=2))
     with torch.no_grad():
         want = model(token_ids, output_hidden_states=True).hidden_states[-1]

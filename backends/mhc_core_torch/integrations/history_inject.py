@@ -13,8 +13,8 @@ x is the module's first input, given by position or by name (transformers calls
 `self_attn(hidden_states=...)`). A module returning a tuple / list (transformers'
 attention: hidden state, weights) has its first item mixed and the rest passed through.
 A window whose states no longer match out's shape is cleared first. Every window is
-cleared when the model's forward starts (or that of a transformers model inside it holding
-every wrapped module: `model.model(...)`), so calls in one forward share it and separate
+cleared when the model's forward starts (and those under a transformers model inside it when
+that one's forward starts: `model.model(...)`), so calls in one forward share it and separate
 forwards do not. A module called once per forward thus gets `m(x) + g * x`.
 
 Gradient checkpointing reruns a checkpointed layer in backward, and with it a wrapped module
@@ -208,30 +208,26 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
                              "already; a module gets one window")
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     _retarget_tied_keys(holders, wrapped)
-    for owner in _common_ancestors(model, wrapped):
+    for owner in _forward_owners(model, wrapped):
         if not getattr(owner, "_history_clear_hook", False):
             owner.register_forward_pre_hook(_clear_all)
             owner._history_clear_hook = True
     return wrapped
 
 
-def _common_ancestors(model: nn.Module, wrapped: list[str]) -> list[nn.Module]:
-    """`model` and each transformers model inside it that holds every wrapped module (a
-    causal LM's base model `model.model`): a forward of one of them is a forward of its own
-    (model.model(...) or get_decoder() for hidden states) and starts with empty windows.
-    Other modules (a decoder layer, one shared layer run several times) are not: calls in one
-    forward share the windows."""
-    parents = [name.split(".")[:-1] for name in wrapped]
-    shared = parents[0]
-    for path in parents[1:]:
-        k = 0
-        while k < min(len(shared), len(path)) and shared[k] == path[k]:
-            k += 1
-        shared = shared[:k]
+def _forward_owners(model: nn.Module, wrapped: list[str]) -> list[nn.Module]:
+    """`model` and each transformers model inside it that holds a wrapped module (a causal
+    LM's base model `model.model`): a forward of one of them is a forward of its own
+    (model.model(...) or get_decoder() for hidden states) and starts with empty windows
+    under it. Other modules (a decoder layer, one shared layer run several times) are not:
+    calls in one forward share the windows."""
     transformers = sys.modules.get("transformers")
-    owners, module = [model], model
-    for part in shared:
-        module = module.get_submodule(part)
-        if transformers is not None and isinstance(module, transformers.PreTrainedModel):
-            owners.append(module)
-    return owners
+    owners = {id(model): model}
+    if transformers is not None:
+        for name in wrapped:
+            module = model
+            for part in name.split(".")[:-1]:
+                module = module.get_submodule(part)
+                if isinstance(module, transformers.PreTrainedModel):
+                    owners.setdefault(id(module), module)
+    return list(owners.values())

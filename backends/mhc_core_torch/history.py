@@ -59,7 +59,7 @@ class HistorySkip(nn.Module):
         self.generator = generator
         self.logits = nn.Parameter(torch.tensor(  # torch-owned (resizable) memory, not numpy's
             hist.init_skip_logits(self.history, init=init, mixing=self.mixing)))
-        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT)) if settings.gated else None
+        self.gate = nn.Parameter(torch.tensor(hist.GATE_INIT, dtype=torch.float32)) if settings.gated else None
 
     def extra_repr(self) -> str:
         return (f"history={self.history}, mixing={self.mixing!r}, constraint={self.constraint!r}, "

@@ -121,3 +121,17 @@ def test_models_sharing_one_config_object(token_ids, tmp_path, assert_close):
     second.save_pretrained(tmp_path)
     loaded = load_converted(tmp_path)
     assert torch.equal(logits(loaded, token_ids), logits(second, token_ids))
+
+
+def test_attention_weights_are_the_originals_at_the_warm_start(decoder, token_ids, assert_close):
+    """output_attentions (eager attention): each layer's weights [B, heads, T, T], computed
+    on h = sum_i pre_i x_i, which at the warm start is the original's hidden state."""
+    original = decoder("qwen3")
+    original.set_attn_implementation("eager")
+    model = convert(copy.deepcopy(original), n=3)
+    with torch.no_grad():
+        want = original(token_ids, output_attentions=True).attentions
+        got = model(token_ids, output_attentions=True).attentions
+    assert [tuple(a.shape) for a in got] == [(2, 4, 12, 12)] * 2
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, 1e-5, f"attention weights of layer {i}")

@@ -120,8 +120,8 @@ def test_inject_errors():
     with pytest.raises(ValueError, match="recipe must be one of"):
         inject(tiny_vit(), "ViTLayer", recipe="gpt")
     model = inject(tiny_vit(), "ViTLayer")
-    with pytest.raises(ValueError, match="no module of ViTModel matches"):
-        inject(model, "ViTLayer")  # already converted blocks are not matched again
+    with pytest.raises(ValueError, match=r"matching target 'ViTLayer' is already converted to mHC"):
+        inject(model, "ViTLayer")  # already converted blocks are not converted again
 
 
 # --- MHCSequential ------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
 from .history_inject import inject_history
-from .inject import FORMATS, check_settings, convert_segments, record
+from .inject import FORMATS, check_model, check_settings, compiled_inner, convert_segments, record
 from .recipes import PRE_NORM_DECODER, RECIPES
 
 
@@ -74,14 +74,17 @@ def convert(model: nn.Module, n: int = 4, *, variant: str = "mhc", reduce: str =
     n: streams (paper's expansion rate); variant 'mhc' | 'hc'; reduce 'mean' (default) or
     'head' (a learned StreamHead, starting as the mean); impl 'auto' | 'reference' |
     'triton'; init: {'phi','bias','alpha'} for every step (default: exact warm start);
-    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale).
+    cfg: MHCConfig fields (iters, rms_eps, pre_eps, sinkhorn_eps, post_scale). A torch.compile
+    wrapper is returned as given, the model inside it converted.
     """
+    check_model(model, "convert")
+    wrapper, model = model, compiled_inner(model)
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     names = _decoder_stack(model)
     segments = convert_segments(model, [names], PRE_NORM_DECODER, n=n, variant=variant, reduce=reduce,
                                 impl=impl, init=init, cfg=full_cfg)
     record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
-    return model
+    return wrapper
 
 
 def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.Module:
@@ -90,6 +93,14 @@ def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.M
     if settings.get("format") not in FORMATS:
         raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads formats {list(FORMATS)}")
     segments, entries = settings.get("segments", []), settings.get("history", [])
+    modules = dict(model.named_modules())
+    for segment in segments:
+        if segment.get("recipe") not in RECIPES:
+            raise ValueError(f"config.mhc's segment names recipe {segment.get('recipe')!r}; this mhc_core_torch "
+                             f"has {sorted(RECIPES)}")
+        absent = [name for name in segment.get("blocks", []) if name not in modules]
+        if absent:
+            raise ValueError(f"config.mhc's segment names blocks this model does not have: {absent[:3]}")
     for i in range(len(segments) + 1):
         for entry in entries:
             if entry["after_segments"] == i:
@@ -155,6 +166,8 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
     """
     import transformers
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_converted: expected the path of a save_pretrained directory, got {type(path).__name__}")
     config_path = os.path.join(os.fspath(path), "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"load_converted: no config.json in {os.fspath(path)!r}")
@@ -162,14 +175,28 @@ def load_converted(path: str | os.PathLike, *, impl: str = "auto", **kwargs):
         raw = json.load(fh)
     if not raw.get("mhc"):
         raise ValueError(f"load_converted: {config_path} has no 'mhc' entry; was the model converted before saving?")
+    given = kwargs.get("config")
+    if isinstance(given, (str, os.PathLike)):
+        given = transformers.AutoConfig.from_pretrained(given)
+        kwargs["config"] = given
+    if isinstance(given, transformers.PretrainedConfig) and not getattr(given, "mhc", None):
+        # from_pretrained builds the model from this config: without 'mhc' the unconverted model,
+        # which would drop the saved mixing as unexpected tensors
+        raise ValueError("load_converted: the config passed to load_converted has no 'mhc' entry, so the model "
+                         f"built from it would not be converted; pass {config_path}'s own config "
+                         "(AutoConfig.from_pretrained(path) keeps 'mhc') or set config.mhc from it")
     arch = (raw.get("architectures") or [None])[0]
     base = getattr(transformers, arch, None) if arch else None
     if base is None:
         raise ValueError(f"load_converted: config.json names architecture {arch!r}, which transformers does not have")
     cls = converted_class(base)
-    cls._mhc_impl = impl
     want_info = kwargs.pop("output_loading_info", False)
-    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    # impl belongs to this load only: the class is shared by every model of this architecture
+    cls._mhc_impl = impl
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        del cls._mhc_impl
     # ignore_mismatched_sizes=True leaves mismatched tensors uninitialised as well
     absent = [*info.get("missing_keys", ()), *(m[0] if isinstance(m, (tuple, list)) else m
                                                for m in info.get("mismatched_keys", ()))]

@@ -13,13 +13,21 @@ x is the module's first input, given by position or by name (transformers calls
 `self_attn(hidden_states=...)`). A module returning a tuple / list (transformers'
 attention: hidden state, weights) has its first item mixed and the rest passed through.
 A window whose states no longer match out's shape is cleared first. Every window is
-cleared when the model's forward starts, so calls in one forward share it and separate
+cleared when the model's forward starts (and those under a transformers model inside it when
+that one's forward starts: `model.model(...)`), so calls in one forward share it and separate
 forwards do not. A module called once per forward thus gets `m(x) + g * x`.
+
+Gradient checkpointing reruns a checkpointed layer in backward, and with it a wrapped module
+inside that layer: the rerun mixes the window the module had when the forward called it
+(kept for its first call) and leaves the window as the forward left it, so it computes what the forward
+computed. Which forward call a rerun repeats is known only for a module called once per
+forward; a module called more often inside a checkpointed layer is refused in backward.
 """
 from __future__ import annotations
 
 import inspect
 import re
+import sys
 
 import torch
 from torch import nn
@@ -34,8 +42,16 @@ HISTORY_OPTIONS = ("constraint", "temperature", "epsilon", "init", "gate", "prun
                    "stochastic", "detach_history", "mixing", "iters", "sinkhorn_eps", "generator")
 
 
+def _in_backward() -> bool:
+    """Whether autograd's backward is running (gradient checkpointing reruns layers there).
+    Traced code (torch.compile) is a forward: the graph does not rerun this Python."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 class HistoryInjected(nn.Module):
     """`module` followed by a HistorySkip over its own window of earlier outputs."""
+
+    _calls, _first_window = 0, ()  # calls in this forward, the window the first one had
 
     def __init__(self, module: nn.Module, history: int, *, detach_history: bool = False, **skip_kwargs):
         super().__init__()
@@ -47,6 +63,7 @@ class HistoryInjected(nn.Module):
 
     def clear_history(self) -> None:
         self.window = []
+        self._calls, self._first_window = 0, []
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.detach_history else x
@@ -74,6 +91,26 @@ class HistoryInjected(nn.Module):
                         f"{type(out).__name__}; expected a tensor, or a tuple / list whose first item is one")
 
     def _mixed(self, x, out: torch.Tensor) -> torch.Tensor:
+        if not _in_backward():  # a forward, not a rerun inside backward
+            if self._calls == 0:
+                self._first_window = list(self.window)
+            self._calls += 1
+            return self._mix(x, out)
+        # gradient checkpointing reruns this call in backward: mix the window it had then
+        if self._calls != 1:
+            raise RuntimeError(
+                f"history mixing around {type(self.module).__name__}: backward reran it (gradient "
+                f"checkpointing) after {self._calls} calls in the forward, and which call it repeats, "
+                "so which window it mixed, is unknown; wrap the checkpointed layers themselves "
+                "(e.g. the decoder layers) or turn gradient checkpointing off")
+        left = self.window
+        self.window = list(self._first_window)
+        try:
+            return self._mix(x, out)
+        finally:
+            self.window = left
+
+    def _mix(self, x, out: torch.Tensor) -> torch.Tensor:
         if self.window and any(s.shape != out.shape for s in self.window):
             self.window = []
         if not self.window:
@@ -90,7 +127,10 @@ class HistoryInjected(nn.Module):
 
 def _clear_all(model: nn.Module, _inputs=None) -> None:
     """Empty every HistoryInjected window in `model` (its forward pre-hook: a module-level
-    function, so the model still pickles)."""
+    function, so the model still pickles). Not while backward runs: gradient checkpointing
+    reruns a layer there, and its wrapped modules need the windows of the forward."""
+    if _in_backward():
+        return
     for m in model.modules():
         if isinstance(m, HistoryInjected):
             m.clear_history()
@@ -168,7 +208,26 @@ def inject_history(model: nn.Module, match, history: int, target, **options) -> 
                              "already; a module gets one window")
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     _retarget_tied_keys(holders, wrapped)
-    if not getattr(model, "_history_clear_hook", False):
-        model.register_forward_pre_hook(_clear_all)
-        model._history_clear_hook = True
+    for owner in _forward_owners(model, wrapped):
+        if not getattr(owner, "_history_clear_hook", False):
+            owner.register_forward_pre_hook(_clear_all)
+            owner._history_clear_hook = True
     return wrapped
+
+
+def _forward_owners(model: nn.Module, wrapped: list[str]) -> list[nn.Module]:
+    """`model` and each transformers model inside it that holds a wrapped module (a causal
+    LM's base model `model.model`): a forward of one of them is a forward of its own
+    (model.model(...) or get_decoder() for hidden states) and starts with empty windows
+    under it. Other modules (a decoder layer, one shared layer run several times) are not:
+    calls in one forward share the windows."""
+    transformers = sys.modules.get("transformers")
+    owners = {id(model): model}
+    if transformers is not None:
+        for name in wrapped:
+            module = model
+            for part in name.split(".")[:-1]:
+                module = module.get_submodule(part)
+                if isinstance(module, transformers.PreTrainedModel):
+                    owners.setdefault(id(module), module)
+    return list(owners.values())

@@ -31,6 +31,25 @@ HISTORY_FORMAT = 2  # adds "history" entries
 FORMATS = (FORMAT_VERSION, HISTORY_FORMAT)
 
 
+def check_model(model, caller: str) -> None:
+    """TypeError naming what was given unless `model` is an nn.Module instance (a class, a
+    path or a config is the usual mistake: from_pretrained builds the model first)."""
+    if isinstance(model, nn.Module):
+        return
+    given = f"the class {model.__name__}" if isinstance(model, type) else type(model).__name__
+    raise TypeError(f"{caller}: expected a torch.nn.Module instance (e.g. the model "
+                    f"AutoModelForCausalLM.from_pretrained returns), got {given}")
+
+
+def compiled_inner(model: nn.Module) -> nn.Module:
+    """The model a torch.compile wrapper holds (its `_orig_mod`), else `model`: conversions
+    work on it, so config.mhc names its blocks as save_pretrained (reached through the
+    wrapper) writes them, without the wrapper's `_orig_mod.` prefix."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def _matcher(target):
     if isinstance(target, str):
         return lambda m: type(m).__name__ == target
@@ -218,8 +237,10 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     stochastic, detach_history, mixing, iters, sinkhorn_eps, generator), init names the
     skip logits' init ('identity' | 'uniform'); n / variant / reduce / impl / recipe must keep
     their defaults (a ValueError names any that do not: they have no meaning there).
-    Returns `model`.
+    Returns `model` (a torch.compile wrapper as given; the model inside it is converted).
     """
+    check_model(model, "inject")
+    wrapper, model = model, compiled_inner(model)
     if history is not None:
         from mhc_core import history as hist
 
@@ -235,12 +256,18 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
         wrapped = inject_history(model, _matcher(target), history, target, **cfg)
         first = model.get_submodule(wrapped[0])
         record_history(model, wrapped, history_settings(first, init=cfg.get("init", "identity")))
-        return model
+        return wrapper
     n, full_cfg = check_settings(n, variant, reduce, cfg)
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
     match = _matcher(target)
     names = [name for name, m in model.named_modules() if match(m) and not is_converted(m)]
+    # a converted block is MHC<Original>: it matches a class target (a subclass) or the original's name
+    done = [name for name, m in model.named_modules()
+            if is_converted(m) and (match(m) or (isinstance(target, str) and type(m)._mhc_base.__name__ == target))]
+    if not names and done:
+        raise ValueError(f"inject: every module of {model.__class__.__name__} matching target {target!r} is "
+                         f"already converted to mHC: {done[:3]}{' ...' if len(done) > 3 else ''}")
     if not names:
         raise ValueError(f"inject: no module of {model.__class__.__name__} matches target {target!r}")
     nested = [b for b in names if any(b.startswith(a + ".") for a in names if a != b)]
@@ -249,4 +276,4 @@ def inject(model: nn.Module, target, n: int = 4, *, variant: str = "mhc", reduce
     segments = convert_segments(model, _segments(model, names), RECIPES.get(recipe), n=n, variant=variant,
                                 reduce=reduce, impl=impl, init=init, cfg=full_cfg)
     record(model, n=n, variant=variant, reduce=reduce, cfg=full_cfg, segments=segments)
-    return model
+    return wrapper

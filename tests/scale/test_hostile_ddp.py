@@ -125,3 +125,65 @@ def test_checkpoint_with_wrapped_names_still_restores():
     for (name, got), want in zip(fresh.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(got, want), name
     assert torch.equal(fresh.skips[0].generator.get_state(), gen.get_state())
+
+
+def _gated_history() -> nn.Module:
+    torch.manual_seed(0)
+    return HistorySequential([nn.Linear(C, C) for _ in range(3)], history=2, gate=True,
+                             prune_threshold=0.3).double()
+
+
+def _gated_lm() -> nn.Module:
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_torch.lm import TinyLM
+
+    return TinyLM(LMConfig(vocab=8, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="history",
+                           history_gate=True, seed=1))
+
+
+def _fsdp_grads(model: nn.Module, inputs: torch.Tensor) -> dict[str, np.ndarray]:
+    """{name: full gradient} of mean(model(inputs)**2) after one backward, and an SGD step's
+    parameters under 'param/'."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    out = model(inputs)
+    (out[0] if isinstance(out, tuple) else out).float().pow(2).mean().backward()
+    grads = {k: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().double().numpy().copy()
+             for k, p in model.named_parameters()}
+    opt.step()
+    grads.update({f"param/{k}": v.double().numpy() for k, v in D.full_state(model).items()})
+    return grads
+
+
+def _gated_inputs(kind: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(4)
+    if kind == "history":
+        return torch.randn(BATCH, 3, C, dtype=torch.float64, generator=gen)
+    return torch.randint(0, 8, (BATCH, 4), generator=gen)
+
+
+def _fsdp_rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = D.init_from_env("gloo")
+    model = D.apply_fsdp(_gated_history() if kind == "history" else _gated_lm(), info)
+    (x,) = D.shard_batch((_gated_inputs(kind),), info)
+    grads = _fsdp_grads(model, x)
+    if info.is_main:
+        np.savez(out, **grads)
+    D.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["history", "lm"])
+def test_fsdp_of_gated_history_equals_one_process(kind, tmp_path):
+    """The skips' gate is a 0-d parameter, which fully_shard cannot shard: apply_fsdp keeps it
+    replicated and averages its gradient, so 2 FSDP ranks equal one process on the full batch."""
+    out = str(tmp_path / "fsdp.npz")
+    mp.spawn(_fsdp_rank, args=(2, free_port(), kind, out), nprocs=2)
+    got = dict(np.load(out))
+    want = _fsdp_grads(_gated_history() if kind == "history" else _gated_lm(), _gated_inputs(kind))
+    assert sorted(got) == sorted(want)
+    assert any(k.endswith("gate") for k in want)
+    rtol, atol = (1e-10, 1e-12) if kind == "history" else (1e-5, 1e-7)
+    for k in want:
+        assert_close(got[k], want[k], rtol=rtol, atol=atol, case=f"{kind} FSDP {k}")

@@ -112,6 +112,12 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
     coefficients in float32 either way, but keep those weights float32 by passing
     per-unit policies if their precision matters to you.
 
+    0-d parameters (the history skips' `gate`), which fully_shard cannot shard, stay
+    replicated plain tensors (`ignored_params`), and their gradient is averaged over the
+    ranks (an all-reduce as it is accumulated), as DDP would. They are not DTensors, so
+    code that mixes them with the sharded gradients (e.g. `clip_grad_norm_`) must
+    handle both.
+
     With a single-process `info` (world 1, a plain `python script.py`) the model itself is
     returned unsharded, as `wrap_ddp` does; without `info`, the current process group is used.
     """
@@ -121,10 +127,38 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
 
     if info is not None and info.device.startswith("cuda"):
         model.to(info.device)
+    scalars = [p for p in model.parameters() if p.dim() == 0]
+    if scalars:
+        _average_gradients(scalars, _mesh_group(fsdp_kwargs.get("mesh")))
+        fsdp_kwargs["ignored_params"] = set(fsdp_kwargs.get("ignored_params") or ()) | set(scalars)
     for unit in shard_units(model) if units is None else units:
         fully_shard(unit, **fsdp_kwargs)
     fully_shard(model, **fsdp_kwargs)
     return model
+
+
+def _mesh_group(mesh):
+    """The process group of a 1-D device mesh (None: the default group)."""
+    if mesh is None:
+        return None
+    if mesh.ndim != 1:
+        raise ValueError(f"apply_fsdp keeps 0-d parameters replicated and averages their gradients over a "
+                         f"1-D mesh; got a {mesh.ndim}-D mesh: shard this model with fully_shard yourself")
+    return mesh.get_group()
+
+
+def _average_gradients(params: Sequence[nn.Parameter], group) -> None:
+    """After each accumulation into p.grad, replace it by its mean over the group's ranks
+    (averaging is linear, so accumulating several backwards stays the mean of the sums)."""
+    world = dist.get_world_size(group)
+
+    def average(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
+
+    for p in params:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(average)
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -187,3 +187,16 @@ def test_fsdp_of_gated_history_equals_one_process(kind, tmp_path):
     rtol, atol = (1e-10, 1e-12) if kind == "history" else (1e-5, 1e-7)
     for k in want:
         assert_close(got[k], want[k], rtol=rtol, atol=atol, case=f"{kind} FSDP {k}")
+
+
+@pytest.mark.parametrize("wrap", ["compile", "ddp(compile)", "compile(ddp)"])
+def test_full_state_names_are_the_plain_models(wrap, world_one_group):
+    plain = _model()
+    ddp = nn.parallel.DistributedDataParallel
+    wrapped = {"compile": lambda: torch.compile(plain), "ddp(compile)": lambda: ddp(torch.compile(plain)),
+               "compile(ddp)": lambda: torch.compile(ddp(plain))}[wrap]()
+    got = D.full_state(wrapped)
+    want = dict(plain.named_parameters())
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert torch.equal(got[k], v.detach()), k

@@ -164,8 +164,10 @@ def _average_gradients(params: Sequence[nn.Parameter], group) -> None:
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as a full (unsharded) CPU tensor, on every rank (FSDP2 DTensors are
     gathered with `full_tensor()`; plain and DDP parameters are copied). Names are those
-    of the unwrapped model (DDP's 'module.' prefix removed)."""
-    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    of the unwrapped model (DDP's 'module.' and torch.compile's '_orig_mod.' prefixes removed)."""
+    from .checkpoint import unwrapped
+
+    inner = unwrapped(model)
     out = {}
     for name, p in inner.named_parameters():
         t = p.full_tensor() if hasattr(p, "full_tensor") else p

@@ -28,13 +28,19 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 N, C, BATCH, STEPS = 2, 4, 4, 3
 
 
-def _model() -> nn.Module:
+def _model(kind: str = "mhc") -> nn.Module:
+    """Two mHC layers, or (kind 'stochastic') a Gumbel-noised history stack whose generator
+    has the same seed on every rank, so every rank draws the single process's noise."""
     torch.manual_seed(0)
+    if kind == "stochastic":
+        return HistorySequential([nn.Linear(C, C) for _ in range(3)], history=2, stochastic=True, gate=True,
+                                 generator=torch.Generator().manual_seed(5)).double()
     return nn.Sequential(*(MHC(nn.Linear(C, C), N, C, seed=i) for i in range(2))).double()
 
 
-def _batch(step: int) -> torch.Tensor:
-    return torch.randn(BATCH, 3, N, C, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+def _batch(step: int, kind: str = "mhc") -> torch.Tensor:
+    shape = (BATCH, 3, C) if kind == "stochastic" else (BATCH, 3, N, C)
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
 
 
 def _step(model, opt, x) -> None:
@@ -43,15 +49,15 @@ def _step(model, opt, x) -> None:
     opt.step()
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     info = D.init_from_env("gloo")
-    model = D.wrap_ddp(_model(), info)
+    model = D.wrap_ddp(_model(kind), info)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(STEPS - 1):
-        (x,) = D.shard_batch((_batch(step),), info)
+        (x,) = D.shard_batch((_batch(step, kind),), info)
         _step(model, opt, x)
     if info.is_main:
         tensors, meta = K.capture(model, opt)
@@ -61,20 +67,21 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     D.shutdown()
 
 
-def test_ddp_checkpoint_resumes_on_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["mhc", "stochastic"])
+def test_ddp_checkpoint_resumes_on_one_process(kind, tmp_path):
     out = str(tmp_path / "ckpt")
-    mp.spawn(_rank, args=(2, free_port(), out), nprocs=2)
+    mp.spawn(_rank, args=(2, free_port(), kind, out), nprocs=2)
     tensors = dict(np.load(out + ".npz"))
     with open(out + ".json") as f:
         meta = json.load(f)
-    resumed = D.wrap_ddp(_model(), D.DistInfo())  # world 1: the plain model
+    resumed = D.wrap_ddp(_model(kind), D.DistInfo())  # world 1: the plain model
     opt = torch.optim.Adam(resumed.parameters(), lr=1e-2)
     K.restore(resumed, opt, tensors, meta)
-    _step(resumed, opt, _batch(STEPS - 1))
-    ref = _model()
+    _step(resumed, opt, _batch(STEPS - 1, kind))
+    ref = _model(kind)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     for step in range(STEPS):
-        _step(ref, ref_opt, _batch(step))
+        _step(ref, ref_opt, _batch(step, kind))
     for (name, got), want in zip(resumed.named_parameters(), ref.parameters()):
         assert_close(got.detach().numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-12,
                      case=f"{name} after 2 DDP steps + 1 resumed step vs 3 plain steps")

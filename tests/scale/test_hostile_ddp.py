@@ -149,13 +149,15 @@ def _gated_lm() -> nn.Module:
 
 
 def _fsdp_grads(model: nn.Module, inputs: torch.Tensor) -> dict[str, np.ndarray]:
-    """{name: full gradient} of mean(model(inputs)**2) after one backward, and an SGD step's
-    parameters under 'param/'."""
+    """{name: full gradient} of mean(model(inputs)**2) after one backward, their total norm
+    (clip_grad_norm_) under '__norm__', and an SGD step's parameters under 'param/'."""
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     out = model(inputs)
     (out[0] if isinstance(out, tuple) else out).float().pow(2).mean().backward()
     grads = {k: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().double().numpy().copy()
              for k, p in model.named_parameters()}
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)  # DTensor and plain gradients together
+    grads["__norm__"] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).double().numpy()
     opt.step()
     grads.update({f"param/{k}": v.double().numpy() for k, v in D.full_state(model).items()})
     return grads

@@ -114,9 +114,8 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
 
     0-d parameters (the history skips' `gate`), which fully_shard cannot shard, stay
     replicated plain tensors (`ignored_params`), and their gradient is averaged over the
-    ranks (an all-reduce as it is accumulated), as DDP would. They are not DTensors, so
-    code that mixes them with the sharded gradients (e.g. `clip_grad_norm_`) must
-    handle both.
+    ranks (an all-reduce as it is accumulated), as DDP would. They are plain tensors, not
+    DTensors (`torch.nn.utils.clip_grad_norm_` takes the mix).
 
     With a single-process `info` (world 1, a plain `python script.py`) the model itself is
     returned unsharded, as `wrap_ddp` does; without `info`, the current process group is used.

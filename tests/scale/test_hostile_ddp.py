@@ -209,3 +209,40 @@ def test_full_state_names_are_the_plain_models(wrap, world_one_group):
     assert sorted(got) == sorted(want)
     for k, v in want.items():
         assert torch.equal(got[k], v.detach()), k
+
+
+def _recording_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = D.init_from_env("gloo")
+    got = _recorded(D.DataParallelTrainer(_lm_trainer(), info))
+    if info.is_main:
+        np.savez(out, *got)
+    D.shutdown()
+
+
+def _lm_trainer():
+    from mhc_core.experiments.lm_config import LMConfig
+    from mhc_core_torch.lm import Trainer
+
+    return Trainer(LMConfig(vocab=8, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="mhc", n=2, seed=1))
+
+
+def _recorded(trainer) -> list[np.ndarray]:
+    from mhc_core.experiments.tasks import TaskStream
+
+    inputs, targets, mask = TaskStream("incrementing", vocab=8, seq_len=4, batch_size=BATCH, seed=3).next()
+    return trainer.step(inputs, targets, mask, lr=1e-3, record_rows=BATCH - 1)["layer_inputs"]
+
+
+def test_data_parallel_trainer_records_the_rows_asked_for(tmp_path):
+    """record_rows larger than a rank's slice of the global batch: the recorded layer inputs are
+    still the global batch's first record_rows rows, as on one process."""
+    out = str(tmp_path / "rows.npz")
+    mp.spawn(_recording_rank, args=(2, free_port(), out), nprocs=2)
+    got = np.load(out)
+    want = _recorded(_lm_trainer())
+    assert len(got.files) == len(want)
+    for i, w in enumerate(want):
+        assert_close(got[f"arr_{i}"], w, rtol=1e-6, atol=1e-7, case=f"layer {i} recorded inputs")

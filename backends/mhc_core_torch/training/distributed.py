@@ -194,6 +194,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _first_rows(local, rows: int, info: DistInfo):
+    """The global batch's first `rows` rows of a per-rank numpy array (every rank holds its
+    slice's first rows, all the same count): the ranks' arrays gathered in rank order."""
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(local)).to(info.device)
+    parts = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)[:rows].cpu().numpy()
+
+
 class _RecordingForward(nn.Module):
     """forward(tokens, rows) = model.forward_recording(tokens, rows), so that DDP (which
     hooks a module's forward) wraps the sweep's recording forward."""
@@ -213,7 +224,8 @@ class DataParallelTrainer:
     gradients in backward); `step` takes the *global* batch, trains on this rank's slice,
     and reports the loss averaged over ranks. Gradient norms, clipping and the non-finite
     check see the averaged gradients, so every rank skips or updates together. Recorded
-    metric rows are rank 0's first rows, i.e. the global batch's first rows.
+    metric rows are the global batch's first rows: rank 0's, followed by the next ranks'
+    (gathered) when `record_rows` exceeds one rank's slice.
     """
 
     def __init__(self, trainer, info: DistInfo, **ddp_kwargs):
@@ -228,6 +240,9 @@ class DataParallelTrainer:
     def step(self, inputs, targets, mask, **kwargs) -> dict:
         inputs, targets = shard_batch((inputs, targets), self.info)
         out = self.inner.step(inputs, targets, mask, **kwargs)
+        rows = kwargs.get("record_rows", 0)
+        if self.info.distributed and rows > len(inputs) and "layer_inputs" in out:
+            out["layer_inputs"] = [_first_rows(a, rows, self.info) for a in out["layer_inputs"]]
         out["loss"] = mean_over_ranks(out["loss"], self.info)
         out["nonfinite_loss"] = out["loss"] != out["loss"] or abs(out["loss"]) == float("inf")
         return out

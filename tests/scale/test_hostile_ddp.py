@@ -246,3 +246,44 @@ def test_data_parallel_trainer_records_the_rows_asked_for(tmp_path):
     assert len(got.files) == len(want)
     for i, w in enumerate(want):
         assert_close(got[f"arr_{i}"], w, rtol=1e-6, atol=1e-7, case=f"layer {i} recorded inputs")
+
+
+def _injected() -> nn.Module:
+    """An MLP whose Linear layers get history skips; the non-square ones are called once per
+    forward with an output shaped unlike their input, so their skips never mix (no gradient)."""
+    from mhc_core_torch import inject
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(C, C), nn.GELU(), nn.Linear(C, 2 * C), nn.GELU(), nn.Linear(2 * C, C)).double()
+    inject(mlp, nn.Linear, history=3, gate=True)
+    return mlp
+
+
+def _injected_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = D.init_from_env("gloo")
+    model = D.wrap_ddp(_injected(), info, find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(2):  # a second step: DDP refuses one whose previous reduction did not finish
+        (x,) = D.shard_batch((_batch(step, "stochastic"),), info)
+        _step(model, opt, x)
+    if info.is_main:
+        np.savez(out, **{k: v.numpy() for k, v in D.full_state(model).items()})
+    D.shutdown()
+
+
+def test_ddp_of_injected_skips_that_never_mix(tmp_path):
+    """README: skips that never mix leave parameters without gradient; with
+    find_unused_parameters=True two DDP ranks equal one process."""
+    out = str(tmp_path / "inject.npz")
+    mp.spawn(_injected_rank, args=(2, free_port(), out), nprocs=2)
+    got = np.load(out)
+    ref = _injected()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    for step in range(2):
+        _step(ref, opt, _batch(step, "stochastic"))
+    assert any(p.grad is None for p in ref.parameters()), "every skip mixed: the case is not exercised"
+    for k, v in ref.named_parameters():
+        assert_close(got[k], v.detach().numpy(), rtol=1e-10, atol=1e-12, case=f"injected {k} after 2 DDP steps")

@@ -140,12 +140,23 @@ def _gated_history() -> nn.Module:
                              prune_threshold=0.3).double()
 
 
-def _gated_lm() -> nn.Module:
+def _lm(kind: str) -> nn.Module:
+    """A TinyLM: 'lm' the history variant with a gate; '-bf16' kinds in bfloat16 with the
+    mixing weights float32 (`cast_except_mixing`), 'lm-mhc-bf16' the mhc variant."""
     from mhc_core.experiments.lm_config import LMConfig
     from mhc_core_torch.lm import TinyLM
+    from mhc_core_torch.training.precision import cast_except_mixing
 
-    return TinyLM(LMConfig(vocab=8, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="history",
-                           history_gate=True, seed=1))
+    variant = "mhc" if kind == "lm-mhc-bf16" else "history"
+    model = TinyLM(LMConfig(vocab=8, dim=8, n_layers=1, n_heads=2, seq_len=4, variant=variant,
+                            n=2 if variant == "mhc" else 1, history_gate=True, seed=1))
+    if kind.endswith("-bf16"):
+        cast_except_mixing(model, torch.bfloat16)
+    return model
+
+
+def _gated_model(kind: str) -> nn.Module:
+    return _gated_history() if kind == "history" else _lm(kind)
 
 
 def _fsdp_grads(model: nn.Module, inputs: torch.Tensor) -> dict[str, np.ndarray]:
@@ -175,7 +186,7 @@ def _fsdp_rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     info = D.init_from_env("gloo")
-    model = D.apply_fsdp(_gated_history() if kind == "history" else _gated_lm(), info)
+    model = D.apply_fsdp(_gated_model(kind), info)
     (x,) = D.shard_batch((_gated_inputs(kind),), info)
     grads = _fsdp_grads(model, x)
     if info.is_main:
@@ -183,17 +194,19 @@ def _fsdp_rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
     D.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["history", "lm"])
+@pytest.mark.parametrize("kind", ["history", "lm", "lm-bf16", "lm-mhc-bf16"])
 def test_fsdp_of_gated_history_equals_one_process(kind, tmp_path):
     """The skips' gate is a 0-d parameter, which fully_shard cannot shard: apply_fsdp keeps it
-    replicated and averages its gradient, so 2 FSDP ranks equal one process on the full batch."""
+    replicated and averages its gradient. bf16 models keep their mixing weights float32, and
+    FSDP2 shards one dtype per unit. Either way 2 FSDP ranks equal one process on the full batch."""
     out = str(tmp_path / "fsdp.npz")
     mp.spawn(_fsdp_rank, args=(2, free_port(), kind, out), nprocs=2)
     got = dict(np.load(out))
-    want = _fsdp_grads(_gated_history() if kind == "history" else _gated_lm(), _gated_inputs(kind))
+    model = _gated_model(kind)
+    want = _fsdp_grads(model, _gated_inputs(kind))
     assert sorted(got) == sorted(want)
-    assert any(k.endswith("gate") for k in want)
-    rtol, atol = (1e-10, 1e-12) if kind == "history" else (1e-5, 1e-7)
+    assert any(k.endswith("gate") for k in want) or kind == "lm-mhc-bf16"
+    rtol, atol = {"history": (1e-10, 1e-12), "lm": (1e-5, 1e-7)}.get(kind, (2e-2, 1e-6))
     for k in want:
         assert_close(got[k], want[k], rtol=rtol, atol=atol, case=f"{kind} FSDP {k}")
 

@@ -110,7 +110,9 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
     reshard_after_forward, mp_policy, ...). Mixed precision: an `mp_policy` with
     param_dtype=bfloat16 would also cast phi / bias / alpha; mhc_core computes the
     coefficients in float32 either way, but keep those weights float32 by passing
-    per-unit policies if their precision matters to you.
+    per-unit policies if their precision matters to you. A model in several dtypes (bf16 with
+    the mixing weights float32, `cast_except_mixing`) works as it is: FSDP2 flattens one
+    dtype per unit, so a unit of mixed dtypes has its children sharded as units first.
 
     0-d parameters (the history skips' `gate`), which fully_shard cannot shard, stay
     replicated plain tensors (`ignored_params`), and their gradient is averaged over the
@@ -131,9 +133,40 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
         _average_gradients(scalars, _mesh_group(fsdp_kwargs.get("mesh")))
         fsdp_kwargs["ignored_params"] = set(fsdp_kwargs.get("ignored_params") or ()) | set(scalars)
     for unit in shard_units(model) if units is None else units:
-        fully_shard(unit, **fsdp_kwargs)
-    fully_shard(model, **fsdp_kwargs)
+        _shard_uniform(unit, fully_shard, fsdp_kwargs)
+    _shard_uniform(model, fully_shard, fsdp_kwargs)
     return model
+
+
+def _managed(module: nn.Module, ignored) -> list[nn.Parameter]:
+    """The parameters `fully_shard(module)` would take: those of module and its submodules,
+    except submodules already sharded and `ignored`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    out, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        out += [p for p in m.parameters(recurse=False) if p not in ignored]
+        stack += [c for c in m.children() if not isinstance(c, FSDPModule)]
+    return out
+
+
+def _shard_uniform(module: nn.Module, fully_shard, fsdp_kwargs: dict) -> None:
+    """fully_shard(module), after sharding its children first where its parameters are of
+    several dtypes (FSDP2 flattens one dtype per unit): a bf16 model whose mixing weights
+    `cast_except_mixing` kept float32 gets the wrapped layers as their own units."""
+    from torch.distributed.fsdp import FSDPModule
+
+    ignored = fsdp_kwargs.get("ignored_params") or set()
+    if len({p.dtype for p in _managed(module, ignored)}) > 1:
+        for child in module.children():
+            if not isinstance(child, FSDPModule) and _managed(child, ignored):
+                _shard_uniform(child, fully_shard, fsdp_kwargs)
+        own = sorted({str(p.dtype) for p in _managed(module, ignored)})
+        if len(own) > 1:
+            raise ValueError(f"apply_fsdp: {type(module).__name__} holds parameters of dtypes {own} itself, and "
+                             f"FSDP2 shards one dtype per unit; give its parameters one dtype")
+    fully_shard(module, **fsdp_kwargs)
 
 
 def _mesh_group(mesh):

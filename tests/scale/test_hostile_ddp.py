@@ -300,3 +300,15 @@ def test_ddp_of_injected_skips_that_never_mix(tmp_path):
     assert any(p.grad is None for p in ref.parameters()), "every skip mixed: the case is not exercised"
     for k, v in ref.named_parameters():
         assert_close(got[k], v.detach().numpy(), rtol=1e-10, atol=1e-12, case=f"injected {k} after 2 DDP steps")
+
+
+def test_apply_fsdp_names_a_module_holding_two_dtypes_itself(world_one_group):
+    class TwoDtypes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.zeros(2))
+            self.b = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    with pytest.raises(ValueError, match=r"apply_fsdp: TwoDtypes holds parameters of dtypes "
+                                         r"\['torch.float32', 'torch.float64'\] itself, and FSDP2 shards one dtype per unit"):
+        D.apply_fsdp(TwoDtypes())

@@ -312,3 +312,21 @@ def test_apply_fsdp_names_a_module_holding_two_dtypes_itself(world_one_group):
     with pytest.raises(ValueError, match=r"apply_fsdp: TwoDtypes holds parameters of dtypes "
                                          r"\['torch.float32', 'torch.float64'\] itself, and FSDP2 shards one dtype per unit"):
         D.apply_fsdp(TwoDtypes())
+
+
+def test_apply_fsdp_with_0d_parameters_refuses_a_2d_mesh(world_one_group):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("replicate", "shard"))
+    with pytest.raises(ValueError, match=r"averages their gradients over a 1-D mesh; got a 2-D mesh"):
+        D.apply_fsdp(_gated_history(), mesh=mesh)
+
+
+def test_apply_fsdp_with_0d_parameters_on_a_1d_mesh(world_one_group):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    x = _gated_inputs("history")
+    want = _fsdp_grads(_gated_history(), x)
+    got = _fsdp_grads(D.apply_fsdp(_gated_history(), mesh=init_device_mesh("cpu", (1,))), x)
+    for k in want:
+        assert_close(got[k], want[k], rtol=1e-12, atol=1e-14, case=f"1-D mesh {k}")

@@ -1,10 +1,12 @@
-"""Checkpoints of data-parallel mHC models resume on another world size.
+"""Data-parallel mHC training on CPU (gloo, 2 real processes) against one process.
 
-The documented pattern is `model = D.wrap_ddp(model, info)` then `capture(model, opt)` on
-rank 0; `wrap_ddp` returns the plain model when world = 1, so a checkpoint must hold the
-plain model's names whatever wrapper (DDP, torch.compile) it was captured through, and
-restore into either. Checked with 2 real gloo processes (float64): 2 DDP steps, a
-checkpoint, 1 more step on one process equal 3 single-process steps on the full batches.
+- Checkpoints hold the plain model's names whatever wrapper (DDP, torch.compile) they were
+  captured through: 2 DDP steps, a rank-0 checkpoint, 1 more step on one process equal 3
+  one-process steps (float64; also a Gumbel-noised history stack seeded alike on each rank).
+- apply_fsdp on models with a 0-d parameter (the history skips' gate) and in several dtypes
+  (bf16 with float32 mixing weights): gradients, norm and an SGD step equal one process.
+- DataParallelTrainer records the global batch's first rows; DDP of injected skips that
+  never mix works with find_unused_parameters=True; full_state names are the plain model's.
 """
 from __future__ import annotations
 

@@ -101,6 +101,10 @@ def shard_batch(arrays, info) -> list:
     if rank >= world:
         raise ValueError(f"rank must be in [0, world) = [0, {world}), got {rank}")
     arrays = list(arrays)
+    for i, a in enumerate(arrays):
+        if not hasattr(a, "shape"):
+            raise TypeError(f"every item must be an array (numpy, torch or mlx) with a shape; item {i} is a "
+                            f"{type(a).__name__}: convert it first (e.g. np.asarray)")
     if any(len(a.shape) == 0 for a in arrays):
         raise ValueError("every array must have the same number of rows (axis 0), got a 0-d array")
     rows = [a.shape[0] for a in arrays]

@@ -323,7 +323,9 @@ def test_shard_batch_of_an_empty_batch_gives_each_rank_empty_slices():
     ((np.float32(1.0),), (0, 2), ValueError, r"every array must have the same number of rows \(axis 0\), got a 0-d array"),
     ((np.zeros(4),), (2, 2), ValueError, r"rank must be in \[0, world\) = \[0, 2\), got 2"),
     ((np.zeros(4),), (0, 0), ValueError, r"world \(number of ranks\) must be an integer >= 1, got 0"),
-], ids=["one-array", "unequal-rows", "0-d", "rank-out-of-range", "world-0"])
+    ((np.zeros(4), [1, 2, 3, 4]), (0, 2), TypeError, r"every item must be an array \(numpy, torch or mlx\) with a "
+                                                      r"shape; item 1 is a list"),
+], ids=["one-array", "unequal-rows", "0-d", "rank-out-of-range", "world-0", "a-list"])
 def test_shard_batch_refuses_what_it_cannot_split(batch, info, error, message):
     with pytest.raises(error, match=message):
         shard_batch(batch, SimpleNamespace(rank=info[0], world=info[1]))

@@ -17,7 +17,11 @@ so that training continues bit for bit as if never stopped (on a deterministic b
 
 Data position, step counters and anything else of the caller's go in the meta it passes.
 Single-process (or DDP, saved by rank 0) models; FSDP2-sharded parameters are DTensors:
-save those with torch.distributed.checkpoint.
+save those with torch.distributed.checkpoint. A model wrapped in DistributedDataParallel,
+nn.DataParallel or torch.compile is captured and restored as the module it wraps, so the
+names are the plain model's: a checkpoint of a DDP run restores on one process (where
+`wrap_ddp` returns the model itself) or under another world size, and the other way round.
+Checkpoints that hold the wrapped names (`module.`, `_orig_mod.` prefixes) still restore.
 """
 from __future__ import annotations
 
@@ -69,6 +73,34 @@ def _decode(value, tensors: dict, dtypes: dict):
     return value
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / nn.DataParallel (`.module`) and
+    torch.compile (`._orig_mod`) wrappers, however nested; other models as they are."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _plain_names(state: dict, expected: set) -> dict:
+    """`state` with the wrapper prefixes of an older checkpoint (captured through DDP or
+    torch.compile) removed, when that is what makes its names the model's."""
+    if set(state) == expected:
+        return state
+    stripped = {}
+    for k, v in state.items():
+        while k not in expected and k.startswith(_WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        stripped[k] = v
+    return stripped if set(stripped) == expected else state
+
+
 def _generators(model: nn.Module) -> dict[str, torch.Generator]:
     """Module name -> the torch.Generator a module draws from (a stochastic HistorySkip's
     `generator`): run-time RNG state the state_dict does not hold. A generator shared by
@@ -83,7 +115,9 @@ def _generators(model: nn.Module) -> dict[str, torch.Generator]:
 
 
 def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, meta: dict | None = None):
-    """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG."""
+    """(tensors: name -> numpy array, meta: JSON-able dict) of model, optimizer and RNG.
+    A wrapped model (DDP, nn.DataParallel, torch.compile) is captured under its plain names."""
+    model = unwrapped(model)
     dtypes: dict[str, str] = {}
     tensors = {f"model/{k}": _to_numpy(v, f"model/{k}", dtypes) for k, v in model.state_dict().items()}
     out_meta = dict(meta or {})
@@ -116,10 +150,12 @@ def capture(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, me
 
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: dict, meta: dict) -> None:
-    """Put back what `capture` took (strict: the model's names must match exactly)."""
+    """Put back what `capture` took (strict: the model's names must match exactly; a wrapped
+    model is restored as the module it wraps)."""
+    model = unwrapped(model)
     dtypes = meta.get("dtypes", {})
     state = {k[len("model/"):]: _to_torch(v, k, dtypes) for k, v in tensors.items() if k.startswith("model/")}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_plain_names(state, set(model.state_dict())), strict=True)
     if optimizer is not None:
         if "optim_param_groups" not in meta:
             raise ValueError("this checkpoint holds no optimizer state (captured without an optimizer)")
@@ -134,9 +170,12 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, tensors: 
         groups = [{k: _decode(v, tensors, dtypes) for k, v in group.items()} for group in meta["optim_param_groups"]]
         optimizer.load_state_dict({"state": dict(sorted(opt_state.items())), "param_groups": groups})
     torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"], dtype=np.uint8)))
-    for name, generator in _generators(model).items():
-        if f"rng/generator/{name}" in tensors:
-            generator.set_state(torch.from_numpy(np.array(tensors[f"rng/generator/{name}"], dtype=np.uint8)))
+    saved = {k[len("rng/generator/"):]: v for k, v in tensors.items() if k.startswith("rng/generator/")}
+    generators = _generators(model)
+    saved = _plain_names(saved, set(generators))
+    for name, generator in generators.items():
+        if name in saved:
+            generator.set_state(torch.from_numpy(np.array(saved[name], dtype=np.uint8)))
     cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.from_numpy(np.array(tensors[k], dtype=np.uint8)) for k in cuda])

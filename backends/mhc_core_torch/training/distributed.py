@@ -110,7 +110,14 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
     reshard_after_forward, mp_policy, ...). Mixed precision: an `mp_policy` with
     param_dtype=bfloat16 would also cast phi / bias / alpha; mhc_core computes the
     coefficients in float32 either way, but keep those weights float32 by passing
-    per-unit policies if their precision matters to you.
+    per-unit policies if their precision matters to you. A model in several dtypes (bf16 with
+    the mixing weights float32, `cast_except_mixing`) works as it is: FSDP2 flattens one
+    dtype per unit, so a unit of mixed dtypes has its children sharded as units first.
+
+    0-d parameters (the history skips' `gate`), which fully_shard cannot shard, stay
+    replicated plain tensors (`ignored_params`), and their gradient is averaged over the
+    ranks (an all-reduce as it is accumulated), as DDP would. They are plain tensors, not
+    DTensors (`torch.nn.utils.clip_grad_norm_` takes the mix).
 
     With a single-process `info` (world 1, a plain `python script.py`) the model itself is
     returned unsharded, as `wrap_ddp` does; without `info`, the current process group is used.
@@ -121,17 +128,78 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
 
     if info is not None and info.device.startswith("cuda"):
         model.to(info.device)
+    scalars = [p for p in model.parameters() if p.dim() == 0]
+    if scalars:
+        _average_gradients(scalars, _mesh_group(fsdp_kwargs.get("mesh")))
+        fsdp_kwargs["ignored_params"] = set(fsdp_kwargs.get("ignored_params") or ()) | set(scalars)
     for unit in shard_units(model) if units is None else units:
-        fully_shard(unit, **fsdp_kwargs)
-    fully_shard(model, **fsdp_kwargs)
+        _shard_uniform(unit, fully_shard, fsdp_kwargs)
+    _shard_uniform(model, fully_shard, fsdp_kwargs)
     return model
+
+
+def _managed(module: nn.Module, ignored) -> list[nn.Parameter]:
+    """The parameters `fully_shard(module)` would take: those of module and its submodules,
+    except submodules already sharded and `ignored`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    out, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        out += [p for p in m.parameters(recurse=False) if p not in ignored]
+        stack += [c for c in m.children() if not isinstance(c, FSDPModule)]
+    return out
+
+
+def _shard_uniform(module: nn.Module, fully_shard, fsdp_kwargs: dict) -> None:
+    """fully_shard(module), after sharding its children first where its parameters are of
+    several dtypes (FSDP2 flattens one dtype per unit): a bf16 model whose mixing weights
+    `cast_except_mixing` kept float32 gets the wrapped layers as their own units."""
+    from torch.distributed.fsdp import FSDPModule
+
+    ignored = fsdp_kwargs.get("ignored_params") or set()
+    if len({p.dtype for p in _managed(module, ignored)}) > 1:
+        for child in module.children():
+            if not isinstance(child, FSDPModule) and _managed(child, ignored):
+                _shard_uniform(child, fully_shard, fsdp_kwargs)
+        own = sorted({str(p.dtype) for p in _managed(module, ignored)})
+        if len(own) > 1:
+            raise ValueError(f"apply_fsdp: {type(module).__name__} holds parameters of dtypes {own} itself, and "
+                             f"FSDP2 shards one dtype per unit; give its parameters one dtype")
+    fully_shard(module, **fsdp_kwargs)
+
+
+def _mesh_group(mesh):
+    """The process group of a 1-D device mesh (None: the default group)."""
+    if mesh is None:
+        return None
+    if mesh.ndim != 1:
+        raise ValueError(f"apply_fsdp keeps 0-d parameters replicated and averages their gradients over a "
+                         f"1-D mesh; got a {mesh.ndim}-D mesh: shard this model with fully_shard yourself")
+    return mesh.get_group()
+
+
+def _average_gradients(params: Sequence[nn.Parameter], group) -> None:
+    """After each accumulation into p.grad, replace it by its mean over the group's ranks
+    (averaging is linear, so accumulating several backwards stays the mean of the sums)."""
+    world = dist.get_world_size(group)
+
+    def average(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
+
+    for p in params:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(average)
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as a full (unsharded) CPU tensor, on every rank (FSDP2 DTensors are
     gathered with `full_tensor()`; plain and DDP parameters are copied). Names are those
-    of the unwrapped model (DDP's 'module.' prefix removed)."""
-    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    of the unwrapped model (DDP's 'module.' and torch.compile's '_orig_mod.' prefixes removed)."""
+    from .checkpoint import unwrapped
+
+    inner = unwrapped(model)
     out = {}
     for name, p in inner.named_parameters():
         t = p.full_tensor() if hasattr(p, "full_tensor") else p
@@ -159,6 +227,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _first_rows(local, rows: int, info: DistInfo):
+    """The global batch's first `rows` rows of a per-rank numpy array (every rank holds its
+    slice's first rows, all the same count): the ranks' arrays gathered in rank order."""
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(local)).to(info.device)
+    parts = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)[:rows].cpu().numpy()
+
+
 class _RecordingForward(nn.Module):
     """forward(tokens, rows) = model.forward_recording(tokens, rows), so that DDP (which
     hooks a module's forward) wraps the sweep's recording forward."""
@@ -178,7 +257,8 @@ class DataParallelTrainer:
     gradients in backward); `step` takes the *global* batch, trains on this rank's slice,
     and reports the loss averaged over ranks. Gradient norms, clipping and the non-finite
     check see the averaged gradients, so every rank skips or updates together. Recorded
-    metric rows are rank 0's first rows, i.e. the global batch's first rows.
+    metric rows are the global batch's first rows: rank 0's, followed by the next ranks'
+    (gathered) when `record_rows` exceeds one rank's slice.
     """
 
     def __init__(self, trainer, info: DistInfo, **ddp_kwargs):
@@ -193,6 +273,9 @@ class DataParallelTrainer:
     def step(self, inputs, targets, mask, **kwargs) -> dict:
         inputs, targets = shard_batch((inputs, targets), self.info)
         out = self.inner.step(inputs, targets, mask, **kwargs)
+        rows = kwargs.get("record_rows", 0)
+        if self.info.distributed and rows > len(inputs) and "layer_inputs" in out:
+            out["layer_inputs"] = [_first_rows(a, rows, self.info) for a in out["layer_inputs"]]
         out["loss"] = mean_over_ranks(out["loss"], self.info)
         out["nonfinite_loss"] = out["loss"] != out["loss"] or abs(out["loss"]) == float("inf")
         return out

@@ -227,3 +227,14 @@ def test_readme_session_pool_command_gives_its_counts(capsys):
     text = (ROOT / "README.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| same, mHC `torch.compile` / eager residual"))
     assert f"met in {a} / {b} of {count} runs" in row, (argv, a, b, count)
+
+
+def test_readme_all_runs_pool_command_gives_its_counts(capsys):
+    """README round (7): "Over all 34 runs since 5a37974 (`--from ... --skip "malloc keep"`) the
+    compiled block's median is 1.097 (19 of 34 runs <= 1.10), 1.099 as ratios of minima (18 of
+    34)": what the named command prints."""
+    paragraph, argv = _readme_command("the target holds as the pooled median")
+    pooled = _pooled(argv, capsys)
+    (median, met, count), (minima, met_min, _) = pooled["compiled / eager res"], pooled["compiled / eager res, minima"]
+    assert (f"Over all {count} runs since 5a37974" in paragraph and f"median is {median:.3f} ({met} of {count} runs "
+            f"<= 1.10), {minima:.3f} as ratios of minima ({met_min} of {count})" in paragraph), (argv, pooled)

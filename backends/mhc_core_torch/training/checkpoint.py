@@ -90,7 +90,8 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 def _plain_names(state: dict, expected: set) -> dict:
     """`state` with the wrapper prefixes of an older checkpoint (captured through DDP or
-    torch.compile) removed, when that is what makes its names the model's."""
+    torch.compile) removed, when that is what makes its names the model's, one name for
+    one name (a state where two names strip to the same one is returned as it is)."""
     if set(state) == expected:
         return state
     stripped = {}
@@ -98,7 +99,7 @@ def _plain_names(state: dict, expected: set) -> dict:
         while k not in expected and k.startswith(_WRAPPER_PREFIXES):
             k = k.split(".", 1)[1]
         stripped[k] = v
-    return stripped if set(stripped) == expected else state
+    return stripped if set(stripped) == expected and len(stripped) == len(state) else state
 
 
 def _generators(model: nn.Module) -> dict[str, torch.Generator]:

@@ -67,11 +67,27 @@ DIFFERS = {
 REORDERED = tuple(name for name in DIFFERS if name.startswith("Conv"))
 
 
+def _differing_class(cls: type) -> type | None:
+    """The class of `DIFFERS` that `cls` is: itself by name, or a torch / MLX base class (a
+    user's subclass of Conv1d keeps Conv1d's layout)."""
+    if cls.__name__ in DIFFERS:
+        return cls
+    for base in cls.__mro__[1:]:
+        if base.__name__ in DIFFERS and base.__module__.split(".")[0] in ("torch", "mlx"):
+            return base
+    return None
+
+
 def unportable_classes(named_modules) -> dict[str, str]:
-    """path -> 'module.Class' of every module of a known non-portable class, given
-    (path, module) pairs: what `save_state` records in a file's metadata."""
-    return {path: f"{type(module).__module__}.{type(module).__name__}" for path, module in named_modules
-            if type(module).__name__ in DIFFERS}
+    """path -> 'module.Class' of every module of a known non-portable class (or a subclass
+    of one: its torch / MLX base class is named), given (path, module) pairs: what
+    `save_state` records in a file's metadata."""
+    out = {}
+    for path, module in named_modules:
+        cls = _differing_class(type(module))
+        if cls is not None:
+            out[path] = f"{cls.__module__}.{cls.__name__}"
+    return out
 
 
 def _described(classes: dict[str, str]) -> list[str]:

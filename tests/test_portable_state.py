@@ -330,3 +330,38 @@ def test_save_state_refuses_a_bad_path_or_module_by_name(backend, tmp_path):
     with pytest.raises(TypeError, match="save_state: module must be"):
         lib.save_state({"w": np.zeros(2)}, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+class _TorchCausalConv(tnn.Conv1d):
+    """A user's subclass of a layer whose layout differs (a causal convolution)."""
+
+
+class _MlxCausalConv(mnn.Conv1d):
+    """The same on MLX."""
+
+
+def test_subclasses_of_unportable_layers_are_refused_by_the_other_backend(tmp_path):
+    """A subclass keeps its base's layout: a torch file of a Conv1d subclass must not load,
+    transposed, into an MLX Conv1d subclass of the same shapes (nor the other way round)."""
+    mhc_core_torch.save_state(tnn.Sequential(_TorchCausalConv(4, 4, 4)), tmp_path / "t.safetensors")
+    with pytest.raises(ValueError, match=r"written by torch, but Sequential holds layers with no portable mapping "
+                                         r"between torch and MLX: 'layers\.0' \(mlx\.nn\.layers\.convolution\.Conv1d"):
+        mhc_core_mlx.load_state(mnn.Sequential(_MlxCausalConv(4, 4, 4)), tmp_path / "t.safetensors")
+    mhc_core_mlx.save_state(mnn.Sequential(_MlxCausalConv(4, 4, 4)), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"written by MLX, but Sequential holds layers with no portable mapping "
+                                         r"between torch and MLX: '0' \(torch\.nn\.modules\.conv\.Conv1d"):
+        mhc_core_torch.load_state(tnn.Sequential(_TorchCausalConv(4, 4, 4)), tmp_path / "m.safetensors")
+
+
+def test_a_conv_subclass_file_is_refused_by_a_module_of_plain_parameters(tmp_path):
+    """The writer's Conv1d subclass is recorded in the file's metadata like Conv1d itself."""
+
+    class Plain(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = mx.zeros((4, 4, 4)), mx.zeros((4,))
+
+    mhc_core_torch.save_state(tnn.Sequential(_TorchCausalConv(4, 4, 4)), tmp_path / "conv.safetensors")
+    with pytest.raises(ValueError, match=r"written by torch, and the torch module holds layers with no portable "
+                                         r"mapping between torch and MLX: '0' \(torch\.nn\.modules\.conv\.Conv1d"):
+        mhc_core_mlx.load_state(mnn.Sequential(Plain()), tmp_path / "conv.safetensors")

@@ -524,9 +524,11 @@ class _MLXOps(Ops):
         if self._f64(a) or self._f64(b):
             # hi + log1p(exp(lo - hi)): never overflows; where (not abs / maximum) so the
             # gradient at a == b is the true 1/2 each, not a zero subgradient.
+            # Equal infinities: lo - hi would be inf - inf = NaN; hi + log1p(1) is the +-inf wanted.
             first = a >= b
             hi, lo = self.xp.where(first, a, b), self.xp.where(first, b, a)
-            return hi + self.xp.log1p(self.exp(lo - hi))
+            gap = self.xp.where(self.xp.isinf(hi) & (lo == hi), self.xp.zeros_like(hi), lo - hi)
+            return hi + self.xp.log1p(self.exp(gap))
         return self.xp.logaddexp(a, b)
 
     def sigmoid(self, x):

@@ -66,3 +66,17 @@ def test_float64_exp_and_sigmoid_have_true_derivatives_of_every_order():
         assert_close(np.array(_derivative(OPS.exp, order)(a)) / np.exp(x), np.ones_like(x), 1e-14, f"exp-d{order}")
     s = 1.0 / (1.0 + np.exp(-x))
     assert_close(np.array(_derivative(OPS.sigmoid, 3)(a)), s * (1 - s) * (1 - 6 * s + 6 * s * s), 1e-14, "sigmoid-d3")
+
+
+def test_float64_logaddexp_of_infinities_matches_numpy():
+    """logaddexp(-inf, -inf) = -inf and logaddexp(inf, inf) = inf, as numpy, torch and MLX's
+    float32 give (inf - inf inside hi + log1p(exp(lo - hi)) must not make them NaN); the
+    gradient at finite points stays sigmoid(a - b)."""
+    a = np.array([-np.inf, np.inf, -np.inf, np.inf, 1.0, np.nan, 2.0])
+    b = np.array([-np.inf, np.inf, 1.0, -np.inf, -np.inf, 1.0, 2.0])
+    got = np.array(OPS.logaddexp(mx.array(a, dtype=mx.float64), mx.array(b, dtype=mx.float64)))
+    np.testing.assert_array_equal(got, np.logaddexp(a, b))
+    x, y = mx.array([0.5, -3.0, 2.0], dtype=mx.float64), mx.array([1.5, 4.0, 2.0], dtype=mx.float64)
+    g = mx.grad(lambda t: OPS.logaddexp(t, y).sum())(x)
+    want = 1.0 / (1.0 + np.exp(np.array(y) - np.array(x)))
+    assert_close(np.array(g), want, 1e-15, "logaddexp-grad-finite")

@@ -75,8 +75,9 @@ def test_float64_logaddexp_of_infinities_matches_numpy():
     a = np.array([-np.inf, np.inf, -np.inf, np.inf, 1.0, np.nan, 2.0])
     b = np.array([-np.inf, np.inf, 1.0, -np.inf, -np.inf, 1.0, 2.0])
     got = np.array(OPS.logaddexp(mx.array(a, dtype=mx.float64), mx.array(b, dtype=mx.float64)))
-    np.testing.assert_array_equal(got, np.logaddexp(a, b))
+    with np.errstate(invalid="ignore"):  # numpy warns on the NaN input
+        want = np.logaddexp(a, b)
+    np.testing.assert_array_equal(got, want)
     x, y = mx.array([0.5, -3.0, 2.0], dtype=mx.float64), mx.array([1.5, 4.0, 2.0], dtype=mx.float64)
     g = mx.grad(lambda t: OPS.logaddexp(t, y).sum())(x)
-    want = 1.0 / (1.0 + np.exp(np.array(y) - np.array(x)))
-    assert_close(np.array(g), want, 1e-15, "logaddexp-grad-finite")
+    assert_close(np.array(g), 1.0 / (1.0 + np.exp(np.array(y) - np.array(x))), 1e-15, "logaddexp-grad-finite")

@@ -32,3 +32,43 @@ def test_restore_refuses_a_checkpoint_whose_prefixed_names_collide():
     tensors, meta = checkpoint.capture(_Two())
     with pytest.raises(RuntimeError, match="Unexpected key.*module.w"):
         checkpoint.restore(_One(0.0), None, tensors, meta)
+
+
+class _SeededNet(nn.Module):
+    """A model holding the generator its stochastic history skips draw from."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        from mhc_core_torch import HistorySequential
+
+        self.generator = torch.Generator().manual_seed(seed)
+        self.body = HistorySequential([nn.Linear(3, 3) for _ in range(2)], history=2, stochastic=True,
+                                      generator=self.generator)
+
+
+def _wrapped_names(tensors: dict, attr: str) -> dict:
+    """A capture's names as an older capture through DDP ('module') or torch.compile
+    ('_orig_mod') wrote them: the wrapper's names, the model under `attr`."""
+    out = {}
+    for k, v in tensors.items():
+        for kind in ("model/", "rng/generator/"):
+            if k.startswith(kind):
+                rest = k[len(kind):]
+                k = kind + (f"{attr}.{rest}" if rest else attr)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("attr", ["module", "_orig_mod"])
+def test_restore_reads_a_wrapped_capture_of_a_generator_held_by_the_root(attr):
+    """The root's generator is named 'module' / '_orig_mod' (no dot) under the wrappers."""
+    saved = _SeededNet(7)
+    saved.generator.manual_seed(11)
+    tensors, meta = checkpoint.capture(saved)
+    tensors = _wrapped_names(tensors, attr)
+    assert f"rng/generator/{attr}" in tensors and f"model/{attr}.body.layers.0.weight" in tensors
+    fresh = _SeededNet(8)
+    checkpoint.restore(fresh, None, tensors, meta)
+    assert torch.equal(fresh.generator.get_state(), saved.generator.get_state())
+    for k, v in saved.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k

@@ -74,6 +74,7 @@ def _decode(value, tensors: dict, dtypes: dict):
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_WRAPPER_ROOTS = tuple(p[:-1] for p in _WRAPPER_PREFIXES)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -96,8 +97,9 @@ def _plain_names(state: dict, expected: set) -> dict:
         return state
     stripped = {}
     for k, v in state.items():
-        while k not in expected and k.startswith(_WRAPPER_PREFIXES):
-            k = k.split(".", 1)[1]
+        # the wrapped root itself is 'module' / '_orig_mod' (a generator the root holds)
+        while k not in expected and (k.startswith(_WRAPPER_PREFIXES) or k in _WRAPPER_ROOTS):
+            k = k.split(".", 1)[1] if "." in k else ""
         stripped[k] = v
     return stripped if set(stripped) == expected and len(stripped) == len(state) else state
 

@@ -72,3 +72,31 @@ def test_restore_reads_a_wrapped_capture_of_a_generator_held_by_the_root(attr):
     assert torch.equal(fresh.generator.get_state(), saved.generator.get_state())
     for k, v in saved.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
+
+
+class _TwoLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_history_injected_model_deepcopies_after_a_training_forward():
+    """copy.deepcopy (an EMA copy, a best-model snapshot) after a step: the windows held
+    the forward's non-leaf outputs, which deepcopy refuses. The copy computes what the
+    model computes, and copying leaves the model's own windows alone."""
+    import copy
+
+    from mhc_core_torch.integrations.inject import inject
+
+    torch.manual_seed(0)
+    model = inject(_TwoLinears(), "Linear", history=2, init="uniform")
+    model(torch.randn(3, 4)).sum().backward()
+    windows = [m.window for m in model.modules() if hasattr(m, "window")]
+    twin = copy.deepcopy(model)
+    assert [m.window for m in model.modules() if hasattr(m, "window")] == windows
+    x = torch.randn(3, 4)
+    for _ in range(2):
+        assert torch.equal(twin(x), model(x))

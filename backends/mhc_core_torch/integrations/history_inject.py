@@ -65,6 +65,14 @@ class HistoryInjected(nn.Module):
         self.window = []
         self._calls, self._first_window = 0, []
 
+    def __getstate__(self) -> dict:
+        """The module without its windows (run-time states of the last forward, cleared when
+        the next one starts): copy.deepcopy after a training forward (an EMA copy) would
+        otherwise meet their non-leaf tensors, and pickles would carry them."""
+        state = dict(super().__getstate__())
+        state.update(window=[], _calls=0, _first_window=[])
+        return state
+
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.detach_history else x
 

@@ -142,3 +142,19 @@ def test_history_injected_model_round_trips_through_its_state_dict(decoder, toke
     assert not torch.equal(logits(fresh, token_ids), logits(model, token_ids))
     fresh.load_state_dict(torch.load(tmp_path / "state.pt"))
     assert torch.equal(logits(fresh, token_ids), logits(model, token_ids))
+
+
+def test_streams_over_history_wrapped_layers_load_back(decoder, token_ids, tmp_path, assert_close):
+    """History skips around the decoder layers, then streams over those layers (inject by
+    class): config.mhc names the blocks inside the history wrappers
+    ('model.layers.0.module'), which exist only once the recorded history entry has been
+    applied again, so load_converted must check each segment's blocks when it comes to it."""
+    from mhc_core_torch.integrations import inject
+
+    model = decoder("llama")
+    inject(model, "LlamaDecoderLayer", history=2, init="uniform")
+    inject(model, "LlamaDecoderLayer", n=2)
+    assert _blocks(model.config.mhc)[0] == "model.layers.0.module"
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_converted(tmp_path / "m").eval()
+    assert_close(logits(loaded, token_ids), logits(model.eval(), token_ids), 0.0, "history + streams load_converted")

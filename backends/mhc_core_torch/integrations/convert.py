@@ -93,19 +93,21 @@ def apply_settings(model: nn.Module, settings: dict, impl: str = "auto") -> nn.M
     if settings.get("format") not in FORMATS:
         raise ValueError(f"config.mhc has format {settings.get('format')!r}; this mhc reads formats {list(FORMATS)}")
     segments, entries = settings.get("segments", []), settings.get("history", [])
-    modules = dict(model.named_modules())
     for segment in segments:
         if segment.get("recipe") not in RECIPES:
             raise ValueError(f"config.mhc's segment names recipe {segment.get('recipe')!r}; this mhc_core_torch "
                              f"has {sorted(RECIPES)}")
-        absent = [name for name in segment.get("blocks", []) if name not in modules]
-        if absent:
-            raise ValueError(f"config.mhc's segment names blocks this model does not have: {absent[:3]}")
     for i in range(len(segments) + 1):
         for entry in entries:
             if entry["after_segments"] == i:
                 _rewrap_history(model, entry)
         if i < len(segments):
+            # checked here, not up front: blocks inside history wrappers exist once the
+            # entries recorded before this segment are applied
+            modules = dict(model.named_modules())
+            absent = [name for name in segments[i].get("blocks", []) if name not in modules]
+            if absent:
+                raise ValueError(f"config.mhc's segment names blocks this model does not have: {absent[:3]}")
             convert_segments(model, [segments[i]["blocks"]], RECIPES[segments[i]["recipe"]], n=settings["n"],
                              variant=settings["variant"], reduce=settings["reduce"], impl=impl, init=None,
                              cfg=settings["config"])

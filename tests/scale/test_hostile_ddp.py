@@ -30,6 +30,15 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 N, C, BATCH, STEPS = 2, 4, 4, 3
 
 
+def _finish() -> None:
+    """End a spawned rank: leave the process group together, then exit at once. The DDP /
+    FSDP objects still alive at interpreter teardown can destroy gloo's threads mid-use and
+    abort the process ("terminate called without an active exception") after its work is
+    done; mp.spawn would report that as the test failing."""
+    D.shutdown()
+    os._exit(0)
+
+
 def _model(kind: str = "mhc") -> nn.Module:
     """Two mHC layers, or (kind 'stochastic') a Gumbel-noised history stack whose generator
     has the same seed on every rank, so every rank draws the single process's noise."""
@@ -66,7 +75,7 @@ def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
         np.savez(out + ".npz", **tensors)
         with open(out + ".json", "w") as f:
             json.dump(meta, f)
-    D.shutdown()
+    _finish()
 
 
 @pytest.mark.parametrize("kind", ["mhc", "stochastic"])
@@ -193,7 +202,7 @@ def _fsdp_rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
     grads = _fsdp_grads(model, x)
     if info.is_main:
         np.savez(out, **grads)
-    D.shutdown()
+    _finish()
 
 
 @pytest.mark.parametrize("kind", ["history", "lm", "lm-bf16", "lm-mhc-bf16"])
@@ -226,15 +235,14 @@ def test_full_state_names_are_the_plain_models(wrap, world_one_group):
         assert torch.equal(got[k], v.detach()), k
 
 
-def _recording_rank(rank: int, world: int, port: int, out: str) -> None:
+def _recording_rank(rank: int, world: int, port: int, out: str, rows: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     info = D.init_from_env("gloo")
-    got = _recorded(D.DataParallelTrainer(_lm_trainer(), info))
-    if info.is_main:
-        np.savez(out, *got)
-    D.shutdown()
+    got = _recorded(D.DataParallelTrainer(_lm_trainer(), info), rows)
+    np.savez(f"{out}.rank{rank}.npz", *got)
+    _finish()
 
 
 def _lm_trainer():
@@ -244,23 +252,25 @@ def _lm_trainer():
     return Trainer(LMConfig(vocab=8, dim=8, n_layers=1, n_heads=2, seq_len=4, variant="mhc", n=2, seed=1))
 
 
-def _recorded(trainer) -> list[np.ndarray]:
+def _recorded(trainer, rows: int) -> list[np.ndarray]:
     from mhc_core.experiments.tasks import TaskStream
 
     inputs, targets, mask = TaskStream("incrementing", vocab=8, seq_len=4, batch_size=BATCH, seed=3).next()
-    return trainer.step(inputs, targets, mask, lr=1e-3, record_rows=BATCH - 1)["layer_inputs"]
+    return trainer.step(inputs, targets, mask, lr=1e-3, record_rows=rows)["layer_inputs"]
 
 
-def test_data_parallel_trainer_records_the_rows_asked_for(tmp_path):
-    """record_rows larger than a rank's slice of the global batch: the recorded layer inputs are
-    still the global batch's first record_rows rows, as on one process."""
-    out = str(tmp_path / "rows.npz")
-    mp.spawn(_recording_rank, args=(2, free_port(), out), nprocs=2)
-    got = np.load(out)
-    want = _recorded(_lm_trainer())
-    assert len(got.files) == len(want)
-    for i, w in enumerate(want):
-        assert_close(got[f"arr_{i}"], w, rtol=1e-6, atol=1e-7, case=f"layer {i} recorded inputs")
+@pytest.mark.parametrize("rows", [BATCH - 1, 1], ids=["more than a slice", "within a slice"])
+def test_data_parallel_trainer_records_the_rows_asked_for(tmp_path, rows):
+    """The recorded layer inputs are the global batch's first record_rows rows, as on one
+    process, on every rank: whether or not they fit in one rank's slice."""
+    out = str(tmp_path / "rows")
+    mp.spawn(_recording_rank, args=(2, free_port(), out, rows), nprocs=2)
+    want = _recorded(_lm_trainer(), rows)
+    for rank in range(2):
+        got = np.load(f"{out}.rank{rank}.npz")
+        assert len(got.files) == len(want)
+        for i, w in enumerate(want):
+            assert_close(got[f"arr_{i}"], w, rtol=1e-6, atol=1e-7, case=f"rank {rank} layer {i} recorded inputs")
 
 
 def _injected() -> nn.Module:
@@ -286,7 +296,7 @@ def _injected_rank(rank: int, world: int, port: int, out: str) -> None:
         _step(model, opt, x)
     if info.is_main:
         np.savez(out, **{k: v.numpy() for k, v in D.full_state(model).items()})
-    D.shutdown()
+    _finish()
 
 
 def test_ddp_of_injected_skips_that_never_mix(tmp_path):

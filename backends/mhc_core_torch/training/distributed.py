@@ -117,7 +117,9 @@ def apply_fsdp(model: nn.Module, info: DistInfo | None = None, *, units: Sequenc
     0-d parameters (the history skips' `gate`), which fully_shard cannot shard, stay
     replicated plain tensors (`ignored_params`), and their gradient is averaged over the
     ranks (an all-reduce as it is accumulated), as DDP would. They are plain tensors, not
-    DTensors (`torch.nn.utils.clip_grad_norm_` takes the mix).
+    DTensors (`torch.nn.utils.clip_grad_norm_` takes the mix). Every rank must then give
+    each of them a gradient in the same backwards (the history gate gets one in every
+    forward): a rank that leaves one out would not join that all-reduce.
 
     With a single-process `info` (world 1, a plain `python script.py`) the model itself is
     returned unsharded, as `wrap_ddp` does; without `info`, the current process group is used.
@@ -257,8 +259,9 @@ class DataParallelTrainer:
     gradients in backward); `step` takes the *global* batch, trains on this rank's slice,
     and reports the loss averaged over ranks. Gradient norms, clipping and the non-finite
     check see the averaged gradients, so every rank skips or updates together. Recorded
-    metric rows are the global batch's first rows: rank 0's, followed by the next ranks'
-    (gathered) when `record_rows` exceeds one rank's slice.
+    metric rows are the global batch's first rows on every rank (the ranks' recorded rows
+    gathered in rank order: rank 0's, then the next ranks' when `record_rows` exceeds one
+    rank's slice).
     """
 
     def __init__(self, trainer, info: DistInfo, **ddp_kwargs):
@@ -274,7 +277,7 @@ class DataParallelTrainer:
         inputs, targets = shard_batch((inputs, targets), self.info)
         out = self.inner.step(inputs, targets, mask, **kwargs)
         rows = kwargs.get("record_rows", 0)
-        if self.info.distributed and rows > len(inputs) and "layer_inputs" in out:
+        if self.info.distributed and rows > 0 and "layer_inputs" in out:
             out["layer_inputs"] = [_first_rows(a, rows, self.info) for a in out["layer_inputs"]]
         out["loss"] = mean_over_ranks(out["loss"], self.info)
         out["nonfinite_loss"] = out["loss"] != out["loss"] or abs(out["loss"]) == float("inf")

@@ -30,6 +30,14 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 N, C, BATCH, STEPS = 2, 4, 4, 3
 
 
+def _join(rank: int, world: int, port: int) -> "D.DistInfo":
+    """Start a spawned rank: one thread, the gloo process group on localhost:`port`."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    return D.init_from_env("gloo")
+
+
 def _finish() -> None:
     """End a spawned rank: leave the process group together, then exit at once. The DDP /
     FSDP objects still alive at interpreter teardown can destroy gloo's threads mid-use and
@@ -61,10 +69,7 @@ def _step(model, opt, x) -> None:
 
 
 def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    info = D.init_from_env("gloo")
+    info = _join(rank, world, port)
     model = D.wrap_ddp(_model(kind), info)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(STEPS - 1):
@@ -193,10 +198,7 @@ def _gated_inputs(kind: str) -> torch.Tensor:
 
 
 def _fsdp_rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    info = D.init_from_env("gloo")
+    info = _join(rank, world, port)
     model = D.apply_fsdp(_gated_model(kind), info)
     (x,) = D.shard_batch((_gated_inputs(kind),), info)
     grads = _fsdp_grads(model, x)
@@ -236,10 +238,7 @@ def test_full_state_names_are_the_plain_models(wrap, world_one_group):
 
 
 def _recording_rank(rank: int, world: int, port: int, out: str, rows: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    info = D.init_from_env("gloo")
+    info = _join(rank, world, port)
     got = _recorded(D.DataParallelTrainer(_lm_trainer(), info), rows)
     np.savez(f"{out}.rank{rank}.npz", *got)
     _finish()
@@ -285,10 +284,7 @@ def _injected() -> nn.Module:
 
 
 def _injected_rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    info = D.init_from_env("gloo")
+    info = _join(rank, world, port)
     model = D.wrap_ddp(_injected(), info, find_unused_parameters=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(2):  # a second step: DDP refuses one whose previous reduction did not finish

@@ -104,6 +104,16 @@ def test_non_strict_export_with_a_dynamic_token_count_matches_eager(variant, ass
         assert_close(program.module()(x), module(x), 1e-12, case=f"export {variant} T={t}")
 
 
+def _same_output_and_dx(compiled, eager, x, assert_close, case: str) -> None:
+    """compiled(x) and its dx (of sum(out^2)) equal the eager module's to 1e-12."""
+    x, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, want = compiled(x), eager(x_eager)
+    assert_close(out, want, 1e-12, case=case)
+    out.pow(2).sum().backward()
+    want.pow(2).sum().backward()
+    assert_close(x.grad, x_eager.grad, 1e-12, case=f"{case} dx")
+
+
 @pytest.mark.parametrize("variant", ["mhc", "hc", "mhc-lite", "residual"])
 def test_compile_dynamic_fullgraph_with_changing_token_counts_matches_eager(variant, assert_close):
     """torch.compile(dynamic=True, fullgraph=True): every size is symbolic, the stream count
@@ -113,13 +123,8 @@ def test_compile_dynamic_fullgraph_with_changing_token_counts_matches_eager(vari
     module = _module(variant)
     compiled = torch.compile(module, dynamic=True, fullgraph=True, backend="aot_eager")
     for t in (2, 3, 7):
-        x = torch.randn(t, 2, module.n, C, dtype=torch.float64, requires_grad=True)
-        x_eager = x.detach().clone().requires_grad_()
-        out, want = compiled(x), module(x_eager)
-        assert_close(out, want, 1e-12, case=f"compiled {variant} T={t}")
-        out.pow(2).sum().backward()
-        want.pow(2).sum().backward()
-        assert_close(x.grad, x_eager.grad, 1e-12, case=f"compiled {variant} T={t} dx")
+        _same_output_and_dx(compiled, module, torch.randn(t, 2, module.n, C, dtype=torch.float64),
+                            assert_close, f"compiled {variant} T={t}")
 
 
 @pytest.mark.parametrize("settings", [{}, {"constraint": "simplex", "init": "uniform"},
@@ -137,13 +142,8 @@ def test_history_sequential_compiles_dynamic_fullgraph(settings, assert_close):
             skip.logits.add_(torch.randn(skip.logits.shape, generator=gen, dtype=torch.float64))
     compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
     for t in (2, 5):
-        x = torch.randn(t, 3, C, generator=gen, dtype=torch.float64, requires_grad=True)
-        x_eager = x.detach().clone().requires_grad_()
-        out, want = compiled(x), model(x_eager)
-        assert_close(out, want, 1e-12, case=f"history {settings} T={t}")
-        out.pow(2).sum().backward()
-        want.pow(2).sum().backward()
-        assert_close(x.grad, x_eager.grad, 1e-12, case=f"history {settings} T={t} dx")
+        _same_output_and_dx(compiled, model, torch.randn(t, 3, C, generator=gen, dtype=torch.float64),
+                            assert_close, f"history {settings} T={t}")
 
 
 @pytest.mark.parametrize("variant", ["mhc", "hc"])

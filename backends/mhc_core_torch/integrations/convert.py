@@ -38,7 +38,8 @@ from ..modules import MHC, StreamHead
 
 from .blocks import is_converted
 from .history_inject import inject_history
-from .inject import FORMATS, check_model, check_settings, compiled_inner, convert_segments, record
+from ..wrappers import compiled_inner
+from .inject import FORMATS, check_model, check_settings, convert_segments, record
 from .recipes import PRE_NORM_DECODER, RECIPES
 
 

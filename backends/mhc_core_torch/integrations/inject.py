@@ -25,6 +25,7 @@ from mhc_core import checks
 from .history_inject import HistoryInjected, history_settings, inject_history
 from .blocks import REDUCTIONS, convert_block, is_converted
 from .recipes import RECIPES, Recipe, recipe_for
+from ..wrappers import compiled_inner
 
 FORMAT_VERSION = 1  # stream conversion only: what readers of format 1 rebuild
 HISTORY_FORMAT = 2  # adds "history" entries
@@ -39,15 +40,6 @@ def check_model(model, caller: str) -> None:
     given = f"the class {model.__name__}" if isinstance(model, type) else type(model).__name__
     raise TypeError(f"{caller}: expected a torch.nn.Module instance (e.g. the model "
                     f"AutoModelForCausalLM.from_pretrained returns), got {given}")
-
-
-def compiled_inner(model: nn.Module) -> nn.Module:
-    """The model a torch.compile wrapper holds (its `_orig_mod`), else `model`: conversions
-    work on it, so config.mhc names its blocks as save_pretrained (reached through the
-    wrapper) writes them, without the wrapper's `_orig_mod.` prefix."""
-    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    return model
 
 
 def _matcher(target):

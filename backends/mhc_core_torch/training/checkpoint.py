@@ -33,6 +33,8 @@ from torch import nn
 
 from mhc_core.experiments.checkpoints import CheckpointStore, Loaded, RunCheckpointer  # noqa: F401 (re-export)
 
+from ..wrappers import unwrapped
+
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float64, torch.float32, torch.bfloat16,
                                                      torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)}
 
@@ -75,18 +77,6 @@ def _decode(value, tensors: dict, dtypes: dict):
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _WRAPPER_ROOTS = tuple(p[:-1] for p in _WRAPPER_PREFIXES)
-
-
-def unwrapped(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / nn.DataParallel (`.module`) and
-    torch.compile (`._orig_mod`) wrappers, however nested; other models as they are."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _plain_names(state: dict, expected: set) -> dict:

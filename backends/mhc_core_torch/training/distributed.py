@@ -26,6 +26,8 @@ from torch import nn
 
 from mhc_core.experiments.tasks import shard_batch  # noqa: F401 (re-exported: D.shard_batch)
 
+from ..wrappers import unwrapped
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -199,8 +201,6 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as a full (unsharded) CPU tensor, on every rank (FSDP2 DTensors are
     gathered with `full_tensor()`; plain and DDP parameters are copied). Names are those
     of the unwrapped model (DDP's 'module.' and torch.compile's '_orig_mod.' prefixes removed)."""
-    from .checkpoint import unwrapped
-
     inner = unwrapped(model)
     out = {}
     for name, p in inner.named_parameters():
